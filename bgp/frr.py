@@ -1,0 +1,171 @@
+"""FRR per router namespace: zebra, bfdd and bgpd, each its own class with its own paths.
+
+Every daemon of a router shares the router's directory ``D`` (owned by frr:frr) for its vty socket
+(``--vty_socket D``), zserv socket (``-z D/zserv.api``), pid file and log; ``-P 0`` keeps vty off TCP.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lab.daemon import Daemon, NodeEnv
+from lab.model import Router, TimersSpec
+
+FRR_BIN = Path("/usr/lib/frr")
+VTYSH = "/usr/bin/vtysh"
+#: How a dry run reports a config error (lib/vty.c: "<error> on config line N: <line>").
+_CONFIG_ERROR = "on config line"
+
+
+def prepare_dir(path: Path) -> None:
+    """Create a router directory the frr user can write (daemons drop privileges to frr:frr)."""
+    path.mkdir(parents=True, exist_ok=True)
+    frr = pwd.getpwnam("frr")
+    shutil.chown(path, frr.pw_uid, frr.pw_gid)
+
+
+def vtysh(router_dir: Path, command: str, daemon: str | None = None, timeout: float = 10.0) -> str:
+    """Run one vtysh command against the router whose sockets are in ``router_dir``.
+
+    Raises subprocess.CalledProcessError / TimeoutExpired as subprocess does.
+    """
+    argv = [VTYSH, "--vty_socket", str(router_dir)]
+    if daemon:
+        argv += ["-d", daemon]
+    res = subprocess.run([*argv, "-c", command], capture_output=True, text=True, timeout=timeout, check=True)
+    return res.stdout
+
+
+def vtysh_json(router_dir: Path, command: str, daemon: str | None = None) -> Any:
+    """``vtysh -c '<command> json'`` parsed; raises ValueError if the answer is not JSON."""
+    return json.loads(vtysh(router_dir, command, daemon) or "null")
+
+
+def _socket_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+class FrrDaemon(Daemon):
+    """Common command line and dry run of the FRR daemons."""
+
+    extra_args: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, env: NodeEnv, router: Router, timers: TimersSpec) -> None:
+        super().__init__(env)
+        self.router = router
+        self.timers = timers
+
+    def common_args(self) -> list[str]:
+        d = self.env.dir
+        return [str(FRR_BIN / self.name), "-u", "frr", "-g", "frr", "-P", "0", "--vty_socket", str(d),
+                "-z", str(d / "zserv.api"), "-f", str(self.path(".conf")), "-i", str(self.path(".pid")),
+                *self.extra_args]
+
+    def argv(self) -> list[str]:
+        return [*self.common_args(), "--log", f"file:{self.path('.log')}"]
+
+    def validate(self) -> None:
+        """``<daemon> -C``: FRR exits 0 even on errors, so its output is scanned for config errors."""
+        res = subprocess.run([*self.common_args(), "-C"], capture_output=True, text=True, timeout=30,
+                             check=False)
+        bad = [line for line in (res.stdout + res.stderr).splitlines() if _CONFIG_ERROR in line]
+        if res.returncode != 0 or bad:
+            detail = " | ".join(bad) or (res.stdout + res.stderr).strip()
+            raise self.error(f"dry run (-C) rejected {self.path('.conf')}: {detail}")
+
+    def ready(self) -> bool:
+        return _socket_accepts(self.env.dir / f"{self.name}.vty")
+
+    def header(self) -> list[str]:
+        return ["frr defaults traditional", f"hostname {self.router.name}", "!"]
+
+
+class Zebra(FrrDaemon):
+    """The RIB/FIB manager: learns interface addresses, installs BGP's routes into the kernel."""
+
+    name = "zebra"
+
+    def render_config(self) -> dict[Path, str]:
+        lines = self.header()
+        for intf in self.router.interfaces:
+            lines += [f"interface {intf.name}", f" description to {intf.peer_node}", "exit", "!"]
+        return {self.path(".conf"): "\n".join(lines) + "\n"}
+
+
+class Bfdd(FrrDaemon):
+    """BFD; peers are configured by later profiles (the lab runs it so bgpd can ask for sessions)."""
+
+    name = "bfdd"
+    dependencies = ("zebra",)
+
+    def common_args(self) -> list[str]:
+        return [*super().common_args(), "--bfdctl", str(self.env.dir / "bfdd.sock")]
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.path(".conf"): "\n".join(self.header()) + "\n"}
+
+
+class Bgpd(FrrDaemon):
+    """eBGP to every neighbour; originates attached client subnets and the loopback."""
+
+    name = "bgpd"
+    dependencies = ("zebra",)
+    extra_args = ("-p", "179")
+
+    def render_config(self) -> dict[Path, str]:
+        r, t = self.router, self.timers
+        lines = [
+            *self.header(),
+            f"router bgp {r.asn}",
+            f" bgp router-id {r.loopback}",
+            # eBGP announces nothing without a policy otherwise (RFC 8212 default in FRR).
+            " no bgp ebgp-requires-policy",
+            " no bgp network import-check",
+            # Deterministic choices, so the graph's catchment prediction matches (see lab.graph).
+            " bgp deterministic-med",
+            " bgp bestpath compare-routerid",
+            f" timers bgp {t.keepalive} {t.hold}",
+        ]
+        for n in r.neighbors:
+            lines += [
+                f" neighbor {n.address} remote-as {n.asn}",
+                f" neighbor {n.address} description {n.node}",
+                f" neighbor {n.address} timers {t.keepalive} {t.hold}",
+                f" neighbor {n.address} timers connect 1",
+                f" neighbor {n.address} advertisement-interval 0",
+            ]
+        lines += [" !", " address-family ipv4 unicast", f"  network {r.loopback}/32"]
+        lines += [f"  network {net}" for net in r.client_subnets]
+        lines += ["  maximum-paths 16", " exit-address-family", "exit", "!"]
+        return {self.path(".conf"): "\n".join(lines) + "\n"}
+
+    def ready(self) -> bool:
+        try:
+            summary = vtysh_json(self.env.dir, "show bgp summary json", daemon="bgpd")
+        except (subprocess.SubprocessError, ValueError):
+            return False
+        return isinstance(summary, dict)
+
+
+def router_daemons(env: NodeEnv, router: Router, timers: TimersSpec) -> list[FrrDaemon]:
+    """The daemons of one FRR router, in start order (dependencies first)."""
+    return [Zebra(env, router, timers), Bfdd(env, router, timers), Bgpd(env, router, timers)]
+
+
+def established_peers(router_dir: Path) -> dict[str, str]:
+    """Neighbour address → BGP state, from ``show bgp summary json``; raises as vtysh_json does."""
+    summary = vtysh_json(router_dir, "show bgp summary json", daemon="bgpd") or {}
+    peers = summary.get("ipv4Unicast", {}).get("peers", {})
+    return {addr: str(info.get("state", "?")) for addr, info in peers.items()}

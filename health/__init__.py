@@ -1,0 +1,1 @@
+"""anylab: health."""

@@ -1,0 +1,113 @@
+"""One daemon = one class: render_config, validate (dry run), start, ready (a probe, never a sleep), stop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from lab.errors import DaemonError
+from lab.proc import Proc, ProcessGroup
+from lab.wait import wait_for
+
+
+@dataclass(frozen=True)
+class NodeEnv:
+    """Where a daemon lives: its node, the node's network namespace file, its own directory."""
+
+    node: str
+    netns: str | None
+    dir: Path
+    procs: ProcessGroup
+    python: str = sys.executable
+
+
+class Daemon(ABC):
+    """Base of every daemon the lab runs. Subclasses set ``name`` and ``dependencies``."""
+
+    name: ClassVar[str]
+    #: Names of daemons on the same node that must be ready before this one starts.
+    dependencies: ClassVar[tuple[str, ...]] = ()
+    ready_timeout: ClassVar[float] = 15.0
+
+    def __init__(self, env: NodeEnv) -> None:
+        self.env = env
+        self.proc: Proc | None = None
+
+    @property
+    def node(self) -> str:
+        return self.env.node
+
+    def path(self, suffix: str) -> Path:
+        """A file of this daemon in the node's directory, e.g. ``path('.conf')`` → ``D/bgpd.conf``."""
+        return self.env.dir / f"{self.name}{suffix}"
+
+    def error(self, message: str) -> DaemonError:
+        return DaemonError(message, node=self.node, daemon=self.name)
+
+    @abstractmethod
+    def render_config(self) -> dict[Path, str]:
+        """The files this daemon needs, by path; pure (no I/O). Raises DaemonError on bad input."""
+
+    def write_config(self) -> None:
+        """Render and write the config files (the node directory must exist)."""
+        for path, text in self.render_config().items():
+            path.write_text(text)
+
+    @abstractmethod
+    def validate(self) -> None:
+        """Dry-run the written config with the daemon itself; raises DaemonError with its output."""
+
+    @abstractmethod
+    def argv(self) -> list[str]:
+        """The command line that runs the daemon in the foreground."""
+
+    def start(self) -> None:
+        """Start the daemon inside the node's namespace; raises DaemonError if it cannot start."""
+        if self.proc is not None and self.proc.alive():
+            raise self.error("already running")
+        self.proc = self.env.procs.spawn(self.argv(), node=self.node, name=self.name, netns=self.env.netns,
+                                         log=self.path(".out"))
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """One readiness probe (socket / JSON query); False while not ready. Never sleeps."""
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Poll ``ready()`` until true; raises WaitTimeout (with the daemon's log tail) or DaemonError
+        if the process died."""
+
+        def probe() -> bool:
+            if self.proc is not None and not self.proc.alive():
+                raise self.error(f"exited during start-up; log: {self.log_tail()}")
+            return self.ready()
+
+        wait_for(probe, timeout=timeout or self.ready_timeout, what="readiness", node=self.node,
+                 daemon=self.name, describe=self.log_tail)
+
+    def stop(self) -> None:
+        """terminate → wait → kill → wait; raises LabError if the process will not die."""
+        if self.proc is not None:
+            self.proc.stop()
+
+    def log_tail(self, lines: int = 5) -> str:
+        for suffix in (".log", ".out"):
+            path = self.path(suffix)
+            if path.exists() and path.stat().st_size:
+                return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        return "(no output)"
+
+    def run_check(self, argv: Sequence[str], what: str, timeout: float = 30.0) -> str:
+        """Run a dry-run command; raises DaemonError with its output unless it exits 0."""
+        try:
+            res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self.error(f"{what} could not run: {exc}") from exc
+        if res.returncode != 0:
+            out = (res.stdout + res.stderr).strip().replace("\n", " | ")
+            raise self.error(f"{what} rejected the config (exit {res.returncode}): {out}")
+        return res.stdout

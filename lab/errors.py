@@ -1,0 +1,32 @@
+"""The one exception hierarchy of anylab: library code raises these, only ``__main__`` exits."""
+
+from __future__ import annotations
+
+
+class LabError(Exception):
+    """Any failure of the lab; the message names the node and daemon when there is one."""
+
+    def __init__(self, message: str, *, node: str | None = None, daemon: str | None = None) -> None:
+        self.node = node
+        self.daemon = daemon
+        where = "/".join(part for part in (node, daemon) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class TopologyError(LabError):
+    """A topology file is invalid: names the file, the path to the field, what is wrong and the fix."""
+
+    def __init__(self, source: str, field: str, problem: str, fix: str) -> None:
+        self.source = source
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{source}: {field}: {problem}. Fix: {fix}")
+
+
+class WaitTimeout(LabError):
+    """A poll with a deadline ran out; the message carries the last state seen."""
+
+
+class DaemonError(LabError):
+    """A daemon failed to render, validate, start, become ready or stop."""

@@ -1,0 +1,258 @@
+"""The topology as a networkx graph: structural checks and the predicted anycast catchment.
+
+The prediction replays BGP's decision process as the lab configures FRR (every session eBGP,
+``bgp deterministic-med``, ``bgp bestpath compare-routerid``, ``maximum-paths``, MED not passed on
+across AS boundaries):
+
+1. shortest AS path;
+2. lowest MED, compared only between paths from the same neighbouring AS;
+3. lowest neighbour router-id, then lowest neighbour address.
+
+Paths with the same AS path and MED as the best one are multipath (ECMP) members, so a router
+attached to two PoPs sharing an ASN splits flows between them: such a catchment is reported as
+``"a|b"``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+import networkx as nx
+
+from lab.errors import TopologyError
+from lab.model import Topology
+
+IFNAMSIZ = 15
+
+
+def to_graph(topo: Topology) -> nx.Graph:
+    """Nodes carry ``kind`` (router/server/client) and ``asn``; edges carry the interface names."""
+    g = nx.Graph()
+    for r in topo.routers:
+        g.add_node(r.name, kind="router", asn=r.asn, region=r.region)
+    for s in topo.servers:
+        g.add_node(s.name, kind="server", asn=s.asn, region=s.region, pop=s.pop)
+    for c in topo.clients:
+        g.add_node(c.name, kind="client", region=c.region)
+    for a, b in topo.links():
+        g.add_edge(a.node, b.node, intfs=(a.name, b.name))
+    return g
+
+
+def _field_of(topo: Topology, node: str) -> str:
+    spec = topo.spec
+    for i, r in enumerate(spec.routers):
+        if r.name == node:
+            return f"routers[{i}] ({node}).name"
+    for i, p in enumerate(spec.pops):
+        if node.startswith(p.name + "-s"):
+            return f"pops[{i}] ({p.name}).name"
+    for i, c in enumerate(spec.clients):
+        if c.name == node:
+            return f"clients[{i}] ({node}).name"
+    return node
+
+
+def check_topology(topo: Topology) -> None:
+    """Raise TopologyError unless names, ASNs and addresses are unique, interface names fit the kernel's
+    15 characters, and routers, servers and clients form one connected network."""
+    spec, src = topo.spec, topo.source
+    regions: set[str] = set()
+    for i, region in enumerate(spec.regions):
+        if region.name in regions:
+            raise TopologyError(src, f"regions[{i}].name", f"region '{region.name}' is defined twice",
+                                "define each region once")
+        regions.add(region.name)
+    owner: dict[str, str] = {}
+    sections = (("routers", spec.routers), ("pops", spec.pops), ("clients", spec.clients))
+    for section, items in sections:
+        for i, item in enumerate(items):
+            if item.name in owner:
+                raise TopologyError(src, f"{section}[{i}] ({item.name}).name",
+                                    f"name '{item.name}' is already used by {owner[item.name]}",
+                                    "give every router, PoP and client its own name")
+            owner[item.name] = f"{section}[{i}]"
+    for s in topo.servers:
+        if s.name in owner:
+            i = [p.name for p in spec.pops].index(s.pop)
+            raise TopologyError(src, f"pops[{i}] ({s.pop}).name",
+                                f"its server node '{s.name}' clashes with {owner[s.name]}",
+                                "rename the PoP or the other node")
+
+    asn_owner: dict[int, str] = {}
+    for i, r in enumerate(spec.routers):
+        if r.asn in asn_owner:
+            raise TopologyError(src, f"routers[{i}] ({r.name}).asn",
+                                f"ASN {r.asn} is already used by {asn_owner[r.asn]}",
+                                "give every transit router its own ASN (the lab runs eBGP everywhere)")
+        asn_owner[r.asn] = f"router {r.name}"
+    for i, p in enumerate(spec.pops):
+        owner = asn_owner.get(p.asn)
+        if owner is not None and owner.startswith("router"):
+            raise TopologyError(src, f"pops[{i}] ({p.name}).asn",
+                                f"ASN {p.asn} is already used by {owner}",
+                                "use an ASN no router uses (PoPs may share one ASN among themselves)")
+        asn_owner.setdefault(p.asn, f"PoP {p.name}")
+
+    addr_owner: dict[IPv4Address, str] = {}
+
+    def claim(addr: IPv4Address, owner: str, field: str) -> None:
+        if addr in addr_owner:
+            raise TopologyError(src, field, f"address {addr} is already used by {addr_owner[addr]}",
+                                "give a unique address or leave it out to have one assigned")
+        addr_owner[addr] = owner
+
+    for i, r in enumerate(topo.routers):
+        claim(r.loopback, f"{r.name} loopback", f"routers[{i}] ({r.name}).loopback")
+    for s in topo.servers:
+        claim(s.router_id, f"{s.name} router-id", f"pops ({s.pop})")
+    link_field = {}
+    for i, link in enumerate(spec.links):
+        link_field[frozenset((link.a, link.b))] = f"links[{i}].addresses"
+    for intf in topo.interfaces():
+        claim(intf.address.ip, f"{intf.node} {intf.name}",
+              link_field.get(frozenset((intf.node, intf.peer_node)), _field_of(topo, intf.node)))
+    nets: dict[IPv4Network, str] = {}
+    for a, b in topo.links():
+        net = a.address.network
+        if net in nets:
+            raise TopologyError(src, link_field.get(frozenset((a.node, b.node)), _field_of(topo, a.node)),
+                                f"subnet {net} is used by two links ({nets[net]} and {a.node}-{b.node})",
+                                "give each link its own subnet")
+        nets[net] = f"{a.node}-{b.node}"
+    for prefix in topo.anycast:
+        for net in nets:
+            if prefix.overlaps(net):
+                raise TopologyError(src, "anycast", f"prefix {prefix} overlaps link subnet {net}",
+                                    "use an anycast prefix outside 10.0.0.0/8, e.g. 203.0.113.1/32")
+
+    for intf in topo.interfaces():
+        if len(intf.name) > IFNAMSIZ:
+            budget = IFNAMSIZ - len(intf.name) + len(intf.node)
+            field = _field_of(topo, intf.node)
+            raise TopologyError(src, field, f"interface name '{intf.name}' is longer than {IFNAMSIZ} "
+                                "characters (the kernel's limit)",
+                                f"shorten the name so that node names are at most {budget} characters")
+
+    g = to_graph(topo)
+    if not nx.is_connected(g):
+        parts = sorted((sorted(c) for c in nx.connected_components(g)), key=len)
+        island = parts[0]
+        raise TopologyError(src, "links", f"the network is not connected: {', '.join(island)} cannot reach "
+                            f"{parts[-1][0]}", "add a link joining them to the rest")
+    for i, pop in enumerate(topo.pops):
+        if not pop.prefixes:
+            raise TopologyError(src, f"pops[{i}] ({pop.name})", "announces no anycast prefix",
+                                "list it under anycast[].pops or use 'pops: all'")
+
+
+@dataclass(frozen=True, order=True)
+class Path:
+    """A route as one router holds it; ordering fields are not used directly (see ``_better``)."""
+
+    as_path: tuple[int, ...]
+    med: int
+    neighbor_rid: IPv4Address
+    neighbor_addr: IPv4Address
+    pops: frozenset[str]
+
+    @property
+    def neighbor_as(self) -> int:
+        return self.as_path[0]
+
+
+def _group_best(paths: list[Path]) -> Path:
+    return min(paths, key=lambda p: (len(p.as_path), p.med, p.neighbor_rid, p.neighbor_addr))
+
+
+def best_path(paths: list[Path]) -> Path | None:
+    """FRR's choice under deterministic-med: best per neighbouring AS (MED counts), then across
+    groups without MED. The result's ``pops`` is the union over its multipath members."""
+    if not paths:
+        return None
+    groups: dict[int, list[Path]] = {}
+    for p in paths:
+        groups.setdefault(p.neighbor_as, []).append(p)
+    winners = [_group_best(g) for g in groups.values()]
+    best = min(winners, key=lambda p: (len(p.as_path), p.neighbor_rid, p.neighbor_addr))
+    members = [p for p in paths if p.as_path == best.as_path and p.med == best.med]
+    return Path(best.as_path, best.med, best.neighbor_rid, best.neighbor_addr,
+                frozenset().union(*(m.pops for m in members)))
+
+
+def predict_routes(topo: Topology, prefix: IPv4Network) -> dict[str, Path | None]:
+    """Each router's best path to ``prefix`` once BGP has converged (fixed point of the decision
+    process). Raises TopologyError if it does not settle (which eBGP without policy cannot do)."""
+    originated: dict[str, list[Path]] = {r.name: [] for r in topo.routers}
+    for s in topo.servers:
+        if prefix not in s.prefixes:
+            continue
+        as_path = (s.asn,) * (1 + s.prepend)
+        for n in s.neighbors:
+            originated[n.node].append(Path(as_path, s.med, s.router_id, n.local_address, frozenset({s.pop})))
+    best: dict[str, Path | None] = {r.name: None for r in topo.routers}
+    routers = {r.name: r for r in topo.routers}
+    for _ in range(4 * len(topo.routers) + 4):
+        changed = False
+        for r in topo.routers:
+            cands = list(originated[r.name])
+            for n in r.neighbors:
+                if n.node not in routers:
+                    continue
+                nb = best[n.node]
+                if nb is None or r.asn in nb.as_path:
+                    continue
+                # MED is not passed on to another AS.
+                cands.append(Path((n.asn, *nb.as_path), 0, n.router_id, n.address, nb.pops))
+            new = best_path(cands)
+            if new != best[r.name]:
+                best[r.name] = new
+                changed = True
+        if not changed:
+            return best
+    raise TopologyError(topo.source, "routers", "BGP prediction did not converge",
+                        "report this topology: eBGP without policy should always converge")
+
+
+def predict_catchment(topo: Topology, prefix: IPv4Network | None = None) -> dict[str, str]:
+    """Client → PoP (``"a|b"`` for ECMP across PoPs; ``""`` if unreachable) for ``prefix``
+    (default: the first anycast prefix)."""
+    prefix = prefix or topo.anycast[0]
+    routes = predict_routes(topo, prefix)
+    out = {}
+    for c in topo.clients:
+        path = routes[c.router]
+        out[c.name] = "|".join(sorted(path.pops)) if path else ""
+    return out
+
+
+def busiest_pop(catchment: dict[str, str]) -> str:
+    """The PoP serving most clients (ties: alphabetical), ignoring ECMP and unreachable entries."""
+    counts = Counter(p for p in catchment.values() if p and "|" not in p)
+    if not counts:
+        raise TopologyError("<catchment>", "clients", "no client is served by a single PoP",
+                            "check the topology's anycast announcements")
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
+def mermaid(topo: Topology) -> str:
+    """The topology as a Mermaid flowchart, grouped by region."""
+    lines = ["flowchart LR"]
+    for region in topo.spec.regions:
+        lines.append(f"  subgraph {region.name}")
+        for r in topo.routers:
+            if r.region == region.name:
+                lines.append(f"    {r.name}[\"{r.name}<br/>AS{r.asn}\"]")
+        for p in topo.pops:
+            if p.region == region.name:
+                for s in p.servers:
+                    lines.append(f"    {s}((\"{s}<br/>AS{p.asn}\"))")
+        for c in topo.clients:
+            if c.region == region.name:
+                lines.append(f"    {c.name}>\"{c.name}\"]")
+        lines.append("  end")
+    for a, b in topo.links():
+        lines.append(f"  {a.node} --- {b.node}")
+    return "\n".join(lines) + "\n"

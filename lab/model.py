@@ -1,0 +1,529 @@
+"""Topology as data: YAML (or a Python dict) → validated spec → resolved, addressed model.
+
+``load_topology(path)`` and ``build_topology(data, source)`` promise either a fully resolved
+:class:`Topology` (every node, interface, address and BGP session decided) or one
+:class:`~lab.errors.TopologyError` naming the file, the path to the field, the problem and the fix.
+Graph-level checks (connectivity, uniqueness, interface names) live in :mod:`lab.graph` and are run
+by ``load_topology`` too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lab.errors import TopologyError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+DEFAULT_ANYCAST = "203.0.113.1/32"
+#: Private 32-bit ASN range is not enforced: a lab may mimic public ASNs; 0 and 23456 are reserved.
+RESERVED_ASNS = {0, 23456, 65535, 4294967295}
+
+# Deterministic address pools. Each /31 pool is indexed by the declaration order of what it numbers.
+ROUTER_LOOPBACKS = IPv4Network("10.255.0.0/16")
+SERVER_LOOPBACKS = IPv4Network("10.254.0.0/16")
+CORE_LINKS = IPv4Network("10.0.0.0/16")
+POP_LINKS = IPv4Network("10.1.0.0/16")
+CLIENT_LINKS = IPv4Network("10.2.0.0/16")
+#: Everything inside the lab is numbered from here; servers route it back towards their upstreams.
+LAB_SUPERNET = IPv4Network("10.0.0.0/8")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"'{value}' is not a valid node name; use lower-case letters, digits and single dashes, "
+            "starting with a letter (e.g. 'sjc' or 'na-r1')"
+        )
+    return value
+
+
+def _check_asn(value: int) -> int:
+    if not 1 <= value <= 4294967294 or value in RESERVED_ASNS:
+        raise ValueError(f"ASN {value} is reserved or out of range; use 1..4294967294, e.g. 64512..65534")
+    return value
+
+
+class TimersSpec(_Spec):
+    """BGP timers in seconds (``neighbor X timers KEEPALIVE HOLD``); hold is 0 or ≥ 3 (RFC 4271)."""
+
+    keepalive: int = Field(1, ge=0, le=21845)
+    hold: int = Field(3, ge=0, le=65535)
+
+    @field_validator("hold")
+    @classmethod
+    def _hold(cls, value: int) -> int:
+        if value not in (0,) and value < 3:
+            raise ValueError("hold time must be 0 or at least 3 seconds (RFC 4271)")
+        return value
+
+
+class RegionSpec(_Spec):
+    name: str
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+class RouterSpec(_Spec):
+    name: str
+    asn: int
+    region: str
+    kind: Literal["frr"] = "frr"
+    loopback: IPv4Address | None = None
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+    _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
+
+
+class LinkSpec(_Spec):
+    a: str
+    b: str
+    addresses: tuple[IPv4Interface, IPv4Interface] | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _same_subnet(
+        cls, value: tuple[IPv4Interface, IPv4Interface] | None
+    ) -> tuple[IPv4Interface, IPv4Interface] | None:
+        if value is not None and value[0].network != value[1].network:
+            raise ValueError(
+                f"{value[0]} and {value[1]} are not in one subnet; give both ends of one /31 or /30"
+            )
+        if value is not None and value[0].ip == value[1].ip:
+            raise ValueError(f"both ends have address {value[0].ip}; give two different addresses")
+        return value
+
+
+class PopSpec(_Spec):
+    name: str
+    region: str
+    asn: int
+    servers: int = Field(1, ge=1, le=64)
+    upstreams: tuple[str, ...]
+    prepend: int = Field(0, ge=0, le=16)
+    med: int = Field(0, ge=0, le=4294967295)
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+    _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
+
+
+class ClientSpec(_Spec):
+    name: str
+    region: str
+    router: str
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+class AnycastSpec(_Spec):
+    prefix: IPv4Network
+    pops: tuple[str, ...] | Literal["all"] = "all"
+
+    @field_validator("prefix", mode="before")
+    @classmethod
+    def _strict_prefix(cls, value: Any) -> Any:
+        if isinstance(value, str) and "/" not in value:
+            raise ValueError(f"'{value}' has no prefix length; write it as '{value}/32'")
+        return value
+
+
+class LabSpec(_Spec):
+    """Lab-wide settings: BGP timers and the client probe rate."""
+
+    timers: TimersSpec = TimersSpec()
+    probe_rate_hz: float = Field(200.0, ge=1.0, le=2000.0)
+    probe_port: int = Field(7, ge=1, le=65535)
+
+
+class TopologySpec(_Spec):
+    """The YAML file, field for field."""
+
+    name: str
+    description: str = ""
+    settings: LabSpec = LabSpec()
+    regions: tuple[RegionSpec, ...] = Field(min_length=1)
+    routers: tuple[RouterSpec, ...] = Field(min_length=1)
+    links: tuple[LinkSpec, ...] = ()
+    pops: tuple[PopSpec, ...] = Field(min_length=1)
+    clients: tuple[ClientSpec, ...] = Field(min_length=1)
+    anycast: tuple[AnycastSpec, ...] = (AnycastSpec(prefix=IPv4Network(DEFAULT_ANYCAST)),)
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# The resolved model: what the network and the daemons are built from.
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One end of a veth pair, inside ``node``'s namespace."""
+
+    node: str
+    name: str
+    address: IPv4Interface
+    peer_node: str
+    peer_name: str
+    peer_address: IPv4Interface
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One eBGP session as seen from the local side."""
+
+    node: str
+    asn: int
+    address: IPv4Address
+    local_address: IPv4Address
+    interface: str
+    router_id: IPv4Address
+
+
+@dataclass(frozen=True)
+class Router:
+    name: str
+    asn: int
+    region: str
+    kind: str
+    loopback: IPv4Address
+    interfaces: tuple[Interface, ...]
+    neighbors: tuple[Neighbor, ...]
+    #: Subnets of attached clients, originated into BGP so answers can find their way back.
+    client_subnets: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class Server:
+    """One PoP server: ExaBGP towards every upstream router, a responder on the anycast addresses."""
+
+    name: str
+    pop: str
+    index: int
+    asn: int
+    region: str
+    router_id: IPv4Address
+    interfaces: tuple[Interface, ...]
+    neighbors: tuple[Neighbor, ...]
+    prefixes: tuple[IPv4Network, ...]
+    prepend: int
+    med: int
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    region: str
+    router: str
+    interface: Interface
+
+
+@dataclass(frozen=True)
+class Pop:
+    name: str
+    region: str
+    asn: int
+    upstreams: tuple[str, ...]
+    servers: tuple[str, ...]
+    prepend: int
+    med: int
+    prefixes: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A fully resolved lab: the single source every later stage reads."""
+
+    name: str
+    source: str
+    spec: TopologySpec
+    routers: tuple[Router, ...]
+    pops: tuple[Pop, ...]
+    servers: tuple[Server, ...]
+    clients: tuple[Client, ...]
+    anycast: tuple[IPv4Network, ...]
+
+    def node_names(self) -> list[str]:
+        return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients)]
+
+    def router(self, name: str) -> Router:
+        return next(r for r in self.routers if r.name == name)
+
+    def pop(self, name: str) -> Pop:
+        return next(p for p in self.pops if p.name == name)
+
+    def server(self, name: str) -> Server:
+        return next(s for s in self.servers if s.name == name)
+
+    def interfaces(self) -> Iterator[Interface]:
+        for r in self.routers:
+            yield from r.interfaces
+        for s in self.servers:
+            yield from s.interfaces
+        for c in self.clients:
+            yield c.interface
+
+    def links(self) -> list[tuple[Interface, Interface]]:
+        """Every veth pair once, as (lower end, higher end) in declaration order."""
+        by_key = {(i.node, i.name): i for i in self.interfaces()}
+        seen: set[tuple[str, str]] = set()
+        pairs = []
+        for intf in self.interfaces():
+            if (intf.node, intf.name) in seen:
+                continue
+            peer = by_key[(intf.peer_node, intf.peer_name)]
+            seen.update({(intf.node, intf.name), (peer.node, peer.name)})
+            pairs.append((intf, peer))
+        return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and resolving.
+
+_FIXES: Mapping[str, str] = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it or correct its spelling",
+    "int_parsing": "give a whole number",
+    "int_type": "give a whole number",
+    "string_type": "give a text value",
+    "literal_error": "use one of the allowed values",
+    "greater_than_equal": "raise the value",
+    "less_than_equal": "lower the value",
+    "too_short": "give at least one entry",
+    "tuple_type": "give a list",
+    "ip_v4_address": "give a dotted IPv4 address such as 10.255.0.1",
+    "ip_v4_network": "give an IPv4 prefix such as 203.0.113.1/32 (host bits zero)",
+    "ip_v4_interface": "give an address with its prefix length, such as 10.0.9.0/31",
+    "model_type": "give a mapping of fields",
+    "float_parsing": "give a number",
+}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(spec_data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
+    """Add the entry's name to a field path, e.g. ``pops[2] (sjc).asn``, so the reader finds it."""
+    if len(loc) >= 2 and isinstance(loc[1], int):
+        items = spec_data.get(str(loc[0]))
+        if isinstance(items, list) and loc[1] < len(items) and isinstance(items[loc[1]], dict):
+            name = items[loc[1]].get("name")
+            if isinstance(name, str):
+                head = f"{loc[0]}[{loc[1]}] ({name})"
+                rest = _field_path(loc[2:])
+                return head + ("." + rest if rest != "(top level)" else "")
+    return _field_path(loc)
+
+
+def _from_validation_error(source: str, data: Mapping[str, Any], exc: ValidationError) -> TopologyError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # pydantic tags union members (e.g. 'tuple[...]', 'literal[...]') into loc; they are noise here.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    etype = str(err["type"])
+    if etype == "value_error":
+        # Our validators phrase "problem; fix" themselves.
+        problem, _, fix = msg.partition("; ")
+        return TopologyError(source, _describe(data, loc), problem, fix or "correct the value")
+    if etype == "extra_forbidden":
+        return TopologyError(source, _describe(data, loc), "unknown field", _FIXES[etype])
+    return TopologyError(source, _describe(data, loc), msg, _FIXES.get(etype, "correct the value"))
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read, validate, resolve and graph-check a topology file.
+
+    Raises TopologyError naming the file and field for any bad input; nothing is started.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopologyError(source, "(file)", f"cannot be read ({exc.strerror})",
+                            "give the path of an existing topology file, e.g. topologies/global.yaml") from exc
+    if path.suffix == ".py":
+        from lab.topo_script import run_topology_script
+
+        data = run_topology_script(path)
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise TopologyError(source, where, f"YAML syntax error: {problem}",
+                                "fix the indentation or quoting there") from exc
+    return build_topology(data, source)
+
+
+def build_topology(data: Any, source: str = "<dict>") -> Topology:
+    """Validate ``data`` (the parsed YAML) and resolve it; see :func:`load_topology` for errors."""
+    from lab.graph import check_topology
+
+    if not isinstance(data, dict):
+        raise TopologyError(source, "(top level)", "is not a mapping of fields",
+                            "start the file with 'name:', 'regions:', 'routers:', 'pops:', 'clients:'")
+    try:
+        spec = TopologySpec.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation_error(source, data, exc) from None
+    topo = resolve(spec, source)
+    check_topology(topo)
+    return topo
+
+
+def _host(net: IPv4Network, index: int, source: str, what: str) -> IPv4Address:
+    if index + 1 >= net.num_addresses - 1:
+        raise TopologyError(source, what, f"too many entries for the address pool {net}",
+                            "split the topology or give explicit addresses")
+    return net.network_address + index + 1
+
+
+def _p2p(net: IPv4Network, index: int, source: str, what: str) -> tuple[IPv4Interface, IPv4Interface]:
+    base = int(net.network_address) + 2 * index
+    if base + 1 > int(net.broadcast_address):
+        raise TopologyError(source, what, f"too many links for the address pool {net}",
+                            "split the topology or give explicit addresses")
+    return (IPv4Interface(f"{IPv4Address(base)}/31"), IPv4Interface(f"{IPv4Address(base + 1)}/31"))
+
+
+def _cross_refs(spec: TopologySpec, source: str) -> None:
+    regions = {r.name for r in spec.regions}
+    routers = {r.name for r in spec.routers}
+    pops = {p.name for p in spec.pops}
+
+    def need(value: str, known: set[str], field: str, kind: str) -> None:
+        if value not in known:
+            listing = ", ".join(sorted(known)) or "none defined"
+            raise TopologyError(source, field, f"unknown {kind} '{value}'", f"use one of: {listing}")
+
+    for i, r in enumerate(spec.routers):
+        need(r.region, regions, f"routers[{i}] ({r.name}).region", "region")
+    for i, link in enumerate(spec.links):
+        need(link.a, routers, f"links[{i}].a", "router")
+        need(link.b, routers, f"links[{i}].b", "router")
+        if link.a == link.b:
+            raise TopologyError(source, f"links[{i}]", f"links router '{link.a}' to itself",
+                                "connect two different routers")
+    for i, p in enumerate(spec.pops):
+        need(p.region, regions, f"pops[{i}] ({p.name}).region", "region")
+        if not p.upstreams:
+            raise TopologyError(source, f"pops[{i}] ({p.name}).upstreams", "is empty",
+                                "name at least one router this PoP peers with")
+        for j, up in enumerate(p.upstreams):
+            need(up, routers, f"pops[{i}] ({p.name}).upstreams[{j}]", "router")
+        if len(set(p.upstreams)) != len(p.upstreams):
+            raise TopologyError(source, f"pops[{i}] ({p.name}).upstreams", "names a router twice",
+                                "list each upstream router once")
+    for i, c in enumerate(spec.clients):
+        need(c.region, regions, f"clients[{i}] ({c.name}).region", "region")
+        need(c.router, routers, f"clients[{i}] ({c.name}).router", "router")
+    for i, a in enumerate(spec.anycast):
+        if a.pops != "all":
+            for j, p_name in enumerate(a.pops):
+                need(p_name, pops, f"anycast[{i}].pops[{j}]", "PoP")
+
+
+def server_name(pop: str, index: int) -> str:
+    """PoP server node names: ``sjc-s1``, ``sjc-s2``… (1-based)."""
+    return f"{pop}-s{index + 1}"
+
+
+def resolve(spec: TopologySpec, source: str) -> Topology:
+    """Assign addresses and interfaces deterministically (declaration order) and derive the sessions.
+
+    Raises TopologyError for dangling references or exhausted address pools.
+    """
+    _cross_refs(spec, source)
+    intfs: dict[str, list[Interface]] = {}
+
+    def add_pair(a: str, b: str, addr_a: IPv4Interface, addr_b: IPv4Interface) -> None:
+        la, lb = intfs.setdefault(a, []), intfs.setdefault(b, [])
+        name_a, name_b = f"{a}-eth{len(la)}", f"{b}-eth{len(lb)}"
+        la.append(Interface(a, name_a, addr_a, b, name_b, addr_b))
+        lb.append(Interface(b, name_b, addr_b, a, name_a, addr_a))
+
+    for r in spec.routers:
+        intfs.setdefault(r.name, [])
+    for i, link in enumerate(spec.links):
+        pair = link.addresses or _p2p(CORE_LINKS, i, source, f"links[{i}]")
+        add_pair(link.a, link.b, pair[0], pair[1])
+
+    prefixes_of: dict[str, list[IPv4Network]] = {p.name: [] for p in spec.pops}
+    for a in spec.anycast:
+        for p_name in (prefixes_of if a.pops == "all" else a.pops):
+            prefixes_of[p_name].append(a.prefix)
+
+    pop_link = 0
+    server_index = 0
+    pops: list[Pop] = []
+    server_specs: list[tuple[PopSpec, int, str, IPv4Address]] = []
+    for p in spec.pops:
+        names = []
+        for k in range(p.servers):
+            s_name = server_name(p.name, k)
+            names.append(s_name)
+            router_id = _host(SERVER_LOOPBACKS, server_index, source, f"pops ({p.name}).servers")
+            server_index += 1
+            server_specs.append((p, k, s_name, router_id))
+            for up in p.upstreams:
+                # Router end first so the router side takes the even (lower) address.
+                r_addr, s_addr = _p2p(POP_LINKS, pop_link, source, f"pops ({p.name})")
+                pop_link += 1
+                add_pair(up, s_name, r_addr, s_addr)
+        pops.append(Pop(p.name, p.region, p.asn, p.upstreams, tuple(names), p.prepend, p.med,
+                        tuple(prefixes_of[p.name])))
+
+    client_subnets: dict[str, list[IPv4Network]] = {}
+    for i, c in enumerate(spec.clients):
+        r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
+        add_pair(c.router, c.name, r_addr, c_addr)
+        client_subnets.setdefault(c.router, []).append(r_addr.network)
+
+    asn_of: dict[str, int] = {r.name: r.asn for r in spec.routers}
+    rid_of: dict[str, IPv4Address] = {}
+    for i, r in enumerate(spec.routers):
+        rid_of[r.name] = r.loopback or _host(ROUTER_LOOPBACKS, i, source, f"routers[{i}]")
+    for p, _k, s_name, router_id in server_specs:
+        asn_of[s_name] = p.asn
+        rid_of[s_name] = router_id
+
+    def neighbors(node: str) -> tuple[Neighbor, ...]:
+        out = []
+        for intf in intfs.get(node, []):
+            if intf.peer_node in asn_of:  # clients do not speak BGP
+                out.append(Neighbor(intf.peer_node, asn_of[intf.peer_node], intf.peer_address.ip,
+                                    intf.address.ip, intf.name, rid_of[intf.peer_node]))
+        return tuple(out)
+
+    routers = tuple(
+        Router(r.name, r.asn, r.region, r.kind, rid_of[r.name], tuple(intfs[r.name]), neighbors(r.name),
+               tuple(client_subnets.get(r.name, [])))
+        for r in spec.routers
+    )
+    servers = tuple(
+        Server(s_name, p.name, k, p.asn, p.region, router_id, tuple(intfs[s_name]), neighbors(s_name),
+               tuple(prefixes_of[p.name]), p.prepend, p.med)
+        for p, k, s_name, router_id in server_specs
+    )
+    clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)
+    anycast = tuple(dict.fromkeys(a.prefix for a in spec.anycast))
+    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast)

@@ -1,0 +1,117 @@
+"""The only module that imports Mininet: nodes as network namespaces, veth links, addresses, routes.
+
+Mininet runs without a controller, switches or OVS: every node is a plain ``mininet.node.Node`` in its
+own namespace and every link a veth pair created directly between two namespaces (nothing in the root
+namespace). Each node's namespace is also given a name, ``/run/netns/<prefix><node>``, so other
+processes (``anylab exec``, ``anylab down --all``) can find exactly what this lab made.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from mininet.link import Link
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import Node
+
+from lab import netns
+from lab.errors import LabError
+from lab.model import LAB_SUPERNET, Topology
+from lab.proc import ProcessGroup
+
+_COMMON_SYSCTLS = [
+    # Anycast and ECMP make paths asymmetric; strict reverse-path filtering would drop answers.
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+]
+_ROUTER_SYSCTLS = ["net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1"]
+
+
+def ip_batch(topo: Topology, node: str) -> list[str]:
+    """The ``ip -batch`` lines that address one node's interfaces and add its static routes."""
+    lines = ["link set lo up"]
+    for r in topo.routers:
+        if r.name == node:
+            lines.append(f"address add {r.loopback}/32 dev lo")
+            for intf in r.interfaces:
+                lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up"]
+    for s in topo.servers:
+        if s.name == node:
+            lines.append(f"address add {s.router_id}/32 dev lo")
+            lines += [f"address add {p} dev lo" for p in s.prefixes]
+            hops = []
+            for intf in s.interfaces:
+                lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up"]
+                hops.append(f"nexthop via {intf.peer_address.ip} dev {intf.name}")
+            # Answers go back into the lab through every upstream (ECMP); there is no default route.
+            lines.append(f"route add {LAB_SUPERNET} {' '.join(hops)}")
+    for c in topo.clients:
+        if c.name == node:
+            intf = c.interface
+            lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up"]
+            lines += [f"route add {p} via {intf.peer_address.ip}" for p in topo.anycast]
+    return lines
+
+
+class Network:
+    """Builds and tears down the namespaces and links of a topology."""
+
+    def __init__(self, topo: Topology, prefix: str, run_dir: Path, procs: ProcessGroup) -> None:
+        self.topo = topo
+        self.prefix = prefix
+        self.run_dir = run_dir
+        self.procs = procs
+        self.net: Mininet | None = None
+        self.netns: dict[str, str] = {}
+
+    def build(self) -> dict[str, str]:
+        """Create every node and link; returns node → namespace path. Raises LabError."""
+        setLogLevel("error")
+        net = Mininet(topo=None, controller=None, switch=None, link=Link, build=False,
+                      waitConnected=False, autoSetMacs=False)
+        self.net = net
+        routers = {r.name for r in self.topo.routers}
+        for name in self.topo.node_names():
+            node = net.addHost(name, cls=Node, ip=None, inNamespace=True)
+            self.procs.adopt(name, "mininet-shell", node.pid, stop_signal=signal.SIGHUP)
+            self.netns[name] = netns.attach(self.prefix + name, node.pid)
+        for a, b in self.topo.links():
+            try:
+                net.addLink(a.node, b.node, intfName1=a.name, intfName2=b.name)
+            except Exception as exc:  # Mininet raises bare Exception
+                raise LabError(f"cannot create link {a.name} <-> {b.name}: {exc}", node=a.node) from exc
+        for name in self.topo.node_names():
+            node = net.get(name)
+            sysctls = _COMMON_SYSCTLS + (_ROUTER_SYSCTLS if name in routers else [])
+            out = node.cmd("sysctl -q -w " + " ".join(sysctls))
+            if out.strip():
+                raise LabError(f"sysctl failed: {out.strip()}", node=name)
+            batch = self.run_dir / name / "ip.batch"
+            batch.parent.mkdir(parents=True, exist_ok=True)
+            batch.write_text("\n".join(ip_batch(self.topo, name)) + "\n")
+            out = node.cmd(f"ip -batch {batch} && echo ok")
+            if not out.strip().endswith("ok"):
+                raise LabError(f"addressing failed: {out.strip()}", node=name)
+        return dict(self.netns)
+
+    def stop(self, errors: list[str]) -> None:
+        """Stop the node shells and remove the named namespaces; failures go to ``errors``."""
+        if self.net is not None:
+            # Not Mininet's stop(): it deletes every link through the node shells, one command at a
+            # time. Ending the shells and deleting the namespaces removes the veths all the same.
+            for host in self.net.hosts:
+                try:
+                    host.terminate()
+                except Exception as exc:  # keep tearing down
+                    errors.append(f"{host.name}: mininet shell: {exc}")
+            self.net = None
+        for name in list(self.netns):
+            try:
+                netns.delete(self.prefix + name)
+            except LabError as exc:
+                errors.append(str(exc))
+            del self.netns[name]

@@ -1,0 +1,81 @@
+"""Named network namespaces (``/run/netns/<name>``) and sockets opened inside them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+from lab.errors import LabError
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_path(name: str) -> str:
+    return str(NETNS_DIR / name)
+
+
+def add(name: str) -> str:
+    """Create an empty named namespace with ``lo`` up; returns its path. Raises LabError."""
+    _ip("netns", "add", name)
+    _ip("-n", name, "link", "set", "lo", "up")
+    return netns_path(name)
+
+
+def attach(name: str, pid: int) -> str:
+    """Give the namespace of process ``pid`` a name (so it outlives nothing, but can be found)."""
+    _ip("netns", "attach", name, str(pid))
+    return netns_path(name)
+
+
+def delete(name: str) -> None:
+    """Remove a named namespace; it disappears once no process is left in it. Raises LabError."""
+    _ip("netns", "delete", name)
+
+
+def names(prefix: str) -> list[str]:
+    """Named namespaces whose name starts with ``prefix``."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+
+
+def socket_in(netns: str, family: int, kind: int) -> socket.socket:
+    """A socket created inside the namespace at path ``netns``; the calling thread stays where it is.
+
+    setns(2) moves only the calling thread, so a short-lived thread enters the namespace, creates the
+    socket (which belongs to that namespace for life) and ends. Raises LabError.
+    """
+    result: list[socket.socket | BaseException] = []
+
+    def enter() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            result.append(socket.socket(family, kind))
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=enter, name=f"setns {netns}")
+    thread.start()
+    thread.join()
+    got = result[0]
+    if isinstance(got, BaseException):
+        raise LabError(f"cannot open a socket in {netns}: {got}")
+    return got

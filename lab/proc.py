@@ -1,0 +1,149 @@
+"""Own your processes: every process the lab starts is recorded (pid + start time) in the run
+directory, so that it is stopped by PID, and only it, even after the controller was SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from lab.errors import LabError
+
+PIDS_FILE = "pids.jsonl"
+
+
+def proc_starttime(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if
+    there is no such process or it is a zombie (dead, waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def is_same_process(pid: int, starttime: int) -> bool:
+    """True if ``pid`` is still the process that was recorded (guards against PID reuse)."""
+    return proc_starttime(pid) == starttime
+
+
+@dataclass
+class Proc:
+    """A process the lab started: Popen when we are its parent, else only pid + start time."""
+
+    node: str
+    name: str
+    pid: int
+    starttime: int
+    popen: subprocess.Popen[bytes] | None = None
+    #: The polite signal: SIGTERM for daemons, SIGHUP for Mininet's interactive node shells.
+    stop_signal: int = signal.SIGTERM
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return is_same_process(self.pid, self.starttime)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """terminate → wait(timeout) → kill → wait. Raises LabError if it survives SIGKILL."""
+        for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 5.0)):
+            if not self.alive():
+                return
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                return
+            if self.popen is not None:
+                try:
+                    self.popen.wait(wait)
+                    return
+                except subprocess.TimeoutExpired:
+                    continue
+            deadline = time.monotonic() + wait
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.01)  # not our child: poll /proc until it is gone or the deadline passes
+        if self.alive():
+            raise LabError(f"process {self.pid} did not exit after SIGKILL", node=self.node, daemon=self.name)
+
+
+class ProcessGroup:
+    """The processes of one lab, in start order, mirrored to ``run_dir/pids.jsonl``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.procs: list[Proc] = []
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        node: str,
+        name: str,
+        netns: str | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    ) -> Proc:
+        """Start ``argv`` (inside network namespace file ``netns`` if given) and record it.
+
+        stdout/stderr go to ``log`` (appended). Raises LabError if it cannot be started.
+        """
+        full = ["nsenter", f"--net={netns}", "--", *argv] if netns else list(argv)
+        out: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            popen = subprocess.Popen(full, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise LabError(f"cannot start {argv[0]}: {exc}", node=node, daemon=name) from exc
+        finally:
+            if not isinstance(out, int):
+                out.close()
+        return self.adopt(node, name, popen.pid, popen)
+
+    def adopt(self, node: str, name: str, pid: int, popen: subprocess.Popen[bytes] | None = None,
+              stop_signal: int = signal.SIGTERM) -> Proc:
+        """Record a process started elsewhere (e.g. a Mininet node shell) as the lab's."""
+        start = proc_starttime(pid)
+        if start is None:
+            raise LabError(f"process {pid} exited at once", node=node, daemon=name)
+        proc = Proc(node, name, pid, start, popen, stop_signal)
+        self.procs.append(proc)
+        with open(self.run_dir / PIDS_FILE, "a") as fh:
+            fh.write(json.dumps({"node": node, "name": name, "pid": pid, "starttime": start,
+                                 "signal": int(stop_signal)}) + "\n")
+        return proc
+
+    def stop_all(self, errors: list[str]) -> None:
+        """Stop every process in reverse start order; failures are appended to ``errors``."""
+        for proc in reversed(self.procs):
+            try:
+                proc.stop()
+            except LabError as exc:
+                errors.append(str(exc))
+        self.procs.clear()
+
+
+def recorded_procs(run_dir: Path) -> list[Proc]:
+    """The processes a (possibly dead) lab recorded, still alive and still the same process."""
+    path = run_dir / PIDS_FILE
+    if not path.exists():
+        return []
+    procs = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a SIGKILL
+        proc = Proc(rec["node"], rec["name"], int(rec["pid"]), int(rec["starttime"]),
+                    stop_signal=int(rec.get("signal", signal.SIGTERM)))
+        if proc.alive():
+            procs.append(proc)
+    return procs

@@ -1,0 +1,400 @@
+"""The Lab: a topology brought up as namespaces, daemons and traffic, and torn down again.
+
+    with Lab.from_file("topologies/two_pops.yaml", name="t") as lab:
+        lab.catchment()                      # client → PoP, as observed now
+        t = lab.withdraw("sjc")              # CLOCK_MONOTONIC time of the withdrawal
+        lab.wait_shifted(["c1"], t)          # per-client Shift
+
+Everything the lab makes is named after it: run directory ``/run/anylab/<name>``, namespaces
+``anylab-<name>-<node>``; every process it starts is recorded there (``pids.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bgp.exabgp import ExaBgp
+from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
+from lab import netns
+from lab.daemon import Daemon, NodeEnv
+from lab.daemons import Prober, Responder
+from lab.errors import LabError
+from lab.graph import predict_catchment, predict_routes
+from lab.measure import Shift, last_answer, read_probes, shift_after
+from lab.model import Topology, build_topology, load_topology
+from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs
+from lab.wait import wait_for
+
+RUN_ROOT = Path(os.environ.get("ANYLAB_RUN_ROOT", "/run/anylab"))
+NETNS_PREFIX = "anylab-"
+STATE_FILE = "state.json"
+LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,16}$")
+
+
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def run_dir_of(name: str) -> Path:
+    return RUN_ROOT / name
+
+
+def netns_prefix(name: str) -> str:
+    return f"{NETNS_PREFIX}{name}-"
+
+
+@dataclass(frozen=True)
+class SessionState:
+    router: str
+    up: int
+    total: int
+    down: tuple[str, ...]
+
+
+def best_as_path(router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:
+    """The AS path of the router's best BGP path to ``prefix`` (None if it has none)."""
+    data = vtysh_json(router_dir, f"show bgp ipv4 unicast {prefix} json", daemon="bgpd") or {}
+    for path in data.get("paths", []):
+        if path.get("bestpath", {}).get("overall"):
+            text = str(path.get("aspath", {}).get("string", "")).strip()
+            return tuple(int(a) for a in text.split()) if text else ()
+    return None
+
+
+class Lab:
+    """One running lab. ``up()``/``down()`` or use it as a context manager."""
+
+    def __init__(self, topo: Topology, name: str = "main") -> None:
+        if not LAB_NAME_RE.match(name):
+            # No dashes: the namespace prefix "anylab-<name>-" must not match another lab's.
+            raise LabError(f"bad lab name {name!r}: use 1 to 16 lower-case letters and digits")
+        self.topo = topo
+        self.name = name
+        self.run_dir = run_dir_of(name)
+        self.procs = ProcessGroup(self.run_dir)
+        self.daemons: dict[str, list[Daemon]] = {}
+        self.network: Any = None
+        self.netns: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str = "main") -> Lab:
+        """A Lab for a topology file; raises TopologyError (nothing started) on bad input."""
+        return cls(load_topology(path), name)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.down()
+
+    def node_dir(self, node: str) -> Path:
+        return self.run_dir / node
+
+    def _env(self, node: str) -> NodeEnv:
+        return NodeEnv(node, self.netns.get(node), self.node_dir(node), self.procs)
+
+    def _make_daemons(self) -> None:
+        t = self.topo.spec.settings
+        for r in self.topo.routers:
+            prepare_dir(self.node_dir(r.name))
+            self.daemons[r.name] = list(router_daemons(self._env(r.name), r, t.timers))
+        for s in self.topo.servers:
+            self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
+            self.daemons[s.name] = [Responder(self._env(s.name), s, t.probe_port),
+                                    ExaBgp(self._env(s.name), s, t.timers)]
+        target = str(self.topo.anycast[0].network_address)
+        for c in self.topo.clients:
+            self.node_dir(c.name).mkdir(parents=True, exist_ok=True)
+            self.daemons[c.name] = [Prober(self._env(c.name), c, target, t.probe_rate_hz, t.probe_port)]
+
+    def all_daemons(self) -> Iterable[Daemon]:
+        for ds in self.daemons.values():
+            yield from ds
+
+    def write_state(self, phase: str, **extra: Any) -> None:
+        state = {"name": self.name, "topology": self.topo.name, "source": self.topo.source,
+                 "spec": self.topo.spec.model_dump(mode="json"), "phase": phase, "pid": os.getpid(),
+                 "starttime": proc_starttime(os.getpid()), "netns_prefix": netns_prefix(self.name),
+                 "timings": self.timings, **extra}
+        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    def up(self, timeout: float = 90.0) -> None:
+        """Validate every daemon, build the network, start everything and wait until BGP has converged
+        to the predicted state and every client gets answers. On failure everything is torn down and
+        the error (LabError) raised."""
+        t0 = monotonic()
+        existing = read_state(self.name)
+        if existing is not None:
+            raise LabError(f"lab '{self.name}' already exists (phase {existing.get('phase')}); "
+                           f"run 'anylab down --name {self.name}' (or 'anylab down --all') first")
+        if netns.names(netns_prefix(self.name)):
+            raise LabError(f"namespaces of lab '{self.name}' are left over; run 'anylab down --all'")
+        self.run_dir.mkdir(parents=True)
+        try:
+            self.write_state("validating")
+            self._make_daemons()
+            errors = []
+            for d in self.all_daemons():
+                try:
+                    d.write_config()
+                    d.validate()
+                except LabError as exc:
+                    errors.append(str(exc))
+            if errors:
+                raise LabError("configuration rejected, nothing started:\n  " + "\n  ".join(errors))
+            self.timings["validated"] = monotonic() - t0
+            self.write_state("building")
+            from lab.net import Network  # the only place Mininet comes in
+
+            self.network = Network(self.topo, netns_prefix(self.name), self.run_dir, self.procs)
+            self.netns = self.network.build()
+            self._make_daemons()  # again, now that every node has its namespace
+            self.timings["network"] = monotonic() - t0
+            self.write_state("starting")
+            self._start_daemons()
+            self.timings["daemons_ready"] = monotonic() - t0
+            self.wait_converged(deadline=t0 + timeout)
+            self.timings["converged"] = monotonic() - t0
+            self.write_state("up")
+        except BaseException:
+            self.down()
+            raise
+
+    def _start_daemons(self) -> None:
+        """Start in waves: a daemon starts once its node's dependencies are ready."""
+        pending = {(node, d.name): d for node, ds in self.daemons.items() for d in ds}
+        done: set[tuple[str, str]] = set()
+        while pending:
+            wave = [(key, d) for key, d in pending.items()
+                    if all((key[0], dep) in done for dep in d.dependencies)]
+            if not wave:
+                raise LabError(f"dependency cycle among {sorted(pending)}")
+            for _key, d in wave:
+                d.start()
+            for key, d in wave:
+                d.wait_ready()
+                done.add(key)
+                del pending[key]
+
+    def down(self) -> None:
+        """Stop everything in reverse order, remove namespaces and the run directory; keeps going
+        past failures and raises one LabError listing them all."""
+        errors: list[str] = []
+        self.procs.stop_all(errors)
+        if self.network is not None:
+            self.network.stop(errors)
+            self.network = None
+        errors += cleanup(self.name)
+        self.daemons.clear()
+        if errors:
+            raise LabError(f"lab '{self.name}' teardown: " + "; ".join(errors))
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def sessions(self) -> list[SessionState]:
+        return router_sessions(self.topo, self.run_dir)
+
+    def catchment(self, after: float | None = None) -> dict[str, str | None]:
+        """Client → PoP of its most recent answer (sent after ``after`` if given)."""
+        return observed_catchment(self.topo, self.run_dir, after)
+
+    def predicted(self) -> dict[str, str]:
+        return predict_catchment(self.topo)
+
+    def probes(self, client: str) -> list[Any]:
+        return read_probes(self.node_dir(client) / "probes.jsonl")
+
+    def wait_converged(self, deadline: float) -> None:
+        """Wait until every session is Established, every router's best path to every anycast prefix
+        has the predicted AS path, and every client has an answer sent after that. Raises WaitTimeout
+        naming what is still missing."""
+        predicted = {p: predict_routes(self.topo, p) for p in self.topo.anycast}
+        missing: list[str] = []
+
+        def bgp_done() -> bool:
+            missing.clear()
+            for s in self.sessions():
+                if s.up < s.total:
+                    missing.append(f"{s.router}: sessions down {', '.join(s.down)}")
+            for r in self.topo.routers:
+                for prefix, routes in predicted.items():
+                    want = routes[r.name]
+                    got = best_as_path(self.node_dir(r.name), prefix)
+                    if (want.as_path if want else None) != got:
+                        missing.append(f"{r.name}: {prefix} via {got}, predicted {want.as_path if want else None}")
+            return not missing
+
+        wait_for(bgp_done, timeout=max(1.0, deadline - monotonic()), what="BGP convergence",
+                 interval=0.05, describe=lambda: "; ".join(missing[:6]))
+        t_bgp = monotonic()
+
+        def clients_answered() -> bool:
+            missing[:] = [c for c, pop in self.catchment(after=t_bgp).items() if pop is None]
+            return not missing
+
+        wait_for(clients_answered, timeout=max(1.0, deadline - monotonic()), what="answers at every client",
+                 interval=0.02, describe=lambda: "no answer yet at " + ", ".join(missing))
+
+    # -- acting ------------------------------------------------------------------------------
+
+    def exabgp(self, server: str) -> ExaBgp:
+        for d in self.daemons.get(server, []):
+            if isinstance(d, ExaBgp):
+                return d
+        raise LabError("no such PoP server", node=server)
+
+    def set_announced(self, pop: str, announced: bool) -> float:
+        """Announce or withdraw the PoP's anycast routes on all its servers; returns the CLOCK_MONOTONIC
+        time just before the first API command was sent. Raises LabError."""
+        servers = self.topo.pop(pop).servers
+        t = monotonic()
+        for s in servers:
+            self.exabgp(s).api("announce" if announced else "withdraw")
+        return t
+
+    def withdraw(self, pop: str) -> float:
+        return self.set_announced(pop, False)
+
+    def announce(self, pop: str) -> float:
+        return self.set_announced(pop, True)
+
+    def wait_shifted(self, clients: Iterable[str], t_fault: float, timeout: float = 30.0,
+                     settle: float = 0.0) -> dict[str, Shift]:
+        """Wait until each client got an answer from a PoP other than the one it used at ``t_fault``,
+        then return each client's Shift. Raises WaitTimeout naming the clients that did not move."""
+        clients = list(clients)
+        result: dict[str, Shift] = {}
+
+        def probe() -> bool:
+            for c in clients:
+                shift = shift_after(self.probes(c), t_fault)
+                result[c] = shift
+            return all(s.shift_s is not None for s in result.values())
+
+        wait_for(probe, timeout=timeout, what="clients to shift", interval=0.05,
+                 describe=lambda: ", ".join(f"{c}: still {s.before}" for c, s in result.items()
+                                            if s.shift_s is None))
+        return result
+
+
+# -- functions that also work on a lab run by another process -------------------------------------
+
+
+def read_state(name: str) -> dict[str, Any] | None:
+    path = run_dir_of(name) / STATE_FILE
+    if not run_dir_of(name).exists():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return {"name": name, "phase": "unknown"}
+
+
+def topology_of(state: dict[str, Any]) -> Topology:
+    """The topology a running lab was built from (as it was then, not as the file is now)."""
+    return build_topology(state["spec"], state.get("source", "<state>"))
+
+
+def lab_names() -> list[str]:
+    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir()) if RUN_ROOT.is_dir() else []
+
+
+def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
+    out = []
+    for r in topo.routers:
+        try:
+            peers = established_peers(run_dir / r.name)
+        except Exception:  # bgpd not answering counts as every session down
+            peers = {}
+        down = tuple(f"{n.node}({peers.get(str(n.address), 'no bgpd')})" for n in r.neighbors
+                     if peers.get(str(n.address)) != "Established")
+        out.append(SessionState(r.name, len(r.neighbors) - len(down), len(r.neighbors), down))
+    return out
+
+
+def observed_catchment(topo: Topology, run_dir: Path, after: float | None = None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for c in topo.clients:
+        probe = last_answer(read_probes(run_dir / c.name / "probes.jsonl", tail_bytes=64 << 10), after)
+        out[c.name] = probe.pop if probe else None
+    return out
+
+
+def daemons_alive(run_dir: Path) -> dict[str, dict[str, bool]]:
+    """node → daemon → alive, from the lab's process records."""
+    alive = {(p.node, p.name, p.pid) for p in recorded_procs(run_dir)}
+    out: dict[str, dict[str, bool]] = {}
+    path = run_dir / "pids.jsonl"
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        out.setdefault(rec["node"], {})[rec["name"]] = (rec["node"], rec["name"], rec["pid"]) in alive
+    return out
+
+
+def cleanup(name: str, controller_timeout: float = 60.0) -> list[str]:
+    """Remove everything lab ``name`` left: ask a live controller to stop, stop the recorded processes
+    (by PID, checked against their start time), delete its namespaces and run directory.
+    Returns the errors met (it keeps going past them)."""
+    errors: list[str] = []
+    run_dir = run_dir_of(name)
+    state = read_state(name) or {}
+    pid, start = state.get("pid"), state.get("starttime")
+    if isinstance(pid, int) and isinstance(start, int) and pid != os.getpid() and is_same_process(pid, start):
+        os.kill(pid, 15)
+        try:
+            wait_for(lambda: not is_same_process(pid, start), timeout=controller_timeout,
+                     what=f"controller {pid} to stop")
+        except LabError as exc:
+            errors.append(str(exc))
+    for proc in reversed(recorded_procs(run_dir)):
+        try:
+            proc.stop()
+        except LabError as exc:
+            errors.append(str(exc))
+    for ns in netns.names(netns_prefix(name)):
+        try:
+            netns.delete(ns)
+        except LabError as exc:
+            errors.append(str(exc))
+    if run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    log = RUN_ROOT / f"{name}.controller.log"
+    log.unlink(missing_ok=True)
+    return errors
+
+
+def cleanup_all() -> list[str]:
+    """``anylab down --all``: every lab's leftovers, and namespaces with the lab prefix but no lab."""
+    errors: list[str] = []
+    for name in lab_names():
+        errors += cleanup(name)
+    for ns in netns.names(NETNS_PREFIX):
+        try:
+            netns.delete(ns)
+        except LabError as exc:
+            errors.append(str(exc))
+    for log in RUN_ROOT.glob("*.controller.log") if RUN_ROOT.is_dir() else []:
+        log.unlink(missing_ok=True)
+    return errors
