@@ -1,2 +1,236 @@
+"""``anylab``: bring labs up and down, look at them, run the demo and the checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lab.errors import LabError, TopologyError
+from lab.graph import predict_catchment
+from lab.model import Topology, load_topology
+from lab.runtime import (
+    RUN_ROOT,
+    cleanup,
+    cleanup_all,
+    daemons_alive,
+    lab_names,
+    observed_catchment,
+    read_state,
+    router_sessions,
+    run_dir_of,
+    topology_of,
+)
+from lab.proc import is_same_process
+from lab.wait import wait_for
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="anylab: an anycast and BGP failover lab in network namespaces.")
+console = Console()
+err = Console(stderr=True)
+
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
+
+
+def _running_state(name: str) -> dict[str, Any]:
+    state = read_state(name)
+    if state is None:
+        raise LabError(f"no lab named '{name}' is up (anylab up starts one)")
+    return state
+
+
+def catchment_table(topo: Topology, observed: dict[str, str | None], predicted: dict[str, str]) -> Table:
+    table = Table(title=f"catchment of {topo.anycast[0]} in {topo.name}")
+    for col in ("client", "region", "router", "observed PoP", "predicted PoP", ""):
+        table.add_column(col)
+    for c in topo.clients:
+        obs, pred = observed.get(c.name), predicted.get(c.name)
+        mark = "[green]ok[/]" if obs == pred else "[red]differs[/]"
+        table.add_row(c.name, c.region, c.router, obs or "-", pred or "-", mark)
+    return table
+
+
+@app.command()
+def up(
+    topology: Annotated[Path, typer.Argument(help="topology file (.yaml or .py)")] = DEFAULT_TOPOLOGY,
+    name: NameOpt = "main",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 120.0,
+) -> None:
+    """Start a lab and return once BGP has converged and every client gets answers."""
+    topo = load_topology(topology)  # bad input: exit 2 before anything starts
+    if read_state(name) is not None:
+        raise LabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    failed = RUN_ROOT / f"{name}.failed"
+    failed.unlink(missing_ok=True)
+    log = RUN_ROOT / f"{name}.controller.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lab.controller", "--name", name,
+                                 "--timeout", str(timeout), str(topology)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=PROJECT)
+    t0 = time.monotonic()
+    with console.status(f"bringing up {topo.name} ({len(topo.node_names())} nodes)…"):
+
+        def settled() -> str | None:
+            if failed.exists():
+                return "failed"
+            if proc.poll() is not None:
+                return "exited"
+            state = read_state(name) or {}
+            return "up" if state.get("phase") == "up" else None
+
+        outcome = wait_for(settled, timeout=timeout + 60, what="the lab to come up",
+                           describe=lambda: str((read_state(name) or {}).get("phase")))
+    if outcome != "up":
+        reason = json.loads(failed.read_text())["error"] if failed.exists() else log.read_text()[-2000:]
+        failed.unlink(missing_ok=True)
+        raise LabError(f"lab '{name}' did not come up: {reason}")
+    state = _running_state(name)
+    console.print(catchment_table(topo, observed_catchment(topo, run_dir_of(name)), predict_catchment(topo)))
+    console.print(f"lab '{name}' up in {time.monotonic() - t0:.1f} s (controller pid {state['pid']}); "
+                  f"'anylab status', 'anylab exec NODE -- CMD', 'anylab down'")
+
+
+def status_data(name: str) -> dict[str, Any]:
+    """The status of a running lab as JSON-ready data (see ``anylab status --json``)."""
+    state = _running_state(name)
+    topo = topology_of(state)
+    run_dir = run_dir_of(name)
+    sessions = router_sessions(topo, run_dir)
+    alive = daemons_alive(run_dir)
+    return {
+        "name": name,
+        "topology": topo.name,
+        "source": state.get("source"),
+        "phase": state.get("phase"),
+        "controller_alive": is_same_process(int(state.get("pid", 0)), int(state.get("starttime") or 0)),
+        "catchment": observed_catchment(topo, run_dir),
+        "predicted": predict_catchment(topo),
+        "sessions_up": sum(s.up for s in sessions),
+        "sessions_total": sum(s.total for s in sessions),
+        "sessions_down": {s.router: list(s.down) for s in sessions if s.down},
+        "daemons": alive,
+        "timings": state.get("timings", {}),
+    }
+
+
+@app.command()
+def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Nodes, daemons alive, BGP sessions up, observed and predicted catchment."""
+    data = status_data(name)
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return
+    topo = topology_of(_running_state(name))
+    console.print(f"lab [bold]{name}[/]: {data['topology']} ({data['source']}), phase {data['phase']}, "
+                  f"BGP sessions {data['sessions_up']}/{data['sessions_total']} established")
+    for router, down in data["sessions_down"].items():
+        console.print(f"  [red]{router}: down {', '.join(down)}[/]")
+    dead = [f"{n}/{d}" for n, ds in data["daemons"].items() for d, ok in ds.items()
+            if not ok and d != "mininet-shell"]
+    console.print("  daemons: all alive" if not dead else f"  [red]daemons not running: {', '.join(dead)}[/]")
+    console.print(catchment_table(topo, data["catchment"], data["predicted"]))
+
+
+@app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    node: Annotated[str, typer.Argument(help="node name, e.g. r1, sjc-s1, c1")],
+    command: Annotated[list[str], typer.Argument(help="command and arguments (after --)")],
+    name: NameOpt = "main",
+) -> None:
+    """Run a command inside a node's namespace (vtysh is pointed at that router's daemons)."""
+    state = _running_state(name)
+    topo = topology_of(state)
+    if node not in topo.node_names():
+        raise LabError(f"no node '{node}' in lab '{name}'; nodes: {', '.join(topo.node_names())}")
+    argv = list(command)
+    if argv and argv[0] == "vtysh" and node in {r.name for r in topo.routers}:
+        argv = ["vtysh", "--vty_socket", str(run_dir_of(name) / node), *argv[1:]]
+    netns = f"/run/netns/{state['netns_prefix']}{node}"
+    res = subprocess.run(["nsenter", f"--net={netns}", "--", *argv], check=False)
+    raise typer.Exit(res.returncode)
+
+
+@app.command()
+def graph(
+    output: Annotated[Path, typer.Option("--output", "-o", help="FILE.png, FILE.svg or FILE.mmd")],
+    topology: Annotated[Path, typer.Argument()] = DEFAULT_TOPOLOGY,
+) -> None:
+    """Draw a topology (Mermaid text, or a PNG/SVG picture)."""
+    from lab.draw import draw
+
+    draw(load_topology(topology), output)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def down(
+    name: NameOpt = "main",
+    all_: Annotated[bool, typer.Option("--all", help="every lab, and whatever crashed labs left")] = False,
+) -> None:
+    """Stop a lab: its processes (by PID), namespaces and run files."""
+    if all_:
+        errors = cleanup_all()
+        names = "every lab"
+    else:
+        if read_state(name) is None and not (RUN_ROOT / f"{name}.controller.log").exists():
+            console.print(f"no lab named '{name}' is up (labs: {', '.join(lab_names()) or 'none'})")
+            return
+        errors = cleanup(name)
+        names = f"lab '{name}'"
+    if errors:
+        raise LabError("teardown finished with errors: " + "; ".join(errors))
+    console.print(f"{names}: down, nothing left behind")
+
+
+@app.command()
+def demo(
+    topology: Annotated[Path, typer.Argument()] = DEFAULT_TOPOLOGY,
+    name: NameOpt = "demo",
+) -> None:
+    """Up global.yaml, withdraw the busiest PoP, measure every client's shift, restore, down."""
+    from lab.demo import run_demo
+
+    run_demo(topology, name, console)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(ctx: typer.Context) -> None:
+    """ruff, mypy, then the whole test suite (extra arguments go to pytest)."""
+    py = sys.executable
+    steps = [[py, "-m", "ruff", "check", "."], [py, "-m", "mypy", "."],
+             [py, "-m", "pytest", "-q", "-ra", "tests", *ctx.args]]
+    for argv in steps:
+        console.print(f"[bold]$ {' '.join(argv[2:])}[/]")
+        res = subprocess.run(argv, cwd=PROJECT, check=False)
+        if res.returncode != 0:
+            raise typer.Exit(res.returncode)
+
+
 def main() -> None:
-    pass
+    """Entry point: exit 2 for bad topology input, 1 for other lab errors."""
+    try:
+        app()
+    except TopologyError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except LabError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("COLUMNS", "120")
+    main()

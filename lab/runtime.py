@@ -380,8 +380,8 @@ def cleanup(name: str, controller_timeout: float = 60.0) -> list[str]:
             errors.append(str(exc))
     if run_dir.exists():
         shutil.rmtree(run_dir, ignore_errors=True)
-    log = RUN_ROOT / f"{name}.controller.log"
-    log.unlink(missing_ok=True)
+    for leftover in (f"{name}.controller.log", f"{name}.failed"):
+        (RUN_ROOT / leftover).unlink(missing_ok=True)
     return errors
 
 
@@ -395,6 +395,7 @@ def cleanup_all() -> list[str]:
             netns.delete(ns)
         except LabError as exc:
             errors.append(str(exc))
-    for log in RUN_ROOT.glob("*.controller.log") if RUN_ROOT.is_dir() else []:
-        log.unlink(missing_ok=True)
+    for pattern in ("*.controller.log", "*.failed"):
+        for leftover in RUN_ROOT.glob(pattern) if RUN_ROOT.is_dir() else []:
+            leftover.unlink(missing_ok=True)
     return errors
