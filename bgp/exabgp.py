@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lab.daemon import Daemon, NodeEnv
 from bgp.exabgp_api import request
+from lab.daemon import Daemon, NodeEnv
 from lab.model import Server, TimersSpec
 
 

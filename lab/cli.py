@@ -17,6 +17,7 @@ from rich.table import Table
 from lab.errors import LabError, TopologyError
 from lab.graph import predict_catchment
 from lab.model import Topology, load_topology
+from lab.proc import is_same_process
 from lab.runtime import (
     RUN_ROOT,
     cleanup,
@@ -29,7 +30,6 @@ from lab.runtime import (
     run_dir_of,
     topology_of,
 )
-from lab.proc import is_same_process
 from lab.wait import wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,6 @@ DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="anylab: an anycast and BGP failover lab in network namespaces.")
 console = Console()
-err = Console(stderr=True)
 
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
 
@@ -224,10 +223,10 @@ def main() -> None:
     try:
         app()
     except TopologyError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        print(f"error: {exc}", file=sys.stderr)  # plain: one line, never wrapped
         sys.exit(2)
     except LabError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -66,14 +66,15 @@ def check_topology(topo: Topology) -> None:
                                 "define each region once")
         regions.add(region.name)
     owner: dict[str, str] = {}
-    sections = (("routers", spec.routers), ("pops", spec.pops), ("clients", spec.clients))
-    for section, items in sections:
-        for i, item in enumerate(items):
-            if item.name in owner:
-                raise TopologyError(src, f"{section}[{i}] ({item.name}).name",
-                                    f"name '{item.name}' is already used by {owner[item.name]}",
+    sections = (("routers", [r.name for r in spec.routers]), ("pops", [p.name for p in spec.pops]),
+                ("clients", [c.name for c in spec.clients]))
+    for section, names in sections:
+        for i, name in enumerate(names):
+            if name in owner:
+                raise TopologyError(src, f"{section}[{i}] ({name}).name",
+                                    f"name '{name}' is already used by {owner[name]}",
                                     "give every router, PoP and client its own name")
-            owner[item.name] = f"{section}[{i}]"
+            owner[name] = f"{section}[{i}]"
     for s in topo.servers:
         if s.name in owner:
             i = [p.name for p in spec.pops].index(s.pop)
@@ -89,23 +90,23 @@ def check_topology(topo: Topology) -> None:
                                 "give every transit router its own ASN (the lab runs eBGP everywhere)")
         asn_owner[r.asn] = f"router {r.name}"
     for i, p in enumerate(spec.pops):
-        owner = asn_owner.get(p.asn)
-        if owner is not None and owner.startswith("router"):
+        used_by = asn_owner.get(p.asn)
+        if used_by is not None and used_by.startswith("router"):
             raise TopologyError(src, f"pops[{i}] ({p.name}).asn",
-                                f"ASN {p.asn} is already used by {owner}",
+                                f"ASN {p.asn} is already used by {used_by}",
                                 "use an ASN no router uses (PoPs may share one ASN among themselves)")
         asn_owner.setdefault(p.asn, f"PoP {p.name}")
 
     addr_owner: dict[IPv4Address, str] = {}
 
-    def claim(addr: IPv4Address, owner: str, field: str) -> None:
+    def claim(addr: IPv4Address, who: str, field: str) -> None:
         if addr in addr_owner:
             raise TopologyError(src, field, f"address {addr} is already used by {addr_owner[addr]}",
                                 "give a unique address or leave it out to have one assigned")
-        addr_owner[addr] = owner
+        addr_owner[addr] = who
 
-    for i, r in enumerate(topo.routers):
-        claim(r.loopback, f"{r.name} loopback", f"routers[{i}] ({r.name}).loopback")
+    for i, router in enumerate(topo.routers):
+        claim(router.loopback, f"{router.name} loopback", f"routers[{i}] ({router.name}).loopback")
     for s in topo.servers:
         claim(s.router_id, f"{s.name} router-id", f"pops ({s.pop})")
     link_field = {}

@@ -9,7 +9,6 @@ by ``load_topology`` too.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -335,7 +334,9 @@ def _from_validation_error(source: str, data: Mapping[str, Any], exc: Validation
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic tags union members (e.g. 'tuple[...]', 'literal[...]') into loc; they are noise here.
     loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
-    msg = str(err["msg"]).removeprefix("Value error, ")
+    # pydantic's wording, in the file's terms: YAML has lists, not tuples.
+    msg = str(err["msg"]).removeprefix("Value error, ").replace("Tuple should", "List should")
+    msg = msg.replace(" after validation", "")
     etype = str(err["type"])
     if etype == "value_error":
         # Our validators phrase "problem; fix" themselves.

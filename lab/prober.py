@@ -14,6 +14,7 @@ Run as ``python -m lab.prober --target A --out FILE [--rate HZ]``; SIGTERM ends 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import selectors
@@ -85,10 +86,8 @@ class Prober:
             if t >= next_send:
                 seq += 1
                 self.pending[seq] = t
-                try:
+                with contextlib.suppress(OSError):  # no route yet: counted as lost when it expires
                     self.sock.send(json.dumps({"seq": seq}).encode())
-                except OSError:
-                    pass  # no route yet: counted as lost when it expires
                 next_send += self.period
                 if next_send < t:  # fell behind (e.g. the machine stalled): skip, do not burst
                     next_send = t + self.period

@@ -60,7 +60,7 @@ async def serve(pop: str, server: str, addresses: list[str], udp_port: int, http
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    closers = []
+    closers: list[asyncio.BaseTransport | asyncio.Server] = []
     for addr in addresses:
         transport, _ = await loop.create_datagram_endpoint(lambda: Echo(pop, server), local_addr=(addr, udp_port))
         closers.append(transport)

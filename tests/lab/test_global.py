@@ -1,0 +1,42 @@
+"""global.yaml: twelve PoPs in three regions; observed catchment equals the graph's prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from lab.cli import status_data
+from lab.runtime import Lab
+from tests.conftest import TOPOLOGIES
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab.from_file(TOPOLOGIES / "global.yaml", name="tglobal") as running:
+        yield running
+
+
+def test_observed_catchment_equals_predicted(lab: Lab) -> None:
+    assert lab.catchment() == lab.predicted()
+
+
+def test_status_json_matches_prediction(lab: Lab) -> None:
+    data = status_data("tglobal")
+    assert data["topology"] == "global"
+    assert data["catchment"] == data["predicted"]
+    assert data["sessions_up"] == data["sessions_total"] > 0
+    assert all(all(d.values()) for d in data["daemons"].values())
+
+
+def test_withdrawing_busiest_pop_moves_only_its_clients(lab: Lab) -> None:
+    before = lab.catchment()
+    t = lab.withdraw("fra")
+    shifts = lab.wait_shifted(["eu-c1", "eu-c2"], t)
+    assert {c: s.after for c, s in shifts.items()} == {"eu-c1": "ams", "eu-c2": "cdg"}
+    after = lab.catchment(after=max(s.shift_s or 0 for s in shifts.values()) + t)
+    assert {c: p for c, p in after.items() if not c.startswith("eu")} == \
+        {c: p for c, p in before.items() if not c.startswith("eu")}
+    t = lab.announce("fra")
+    lab.wait_shifted(["eu-c1", "eu-c2"], t)
+    assert lab.catchment(after=t + 0.5) == lab.predicted() or lab.catchment() == lab.predicted()

@@ -1,0 +1,64 @@
+"""The lab leaves nothing behind: after down, and after its controller was SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from lab import netns
+from lab.proc import is_same_process
+from lab.runtime import RUN_ROOT, lab_names, run_dir_of
+from lab.wait import wait_for
+from tests.conftest import PROJECT, TOPOLOGIES
+
+
+def anylab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lab.cli", *args], capture_output=True, text=True,
+                          cwd=PROJECT, timeout=300, check=False)
+
+
+def lab_processes(pids: list[tuple[int, int]]) -> list[int]:
+    return [pid for pid, start in pids if is_same_process(pid, start)]
+
+
+def root_veths() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "veth" in line or "-eth" in line]
+
+
+def test_sigkilled_controller_is_cleaned_by_down() -> None:
+    others = [n for n in lab_names() if n != "thyg"]
+    res = anylab("up", str(TOPOLOGIES / "two_pops.yaml"), "--name", "thyg")
+    assert res.returncode == 0, res.stdout + res.stderr
+    state = json.loads((run_dir_of("thyg") / "state.json").read_text())
+    pids = [(int(r["pid"]), int(r["starttime"])) for r in
+            map(json.loads, (run_dir_of("thyg") / "pids.jsonl").read_text().splitlines())]
+    assert len(lab_processes(pids)) == len(pids) > 0
+    os.kill(state["pid"], signal.SIGKILL)
+    wait_for(lambda: not is_same_process(state["pid"], state["starttime"]), timeout=10, what="controller death")
+    # The daemons outlive their controller until down cleans them up.
+    assert lab_processes(pids)
+    # `down --all` would also stop labs this test did not start; use it only when there are none.
+    res = anylab("down", "--all") if not others else anylab("down", "--name", "thyg")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert lab_processes(pids) == []
+    assert netns.names("anylab-thyg-") == []
+    assert not run_dir_of("thyg").exists()
+    assert not list(RUN_ROOT.glob("thyg.*"))
+    assert root_veths() == []
+
+
+def test_bad_topology_starts_nothing(tmp_path: object) -> None:
+    before = (lab_names(), netns.names("anylab-"))
+    res = anylab("up", str(PROJECT / "tests/unit/malformed/07_unknown_link_router.yaml"), "--name", "tbad")
+    assert res.returncode == 2
+    assert "links[0].b: unknown router 'r9'" in res.stderr
+    assert (lab_names(), netns.names("anylab-")) == before
+
+
+def test_down_after_down_is_harmless() -> None:
+    res = anylab("down", "--name", "tnothing")
+    assert res.returncode == 0 and "no lab named" in res.stdout

@@ -1,0 +1,58 @@
+"""Shift measurement from probe records, as a table of cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.measure import Probe, last_answer, parse_probes, read_probes, shift_after
+
+
+def probes(spec: str, period: float = 0.01) -> list[Probe]:
+    """One letter per probe sent every ``period`` from t=0: a PoP letter answered after 1 ms, '.' lost."""
+    return [Probe(i, i * period, None if ch == "." else i * period + 0.001, None if ch == "." else ch, None)
+            for i, ch in enumerate(spec)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "t_fault", "before", "after", "shift", "outage", "lost"),
+    [
+        ("aaaabbbb", 0.035, "a", "b", 0.041 - 0.035, 0.010, 0),  # hitless move
+        ("aaaa..bb", 0.035, "a", "b", 0.061 - 0.035, 0.030, 2),  # two probes lost
+        ("aa..aabb", 0.015, "a", "b", 0.061 - 0.015, 0.010, 2),  # loss, back on a, then b
+        ("aaaaaaaa", 0.035, "a", "a", None, None, 0),  # never moved
+        ("aaaa....", 0.035, "a", "a", None, None, 4),  # never moved, all lost
+        ("....bbbb", 0.015, None, "b", 0.041 - 0.015, None, 2),  # no answer before the fault
+    ],
+)
+def test_shift_after(spec: str, t_fault: float, before: str | None, after: str | None,
+                     shift: float | None, outage: float | None, lost: int) -> None:
+    s = shift_after(probes(spec), t_fault)
+    assert (s.before, s.after, s.lost) == (before, after, lost)
+    assert s.shift_s == pytest.approx(shift) if shift is not None else s.shift_s is None
+    assert s.outage_s == pytest.approx(outage) if outage is not None else s.outage_s is None
+
+
+def test_last_answer_skips_lost_and_old() -> None:
+    ps = probes("ab..")
+    assert last_answer(ps) == ps[1]
+    assert last_answer(ps, after=0.015) is None
+
+
+def test_parse_skips_partial_lines_and_sorts() -> None:
+    lines = [json.dumps({"seq": 2, "sent": 2.0, "recv": None, "pop": None, "server": None}),
+             json.dumps({"seq": 1, "sent": 1.0, "recv": 1.1, "pop": "a", "server": "a-s1"}),
+             '{"seq": 3, "se']
+    assert [p.seq for p in parse_probes(lines)] == [1, 2]
+
+
+def test_read_probes_joins_rotated_file_and_tails(tmp_path: Path) -> None:
+    path = tmp_path / "probes.jsonl"
+    rec = {"sent": 0.0, "recv": 0.1, "pop": "a", "server": "a-s1"}
+    path.with_name("probes.jsonl.1").write_text(json.dumps({"seq": 1, **rec}) + "\n")
+    path.write_text("".join(json.dumps({"seq": i, **rec}) + "\n" for i in range(2, 200)))
+    assert [p.seq for p in read_probes(path)][:3] == [1, 2, 3]
+    tail = read_probes(path, tail_bytes=500)
+    assert tail and tail[-1].seq == 199 and len(tail) < 10

@@ -1,0 +1,57 @@
+"""Config rendering against golden files (regenerate with UPDATE_GOLDEN=1 after a deliberate change)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bgp.exabgp import ExaBgp
+from bgp.frr import router_daemons
+from lab.daemon import Daemon, NodeEnv
+from lab.model import load_topology
+from lab.net import ip_batch
+from lab.proc import ProcessGroup
+from tests.conftest import TOPOLOGIES
+
+GOLDEN = Path(__file__).parent / "golden" / "two_pops"
+TOPO = load_topology(TOPOLOGIES / "two_pops.yaml")
+RUN = Path("/run/anylab/golden")
+
+
+def daemons() -> list[Daemon]:
+    timers = TOPO.spec.settings.timers
+    out: list[Daemon] = []
+    for r in TOPO.routers:
+        out += router_daemons(NodeEnv(r.name, None, RUN / r.name, ProcessGroup(RUN), "/venv/bin/python"), r, timers)
+    for s in TOPO.servers:
+        out.append(ExaBgp(NodeEnv(s.name, None, RUN / s.name, ProcessGroup(RUN), "/venv/bin/python"), s, timers))
+    return out
+
+
+CASES = [(d, path) for d in daemons() for path in d.render_config()]
+
+
+@pytest.mark.parametrize(("daemon", "path"), CASES, ids=[f"{d.node}-{p.name}" for d, p in CASES])
+def test_config_matches_golden(daemon: Daemon, path: Path) -> None:
+    text = daemon.render_config()[path]
+    golden = GOLDEN / f"{daemon.node}.{path.name}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+@pytest.mark.parametrize("node", TOPO.node_names())
+def test_ip_batch_matches_golden(node: str) -> None:
+    text = "\n".join(ip_batch(TOPO, node)) + "\n"
+    golden = GOLDEN / f"{node}.ip.batch"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_prepend_repeats_own_asn() -> None:
+    lax = next(d for d in daemons() if isinstance(d, ExaBgp) and d.server.pop == "lax")
+    assert lax.routes() == [{"prefix": "203.0.113.1/32", "med": 0, "as_path": [64602, 64602, 64602]}]
