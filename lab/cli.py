@@ -90,8 +90,14 @@ def up(
             state = read_state(name) or {}
             return "up" if state.get("phase") == "up" else None
 
-        outcome = wait_for(settled, timeout=timeout + 60, what="the lab to come up",
-                           describe=lambda: str((read_state(name) or {}).get("phase")))
+        try:
+            outcome = wait_for(settled, timeout=timeout + 60, what="the lab to come up",
+                               describe=lambda: str((read_state(name) or {}).get("phase")))
+        except (KeyboardInterrupt, LabError):
+            # Ctrl-C or a hang: the controller runs on in its own session, so stop it and its lab.
+            errors = cleanup(name)
+            raise LabError(f"lab '{name}' was not brought up; stopped what had started"
+                           + (f" (errors: {'; '.join(errors)})" if errors else "")) from None
     if outcome != "up":
         reason = json.loads(failed.read_text())["error"] if failed.exists() else log.read_text()[-2000:]
         failed.unlink(missing_ok=True)

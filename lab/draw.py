@@ -27,7 +27,7 @@ def draw(topo: Topology, output: Path) -> None:
     import matplotlib.pyplot as plt
 
     g = to_graph(topo)
-    pos = nx.kamada_kawai_layout(g)
+    pos = nx.spring_layout(g, seed=1)  # deterministic; kamada_kawai would need scipy
     fig, ax = plt.subplots(figsize=(12, 9))
     colors = [_COLORS[g.nodes[n]["kind"]] for n in g.nodes]
     nx.draw_networkx(g, pos, ax=ax, node_color=colors, node_size=600, font_size=7, edge_color="#999999")

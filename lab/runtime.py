@@ -17,6 +17,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -69,6 +70,21 @@ def best_as_path(router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | Non
             text = str(path.get("aspath", {}).get("string", "")).strip()
             return tuple(int(a) for a in text.split()) if text else ()
     return None
+
+
+def validate_all(daemons: list[Daemon]) -> list[str]:
+    """Write and dry-run every daemon's config (in parallel: each is a subprocess); returns the errors."""
+
+    def one(d: Daemon) -> str | None:
+        try:
+            d.write_config()
+            d.validate()
+        except LabError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return [e for e in pool.map(one, daemons) if e]
 
 
 class Lab:
@@ -149,13 +165,7 @@ class Lab:
         try:
             self.write_state("validating")
             self._make_daemons()
-            errors = []
-            for d in self.all_daemons():
-                try:
-                    d.write_config()
-                    d.validate()
-                except LabError as exc:
-                    errors.append(str(exc))
+            errors = validate_all(list(self.all_daemons()))
             if errors:
                 raise LabError("configuration rejected, nothing started:\n  " + "\n  ".join(errors))
             self.timings["validated"] = monotonic() - t0

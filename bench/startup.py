@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): time to ``up`` + converged, and memory per node kind.
+
+For each topology: the phases of ``Lab.up`` (validate every config, build namespaces and links, all
+daemons ready, BGP converged to the prediction and every client answered) and the PSS of every lab
+process, summed per node and summarised per node kind (router = zebra + bfdd + bgpd; PoP server =
+ExaBGP + its API process + responder; client = prober). Memory is sampled after convergence and after
+one withdraw/announce cycle of the busiest PoP; the larger sample is kept ("peak").
+
+    sudo .venv/bin/python bench/startup.py [--runs 3] [two_pops global regions30]
+
+Prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from lab.graph import busiest_pop  # noqa: E402
+from lab.model import build_topology, load_topology  # noqa: E402
+from lab.runtime import Lab  # noqa: E402
+
+TOPOLOGIES = {
+    "two_pops": lambda: load_topology(PROJECT / "topologies" / "two_pops.yaml"),
+    "global": lambda: load_topology(PROJECT / "topologies" / "global.yaml"),
+    "regions30": lambda: build_topology(_regions(10), "topologies/regions.py (3 x 10 PoPs)"),
+}
+
+
+def _regions(pops_per_region: int) -> Any:
+    sys.path.insert(0, str(PROJECT / "topologies"))
+    import regions
+
+    return regions.topology(3, pops_per_region)
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of one process in kB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def sample(lab: Lab) -> dict[str, int]:
+    """node → kB PSS of its daemons (and their children, e.g. ExaBGP's API process)."""
+    per_node: dict[str, int] = {}
+    for proc in lab.procs.procs:
+        if proc.name == "mininet-shell":
+            continue
+        per_node[proc.node] = per_node.get(proc.node, 0) + pss_kb(proc.pid) + \
+            sum(pss_kb(c) for c in children(proc.pid))
+    return per_node
+
+
+def kind_of(lab: Lab, node: str) -> str:
+    if node in {r.name for r in lab.topo.routers}:
+        return "router"
+    if node in {s.name for s in lab.topo.servers}:
+        return "pop_server"
+    return "client"
+
+
+def run_once(name: str) -> dict[str, Any]:
+    topo = TOPOLOGIES[name]()
+    lab = Lab(topo, name="bench")
+    t0 = time.monotonic()
+    lab.up(timeout=180)
+    up_s = time.monotonic() - t0
+    try:
+        peak = sample(lab)
+        pop = busiest_pop({c: p or "" for c, p in lab.catchment().items()})
+        clients = [c for c, p in lab.catchment().items() if p == pop]
+        t = lab.withdraw(pop)
+        shifts = lab.wait_shifted(clients, t)
+        lab.wait_shifted(clients, lab.announce(pop))
+        for node, kb in sample(lab).items():
+            peak[node] = max(kb, peak.get(node, 0))
+    finally:
+        lab.down()
+    kinds: dict[str, list[int]] = {}
+    for node, kb in peak.items():
+        kinds.setdefault(kind_of(lab, node), []).append(kb)
+    return {
+        "up_s": round(up_s, 2),
+        "phases_s": {k: round(v, 2) for k, v in lab.timings.items()},
+        "memory_mb": {k: {"nodes": len(v), "mean": round(statistics.mean(v) / 1024, 1),
+                          "max": round(max(v) / 1024, 1), "total": round(sum(v) / 1024, 1)}
+                      for k, v in sorted(kinds.items())},
+        "withdraw_shift_ms": {c: round((s.shift_s or 0) * 1000, 1) for c, s in shifts.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("topologies", nargs="*", default=list(TOPOLOGIES))
+    args = parser.parse_args()
+    result: dict[str, Any] = {"machine": {"cpus": len(__import__("os").sched_getaffinity(0))}, "results": {}}
+    for name in args.topologies:
+        topo = TOPOLOGIES[name]()
+        runs = [run_once(name) for _ in range(args.runs)]
+        ups = [r["up_s"] for r in runs]
+        result["results"][name] = {
+            "nodes": {"routers": len(topo.routers), "pop_servers": len(topo.servers), "clients": len(topo.clients)},
+            "up_s": {"median": statistics.median(ups), "min": min(ups), "max": max(ups), "runs": ups},
+            "last_run": runs[-1],
+        }
+        print(f"{name}: up {ups}", file=sys.stderr)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
