@@ -149,9 +149,9 @@ def check_topology(topo: Topology) -> None:
                                 "list it under anycast[].pops or use 'pops: all'")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Path:
-    """A route as one router holds it; ordering fields are not used directly (see ``_better``)."""
+    """A route as one router holds it (compared by :func:`best_path`, not by field order)."""
 
     as_path: tuple[int, ...]
     med: int

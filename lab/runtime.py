@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgp.exabgp import ExaBgp
 from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
@@ -31,10 +31,13 @@ from lab.daemon import Daemon, NodeEnv
 from lab.daemons import Prober, Responder
 from lab.errors import LabError
 from lab.graph import predict_catchment, predict_routes
-from lab.measure import Shift, last_answer, read_probes, shift_after
+from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
 from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs
 from lab.wait import wait_for
+
+if TYPE_CHECKING:
+    from lab.net import Network
 
 RUN_ROOT = Path(os.environ.get("ANYLAB_RUN_ROOT", "/run/anylab"))
 NETNS_PREFIX = "anylab-"
@@ -99,8 +102,9 @@ class Lab:
         self.run_dir = run_dir_of(name)
         self.procs = ProcessGroup(self.run_dir)
         self.daemons: dict[str, list[Daemon]] = {}
-        self.network: Any = None
-        self.netns: dict[str, str] = {}
+        self.network: Network | None = None
+        # Known before the namespaces exist, so daemons are made (and validated) once.
+        self.netns = {n: netns.netns_path(netns_prefix(name) + n) for n in topo.node_names()}
         self.timings: dict[str, float] = {}
 
     @classmethod
@@ -121,7 +125,7 @@ class Lab:
         return self.run_dir / node
 
     def _env(self, node: str) -> NodeEnv:
-        return NodeEnv(node, self.netns.get(node), self.node_dir(node), self.procs)
+        return NodeEnv(node, self.netns[node], self.node_dir(node), self.procs)
 
     def _make_daemons(self) -> None:
         t = self.topo.spec.settings
@@ -173,8 +177,8 @@ class Lab:
             from lab.net import Network  # the only place Mininet comes in
 
             self.network = Network(self.topo, netns_prefix(self.name), self.run_dir, self.procs)
-            self.netns = self.network.build()
-            self._make_daemons()  # again, now that every node has its namespace
+            built = self.network.build()
+            assert built == self.netns, "namespace paths are derived from the lab name"
             self.timings["network"] = monotonic() - t0
             self.write_state("starting")
             self._start_daemons()
@@ -227,7 +231,7 @@ class Lab:
     def predicted(self) -> dict[str, str]:
         return predict_catchment(self.topo)
 
-    def probes(self, client: str) -> list[Any]:
+    def probes(self, client: str) -> list[Probe]:
         return read_probes(self.node_dir(client) / "probes.jsonl")
 
     def wait_converged(self, deadline: float) -> None:

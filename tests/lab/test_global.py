@@ -38,5 +38,6 @@ def test_withdrawing_busiest_pop_moves_only_its_clients(lab: Lab) -> None:
     assert {c: p for c, p in after.items() if not c.startswith("eu")} == \
         {c: p for c, p in before.items() if not c.startswith("eu")}
     t = lab.announce("fra")
-    lab.wait_shifted(["eu-c1", "eu-c2"], t)
-    assert lab.catchment(after=t + 0.5) == lab.predicted() or lab.catchment() == lab.predicted()
+    back = lab.wait_shifted(["eu-c1", "eu-c2"], t)
+    assert {c: s.after for c, s in back.items()} == {"eu-c1": "fra", "eu-c2": "fra"}
+    assert lab.catchment() == lab.predicted()

@@ -8,6 +8,8 @@ process-queue hold in bgpd) plus 10 ms in zebra, so the floor is ≈ 0.12 s; MAR
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -47,16 +49,8 @@ def test_withdraw_moves_client_to_backup_and_back(lab: Lab) -> None:
 
 
 def test_http_answers_through_anycast(lab: Lab) -> None:
-    import subprocess
-
-    out = subprocess.run(["nsenter", f"--net={lab.netns['c1']}", "--", lab_python(), "-c",
-                          "import urllib.request as u; r = u.urlopen('http://203.0.113.1/', timeout=5); "
-                          "print(r.headers['X-Anylab-Server'], r.read().decode())"],
+    fetch = ("import urllib.request as u; r = u.urlopen('http://203.0.113.1/', timeout=5); "
+             "print(r.headers['X-Anylab-Server'], r.read().decode())")
+    out = subprocess.run(["nsenter", f"--net={lab.netns['c1']}", "--", sys.executable, "-c", fetch],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     assert out.startswith("sjc/sjc-s1 ") and '"pop": "sjc"' in out
-
-
-def lab_python() -> str:
-    import sys
-
-    return sys.executable
