@@ -1,0 +1,117 @@
+"""The health agent's state machine, as tables of (events → health, announcement, sent actions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from health.fsm import (
+    Announce,
+    CheckResult,
+    Config,
+    DrainChanged,
+    Event,
+    Log,
+    RunHooks,
+    ScheduleCheck,
+    ScheduleTick,
+    State,
+    Stop,
+    Tick,
+    Withdraw,
+    step,
+)
+
+
+def run(config: Config, script: str, state: State | None = None) -> tuple[State, list[str]]:
+    """Feed events, one letter each, 10 ms apart: ``+`` check ok, ``-`` check failed, ``D``/``d`` drain
+    file created/removed, ``t`` a tick, ``S`` stop. Returns the last state and what was sent
+    (``N`` announce normal, ``M`` announce demoted, ``W`` withdraw), one string per event."""
+    state = state or State()
+    sent = []
+    for i, ch in enumerate(script):
+        t = i * 0.01
+        events: dict[str, Event] = {"+": CheckResult(t, True), "-": CheckResult(t, False),
+                                    "D": DrainChanged(t, True), "d": DrainChanged(t, False), "t": Tick(t),
+                                    "S": Stop(t)}
+        event = events[ch]
+        state, actions = step(config, state, event)
+        sent.append("".join("N" if a == Announce("normal") else "M" if a == Announce("demoted") else "W"
+                            for a in actions if isinstance(a, Announce | Withdraw)))
+    return state, sent
+
+
+@pytest.mark.parametrize(
+    ("config", "script", "health", "announced", "sent"),
+    [
+        # rise 2: two passes to come up, announced once
+        (Config(rise=2, fall=2), "++", "up", "normal", ["", "N"]),
+        (Config(rise=1, fall=1), "+", "up", "normal", ["N"]),
+        # a single failure while up only starts falling
+        (Config(rise=2, fall=2), "++-", "falling", "normal", ["", "N", ""]),
+        (Config(rise=2, fall=2), "++--", "down", "withdrawn", ["", "N", "", "W"]),
+        # a pass while falling returns to up without re-announcing
+        (Config(rise=2, fall=3), "++--+", "up", "normal", ["", "N", "", "", ""]),
+        # a failure while rising goes back down
+        (Config(rise=3, fall=2), "++-", "down", "withdrawn", ["", "", ""]),
+        # failing from the start: init → down, never announced
+        (Config(rise=2, fall=2), "--", "down", "withdrawn", ["", ""]),
+        # on_down=demoted: down sends the demoted route instead of withdrawing (make-before-break)
+        (Config(rise=1, fall=1, on_down="demoted"), "+-", "down", "demoted", ["N", "M"]),
+        (Config(rise=1, fall=1, on_down="demoted"), "+-+", "up", "normal", ["N", "M", "N"]),
+        # drain: demoted while up, restored when the file goes
+        (Config(rise=1, fall=1), "+Dd", "up", "normal", ["N", "M", "N"]),
+        (Config(rise=1, fall=1, drain_mode="withdrawn"), "+D", "up", "withdrawn", ["N", "W"]),
+        # draining wins over health; removing the file while down stays withdrawn
+        (Config(rise=1, fall=1), "+D-d", "down", "withdrawn", ["N", "M", "W", ""]),
+        # stop withdraws once, then nothing moves
+        (Config(rise=1, fall=1), "+S+", "exit", "withdrawn", ["N", "W", ""]),
+        (Config(rise=1, fall=1), "-S", "exit", "withdrawn", ["", ""]),
+    ],
+)
+def test_table(config: Config, script: str, health: str, announced: str, sent: list[str]) -> None:
+    state, got = run(config, script)
+    assert (state.health, state.announced, got) == (health, announced, sent)
+
+
+def test_debounce_defers_and_tick_applies() -> None:
+    config = Config(rise=1, fall=1, debounce=0.025)
+    state, sent = run(config, "+-")  # t=0 announce, t=0.01 wants withdraw: too soon
+    assert (state.announced, state.pending, sent) == ("normal", "withdrawn", ["N", ""])
+    _, actions = step(config, State(health="up", announced="normal", last_change=0.0), CheckResult(0.01, False))
+    assert ScheduleTick(0.025) in actions
+    state, actions = step(config, state, Tick(0.03))
+    assert state.announced == "withdrawn" and Withdraw() in actions and state.pending is None
+
+
+def test_debounced_change_that_reverts_is_never_sent() -> None:
+    config = Config(rise=1, fall=1, debounce=1.0)
+    state, sent = run(config, "+-+t")
+    assert (state.announced, state.pending, sent) == ("normal", None, ["N", "", "", ""])
+
+
+def test_fast_interval_while_moving() -> None:
+    config = Config(rise=2, fall=3, interval=1.0, fast_interval=0.1)
+    state = State(health="up")
+    state, actions = step(config, state, CheckResult(0.0, False))
+    assert ScheduleCheck(0.1) in actions and state.health == "falling"
+    state, actions = step(config, State(health="up"), CheckResult(0.0, True))
+    assert ScheduleCheck(1.0) in actions
+
+
+def test_hooks_and_log_on_health_change_only() -> None:
+    config = Config(rise=1, fall=2)
+    state, actions = step(config, State(health="up", announced="normal"), CheckResult(1.0, True))
+    assert not [a for a in actions if isinstance(a, RunHooks | Log)]
+    _, actions = step(config, state, CheckResult(2.0, False, "HTTP 503"))
+    assert RunHooks("falling") in actions
+    assert Log(2.0, "check-failed", "falling", "normal", "HTTP 503") in actions
+
+
+def test_detection_bound() -> None:
+    assert Config(interval=0.05, fast_interval=0.02, fall=2, timeout=0.03).detection_bound() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [{"rise": 0}, {"fall": 0}, {"interval": 0}, {"debounce": -1}])
+def test_config_rejects_nonsense(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Config(**bad)  # type: ignore[arg-type]
