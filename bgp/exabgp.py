@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from bgp.exabgp_api import request
@@ -77,15 +76,8 @@ class ExaBgp(Daemon):
         return {self.path(".conf"): "\n".join(lines), self.env.dir / "routes.json": json.dumps(self.routes())}
 
     def validate(self) -> None:
-        argv = [exabgp_bin(self.env.python), "validate", str(self.path(".conf"))]
-        try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                                 env=exabgp_env())
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise self.error(f"exabgp validate could not run: {exc}") from exc
-        if res.returncode != 0:
-            out = (res.stdout + res.stderr).strip().replace("\n", " | ")
-            raise self.error(f"exabgp validate rejected {self.path('.conf')}: {out}")
+        self.run_check([exabgp_bin(self.env.python), "validate", str(self.path(".conf"))], "exabgp validate",
+                       env=exabgp_env())
 
     def argv(self) -> list[str]:
         return [exabgp_bin(self.env.python), "server", str(self.path(".conf"))]

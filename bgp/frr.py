@@ -78,12 +78,10 @@ class FrrDaemon(Daemon):
 
     def validate(self) -> None:
         """``<daemon> -C``: FRR exits 0 even on errors, so its output is scanned for config errors."""
-        res = subprocess.run([*self.common_args(), "-C"], capture_output=True, text=True, timeout=30,
-                             check=False)
-        bad = [line for line in (res.stdout + res.stderr).splitlines() if _CONFIG_ERROR in line]
-        if res.returncode != 0 or bad:
-            detail = " | ".join(bad) or (res.stdout + res.stderr).strip()
-            raise self.error(f"dry run (-C) rejected {self.path('.conf')}: {detail}")
+        out = self.run_check([*self.common_args(), "-C"], "dry run (-C)")
+        bad = [line for line in out.splitlines() if _CONFIG_ERROR in line]
+        if bad:
+            raise self.error(f"dry run (-C) rejected {self.path('.conf')}: {' | '.join(bad)}")
 
     def ready(self) -> bool:
         return _socket_accepts(self.env.dir / f"{self.name}.vty")

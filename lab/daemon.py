@@ -101,13 +101,14 @@ class Daemon(ABC):
                 return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
         return "(no output)"
 
-    def run_check(self, argv: Sequence[str], what: str, timeout: float = 30.0) -> str:
+    def run_check(self, argv: Sequence[str], what: str, timeout: float = 60.0,
+                  env: dict[str, str] | None = None) -> str:
         """Run a dry-run command; raises DaemonError with its output unless it exits 0."""
         try:
-            res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+            res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False, env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise self.error(f"{what} could not run: {exc}") from exc
         if res.returncode != 0:
             out = (res.stdout + res.stderr).strip().replace("\n", " | ")
-            raise self.error(f"{what} rejected the config (exit {res.returncode}): {out}")
-        return res.stdout
+            raise self.error(f"{what} rejected {self.path('.conf')} (exit {res.returncode}): {out}")
+        return res.stdout + res.stderr
