@@ -23,7 +23,8 @@ from lab.errors import TopologyError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 DEFAULT_ANYCAST = "203.0.113.1/32"
-#: Private 32-bit ASN range is not enforced: a lab may mimic public ASNs; 0 and 23456 are reserved.
+#: ASNs BGP reserves (RFC 7607 zero, AS_TRANS 23456, 65535, 4294967295). Private ranges are not required:
+#: a lab may mimic public ASNs.
 RESERVED_ASNS = {0, 23456, 65535, 4294967295}
 
 # Deterministic address pools. Each /31 pool is indexed by the declaration order of what it numbers.
