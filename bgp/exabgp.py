@@ -82,13 +82,13 @@ class ExaBgp(Daemon):
     def argv(self) -> list[str]:
         return [exabgp_bin(self.env.python), "server", str(self.path(".conf"))]
 
-    def start(self) -> None:
-        if self.proc is not None and self.proc.alive():
-            raise self.error("already running")
+    def spawn_env(self) -> dict[str, str]:
+        return exabgp_env()
+
+    def before_start(self) -> None:
+        # A fresh start announces: the wanted state kept for respawns of the API process is dropped.
         for stale in ("api.sock", "api-state.json"):
             (self.env.dir / stale).unlink(missing_ok=True)
-        self.proc = self.env.procs.spawn(self.argv(), node=self.node, name=self.name, netns=self.env.netns,
-                                         log=self.path(".out"), env=exabgp_env())
 
     def api(self, cmd: str) -> dict[str, object]:
         """Send announce/withdraw/status to the API process; raises DaemonError if it does not answer."""

@@ -100,7 +100,7 @@ def up(
                            + (f" (errors: {'; '.join(errors)})" if errors else "")) from None
     if outcome != "up":
         reason = json.loads(failed.read_text())["error"] if failed.exists() else log.read_text()[-2000:]
-        failed.unlink(missing_ok=True)
+        cleanup(name)  # the controller tore its lab down; this removes its log and failure marker too
         raise LabError(f"lab '{name}' did not come up: {reason}")
     state = _running_state(name)
     console.print(catchment_table(topo, observed_catchment(topo, run_dir_of(name)), predict_catchment(topo)))

@@ -66,12 +66,21 @@ class Daemon(ABC):
     def argv(self) -> list[str]:
         """The command line that runs the daemon in the foreground."""
 
+    def spawn_env(self) -> dict[str, str] | None:
+        """The environment the daemon runs with (None: the lab's own)."""
+        return None
+
+    def before_start(self) -> None:
+        """Clear what a previous run of this daemon left in its directory (nothing by default)."""
+        return None
+
     def start(self) -> None:
         """Start the daemon inside the node's namespace; raises DaemonError if it cannot start."""
         if self.proc is not None and self.proc.alive():
             raise self.error("already running")
+        self.before_start()
         self.proc = self.env.procs.spawn(self.argv(), node=self.node, name=self.name, netns=self.env.netns,
-                                         log=self.path(".out"))
+                                         log=self.path(".out"), env=self.spawn_env())
 
     @abstractmethod
     def ready(self) -> bool:

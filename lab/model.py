@@ -14,12 +14,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lab.errors import TopologyError
+from lab.errors import LabError, TopologyError
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 DEFAULT_ANYCAST = "203.0.113.1/32"
@@ -258,13 +266,16 @@ class Topology:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients)]
 
     def router(self, name: str) -> Router:
-        return next(r for r in self.routers if r.name == name)
+        """The router called ``name``; raises LabError listing the routers if there is none."""
+        return _named(self.routers, name, "router")
 
     def pop(self, name: str) -> Pop:
-        return next(p for p in self.pops if p.name == name)
+        """The PoP called ``name``; raises LabError listing the PoPs if there is none."""
+        return _named(self.pops, name, "PoP")
 
     def server(self, name: str) -> Server:
-        return next(s for s in self.servers if s.name == name)
+        """The PoP server called ``name``; raises LabError listing the servers if there is none."""
+        return _named(self.servers, name, "PoP server")
 
     def interfaces(self) -> Iterator[Interface]:
         for r in self.routers:
@@ -286,6 +297,13 @@ class Topology:
             seen.update({(intf.node, intf.name), (peer.node, peer.name)})
             pairs.append((intf, peer))
         return pairs
+
+
+def _named(items: tuple[T, ...], name: str, kind: str) -> T:
+    for item in items:
+        if item.name == name:
+            return item
+    raise LabError(f"no {kind} named '{name}'; there are: {', '.join(i.name for i in items)}")
 
 
 # ---------------------------------------------------------------------------------------------

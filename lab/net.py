@@ -99,7 +99,10 @@ class Network:
         return dict(self.netns)
 
     def stop(self, errors: list[str]) -> None:
-        """Stop the node shells and remove the named namespaces; failures go to ``errors``."""
+        """End the node shells and release their ptys; failures go to ``errors``.
+
+        The named namespaces are removed by ``lab.runtime.cleanup``, the one place that also cleans
+        after a crashed lab."""
         if self.net is not None:
             # Not Mininet's stop(): it deletes every link through the node shells, one command at a
             # time. Ending the shells and deleting the namespaces removes the veths all the same.
@@ -109,9 +112,3 @@ class Network:
                 except Exception as exc:  # keep tearing down
                     errors.append(f"{host.name}: mininet shell: {exc}")
             self.net = None
-        for name in list(self.netns):
-            try:
-                netns.delete(self.prefix + name)
-            except LabError as exc:
-                errors.append(str(exc))
-            del self.netns[name]

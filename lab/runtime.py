@@ -186,8 +186,11 @@ class Lab:
             self.wait_converged(deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
             self.write_state("up")
-        except BaseException:
-            self.down()
+        except BaseException as exc:
+            try:
+                self.down()
+            except LabError as teardown:
+                exc.add_note(str(teardown))  # keep the reason up failed in front
             raise
 
     def _start_daemons(self) -> None:
@@ -214,6 +217,7 @@ class Lab:
         if self.network is not None:
             self.network.stop(errors)
             self.network = None
+        # Namespaces, run files, and anything recorded that the steps above missed.
         errors += cleanup(self.name)
         self.daemons.clear()
         if errors:
@@ -248,10 +252,11 @@ class Lab:
                     missing.append(f"{s.router}: sessions down {', '.join(s.down)}")
             for r in self.topo.routers:
                 for prefix, routes in predicted.items():
-                    want = routes[r.name]
+                    route = routes[r.name]
+                    want = route.as_path if route else None
                     got = best_as_path(self.node_dir(r.name), prefix)
-                    if (want.as_path if want else None) != got:
-                        missing.append(f"{r.name}: {prefix} via {got}, predicted {want.as_path if want else None}")
+                    if want != got:
+                        missing.append(f"{r.name}: {prefix} via {got}, predicted {want}")
             return not missing
 
         wait_for(bgp_done, timeout=max(1.0, deadline - monotonic()), what="BGP convergence",

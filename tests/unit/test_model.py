@@ -86,3 +86,11 @@ def test_sessions_follow_links() -> None:
     sjc = topo.server("sjc-s1")
     assert [(n.node, n.asn) for n in sjc.neighbors] == [("r2", 65002)]
     assert sjc.prefixes == topo.anycast
+
+
+def test_unknown_node_lookup_is_a_lab_error() -> None:
+    from lab.errors import LabError
+
+    topo = load_topology(TOPOLOGIES / "two_pops.yaml")
+    with pytest.raises(LabError, match="no PoP named 'nyc'; there are: sjc, lax"):
+        topo.pop("nyc")
