@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bgp.exabgp_api import request
 from lab.daemon import Daemon, NodeEnv
-from lab.model import Server, TimersSpec
+from lab.model import Server
 
 
 def exabgp_bin(python: str) -> str:
@@ -42,18 +42,20 @@ class ExaBgp(Daemon):
 
     name = "exabgp"
 
-    def __init__(self, env: NodeEnv, server: Server, timers: TimersSpec) -> None:
+    def __init__(self, env: NodeEnv, server: Server) -> None:
         super().__init__(env)
         self.server = server
-        self.timers = timers
 
-    def routes(self) -> list[dict[str, object]]:
+    def routes(self) -> dict[str, object]:
         s = self.server
+        demote = s.profile.health.demote
         # ExaBGP sends the AS path verbatim (it does not add its own ASN): prepending = repeating it.
-        return [{"prefix": str(p), "med": s.med, "as_path": [s.asn] * (1 + s.prepend)} for p in s.prefixes]
+        return {"routes": [{"prefix": str(p), "med": s.med, "as_path": [s.asn] * (1 + s.prepend)}
+                           for p in s.prefixes],
+                "demote": {"prepend": demote.prepend, "med": demote.med}}
 
     def render_config(self) -> dict[Path, str]:
-        s, t = self.server, self.timers
+        s, t = self.server, self.server.profile
         api = f"{self.env.python} -m bgp.exabgp_api --dir {self.env.dir}"
         lines = ["process anylab-api {", f"    run {api};", "    encoder json;", "}", ""]
         for n in s.neighbors:
@@ -66,6 +68,7 @@ class ExaBgp(Daemon):
                 f"    peer-as {n.asn};",
                 f"    hold-time {t.hold};",
                 "    family { ipv4 unicast; }",
+                *([f"    capability {{ graceful-restart {t.graceful_restart}; }}"] if t.graceful_restart else []),
                 "    api {",
                 "        processes [ anylab-api ];",
                 "        neighbor-changes;",
@@ -86,14 +89,14 @@ class ExaBgp(Daemon):
         return exabgp_env()
 
     def before_start(self) -> None:
-        # A fresh start announces: the wanted state kept for respawns of the API process is dropped.
-        for stale in ("api.sock", "api-state.json"):
-            (self.env.dir / stale).unlink(missing_ok=True)
+        # The wanted state (api-state.json) is kept: a restarted speaker announces what the health
+        # agent and the operator last asked for, as a respawned API process does.
+        (self.env.dir / "api.sock").unlink(missing_ok=True)
 
-    def api(self, cmd: str) -> dict[str, object]:
-        """Send announce/withdraw/status to the API process; raises DaemonError if it does not answer."""
+    def api(self, cmd: str, **args: str) -> dict[str, object]:
+        """Send set/announce/withdraw/status to the API process; raises DaemonError if it does not answer."""
         try:
-            return request(self.env.dir / "api.sock", cmd)
+            return request(self.env.dir / "api.sock", cmd, 2.0, **args)
         except (OSError, ValueError) as exc:
             raise self.error(f"API process did not answer {cmd!r}: {exc}") from exc
 

@@ -2,11 +2,18 @@
 
 ExaBGP starts it (``process`` in the config), writes neighbour events and ``done``/``error`` acks to
 its stdin and reads API commands from its stdout. The lab talks to it over a Unix socket, one JSON
-line per request (``{"cmd": "announce"|"withdraw"|"status"}``), one JSON line back. The wanted state
-is kept in a file so a respawned process restores it, and every change is logged as a JSON line with
-its CLOCK_MONOTONIC time (the lab's one clock for measurements).
+line per request, one JSON line back:
 
-Run as ``python -m bgp.exabgp_api --dir D`` where ``D/routes.json`` lists the routes.
+- ``{"cmd": "set", "mode": "normal"|"demoted"|"withdrawn"}`` — the health agent's decision;
+- ``{"cmd": "withdraw"}`` / ``{"cmd": "announce"}`` — the operator's (the lab's) administrative
+  shutdown and its end; while shut down nothing is announced whatever the agent says;
+- ``{"cmd": "status"}``.
+
+What is sent is the worse of the two. Both inputs are kept in a file, so a respawned process — or a
+new ExaBGP after a crash — restores them, and every change is logged as a JSON line with its
+CLOCK_MONOTONIC time (the lab's one clock for measurements).
+
+Run as ``python -m bgp.exabgp_api --dir D`` where ``D/routes.json`` holds the routes and the demotion.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ class Route:
             raise ValueError(f"bad route {data!r}")
         return cls(prefix, med, as_path)
 
+    def demoted(self, prepend: int, med: int) -> Route:
+        """The same route made less preferred: the first ASN prepended, ``med`` added (capped)."""
+        return Route(self.prefix, min(self.med + med, 0xFFFFFFFF), (self.as_path[0],) * prepend + self.as_path)
+
     def command(self, verb: str) -> str:
         path = " ".join(str(a) for a in self.as_path)
         return f"{verb} route {self.prefix} next-hop self med {self.med} as-path [ {path} ]"
@@ -51,45 +62,73 @@ def monotonic() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+MODES = ("normal", "demoted", "withdrawn")
+
+
 @dataclass
 class ApiState:
     routes: tuple[Route, ...]
-    announced: bool = True
+    demoted: tuple[Route, ...]
+    #: The health agent's wanted mode; the operator's administrative shutdown.
+    agent: str = "withdrawn"
+    admin_down: bool = False
+    #: What ExaBGP was last told to announce.
+    sent: str = "withdrawn"
     neighbors: dict[str, str] = field(default_factory=dict)
     acks: int = 0
     errors: int = 0
     last_change: float = 0.0
 
+    @property
+    def effective(self) -> str:
+        return "withdrawn" if self.admin_down else self.agent
+
     def status(self) -> dict[str, Any]:
-        return {"announced": self.announced, "neighbors": self.neighbors, "acks": self.acks,
+        return {"announced": self.sent != "withdrawn", "mode": self.sent, "agent": self.agent,
+                "admin_down": self.admin_down, "neighbors": self.neighbors, "acks": self.acks,
                 "errors": self.errors, "last_change": self.last_change, "pid": os.getpid()}
 
 
 class ApiProcess:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        routes = json.loads((directory / "routes.json").read_text())
+        data = json.loads((directory / "routes.json").read_text())
+        routes = tuple(Route.from_json(r) for r in data["routes"])
+        demote = data.get("demote", {})
+        prepend, med = int(demote.get("prepend", 0)), int(demote.get("med", 0))
+        if not 0 <= prepend <= 16 or not 0 <= med <= 0xFFFFFFFF:
+            raise ValueError(f"bad demotion {demote!r}")
+        self.state = ApiState(routes, tuple(r.demoted(prepend, med) for r in routes))
         wanted = directory / "api-state.json"
-        announced = json.loads(wanted.read_text())["announced"] if wanted.exists() else True
-        self.state = ApiState(tuple(Route.from_json(r) for r in routes), announced)
+        if wanted.exists():
+            saved = json.loads(wanted.read_text())
+            self.state.agent = str(saved.get("agent", "withdrawn"))
+            self.state.admin_down = bool(saved.get("admin_down", False))
         self.events = open(directory / "api-events.jsonl", "a", buffering=1)  # noqa: SIM115
 
     def log(self, event: str, **extra: Any) -> None:
         self.events.write(json.dumps({"t": monotonic(), "event": event, **extra}) + "\n")
 
-    def send(self, verb: str) -> None:
-        for route in self.state.routes:
-            sys.stdout.write(route.command(verb) + "\n")
+    def apply(self, force: bool = False) -> None:
+        """Tell ExaBGP what is wanted now, if it differs from what it was last told (or ``force``)."""
+        want = self.state.effective
+        if want == self.state.sent and not force:
+            return
+        if want == "withdrawn":
+            lines = [r.command("withdraw") for r in self.state.routes]
+        else:
+            # An announcement of the same prefix replaces the previous one: no withdrawal in between.
+            lines = [r.command("announce") for r in (self.state.routes if want == "normal" else self.state.demoted)]
+        sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
-
-    def set_announced(self, announced: bool) -> None:
-        verb = "announce" if announced else "withdraw"
-        self.send(verb)
-        self.state.announced = announced
+        self.state.sent = want
         self.state.last_change = monotonic()
-        self.log(verb)
+        self.log("withdraw" if want == "withdrawn" else "announce", mode=want, agent=self.state.agent,
+                 admin_down=self.state.admin_down)
+
+    def save(self) -> None:
         tmp = self.dir / "api-state.json.tmp"
-        tmp.write_text(json.dumps({"announced": announced}))
+        tmp.write_text(json.dumps({"agent": self.state.agent, "admin_down": self.state.admin_down}))
         tmp.replace(self.dir / "api-state.json")
 
     def on_exabgp_line(self, line: str) -> None:
@@ -112,13 +151,22 @@ class ApiProcess:
 
     def on_request(self, raw: bytes) -> dict[str, Any]:
         try:
-            cmd = json.loads(raw or b"{}").get("cmd")
+            req = json.loads(raw or b"{}")
+            cmd = req.get("cmd")
         except (json.JSONDecodeError, AttributeError):
             return {"ok": False, "error": "request must be a JSON object with 'cmd'"}
         if cmd in ("announce", "withdraw"):
-            self.set_announced(cmd == "announce")
+            self.state.admin_down = cmd == "withdraw"
+        elif cmd == "set":
+            mode = req.get("mode")
+            if mode not in MODES:  # never splice an unchecked value into an API line
+                return {"ok": False, "error": f"unknown mode {mode!r}; use one of {', '.join(MODES)}"}
+            self.state.agent = mode
         elif cmd != "status":
-            return {"ok": False, "error": f"unknown cmd {cmd!r}; use announce, withdraw or status"}
+            return {"ok": False, "error": f"unknown cmd {cmd!r}; use set, announce, withdraw or status"}
+        if cmd != "status":
+            self.save()
+            self.apply()
         return {"ok": True, **self.state.status()}
 
     def run(self) -> None:
@@ -130,9 +178,9 @@ class ApiProcess:
         sel = selectors.DefaultSelector()
         sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
         sel.register(server, selectors.EVENT_READ, "server")
-        self.log("start", announced=self.state.announced)
-        if self.state.announced:
-            self.set_announced(True)
+        self.log("start", agent=self.state.agent, admin_down=self.state.admin_down)
+        if self.state.effective != "withdrawn":
+            self.apply(force=True)
         while True:
             for key, _ in sel.select():
                 if key.data == "stdin":
@@ -152,12 +200,12 @@ class ApiProcess:
                             pass
 
 
-def request(sock_path: Path, cmd: str, timeout: float = 2.0) -> dict[str, Any]:
+def request(sock_path: Path, cmd: str, timeout: float = 2.0, **args: str) -> dict[str, Any]:
     """Send one command to a server's API process; raises OSError / ValueError on failure."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(sock_path))
-        sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
     if not reply.get("ok"):
         raise ValueError(str(reply.get("error")))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lab.daemon import Daemon, NodeEnv
-from lab.model import Router, TimersSpec
+from lab.model import Router
+from lab.profiles import BfdSpec
 
 FRR_BIN = Path("/usr/lib/frr")
 VTYSH = "/usr/bin/vtysh"
@@ -62,10 +63,9 @@ class FrrDaemon(Daemon):
 
     extra_args: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, env: NodeEnv, router: Router, timers: TimersSpec) -> None:
+    def __init__(self, env: NodeEnv, router: Router) -> None:
         super().__init__(env)
         self.router = router
-        self.timers = timers
 
     def common_args(self) -> list[str]:
         d = self.env.dir
@@ -102,8 +102,12 @@ class Zebra(FrrDaemon):
         return {self.path(".conf"): "\n".join(lines) + "\n"}
 
 
+def bfd_profile_name(bfd: BfdSpec) -> str:
+    return f"anylab-{bfd.interval_ms}x{bfd.multiplier}"
+
+
 class Bfdd(FrrDaemon):
-    """BFD; peers are configured by later profiles (the lab runs it so bgpd can ask for sessions)."""
+    """BFD: one profile per distinct BFD setting of the router's sessions; bgpd asks for the sessions."""
 
     name = "bfdd"
     dependencies = ("zebra",)
@@ -112,7 +116,16 @@ class Bfdd(FrrDaemon):
         return [*super().common_args(), "--bfdctl", str(self.env.dir / "bfdd.sock")]
 
     def render_config(self) -> dict[Path, str]:
-        return {self.path(".conf"): "\n".join(self.header()) + "\n"}
+        lines = self.header()
+        specs = {n.profile.bfd for n in self.router.neighbors if n.profile.bfd is not None}
+        if specs:
+            lines.append("bfd")
+            for bfd in sorted(specs, key=bfd_profile_name):
+                lines += [f" profile {bfd_profile_name(bfd)}", f"  transmit-interval {bfd.interval_ms}",
+                          f"  receive-interval {bfd.interval_ms}", f"  detect-multiplier {bfd.multiplier}",
+                          " exit", " !"]
+            lines += ["exit", "!"]
+        return {self.path(".conf"): "\n".join(lines) + "\n"}
 
 
 class Bgpd(FrrDaemon):
@@ -123,7 +136,7 @@ class Bgpd(FrrDaemon):
     extra_args = ("-p", "179")
 
     def render_config(self) -> dict[Path, str]:
-        r, t = self.router, self.timers
+        r, t = self.router, self.router.profile
         lines = [
             *self.header(),
             f"router bgp {r.asn}",
@@ -136,14 +149,19 @@ class Bgpd(FrrDaemon):
             " bgp bestpath compare-routerid",
             f" timers bgp {t.keepalive} {t.hold}",
         ]
+        if t.graceful_restart:
+            lines += [" bgp graceful-restart", f" bgp graceful-restart restart-time {t.graceful_restart}"]
         for n in r.neighbors:
+            p = n.profile
             lines += [
                 f" neighbor {n.address} remote-as {n.asn}",
                 f" neighbor {n.address} description {n.node}",
-                f" neighbor {n.address} timers {t.keepalive} {t.hold}",
+                f" neighbor {n.address} timers {p.keepalive} {p.hold}",
                 f" neighbor {n.address} timers connect 1",
-                f" neighbor {n.address} advertisement-interval 0",
+                f" neighbor {n.address} advertisement-interval {p.mrai}",
             ]
+            if p.bfd is not None:
+                lines.append(f" neighbor {n.address} bfd profile {bfd_profile_name(p.bfd)}")
         lines += [" !", " address-family ipv4 unicast", f"  network {r.loopback}/32"]
         lines += [f"  network {net}" for net in r.client_subnets]
         lines += ["  maximum-paths 16", " exit-address-family", "exit", "!"]
@@ -157,9 +175,9 @@ class Bgpd(FrrDaemon):
         return isinstance(summary, dict)
 
 
-def router_daemons(env: NodeEnv, router: Router, timers: TimersSpec) -> list[FrrDaemon]:
+def router_daemons(env: NodeEnv, router: Router) -> list[FrrDaemon]:
     """The daemons of one FRR router, in start order (dependencies first)."""
-    return [Zebra(env, router, timers), Bfdd(env, router, timers), Bgpd(env, router, timers)]
+    return [Zebra(env, router), Bfdd(env, router), Bgpd(env, router)]
 
 
 def established_peers(router_dir: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The lab's own daemons: the PoP server's probe responder and the client's prober."""
+"""The lab's own daemons: the PoP server's responder and health agent, and the client's prober."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from lab.daemon import Daemon, NodeEnv
 from lab.model import Client, Server
 from lab.netns import socket_in
+from lab.profiles import HEALTH_PORT
 
 
 class Responder(Daemon):
@@ -30,7 +31,7 @@ class Responder(Daemon):
 
     def argv(self) -> list[str]:
         argv = [self.env.python, "-m", "pop_agent.responder", "--pop", self.server.pop,
-                "--server", self.server.name, "--udp-port", str(self.udp_port)]
+                "--server", self.server.name, "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT)]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -47,6 +48,66 @@ class Responder(Daemon):
             except (OSError, ValueError):
                 return False
         return bool(reply.get("server") == self.server.name)
+
+
+class HealthAgent(Daemon):
+    """``health.agent``: checks the local service and tells the ExaBGP API process what to announce."""
+
+    name = "health"
+    dependencies = ("responder", "exabgp")
+
+    def __init__(self, env: NodeEnv, server: Server) -> None:
+        super().__init__(env)
+        self.server = server
+
+    def config(self) -> dict[str, object]:
+        h, d = self.server.profile.health, self.env.dir
+        return {
+            "server": self.server.name, "pop": self.server.pop,
+            "fsm": {"rise": h.rise, "fall": h.fall, "interval": h.interval, "fast_interval": h.fast_interval,
+                    "timeout": h.timeout, "on_down": h.on_down, "drain_mode": h.drain_mode,
+                    "debounce": h.debounce},
+            "checks": [c.model_dump(mode="json") for c in h.checks], "combine": h.combine,
+            "hooks": [list(hook) for hook in h.hooks],
+            "api_socket": str(d / "api.sock"), "drain_file": str(self.drain_file),
+            "events": str(self.events), "metrics": str(d / "health.prom"), "state": str(self.state_file),
+        }
+
+    @property
+    def drain_file(self) -> Path:
+        return self.env.dir / "drain"
+
+    @property
+    def events(self) -> Path:
+        return self.env.dir / "health-events.jsonl"
+
+    @property
+    def state_file(self) -> Path:
+        return self.env.dir / "health-state.json"
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.path(".json"): json.dumps(self.config(), indent=1)}
+
+    def validate(self) -> None:
+        from health.agent import AgentConfig
+
+        try:
+            AgentConfig.from_json(self.config())
+        except (KeyError, ValueError, TypeError) as exc:
+            raise self.error(f"bad health agent config: {exc}") from exc
+
+    def argv(self) -> list[str]:
+        return [self.env.python, "-m", "health.agent", "--config", str(self.path(".json"))]
+
+    def before_start(self) -> None:
+        self.state_file.unlink(missing_ok=True)
+
+    def ready(self) -> bool:
+        """Ready once the agent has reached its first verdict (up or down)."""
+        try:
+            return json.loads(self.state_file.read_text()).get("health") in ("up", "down")
+        except (OSError, ValueError):
+            return False
 
 
 class Prober(Daemon):

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lab.errors import LabError, TopologyError
+from lab.profiles import DEFAULT_PROFILE, Profile, expand, named
 
 
 class _Named(Protocol):
@@ -64,20 +65,6 @@ def _check_asn(value: int) -> int:
     return value
 
 
-class TimersSpec(_Spec):
-    """BGP timers in seconds (``neighbor X timers KEEPALIVE HOLD``); hold is 0 or ≥ 3 (RFC 4271)."""
-
-    keepalive: int = Field(1, ge=0, le=21845)
-    hold: int = Field(3, ge=0, le=65535)
-
-    @field_validator("hold")
-    @classmethod
-    def _hold(cls, value: int) -> int:
-        if value not in (0,) and value < 3:
-            raise ValueError("hold time must be 0 or at least 3 seconds (RFC 4271)")
-        return value
-
-
 class RegionSpec(_Spec):
     name: str
 
@@ -88,8 +75,12 @@ class RouterSpec(_Spec):
     name: str
     asn: int
     region: str
-    kind: Literal["frr"] = "frr"
+    kind: Literal["frr", "bird"] = "frr"
     loopback: IPv4Address | None = None
+    #: This router's profile (timers, BFD, MRAI) if not the topology's.
+    profile: Profile | None = None
+
+    _profile = field_validator("profile", mode="before")(lambda cls, v: None if v is None else expand(v))
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
@@ -122,9 +113,12 @@ class PopSpec(_Spec):
     upstreams: tuple[str, ...]
     prepend: int = Field(0, ge=0, le=16)
     med: int = Field(0, ge=0, le=4294967295)
+    #: The profile of this PoP's servers and of their sessions with the upstreams.
+    profile: Profile | None = None
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
+    _profile = field_validator("profile", mode="before")(lambda cls, v: None if v is None else expand(v))
 
 
 class ClientSpec(_Spec):
@@ -148,11 +142,13 @@ class AnycastSpec(_Spec):
 
 
 class LabSpec(_Spec):
-    """Lab-wide settings: BGP timers and the client probe rate."""
+    """Lab-wide settings: the timer profile (see :mod:`lab.profiles`) and the client probe rate."""
 
-    timers: TimersSpec = TimersSpec()
-    probe_rate_hz: float = Field(200.0, ge=1.0, le=2000.0)
+    profile: Profile = named(DEFAULT_PROFILE)
+    probe_rate_hz: float = Field(500.0, ge=1.0, le=2000.0)
     probe_port: int = Field(7, ge=1, le=65535)
+
+    _profile = field_validator("profile", mode="before")(lambda cls, v: expand(v))
 
 
 class TopologySpec(_Spec):
@@ -169,6 +165,26 @@ class TopologySpec(_Spec):
     anycast: tuple[AnycastSpec, ...] = (AnycastSpec(prefix=IPv4Network(DEFAULT_ANYCAST)),)
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_bases(cls, data: Any) -> Any:
+        """A router's or PoP's profile override without ``base`` builds on the topology's profile."""
+        if not isinstance(data, dict):
+            return data
+        settings = data.get("settings")
+        top = settings.get("profile") if isinstance(settings, dict) else None
+        base = top if isinstance(top, str) else (top.get("base") if isinstance(top, dict) else None)
+        if not isinstance(base, str):
+            return data
+        data = dict(data)
+        for key in ("routers", "pops"):
+            items = data.get(key)
+            if isinstance(items, list):
+                data[key] = [{**it, "profile": {"base": base, **it["profile"]}}
+                             if isinstance(it, dict) and isinstance(it.get("profile"), dict)
+                             and "base" not in it["profile"] else it for it in items]
+        return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +213,9 @@ class Neighbor:
     local_address: IPv4Address
     interface: str
     router_id: IPv4Address
+    #: The session's profile: the PoP's for a router–server session, else the local router's (BFD only
+    #: when both routers' profiles have it: BFD needs both ends).
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -210,6 +229,7 @@ class Router:
     neighbors: tuple[Neighbor, ...]
     #: Subnets of attached clients, originated into BGP so answers can find their way back.
     client_subnets: tuple[IPv4Network, ...]
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -227,6 +247,7 @@ class Server:
     prefixes: tuple[IPv4Network, ...]
     prepend: int
     med: int
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -247,6 +268,7 @@ class Pop:
     prepend: int
     med: int
     prefixes: tuple[IPv4Network, ...]
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -510,7 +532,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
                 pop_link += 1
                 add_pair(up, s_name, r_addr, s_addr)
         pops.append(Pop(p.name, p.region, p.asn, p.upstreams, tuple(names), p.prepend, p.med,
-                        tuple(prefixes_of[p.name])))
+                        tuple(prefixes_of[p.name]), p.profile or spec.settings.profile))
 
     client_subnets: dict[str, list[IPv4Network]] = {}
     for i, c in enumerate(spec.clients):
@@ -526,22 +548,34 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         asn_of[s_name] = p.asn
         rid_of[s_name] = router_id
 
+    profile_of: dict[str, Profile] = {r.name: r.profile or spec.settings.profile for r in spec.routers}
+    for p, _k, s_name, _rid in server_specs:
+        profile_of[s_name] = p.profile or spec.settings.profile
+    servers_set = {s_name for _p, _k, s_name, _rid in server_specs}
+
+    def session_profile(node: str, peer: str) -> Profile:
+        if node in servers_set or peer in servers_set:
+            return profile_of[node if node in servers_set else peer]
+        own, other = profile_of[node], profile_of[peer]
+        return own if other.bfd is not None else own.model_copy(update={"bfd": None})
+
     def neighbors(node: str) -> tuple[Neighbor, ...]:
         out = []
         for intf in intfs.get(node, []):
             if intf.peer_node in asn_of:  # clients do not speak BGP
                 out.append(Neighbor(intf.peer_node, asn_of[intf.peer_node], intf.peer_address.ip,
-                                    intf.address.ip, intf.name, rid_of[intf.peer_node]))
+                                    intf.address.ip, intf.name, rid_of[intf.peer_node],
+                                    session_profile(node, intf.peer_node)))
         return tuple(out)
 
     routers = tuple(
         Router(r.name, r.asn, r.region, r.kind, rid_of[r.name], tuple(intfs[r.name]), neighbors(r.name),
-               tuple(client_subnets.get(r.name, [])))
+               tuple(client_subnets.get(r.name, [])), profile_of[r.name])
         for r in spec.routers
     )
     servers = tuple(
         Server(s_name, p.name, k, p.asn, p.region, router_id, tuple(intfs[s_name]), neighbors(s_name),
-               tuple(prefixes_of[p.name]), p.prepend, p.med)
+               tuple(prefixes_of[p.name]), p.prepend, p.med, profile_of[s_name])
         for p, k, s_name, router_id in server_specs
     )
     clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)

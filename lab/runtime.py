@@ -19,16 +19,16 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from bgp import routers as router_kinds
+from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
-from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
 from lab import netns
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import Prober, Responder
+from lab.daemons import HealthAgent, Prober, Responder
 from lab.errors import LabError
 from lab.graph import predict_catchment, predict_routes
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
@@ -63,16 +63,6 @@ class SessionState:
     up: int
     total: int
     down: tuple[str, ...]
-
-
-def best_as_path(router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:
-    """The AS path of the router's best BGP path to ``prefix`` (None if it has none)."""
-    data = vtysh_json(router_dir, f"show bgp ipv4 unicast {prefix} json", daemon="bgpd") or {}
-    for path in data.get("paths", []):
-        if path.get("bestpath", {}).get("overall"):
-            text = str(path.get("aspath", {}).get("string", "")).strip()
-            return tuple(int(a) for a in text.split()) if text else ()
-    return None
 
 
 def validate_all(daemons: list[Daemon]) -> list[str]:
@@ -130,12 +120,14 @@ class Lab:
     def _make_daemons(self) -> None:
         t = self.topo.spec.settings
         for r in self.topo.routers:
-            prepare_dir(self.node_dir(r.name))
-            self.daemons[r.name] = list(router_daemons(self._env(r.name), r, t.timers))
+            self.daemons[r.name] = router_kinds.daemons_of(self._env(r.name), r)
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
-            self.daemons[s.name] = [Responder(self._env(s.name), s, t.probe_port),
-                                    ExaBgp(self._env(s.name), s, t.timers)]
+            env = self._env(s.name)
+            self.daemons[s.name] = [Responder(env, s, t.probe_port), ExaBgp(env, s)]
+            if any(n.profile.bfd for n in s.neighbors):
+                self.daemons[s.name].append(BirdBfd(env, s))
+            self.daemons[s.name].append(HealthAgent(env, s))
         target = str(self.topo.anycast[0].network_address)
         for c in self.topo.clients:
             self.node_dir(c.name).mkdir(parents=True, exist_ok=True)
@@ -254,7 +246,7 @@ class Lab:
                 for prefix, routes in predicted.items():
                     route = routes[r.name]
                     want = route.as_path if route else None
-                    got = best_as_path(self.node_dir(r.name), prefix)
+                    got = router_kinds.best_as_path(self.node_dir(r.name), r, prefix)
                     if want != got:
                         missing.append(f"{r.name}: {prefix} via {got}, predicted {want}")
             return not missing
@@ -339,10 +331,10 @@ def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
     out = []
     for r in topo.routers:
         try:
-            peers = established_peers(run_dir / r.name)
-        except Exception:  # bgpd not answering counts as every session down
+            peers = router_kinds.sessions(run_dir / r.name, r)
+        except Exception:  # the daemon not answering counts as every session down
             peers = {}
-        down = tuple(f"{n.node}({peers.get(str(n.address), 'no bgpd')})" for n in r.neighbors
+        down = tuple(f"{n.node}({peers.get(str(n.address), 'no answer')})" for n in r.neighbors
                      if peers.get(str(n.address)) != "Established")
         out.append(SessionState(r.name, len(r.neighbors) - len(down), len(r.neighbors), down))
     return out

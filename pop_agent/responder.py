@@ -2,6 +2,7 @@
 
 UDP (default port 7): a datagram ``{"seq": N, ...}`` is answered with ``{"pop", "server", "seq"}``.
 HTTP (port 80): ``GET /`` answers the same JSON and an ``X-Anylab-Server: pop/server`` header.
+Health (``127.0.0.1:--health-port``, 8080): ``GET /healthz`` answers ``ok`` — for the health agent.
 The edge worker of a later issue replaces the HTTP part.
 Run as ``python -m pop_agent.responder --pop P --server S --address A [--address B]``.
 """
@@ -40,9 +41,11 @@ def http_handler(pop: str, server: str) -> object:
             request_line = await asyncio.wait_for(reader.readline(), 5.0)
             while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
                 pass
-            ok = request_line.split(b" ")[:2] == [b"GET", b"/"]
+            target = request_line.split(b" ")[:2]
+            ok = target in ([b"GET", b"/"], [b"GET", b"/healthz"])
             status = b"200 OK" if ok else b"404 Not Found"
-            payload = body if ok else b'{"error": "only GET / is served"}'
+            payload = (b"ok\n" if target[1:] == [b"/healthz"] else body) if ok else \
+                b'{"error": "only GET / and GET /healthz are served"}'
             writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
                          + f"X-Anylab-Server: {pop}/{server}\r\nContent-Length: {len(payload)}\r\n".encode()
                          + b"Connection: close\r\n\r\n" + payload)
@@ -55,7 +58,8 @@ def http_handler(pop: str, server: str) -> object:
     return handle
 
 
-async def serve(pop: str, server: str, addresses: list[str], udp_port: int, http_port: int) -> None:
+async def serve(pop: str, server: str, addresses: list[str], udp_port: int, http_port: int,
+                health_port: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,6 +70,8 @@ async def serve(pop: str, server: str, addresses: list[str], udp_port: int, http
         closers.append(transport)
         srv = await asyncio.start_server(http_handler(pop, server), addr, http_port)  # type: ignore[arg-type]
         closers.append(srv)
+    health = await asyncio.start_server(http_handler(pop, server), "127.0.0.1", health_port)  # type: ignore[arg-type]
+    closers.append(health)
     await stop.wait()
     for c in closers:
         c.close()
@@ -78,8 +84,9 @@ def main() -> None:
     parser.add_argument("--address", action="append", required=True)
     parser.add_argument("--udp-port", type=int, default=7)
     parser.add_argument("--http-port", type=int, default=80)
+    parser.add_argument("--health-port", type=int, default=8080)
     args = parser.parse_args()
-    asyncio.run(serve(args.pop, args.server, args.address, args.udp_port, args.http_port))
+    asyncio.run(serve(args.pop, args.server, args.address, args.udp_port, args.http_port, args.health_port))
 
 
 if __name__ == "__main__":

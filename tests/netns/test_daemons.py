@@ -8,17 +8,18 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bgp.exabgp import ExaBgp
 from bgp.frr import established_peers, prepare_dir, router_daemons
+from bgp.routers import best_as_path, daemons_of
 from lab import netns
 from lab.daemon import NodeEnv
 from lab.model import load_topology
 from lab.proc import ProcessGroup, recorded_procs
-from lab.runtime import best_as_path
 from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
@@ -60,7 +61,7 @@ def test_frr_router_starts_ready_stops(run_dir: Path, spaces: list[str]) -> None
     procs = ProcessGroup(run_dir)
     env = NodeEnv("r2", path, run_dir / "r2", procs)
     prepare_dir(env.dir)
-    daemons = router_daemons(env, TOPO.router("r2"), TOPO.spec.settings.timers)
+    daemons = router_daemons(env, TOPO.router("r2"))
     for d in daemons:
         d.write_config()
         d.validate()
@@ -78,26 +79,28 @@ def test_frr_validate_rejects_a_bad_config(run_dir: Path) -> None:
     procs = ProcessGroup(run_dir)
     env = NodeEnv("r2", None, run_dir / "r2", procs)
     prepare_dir(env.dir)
-    bgpd = router_daemons(env, TOPO.router("r2"), TOPO.spec.settings.timers)[2]
+    bgpd = router_daemons(env, TOPO.router("r2"))[2]
     bgpd.write_config()
     bgpd.path(".conf").write_text(bgpd.path(".conf").read_text().replace("remote-as", "remote-ass"))
     with pytest.raises(Exception, match="r2/bgpd: dry run"):
         bgpd.validate()
 
 
-def test_exabgp_announces_to_frr_with_prepend(run_dir: Path, spaces: list[str]) -> None:
-    """lax-s1 (prepend 2) peers with r3: ExaBGP starts, its API answers, r3 receives the anycast route
-    with AS path 64602 64602 64602 (ExaBGP sends the path verbatim), and a withdrawal removes it."""
+@pytest.mark.parametrize("kind", ["frr", "bird"])
+def test_exabgp_announces_demotes_withdraws(run_dir: Path, spaces: list[str], kind: str) -> None:
+    """lax-s1 (prepend 2) peers with r3 (FRR or BIRD): once the agent's ``set normal`` arrives r3 has the
+    anycast route with AS path 64602 ×3 (ExaBGP sends the path verbatim), ``set demoted`` prepends 3
+    more, and the operator's withdrawal removes it whatever the agent wants."""
     spaces += [PREFIX + "r3", PREFIX + "lax"]
     r3_ns, lax_ns = netns.add(spaces[0]), netns.add(spaces[1])
     veth(spaces[0], "r3-eth1", "10.1.0.2/31", spaces[1], "lax-s1-eth0", "10.1.0.3/31")
     procs = ProcessGroup(run_dir)
     r3_env = NodeEnv("r3", r3_ns, run_dir / "r3", procs)
-    prepare_dir(r3_env.dir)
-    routers = router_daemons(r3_env, TOPO.router("r3"), TOPO.spec.settings.timers)
+    r3 = replace(TOPO.router("r3"), kind=kind)
+    routers = daemons_of(r3_env, r3)
     lax_env = NodeEnv("lax-s1", lax_ns, run_dir / "lax-s1", procs)
     lax_env.dir.mkdir()
-    exa = ExaBgp(lax_env, TOPO.server("lax-s1"), TOPO.spec.settings.timers)
+    exa = ExaBgp(lax_env, TOPO.server("lax-s1"))
     for d in [*routers, exa]:
         d.write_config()
         d.validate()
@@ -105,10 +108,16 @@ def test_exabgp_announces_to_frr_with_prepend(run_dir: Path, spaces: list[str]) 
         d.start()
         d.wait_ready()
     prefix = TOPO.anycast[0]
-    wait_for(lambda: best_as_path(r3_env.dir, prefix) == (64602, 64602, 64602), timeout=20,
-             what="the anycast route at r3", describe=lambda: str(best_as_path(r3_env.dir, prefix)))
+
+    def path() -> tuple[int, ...] | None:
+        return best_as_path(r3_env.dir, r3, prefix)
+
+    exa.api("set", mode="normal")
+    wait_for(lambda: path() == (64602,) * 3, timeout=20, what="the anycast route at r3", describe=lambda: str(path()))
+    exa.api("set", mode="demoted")
+    wait_for(lambda: path() == (64602,) * 6, timeout=10, what="the demoted route", describe=lambda: str(path()))
     exa.api("withdraw")
-    wait_for(lambda: best_as_path(r3_env.dir, prefix) is None, timeout=10, what="the withdrawal at r3")
+    wait_for(lambda: path() is None, timeout=10, what="the withdrawal at r3", describe=lambda: str(path()))
     exa.stop()
     for d in reversed(routers):
         d.stop()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bgp.bird import Bird, BirdBfd
 from bgp.exabgp import ExaBgp
 from bgp.frr import router_daemons
 from lab.daemon import Daemon, NodeEnv
+from lab.daemons import HealthAgent
 from lab.model import load_topology
 from lab.net import ip_batch
 from lab.proc import ProcessGroup
@@ -20,13 +23,17 @@ TOPO = load_topology(TOPOLOGIES / "two_pops.yaml")
 RUN = Path("/run/anylab/golden")
 
 
+def env(node: str) -> NodeEnv:
+    return NodeEnv(node, None, RUN / node, ProcessGroup(RUN), "/venv/bin/python")
+
+
 def daemons() -> list[Daemon]:
-    timers = TOPO.spec.settings.timers
     out: list[Daemon] = []
     for r in TOPO.routers:
-        out += router_daemons(NodeEnv(r.name, None, RUN / r.name, ProcessGroup(RUN), "/venv/bin/python"), r, timers)
+        out += router_daemons(env(r.name), r)
+        out.append(Bird(env(r.name), replace(r, kind="bird")))
     for s in TOPO.servers:
-        out.append(ExaBgp(NodeEnv(s.name, None, RUN / s.name, ProcessGroup(RUN), "/venv/bin/python"), s, timers))
+        out += [ExaBgp(env(s.name), s), BirdBfd(env(s.name), s), HealthAgent(env(s.name), s)]
     return out
 
 
@@ -54,4 +61,5 @@ def test_ip_batch_matches_golden(node: str) -> None:
 
 def test_prepend_repeats_own_asn() -> None:
     lax = next(d for d in daemons() if isinstance(d, ExaBgp) and d.server.pop == "lax")
-    assert lax.routes() == [{"prefix": "203.0.113.1/32", "med": 0, "as_path": [64602, 64602, 64602]}]
+    assert lax.routes() == {"routes": [{"prefix": "203.0.113.1/32", "med": 0, "as_path": [64602, 64602, 64602]}],
+                            "demote": {"prepend": 3, "med": 0}}

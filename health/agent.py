@@ -1,0 +1,251 @@
+"""The health agent of one PoP server: the thin I/O around :mod:`health.fsm`.
+
+It runs the checks when the machine asks, watches the drain file, carries out the machine's actions —
+tells the ExaBGP API process what to announce (``set`` normal / demoted / withdrawn), runs hooks with
+STATE in their environment, logs every decision as a JSON line stamped with CLOCK_MONOTONIC — and
+keeps a Prometheus textfile and a state file current. SIGTERM/SIGINT withdraw and end it.
+
+If the API process cannot be reached (the speaker crashed) the wanted mode is re-sent on every
+following step until it is accepted, so a restarted speaker converges to the agent's decision.
+
+Run as ``python -m health.agent --config D/health.json`` (written by :class:`lab.daemons.HealthAgent`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bgp.exabgp_api import request
+from health import fsm
+from health.checks import Check, CommandCheck, HttpCheck, TcpCheck, run_checks
+
+HOOK_TIMEOUT_S = 10.0
+
+
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str
+    pop: str
+    fsm: fsm.Config
+    checks: tuple[Check, ...]
+    combine: Literal["all", "any"]
+    hooks: tuple[tuple[str, ...], ...]
+    api_socket: Path
+    drain_file: Path
+    events: Path
+    metrics: Path
+    state: Path
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentConfig:
+        """Raises KeyError/ValueError/TypeError on a malformed config."""
+        f = data["fsm"]
+        timeout = float(f["timeout"])
+        checks: list[Check] = []
+        for c in data["checks"]:
+            if c["kind"] == "http":
+                checks.append(HttpCheck(c["url"], int(c["status"]), c.get("body"), timeout))
+            elif c["kind"] == "tcp":
+                checks.append(TcpCheck(c["host"], int(c["port"]), timeout))
+            elif c["kind"] == "command":
+                checks.append(CommandCheck(tuple(str(a) for a in c["argv"]), timeout))
+            else:
+                raise ValueError(f"unknown check kind {c['kind']!r}")
+        if not checks:
+            raise ValueError("no checks configured")
+        return cls(
+            server=str(data["server"]), pop=str(data["pop"]),
+            fsm=fsm.Config(rise=int(f["rise"]), fall=int(f["fall"]), interval=float(f["interval"]),
+                           fast_interval=float(f["fast_interval"]), timeout=timeout, on_down=f["on_down"],
+                           drain_mode=f["drain_mode"], debounce=float(f["debounce"])),
+            checks=tuple(checks), combine=data.get("combine", "all"),
+            hooks=tuple(tuple(str(a) for a in h) for h in data.get("hooks", [])),
+            api_socket=Path(data["api_socket"]), drain_file=Path(data["drain_file"]),
+            events=Path(data["events"]), metrics=Path(data["metrics"]), state=Path(data["state"]),
+        )
+
+
+@dataclass
+class Counters:
+    checks_ok: int = 0
+    checks_failed: int = 0
+    transitions: int = 0
+    api_errors: int = 0
+    last_check_s: float = 0.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.state = fsm.State()
+        self.counters = Counters()
+        self.log_file = open(config.events, "a", buffering=1)  # noqa: SIM115
+        self.next_check = 0.0
+        self.next_tick: float | None = None
+        self.unsent: str | None = None  # a mode the API process has not accepted yet
+        self.hook_tasks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def send(self, mode: str) -> None:
+        try:
+            request(self.config.api_socket, "set", timeout=1.0, mode=mode)
+            self.unsent = None
+        except (OSError, ValueError) as exc:
+            self.counters.api_errors += 1
+            if self.unsent != mode:
+                self.write_log({"t": monotonic(), "event": "api-unreachable", "mode": mode, "detail": str(exc)})
+            self.unsent = mode
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        self.log_file.write(json.dumps(record) + "\n")
+
+    async def run_hook(self, argv: tuple[str, ...], health: str) -> None:
+        env = {**os.environ, "STATE": health, "SERVER": self.config.server, "POP": self.config.pop}
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            self.write_log({"t": monotonic(), "event": "hook-failed", "argv": list(argv), "detail": str(exc)})
+            return
+        try:
+            code = await asyncio.wait_for(proc.wait(), HOOK_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            code = await proc.wait()
+        if code != 0:
+            self.write_log({"t": monotonic(), "event": "hook-failed", "argv": list(argv), "status": code})
+
+    def carry_out(self, actions: list[fsm.Action], now: float) -> None:
+        for action in actions:
+            if isinstance(action, fsm.Announce):
+                self.send(action.mode)
+            elif isinstance(action, fsm.Withdraw):
+                self.send("withdrawn")
+            elif isinstance(action, fsm.RunHooks):
+                self.counters.transitions += 1
+                for argv in self.config.hooks:
+                    task = asyncio.ensure_future(self.run_hook(argv, action.health))
+                    self.hook_tasks.add(task)
+                    task.add_done_callback(self.hook_tasks.discard)
+            elif isinstance(action, fsm.Log):
+                self.write_log({"t": action.t, "event": action.event, "health": action.health,
+                                "announced": action.announced, "detail": action.detail,
+                                "server": self.config.server})
+            elif isinstance(action, fsm.ScheduleCheck):
+                self.next_check = now + action.delay
+            elif isinstance(action, fsm.ScheduleTick):
+                self.next_tick = action.at
+
+    def step(self, event: fsm.Event) -> None:
+        before = (self.state.health, self.state.announced)
+        self.state, actions = fsm.step(self.config.fsm, self.state, event)
+        self.carry_out(actions, event.t)
+        if (self.state.health, self.state.announced) != before:
+            self.write_files()
+
+    def write_files(self) -> None:
+        c, s = self.counters, self.state
+        state = {"health": s.health, "announced": s.announced, "draining": s.draining, "pid": os.getpid(),
+                 "t": monotonic()}
+        _atomic_write(self.config.state, json.dumps(state))
+        labels = f'server="{self.config.server}",pop="{self.config.pop}"'
+        lines = [
+            "# HELP anylab_health_up 1 while the server's checks pass (health up or falling).",
+            "# TYPE anylab_health_up gauge",
+            f"anylab_health_up{{{labels}}} {int(s.health in ('up', 'falling'))}",
+            "# HELP anylab_health_announced What the agent asks to announce (one series per mode).",
+            "# TYPE anylab_health_announced gauge",
+            *(f'anylab_health_announced{{{labels},mode="{m}"}} {int(s.announced == m)}'
+              for m in ("normal", "demoted", "withdrawn")),
+            "# TYPE anylab_health_checks_total counter",
+            f'anylab_health_checks_total{{{labels},result="ok"}} {c.checks_ok}',
+            f'anylab_health_checks_total{{{labels},result="failed"}} {c.checks_failed}',
+            "# TYPE anylab_health_transitions_total counter",
+            f"anylab_health_transitions_total{{{labels}}} {c.transitions}",
+            "# TYPE anylab_health_api_errors_total counter",
+            f"anylab_health_api_errors_total{{{labels}}} {c.api_errors}",
+            "# TYPE anylab_health_last_check_seconds gauge",
+            f"anylab_health_last_check_seconds{{{labels}}} {c.last_check_s:.6f}",
+        ]
+        _atomic_write(self.config.metrics, "\n".join(lines) + "\n")
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        # Nothing is announced on this agent's behalf until its own first verdict.
+        self.send("withdrawn")
+        self.write_files()
+        last_metrics = monotonic()
+        while not self.stopping.is_set():
+            now = monotonic()
+            due = min(self.next_check, self.next_tick if self.next_tick is not None else float("inf"))
+            if due > now:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), due - now)
+                    break
+                except TimeoutError:
+                    pass
+            now = monotonic()
+            draining = self.config.drain_file.exists()
+            if draining != self.state.draining:
+                self.step(fsm.DrainChanged(now, draining))
+            if self.next_tick is not None and now >= self.next_tick:
+                self.next_tick = None
+                self.step(fsm.Tick(now))
+            if now >= self.next_check:
+                self.next_check = float("inf")  # the machine schedules the next one
+                outcome = await run_checks(list(self.config.checks), self.config.combine)
+                self.counters.last_check_s = outcome.duration
+                if outcome.ok:
+                    self.counters.checks_ok += 1
+                else:
+                    self.counters.checks_failed += 1
+                # Stamped when the result is known: that is when the agent could act on it.
+                self.step(fsm.CheckResult(monotonic(), outcome.ok, "" if outcome.ok else outcome.detail))
+            if self.unsent is not None:
+                self.send(self.unsent)
+            if monotonic() - last_metrics > 1.0:
+                self.write_files()
+                last_metrics = monotonic()
+        self.step(fsm.Stop(monotonic()))
+        if self.unsent is not None:
+            self.send(self.unsent)
+        if self.hook_tasks:
+            await asyncio.wait(self.hook_tasks, timeout=HOOK_TIMEOUT_S)
+        self.log_file.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args()
+    config = AgentConfig.from_json(json.loads(args.config.read_text()))
+    asyncio.run(Agent(config).run())
+
+
+if __name__ == "__main__":
+    main()

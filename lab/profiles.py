@@ -1,0 +1,173 @@
+"""Timer profiles: BGP timers, BFD, MRAI, graceful restart and the health agent's settings, by name.
+
+A topology selects one (``settings.profile: fast``) and a router or PoP may select another or override
+single fields (``profile: {base: seed, hold: 9}``; without ``base`` the topology's profile is the base).
+
+=========== ============ ========== =========== ======================================= ==========
+profile     keepalive/   BFD        MRAI        health: interval / fast / rise / fall /  what for
+            hold                                timeout
+=========== ============ ========== =========== ======================================= ==========
+seed        30 / 90 s    none       30 s        1 s / 1 s / 2 / 5 / 1 s                  the design
+internet    60 / 180 s   none       30 s        5 s / 1 s / 3 / 3 / 5 s                  defaults
+datacenter  3 / 9 s      none       0           1 s / 0.2 s / 3 / 3 / 0.5 s              DC fabric
+fast        1 / 3 s      50 ms × 3  0           50 ms / 20 ms / 2 / 2 / 30 ms           the lab
+=========== ============ ========== =========== ======================================= ==========
+
+``seed`` reproduces the design document's failover timeline (health check detects in 5 s); ``internet``
+is FRR's "traditional" timers (60/180 s, eBGP MRAI 30 s) and ExaBGP healthcheck's defaults; ``fast`` is
+what the lab tunes for: BFD between PoP servers and their upstreams and a health decision ≤ 100 ms.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ProfileName = Literal["seed", "internet", "datacenter", "fast"]
+DEFAULT_PROFILE: ProfileName = "fast"
+HEALTH_PORT = 8080
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BfdSpec(_Spec):
+    """BFD between neighbours: ``interval_ms`` for transmit and receive, down after ``multiplier`` misses."""
+
+    interval_ms: int = Field(50, ge=10, le=60000)
+    multiplier: int = Field(3, ge=2, le=255)
+
+    @property
+    def detect_s(self) -> float:
+        return self.interval_ms * self.multiplier / 1000.0
+
+
+class CheckSpec(_Spec):
+    """One health check. ``http``: GET ``url`` expecting ``status`` (and ``body`` in the answer);
+    ``tcp``: connect to ``host:port``; ``command``: ``argv`` exits 0."""
+
+    kind: Literal["http", "tcp", "command"] = "http"
+    url: str = f"http://127.0.0.1:{HEALTH_PORT}/healthz"
+    status: int = Field(200, ge=100, le=599)
+    body: str | None = "ok"
+    host: str = "127.0.0.1"
+    port: int = Field(HEALTH_PORT, ge=1, le=65535)
+    argv: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _complete(self) -> CheckSpec:
+        if self.kind == "command" and not self.argv:
+            raise ValueError("a command check needs argv; give the command as a list, e.g. [test, -f, /x]")
+        if self.kind == "http" and not self.url.startswith("http://"):
+            raise ValueError(f"'{self.url}' is not an http:// URL; give e.g. http://127.0.0.1:8080/healthz")
+        return self
+
+
+class DemoteSpec(_Spec):
+    """How a demoted announcement is made less preferred: prepend the PoP's ASN, raise the MED."""
+
+    prepend: int = Field(3, ge=0, le=16)
+    med: int = Field(0, ge=0, le=4294967295)
+
+    @model_validator(mode="after")
+    def _something(self) -> DemoteSpec:
+        if self.prepend == 0 and self.med == 0:
+            raise ValueError("a demotion that changes nothing; set prepend ≥ 1 or med ≥ 1")
+        return self
+
+
+class HealthSpec(_Spec):
+    """The health agent of every PoP server (see :mod:`health.fsm` for the semantics)."""
+
+    interval: float = Field(0.05, gt=0, le=3600)
+    fast_interval: float = Field(0.02, gt=0, le=3600)
+    rise: int = Field(2, ge=1, le=100)
+    fall: int = Field(2, ge=1, le=100)
+    timeout: float = Field(0.03, gt=0, le=600)
+    on_down: Literal["withdrawn", "demoted"] = "withdrawn"
+    drain_mode: Literal["withdrawn", "demoted"] = "demoted"
+    debounce: float = Field(0.0, ge=0, le=3600)
+    demote: DemoteSpec = DemoteSpec()
+    checks: tuple[CheckSpec, ...] = (CheckSpec(),)
+    combine: Literal["all", "any"] = "all"
+    #: Commands run on every health change, with STATE (and SERVER, POP) in their environment.
+    hooks: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def detection_bound(self) -> float:
+        """Worst case from a failure to the down decision: the failing check may start up to one
+        ``interval`` after the failure, then ``fall − 1`` more checks at ``fast_interval``, the last one
+        taking up to ``timeout``."""
+        return self.interval + self.fast_interval * (self.fall - 1) + self.timeout
+
+
+class Profile(_Spec):
+    """A complete, resolved profile."""
+
+    name: str = DEFAULT_PROFILE
+    keepalive: int = Field(1, ge=0, le=21845)
+    hold: int = Field(3, ge=0, le=65535)
+    bfd: BfdSpec | None = None
+    #: Minimum route advertisement interval (seconds) towards every neighbour.
+    mrai: int = Field(0, ge=0, le=600)
+    #: Graceful restart time in seconds (0: off). With it, a crashed speaker's routes are kept that long.
+    graceful_restart: int = Field(0, ge=0, le=3600)
+    health: HealthSpec = HealthSpec()
+
+    @field_validator("hold")
+    @classmethod
+    def _hold(cls, value: int) -> int:
+        if value != 0 and value < 3:
+            raise ValueError("hold time must be 0 or at least 3 seconds (RFC 4271); use 3 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _keepalive_below_hold(self) -> Profile:
+        if self.hold and not 0 < self.keepalive * 3 <= self.hold:
+            raise ValueError(f"keepalive {self.keepalive} s does not fit hold {self.hold} s; "
+                             "use keepalive ≤ hold / 3")
+        return self
+
+
+_HEALTH_SEED = {"interval": 1.0, "fast_interval": 1.0, "rise": 2, "fall": 5, "timeout": 1.0}
+NAMED: dict[str, dict[str, Any]] = {
+    "seed": {"keepalive": 30, "hold": 90, "bfd": None, "mrai": 30, "health": _HEALTH_SEED},
+    "internet": {"keepalive": 60, "hold": 180, "bfd": None, "mrai": 30,
+                 "health": {"interval": 5.0, "fast_interval": 1.0, "rise": 3, "fall": 3, "timeout": 5.0}},
+    "datacenter": {"keepalive": 3, "hold": 9, "bfd": None, "mrai": 0,
+                   "health": {"interval": 1.0, "fast_interval": 0.2, "rise": 3, "fall": 3, "timeout": 0.5}},
+    "fast": {"keepalive": 1, "hold": 3, "bfd": {"interval_ms": 50, "multiplier": 3}, "mrai": 0,
+             "health": {"interval": 0.05, "fast_interval": 0.02, "rise": 2, "fall": 2, "timeout": 0.03}},
+}
+
+
+def expand(value: Any, default_base: str = DEFAULT_PROFILE) -> Any:
+    """Turn a profile reference (a name, or a mapping with an optional ``base`` and overrides) into the
+    full mapping pydantic validates as a :class:`Profile`. Anything else is returned unchanged for
+    pydantic to reject. Raises ValueError for an unknown profile name."""
+    if isinstance(value, Profile):
+        return value
+    if isinstance(value, str):
+        value = {"base": value}
+    if not isinstance(value, dict):
+        return value
+    overrides = dict(value)
+    base = overrides.pop("base", default_base)
+    if base not in NAMED:
+        raise ValueError(f"unknown profile '{base}'; use one of: {', '.join(NAMED)}")
+    merged: dict[str, Any] = {"name": base, **NAMED[base]}
+    for key, val in overrides.items():
+        if key == "health" and isinstance(val, dict):
+            merged["health"] = {**merged["health"], **val}
+        else:
+            merged[key] = val
+    if overrides:
+        merged["name"] = f"{base}*"  # a modified profile says so wherever it is reported
+    return merged
+
+
+def named(name: str) -> Profile:
+    """The named profile; raises ValueError for an unknown name."""
+    return Profile.model_validate(expand(name))
