@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lab.errors import LabError, TopologyError
+from lab import control
+from lab.errors import LabError, TopologyError, UsageError
+from lab.faults import SCENARIOS, active_faults
 from lab.graph import predict_catchment
 from lab.model import Topology, load_topology
 from lab.proc import is_same_process
@@ -40,6 +42,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
+KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
 
 
 def _running_state(name: str) -> dict[str, Any]:
@@ -65,9 +68,12 @@ def up(
     topology: Annotated[Path, typer.Argument(help="topology file (.yaml or .py)")] = DEFAULT_TOPOLOGY,
     name: NameOpt = "main",
     timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 120.0,
+    kind: KindOpt = None,
 ) -> None:
     """Start a lab and return once BGP has converged and every client gets answers."""
-    topo = load_topology(topology)  # bad input: exit 2 before anything starts
+    if kind not in (None, "frr", "bird"):
+        raise UsageError(f"--kind {kind}: use frr or bird")
+    topo = load_topology(topology, kind)  # bad input: exit 2 before anything starts
     if read_state(name) is not None:
         raise LabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
@@ -76,7 +82,7 @@ def up(
     log = RUN_ROOT / f"{name}.controller.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lab.controller", "--name", name,
-                                 "--timeout", str(timeout), str(topology)],
+                                 "--timeout", str(timeout), *(["--kind", kind] if kind else []), str(topology)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=PROJECT)
     t0 = time.monotonic()
@@ -127,6 +133,9 @@ def status_data(name: str) -> dict[str, Any]:
         "sessions_total": sum(s.total for s in sessions),
         "sessions_down": {s.router: list(s.down) for s in sessions if s.down},
         "daemons": alive,
+        "faults": active_faults(run_dir),
+        "router_kinds": sorted({r.kind for r in topo.routers}),
+        "profile": topo.spec.settings.profile.name,
         "timings": state.get("timings", {}),
     }
 
@@ -146,6 +155,8 @@ def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json
     dead = [f"{n}/{d}" for n, ds in data["daemons"].items() for d, ok in ds.items()
             if not ok and d != "mininet-shell"]
     console.print("  daemons: all alive" if not dead else f"  [red]daemons not running: {', '.join(dead)}[/]")
+    for target, fault in data["faults"].items():
+        console.print(f"  [yellow]failed: {fault['plan']['scenario']} on {target}[/] ('anylab restore {target}')")
     console.print(catchment_table(topo, data["catchment"], data["predicted"]))
 
 
@@ -178,6 +189,47 @@ def graph(
 
     draw(load_topology(topology), output)
     console.print(f"wrote {output}")
+
+
+@app.command()
+def fail(
+    scenario: Annotated[str, typer.Argument(help=", ".join(SCENARIOS))],
+    target: Annotated[str, typer.Argument(help="a server, PoP, region or router link a:b")],
+    name: NameOpt = "main",
+    count: Annotated[int, typer.Option(help="flap: down/up cycles")] = 3,
+    period: Annotated[float, typer.Option(help="flap: seconds per cycle")] = 1.0,
+) -> None:
+    """Inject a fault from the catalogue into a running lab (undo it with 'anylab restore')."""
+    _running_state_usage(name)
+    reply = control.call(run_dir_of(name), "fail", scenario=scenario, target=target, count=count, period=period)
+    console.print(f"{scenario} on {target}: injected at t={reply['t']:.6f} (CLOCK_MONOTONIC)"
+                  + ("" if scenario == "flap" else f"; 'anylab restore {target}' undoes it"))
+
+
+@app.command()
+def restore(
+    target: Annotated[str | None, typer.Argument(help="what 'anylab fail' broke")] = None,
+    name: NameOpt = "main",
+    all_: Annotated[bool, typer.Option("--all", help="every fault of the lab")] = False,
+) -> None:
+    """Undo a fault (or every fault with --all); the catchment returns to the prediction."""
+    _running_state_usage(name)
+    if all_:
+        reply = control.call(run_dir_of(name), "restore_all")
+        console.print(f"restored: {', '.join(reply['restored']) or 'nothing was failed'}")
+        return
+    if not target:
+        raise UsageError("give the TARGET to restore, or --all")
+    reply = control.call(run_dir_of(name), "restore", target=target)
+    console.print(f"{target}: restored at t={reply['t']:.6f}")
+
+
+def _running_state_usage(name: str) -> dict[str, Any]:
+    state = read_state(name)
+    if state is None or state.get("phase") != "up":
+        raise UsageError(f"no lab named '{name}' is up (labs: {', '.join(lab_names()) or 'none'}); "
+                         "'anylab up' starts one")
+    return state
 
 
 @app.command()
@@ -228,7 +280,7 @@ def main() -> None:
     """Entry point: exit 2 for bad topology input, 1 for other lab errors."""
     try:
         app()
-    except TopologyError as exc:
+    except (TopologyError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)  # plain: one line, never wrapped
         sys.exit(2)
     except LabError as exc:

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from lab import control
 from lab.errors import LabError
 from lab.runtime import RUN_ROOT, Lab
 
@@ -20,12 +21,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="main")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--kind", choices=["frr", "bird"], default=None, help="make every router this kind")
     parser.add_argument("topology")
     args = parser.parse_args()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    lab = Lab.from_file(args.topology, args.name)
+    lab = Lab.from_file(args.topology, args.name, args.kind)
     try:
         lab.up(timeout=args.timeout)
     except LabError as exc:
@@ -34,7 +36,10 @@ def main() -> None:
         print(f"anylab controller: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"anylab controller: lab '{args.name}' up in {lab.timings['converged']:.1f} s", flush=True)
+    server = control.serve(lab, stop)
     stop.wait()
+    lab.injector.cancel.set()  # a flap in progress ends at its next edge
+    server.join()
     try:
         lab.down()
     except LabError as exc:

@@ -30,3 +30,8 @@ class WaitTimeout(LabError):
 
 class DaemonError(LabError):
     """A daemon failed to render, validate, start, become ready or stop."""
+
+
+class UsageError(LabError):
+    """A command asked for something that does not exist or does not apply (exit status 2); the lab is
+    left untouched."""

@@ -388,8 +388,9 @@ def _from_validation_error(source: str, data: Mapping[str, Any], exc: Validation
     return TopologyError(source, _describe(data, loc), msg, _FIXES.get(etype, "correct the value"))
 
 
-def load_topology(path: str | Path) -> Topology:
-    """Read, validate, resolve and graph-check a topology file.
+def load_topology(path: str | Path, router_kind: str | None = None) -> Topology:
+    """Read, validate, resolve and graph-check a topology file; with ``router_kind`` every router is of
+    that kind (``frr`` or ``bird``) whatever the file says.
 
     Raises TopologyError naming the file and field for any bad input; nothing is started.
     """
@@ -413,6 +414,9 @@ def load_topology(path: str | Path) -> Topology:
             problem = getattr(exc, "problem", None) or "not valid YAML"
             raise TopologyError(source, where, f"YAML syntax error: {problem}",
                                 "fix the indentation or quoting there") from exc
+    if router_kind is not None and isinstance(data, dict) and isinstance(data.get("routers"), list):
+        data = {**data, "routers": [{**r, "kind": router_kind} if isinstance(r, dict) else r
+                                    for r in data["routers"]]}
     return build_topology(data, source)
 
 

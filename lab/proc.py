@@ -74,6 +74,16 @@ class Proc:
             raise LabError(f"process {self.pid} did not exit after SIGKILL", node=self.node, daemon=self.name)
 
 
+    def kill(self) -> None:
+        """SIGKILL (a crash, as a fault injects it), then wait until it is gone. Raises LabError."""
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+        self.stop(timeout=0.0)
+
+
 class ProcessGroup:
     """The processes of one lab, in start order, mirrored to ``run_dir/pids.jsonl``."""
 

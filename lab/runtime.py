@@ -30,6 +30,7 @@ from lab import netns
 from lab.daemon import Daemon, NodeEnv
 from lab.daemons import HealthAgent, Prober, Responder
 from lab.errors import LabError
+from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
@@ -96,11 +97,13 @@ class Lab:
         # Known before the namespaces exist, so daemons are made (and validated) once.
         self.netns = {n: netns.netns_path(netns_prefix(name) + n) for n in topo.node_names()}
         self.timings: dict[str, float] = {}
+        self.injector = Injector(self)
 
     @classmethod
-    def from_file(cls, path: str | Path, name: str = "main") -> Lab:
-        """A Lab for a topology file; raises TopologyError (nothing started) on bad input."""
-        return cls(load_topology(path), name)
+    def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None) -> Lab:
+        """A Lab for a topology file (every router made ``router_kind`` if given); raises TopologyError
+        (nothing started) on bad input."""
+        return cls(load_topology(path, router_kind), name)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -278,6 +281,15 @@ class Lab:
         for s in servers:
             self.exabgp(s).api("announce" if announced else "withdraw")
         return t
+
+    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
+        """Inject a fault from the catalogue (:mod:`lab.faults`); returns its CLOCK_MONOTONIC time.
+        Raises UsageError for a bad request (nothing touched), LabError if injecting fails."""
+        return self.injector.fail(plan(self.topo, scenario, target, count, period))
+
+    def restore(self, target: str) -> float:
+        """Undo the fault on ``target``; returns when the undo began. Raises UsageError if not failed."""
+        return self.injector.restore(target)
 
     def withdraw(self, pop: str) -> float:
         return self.set_announced(pop, False)

@@ -1,0 +1,331 @@
+"""The fault catalogue: what each scenario breaks, how it is undone, and which target it accepts.
+
+``plan(topo, scenario, target)`` is pure: it checks the request and resolves the target into the servers,
+routers and links the fault touches, or raises UsageError (exit 2, nothing touched). ``Injector`` carries a
+plan out on a running :class:`~lab.runtime.Lab` and undoes it.
+
+=============== ======================== =============================================================
+scenario        target                   fault (and restore)
+=============== ======================== =============================================================
+service-crash   server or PoP            SIGKILL the responder (restart it)
+drain           server or PoP            create the health agent's drain file (remove it)
+speaker-crash   server or PoP            SIGKILL ExaBGP (restart it; it re-announces the saved state)
+server-silent   server or PoP            nftables drops everything on the server's links (delete table)
+server-crash    server or PoP            SIGKILL every daemon of the server, its links down (links up,
+                                         routes back, daemons restarted)
+link-down       router link ``a:b``      the link's carrier down (up again)
+pop-down        PoP                      every server of the PoP silent
+region-down     region                   every PoP server and router of the region silent
+flap            server, PoP or ``a:b``   N carrier down/up cycles at a period; ends restored
+=============== ======================== =============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lab.errors import LabError, UsageError
+from lab.model import LAB_SUPERNET, Topology
+
+if TYPE_CHECKING:
+    from lab.runtime import Lab
+
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "service-crash": ("server", "pop"),
+    "drain": ("server", "pop"),
+    "speaker-crash": ("server", "pop"),
+    "server-silent": ("server", "pop"),
+    "server-crash": ("server", "pop"),
+    "link-down": ("link",),
+    "pop-down": ("pop",),
+    "region-down": ("region",),
+    "flap": ("server", "pop", "link"),
+}
+NFT_TABLE = "anylab_fault"
+FAULTS_FILE = "faults.json"
+FLAP_MAX_COUNT = 100
+FLAP_MIN_PERIOD_S = 0.1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fault resolved against a topology: everything it touches, by name."""
+
+    scenario: str
+    target: str
+    servers: tuple[str, ...] = ()
+    routers: tuple[str, ...] = ()
+    #: (node, interface) ends to take down: one end per link is enough (the peer loses carrier).
+    links: tuple[tuple[str, str], ...] = ()
+    count: int = 1
+    period: float = 1.0
+
+
+@dataclass
+class Active:
+    plan: Plan
+    t_fault: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _kind_of(topo: Topology, target: str) -> str | None:
+    if ":" in target:
+        return "link"
+    if target in {s.name for s in topo.servers}:
+        return "server"
+    if target in {p.name for p in topo.pops}:
+        return "pop"
+    if target in {r.name for r in topo.spec.regions}:
+        return "region"
+    if target in {r.name for r in topo.routers}:
+        return "router"
+    return None
+
+
+def _link_end(topo: Topology, target: str) -> tuple[str, str]:
+    a, _, b = target.partition(":")
+    for intf in topo.interfaces():
+        if intf.node == a and intf.peer_node == b:
+            return (a, intf.name)
+    routers = {r.name for r in topo.routers}
+    known = sorted(f"{x.node}:{x.peer_node}" for x in topo.interfaces() if x.node in routers and x.peer_node in routers
+                   and x.node < x.peer_node)
+    raise UsageError(f"no link '{target}'; router links are: {', '.join(known) or 'none'}")
+
+
+def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: float = 1.0) -> Plan:
+    """Resolve ``scenario`` on ``target``; raises UsageError naming what is wrong and what would do."""
+    if scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
+    kind = _kind_of(topo, target)
+    allowed = SCENARIOS[scenario]
+    if kind is None:
+        examples = [topo.servers[0].name, topo.pops[0].name, topo.spec.regions[0].name]
+        raise UsageError(f"unknown target '{target}'; give a server, PoP, region or router link a:b "
+                         f"(e.g. {', '.join(examples)})")
+    if kind not in allowed:
+        raise UsageError(f"{scenario} does not apply to {kind} '{target}'; it takes a {' or '.join(allowed)}")
+    if scenario == "flap" and not (1 <= count <= FLAP_MAX_COUNT and period >= FLAP_MIN_PERIOD_S):
+        raise UsageError(f"flap takes 1..{FLAP_MAX_COUNT} cycles and a period ≥ {FLAP_MIN_PERIOD_S} s, "
+                         f"not {count} × {period} s")
+    servers: tuple[str, ...] = ()
+    routers: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+    if kind == "server":
+        servers = (target,)
+    elif kind == "pop":
+        servers = topo.pop(target).servers
+    elif kind == "region":
+        servers = tuple(s.name for s in topo.servers if s.region == target)
+        routers = tuple(r.name for r in topo.routers if r.region == target)
+    elif kind == "link":
+        a, _, b = target.partition(":")
+        if {a, b} - {r.name for r in topo.routers}:
+            raise UsageError(f"'{target}' is not a link between two routers; use e.g. "
+                             f"{topo.routers[0].name}:{topo.routers[0].neighbors[0].node}")
+        links = (_link_end(topo, target),)
+    if scenario in ("server-crash", "flap") and servers:
+        links = tuple((s, i.name) for s in servers for i in topo.server(s).interfaces)
+    return Plan(scenario, target, servers, routers, links, count, period)
+
+
+def _nft_silence(forwarding: bool) -> str:
+    """An nftables table dropping every packet in and out of the node except on lo."""
+    chains = [("input", "iifname"), ("output", "oifname")] + ([("forward", "iifname")] if forwarding else [])
+    body = "".join(f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
+                   f"{match} != \"lo\" drop; }}\n" for hook, match in chains)
+    return f"table inet {NFT_TABLE} {{\n{body}}}\n"
+
+
+class Injector:
+    """Carries out and undoes fault plans on a running lab; remembers what is failed (``faults.json``)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.active: dict[str, Active] = {}
+        self.lock = threading.Lock()
+        self.cancel = threading.Event()
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def _run(self, node: str, argv: list[str], stdin: str | None = None) -> None:
+        res = subprocess.run(["nsenter", f"--net={self.lab.netns[node]}", "--", *argv], input=stdin,
+                             capture_output=True, text=True, timeout=30, check=False)
+        if res.returncode != 0:
+            raise LabError(f"{' '.join(argv)}: {res.stderr.strip()}", node=node)
+
+    def _silence(self, node: str, on: bool, forwarding: bool = False) -> None:
+        if on:
+            self._run(node, ["nft", "-f", "-"], _nft_silence(forwarding))
+        else:
+            self._run(node, ["nft", "delete", "table", "inet", NFT_TABLE])
+
+    def _daemon(self, server: str, name: str) -> Any:
+        for d in self.lab.daemons.get(server, []):
+            if d.name == name:
+                return d
+        raise LabError(f"no daemon {name}", node=server)
+
+    def _kill(self, server: str, name: str) -> None:
+        d = self._daemon(server, name)
+        if d.proc is not None:
+            d.proc.kill()
+
+    def _restart(self, server: str, names: list[str]) -> None:
+        for d in self.lab.daemons[server]:
+            if d.name in names and (d.proc is None or not d.proc.alive()):
+                d.start()
+                d.wait_ready()
+
+    def _links(self, plan_: Plan, up: bool) -> None:
+        for node, intf in plan_.links:
+            self._run(node, ["ip", "link", "set", "dev", intf, "up" if up else "down"])
+        if up:
+            for server in {n for n, _ in plan_.links if n in {s.name for s in self.lab.topo.servers}}:
+                # Taking a link down flushed the server's route back into the lab; put it back.
+                hops = [arg for i in self.lab.topo.server(server).interfaces
+                        for arg in ("nexthop", "via", str(i.peer_address.ip), "dev", i.name)]
+                self._run(server, ["ip", "route", "replace", str(LAB_SUPERNET), *hops])
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def fail(self, p: Plan) -> float:
+        """Inject; returns the CLOCK_MONOTONIC time just before the first change. Raises UsageError if
+        the target is already failed, LabError if injecting fails (what was done is undone)."""
+        with self.lock:
+            if p.target in self.active:
+                raise UsageError(f"'{p.target}' is already failed ({self.active[p.target].plan.scenario}); "
+                                 f"'anylab restore {p.target}' first")
+            self.cancel.clear()
+            t = time.clock_gettime(time.CLOCK_MONOTONIC)
+            try:
+                extra = self._inject(p)
+            except BaseException:
+                self._undo(p, best_effort=True)
+                raise
+            self.active[p.target] = Active(p, t, extra)
+            self._save()
+            if p.scenario == "flap":
+                del self.active[p.target]
+                self._save()
+            return t
+
+    def _inject(self, p: Plan) -> dict[str, Any]:
+        sc = p.scenario
+        if sc == "service-crash":
+            for s in p.servers:
+                self._kill(s, "responder")
+        elif sc == "drain":
+            for s in p.servers:
+                (self.lab.node_dir(s) / "drain").write_text("anylab drain\n")
+        elif sc == "speaker-crash":
+            for s in p.servers:
+                self._kill(s, "exabgp")
+        elif sc in ("server-silent", "pop-down", "region-down"):
+            for s in p.servers:
+                self._silence(s, True)
+            for r in p.routers:
+                self._silence(r, True, forwarding=True)
+        elif sc == "server-crash":
+            for s in p.servers:
+                for d in reversed(self.lab.daemons[s]):
+                    self._kill(s, d.name)
+            self._links(p, up=False)
+        elif sc == "link-down":
+            self._links(p, up=False)
+        elif sc == "flap":
+            return self._flap(p)
+        return {}
+
+    def _flap(self, p: Plan) -> dict[str, Any]:
+        """``count`` carrier down/up cycles, each half a period; ends with the links up."""
+        edges: list[float] = []
+        start = time.clock_gettime(time.CLOCK_MONOTONIC)
+        try:
+            for i in range(2 * p.count):
+                due = start + i * p.period / 2
+                if self.cancel.wait(max(0.0, due - time.clock_gettime(time.CLOCK_MONOTONIC))):
+                    break
+                edges.append(time.clock_gettime(time.CLOCK_MONOTONIC))
+                self._links(p, up=i % 2 == 1)
+        finally:
+            self._links(p, up=True)
+        return {"edges": edges}
+
+    def restore(self, target: str) -> float:
+        """Undo the fault on ``target``; returns the CLOCK_MONOTONIC time the undo began.
+        Raises UsageError if nothing is failed there, LabError if the undo fails."""
+        with self.lock:
+            active = self.active.get(target)
+            if active is None:
+                failed = ", ".join(self.active) or "nothing is failed"
+                raise UsageError(f"'{target}' is not failed ({failed})")
+            t = time.clock_gettime(time.CLOCK_MONOTONIC)
+            self._undo(active.plan)
+            del self.active[target]
+            self._save()
+            return t
+
+    def restore_all(self) -> list[str]:
+        """Undo every active fault; returns the targets restored. Raises LabError listing failures."""
+        errors, done = [], []
+        for target in list(self.active):
+            try:
+                self.restore(target)
+                done.append(target)
+            except LabError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise LabError("restore: " + "; ".join(errors))
+        return done
+
+    def _undo(self, p: Plan, best_effort: bool = False) -> None:
+        errors: list[str] = []
+
+        def attempt(fn: Any, *args: Any, **kw: Any) -> None:
+            try:
+                fn(*args, **kw)
+            except LabError as exc:
+                errors.append(str(exc))
+
+        sc = p.scenario
+        if sc == "service-crash":
+            for s in p.servers:
+                attempt(self._restart, s, ["responder"])
+        elif sc == "drain":
+            for s in p.servers:
+                (self.lab.node_dir(s) / "drain").unlink(missing_ok=True)
+        elif sc == "speaker-crash":
+            for s in p.servers:
+                attempt(self._restart, s, ["exabgp"])
+        elif sc in ("server-silent", "pop-down", "region-down"):
+            for node in (*p.servers, *p.routers):
+                attempt(self._silence, node, False)
+        elif sc in ("server-crash", "link-down"):
+            attempt(self._links, p, up=True)
+            for s in p.servers:
+                attempt(self._restart, s, [d.name for d in self.lab.daemons[s]])
+        if errors and not best_effort:
+            raise LabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
+
+    def _save(self) -> None:
+        data = {t: {"plan": asdict(a.plan), "t_fault": a.t_fault} for t, a in self.active.items()}
+        path: Path = self.lab.run_dir / FAULTS_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+
+def active_faults(run_dir: Path) -> dict[str, Any]:
+    """What a running lab has failed now (target → plan and time), as recorded by its Injector."""
+    try:
+        data: dict[str, Any] = json.loads((run_dir / FAULTS_FILE).read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
