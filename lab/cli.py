@@ -39,7 +39,7 @@ DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="anylab: an anycast and BGP failover lab in network namespaces.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 130)
 
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
@@ -222,6 +222,44 @@ def restore(
         raise UsageError("give the TARGET to restore, or --all")
     reply = control.call(run_dir_of(name), "restore", target=target)
     console.print(f"{target}: restored at t={reply['t']:.6f}")
+
+
+@app.command()
+def measure(
+    scenario: Annotated[str, typer.Argument(help=", ".join(SCENARIOS))],
+    target: Annotated[str, typer.Argument(help="a server, PoP, region or router link a:b")],
+    name: NameOpt = "main",
+    repeat: Annotated[int, typer.Option(help="runs (each waits for the predicted catchment first)")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON here")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the last run's timeline PNG here")] = None,
+    settle: Annotated[float, typer.Option(help="seconds of clean answers that end a run")] = 0.5,
+    count: Annotated[int, typer.Option(help="flap: down/up cycles")] = 3,
+    period: Annotated[float, typer.Option(help="flap: seconds per cycle")] = 1.0,
+) -> None:
+    """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times."""
+    from lab import report
+    from lab.measurement import RemoteLab
+    from lab.measurement import measure as run_measure
+
+    driver = RemoteLab(name)
+    try:
+        with console.status(f"measuring {scenario} on {target} ({repeat} run(s))…"):
+            result, timeline = run_measure(driver, scenario, target, repeat, count, period, settle)
+    except KeyboardInterrupt:
+        restored = control.call(driver.run_dir, "restore_all")["restored"]
+        console.print(f"interrupted: restored {', '.join(restored) or 'nothing (no fault was active)'}; "
+                      f"lab '{name}' is still up")
+        raise typer.Exit(130) from None
+    console.print(report.table(result))
+    for run in result["runs"]:
+        for line in run["crosscheck"]:
+            console.print(f"[yellow]cross-check run {run['run']}: {line}[/]")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+        console.print(f"wrote {json_out}")
+    if plot and timeline is not None:
+        report.plot(result, timeline, plot)
+        console.print(f"wrote {plot}")
 
 
 def _running_state_usage(name: str) -> dict[str, Any]:

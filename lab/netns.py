@@ -51,7 +51,7 @@ def _ip(*args: str) -> None:
         raise LabError(f"ip {' '.join(args)}: {res.stderr.strip()}")
 
 
-def socket_in(netns: str, family: int, kind: int) -> socket.socket:
+def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket created inside the namespace at path ``netns``; the calling thread stays where it is.
 
     setns(2) moves only the calling thread, so a short-lived thread enters the namespace, creates the
@@ -68,7 +68,7 @@ def socket_in(netns: str, family: int, kind: int) -> socket.socket:
                     raise OSError(err, os.strerror(err))
             finally:
                 os.close(fd)
-            result.append(socket.socket(family, kind))
+            result.append(socket.socket(family, kind, proto))
         except BaseException as exc:
             result.append(exc)
 

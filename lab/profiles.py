@@ -154,7 +154,8 @@ def expand(value: Any, default_base: str = DEFAULT_PROFILE) -> Any:
     if not isinstance(value, dict):
         return value
     overrides = dict(value)
-    base = overrides.pop("base", default_base)
+    named_as = str(overrides.pop("name", "")).rstrip("*")  # a dumped profile names its base
+    base = overrides.pop("base", named_as or default_base)
     if base not in NAMED:
         raise ValueError(f"unknown profile '{base}'; use one of: {', '.join(NAMED)}")
     merged: dict[str, Any] = {"name": base, **NAMED[base]}
@@ -163,7 +164,11 @@ def expand(value: Any, default_base: str = DEFAULT_PROFILE) -> Any:
             merged["health"] = {**merged["health"], **val}
         else:
             merged[key] = val
-    if overrides:
+    try:
+        changed = Profile.model_validate(merged) != Profile.model_validate({"name": base, **NAMED[base]})
+    except ValueError:
+        changed = True  # invalid: pydantic reports it when it validates the result
+    if changed:
         merged["name"] = f"{base}*"  # a modified profile says so wherever it is reported
     return merged
 

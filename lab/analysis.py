@@ -1,0 +1,165 @@
+"""What one fault did, derived from what was recorded (pure functions, unit-tested by tables).
+
+All times are CLOCK_MONOTONIC seconds; results are relative to the fault (``t_fault``).
+
+Per client, at server granularity (a fault on one server of a multi-server PoP moves flows to a sibling):
+``shift_s`` fault → first answer from a server other than the one serving before; ``gap_s`` last
+answer from the old server → first from the new one (what the client felt); ``lost`` probes sent after
+the fault and never answered; ``blackhole_s`` the longest run without answers; ``misroutes`` answers
+from a PoP that is neither the old nor the final one; ``flips`` changes of serving server after the
+fault. Cross-check: a gap should be about (lost + 1) probe intervals; a disagreement beyond one interval
+is reported in ``crosscheck``, not hidden.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lab.measure import Probe
+from lab.recorders import BgpMessage, FibChange
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    from_server: str | None
+    to_server: str | None
+    from_pop: str | None
+    to_pop: str | None
+    shift_s: float | None
+    gap_s: float | None
+    lost: int
+    sent: int
+    blackhole_s: float
+    misroutes: int
+    flips: int
+    crosscheck: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def _pop_of(server: str | None) -> str | None:
+    return server.rsplit("-s", 1)[0] if server else None
+
+
+def client_result(probes: Sequence[Probe], t_fault: float, interval: float) -> ClientResult:
+    """One client's experience of a fault at ``t_fault`` (``interval``: the probe period)."""
+    before = [p for p in probes if p.sent < t_fault and p.answered]
+    old = before[-1].server if before else None
+    last_old_recv = before[-1].recv if before else None
+    after = [p for p in probes if p.sent >= t_fault]
+    lost = sum(1 for p in after if not p.answered)
+    answered = [p for p in after if p.answered]
+    final = answered[-1].server if answered else None
+    shift_s = gap_s = None
+    new: str | None = None
+    lost_before_shift = 0
+    for p in after:
+        if not p.answered:
+            lost_before_shift += 1
+            continue
+        assert p.recv is not None
+        if p.server != old:
+            new = p.server
+            shift_s = p.recv - t_fault
+            gap_s = p.recv - last_old_recv if last_old_recv is not None else None
+            break
+        last_old_recv = p.recv
+    # Longest stretch of consecutive lost probes, as time between the answers around it.
+    blackhole = 0.0
+    run_start: float | None = None
+    prev_recv = before[-1].recv if before else t_fault
+    for p in after:
+        if p.answered:
+            if run_start is not None and p.recv is not None and prev_recv is not None:
+                blackhole = max(blackhole, p.recv - prev_recv)
+            run_start = None
+            prev_recv = p.recv
+        elif run_start is None:
+            run_start = p.sent
+    if run_start is not None and after and prev_recv is not None:
+        blackhole = max(blackhole, after[-1].sent - prev_recv)
+    pops = {_pop_of(old), _pop_of(final)}
+    misroutes = sum(1 for p in answered if _pop_of(p.server) not in pops)
+    flips = sum(1 for a, b in zip([old, *(p.server for p in answered)], (p.server for p in answered), strict=False)
+                if a != b)
+    check = None
+    if gap_s is not None:
+        expected = (lost_before_shift + 1) * interval
+        if abs(gap_s - expected) > interval + 0.001:
+            check = (f"gap {gap_s * 1000:.1f} ms but {lost_before_shift} probes lost "
+                     f"(≈ {expected * 1000:.1f} ms at {interval * 1000:.1f} ms per probe)")
+    return ClientResult(old, new or (final if final != old else None), _pop_of(old),
+                        _pop_of(new) if new else _pop_of(final), shift_s, gap_s, lost, len(after),
+                        blackhole, misroutes, flips, check)
+
+
+def probe_rate(probes: Sequence[Probe], t0: float, t1: float) -> dict[str, float]:
+    """Achieved probe rate and resolution over [t0, t1]: rate, median and 99th percentile send interval."""
+    sent = [p.sent for p in probes if t0 <= p.sent <= t1]
+    if len(sent) < 3:
+        return {"rate_hz": 0.0, "interval_s": 0.0, "p99_interval_s": 0.0}
+    gaps = sorted(b - a for a, b in itertools.pairwise(sent))
+    return {"rate_hz": round((len(sent) - 1) / (sent[-1] - sent[0]), 1),
+            "interval_s": round(statistics.median(gaps), 6),
+            "p99_interval_s": round(gaps[int(0.99 * (len(gaps) - 1))], 6)}
+
+
+def router_results(t_fault: float, fib: Iterable[FibChange], bgp: Iterable[BgpMessage],
+                   prefixes: set[str]) -> dict[str, dict[str, Any]]:
+    """Per router: first/last FIB change of the anycast prefix, how many (path exploration), UPDATEs in
+    and out about it, and relay delay (first UPDATE in → first UPDATE out after it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in fib:
+        if f.t < t_fault:
+            continue
+        r = out.setdefault(f.router, _empty_router())
+        r["first_fib_s"] = r["first_fib_s"] if r["first_fib_s"] is not None else round(f.t - t_fault, 6)
+        r["last_fib_s"] = round(f.t - t_fault, 6)
+        r["fib_changes"] += 1
+    first_in: dict[str, float] = {}
+    for m in bgp:
+        if m.t < t_fault or m.kind != "UPDATE" or not prefixes & {*m.withdrawn, *m.announced}:
+            continue
+        r = out.setdefault(m.router, _empty_router())
+        r["updates_" + m.direction] += 1
+        if m.direction == "in":
+            first_in.setdefault(m.router, m.t)
+        elif m.router in first_in and r["relay_s"] is None:
+            r["relay_s"] = round(m.t - first_in[m.router], 6)
+    return out
+
+
+def _empty_router() -> dict[str, Any]:
+    return {"first_fib_s": None, "last_fib_s": None, "fib_changes": 0, "updates_in": 0, "updates_out": 0,
+            "relay_s": None}
+
+
+def first_update_s(t_fault: float, bgp: Iterable[BgpMessage], prefixes: set[str]) -> float | None:
+    """Fault → the first UPDATE about the anycast prefix seen anywhere (the withdrawal leaving)."""
+    ts = [m.t for m in bgp if m.t >= t_fault and m.kind == "UPDATE" and prefixes & {*m.withdrawn, *m.announced}]
+    return round(min(ts) - t_fault, 6) if ts else None
+
+
+def first_decision_s(t_fault: float, events: Iterable[dict[str, Any]]) -> float | None:
+    """Fault → the first health-agent decision to stop announcing normally."""
+    ts = [float(e["t"]) for e in events
+          if float(e.get("t", 0)) >= t_fault and e.get("announced") in ("withdrawn", "demoted")]
+    return round(min(ts) - t_fault, 6) if ts else None
+
+
+def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
+    """p50/p90/max (nearest rank) of the values that exist; None when there are none."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return {"p50": None, "p90": None, "max": None, "n": 0}
+
+    def rank(q: float) -> float:
+        return round(vals[min(len(vals) - 1, max(0, math.ceil(q * len(vals)) - 1))], 6)
+
+    return {"p50": rank(0.5), "p90": rank(0.9), "max": round(vals[-1], 6), "n": len(vals)}

@@ -1,0 +1,252 @@
+"""``anylab measure``: inject a fault, record everything on one clock, restore, repeat; report.
+
+Works on a :class:`~lab.runtime.Lab` in this process (tests, benchmarks) or on a lab run by a controller
+(:class:`RemoteLab`, the CLI): both can ``fail`` and ``restore`` and know their topology, run directory
+and namespaces. Each run:
+
+1. waits until every BGP session is up and every client is answered by its predicted PoP;
+2. starts the router recorders (FIB changes, BGP messages) — the client probers run all the time;
+3. injects the fault (its CLOCK_MONOTONIC time is the origin);
+4. waits until every client has settled: a full ``settle`` window of answers, none from a faulted
+   server (clients behind a failed region's routers are left out), within a deadline derived from the
+   profile's timers;
+5. stops recording, restores the fault, derives the figures (:mod:`lab.analysis`).
+
+An interruption (Ctrl-C) restores the fault and leaves the lab running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from lab import analysis, control
+from lab.errors import LabError, UsageError
+from lab.faults import Plan, plan
+from lab.graph import predict_catchment
+from lab.measure import Probe, read_probes
+from lab.model import Topology
+from lab.recorders import RouterRecorder
+from lab.runtime import observed_catchment, read_state, router_sessions, run_dir_of, topology_of
+from lab.wait import wait_for
+
+PROBE_TIMEOUT_S = 1.0  # lab.prober's default: a probe is written as lost only after this
+LINE_BYTES = 110  # a generous size of one probe line, to read just the tail that matters
+
+
+def monotonic() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class Driver(Protocol):
+    topo: Topology
+    run_dir: Path
+    netns: dict[str, str]
+
+    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float: ...
+
+    def restore(self, target: str) -> float: ...
+
+
+class RemoteLab:
+    """A lab run by its controller (``anylab up``), driven through the control socket."""
+
+    def __init__(self, name: str) -> None:
+        state = read_state(name)
+        if state is None or state.get("phase") != "up":
+            raise UsageError(f"no lab named '{name}' is up; 'anylab up' starts one")
+        self.name = name
+        self.topo = topology_of(state)
+        self.run_dir = run_dir_of(name)
+        self.netns = {n: f"/run/netns/{state['netns_prefix']}{n}" for n in self.topo.node_names()}
+
+    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
+        timeout = 60.0 + count * period
+        reply = control.call(self.run_dir, "fail", timeout, scenario=scenario, target=target, count=count,
+                             period=period)
+        return float(reply["t"])
+
+    def restore(self, target: str) -> float:
+        return float(control.call(self.run_dir, "restore", target=target)["t"])
+
+
+@dataclass
+class Timeline:
+    """The raw series of one run, for the plot."""
+
+    t_fault: float
+    probes: dict[str, list[Probe]]
+    fib: list[tuple[float, str]]
+    decisions: list[tuple[float, str]]
+    end: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _deadline_s(topo: Topology, p: Plan) -> float:
+    prof = topo.spec.settings.profile
+    profiles = [prof, *(r.profile for r in topo.routers), *(x.profile for x in topo.pops)]
+    worst = max(pr.hold + pr.health.detection_bound + pr.mrai for pr in profiles)
+    return worst + 15.0 + (p.count * p.period if p.scenario == "flap" else 0.0)
+
+
+def wait_baseline(driver: Driver, timeout: float = 60.0) -> None:
+    """Wait until every session is up and every client is answered by its predicted PoP (answers sent
+    after this call). Raises WaitTimeout naming the differences."""
+    topo, t0 = driver.topo, monotonic()
+    predicted = predict_catchment(topo)
+    problems: list[str] = []
+
+    def ok() -> bool:
+        problems.clear()
+        sessions = router_sessions(topo, driver.run_dir)
+        problems.extend(f"{s.router}: {', '.join(s.down)} down" for s in sessions if s.down)
+        seen = observed_catchment(topo, driver.run_dir, after=t0)
+        problems.extend(f"{c}: {seen.get(c)} (predicted {pop})" for c, pop in predicted.items() if seen.get(c) != pop)
+        return not problems
+
+    wait_for(ok, timeout=timeout, what="the predicted catchment", interval=0.05,
+             describe=lambda: "; ".join(problems[:6]))
+
+
+def _client_probes(driver: Driver, client: str, since: float) -> list[Probe]:
+    span = max(1.0, monotonic() - since + 2.0)
+    rate = driver.topo.spec.settings.probe_rate_hz
+    probes = read_probes(driver.run_dir / client / "probes.jsonl", tail_bytes=int(span * rate * LINE_BYTES))
+    return [p for p in probes if p.sent >= since]
+
+
+def _wait_settled(driver: Driver, p: Plan, t_fault: float, settle: float) -> None:
+    topo = driver.topo
+    skip = {c.name for c in topo.clients if c.router in p.routers}
+    faulted = set(p.servers) if p.scenario != "flap" else set()
+    pending: list[str] = []
+
+    def settled() -> bool:
+        now = monotonic()
+        lo, hi = max(t_fault, now - PROBE_TIMEOUT_S - 0.1 - settle), now - PROBE_TIMEOUT_S - 0.1
+        pending.clear()
+        for c in topo.clients:
+            if c.name in skip:
+                continue
+            window = [x for x in _client_probes(driver, c.name, lo) if x.sent <= hi]
+            good = (hi - lo >= settle * 0.99 and window and all(x.answered for x in window)
+                    and not any(x.server in faulted for x in window))
+            if not good:
+                pending.append(c.name)
+        return not pending
+
+    wait_for(settled, timeout=_deadline_s(topo, p), what="clients to settle after the fault", interval=0.1,
+             describe=lambda: "not settled: " + ", ".join(pending))
+
+
+def _health_events(driver: Driver, servers: tuple[str, ...], t0: float) -> list[dict[str, Any]]:
+    out = []
+    for s in servers:
+        path = driver.run_dir / s / "health-events.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if float(e.get("t", 0)) >= t0:
+                out.append(e)
+    return sorted(out, key=lambda e: float(e["t"]))
+
+
+def measure_once(driver: Driver, p: Plan, settle: float, index: int) -> tuple[dict[str, Any], Timeline]:
+    """One run (see the module docstring). Raises WaitTimeout/LabError; the fault is restored anyway."""
+    topo = driver.topo
+    wait_baseline(driver)
+    prefixes = {str(x) for x in topo.anycast}
+    rec = RouterRecorder({r.name: driver.netns[r.name] for r in topo.routers}, list(topo.anycast))
+    rec.start()
+    restored = False
+    try:
+        # A fresh "before": every client answered after the recorders started.
+        t_rec = monotonic()
+        wait_for(lambda: all(observed_catchment(topo, driver.run_dir, after=t_rec).values()), timeout=10,
+                 what="answers before the fault", interval=0.01)
+        t_fault = driver.fail(p.scenario, p.target, p.count, p.period)
+        _wait_settled(driver, p, t_fault, settle)
+        t_end = monotonic()
+    finally:
+        rec.stop()
+        if p.scenario != "flap":
+            driver.restore(p.target)
+            restored = True
+    interval = 1.0 / topo.spec.settings.probe_rate_hz
+    probes = {c.name: _client_probes(driver, c.name, t_fault - 1.0) for c in topo.clients}
+    probes = {c: [x for x in ps if x.sent <= t_end - PROBE_TIMEOUT_S] for c, ps in probes.items()}
+    clients = {c: analysis.client_result(ps, t_fault, interval) for c, ps in probes.items()}
+    bgp = rec.bgp_messages()
+    routers = analysis.router_results(t_fault, rec.fib, bgp, prefixes)
+    events = _health_events(driver, p.servers, t_fault)
+    decision = analysis.first_decision_s(t_fault, events)
+    withdrawal = analysis.first_update_s(t_fault, bgp, prefixes)
+    fibs = [f.t - t_fault for f in rec.fib if f.t >= t_fault]
+    rates = [analysis.probe_rate(ps, t_fault - 1.0, t_end - PROBE_TIMEOUT_S) for ps in probes.values()]
+    run = {
+        "run": index,
+        "t_fault": round(t_fault, 6),
+        "decision_s": decision,
+        "withdrawal_s": withdrawal,
+        "detect_s": decision if decision is not None else withdrawal,
+        "first_fib_s": round(min(fibs), 6) if fibs else None,
+        "network_convergence_s": round(max(fibs), 6) if fibs else None,
+        "routers": routers,
+        "clients": {c: r.as_dict() for c, r in clients.items()},
+        "probe": {"rate_hz": min(r["rate_hz"] for r in rates), "interval_s": max(r["interval_s"] for r in rates),
+                  "p99_interval_s": max(r["p99_interval_s"] for r in rates)},
+        "crosscheck": [f"{c}: {r.crosscheck}" for c, r in clients.items() if r.crosscheck],
+        "restored": restored,
+    }
+    timeline = Timeline(t_fault, probes, [(f.t, f.router) for f in rec.fib], [
+        (float(e["t"]), f"{e.get('server')}: {e.get('announced')}") for e in events
+        if float(e["t"]) <= t_end and (e.get("event") not in ("check-ok", "check-failed")
+                                       or e.get("announced") != "normal")][:20], t_end)
+    return run, timeline
+
+
+def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: int = 3, period: float = 1.0,
+            settle: float = 0.5) -> tuple[dict[str, Any], Timeline | None]:
+    """Run ``repeat`` measurements; returns the JSON-ready result and the last run's timeline.
+
+    Raises UsageError for a bad scenario/target (nothing touched), LabError/WaitTimeout when a run fails
+    (its fault restored). After the last run the catchment is checked against the prediction again."""
+    topo = driver.topo
+    p = plan(topo, scenario, target, count, period)
+    if not 1 <= repeat <= 1000:
+        raise UsageError(f"--repeat {repeat}: use 1..1000")
+    runs: list[dict[str, Any]] = []
+    timeline: Timeline | None = None
+    for i in range(repeat):
+        run, timeline = measure_once(driver, p, settle, i)
+        runs.append(run)
+    try:
+        wait_baseline(driver)
+        restored_ok = True
+    except LabError:
+        restored_ok = False
+    affected = [c for r in runs for c in r["clients"].values() if c["shift_s"] is not None]
+    result = {
+        "scenario": scenario, "target": target, "topology": topo.name,
+        "profile": topo.spec.settings.profile.name,
+        "router_kind": "+".join(sorted({r.kind for r in topo.routers})),
+        "probe_rate_hz": topo.spec.settings.probe_rate_hz,
+        "runs": runs,
+        "summary": {
+            "shift_s": analysis.percentiles(c["shift_s"] for c in affected),
+            "gap_s": analysis.percentiles(c["gap_s"] for c in affected),
+            "lost": analysis.percentiles(float(c["lost"]) for r in runs for c in r["clients"].values()),
+            "detect_s": analysis.percentiles(r["detect_s"] for r in runs),
+            "network_convergence_s": analysis.percentiles(r["network_convergence_s"] for r in runs),
+            "achieved_probe_rate_hz": min((r["probe"]["rate_hz"] for r in runs), default=0.0),
+        },
+        "catchment_restored": restored_ok,
+    }
+    return result, timeline

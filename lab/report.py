@@ -1,0 +1,76 @@
+"""A measurement as a table (rich) and as a timeline picture (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from lab.measurement import Timeline
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def table(result: dict[str, Any]) -> Table:
+    """One row per run and client: detection, first/last FIB change, shift, gap, lost, PoPs."""
+    t = Table(title=f"{result['scenario']} on {result['target']} — {result['topology']}, profile "
+                    f"{result['profile']}, routers {result['router_kind']}, probes "
+                    f"{result['summary']['achieved_probe_rate_hz']:.0f} Hz (ms)")
+    for col in ("run", "detect", "1st FIB", "last FIB", "client", "from → to", "shift", "gap", "lost", "flips"):
+        t.add_column(col, justify="right" if col not in ("client", "from → to") else "left")
+    for r in result["runs"]:
+        for i, (name, c) in enumerate(r["clients"].items()):
+            head = [str(r["run"]), _ms(r["detect_s"]), _ms(r["first_fib_s"]), _ms(r["network_convergence_s"])]
+            t.add_row(*(head if i == 0 else [""] * 4), name, f"{c['from_server']} → {c['to_server'] or '-'}",
+                      _ms(c["shift_s"]), _ms(c["gap_s"]), str(c["lost"]), str(c["flips"]))
+    s = result["summary"]["shift_s"]
+    t.caption = (f"shift p50 {_ms(s['p50'])} / p90 {_ms(s['p90'])} / max {_ms(s['max'])} ms "
+                 f"over {s['n']} client moves; "
+                 f"catchment restored: {result['catchment_restored']}")
+    return t
+
+
+def plot(result: dict[str, Any], timeline: Timeline, out: Path) -> None:
+    """Each client's serving server over time (lost probes in red), with the fault, the agents'
+    decisions and every router's FIB change marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = timeline.t_fault
+    clients = list(timeline.probes)
+    servers = sorted({p.server for ps in timeline.probes.values() for p in ps if p.server})
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(servers)}
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * len(clients)))
+    for y, c in enumerate(clients):
+        for s in servers:
+            xs = [(p.sent - t0) * 1000 for p in timeline.probes[c] if p.server == s]
+            if xs:
+                ax.scatter(xs, [y] * len(xs), s=4, color=colors[s], label=s if y == 0 or s not in
+                           {q.server for q in timeline.probes[clients[0]]} else None)
+        lost = [(p.sent - t0) * 1000 for p in timeline.probes[c] if not p.answered]
+        if lost:
+            ax.scatter(lost, [y] * len(lost), s=6, color="red", marker="x")
+    ax.axvline(0, color="black", linewidth=1.5, label="fault")
+    for t, label in timeline.decisions:
+        ax.axvline((t - t0) * 1000, color="orange", linestyle="--", linewidth=1)
+        ax.annotate(label, ((t - t0) * 1000, len(clients) - 0.5), fontsize=6, rotation=90, color="orange")
+    for t, router in timeline.fib:
+        if t >= t0 - 0.5:
+            ax.axvline((t - t0) * 1000, color="gray", linestyle=":", linewidth=0.8)
+            ax.annotate(f"FIB {router}", ((t - t0) * 1000, -0.6), fontsize=6, rotation=90, color="gray")
+    ax.set_yticks(range(len(clients)), clients)
+    ax.set_ylim(-1, len(clients))
+    ax.set_xlabel("ms since the fault (CLOCK_MONOTONIC)")
+    ax.set_title(f"{result['scenario']} on {result['target']} ({result['profile']}, {result['router_kind']}): "
+                 "serving server per probe; red x = lost")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right", markerscale=3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
