@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -54,10 +55,38 @@ class ExaBgp(Daemon):
                            for p in s.prefixes],
                 "demote": {"prepend": demote.prepend, "med": demote.med}}
 
+    @property
+    def bundled_healthcheck(self) -> bool:
+        return self.server.health_agent == "exabgp"
+
+    def healthcheck_files(self) -> dict[Path, str]:
+        """ExaBGP's own healthcheck with the profile's settings, as close as it allows: its timeout is
+        whole seconds (SIGALRM) and its check a shell command, so the HTTP GET is done by bash. Both are
+        scripts because ExaBGP's ``run`` line takes no shell syntax."""
+        s, h, d = self.server, self.server.profile.health, self.env.dir
+        url = h.checks[0]
+        check = (f"exec 3<>/dev/tcp/{url.host}/{url.port} || exit 1\n"
+                 "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3\n"
+                 "grep -q ok <&3\n")
+        argv = [exabgp_bin(self.env.python), "healthcheck", "--no-syslog", "--no-ip-setup", "--withdraw-on-down",
+                "--interval", str(h.interval), "--fast-interval", str(h.fast_interval), "--rise", str(h.rise),
+                "--fall", str(h.fall), "--timeout", str(max(1, round(h.timeout))), "--disable", str(d / "drain"),
+                "--debounce", "--as-path", ' '.join([str(s.asn)] * (1 + s.prepend)),
+                "--cmd", f"/bin/bash {d / 'healthz-check.sh'}"]
+        for p in s.prefixes:
+            argv += ["--ip", str(p)]
+        return {d / "healthz-check.sh": check, d / "healthcheck.sh": f"exec {shlex.join(argv)}\n"}
+
     def render_config(self) -> dict[Path, str]:
         s, t = self.server, self.server.profile
-        api = f"{self.env.python} -m bgp.exabgp_api --dir {self.env.dir}"
-        lines = ["process anylab-api {", f"    run {api};", "    encoder json;", "}", ""]
+        files: dict[Path, str] = {}
+        if self.bundled_healthcheck:
+            files = self.healthcheck_files()
+            lines = ["process healthcheck {", f"    run /bin/bash {self.env.dir / 'healthcheck.sh'};",
+                     "    encoder text;", "}", ""]
+        else:
+            api = f"{self.env.python} -m bgp.exabgp_api --dir {self.env.dir}"
+            lines = ["process anylab-api {", f"    run {api};", "    encoder json;", "}", ""]
         for n in s.neighbors:
             lines += [
                 f"neighbor {n.address} {{",
@@ -70,13 +99,13 @@ class ExaBgp(Daemon):
                 "    family { ipv4 unicast; }",
                 *([f"    capability {{ graceful-restart {t.graceful_restart}; }}"] if t.graceful_restart else []),
                 "    api {",
-                "        processes [ anylab-api ];",
+                f"        processes [ {'healthcheck' if self.bundled_healthcheck else 'anylab-api'} ];",
                 "        neighbor-changes;",
                 "    }",
                 "}",
                 "",
             ]
-        return {self.path(".conf"): "\n".join(lines), self.env.dir / "routes.json": json.dumps(self.routes())}
+        return {self.path(".conf"): "\n".join(lines), self.env.dir / "routes.json": json.dumps(self.routes()), **files}
 
     def validate(self) -> None:
         self.run_check([exabgp_bin(self.env.python), "validate", str(self.path(".conf"))], "exabgp validate",
@@ -101,7 +130,11 @@ class ExaBgp(Daemon):
             raise self.error(f"API process did not answer {cmd!r}: {exc}") from exc
 
     def ready(self) -> bool:
-        """Ready once ExaBGP has parsed its config and started the API process, which answers."""
+        """Ready once ExaBGP has parsed its config and started the API process, which answers (with
+        the bundled healthcheck: once the healthcheck process has logged)."""
+        if self.bundled_healthcheck:
+            out = self.path(".out")
+            return out.exists() and "[healthcheck]" in out.read_text(errors="replace")
         try:
             return bool(request(self.env.dir / "api.sock", "status").get("ok"))
         except (OSError, ValueError):

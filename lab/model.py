@@ -115,6 +115,9 @@ class PopSpec(_Spec):
     med: int = Field(0, ge=0, le=4294967295)
     #: The profile of this PoP's servers and of their sessions with the upstreams.
     profile: Profile | None = None
+    #: Who decides what a server announces: anylab's health agent, or ExaBGP's bundled healthcheck
+    #: (for comparison; it has no demotion on drain beyond its metrics and no sub-second timeout).
+    health_agent: Literal["anylab", "exabgp"] = "anylab"
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
@@ -248,6 +251,7 @@ class Server:
     prepend: int
     med: int
     profile: Profile
+    health_agent: str = "anylab"
 
 
 @dataclass(frozen=True)
@@ -579,7 +583,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     )
     servers = tuple(
         Server(s_name, p.name, k, p.asn, p.region, router_id, tuple(intfs[s_name]), neighbors(s_name),
-               tuple(prefixes_of[p.name]), p.prepend, p.med, profile_of[s_name])
+               tuple(prefixes_of[p.name]), p.prepend, p.med, profile_of[s_name], p.health_agent)
         for p, k, s_name, router_id in server_specs
     )
     clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)

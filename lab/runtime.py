@@ -130,7 +130,8 @@ class Lab:
             self.daemons[s.name] = [Responder(env, s, t.probe_port), ExaBgp(env, s)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
-            self.daemons[s.name].append(HealthAgent(env, s))
+            if s.health_agent == "anylab":
+                self.daemons[s.name].append(HealthAgent(env, s))
         target = str(self.topo.anycast[0].network_address)
         for c in self.topo.clients:
             self.node_dir(c.name).mkdir(parents=True, exist_ok=True)
