@@ -61,7 +61,7 @@ class BirdBase(Daemon):
 
 
 class Bird(BirdBase):
-    """A transit router: eBGP to every neighbour, ECMP into the kernel, client subnets originated."""
+    """A transit router: eBGP to every neighbour, its best path into the kernel, client subnets originated."""
 
     name = "bird"
 
@@ -73,8 +73,10 @@ class Bird(BirdBase):
         r, t = self.router, self.router.profile
         lines = self.header(str(r.loopback))
         lines += [
-            # Only BGP's routes go to the kernel; merge paths = ECMP as FRR's maximum-paths does.
-            "protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on limit 16; }",
+            # Only BGP's routes go to the kernel. No ECMP ("merge paths"): BIRD 2.0.12 merges paths from
+            # different neighbour ASes (FRR does not) and, measured here, left a stale multipath route
+            # in the kernel when one merged path was withdrawn — a forwarding loop between two routers.
+            "protocol kernel { ipv4 { export where source = RTS_BGP; }; }",
             "protocol static anylab_origin {",
             "  ipv4;",
             f"  route {r.loopback}/32 blackhole;",

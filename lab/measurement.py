@@ -195,7 +195,11 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int) -> tuple[di
         "t_fault": round(t_fault, 6),
         "decision_s": decision,
         "withdrawal_s": withdrawal,
-        "detect_s": decision if decision is not None else withdrawal,
+        # What noticed the fault first: the health agent, else the first UPDATE about the prefix (a
+        # withdrawal after BFD or the hold timer), else the first FIB change (a path lost within ECMP
+        # changes no route anyone announces).
+        "detect_s": next((x for x in (decision, withdrawal, round(min(fibs), 6) if fibs else None)
+                          if x is not None), None),
         "first_fib_s": round(min(fibs), 6) if fibs else None,
         "network_convergence_s": round(max(fibs), 6) if fibs else None,
         "routers": routers,

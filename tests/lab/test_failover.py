@@ -1,0 +1,121 @@
+"""Fault timing on real daemons, FRR and BIRD: each bound follows from the configured timers, with its
+margin written next to it (lab/measurement.py defines every figure).
+
+failover.yaml, profile ``fast``: health checks every 50 ms (20 ms while falling), fall 2, timeout 30 ms
+→ detection bound 0.10 s; BFD 50 ms × 3 between PoP servers and r2; BGP keepalive 1 s / hold 3 s.
+A withdrawal reaches the clients' router r1 through two bgpd hops; FRR holds each update ~50 ms
+(hard-coded in bgpd) + 10 ms in zebra, BIRD ~0.2 ms — both inside the 0.3 s margins below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lab.measurement import measure
+from lab.model import build_topology, load_topology
+from lab.runtime import Lab
+from tests.conftest import TOPOLOGIES
+
+FAST = load_topology(TOPOLOGIES / "failover.yaml").spec.settings.profile
+assert FAST.bfd is not None
+DETECTION_S = FAST.health.detection_bound  # 0.10 s
+BFD_S = FAST.bfd.detect_s  # 0.15 s
+MARGIN_S = 0.3  # two relaying hops (≤ 0.12 s on FRR) and scheduling on a busy 2-core machine
+
+
+@pytest.fixture(scope="module", params=["frr", "bird"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with Lab.from_file(TOPOLOGIES / "failover.yaml", name=f"tfo{request.param}", router_kind=request.param) as up:
+        yield up
+
+
+def moves(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (run,) = result["runs"]
+    return {c: r for c, r in run["clients"].items() if r["shift_s"] is not None}
+
+
+def test_service_crash_shifts_within_detection_bound(lab: Lab) -> None:
+    result, _ = measure(lab, "service-crash", "sjc")
+    moved = moves(result)
+    assert set(moved) == {"c1", "c2", "c3", "c4"} and {m["to_pop"] for m in moved.values()} == {"lax"}
+    assert result["runs"][0]["decision_s"] <= DETECTION_S + 0.05  # 50 ms: the agent's own scheduling
+    assert max(m["shift_s"] for m in moved.values()) <= DETECTION_S + MARGIN_S
+    assert result["catchment_restored"]
+
+
+def test_server_silent_moves_only_its_flows_within_bfd_time(lab: Lab) -> None:
+    result, _ = measure(lab, "server-silent", "sjc-s1")
+    clients = result["runs"][0]["clients"]
+    on_s1 = {c for c, r in clients.items() if r["from_server"] == "sjc-s1"}
+    assert on_s1, clients
+    for c, r in clients.items():
+        if c in on_s1:  # to its sibling: the PoP keeps serving
+            assert r["to_server"] == "sjc-s2" and r["shift_s"] <= BFD_S + MARGIN_S, (c, r)
+        else:  # flows on sjc-s2 are not touched
+            assert r["lost"] == 0 and r["shift_s"] is None, (c, r)
+    assert result["catchment_restored"]
+
+
+def test_drain_with_demotion_loses_nothing(lab: Lab) -> None:
+    result, _ = measure(lab, "drain", "sjc")
+    moved = moves(result)
+    assert set(moved) == {"c1", "c2", "c3", "c4"}
+    # make-before-break: sjc keeps answering until the demoted route has moved every client
+    assert all(m["lost"] == 0 and m["to_pop"] == "lax" for m in moved.values()), moved
+    assert result["catchment_restored"]
+
+
+def test_speaker_crash_is_seen_at_once(lab: Lab) -> None:
+    """ExaBGP killed: the kernel closes its TCP sessions, so r2 drops the routes without waiting for
+    BFD or the hold timer."""
+    result, _ = measure(lab, "speaker-crash", "sjc")
+    moved = moves(result)
+    assert set(moved) == {"c1", "c2", "c3", "c4"}
+    assert max(m["shift_s"] for m in moved.values()) <= MARGIN_S + 0.2  # 0.2 s: the TCP teardown
+    assert result["catchment_restored"]
+
+
+def test_bad_fault_requests_leave_the_lab_untouched(lab: Lab) -> None:
+    from lab.errors import UsageError
+
+    for args in (("meteor", "sjc"), ("drain", "nowhere"), ("link-down", "sjc")):
+        with pytest.raises(UsageError):
+            lab.fail(*args)
+    with pytest.raises(UsageError):
+        lab.restore("sjc")
+    assert lab.injector.active == {}
+
+
+def _variant(name: str, profile: str | dict[str, Any]) -> Lab:
+    import yaml
+
+    data = yaml.safe_load((TOPOLOGIES / "failover.yaml").read_text())
+    data["settings"]["profile"] = profile
+    return Lab(build_topology(data, f"failover.yaml with profile {profile}"), name)
+
+
+def test_silent_server_without_bfd_waits_for_the_hold_timer() -> None:
+    """FRR, BFD off: r2 notices only when the hold timer (3 s) runs out, at most one keepalive early."""
+    with _variant("tfonobfd", {"base": "fast", "bfd": None}) as lab:
+        prof = lab.topo.spec.settings.profile
+        result, _ = measure(lab, "server-silent", "sjc")
+        moved = moves(result)
+        assert moved
+        for m in moved.values():
+            # 0.5 s: hold expiry → withdrawal → two hops, on a busy machine
+            assert prof.hold - prof.keepalive <= m["shift_s"] <= prof.hold + 0.5, m
+
+
+@pytest.mark.slow
+def test_seed_profile_reproduces_the_design_timeline() -> None:
+    """The design's settings (health every 1 s, fall 5): detection takes seconds, as its timeline says
+    ("health check detects in 5 s"), not milliseconds."""
+    with _variant("tfoseed", "seed") as lab:
+        health = lab.topo.spec.settings.profile.health
+        result, _ = measure(lab, "service-crash", "sjc")
+        shifts = [m["shift_s"] for m in moves(result).values()]
+        low = health.fast_interval * (health.fall - 1)  # the fastest a fall-5 verdict can come
+        assert shifts and all(low <= s <= health.detection_bound + MARGIN_S for s in shifts), shifts
