@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from bgp.bird import Bird, bird_best_as_path, bird_sessions
+from bgp.bird import Bird, bird_best_as_path, bird_sessions, birdc
 from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
 from lab.daemon import Daemon, NodeEnv
 from lab.model import Router
@@ -29,6 +29,24 @@ def sessions(router_dir: Path, router: Router) -> dict[str, str]:
     if router.kind == "bird":
         return bird_sessions(router_dir / "bird.ctl", router)
     return established_peers(router_dir)
+
+
+def bfd_states(router_dir: Path, router: Router) -> dict[str, str]:
+    """Neighbour address → BFD state ("up", "down", "init", or "none" when there is no session yet),
+    for the neighbours whose session profile has BFD; raises as ``sessions`` does."""
+    wanted = [str(n.address) for n in router.neighbors if n.profile.bfd is not None]
+    if not wanted:
+        return {}
+    seen: dict[str, str] = {}
+    if router.kind == "bird":
+        for line in birdc(router_dir / "bird.ctl", "show bfd sessions").splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0].count(".") == 3:
+                seen[parts[0]] = parts[2].lower()
+    else:
+        for peer in vtysh_json(router_dir, "show bfd peers json", daemon="bfdd") or []:
+            seen[str(peer.get("peer"))] = str(peer.get("status", "?")).lower()
+    return {addr: seen.get(addr, "none") for addr in wanted}
 
 
 def best_as_path(router_dir: Path, router: Router, prefix: IPv4Network) -> tuple[int, ...] | None:

@@ -183,11 +183,24 @@ def exec_(
 def graph(
     output: Annotated[Path, typer.Option("--output", "-o", help="FILE.png, FILE.svg or FILE.mmd")],
     topology: Annotated[Path, typer.Argument()] = DEFAULT_TOPOLOGY,
+    catchment: Annotated[str | None, typer.Option(
+        help="colour clients by the PoP serving them: 'predicted', or 'observed' in the running lab --name")] = None,
+    name: NameOpt = "main",
 ) -> None:
     """Draw a topology (Mermaid text, or a PNG/SVG picture)."""
     from lab.draw import draw
 
-    draw(load_topology(topology), output)
+    topo = load_topology(topology)
+    colours: dict[str, str | None] | None = None
+    if catchment == "predicted":
+        colours = dict(predict_catchment(topo))
+    elif catchment == "observed":
+        state = _running_state_usage(name)
+        topo = topology_of(state)
+        colours = observed_catchment(topo, run_dir_of(name))
+    elif catchment is not None:
+        raise UsageError(f"--catchment {catchment}: use predicted or observed")
+    draw(topo, output, colours)
     console.print(f"wrote {output}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import select
+import signal
 import socket
 import struct
 import time
@@ -92,10 +93,16 @@ def decode_bgp(payload: bytes) -> list[tuple[str, tuple[str, ...], tuple[str, ..
     segment boundary is skipped."""
     import logging
 
-    logging.getLogger("scapy").setLevel(logging.ERROR)  # its import warns about the ASN size set below
-    from scapy.contrib import bgp as scapy_bgp
-    from scapy.contrib.bgp import BGPHeader, BGPNotification, BGPOpen, BGPUpdate
+    from scapy import error as _scapy_error  # noqa: F401  (sets scapy's loggers up before they are tuned)
 
+    runtime = logging.getLogger("scapy.runtime")
+    level = runtime.level
+    runtime.setLevel(logging.ERROR)  # its import warns about the ASN size, which is set just below
+    try:
+        from scapy.contrib import bgp as scapy_bgp
+        from scapy.contrib.bgp import BGPHeader, BGPNotification, BGPOpen, BGPUpdate
+    finally:
+        runtime.setLevel(level)
     scapy_bgp.bgp_module_conf.use_2_bytes_asn = False
 
     out: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = []
@@ -141,6 +148,7 @@ class RouterRecorder:
         """Start the recording process; returns once its sockets are open in every router namespace.
         Raises LabError if they cannot be opened."""
         self._proc.start()
+        self._child_conn.close()  # the child's end: so a dead child reads as EOF here
         if not self._conn.poll(30.0):
             self._proc.kill()
             raise LabError("the router recorder did not start within 30 s")
@@ -150,6 +158,8 @@ class RouterRecorder:
             raise LabError(f"the router recorder could not start: {status}")
 
     def _child(self) -> None:
+        # Ctrl-C is for the measuring process, which stops this one in order and restores the fault.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self._open()
         except Exception as exc:

@@ -345,10 +345,15 @@ def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
     for r in topo.routers:
         try:
             peers = router_kinds.sessions(run_dir / r.name, r)
+            bfd = router_kinds.bfd_states(run_dir / r.name, r)
         except Exception:  # the daemon not answering counts as every session down
-            peers = {}
+            peers, bfd = {}, {}
+        # A session counts as up once BGP is Established and, where the profile wants it, BFD is up:
+        # a fault injected before BFD is up would be caught by the hold timer instead.
         down = tuple(f"{n.node}({peers.get(str(n.address), 'no answer')})" for n in r.neighbors
                      if peers.get(str(n.address)) != "Established")
+        down += tuple(f"{n.node}(BFD {bfd[str(n.address)]})" for n in r.neighbors
+                      if bfd.get(str(n.address), "up") != "up" and peers.get(str(n.address)) == "Established")
         out.append(SessionState(r.name, len(r.neighbors) - len(down), len(r.neighbors), down))
     return out
 
