@@ -41,12 +41,13 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "catchment_restored": result["catchment_restored"]}
 
 
-def lab_for(kind: str, name: str, health_agent: str = "anylab") -> Lab:
+def lab_for(kind: str, name: str, health_agent: str = "anylab", profile: Any = "fast") -> Lab:
     data = yaml.safe_load((PROJECT / "topologies" / "failover.yaml").read_text())
     for r in data["routers"]:
         r["kind"] = kind
     data["pops"][0]["health_agent"] = health_agent
-    return Lab(build_topology(data, f"failover.yaml ({kind}, {health_agent})"), name)
+    data["settings"]["profile"] = profile
+    return Lab(build_topology(data, f"failover.yaml ({kind}, {health_agent}, {profile})"), name)
 
 
 def main() -> None:
@@ -64,6 +65,11 @@ def main() -> None:
     with lab_for("frr", "bfexa", "exabgp") as lab:
         result, _ = measure(lab, "service-crash", "sjc", repeat=args.runs)
         out["results"]["service-crash sjc / frr, ExaBGP healthcheck"] = summary(result)
+    for kind in ("frr", "bird"):  # what BFD buys: the same silent PoP on the hold timer alone (3 s)
+        with lab_for(kind, f"bn{kind}", profile={"base": "fast", "bfd": None}) as lab:
+            result, _ = measure(lab, "server-silent", "sjc", repeat=args.runs)
+            out["results"][f"server-silent sjc / {kind}, no BFD (hold 3 s)"] = summary(result)
+            print(f"server-silent no BFD / {kind}: {summary(result)['shift_s']}", file=sys.stderr)
     text = json.dumps(out, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

@@ -47,8 +47,11 @@ def _pop_of(server: str | None) -> str | None:
     return server.rsplit("-s", 1)[0] if server else None
 
 
-def client_result(probes: Sequence[Probe], t_fault: float, interval: float) -> ClientResult:
-    """One client's experience of a fault at ``t_fault`` (``interval``: the probe period)."""
+def client_result(probes: Sequence[Probe], t_fault: float, interval: float,
+                  faulted: frozenset[str] = frozenset()) -> ClientResult:
+    """One client's experience of a fault at ``t_fault`` (``interval``: the probe period). The shift is
+    to a server outside ``faulted``: when a whole PoP drains, a client passing through a sibling that
+    has not demoted yet has not shifted (that detour counts as a flip)."""
     before = [p for p in probes if p.sent < t_fault and p.answered]
     old = before[-1].server if before else None
     last_old_recv = before[-1].recv if before else None
@@ -64,12 +67,12 @@ def client_result(probes: Sequence[Probe], t_fault: float, interval: float) -> C
             lost_before_shift += 1
             continue
         assert p.recv is not None
-        if p.server != old:
+        if p.server != old and p.server not in faulted:
             new = p.server
             shift_s = p.recv - t_fault
             gap_s = p.recv - last_old_recv if last_old_recv is not None else None
             break
-        last_old_recv = p.recv
+        last_old_recv = p.recv  # still served (by the old or another faulted server)
     # Longest stretch of consecutive lost probes, as time between the answers around it.
     blackhole = 0.0
     run_start: float | None = None
@@ -140,9 +143,13 @@ def _empty_router() -> dict[str, Any]:
             "relay_s": None}
 
 
-def first_update_s(t_fault: float, bgp: Iterable[BgpMessage], prefixes: set[str]) -> float | None:
-    """Fault → the first UPDATE about the anycast prefix seen anywhere (the withdrawal leaving)."""
-    ts = [m.t for m in bgp if m.t >= t_fault and m.kind == "UPDATE" and prefixes & {*m.withdrawn, *m.announced}]
+def first_update_s(t_fault: float, bgp: Iterable[BgpMessage], prefixes: set[str],
+                   towards_faulted: frozenset[tuple[str, str]] = frozenset()) -> float | None:
+    """Fault → the first UPDATE about the anycast prefix seen anywhere (the withdrawal leaving).
+    UPDATEs a router sends towards a faulted server (``towards_faulted``: router, interface) say nothing
+    about the fault — FRR, e.g., sends a re-established peer its table about a second later."""
+    ts = [m.t for m in bgp if m.t >= t_fault and m.kind == "UPDATE" and prefixes & {*m.withdrawn, *m.announced}
+          and not (m.direction == "out" and (m.router, m.interface) in towards_faulted)]
     return round(min(ts) - t_fault, 6) if ts else None
 
 

@@ -182,12 +182,14 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int) -> tuple[di
     interval = 1.0 / topo.spec.settings.probe_rate_hz
     probes = {c.name: _client_probes(driver, c.name, t_fault - 1.0) for c in topo.clients}
     probes = {c: [x for x in ps if x.sent <= t_end - PROBE_TIMEOUT_S] for c, ps in probes.items()}
-    clients = {c: analysis.client_result(ps, t_fault, interval) for c, ps in probes.items()}
+    faulted = frozenset(p.servers) if p.scenario != "flap" else frozenset()
+    clients = {c: analysis.client_result(ps, t_fault, interval, faulted) for c, ps in probes.items()}
     bgp = rec.bgp_messages()
     routers = analysis.router_results(t_fault, rec.fib, bgp, prefixes)
     events = _health_events(driver, p.servers, t_fault)
     decision = analysis.first_decision_s(t_fault, events)
-    withdrawal = analysis.first_update_s(t_fault, bgp, prefixes)
+    towards = frozenset((i.node, i.name) for r in topo.routers for i in r.interfaces if i.peer_node in p.servers)
+    withdrawal = analysis.first_update_s(t_fault, bgp, prefixes, towards)
     fibs = [f.t - t_fault for f in rec.fib if f.t >= t_fault]
     rates = [analysis.probe_rate(ps, t_fault - 1.0, t_end - PROBE_TIMEOUT_S) for ps in probes.values()]
     run = {

@@ -125,3 +125,24 @@ def test_seed_profile_reproduces_the_design_timeline() -> None:
         shifts = [m["shift_s"] for m in moves(result).values()]
         low = health.fast_interval * (health.fall - 1)  # the fastest a fall-5 verdict can come
         assert shifts and all(low <= s <= health.detection_bound + MARGIN_S for s in shifts), shifts
+
+
+@pytest.mark.parametrize(("scenario", "target", "bound_s"), [
+    ("pop-down", "sjc", BFD_S + MARGIN_S),  # every server silent: BFD at r2
+    ("server-crash", "sjc", BFD_S + MARGIN_S),  # carrier lost: r2 drops the sessions at once
+    ("link-down", "r1:r2", MARGIN_S),  # r1 loses the link itself and already holds the path via r3
+])
+def test_other_faults_move_everyone_to_lax_and_restore(lab: Lab, scenario: str, target: str,
+                                                        bound_s: float) -> None:
+    result, _ = measure(lab, scenario, target)
+    moved = moves(result)
+    assert set(moved) == {"c1", "c2", "c3", "c4"} and {m["to_pop"] for m in moved.values()} == {"lax"}
+    assert max(m["shift_s"] for m in moved.values()) <= bound_s, moved
+    assert result["catchment_restored"]
+
+
+def test_flap_ends_restored(lab: Lab) -> None:
+    result, _ = measure(lab, "flap", "lax", count=2, period=0.4)  # the backup flaps: nobody moves
+    (run,) = result["runs"]
+    assert all(c["lost"] == 0 for c in run["clients"].values())
+    assert result["catchment_restored"] and lab.injector.active == {}

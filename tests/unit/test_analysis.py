@@ -111,3 +111,19 @@ def test_tcp_payload_of_a_frame() -> None:
     tcp = b"\x00" * 12 + bytes([0x50]) + b"\x00" * 7
     assert _tcp_payload(eth + ip + tcp + payload) == payload
     assert _tcp_payload(eth + ip[:9] + b"\x11" + ip[10:] + tcp + payload) is None  # UDP
+
+
+def test_updates_towards_the_faulted_server_are_not_detection() -> None:
+    p = "203.0.113.1/32"
+    bgp = [BgpMessage(T0 + 1.0, "r2", "r2-eth1", "out", "UPDATE", announced=(p,)),  # to the dead server
+           BgpMessage(T0 + 2.9, "r2", "r2-eth0", "out", "UPDATE", withdrawn=(p,))]
+    from lab.analysis import first_update_s
+
+    assert first_update_s(T0, bgp, {p}) == pytest.approx(1.0)
+    assert first_update_s(T0, bgp, {p}, frozenset({("r2", "r2-eth1")})) == pytest.approx(2.9)
+
+
+def test_a_detour_through_a_faulted_sibling_is_not_the_shift() -> None:
+    r = client_result(probes("aaaaaaaaaa" + "bbbcc"), T0, DT, frozenset({"sjc-s1", "sjc-s2"}))
+    assert (r.to_server, r.flips, r.lost) == ("lax-s1", 2, 0)
+    assert r.shift_s == pytest.approx(0.0065) and r.crosscheck is None
