@@ -42,6 +42,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 130)
 
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
+ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS))]
+TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region or router link a:b")]
+CountOpt = Annotated[int, typer.Option(help="flap: down/up cycles")]
+PeriodOpt = Annotated[float, typer.Option(help="flap: seconds per cycle")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
 
 
@@ -206,11 +210,11 @@ def graph(
 
 @app.command()
 def fail(
-    scenario: Annotated[str, typer.Argument(help=", ".join(SCENARIOS))],
-    target: Annotated[str, typer.Argument(help="a server, PoP, region or router link a:b")],
+    scenario: ScenarioArg,
+    target: TargetArg,
     name: NameOpt = "main",
-    count: Annotated[int, typer.Option(help="flap: down/up cycles")] = 3,
-    period: Annotated[float, typer.Option(help="flap: seconds per cycle")] = 1.0,
+    count: CountOpt = 3,
+    period: PeriodOpt = 1.0,
 ) -> None:
     """Inject a fault from the catalogue into a running lab (undo it with 'anylab restore')."""
     _running_state_usage(name)
@@ -239,15 +243,15 @@ def restore(
 
 @app.command()
 def measure(
-    scenario: Annotated[str, typer.Argument(help=", ".join(SCENARIOS))],
-    target: Annotated[str, typer.Argument(help="a server, PoP, region or router link a:b")],
+    scenario: ScenarioArg,
+    target: TargetArg,
     name: NameOpt = "main",
     repeat: Annotated[int, typer.Option(help="runs (each waits for the predicted catchment first)")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the last run's timeline PNG here")] = None,
     settle: Annotated[float, typer.Option(help="seconds of clean answers that end a run")] = 0.5,
-    count: Annotated[int, typer.Option(help="flap: down/up cycles")] = 3,
-    period: Annotated[float, typer.Option(help="flap: seconds per cycle")] = 1.0,
+    count: CountOpt = 3,
+    period: PeriodOpt = 1.0,
 ) -> None:
     """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times."""
     from lab import report
