@@ -41,3 +41,15 @@ def test_withdrawing_busiest_pop_moves_only_its_clients(lab: Lab) -> None:
     back = lab.wait_shifted(["eu-c1", "eu-c2"], t)
     assert {c: s.after for c, s in back.items()} == {"eu-c1": "fra", "eu-c2": "fra"}
     assert lab.catchment() == lab.predicted()
+
+
+def test_region_down_leaves_other_regions_alone_and_restores(lab: Lab) -> None:
+    """Every PoP server and router of eu silent: eu's clients lose everything (their own router is
+    down), no other client loses a probe or moves, and after the restore the catchment is predicted."""
+    from lab.measurement import measure
+
+    result, _ = measure(lab, "region-down", "eu")
+    (run,) = result["runs"]
+    others = {c: r for c, r in run["clients"].items() if not c.startswith("eu")}
+    assert others and all(r["lost"] == 0 and r["shift_s"] is None for r in others.values()), others
+    assert result["catchment_restored"]

@@ -62,3 +62,29 @@ def test_bad_topology_starts_nothing(tmp_path: object) -> None:
 def test_down_after_down_is_harmless() -> None:
     res = anylab("down", "--name", "tnothing")
     assert res.returncode == 0 and "no lab named" in res.stdout
+
+
+def test_fault_commands_on_a_lab_that_is_not_up_exit_2() -> None:
+    for argv in (["fail", "drain", "sjc"], ["restore", "sjc"], ["measure", "drain", "sjc"]):
+        res = anylab(*argv, "--name", "nolab")
+        assert res.returncode == 2 and "no lab named 'nolab' is up" in res.stderr, (argv, res.stderr)
+
+
+def test_ctrl_c_during_measure_restores_the_fault_and_keeps_the_lab() -> None:
+    name = "tint"
+    assert anylab("up", str(TOPOLOGIES / "two_pops.yaml"), "--name", name).returncode == 0
+    try:
+        faults = run_dir_of(name) / "faults.json"
+        proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "measure", "server-silent", "sjc", "--name", name],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT)
+        wait_for(lambda: faults.exists() and "sjc" in faults.read_text(), timeout=60, what="the fault",
+                 interval=0.005)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out
+        assert f"lab '{name}' is still up" in out
+        assert json.loads(faults.read_text()) == {}
+        status = anylab("status", "--json", "--name", name)
+        assert json.loads(status.stdout)["phase"] == "up" and json.loads(status.stdout)["faults"] == {}
+    finally:
+        assert anylab("down", "--name", name).returncode == 0
