@@ -311,11 +311,13 @@ def down(
 def demo(
     topology: Annotated[Path, typer.Argument()] = DEFAULT_TOPOLOGY,
     name: NameOpt = "demo",
+    plot_dir: Annotated[Path | None, typer.Option(help="write the measured timelines (PNG) here")] = None,
 ) -> None:
-    """Up global.yaml, withdraw the busiest PoP, measure every client's shift, restore, down."""
+    """Up global.yaml; withdraw the busiest PoP, crash its service, silence its servers — each measured
+    per client and restored; down."""
     from lab.demo import run_demo
 
-    run_demo(topology, name, console)
+    run_demo(topology, name, console, plot_dir)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

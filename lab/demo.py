@@ -24,9 +24,12 @@ def shift_table(title: str, shifts: dict[str, Shift]) -> Table:
     return table
 
 
-def run_demo(topology: Path, name: str, console: Console) -> None:
-    """Up, catchment, withdraw the busiest PoP, measure, restore, measure, down. Raises LabError."""
+def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None = None) -> None:
+    """Up, catchment, withdraw the busiest PoP and back; then its service crashes and its servers go
+    silent, each measured and restored; down. Timelines go to ``plot_dir`` if given. Raises LabError."""
+    from lab import report
     from lab.cli import catchment_table
+    from lab.measurement import measure
 
     t0 = time.monotonic()
     lab = Lab.from_file(topology, name)
@@ -48,6 +51,15 @@ def run_demo(topology: Path, name: str, console: Console) -> None:
         t_back = lab.announce(pop)
         back = lab.wait_shifted(clients, t_back)
         console.print(shift_table(f"{pop} announced again", back))
+        for scenario, what in (("service-crash", "its service crashes: the health agents withdraw"),
+                               ("server-silent", "its servers go silent: BFD at the upstream routers")):
+            console.print(f"[bold]{pop}[/]: {what} (profile {lab.topo.spec.settings.profile.name})…")
+            result, timeline = measure(lab, scenario, pop)
+            console.print(report.table(result))
+            if plot_dir is not None and timeline is not None:
+                out = plot_dir / f"anylab-demo-{scenario}.png"
+                report.plot(result, timeline, out)
+                console.print(f"timeline: {out}")
     finally:
         with console.status("tearing down…"):
             lab.down()

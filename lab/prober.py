@@ -43,8 +43,12 @@ class Prober:
         self.running = True
 
     def write(self, seq: int, sent: float, recv: float | None, pop: str | None, server: str | None) -> None:
-        self.out.write(json.dumps({"seq": seq, "sent": round(sent, 6), "recv": recv and round(recv, 6),
-                                   "pop": pop, "server": server}) + "\n")
+        # Formatted by hand: at 500 probes/s json.dumps is a good part of the prober's CPU.
+        if recv is None:
+            self.out.write(f'{{"seq": {seq}, "sent": {sent:.6f}, "recv": null, "pop": null, "server": null}}\n')
+        else:
+            self.out.write(f'{{"seq": {seq}, "sent": {sent:.6f}, "recv": {recv:.6f}, "pop": {json.dumps(pop)}, '
+                           f'"server": {json.dumps(server)}}}\n')
 
     def rotate_if_big(self) -> None:
         if self.out.tell() > self.max_bytes:

@@ -44,7 +44,9 @@ def plot(result: dict[str, Any], timeline: Timeline, out: Path) -> None:
     t0 = timeline.t_fault
     clients = list(timeline.probes)
     servers = sorted({p.server for ps in timeline.probes.values() for p in ps if p.server})
-    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(servers)}
+    tab10 = plt.get_cmap("tab10")
+    palette = [tab10(i) for i in range(10) if i != 3]  # tab10's red is kept for lost probes
+    colors = {s: palette[i % len(palette)] for i, s in enumerate(servers)}
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * len(clients)))
     for y, c in enumerate(clients):
         for s in servers:

@@ -1,0 +1,37 @@
+"""The measurement's table and timeline picture from a synthetic run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from lab.analysis import client_result
+from lab.measurement import Timeline
+from lab.report import plot, table
+from tests.unit.test_analysis import DT, T0, probes
+
+
+def result() -> dict[str, object]:
+    c = client_result(probes("aaaaaaaaaa" + "....cccc"), T0, DT).as_dict()
+    run = {"run": 0, "detect_s": 0.004, "first_fib_s": 0.006, "network_convergence_s": 0.007,
+           "clients": {"c1": c}, "crosscheck": []}
+    return {"scenario": "service-crash", "target": "sjc", "topology": "t", "profile": "fast",
+            "router_kind": "frr", "runs": [run], "catchment_restored": True,
+            "summary": {"achieved_probe_rate_hz": 500.0, "shift_s": {"p50": 0.0085, "p90": 0.0085,
+                                                                     "max": 0.0085, "n": 1}}}
+
+
+def test_table_has_a_row_per_client() -> None:
+    console = Console(width=200, record=True)
+    console.print(table(result()))
+    text = console.export_text()
+    assert "sjc-s1 → lax-s1" in text and "8.5" in text and "catchment restored: True" in text
+
+
+def test_timeline_png(tmp_path: Path) -> None:
+    out = tmp_path / "t.png"
+    timeline = Timeline(T0, {"c1": probes("aaaaaaaaaa" + "....cccc")}, [(T0 + 0.006, "r1")],
+                        [(T0 + 0.004, "sjc-s1: withdrawn")], T0 + 0.02)
+    plot(result(), timeline, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
