@@ -4,8 +4,9 @@
 For each topology: the phases of ``Lab.up`` (validate every config, build namespaces and links, all
 daemons ready, BGP converged to the prediction and every client answered) and the PSS of every lab
 process, summed per node and summarised per node kind (router = zebra + bfdd + bgpd; PoP server =
-ExaBGP + its API process + responder; client = prober). Memory is sampled after convergence and after
-one withdraw/announce cycle of the busiest PoP; the larger sample is kept ("peak").
+ExaBGP + its API process + responder + health agent + BIRD for BFD; client = prober). Memory is
+sampled after convergence and after one withdraw/announce cycle of the busiest PoP; the larger sample
+is kept ("peak").
 
     sudo .venv/bin/python bench/startup.py [--runs 3] [two_pops global regions30]
 

@@ -14,8 +14,9 @@ fast        1 / 3 s      50 ms × 3  0           50 ms / 20 ms / 2 / 2 / 30 ms  
 =========== ============ ========== =========== ======================================= ==========
 
 ``seed`` reproduces the design document's failover timeline (health check detects in 5 s); ``internet``
-is FRR's "traditional" timers (60/180 s, eBGP MRAI 30 s) and ExaBGP healthcheck's defaults; ``fast`` is
-what the lab tunes for: BFD between PoP servers and their upstreams and a health decision ≤ 100 ms.
+is FRR's "traditional" timers (60/180 s), the eBGP MRAI RFC 4271 suggests (30 s, still many vendors'
+default; FRR 8.4's own is 0) and ExaBGP healthcheck's defaults; ``fast`` is what the lab tunes for: BFD
+between PoP servers and their upstreams and a health decision ≤ 100 ms.
 """
 
 from __future__ import annotations
