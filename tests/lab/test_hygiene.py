@@ -75,8 +75,11 @@ def test_ctrl_c_during_measure_restores_the_fault_and_keeps_the_lab() -> None:
     assert anylab("up", str(TOPOLOGIES / "two_pops.yaml"), "--name", name).returncode == 0
     try:
         faults = run_dir_of(name) / "faults.json"
+        # A shell running this suite in the background ignores SIGINT, and children inherit that: give the
+        # measuring process the default disposition a terminal's Ctrl-C would meet.
         proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "measure", "server-silent", "sjc", "--name", name],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_for(lambda: faults.exists() and "sjc" in faults.read_text(), timeout=60, what="the fault",
                  interval=0.005)
         proc.send_signal(signal.SIGINT)
