@@ -61,8 +61,8 @@ class ExaBgp(Daemon):
 
     def healthcheck_files(self) -> dict[Path, str]:
         """ExaBGP's own healthcheck with the profile's settings, as close as it allows: its timeout is
-        whole seconds (SIGALRM) and its check a shell command, so the HTTP GET is done by bash. Both are
-        scripts because ExaBGP's ``run`` line takes no shell syntax."""
+        whole seconds (SIGALRM) and its check a shell command, so a GET of ``/healthz`` on the first check's
+        host and port is done by bash. Both are scripts because ExaBGP's ``run`` line takes no shell syntax."""
         s, h, d = self.server, self.server.profile.health, self.env.dir
         url = h.checks[0]
         check = (f"exec 3<>/dev/tcp/{url.host}/{url.port} || exit 1\n"

@@ -26,7 +26,7 @@ import json
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,11 +67,10 @@ class Plan:
     period: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Active:
     plan: Plan
     t_fault: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _kind_of(topo: Topology, target: str) -> str | None:
@@ -204,19 +203,19 @@ class Injector:
                                  f"'anylab restore {p.target}' first")
             self.cancel.clear()
             t = time.clock_gettime(time.CLOCK_MONOTONIC)
+            if p.scenario != "flap":  # a flap ends restored before fail() returns: never active
+                self.active[p.target] = Active(p, t)
+                self._save()
             try:
-                extra = self._inject(p)
+                self._inject(p)
             except BaseException:
                 self._undo(p, best_effort=True)
-                raise
-            self.active[p.target] = Active(p, t, extra)
-            self._save()
-            if p.scenario == "flap":
-                del self.active[p.target]
+                self.active.pop(p.target, None)
                 self._save()
+                raise
             return t
 
-    def _inject(self, p: Plan) -> dict[str, Any]:
+    def _inject(self, p: Plan) -> None:
         sc = p.scenario
         if sc == "service-crash":
             for s in p.servers:
@@ -240,23 +239,19 @@ class Injector:
         elif sc == "link-down":
             self._links(p, up=False)
         elif sc == "flap":
-            return self._flap(p)
-        return {}
+            self._flap(p)
 
-    def _flap(self, p: Plan) -> dict[str, Any]:
+    def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
-        edges: list[float] = []
         start = time.clock_gettime(time.CLOCK_MONOTONIC)
         try:
             for i in range(2 * p.count):
                 due = start + i * p.period / 2
                 if self.cancel.wait(max(0.0, due - time.clock_gettime(time.CLOCK_MONOTONIC))):
                     break
-                edges.append(time.clock_gettime(time.CLOCK_MONOTONIC))
                 self._links(p, up=i % 2 == 1)
         finally:
             self._links(p, up=True)
-        return {"edges": edges}
 
     def restore(self, target: str) -> float:
         """Undo the fault on ``target``; returns the CLOCK_MONOTONIC time the undo began.
