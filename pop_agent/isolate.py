@@ -1,0 +1,277 @@
+"""Isolates: one OS process per deployment, forked from a warm zygote, held to the design's limits.
+
+- :class:`Zygote` is a process started once, with the runtime already imported. Asked to spawn, it
+  forks; the child becomes the isolate of one deployment and the zygote hands a socket connected to it
+  back over its control socket (SCM_RIGHTS). The zygote reaps its children itself.
+- An isolate compiles the deployment's code (errors are reported at spawn), caps its address space
+  (``RLIMIT_AS``: its size at birth + the memory limit), then serves requests one at a time over its
+  socket: a frame of JSON (method, url, headers) and one of body bytes in, the same out.
+- :class:`Isolate` is the supervisor's handle. It enforces what the isolate cannot enforce on itself:
+  CPU time per request (read from ``/proc/<pid>/stat``, the isolate is killed past the limit, even in a
+  C loop that never returns to Python) and wall time, and turns every failure into an HTTP answer with an
+  error code naming the limit (``cpu_limit``, ``wall_limit``, ``memory_limit``, ``worker_exception``,
+  ``isolate_crashed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from lab.errors import LabError
+from pop_agent.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-deployment limits (the design's "Vertical Scaling Limits")."""
+
+    memory_mb: int = 128
+    cpu_ms: int = 50
+    wall_s: float = 30.0
+    subrequests: int = 50
+    code_bytes: int = 10 * 1024 * 1024
+
+
+class DeployError(LabError):
+    """A deployment's code cannot run: too large, does not compile, or has no ``fetch``."""
+
+
+# -- framing ------------------------------------------------------------------------------------
+
+
+def send_msg(sock: socket.socket, header: dict[str, Any], body: bytes = b"") -> None:
+    head = json.dumps(header).encode()
+    sock.sendall(struct.pack("!II", len(head), len(body)) + head + body)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("peer closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
+    """One message; raises EOFError when the peer is gone."""
+    hlen, blen = struct.unpack("!II", _recv_exact(sock, 8))
+    header: dict[str, Any] = json.loads(_recv_exact(sock, hlen))
+    return header, _recv_exact(sock, blen) if blen else b""
+
+
+# -- inside the isolate -------------------------------------------------------------------------
+
+
+def check_code(code: str, limits: Limits) -> Any:
+    """Compile a deployment's code; raises DeployError (size, syntax) naming the problem."""
+    size = len(code.encode())
+    if size > limits.code_bytes:
+        raise DeployError(f"code is {size / 1e6:.1f} MB; the limit is {limits.code_bytes / 1e6:.0f} MB (code_size)")
+    try:
+        return compile(code, "<worker>", "exec")
+    except SyntaxError as exc:
+        raise DeployError(f"syntax error at line {exc.lineno}: {exc.msg} (load_error)") from None
+
+
+def _vm_size(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[0]) * PAGE
+
+
+def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limits: Limits) -> None:
+    """Run in the forked child: load the code, report, then serve until the socket closes."""
+    try:
+        namespace: dict[str, Any] = {"__name__": "worker", "Response": Response}
+        exec(check_code(code, limits), namespace)
+        handler = namespace.get("fetch")
+        if not asyncio.iscoroutinefunction(handler):
+            raise DeployError("the code defines no 'async def fetch(request, env, ctx)' (load_error)")
+    except DeployError as exc:
+        send_msg(sock, {"ok": False, "error": str(exc)})
+        return
+    except Exception as exc:  # the module's own top-level code failed
+        send_msg(sock, {"ok": False, "error": f"loading raised {type(exc).__name__}: {exc} (load_error)"})
+        return
+    budget = _vm_size() + limits.memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
+    send_msg(sock, {"ok": True})
+    env = Env(bindings, limits.subrequests)
+    loop = asyncio.new_event_loop()
+    while True:
+        try:
+            header, body = recv_msg(sock)
+        except EOFError:
+            return
+        t_start = time.clock_gettime(time.CLOCK_MONOTONIC)
+        env.reset()
+        ctx = Ctx()
+        req = Request(header["method"], header["url"], header.get("headers", {}), body)
+        try:
+            resp = to_response(loop.run_until_complete(handler(req, env, ctx)))
+            send_msg(sock, {"ok": True, **resp.as_dict(), "t_handler": t_start}, resp.body)
+            if ctx.pending:
+                loop.run_until_complete(asyncio.wait(ctx.pending, timeout=limits.wall_s))
+        except MemoryError:
+            send_msg(sock, {"ok": False, "error": "memory_limit"})
+            os._exit(3)  # the heap may be unusable: start afresh
+        except SubrequestLimitExceeded as exc:
+            send_msg(sock, {"ok": False, "error": "subrequest_limit", "detail": str(exc)})
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            send_msg(sock, {"ok": False, "error": "worker_exception", "detail": detail})
+
+
+# -- the zygote -----------------------------------------------------------------------------------
+
+
+class Zygote:
+    """A warm process that forks isolates on request."""
+
+    def __init__(self) -> None:
+        self.ctrl: socket.socket | None = None
+        self.pid = 0
+
+    def start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the zygote
+            parent.close()
+            try:
+                self._serve(child)
+            finally:
+                os._exit(0)
+        child.close()
+        self.ctrl, self.pid = parent, pid
+
+    @staticmethod
+    def _serve(ctrl: socket.socket) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # isolates are reaped by the kernel
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while True:
+            try:
+                header, code = recv_msg(ctrl)
+            except EOFError:
+                return
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            pid = os.fork()
+            if pid == 0:
+                ctrl.close()
+                theirs.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                try:
+                    isolate_main(mine, code.decode(), header["bindings"], Limits(**header["limits"]))
+                finally:
+                    os._exit(0)
+            mine.close()
+            socket.send_fds(ctrl, [json.dumps({"pid": pid}).encode()], [theirs.fileno()])
+            theirs.close()
+
+    def spawn(self, code: str, bindings: dict[str, Any], limits: Limits) -> Isolate:
+        """A new isolate running ``code``; raises DeployError if the code cannot load."""
+        if self.ctrl is None:
+            raise LabError("the zygote is not running")
+        send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
+        msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
+        sock = socket.socket(fileno=fds[0])
+        iso = Isolate(json.loads(msg)["pid"], sock, limits)
+        header, _ = recv_msg(sock)
+        if not header.get("ok"):
+            iso.kill()
+            raise DeployError(str(header.get("error")))
+        return iso
+
+    def stop(self) -> None:
+        if self.ctrl is not None:
+            self.ctrl.close()  # the zygote's loop ends on EOF
+            self.ctrl = None
+        if self.pid:
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+# -- the supervisor's handle ----------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+@dataclass
+class Result:
+    response: Response
+    error: str | None = None
+    t_handler: float | None = None
+
+
+class Isolate:
+    """One isolate process of one deployment, as the supervisor sees it."""
+
+    def __init__(self, pid: int, sock: socket.socket, limits: Limits) -> None:
+        self.pid, self.sock, self.limits = pid, sock, limits
+        self.dead = False
+
+    def kill(self) -> None:
+        if not self.dead:
+            self.dead = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.sock.close()
+
+    def _fail(self, code: str, status: int, detail: str = "") -> Result:
+        body = json.dumps({"error": code, "detail": detail}).encode()
+        return Result(Response(body, status, {"content-type": "application/json", "x-anylab-error": code}), code)
+
+    def call(self, req: Request) -> Result:
+        """Serve one request within the limits; never raises for what the worker does."""
+        if self.dead:
+            return self._fail("isolate_crashed", 503, "this isolate is gone")
+        t0 = time.monotonic()
+        cpu0 = _cpu_seconds(self.pid)
+        send_msg(self.sock, {"method": req.method, "url": req.url, "headers": dict(req.headers)}, req.body)
+        cpu_limit = self.limits.cpu_ms / 1000
+        while True:
+            spent = _cpu_seconds(self.pid) - cpu0
+            wall = time.monotonic() - t0
+            if spent >= cpu_limit:
+                self.kill()
+                return self._fail("cpu_limit", 503, f"used {spent * 1000:.0f} ms of CPU; limit {self.limits.cpu_ms} ms")
+            if wall >= self.limits.wall_s:
+                self.kill()
+                return self._fail("wall_limit", 503, f"no answer in {self.limits.wall_s:.0f} s")
+            # CPU time never runs faster than the clock: the next look is due when the rest of the CPU
+            # budget could at the earliest be used up (at least every 10 ms, /proc's tick resolution).
+            wait = max(0.01, min(cpu_limit - spent, self.limits.wall_s - wall))
+            if select.select([self.sock], [], [], wait)[0]:
+                break
+        try:
+            header, body = recv_msg(self.sock)
+        except (EOFError, OSError):
+            self.kill()
+            return self._fail("isolate_crashed", 503, "the isolate died while serving")
+        if not header.get("ok"):
+            code = str(header.get("error"))
+            if code == "memory_limit":
+                self.kill()
+                return self._fail(code, 503, f"over {self.limits.memory_mb} MB")
+            return self._fail(code, 500, str(header.get("detail", "")))
+        t = header.get("t_handler")
+        return Result(Response(body, header["status"], header.get("headers")), None, float(t) if t else None)
