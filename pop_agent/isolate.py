@@ -24,6 +24,7 @@ import select
 import signal
 import socket
 import struct
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ class Zygote:
     def __init__(self) -> None:
         self.ctrl: socket.socket | None = None
         self.pid = 0
+        self.lock = threading.Lock()  # spawns come from several threads; one exchange at a time
 
     def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -187,8 +189,9 @@ class Zygote:
         """A new isolate running ``code``; raises DeployError if the code cannot load."""
         if self.ctrl is None:
             raise LabError("the zygote is not running")
-        send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
-        msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
+        with self.lock:
+            send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
+            msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
         sock = socket.socket(fileno=fds[0])
         iso = Isolate(json.loads(msg)["pid"], sock, limits)
         header, _ = recv_msg(sock)

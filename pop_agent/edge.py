@@ -1,0 +1,292 @@
+"""The edge worker's front: HTTP/1.1 on the anycast address, routed by Host (and path prefix) to the
+deployment's pool of isolates.
+
+The fast path is a raw asyncio protocol with httptools' parser (the parser Node's http module uses),
+keep-alive and pipelining in order. Every response names the PoP and server that served it
+(``X-Anylab-Server``); an unknown host is a 404 saying so. A deployment's isolates come from the warm
+zygote on demand (up to ``max_isolates`` at once, one request at a time each) and idle ones beyond
+``min_isolates`` are evicted after ``idle_s``. Installing a new set of deployments swaps the routing
+table in one assignment: a request is served wholly by the version it was routed to.
+
+Run as ``python -m pop_agent.edge --pop P --server S --address A [--port 80] --deployments DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
+from pop_agent.worker_api import Request, Response
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One version of one worker, as the control plane hands it to a PoP."""
+
+    name: str
+    version: str
+    host: str
+    code: str
+    path_prefix: str = "/"
+    bindings: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    min_isolates: int = 0
+    max_isolates: int = 4
+    idle_s: float = 300.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        """Raises DeployError naming the field for anything malformed, and for code that cannot load."""
+        try:
+            dep = cls(name=str(data["name"]), version=str(data["version"]), host=str(data["host"]).lower(),
+                      code=str(data["code"]), path_prefix=str(data.get("path_prefix", "/")),
+                      bindings=dict(data.get("bindings", {})), limits=Limits(**data.get("limits", {})),
+                      min_isolates=int(data.get("min_isolates", 0)), max_isolates=int(data.get("max_isolates", 4)),
+                      idle_s=float(data.get("idle_s", 300.0)))
+        except KeyError as exc:
+            raise DeployError(f"deployment lacks the field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise DeployError(f"malformed deployment: {exc}") from None
+        if not dep.path_prefix.startswith("/") or not 0 <= dep.min_isolates <= dep.max_isolates or dep.max_isolates < 1:
+            raise DeployError(f"{dep.name}: path_prefix must start with '/' and 0 ≤ min_isolates ≤ max_isolates ≥ 1")
+        check_code(dep.code, dep.limits)
+        return dep
+
+
+class Pool:
+    """The isolates of one deployment version."""
+
+    def __init__(self, dep: Deployment, zygote: Zygote, executor: ThreadPoolExecutor) -> None:
+        self.dep, self.zygote, self.executor = dep, zygote, executor
+        self.idle: list[tuple[float, Isolate]] = []
+        self.busy = 0
+        self.freed = asyncio.Condition()
+        self.cold_starts = 0
+        self.closed = False
+
+    async def _acquire(self) -> Isolate:
+        loop = asyncio.get_running_loop()
+        async with self.freed:
+            while not self.idle and self.busy >= self.dep.max_isolates:
+                await self.freed.wait()
+            self.busy += 1
+            if self.idle:
+                return self.idle.pop()[1]
+        try:
+            self.cold_starts += 1
+            return await loop.run_in_executor(self.executor, self.zygote.spawn, self.dep.code, self.dep.bindings,
+                                              self.dep.limits)
+        except BaseException:
+            async with self.freed:
+                self.busy -= 1
+                self.freed.notify()
+            raise
+
+    async def call(self, req: Request) -> Result:
+        iso = await self._acquire()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, iso.call, req)
+        finally:
+            async with self.freed:
+                self.busy -= 1
+                if not iso.dead and not self.closed:
+                    self.idle.append((time.monotonic(), iso))
+                else:
+                    iso.kill()
+                self.freed.notify()
+
+    def evict(self, now: float) -> int:
+        """Kill isolates idle longer than ``idle_s`` beyond ``min_isolates``; returns how many."""
+        keep, gone = [], 0
+        for i, (t, iso) in enumerate(sorted(self.idle, key=lambda x: x[0], reverse=True)):
+            if i >= self.dep.min_isolates and now - t > self.dep.idle_s:
+                iso.kill()
+                gone += 1
+            else:
+                keep.append((t, iso))
+        self.idle = keep
+        return gone
+
+    def close(self) -> None:
+        self.closed = True
+        for _t, iso in self.idle:
+            iso.kill()
+        self.idle.clear()
+
+
+class Edge:
+    """Routing table + pools; ``install`` swaps in a new set of deployments."""
+
+    def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8) -> None:
+        self.pop, self.server, self.zygote = pop, server, zygote
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
+        self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
+        self.table: dict[str, list[tuple[str, Pool]]] = {}
+
+    def install(self, deployments: Iterable[Deployment]) -> None:
+        """Route to exactly ``deployments`` from now on (pools of unchanged versions are kept)."""
+        pools: dict[tuple[str, str], Pool] = {}
+        table: dict[str, list[tuple[str, Pool]]] = {}
+        for dep in deployments:
+            key = (dep.name, dep.version)
+            pools[key] = self.pools.get(key) or Pool(dep, self.zygote, self.executor)
+            table.setdefault(dep.host, []).append((dep.path_prefix, pools[key]))
+        for routes in table.values():
+            routes.sort(key=lambda r: len(r[0]), reverse=True)  # longest prefix first
+        old = self.pools
+        self.pools, self.table = pools, table  # the switch: one assignment each, no await in between
+        for key, pool in old.items():
+            if key not in pools:
+                pool.close()
+
+    def route(self, host: str, path: str) -> Pool | None:
+        for prefix, pool in self.table.get(host.split(":")[0].lower(), []):
+            if path.startswith(prefix):
+                return pool
+        return None
+
+    def stamp(self, resp: Response) -> Response:
+        resp.headers["x-anylab-server"] = f"{self.pop}/{self.server}"
+        return resp
+
+    async def handle(self, req: Request) -> Response:
+        path = req.url.split("?", 1)[0]
+        pool = self.route(req.host, path)
+        if pool is None:
+            body = json.dumps({"error": "no_deployment", "host": req.host,
+                               "detail": "no worker is deployed for this host and path"}).encode()
+            return self.stamp(Response(body, 404, {"content-type": "application/json"}))
+        result = await pool.call(req)
+        return self.stamp(result.response)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive; pipelined requests are answered in order."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: asyncio.Queue[tuple[Request, bool] | None] = asyncio.Queue()
+        self.worker = asyncio.ensure_future(self._serve())
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._write(Response(b"malformed request\n", 400), keep_alive=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.queue.put_nowait(None)
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode()
+        req = Request(method, self._url.decode("latin-1"), self._headers, bytes(self._body))
+        self.queue.put_nowait((req, self.parser.should_keep_alive()))
+        self._url, self._headers, self._body = b"", {}, bytearray()
+
+    async def _serve(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            req, keep_alive = item
+            try:
+                resp = await self.edge.handle(req)
+            except Exception as exc:  # a bug of ours: answer, do not drop the connection silently
+                resp = self.edge.stamp(Response(f"internal error: {exc}\n", 500))
+            self._write(resp, keep_alive)
+            if not keep_alive:
+                return
+
+    def _write(self, resp: Response, keep_alive: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        reason = HTTPStatus(resp.status).phrase if resp.status in HTTPStatus._value2member_map_ else "Unknown"
+        head = [f"HTTP/1.1 {resp.status} {reason}", f"content-length: {len(resp.body)}",
+                f"connection: {'keep-alive' if keep_alive else 'close'}"]
+        head += [f"{k}: {v}" for k, v in resp.headers.items() if k not in ("content-length", "connection")]
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
+        if not keep_alive:
+            self.transport.close()
+
+
+def load_dir(path: Path) -> list[Deployment]:
+    """Every ``*.json`` deployment in ``path``; raises DeployError naming the file of a bad one."""
+    out = []
+    for f in sorted(path.glob("*.json")):
+        try:
+            out.append(Deployment.from_json(json.loads(f.read_text())))
+        except (DeployError, ValueError) as exc:
+            raise DeployError(f"{f}: {exc}") from None
+    return out
+
+
+async def serve(edge: Edge, address: str, port: int, deployments: Path | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if deployments is not None:
+        edge.install(load_dir(deployments))
+    server = await loop.create_server(lambda: HttpProtocol(edge), address, port)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 10.0)
+        now = time.monotonic()
+        for pool in list(edge.pools.values()):
+            pool.evict(now)
+    server.close()
+    edge.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pop", required=True)
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--address", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--deployments", type=Path)
+    args = parser.parse_args()
+    zygote = Zygote()
+    zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
+    try:
+        asyncio.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.deployments))
+    finally:
+        zygote.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The edge worker's HTTP front on a loopback port: routing by Host and path, keep-alive, the serving
+server in every answer, 404 for unknown hosts, a hostile deployment beside a good one, atomic switch."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pop_agent.edge import Deployment, Edge, HttpProtocol
+from pop_agent.isolate import DeployError, Zygote
+
+HELLO = "async def fetch(request, env, ctx):\n    return f'{env.GREETING} {request.method} {request.url}'\n"
+ECHO = "async def fetch(request, env, ctx):\n    return {'status': 201, 'body': request.body[::-1]}\n"
+SPIN = "async def fetch(request, env, ctx):\n    while True:\n        pass\n"
+
+
+def dep(name: str, host: str, code: str, version: str = "v1", **kw: Any) -> Deployment:
+    return Deployment.from_json({"name": name, "version": version, "host": host, "code": code, **kw})
+
+
+class Server:
+    def __init__(self) -> None:
+        self.zygote = Zygote()
+        self.zygote.start()
+        self.edge = Edge("sjc", "sjc-s1", self.zygote)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: HttpProtocol(self.edge), "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+        server.close()
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait(10)
+
+    def install(self, deps: list[Deployment]) -> None:
+        self.loop.call_soon_threadsafe(self.edge.install, deps)
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(done.set)  # runs after install: the loop is FIFO
+        done.wait(5)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.edge.close()
+        self.zygote.stop()
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[Server]:
+    s = Server()
+    s.start()
+    s.install([dep("hello", "a.example", HELLO, bindings={"GREETING": "hi"}),
+               dep("echo", "a.example", ECHO, path_prefix="/echo"),
+               dep("spin", "bad.example", SPIN)])
+    yield s
+    s.stop()
+
+
+def request(srv: Server, host: str, path: str = "/", method: str = "GET", body: bytes | None = None,
+            conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
+    c = conn or http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request(method, path, body=body, headers={"Host": host})
+    r = c.getresponse()
+    return r.status, r.read(), r
+
+
+def test_routes_by_host_and_names_the_server(srv: Server) -> None:
+    status, body, r = request(srv, "a.example", "/x?y=1")
+    assert (status, body) == (200, b"hi GET /x?y=1")
+    assert r.getheader("x-anylab-server") == "sjc/sjc-s1"
+
+
+def test_path_prefix_and_body(srv: Server) -> None:
+    assert request(srv, "a.example", "/echo/1", "POST", b"abc")[:2] == (201, b"cba")
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(srv: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    for i in range(5):
+        assert request(srv, "a.example", f"/{i}", conn=conn)[:2] == (200, f"hi GET /{i}".encode())
+    conn.close()
+
+
+def test_unknown_host_is_404_with_a_reason(srv: Server) -> None:
+    status, body, r = request(srv, "nobody.example")
+    assert status == 404 and json.loads(body)["error"] == "no_deployment"
+    assert r.getheader("x-anylab-server") == "sjc/sjc-s1"
+
+
+def test_hostile_deployment_does_not_affect_its_neighbour(srv: Server) -> None:
+    for _ in range(2):  # a fresh isolate each time: the killed one is not reused
+        status, _body, r = request(srv, "bad.example")
+        assert status == 503 and r.getheader("x-anylab-error") == "cpu_limit"
+        assert request(srv, "a.example")[0] == 200
+
+
+def test_new_version_is_switched_to_atomically(srv: Server) -> None:
+    v2 = "async def fetch(request, env, ctx):\n    return 'v2'\n"
+    srv.install([dep("hello", "a.example", v2, version="v2"), dep("spin", "bad.example", SPIN)])
+    assert request(srv, "a.example")[:2] == (200, b"v2")
+    # echo is no longer deployed: its path now falls to the host's "/" deployment
+    assert request(srv, "a.example", "/echo/1", "POST", b"ab")[:2] == (200, b"v2")
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"name": "x", "version": "1", "host": "h"}, "lacks the field 'code'"),
+    ({"name": "x", "version": "1", "host": "h", "code": "def (", "max_isolates": 2}, "syntax error"),
+    ({"name": "x", "version": "1", "host": "h", "code": HELLO, "path_prefix": "api"}, "must start with '/'"),
+])
+def test_malformed_deployments_are_refused(data: dict[str, Any], words: str) -> None:
+    with pytest.raises(DeployError, match=words):
+        Deployment.from_json(data)
