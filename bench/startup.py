@@ -4,7 +4,7 @@
 For each topology: the phases of ``Lab.up`` (validate every config, build namespaces and links, all
 daemons ready, BGP converged to the prediction and every client answered) and the PSS of every lab
 process, summed per node and summarised per node kind (router = zebra + bfdd + bgpd; PoP server =
-ExaBGP + its API process + responder + health agent + BIRD for BFD; client = prober). Memory is
+ExaBGP + its API process + edge worker + health agent + BIRD for BFD; client = prober). Memory is
 sampled after convergence and after one withdraw/announce cycle of the busiest PoP; the larger sample
 is kept ("peak").
 

@@ -1,4 +1,4 @@
-"""The lab's own daemons: the PoP server's responder and health agent, and the client's prober."""
+"""The lab's own daemons: the PoP server's edge worker and health agent, and the client's prober."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from lab.netns import socket_in
 from lab.profiles import HEALTH_PORT
 
 
-class Responder(Daemon):
-    """``pop_agent.responder`` on the server's anycast addresses (UDP probes, HTTP GET /)."""
+class EdgeWorker(Daemon):
+    """``pop_agent.edge`` on the server's anycast addresses: the deployed workers over HTTP (port 80),
+    the probers' UDP probes, and ``/healthz`` on 127.0.0.1 for the health agent."""
 
-    name = "responder"
+    name = "edge"
 
     def __init__(self, env: NodeEnv, server: Server, udp_port: int) -> None:
         super().__init__(env)
         self.server = server
         self.udp_port = udp_port
+
+    @property
+    def deployments(self) -> Path:
+        return self.env.dir / "deployments"
 
     def render_config(self) -> dict[Path, str]:
         return {}
@@ -30,8 +35,9 @@ class Responder(Daemon):
             raise self.error("no anycast prefix to answer on")
 
     def argv(self) -> list[str]:
-        argv = [self.env.python, "-m", "pop_agent.responder", "--pop", self.server.pop,
-                "--server", self.server.name, "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT)]
+        argv = [self.env.python, "-m", "pop_agent.edge", "--pop", self.server.pop, "--server", self.server.name,
+                "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT),
+                "--deployments", str(self.deployments)]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -54,7 +60,7 @@ class HealthAgent(Daemon):
     """``health.agent``: checks the local service and tells the ExaBGP API process what to announce."""
 
     name = "health"
-    dependencies = ("responder", "exabgp")
+    dependencies = ("edge", "exabgp")
 
     def __init__(self, env: NodeEnv, server: Server) -> None:
         super().__init__(env)

@@ -7,7 +7,7 @@ plan out on a running :class:`~lab.runtime.Lab` and undoes it.
 =============== ======================== =============================================================
 scenario        target                   fault (and restore)
 =============== ======================== =============================================================
-service-crash   server or PoP            SIGKILL the responder (restart it)
+service-crash   server or PoP            SIGKILL the edge worker (restart it)
 drain           server or PoP            create the health agent's drain file (remove it)
 speaker-crash   server or PoP            SIGKILL ExaBGP (restart it; it re-announces the saved state)
 server-silent   server or PoP            nftables drops everything on the server's links (delete table)
@@ -219,7 +219,7 @@ class Injector:
         sc = p.scenario
         if sc == "service-crash":
             for s in p.servers:
-                self._kill(s, "responder")
+                self._kill(s, "edge")
         elif sc == "drain":
             for s in p.servers:
                 (self.lab.node_dir(s) / "drain").write_text("anylab drain\n")
@@ -292,7 +292,7 @@ class Injector:
         sc = p.scenario
         if sc == "service-crash":
             for s in p.servers:
-                attempt(self._restart, s, ["responder"])
+                attempt(self._restart, s, ["edge"])
         elif sc == "drain":
             for s in p.servers:
                 (self.lab.node_dir(s) / "drain").unlink(missing_ok=True)

@@ -237,7 +237,7 @@ class Router:
 
 @dataclass(frozen=True)
 class Server:
-    """One PoP server: ExaBGP towards every upstream router, a responder on the anycast addresses."""
+    """One PoP server: ExaBGP towards every upstream router, an edge worker on the anycast addresses."""
 
     name: str
     pop: str

@@ -11,10 +11,12 @@ Everything the lab makes is named after it: run directory ``/run/anylab/<name>``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from lab import netns
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import HealthAgent, Prober, Responder
+from lab.daemons import EdgeWorker, HealthAgent, Prober
 from lab.errors import LabError
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes
@@ -127,7 +129,7 @@ class Lab:
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
-            self.daemons[s.name] = [Responder(env, s, t.probe_port), ExaBgp(env, s)]
+            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port), ExaBgp(env, s)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
             if s.health_agent == "anylab":
@@ -291,6 +293,41 @@ class Lab:
     def restore(self, target: str) -> float:
         """Undo the fault on ``target``; returns when the undo began. Raises UsageError if not failed."""
         return self.injector.restore(target)
+
+    def deploy(self, name: str, host: str, code: str, bindings: dict[str, Any] | None = None,
+               path_prefix: str = "/", timeout: float = 30.0) -> str:
+        """Install a worker on every PoP server (written to each edge worker's deployments directory,
+        then SIGHUP) and wait until every one has it; returns its content-hashed version. Raises
+        DeployError if the code cannot load, WaitTimeout naming the servers that did not switch.
+        (The control plane of issue 4 will do this over the lab network; this is the local path.)"""
+        from pop_agent.edge import Deployment
+
+        data = {"name": name, "host": host, "code": code, "bindings": bindings or {}, "path_prefix": path_prefix}
+        version = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        Deployment.from_json({**data, "version": version})  # refuse bad code before touching any server
+        edges = [d for ds in self.daemons.values() for d in ds if isinstance(d, EdgeWorker)]
+        for edge in edges:
+            tmp = edge.deployments / f".{name}.json.tmp"
+            tmp.write_text(json.dumps({**data, "version": version}))
+            tmp.replace(edge.deployments / f"{name}.json")  # a reload never sees half a file
+            if edge.proc is not None and edge.proc.alive():
+                os.kill(edge.proc.pid, signal.SIGHUP)
+        missing: list[str] = []
+
+        def applied() -> bool:
+            missing.clear()
+            for edge in edges:
+                try:
+                    got = json.loads((edge.deployments / "applied.json").read_text())["versions"].get(name)
+                except (OSError, ValueError, KeyError):
+                    got = None
+                if got != version:
+                    missing.append(edge.node)
+            return not missing
+
+        wait_for(applied, timeout=timeout, what=f"deployment {name} {version}", interval=0.02,
+                 describe=lambda: "not yet on " + ", ".join(missing))
+        return version
 
     def withdraw(self, pop: str) -> float:
         return self.set_announced(pop, False)

@@ -8,7 +8,12 @@ zygote on demand (up to ``max_isolates`` at once, one request at a time each) an
 ``min_isolates`` are evicted after ``idle_s``. Installing a new set of deployments swaps the routing
 table in one assignment: a request is served wholly by the version it was routed to.
 
-Run as ``python -m pop_agent.edge --pop P --server S --address A [--port 80] --deployments DIR``.
+In the lab the same process answers the probers' UDP probes on the anycast addresses (``--udp-port``,
+``{"pop", "server", "seq"}``) and the health agent's ``GET /healthz`` on ``127.0.0.1:--health-port``, so
+when it dies, everything the server serves dies with it. SIGHUP reloads ``--deployments DIR`` (every
+``*.json``) and records what is installed in ``DIR/applied.json``.
+
+Run as ``python -m pop_agent.edge --pop P --server S --address A [--address B] --deployments DIR``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -247,6 +252,8 @@ def load_dir(path: Path) -> list[Deployment]:
     """Every ``*.json`` deployment in ``path``; raises DeployError naming the file of a bad one."""
     out = []
     for f in sorted(path.glob("*.json")):
+        if f.name == "applied.json":  # what reload() records, not a deployment
+            continue
         try:
             out.append(Deployment.from_json(json.loads(f.read_text())))
         except (DeployError, ValueError) as exc:
@@ -254,21 +261,84 @@ def load_dir(path: Path) -> list[Deployment]:
     return out
 
 
-async def serve(edge: Edge, address: str, port: int, deployments: Path | None) -> None:
+class Echo(asyncio.DatagramProtocol):
+    """The probers' UDP probes: ``{"seq": N}`` is answered with ``{"pop", "server", "seq"}``."""
+
+    def __init__(self, pop: str, server: str) -> None:
+        self.pop, self.server = pop, server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport is not a subclass of asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            seq = json.loads(data).get("seq")
+        except (ValueError, AttributeError):
+            return  # not a probe: no answer
+        assert self.transport is not None
+        self.transport.sendto(json.dumps({"pop": self.pop, "server": self.server, "seq": seq}).encode(), addr)
+
+
+async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """``GET /healthz`` → ``ok`` (anything else 404): the health agent's check of this process."""
+    try:
+        line = await asyncio.wait_for(reader.readline(), 5.0)
+        while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
+            pass
+        ok = line.split(b" ")[:2] == [b"GET", b"/healthz"]
+        body = b"ok\n" if ok else b"not found\n"
+        writer.write(b"HTTP/1.0 " + (b"200 OK" if ok else b"404 Not Found") +
+                     f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def reload(edge: Edge, directory: Path) -> None:
+    """Install what ``directory`` holds; on a bad file keep serving what was installed. Records the
+    outcome in ``directory/applied.json``."""
+    try:
+        deps = load_dir(directory)
+        edge.install(deps)
+        state: dict[str, Any] = {"ok": True, "versions": {d.name: d.version for d in deps}}
+    except DeployError as exc:
+        state = {"ok": False, "error": str(exc),
+                 "versions": {name: version for name, version in edge.pools}}
+    state["t"] = time.clock_gettime(time.CLOCK_MONOTONIC)
+    tmp = directory / "applied.json.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(directory / "applied.json")
+
+
+async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
+                deployments: Path | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if deployments is not None:
-        edge.install(load_dir(deployments))
-    server = await loop.create_server(lambda: HttpProtocol(edge), address, port)
+        deployments.mkdir(parents=True, exist_ok=True)
+        loop.add_signal_handler(signal.SIGHUP, reload, edge, deployments)
+        reload(edge, deployments)
+    closers: list[asyncio.BaseTransport | asyncio.Server] = []
+    for address in addresses:
+        closers.append(await loop.create_server(lambda: HttpProtocol(edge), address, port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: Echo(edge.pop, edge.server),
+                                                           local_addr=(address, udp_port))
+        closers.append(transport)
+    closers.append(await asyncio.start_server(healthz, "127.0.0.1", health_port))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 10.0)
         now = time.monotonic()
         for pool in list(edge.pools.values()):
             pool.evict(now)
-    server.close()
+    for c in closers:
+        c.close()
     edge.close()
 
 
@@ -276,14 +346,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pop", required=True)
     parser.add_argument("--server", required=True)
-    parser.add_argument("--address", default="0.0.0.0")
+    parser.add_argument("--address", action="append", required=True)
     parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--udp-port", type=int, default=7)
+    parser.add_argument("--health-port", type=int, default=8080)
     parser.add_argument("--deployments", type=Path)
     args = parser.parse_args()
     zygote = Zygote()
     zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
     try:
-        asyncio.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.deployments))
+        asyncio.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.udp_port,
+                          args.health_port, args.deployments))
     finally:
         zygote.stop()
 

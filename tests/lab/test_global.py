@@ -53,3 +53,20 @@ def test_region_down_leaves_other_regions_alone_and_restores(lab: Lab) -> None:
     others = {c: r for c, r in run["clients"].items() if not c.startswith("eu")}
     assert others and all(r["lost"] == 0 and r["shift_s"] is None for r in others.values()), others
     assert result["catchment_restored"]
+
+
+def test_a_deployed_worker_answers_every_client_from_its_pop(lab: Lab) -> None:
+    """Deploy once, reach it through the anycast address from every client: each is served by the PoP
+    the catchment predicts, named in X-Anylab-Server."""
+    import subprocess
+    import sys
+
+    lab.deploy("whoami", "whoami.example", "async def fetch(request, env, ctx):\n    return 'ok'\n")
+    fetch = ("import urllib.request as u\n"
+             "r = u.urlopen(u.Request('http://203.0.113.1/', headers={'Host': 'whoami.example'}), timeout=5)\n"
+             "print(r.status, r.headers['X-Anylab-Server'], r.read().decode())")
+    predicted = lab.predicted()
+    for client in predicted:
+        out = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", fetch],
+                             capture_output=True, text=True, timeout=30, check=True).stdout.split()
+        assert out[0] == "200" and out[1].split("/")[0] == predicted[client] and out[2] == "ok", (client, out)

@@ -48,9 +48,17 @@ def test_withdraw_moves_client_to_backup_and_back(lab: Lab) -> None:
     assert back.shift_s is not None and back.shift_s < SHIFT_BOUND_S
 
 
-def test_http_answers_through_anycast(lab: Lab) -> None:
-    fetch = ("import urllib.request as u; r = u.urlopen('http://203.0.113.1/', timeout=5); "
-             "print(r.headers['X-Anylab-Server'], r.read().decode())")
-    out = subprocess.run(["nsenter", f"--net={lab.netns['c1']}", "--", sys.executable, "-c", fetch],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
-    assert out.startswith("sjc/sjc-s1 ") and '"pop": "sjc"' in out
+def http_get(lab: Lab, client: str, host: str) -> str:
+    fetch = ("import urllib.request as u, urllib.error as e\n"
+             f"q = u.Request('http://203.0.113.1/hello', headers={{'Host': '{host}'}})\n"
+             "try:\n    r = u.urlopen(q, timeout=5)\nexcept e.HTTPError as x:\n    r = x\n"
+             "print(r.status, r.headers['X-Anylab-Server'], r.read().decode())")
+    return subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", fetch],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+
+def test_deployed_worker_answers_through_anycast(lab: Lab) -> None:
+    assert http_get(lab, "c1", "nobody.example").startswith("404 sjc/sjc-s1 ")
+    lab.deploy("hello", "hello.example", "async def fetch(request, env, ctx):\n    return 'hi ' + env.WHO\n",
+               {"WHO": "c1"})
+    assert http_get(lab, "c1", "hello.example") == "200 sjc/sjc-s1 hi c1"
