@@ -1,8 +1,8 @@
 """Isolates: one OS process per deployment, forked from a warm zygote, held to the design's limits.
 
-- :class:`Zygote` is a process started once, with the runtime already imported. Asked to spawn, it
-  forks; the child becomes the isolate of one deployment and the zygote hands a socket connected to it
-  back over its control socket (SCM_RIGHTS). The zygote reaps its children itself.
+- :class:`Zygote` is a process started once, with the runtime already imported. It keeps one forked
+  spare waiting; asked to spawn, it gives the spare the deployment's code, hands a socket connected to
+  it back over its control socket (SCM_RIGHTS) and forks the next spare. The kernel reaps them.
 - An isolate compiles the deployment's code (errors are reported at spawn), caps its address space
   (``RLIMIT_AS``: its size at birth + the memory limit), then serves requests one at a time over its
   socket: a frame of JSON (method, url, headers) and one of body bytes in, the same out.
@@ -139,6 +139,15 @@ def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limit
             send_msg(sock, {"ok": False, "error": "worker_exception", "detail": detail})
 
 
+def spare_main(sock: socket.socket) -> None:
+    """A forked spare: wait for the deployment it is to run, then be its isolate."""
+    try:
+        header, code = recv_msg(sock)
+    except EOFError:
+        return  # the zygote went away before it needed this spare
+    isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]))
+
+
 # -- the zygote -----------------------------------------------------------------------------------
 
 
@@ -163,27 +172,36 @@ class Zygote:
         self.ctrl, self.pid = parent, pid
 
     @staticmethod
-    def _serve(ctrl: socket.socket) -> None:
+    def _fork_spare(ctrl: socket.socket) -> tuple[int, socket.socket]:
+        """Fork an isolate-to-be that waits for its code: the fork is paid before a request needs it."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            ctrl.close()
+            theirs.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                spare_main(mine)
+            finally:
+                os._exit(0)
+        mine.close()
+        return pid, theirs
+
+    @classmethod
+    def _serve(cls, ctrl: socket.socket) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # isolates are reaped by the kernel
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        spare = cls._fork_spare(ctrl)
         while True:
             try:
                 header, code = recv_msg(ctrl)
             except EOFError:
                 return
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pid = os.fork()
-            if pid == 0:
-                ctrl.close()
-                theirs.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                try:
-                    isolate_main(mine, code.decode(), header["bindings"], Limits(**header["limits"]))
-                finally:
-                    os._exit(0)
-            mine.close()
-            socket.send_fds(ctrl, [json.dumps({"pid": pid}).encode()], [theirs.fileno()])
-            theirs.close()
+            pid, sock = spare
+            send_msg(sock, header, code)  # the spare's assignment
+            socket.send_fds(ctrl, [json.dumps({"pid": pid}).encode()], [sock.fileno()])
+            sock.close()
+            spare = cls._fork_spare(ctrl)  # after the answer: off the request's path
 
     def spawn(self, code: str, bindings: dict[str, Any], limits: Limits) -> Isolate:
         """A new isolate running ``code``; raises DeployError if the code cannot load."""
