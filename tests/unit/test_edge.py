@@ -54,7 +54,13 @@ class Server:
         done.wait(5)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        async def cancel_connections() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel_connections(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)  # after the cancelled tasks have run: FIFO
         self.thread.join(10)
         self.edge.close()
         self.zygote.stop()
