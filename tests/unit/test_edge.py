@@ -62,6 +62,7 @@ class Server:
         asyncio.run_coroutine_threadsafe(cancel_connections(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)  # after the cancelled tasks have run: FIFO
         self.thread.join(10)
+        self.loop.close()
         self.edge.close()
         self.zygote.stop()
 
@@ -82,7 +83,10 @@ def request(srv: Server, host: str, path: str = "/", method: str = "GET", body: 
     c = conn or http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     c.request(method, path, body=body, headers={"Host": host})
     r = c.getresponse()
-    return r.status, r.read(), r
+    data = r.read()
+    if conn is None:
+        c.close()
+    return r.status, data, r
 
 
 def test_routes_by_host_and_names_the_server(srv: Server) -> None:
