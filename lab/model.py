@@ -392,9 +392,10 @@ def _from_validation_error(source: str, data: Mapping[str, Any], exc: Validation
     return TopologyError(source, _describe(data, loc), msg, _FIXES.get(etype, "correct the value"))
 
 
-def load_topology(path: str | Path, router_kind: str | None = None) -> Topology:
+def load_topology(path: str | Path, router_kind: str | None = None, profile: Any = None) -> Topology:
     """Read, validate, resolve and graph-check a topology file; with ``router_kind`` every router is of
-    that kind (``frr`` or ``bird``) whatever the file says.
+    that kind (``frr`` or ``bird``), with ``profile`` (a name or ``{base: …, field: …}``) that is the
+    topology's profile, whatever the file says.
 
     Raises TopologyError naming the file and field for any bad input; nothing is started.
     """
@@ -421,6 +422,9 @@ def load_topology(path: str | Path, router_kind: str | None = None) -> Topology:
     if router_kind is not None and isinstance(data, dict) and isinstance(data.get("routers"), list):
         data = {**data, "routers": [{**r, "kind": router_kind} if isinstance(r, dict) else r
                                     for r in data["routers"]]}
+    if profile is not None and isinstance(data, dict):
+        settings = data.get("settings")
+        data = {**data, "settings": {**(settings if isinstance(settings, dict) else {}), "profile": profile}}
     return build_topology(data, source)
 
 

@@ -102,10 +102,11 @@ class Lab:
         self.injector = Injector(self)
 
     @classmethod
-    def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None) -> Lab:
-        """A Lab for a topology file (every router made ``router_kind`` if given); raises TopologyError
-        (nothing started) on bad input."""
-        return cls(load_topology(path, router_kind), name)
+    def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None,
+                  profile: Any = None) -> Lab:
+        """A Lab for a topology file (every router made ``router_kind``, the profile ``profile``, if
+        given); raises TopologyError (nothing started) on bad input."""
+        return cls(load_topology(path, router_kind, profile), name)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

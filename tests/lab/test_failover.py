@@ -16,7 +16,7 @@ import pytest
 
 from lab.measure import last_answer
 from lab.measurement import measure
-from lab.model import build_topology, load_topology
+from lab.model import load_topology
 from lab.runtime import Lab
 from tests.conftest import TOPOLOGIES
 
@@ -96,11 +96,7 @@ def test_bad_fault_requests_leave_the_lab_untouched(lab: Lab) -> None:
 
 
 def _variant(name: str, profile: str | dict[str, Any]) -> Lab:
-    import yaml
-
-    data = yaml.safe_load((TOPOLOGIES / "failover.yaml").read_text())
-    data["settings"]["profile"] = profile
-    return Lab(build_topology(data, f"failover.yaml with profile {profile}"), name)
+    return Lab.from_file(TOPOLOGIES / "failover.yaml", name, profile=profile)
 
 
 def test_silent_server_without_bfd_waits_for_the_hold_timer() -> None:
