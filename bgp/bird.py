@@ -80,7 +80,7 @@ class Bird(BirdBase):
             "protocol static anylab_origin {",
             "  ipv4;",
             f"  route {r.loopback}/32 blackhole;",
-            *(f"  route {net} blackhole;" for net in r.client_subnets),
+            *(f"  route {net} blackhole;" for net in r.host_subnets),
             "}",
         ]
         if any(n.profile.bfd for n in r.neighbors):

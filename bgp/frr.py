@@ -163,7 +163,7 @@ class Bgpd(FrrDaemon):
             if p.bfd is not None:
                 lines.append(f" neighbor {n.address} bfd profile {bfd_profile_name(p.bfd)}")
         lines += [" !", " address-family ipv4 unicast", f"  network {r.loopback}/32"]
-        lines += [f"  network {net}" for net in r.client_subnets]
+        lines += [f"  network {net}" for net in r.host_subnets]
         lines += ["  maximum-paths 16", " exit-address-family", "exit", "!"]
         return {self.path(".conf"): "\n".join(lines) + "\n"}
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import socket
 from pathlib import Path
 
+from control_plane.client import ADMIN_TOKEN, POP_TOKEN, SOCKET, Client, ControlPlaneError
 from lab.daemon import Daemon, NodeEnv
-from lab.model import Client, Server
+from lab.model import Client as ClientNode
+from lab.model import ControlNode, Pop, Server
 from lab.netns import socket_in
 from lab.profiles import HEALTH_PORT
 
@@ -18,10 +22,12 @@ class EdgeWorker(Daemon):
 
     name = "edge"
 
-    def __init__(self, env: NodeEnv, server: Server, udp_port: int) -> None:
+    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ControlNode, pop_token: Path) -> None:
         super().__init__(env)
         self.server = server
         self.udp_port = udp_port
+        self.control = control
+        self.pop_token = pop_token
 
     @property
     def deployments(self) -> Path:
@@ -37,7 +43,8 @@ class EdgeWorker(Daemon):
     def argv(self) -> list[str]:
         argv = [self.env.python, "-m", "pop_agent.edge", "--pop", self.server.pop, "--server", self.server.name,
                 "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT),
-                "--deployments", str(self.deployments)]
+                "--deployments", str(self.deployments),
+                "--control", f"{self.control.address}:{self.control.port}", "--token-file", str(self.pop_token)]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -54,6 +61,63 @@ class EdgeWorker(Daemon):
             except (OSError, ValueError):
                 return False
         return bool(reply.get("server") == self.server.name)
+
+
+class ControlPlane(Daemon):
+    """``control_plane.server`` on the control node: the deploy API for the PoPs (lab network) and the
+    operator (``api.sock`` in its directory), with an admin and a PoP token made for this lab."""
+
+    name = "control-plane"
+
+    def __init__(self, env: NodeEnv, node: ControlNode, pops: tuple[Pop, ...]) -> None:
+        super().__init__(env)
+        self.control = node
+        self.pops = pops
+        self.tokens = {"admin": secrets.token_urlsafe(24), "pop": secrets.token_urlsafe(24)}
+
+    @property
+    def token_files(self) -> dict[str, Path]:
+        return {"admin": self.env.dir / ADMIN_TOKEN, "pop": self.env.dir / POP_TOKEN}
+
+    def config(self) -> dict[str, object]:
+        return {"state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / SOCKET),
+                "listen": [str(self.control.address), self.control.port],
+                "tokens": {role: str(f) for role, f in self.token_files.items()},
+                "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in self.pops]}
+
+    def render_config(self) -> dict[Path, str]:
+        files = {self.path(".json"): json.dumps(self.config(), indent=1)}
+        files.update({f: self.tokens[role] + "\n" for role, f in self.token_files.items()})
+        return files
+
+    def write_config(self) -> None:
+        self.env.dir.mkdir(parents=True, exist_ok=True)
+        for f in self.token_files.values():  # secrets: readable by root only, from the first byte
+            f.touch(mode=0o600)
+            os.chmod(f, 0o600)
+        super().write_config()
+
+    def validate(self) -> None:
+        from control_plane.server import load_config
+
+        try:
+            load_config(self.path(".json"))
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise self.error(f"bad control plane config: {exc}") from exc
+
+    def argv(self) -> list[str]:
+        return [self.env.python, "-m", "control_plane.server", "--config", str(self.path(".json"))]
+
+    def client(self, timeout: float = 30.0) -> Client:
+        return Client(self.env.dir, self.tokens["admin"], timeout)
+
+    def ready(self) -> bool:
+        """Ready once the API answers an authenticated listing on its socket."""
+        try:
+            self.client(timeout=1.0).deployments()
+        except ControlPlaneError:
+            return False
+        return True
 
 
 class HealthAgent(Daemon):
@@ -121,7 +185,7 @@ class Prober(Daemon):
 
     name = "prober"
 
-    def __init__(self, env: NodeEnv, client: Client, target: str, rate_hz: float, udp_port: int) -> None:
+    def __init__(self, env: NodeEnv, client: ClientNode, target: str, rate_hz: float, udp_port: int) -> None:
         super().__init__(env)
         self.client = client
         self.target = target

@@ -36,6 +36,7 @@ def to_graph(topo: Topology) -> nx.Graph:
         g.add_node(s.name, kind="server", asn=s.asn, region=s.region, pop=s.pop)
     for c in topo.clients:
         g.add_node(c.name, kind="client", region=c.region)
+    g.add_node(topo.control.name, kind="control", region=topo.control.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g
@@ -52,6 +53,8 @@ def _field_of(topo: Topology, node: str) -> str:
     for i, c in enumerate(spec.clients):
         if c.name == node:
             return f"clients[{i}] ({node}).name"
+    if node == topo.control.name:
+        return "control.router"
     return node
 
 
@@ -74,6 +77,9 @@ def check_topology(topo: Topology) -> None:
                 raise TopologyError(src, f"{section}[{i}] ({name}).name",
                                     f"name '{name}' is already used by {owner[name]}",
                                     "give every router, PoP and client its own name")
+            if name == topo.control.name:
+                raise TopologyError(src, f"{section}[{i}] ({name}).name",
+                                    f"name '{name}' is the control plane's node", "choose another name")
             owner[name] = f"{section}[{i}]"
     for s in topo.servers:
         if s.name in owner:

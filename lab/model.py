@@ -42,6 +42,10 @@ SERVER_LOOPBACKS = IPv4Network("10.254.0.0/16")
 CORE_LINKS = IPv4Network("10.0.0.0/16")
 POP_LINKS = IPv4Network("10.1.0.0/16")
 CLIENT_LINKS = IPv4Network("10.2.0.0/16")
+CONTROL_LINKS = IPv4Network("10.3.0.0/16")
+#: The control plane's node name, and the port of its HTTP API on the lab network.
+CONTROL_NODE = "control"
+CONTROL_PORT = 8000
 #: Everything inside the lab is numbered from here; servers route it back towards their upstreams.
 LAB_SUPERNET = IPv4Network("10.0.0.0/8")
 
@@ -132,6 +136,12 @@ class ClientSpec(_Spec):
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
 
+class ControlSpec(_Spec):
+    """Where the control plane's node attaches: a router (default: the first one listed)."""
+
+    router: str | None = None
+
+
 class AnycastSpec(_Spec):
     prefix: IPv4Network
     pops: tuple[str, ...] | Literal["all"] = "all"
@@ -166,6 +176,7 @@ class TopologySpec(_Spec):
     pops: tuple[PopSpec, ...] = Field(min_length=1)
     clients: tuple[ClientSpec, ...] = Field(min_length=1)
     anycast: tuple[AnycastSpec, ...] = (AnycastSpec(prefix=IPv4Network(DEFAULT_ANYCAST)),)
+    control: ControlSpec = ControlSpec()
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
@@ -230,8 +241,9 @@ class Router:
     loopback: IPv4Address
     interfaces: tuple[Interface, ...]
     neighbors: tuple[Neighbor, ...]
-    #: Subnets of attached clients, originated into BGP so answers can find their way back.
-    client_subnets: tuple[IPv4Network, ...]
+    #: Subnets of attached PoP servers, clients and the control node, originated into BGP so answers
+    #: (and the PoPs' requests to the control plane) find their way.
+    host_subnets: tuple[IPv4Network, ...]
     profile: Profile
 
 
@@ -263,6 +275,21 @@ class Client:
 
 
 @dataclass(frozen=True)
+class ControlNode:
+    """The control plane's node: one link to a router, reached by the PoPs over the lab network."""
+
+    name: str
+    region: str
+    router: str
+    interface: Interface
+    port: int
+
+    @property
+    def address(self) -> IPv4Address:
+        return self.interface.address.ip
+
+
+@dataclass(frozen=True)
 class Pop:
     name: str
     region: str
@@ -287,9 +314,11 @@ class Topology:
     servers: tuple[Server, ...]
     clients: tuple[Client, ...]
     anycast: tuple[IPv4Network, ...]
+    control: ControlNode
 
     def node_names(self) -> list[str]:
-        return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients)]
+        return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
+                self.control.name]
 
     def router(self, name: str) -> Router:
         """The router called ``name``; raises LabError listing the routers if there is none."""
@@ -310,6 +339,7 @@ class Topology:
             yield from s.interfaces
         for c in self.clients:
             yield c.interface
+        yield self.control.interface
 
     def links(self) -> list[tuple[Interface, Interface]]:
         """Every veth pair once, as (lower end, higher end) in declaration order."""
@@ -490,6 +520,8 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
     for i, c in enumerate(spec.clients):
         need(c.region, regions, f"clients[{i}] ({c.name}).region", "region")
         need(c.router, routers, f"clients[{i}] ({c.name}).router", "router")
+    if spec.control.router is not None:
+        need(spec.control.router, routers, "control.router", "router")
     for i, a in enumerate(spec.anycast):
         if a.pops != "all":
             for j, p_name in enumerate(a.pops):
@@ -526,6 +558,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         for p_name in (prefixes_of if a.pops == "all" else a.pops):
             prefixes_of[p_name].append(a.prefix)
 
+    host_subnets: dict[str, list[IPv4Network]] = {}
     pop_link = 0
     server_index = 0
     pops: list[Pop] = []
@@ -543,14 +576,20 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
                 r_addr, s_addr = _p2p(POP_LINKS, pop_link, source, f"pops ({p.name})")
                 pop_link += 1
                 add_pair(up, s_name, r_addr, s_addr)
+                # The server's own traffic (syncing with the control plane) comes from this address.
+                host_subnets.setdefault(up, []).append(r_addr.network)
         pops.append(Pop(p.name, p.region, p.asn, p.upstreams, tuple(names), p.prepend, p.med,
                         tuple(prefixes_of[p.name]), p.profile or spec.settings.profile))
 
-    client_subnets: dict[str, list[IPv4Network]] = {}
+    # The control node before the clients: adding a client at the end renumbers nothing.
+    control_router = spec.control.router or spec.routers[0].name
+    r_addr, c_addr = _p2p(CONTROL_LINKS, 0, source, "control")
+    add_pair(control_router, CONTROL_NODE, r_addr, c_addr)
+    host_subnets.setdefault(control_router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr)
-        client_subnets.setdefault(c.router, []).append(r_addr.network)
+        host_subnets.setdefault(c.router, []).append(r_addr.network)
 
     asn_of: dict[str, int] = {r.name: r.asn for r in spec.routers}
     rid_of: dict[str, IPv4Address] = {}
@@ -582,7 +621,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
 
     routers = tuple(
         Router(r.name, r.asn, r.region, r.kind, rid_of[r.name], tuple(intfs[r.name]), neighbors(r.name),
-               tuple(client_subnets.get(r.name, [])), profile_of[r.name])
+               tuple(host_subnets.get(r.name, [])), profile_of[r.name])
         for r in spec.routers
     )
     servers = tuple(
@@ -592,4 +631,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     )
     clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)
     anycast = tuple(dict.fromkeys(a.prefix for a in spec.anycast))
-    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast)
+    region_of = {r.name: r.region for r in spec.routers}
+    control = ControlNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
+                          CONTROL_PORT)
+    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control)

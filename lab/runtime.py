@@ -11,12 +11,10 @@ Everything the lab makes is named after it: run directory ``/run/anylab/<name>``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from bgp import routers as router_kinds
 from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
+from control_plane.client import Client
 from lab import netns
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import EdgeWorker, HealthAgent, Prober
+from lab.daemons import ControlPlane, EdgeWorker, HealthAgent, Prober
 from lab.errors import LabError
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes
@@ -58,6 +57,17 @@ def run_dir_of(name: str) -> Path:
 
 def netns_prefix(name: str) -> str:
     return f"{NETNS_PREFIX}{name}-"
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A deploy or rollback as carried out: the version (None after a rollback), PoP → version, and
+    server → seconds from the API's commit to that server running it."""
+
+    name: str
+    version: str | None
+    placement: dict[str, str]
+    propagation: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class Lab:
         self.netns = {n: netns.netns_path(netns_prefix(name) + n) for n in topo.node_names()}
         self.timings: dict[str, float] = {}
         self.injector = Injector(self)
+        self.control_plane: ControlPlane | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None,
@@ -127,10 +138,15 @@ class Lab:
         t = self.topo.spec.settings
         for r in self.topo.routers:
             self.daemons[r.name] = router_kinds.daemons_of(self._env(r.name), r)
+        control = self.topo.control
+        self.node_dir(control.name).mkdir(parents=True, exist_ok=True)
+        self.control_plane = ControlPlane(self._env(control.name), control, self.topo.pops)
+        self.daemons[control.name] = [self.control_plane]
+        pop_token = self.control_plane.token_files["pop"]
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
-            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port), ExaBgp(env, s)]
+            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token), ExaBgp(env, s)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
             if s.health_agent == "anylab":
@@ -295,40 +311,29 @@ class Lab:
         """Undo the fault on ``target``; returns when the undo began. Raises UsageError if not failed."""
         return self.injector.restore(target)
 
+    def control(self, timeout: float = 30.0) -> Client:
+        """The control plane's API, as the operator (admin token)."""
+        return Client(self.node_dir(self.topo.control.name), timeout=timeout)
+
     def deploy(self, name: str, host: str, code: str, bindings: dict[str, Any] | None = None,
-               path_prefix: str = "/", timeout: float = 30.0) -> str:
-        """Install a worker on every PoP server (written to each edge worker's deployments directory,
-        then SIGHUP) and wait until every one has it; returns its content-hashed version. Raises
-        DeployError if the code cannot load, WaitTimeout naming the servers that did not switch.
-        (The control plane of issue 4 will do this over the lab network; this is the local path.)"""
-        from pop_agent.edge import Deployment
+               path_prefix: str = "/", pops: list[str] | None = None, regions: list[str] | None = None,
+               timeout: float = 30.0, **options: Any) -> Deployed:
+        """Upload a worker to the control plane, deploy it (to ``pops``/``regions``, else everywhere) and
+        wait until every PoP server runs it. Raises ControlPlaneError (the API's reason: bad code, bad
+        target, control plane down), WaitTimeout naming the servers that did not switch."""
+        client = self.control()
+        upload = {"code": code, "host": host, "path_prefix": path_prefix, "bindings": bindings or {}, **options}
+        version = client.upload(name, upload)["version"]
+        reply = client.deploy(name, version, pops, regions)
+        propagation = client.wait_applied(name, reply["placement"], reply["t"], timeout)
+        return Deployed(name, version, reply["placement"], propagation)
 
-        data = {"name": name, "host": host, "code": code, "bindings": bindings or {}, "path_prefix": path_prefix}
-        version = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-        Deployment.from_json({**data, "version": version})  # refuse bad code before touching any server
-        edges = [d for ds in self.daemons.values() for d in ds if isinstance(d, EdgeWorker)]
-        for edge in edges:
-            tmp = edge.deployments / f".{name}.json.tmp"
-            tmp.write_text(json.dumps({**data, "version": version}))
-            tmp.replace(edge.deployments / f"{name}.json")  # a reload never sees half a file
-            if edge.proc is not None and edge.proc.alive():
-                os.kill(edge.proc.pid, signal.SIGHUP)
-        missing: list[str] = []
-
-        def applied() -> bool:
-            missing.clear()
-            for edge in edges:
-                try:
-                    got = json.loads((edge.deployments / "applied.json").read_text())["versions"].get(name)
-                except (OSError, ValueError, KeyError):
-                    got = None
-                if got != version:
-                    missing.append(edge.node)
-            return not missing
-
-        wait_for(applied, timeout=timeout, what=f"deployment {name} {version}", interval=0.02,
-                 describe=lambda: "not yet on " + ", ".join(missing))
-        return version
+    def rollback(self, name: str, timeout: float = 30.0) -> Deployed:
+        """Roll worker ``name`` back to its previous placement and wait until every server runs it."""
+        client = self.control()
+        reply = client.rollback(name)
+        propagation = client.wait_applied(name, reply["placement"], reply["t"], timeout)
+        return Deployed(name, None, reply["placement"], propagation)
 
     def withdraw(self, pop: str) -> float:
         return self.set_announced(pop, False)

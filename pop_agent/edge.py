@@ -10,10 +10,13 @@ table in one assignment: a request is served wholly by the version it was routed
 
 In the lab the same process answers the probers' UDP probes on the anycast addresses (``--udp-port``,
 ``{"pop", "server", "seq"}``) and the health agent's ``GET /healthz`` on ``127.0.0.1:--health-port``, so
-when it dies, everything the server serves dies with it. SIGHUP reloads ``--deployments DIR`` (every
-``*.json``) and records what is installed in ``DIR/applied.json``.
+when it dies, everything the server serves dies with it. ``--deployments DIR`` is the server's store
+(:class:`pop_agent.sync.LocalStore`): its last good set is served from the start, SIGHUP reloads it, and
+with ``--control ADDRESS:PORT --token-file F`` a :class:`pop_agent.sync.Syncer` keeps it in step with the
+control plane.
 
-Run as ``python -m pop_agent.edge --pop P --server S --address A [--address B] --deployments DIR``.
+Run as ``python -m pop_agent.edge --pop P --server S --address A [--address B] --deployments DIR
+[--control A:P --token-file F]``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, cast
 import httptools
 
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
+from pop_agent.sync import LocalStore, Syncer
 from pop_agent.worker_api import Request, Response
 
 
@@ -248,19 +252,6 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def load_dir(path: Path) -> list[Deployment]:
-    """Every ``*.json`` deployment in ``path``; raises DeployError naming the file of a bad one."""
-    out = []
-    for f in sorted(path.glob("*.json")):
-        if f.name == "applied.json":  # what reload() records, not a deployment
-            continue
-        try:
-            out.append(Deployment.from_json(json.loads(f.read_text())))
-        except (DeployError, ValueError) as exc:
-            raise DeployError(f"{f}: {exc}") from None
-    return out
-
-
 class Echo(asyncio.DatagramProtocol):
     """The probers' UDP probes: ``{"seq": N}`` is answered with ``{"pop", "server", "seq"}``."""
 
@@ -298,32 +289,30 @@ async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         writer.close()
 
 
-def reload(edge: Edge, directory: Path) -> None:
-    """Install what ``directory`` holds; on a bad file keep serving what was installed. Records the
-    outcome in ``directory/applied.json``."""
+def reload(edge: Edge, store: LocalStore) -> None:
+    """Install the store's last good set; on a bad one keep serving what was installed (and say so)."""
     try:
-        deps = load_dir(directory)
-        edge.install(deps)
-        state: dict[str, Any] = {"ok": True, "versions": {d.name: d.version for d in deps}}
+        edge.install(store.load(store.current()))
     except DeployError as exc:
-        state = {"ok": False, "error": str(exc),
-                 "versions": {name: version for name, version in edge.pools}}
-    state["t"] = time.clock_gettime(time.CLOCK_MONOTONIC)
-    tmp = directory / "applied.json.tmp"
-    tmp.write_text(json.dumps(state))
-    tmp.replace(directory / "applied.json")
+        print(f"edge: reload refused: {exc}", flush=True)
 
 
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
-                deployments: Path | None) -> None:
+                store: LocalStore | None, control: tuple[str, int, str] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. With ``store``, start from its last good set (SIGHUP reloads it); with
+    ``control`` (address, port, token) also keep it in sync with the control plane."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if deployments is not None:
-        deployments.mkdir(parents=True, exist_ok=True)
-        loop.add_signal_handler(signal.SIGHUP, reload, edge, deployments)
-        reload(edge, deployments)
+    tasks: list[asyncio.Task[None]] = []
+    if store is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload, edge, store)
+        reload(edge, store)
+        if control is not None:
+            syncer = Syncer(store, edge.install, host=control[0], port=control[1], token=control[2],
+                            pop=edge.pop, server=edge.server)
+            tasks.append(asyncio.create_task(syncer.run()))
     closers: list[asyncio.BaseTransport | asyncio.Server] = []
     for address in addresses:
         closers.append(await loop.create_server(lambda: HttpProtocol(edge), address, port))
@@ -337,6 +326,8 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         now = time.monotonic()
         for pool in list(edge.pools.values()):
             pool.evict(now)
+    for task in tasks:
+        task.cancel()
     for c in closers:
         c.close()
     edge.close()
@@ -350,13 +341,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--udp-port", type=int, default=7)
     parser.add_argument("--health-port", type=int, default=8080)
-    parser.add_argument("--deployments", type=Path)
+    parser.add_argument("--deployments", type=Path, help="this server's store of deployments (last good set)")
+    parser.add_argument("--control", help="the control plane's ADDRESS:PORT to sync with")
+    parser.add_argument("--token-file", type=Path, help="the PoP token for the control plane")
     args = parser.parse_args()
+    control = None
+    if args.control:
+        address, _, cport = args.control.rpartition(":")
+        control = (address, int(cport), args.token_file.read_text().strip())
     zygote = Zygote()
     zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
     try:
+        store = LocalStore(args.deployments) if args.deployments else None
         asyncio.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.udp_port,
-                          args.health_port, args.deployments))
+                          args.health_port, store, control))
     finally:
         zygote.stop()
 

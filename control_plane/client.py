@@ -1,0 +1,128 @@
+"""The operator's side of the control plane API, over the Unix socket in the lab's run directory.
+
+Used by ``anylab deploy|deployments|rollback`` and :meth:`lab.runtime.Lab.deploy`. Every call returns
+the decoded JSON reply or raises :class:`ControlPlaneError` with the API's reason (``status`` set) or,
+when nothing answers, a message that says the control plane is down and what still works.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.wait import wait_for
+
+SOCKET = "api.sock"
+ADMIN_TOKEN = "admin.token"
+POP_TOKEN = "pop.token"
+
+
+class ControlPlaneError(LabError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message, node="control", daemon="control-plane")
+        self.status = status
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("control", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """``Client(run_dir / "control")``: the directory holding ``api.sock`` and the admin token."""
+
+    def __init__(self, directory: Path, token: str | None = None, timeout: float = 30.0) -> None:
+        self.directory = directory
+        self.timeout = timeout
+        self._token = token
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            try:
+                self._token = (self.directory / ADMIN_TOKEN).read_text().strip()
+            except OSError as exc:
+                raise ControlPlaneError(f"no admin token in {self.directory} ({exc.strerror}); "
+                                        "is the lab up?") from None
+        return self._token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        conn = _UnixConnection(str(self.directory / SOCKET), self.timeout)
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlPlaneError(
+                f"the control plane does not answer on {self.directory / SOCKET} ({exc}); it is down: deployed "
+                "workers keep serving from the PoPs' last good versions, but nothing can be deployed or rolled "
+                "back until it is back ('anylab restore control')") from None
+        finally:
+            conn.close()
+        try:
+            reply = json.loads(raw) if raw else {}
+        except ValueError:
+            reply = {"error": raw.decode(errors="replace")}
+        if resp.status >= 400:
+            raise ControlPlaneError(f"{method} {path}: {resp.status} {reply.get('error', '')}".strip(), resp.status)
+        return reply
+
+    def upload(self, name: str, upload: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"/v1/workers/{name}", upload)
+        return result
+
+    def deploy(self, name: str, version: str, pops: list[str] | None = None,
+               regions: list[str] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"/v1/deployments/{name}",
+                                           {"version": version, "pops": pops or [], "regions": regions or []})
+        return result
+
+    def rollback(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"/v1/deployments/{name}/rollback")
+        return result
+
+    def deployments(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/v1/deployments")
+        return result
+
+    def wait_applied(self, name: str, placement: dict[str, str], t: float, timeout: float = 30.0) -> dict[str, float]:
+        """Wait until every PoP server reports running what ``placement`` says for worker ``name``
+        (servers of PoPs outside it: not running it); returns server → propagation seconds after ``t``
+        (0 for a server that already ran it). Raises WaitTimeout naming the servers behind and why."""
+        behind: list[str] = []
+        result: dict[str, float] = {}
+
+        def done() -> bool:
+            listing = self.deployments()
+            behind.clear()
+            for pop, info in listing["pops"].items():
+                want = placement.get(pop)
+                for server in info["servers"]:
+                    got = listing["servers"].get(server, {})
+                    if got.get("applied", {}).get(name) != want:
+                        behind.append(f"{server} ({got.get('error') or 'not yet'})")
+                    else:
+                        t_applied = got.get("t_applied")
+                        result[server] = max(0.0, t_applied - t) if t_applied else 0.0
+            return not behind
+
+        wait_for(done, timeout=timeout, what=f"worker {name} on every PoP server", interval=0.02,
+                 describe=lambda: "behind: " + ", ".join(behind[:8]))
+        return result

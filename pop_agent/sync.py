@@ -1,0 +1,240 @@
+"""The PoP server's side of the control plane: pull what this PoP should run, keep it on disk, switch.
+
+:class:`LocalStore` is the server's disk: ``artifacts/<version>.json`` (immutable, written only after
+their SHA-256 checked out) and ``current.json`` (name → version, replaced atomically): the last good set,
+which the edge worker loads at start, so a server restarted while the control plane is down serves
+what it served before (the design's Level 4).
+
+:class:`Syncer` long-polls ``POST /v1/sync`` on the control plane, reporting what is applied. When the
+desired set differs it fetches the missing artifacts (each with the design's code-fetch retries: 3,
+after 100/200/400 ms), checks them, and only when *all* are good installs the whole set in one switch;
+otherwise it keeps serving the old set and reports the error. An unreachable control plane is retried
+with exponential backoff (0.1 s doubling to 2 s) and changes nothing that is served.
+
+The HTTP client is asyncio streams + httptools' response parser (already the edge's parser): aiohttp's
+import alone would cost each PoP server ~15 MB of the lean-PoP budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+from pop_agent.isolate import DeployError
+
+RETRY_DELAYS = (0.1, 0.2, 0.4)
+BACKOFF_MAX = 2.0
+POLL_WAIT = 20.0
+
+
+def now() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+class LocalStore:
+    """A server's deployments on disk; see the module docstring."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.artifacts = root / "artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+
+    def has(self, version: str) -> bool:
+        return (self.artifacts / f"{version}.json").exists()
+
+    def put(self, version: str, sha256: str, data: bytes) -> None:
+        """Keep an artifact; raises DeployError (nothing written) unless its hash is ``sha256``."""
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256 or not sha256.startswith(version):
+            raise DeployError(f"artifact {version}: SHA-256 {got[:12]}… does not match {sha256[:12]}…")
+        write_atomic(self.artifacts / f"{version}.json", data)
+
+    def current(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.root / "current.json").read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise DeployError(f"{self.root / 'current.json'} is corrupt: {exc}") from None
+        return {str(k): str(v) for k, v in data.items()}
+
+    def set_current(self, versions: dict[str, str]) -> None:
+        write_atomic(self.root / "current.json", json.dumps(versions, sort_keys=True).encode())
+
+    def load(self, versions: dict[str, str]) -> list[Any]:
+        """The Deployments for name → version; raises DeployError naming a missing or bad artifact."""
+        from pop_agent.edge import Deployment
+
+        out = []
+        for name, version in sorted(versions.items()):
+            try:
+                data = json.loads((self.artifacts / f"{version}.json").read_bytes())
+            except FileNotFoundError:
+                raise DeployError(f"{name}: artifact {version} is not on this server") from None
+            except ValueError as exc:
+                raise DeployError(f"{name}: artifact {version} is corrupt: {exc}") from None
+            out.append(Deployment.from_json({**data, "version": version}))
+        return out
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:200].decode(errors='replace')}")
+        self.status = status
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.done = False
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def http_call(host: str, port: int, method: str, path: str, token: str, body: Any = None,
+                    timeout: float = 5.0) -> bytes:
+    """One request on its own connection; returns the body of a 2xx answer. Raises HttpError for
+    other statuses, OSError/TimeoutError when the server cannot be reached or does not answer."""
+
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            data = b"" if body is None else json.dumps(body).encode()
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + data)
+            sink = _Collect()
+            parser = httptools.HttpResponseParser(sink)
+            while not sink.done:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    raise ConnectionResetError("the control plane closed the connection mid-answer")
+                parser.feed_data(chunk)
+            status = parser.get_status_code()
+            if not 200 <= status < 300:
+                raise HttpError(status, bytes(sink.body))
+            return bytes(sink.body)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+@dataclass
+class SyncState:
+    """What the syncer last saw; written to ``sync.json`` for ``anylab deployments`` and tests."""
+
+    applied: dict[str, str] = field(default_factory=dict)
+    t_applied: float | None = None
+    generation: int = -1
+    reachable: bool | None = None
+    since: float = field(default_factory=now)
+    error: str | None = None
+    fetch_attempts: int = 0
+
+
+class Syncer:
+    """Keeps ``install`` fed with the set the control plane wants for this PoP."""
+
+    def __init__(self, store: LocalStore, install: Callable[[list[Any]], None], *, host: str, port: int,
+                 token: str, pop: str, server: str, poll_wait: float = POLL_WAIT,
+                 retry_delays: Iterable[float] = RETRY_DELAYS) -> None:
+        self.store, self.install = store, install
+        self.host, self.port, self.token, self.pop, self.server = host, port, token, pop, server
+        self.poll_wait = poll_wait
+        self.retry_delays = tuple(retry_delays)
+        self.state = SyncState(applied=store.current())
+
+    def _record(self) -> None:
+        write_atomic(self.store.root / "sync.json", json.dumps(self.state.__dict__).encode())
+
+    def _reachable(self, ok: bool) -> None:
+        if self.state.reachable is not ok:
+            self.state.reachable, self.state.since = ok, now()
+            self._record()
+
+    async def fetch(self, version: str, sha256: str) -> None:
+        """Get one artifact into the store: the first try and one retry per delay. Raises the last error
+        (DeployError for a bad hash, HttpError, OSError, TimeoutError)."""
+        last: Exception | None = None
+        for delay in (0.0, *self.retry_delays):
+            if delay:
+                await asyncio.sleep(delay)  # the design's backoff between code-fetch retries
+            self.state.fetch_attempts += 1
+            try:
+                data = await http_call(self.host, self.port, "GET", f"/v1/artifacts/{version}", self.token)
+                self.store.put(version, sha256, data)
+                return
+            except (DeployError, HttpError, OSError, TimeoutError) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def apply(self, desired: list[dict[str, str]]) -> None:
+        """Fetch what is missing and switch to ``desired`` as a whole, or keep the current set and
+        record why not."""
+        want = {d["name"]: d["version"] for d in desired}
+        if want == self.state.applied and self.state.error is None:
+            return
+        try:
+            for d in desired:
+                if not self.store.has(d["version"]):
+                    await self.fetch(d["version"], d["sha256"])
+            deployments = self.store.load(want)
+        except (DeployError, HttpError, OSError, TimeoutError) as exc:
+            self.state.error = f"kept the previous set: {exc}"
+            self._record()
+            return
+        self.store.set_current(want)  # the new last-good set, before it serves
+        self.install(deployments)
+        self.state.applied, self.state.t_applied, self.state.error = want, now(), None
+        self._record()
+
+    async def run(self) -> None:
+        """Sync until cancelled; never raises for what the network or the control plane does."""
+        backoff = RETRY_DELAYS[0]
+        self._record()
+        while True:
+            report = {"server": self.server, "pop": self.pop, "applied": self.state.applied,
+                      "t_applied": self.state.t_applied, "error": self.state.error,
+                      "generation": self.state.generation, "wait": self.poll_wait}
+            try:
+                reply = json.loads(await http_call(self.host, self.port, "POST", "/v1/sync", self.token, report,
+                                                   timeout=self.poll_wait + 5.0))
+                desired, generation = list(reply["deployments"]), int(reply["generation"])
+            except (HttpError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                self._reachable(False)
+                self.state.error = f"control plane: {exc or type(exc).__name__}"
+                await asyncio.sleep(backoff)  # Level 4: keep serving, try again later
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = RETRY_DELAYS[0]
+            self._reachable(True)
+            if self.state.error and self.state.error.startswith("control plane:"):
+                self.state.error = None
+            await self.apply(desired)
+            # A failed apply is tried again on the next round, after a pause rather than at once.
+            self.state.generation = generation if self.state.error is None else -1
+            if self.state.error is not None:
+                await asyncio.sleep(BACKOFF_MAX)

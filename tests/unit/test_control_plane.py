@@ -1,0 +1,246 @@
+"""The control plane's API and a PoP's syncer against it, on loopback and a Unix socket (no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from control_plane.client import Client, ControlPlaneError
+from control_plane.server import make_app
+from control_plane.store import Pop, Store
+from lab.wait import wait_for
+from pop_agent.sync import LocalStore, Syncer
+
+POPS = [Pop("sjc", "na", ("sjc-s1", "sjc-s2")), Pop("fra", "eu", ("fra-s1",)), Pop("sin", "apac", ("sin-s1",))]
+TOKENS = {"admin": "admin-secret", "pop": "pop-secret"}
+HELLO = "async def fetch(request, env, ctx):\n    return 'hello ' + env.WHO\n"
+
+
+class ControlPlane:
+    """The real API in a thread: TCP on 127.0.0.1 (for syncers) and a Unix socket (for the client)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self.thread: threading.Thread | None = None
+        self.runner: web.AppRunner | None = None
+
+    def start(self) -> None:
+        started = threading.Event()
+
+        async def setup() -> None:
+            self.runner = web.AppRunner(make_app(Store(self.root / "state", POPS), TOKENS), access_log=None)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            await web.UnixSite(self.runner, str(self.root / "api.sock")).start()
+            started.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(setup())
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.runner.cleanup())  # type: ignore[union-attr]
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        assert self.thread is not None
+        self.thread.join(10)
+        (self.root / "api.sock").unlink(missing_ok=True)
+        self.loop = asyncio.new_event_loop()
+
+
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[ControlPlane]:
+    server = ControlPlane(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def client(cp: ControlPlane, token: str = TOKENS["admin"]) -> Client:
+    return Client(cp.root, token, timeout=5)
+
+
+def test_upload_is_content_hashed_and_immutable(cp: ControlPlane) -> None:
+    c = client(cp)
+    first = c.upload("hello", {"code": HELLO, "host": "Hello.Example", "bindings": {"WHO": "a"}})
+    again = c.upload("hello", {"code": HELLO, "host": "hello.example", "bindings": {"WHO": "a"}})
+    other = c.upload("hello", {"code": HELLO, "host": "hello.example", "bindings": {"WHO": "b"}})
+    assert first["new"] and not again["new"] and first["version"] == again["version"]
+    assert other["version"] != first["version"] and first["sha256"].startswith(first["version"])
+    assert len(first["version"]) == 12
+
+
+@pytest.mark.parametrize(("token", "status"), [("", 401), ("wrong", 401), (TOKENS["pop"], 403)])
+def test_tokens_are_checked(cp: ControlPlane, token: str, status: int) -> None:
+    with pytest.raises(ControlPlaneError) as err:
+        client(cp, token).upload("hello", {"code": HELLO, "host": "h.example"})
+    assert err.value.status == status
+
+
+@pytest.mark.parametrize(("upload", "words"), [
+    ({"host": "h.example"}, "'code' is missing"),
+    ({"code": HELLO}, "'host' is missing"),
+    ({"code": HELLO, "host": "not a host"}, "not a host name"),
+    ({"code": HELLO, "host": "h.example", "colour": 1}, "unknown field(s) colour"),
+    ({"code": "async def fetch(:\n", "host": "h.example"}, "syntax error at line 1"),
+    ({"code": "x = 1\n" * (11 * 1024 * 1024 // 6), "host": "h.example"}, "the limit is 10 MB (code_size)"),
+    ({"code": HELLO, "host": "h.example", "limits": {"cpu_ms": -1}}, "positive"),
+    ({"code": HELLO, "host": "h.example", "bindings": {"not ok": 1}}, "identifiers"),
+    ([1, 2], "JSON object"),
+])
+def test_malformed_uploads_are_400_with_the_reason(cp: ControlPlane, upload: Any, words: str) -> None:
+    with pytest.raises(ControlPlaneError) as err:
+        client(cp).call("POST", "/v1/workers/hello", upload)
+    assert err.value.status == 400 and words in str(err.value)
+
+
+def test_body_that_is_not_json_is_400(cp: ControlPlane) -> None:
+    import http.client
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(cp.root / "api.sock"))
+    conn = http.client.HTTPConnection("control")
+    conn.sock = sock
+    conn.request("POST", "/v1/workers/hello", body=b"{nope", headers={"Authorization": "Bearer admin-secret"})
+    resp = conn.getresponse()
+    assert resp.status == 400 and "not JSON" in json.loads(resp.read())["error"]
+
+
+def test_deploy_to_a_region_then_everywhere_then_roll_back(cp: ControlPlane) -> None:
+    c = client(cp)
+    v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    v2 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})["version"]
+    assert c.deploy("hello", v1)["placement"] == {"sjc": v1, "fra": v1, "sin": v1}
+    reply = c.deploy("hello", v2, regions=["eu"])
+    assert reply["placement"] == {"sjc": v1, "fra": v2, "sin": v1} and set(reply["servers"]) == {
+        "sjc-s1", "sjc-s2", "fra-s1", "sin-s1"}
+    assert c.rollback("hello")["placement"] == {"sjc": v1, "fra": v1, "sin": v1}
+    assert c.rollback("hello")["placement"] == {}  # before the first deploy: not deployed
+    with pytest.raises(ControlPlaneError, match="no earlier deployment") as err:
+        c.rollback("hello")
+    assert err.value.status == 409
+    listing = c.deployments()
+    assert listing["workers"]["hello"]["versions"] == sorted([v1, v2])
+
+
+@pytest.mark.parametrize(("args", "status", "words"), [
+    ({"version": "000000000000"}, 404, "upload the worker first"),
+    ({"version": "V", "regions": ["mars"]}, 400, "unknown region 'mars'; there are: apac, eu, na"),
+    ({"version": "V", "pops": ["lhr"]}, 400, "unknown PoP 'lhr'"),
+])
+def test_bad_deploys_are_refused(cp: ControlPlane, args: dict[str, Any], status: int, words: str) -> None:
+    c = client(cp)
+    version = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    body = {k: (version if v == "V" else v) for k, v in args.items()}
+    with pytest.raises(ControlPlaneError) as err:
+        c.call("POST", "/v1/deployments/hello", body)
+    assert err.value.status == status and words in str(err.value)
+    with pytest.raises(ControlPlaneError, match="belongs to worker 'hello'"):
+        c.deploy("other", version)
+
+
+def test_state_survives_a_restart(cp: ControlPlane) -> None:
+    c = client(cp)
+    v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    c.deploy("hello", v1, pops=["sjc"])
+    cp.stop()
+    with pytest.raises(ControlPlaneError, match="it is down: deployed workers keep serving"):
+        c.deployments()
+    cp.start()
+    assert c.deployments()["workers"]["hello"]["placement"] == {"sjc": v1}
+
+
+class Installed:
+    def __init__(self) -> None:
+        self.sets: list[dict[str, str]] = []
+
+    def __call__(self, deployments: list[Any]) -> None:
+        self.sets.append({d.name: d.version for d in deployments})
+
+
+def run_syncer(cp: ControlPlane, store: LocalStore, installed: Installed, **kw: Any) -> tuple[Syncer, Any]:
+    """A syncer for sjc-s1 on its own loop in a thread; returns it and a stop function."""
+    syncer = Syncer(store, installed, host="127.0.0.1", port=cp.port, token=TOKENS["pop"], pop="sjc",
+                    server="sjc-s1", poll_wait=1.0, **kw)
+    loop = asyncio.new_event_loop()
+
+    async def until_cancelled() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncer.run()
+
+    task = loop.create_task(until_cancelled())
+    thread = threading.Thread(target=loop.run_until_complete, args=(task,), daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)
+        loop.close()
+
+    return syncer, stop
+
+
+def test_syncer_applies_deploys_and_serves_its_last_good_set_while_the_control_plane_is_down(
+        cp: ControlPlane, tmp_path: Path) -> None:
+    c = client(cp)
+    store, installed = LocalStore(tmp_path / "pop"), Installed()
+    syncer, stop = run_syncer(cp, store, installed)
+    try:
+        v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+        reply = c.deploy("hello", v1, pops=["sjc"])
+        # The server reports it (other servers never synced here: only wait for sjc-s1).
+        wait_for(lambda: c.deployments()["servers"].get("sjc-s1", {}).get("applied") == {"hello": v1},
+                 timeout=10, what="sjc-s1 to report v1")
+        assert installed.sets[-1] == {"hello": v1} and store.current() == {"hello": v1}
+        assert c.deployments()["servers"]["sjc-s1"]["t_applied"] >= reply["t"]
+        cp.stop()
+        wait_for(lambda: syncer.state.reachable is False, timeout=10, what="the syncer to notice")
+        assert store.current() == {"hello": v1} and installed.sets[-1] == {"hello": v1}  # Level 4
+        assert json.loads((store.root / "sync.json").read_text())["reachable"] is False
+        cp.start()
+        v2 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})["version"]
+        c.deploy("hello", v2)
+        wait_for(lambda: installed.sets[-1] == {"hello": v2}, timeout=10, what="v2 installed after the outage")
+    finally:
+        stop()
+    # A restarted server starts from the disk's last good set without asking anyone.
+    assert [d.version for d in LocalStore(tmp_path / "pop").load(store.current())] == [v2]
+
+
+def test_an_artifact_with_a_wrong_hash_is_retried_then_refused_and_the_old_set_kept(
+        cp: ControlPlane, tmp_path: Path) -> None:
+    c = client(cp)
+    v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    c.deploy("hello", v1)
+    store, installed = LocalStore(tmp_path / "pop"), Installed()
+    syncer, stop = run_syncer(cp, store, installed, retry_delays=(0.01, 0.02, 0.04))
+    try:
+        wait_for(lambda: installed.sets and installed.sets[-1] == {"hello": v1}, timeout=10, what="v1")
+        v2 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})["version"]
+        (cp.root / "state" / "artifacts" / f"{v2}.json").write_bytes(b'{"tampered": true}')
+        attempts = syncer.state.fetch_attempts
+        c.deploy("hello", v2)
+        wait_for(lambda: syncer.state.error is not None, timeout=10, what="the refusal")
+        assert "does not match" in str(syncer.state.error)
+        assert syncer.state.fetch_attempts - attempts >= 4  # the first try and 3 retries
+        assert store.current() == {"hello": v1} and installed.sets[-1] == {"hello": v1}
+        assert not store.has(v2)
+    finally:
+        stop()
