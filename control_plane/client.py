@@ -117,12 +117,14 @@ class Client:
                 for server in info["servers"]:
                     got = listing["servers"].get(server, {})
                     if got.get("applied", {}).get(name) != want:
-                        behind.append(f"{server} ({got.get('error') or 'not yet'})")
+                        heard = (f"last heard {listing['t'] - got['t_seen']:.1f} s ago" if got else "never heard from")
+                        behind.append(f"{server} ({got.get('error') or heard})")
                     else:
                         t_applied = got.get("t_applied")
                         result[server] = max(0.0, t_applied - t) if t_applied else 0.0
             return not behind
 
         wait_for(done, timeout=timeout, what=f"worker {name} on every PoP server", interval=0.02,
-                 describe=lambda: "behind: " + ", ".join(behind[:8]))
+                 describe=lambda: "behind: " + ", ".join(behind[:8]) + "; the deploy is recorded: servers take "
+                 "it when they reach the control plane ('anylab deployments')")
         return result

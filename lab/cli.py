@@ -43,7 +43,7 @@ console = Console(width=None if sys.stdout.isatty() else 130)
 
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
 ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS))]
-TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region or router link a:b")]
+TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region, router link a:b, or control")]
 CountOpt = Annotated[int, typer.Option(help="flap: down/up cycles")]
 PeriodOpt = Annotated[float, typer.Option(help="flap: seconds per cycle")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
@@ -277,6 +277,122 @@ def measure(
     if plot and timeline is not None:
         report.plot(result, timeline, plot)
         console.print(f"wrote {plot}")
+
+
+def _control_client(name: str) -> Any:
+    from control_plane.client import Client
+
+    state = _running_state_usage(name)
+    return Client(run_dir_of(name) / topology_of(state).control.name)
+
+
+def _print_propagation(prop: dict[str, float]) -> None:
+    if prop:
+        worst = max(prop, key=lambda s: prop[s])
+        values = sorted(prop.values())
+        console.print(f"  on {len(prop)} PoP server(s): propagation p50 {values[len(values) // 2] * 1000:.0f} ms, "
+                      f"max {prop[worst] * 1000:.0f} ms ({worst})")
+
+
+@app.command()
+def deploy(
+    worker: Annotated[str, typer.Argument(help="the worker's name")],
+    code: Annotated[Path, typer.Argument(help="FILE.py defining 'async def fetch(request, env, ctx)'")],
+    host: Annotated[str | None, typer.Option(help="Host header it serves (default NAME.example)")] = None,
+    var: Annotated[list[str] | None, typer.Option("--var", help="binding K=V (env.K), repeatable")] = None,
+    path_prefix: Annotated[str, typer.Option(help="path prefix it serves under that host")] = "/",
+    pop: Annotated[list[str] | None, typer.Option("--pop", help="only this PoP (repeatable)")] = None,
+    region: Annotated[list[str] | None, typer.Option("--region", help="only this region (repeatable)")] = None,
+    name: NameOpt = "main",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
+) -> None:
+    """Upload a worker to the control plane as a content-hashed version and deploy it (every PoP, or
+    --pop/--region); waits until every PoP server runs it and prints the propagation time."""
+    try:
+        text = code.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {code}: {exc.strerror}") from None
+    bindings: dict[str, str] = {}
+    for item in var or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--var {item!r}: write it as NAME=value (NAME a Python identifier)")
+        bindings[key] = value
+    client = _control_client(name)
+    topo = topology_of(_running_state_usage(name))
+    host = host or f"{worker}.example"
+    uploaded = client.upload(worker, {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings})
+    version = uploaded["version"]
+    reply = client.deploy(worker, version, pop, region)
+    pops = sorted(k for k, v in reply["placement"].items() if v == version)
+    console.print(f"{worker} {version} ({'new' if uploaded['new'] else 'already uploaded'}, "
+                  f"{uploaded['bytes']} B) → {', '.join(pops)}")
+    _print_propagation(client.wait_applied(worker, reply["placement"], reply["t"], timeout))
+    console.print(f"  try: anylab exec {topo.clients[0].name} --name {name} -- curl -s -H 'Host: {host}' "
+                  f"http://{topo.anycast[0].network_address}{path_prefix}")
+
+
+@app.command()
+def rollback(
+    worker: Annotated[str, typer.Argument(help="the worker's name")],
+    name: NameOpt = "main",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
+) -> None:
+    """Put the worker back where it was before its last deploy (not deployed, before the first)."""
+    client = _control_client(name)
+    reply = client.rollback(worker)
+    where = ", ".join(f"{p}={v}" for p, v in sorted(reply["placement"].items())) or "nowhere (removed)"
+    console.print(f"{worker} rolled back: {where}")
+    _print_propagation(client.wait_applied(worker, reply["placement"], reply["t"], timeout))
+
+
+@app.command()
+def deployments(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Workers, the version each PoP should run, and what every PoP server reports running. With the
+    control plane down: what each server serves from its disk."""
+    from control_plane.client import ControlPlaneError
+
+    state = _running_state_usage(name)
+    topo = topology_of(state)
+    try:
+        data = _control_client(name).deployments()
+    except ControlPlaneError as exc:
+        disk = {s.name: _read_json(run_dir_of(name) / s.name / "deployments" / "current.json")
+                for s in topo.servers}
+        if as_json:
+            print(json.dumps({"control_plane": str(exc), "servers": disk}, indent=1))
+            return
+        console.print(f"[yellow]{exc}[/]\nwhat each PoP server serves from its disk:")
+        for server, versions in disk.items():
+            console.print(f"  {server}: {', '.join(f'{k} {v}' for k, v in sorted(versions.items())) or '-'}")
+        return
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return
+    table = Table(title=f"workers in lab '{name}' (generation {data['generation']})")
+    for col in ("worker", "PoP", "version", "servers running it", "problems"):
+        table.add_column(col)
+    for worker, info in data["workers"].items():
+        for pop_name, version in sorted(info["placement"].items()):
+            servers = data["pops"][pop_name]["servers"]
+            running = [s for s in servers if data["servers"].get(s, {}).get("applied", {}).get(worker) == version]
+            problems = [f"{s}: {data['servers'][s]['error']}" for s in servers
+                        if data["servers"].get(s, {}).get("error")]
+            table.add_row(worker, pop_name, version, f"{len(running)}/{len(servers)}", "; ".join(problems))
+        if not info["placement"]:
+            table.add_row(worker, "-", "-", "-", "not deployed (rolled back)")
+    console.print(table)
+    stale = [f"{s} ({i['seen_s_ago']:.0f} s ago)" for s, i in data["servers"].items() if i["seen_s_ago"] > 30]
+    missing = [s.name for s in topo.servers if s.name not in data["servers"]]
+    if stale or missing:
+        console.print(f"[yellow]not syncing: {', '.join(stale + missing)}[/]")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _running_state_usage(name: str) -> dict[str, Any]:

@@ -17,6 +17,9 @@ link-down       router link ``a:b``      the link's carrier down (up again)
 pop-down        PoP                      every server of the PoP silent
 region-down     region                   every PoP server and router of the region silent
 flap            server, PoP or ``a:b``   N carrier down/up cycles at a period; ends restored
+control-down    ``control``              SIGKILL the control plane (restart it; its state is on disk)
+control-cut     ``control``              nftables drops everything on the control node's link: PoPs
+                                         cannot sync, the operator's socket still works (delete table)
 =============== ======================== =============================================================
 """
 
@@ -46,6 +49,8 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "pop-down": ("pop",),
     "region-down": ("region",),
     "flap": ("server", "pop", "link"),
+    "control-down": ("control",),
+    "control-cut": ("control",),
 }
 NFT_TABLE = "anylab_fault"
 FAULTS_FILE = "faults.json"
@@ -65,6 +70,8 @@ class Plan:
     links: tuple[tuple[str, str], ...] = ()
     count: int = 1
     period: float = 1.0
+    #: Other nodes the fault touches (the control node).
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ def _kind_of(topo: Topology, target: str) -> str | None:
         return "region"
     if target in {r.name for r in topo.routers}:
         return "router"
+    if target == topo.control.name:
+        return "control"
     return None
 
 
@@ -105,8 +114,8 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     kind = _kind_of(topo, target)
     allowed = SCENARIOS[scenario]
     if kind is None:
-        examples = [topo.servers[0].name, topo.pops[0].name, topo.spec.regions[0].name]
-        raise UsageError(f"unknown target '{target}'; give a server, PoP, region or router link a:b "
+        examples = [topo.servers[0].name, topo.pops[0].name, topo.spec.regions[0].name, topo.control.name]
+        raise UsageError(f"unknown target '{target}'; give a server, PoP, region, router link a:b or control "
                          f"(e.g. {', '.join(examples)})")
     if kind not in allowed:
         raise UsageError(f"{scenario} does not apply to {kind} '{target}'; it takes a {' or '.join(allowed)}")
@@ -131,7 +140,8 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         links = (_link_end(topo, target),)
     if scenario in ("server-crash", "flap") and servers:
         links = tuple((s, i.name) for s in servers for i in topo.server(s).interfaces)
-    return Plan(scenario, target, servers, routers, links, count, period)
+    hosts = (target,) if kind == "control" else ()
+    return Plan(scenario, target, servers, routers, links, count, period, hosts)
 
 
 def _nft_silence(forwarding: bool) -> str:
@@ -171,8 +181,8 @@ class Injector:
                 return d
         raise LabError(f"no daemon {name}", node=server)
 
-    def _kill(self, server: str, name: str) -> None:
-        d = self._daemon(server, name)
+    def _kill(self, node: str, name: str) -> None:
+        d = self._daemon(node, name)
         if d.proc is not None:
             d.proc.kill()
 
@@ -240,6 +250,12 @@ class Injector:
             self._links(p, up=False)
         elif sc == "flap":
             self._flap(p)
+        elif sc == "control-down":
+            for h in p.hosts:
+                self._kill(h, "control-plane")
+        elif sc == "control-cut":
+            for h in p.hosts:
+                self._silence(h, True)
 
     def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
@@ -306,6 +322,12 @@ class Injector:
             attempt(self._links, p, up=True)
             for s in p.servers:
                 attempt(self._restart, s, [d.name for d in self.lab.daemons[s]])
+        elif sc == "control-down":
+            for h in p.hosts:
+                attempt(self._restart, h, ["control-plane"])
+        elif sc == "control-cut":
+            for h in p.hosts:
+                attempt(self._silence, h, False)
         if errors and not best_effort:
             raise LabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
 

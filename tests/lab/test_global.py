@@ -70,3 +70,25 @@ def test_a_deployed_worker_answers_every_client_from_its_pop(lab: Lab) -> None:
         out = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", fetch],
                              capture_output=True, text=True, timeout=30, check=True).stdout.split()
         assert out[0] == "200" and out[1].split("/")[0] == predicted[client] and out[2] == "ok", (client, out)
+
+
+def test_a_regional_deploy_serves_only_that_regions_clients(lab: Lab) -> None:
+    """Deployed to eu only: eu's clients get it from their PoP, the others a 404 naming the host."""
+    import subprocess
+    import sys
+
+    deployed = lab.deploy("eu-only", "eu-only.example", "async def fetch(request, env, ctx):\n    return 'eu'\n",
+                          regions=["eu"])
+    assert set(deployed.placement) == {p.name for p in lab.topo.pops if p.region == "eu"}
+    assert set(deployed.propagation) == {s.name for s in lab.topo.servers}
+    fetch = ("import http.client\n"
+             "c = http.client.HTTPConnection('203.0.113.1', 80, timeout=5)\n"
+             "c.request('GET', '/', headers={'Host': 'eu-only.example'})\n"
+             "r = c.getresponse()\nprint(r.status, r.read().decode())")
+    for client in lab.predicted():
+        out = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", fetch],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        if client.startswith("eu"):
+            assert out.strip() == "200 eu", (client, out)
+        else:
+            assert out.startswith("404 ") and "no_deployment" in out, (client, out)

@@ -21,11 +21,13 @@ FAILOVER = load_topology(TOPOLOGIES / "failover.yaml")
     (FAILOVER, "flap", "lax", ("lax-s1",), (), (("lax-s1", "lax-s1-eth0"),)),
     (GLOBAL, "pop-down", "ord", ("ord-s1",), (), ()),
     (GLOBAL, "region-down", "eu", ("fra-s1", "ams-s1", "lhr-s1", "cdg-s1"), ("eu-w", "eu-e"), ()),
+    (GLOBAL, "control-down", "control", (), (), ()),
 ])
 def test_plans(topo: object, scenario: str, target: str, servers: tuple[str, ...], routers: tuple[str, ...],
                links: tuple[tuple[str, str], ...]) -> None:
     p = plan(topo, scenario, target)  # type: ignore[arg-type]
     assert (set(p.servers), p.routers, p.links) == (set(servers), routers, links)
+    assert p.hosts == (("control",) if target == "control" else ())
 
 
 @pytest.mark.parametrize(("scenario", "target", "words"), [
@@ -36,6 +38,8 @@ def test_plans(topo: object, scenario: str, target: str, servers: tuple[str, ...
     ("link-down", "r2:r3", "no link 'r2:r3'; router links are: r1:r2, r1:r3"),
     ("link-down", "r2:sjc-s1", "is not a link between two routers"),
     ("region-down", "r1", "does not apply to router 'r1'"),
+    ("control-cut", "sjc", "control-cut does not apply to pop 'sjc'; it takes a control"),
+    ("drain", "control", "drain does not apply to control 'control'"),
 ])
 def test_bad_requests_name_the_problem(scenario: str, target: str, words: str) -> None:
     with pytest.raises(UsageError) as err:
