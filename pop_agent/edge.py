@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httptools
+import uvloop
 
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
 from pop_agent.sync import LocalStore, Syncer
@@ -107,7 +108,7 @@ class Pool:
     async def call(self, req: Request) -> Result:
         iso = await self._acquire()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, iso.call, req)
+            return await iso.acall(req)
         finally:
             async with self.freed:
                 self.busy -= 1
@@ -201,8 +202,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of asyncio's
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -353,8 +353,8 @@ def main() -> None:
     zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
     try:
         store = LocalStore(args.deployments) if args.deployments else None
-        asyncio.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.udp_port,
-                          args.health_port, store, control))
+        uvloop.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.udp_port,
+                         args.health_port, store, control))
     finally:
         zygote.stop()
 

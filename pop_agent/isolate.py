@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import struct
@@ -28,7 +27,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from lab.errors import LabError
 from pop_agent.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
@@ -68,6 +67,31 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise EOFError("peer closed")
         buf += chunk
     return bytes(buf)
+
+
+class Frames:
+    """Messages from a blocking socket, read in large chunks (one recv per request, not three)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            if not chunk:
+                raise EOFError("peer closed")
+            self.buf += chunk
+
+    def next(self) -> tuple[dict[str, Any], bytes]:
+        """One message; raises EOFError when the peer is gone."""
+        self._fill(8)
+        hlen, blen = struct.unpack_from("!II", self.buf)
+        self._fill(8 + hlen + blen)
+        header: dict[str, Any] = json.loads(bytes(self.buf[8:8 + hlen]))
+        body = bytes(self.buf[8 + hlen:8 + hlen + blen])
+        del self.buf[:8 + hlen + blen]
+        return header, body
 
 
 def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
@@ -115,9 +139,11 @@ def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limit
     send_msg(sock, {"ok": True})
     env = Env(bindings, limits.subrequests)
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # so that ctx.wait_until's ensure_future finds it
+    frames = Frames(sock)
     while True:
         try:
-            header, body = recv_msg(sock)
+            header, body = frames.next()
         except EOFError:
             return
         t_start = time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -211,12 +237,17 @@ class Zygote:
             send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
             msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
         sock = socket.socket(fileno=fds[0])
-        iso = Isolate(json.loads(msg)["pid"], sock, limits)
-        header, _ = recv_msg(sock)
+        pid = int(json.loads(msg)["pid"])
+        try:
+            header, _ = recv_msg(sock)  # the isolate's verdict on the code, before it serves
+        except EOFError:
+            header = {"ok": False, "error": "the isolate died while loading the code (load_error)"}
         if not header.get("ok"):
-            iso.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            sock.close()
             raise DeployError(str(header.get("error")))
-        return iso
+        return Isolate(pid, sock, limits)
 
     def stop(self) -> None:
         if self.ctrl is not None:
@@ -230,10 +261,14 @@ class Zygote:
 # -- the supervisor's handle ----------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
+def _cpu_of_stat(stat: bytes) -> float:
+    fields = stat.rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return _cpu_of_stat(fh.read())
 
 
 @dataclass
@@ -243,51 +278,142 @@ class Result:
     t_handler: float | None = None
 
 
+class _Channel(asyncio.Protocol):
+    """The supervisor's end of an isolate's socket: frames in, one pending answer at a time."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) < 8:
+            return
+        hlen, blen = struct.unpack_from("!II", self.buf)
+        if len(self.buf) < 8 + hlen + blen or self.waiter is None or self.waiter.done():
+            return
+        try:
+            header = json.loads(bytes(self.buf[8:8 + hlen]))
+        except ValueError as exc:
+            self.waiter.set_exception(exc)
+        else:
+            self.waiter.set_result((header, bytes(self.buf[8 + hlen:8 + hlen + blen])))
+        del self.buf[:8 + hlen + blen]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(EOFError("isolate closed its socket"))
+
+
 class Isolate:
-    """One isolate process of one deployment, as the supervisor sees it."""
+    """One isolate process of one deployment, as the supervisor sees it.
+
+    ``acall`` runs on the supervisor's event loop: the request goes out on the isolate's socket and a
+    watchdog timer looks at the isolate's CPU time (``/proc/<pid>/stat``) only when the request has run
+    as long as its CPU budget in wall time (CPU time never runs faster than the clock), so a request that
+    answers within the budget costs one ``/proc`` read, at its start."""
 
     def __init__(self, pid: int, sock: socket.socket, limits: Limits) -> None:
         self.pid, self.sock, self.limits = pid, sock, limits
         self.dead = False
+        self.verdict: str | None = None
+        self.detail = ""
+        self._channel: _Channel | None = None
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        try:
+            self._stat: int | None = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        except OSError:
+            self._stat = None  # already gone: the first call reports the crash
+        sock.setblocking(False)
 
     def kill(self) -> None:
         if not self.dead:
             self.dead = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            self.sock.close()
+            try:
+                if self._channel is None or self._channel.transport is None:
+                    raise RuntimeError("no transport")
+                self._channel.transport.close()
+            except RuntimeError:  # no transport, or its loop is closed already
+                self.sock.close()
+            if self._sync_loop is not None and not self._sync_loop.is_running():
+                self._sync_loop.close()
+            if self._stat is not None:
+                os.close(self._stat)
+                self._stat = None
+
+    def cpu(self) -> float:
+        """CPU seconds the isolate has used; raises OSError once it is gone."""
+        if self._stat is None:
+            raise ProcessLookupError(self.pid)
+        return _cpu_of_stat(os.pread(self._stat, 1024, 0))
 
     def _fail(self, code: str, status: int, detail: str = "") -> Result:
         body = json.dumps({"error": code, "detail": detail}).encode()
         return Result(Response(body, status, {"content-type": "application/json", "x-anylab-error": code}), code)
 
-    def call(self, req: Request) -> Result:
+    def _watch(self, loop: asyncio.AbstractEventLoop, t0: float, cpu0: float) -> None:
+        """The watchdog: kill past the CPU or wall limit, else look again when the rest of the CPU budget
+        could at the earliest be used up (at least every 10 ms, /proc's tick)."""
+        if self.dead:
+            return
+        try:
+            spent = self.cpu() - cpu0
+        except OSError:
+            return  # it died by itself: the read sees EOF
+        wall = time.monotonic() - t0
+        cpu_limit = self.limits.cpu_ms / 1000
+        if spent >= cpu_limit:
+            self.verdict, self.detail = "cpu_limit", f"used {spent * 1000:.0f} ms of CPU; limit {self.limits.cpu_ms} ms"
+        elif wall >= self.limits.wall_s:
+            self.verdict, self.detail = "wall_limit", f"no answer in {self.limits.wall_s:.0f} s"
+        else:
+            self._watchdog = loop.call_later(max(0.01, min(cpu_limit - spent, self.limits.wall_s - wall)),
+                                             self._watch, loop, t0, cpu0)
+            return
+        # Only the signal: its socket's end closing wakes the pending read, which then cleans up.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    async def acall(self, req: Request) -> Result:
         """Serve one request within the limits; never raises for what the worker does."""
         if self.dead:
             return self._fail("isolate_crashed", 503, "this isolate is gone")
+        loop = asyncio.get_running_loop()
+        if self._channel is None:
+            _t, self._channel = await loop.create_unix_connection(_Channel, sock=self.sock)
+        channel = self._channel
         t0 = time.monotonic()
-        cpu0 = _cpu_seconds(self.pid)
-        send_msg(self.sock, {"method": req.method, "url": req.url, "headers": dict(req.headers)}, req.body)
-        cpu_limit = self.limits.cpu_ms / 1000
-        while True:
-            spent = _cpu_seconds(self.pid) - cpu0
-            wall = time.monotonic() - t0
-            if spent >= cpu_limit:
-                self.kill()
-                return self._fail("cpu_limit", 503, f"used {spent * 1000:.0f} ms of CPU; limit {self.limits.cpu_ms} ms")
-            if wall >= self.limits.wall_s:
-                self.kill()
-                return self._fail("wall_limit", 503, f"no answer in {self.limits.wall_s:.0f} s")
-            # CPU time never runs faster than the clock: the next look is due when the rest of the CPU
-            # budget could at the earliest be used up (at least every 10 ms, /proc's tick resolution).
-            wait = max(0.01, min(cpu_limit - spent, self.limits.wall_s - wall))
-            if select.select([self.sock], [], [], wait)[0]:
-                break
         try:
-            header, body = recv_msg(self.sock)
-        except (EOFError, OSError):
+            cpu0 = self.cpu()
+        except OSError:
             self.kill()
+            return self._fail("isolate_crashed", 503, "the isolate is gone")
+        self._watchdog = loop.call_later(self.limits.cpu_ms / 1000, self._watch, loop, t0, cpu0)
+        try:
+            if channel.lost or channel.transport is None:
+                raise EOFError("isolate closed its socket")
+            channel.waiter = loop.create_future()
+            head = json.dumps({"method": req.method, "url": req.url, "headers": dict(req.headers)}).encode()
+            channel.transport.write(struct.pack("!II", len(head), len(req.body)) + head + req.body)
+            header, body = await channel.waiter
+        except (EOFError, OSError, ValueError):
+            self.kill()
+            if self.verdict is not None:
+                return self._fail(self.verdict, 503, self.detail)
             return self._fail("isolate_crashed", 503, "the isolate died while serving")
+        finally:
+            channel.waiter = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()  # the current one: the watchdog re-arms itself under this name
         if not header.get("ok"):
             code = str(header.get("error"))
             if code == "memory_limit":
@@ -296,3 +422,12 @@ class Isolate:
             return self._fail(code, 500, str(header.get("detail", "")))
         t = header.get("t_handler")
         return Result(Response(body, header["status"], header.get("headers")), None, float(t) if t else None)
+
+    def call(self, req: Request) -> Result:
+        """``acall`` for callers without an event loop (tests, tools): on a loop of this isolate's own."""
+        if self._sync_loop is None:
+            self._sync_loop = asyncio.new_event_loop()
+        result = self._sync_loop.run_until_complete(self.acall(req))
+        if self.dead:
+            self._sync_loop.close()
+        return result

@@ -10,7 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${ANYLAB_VENV:-$here/.venv}
 apt_packages=(frr frr-pythontools bird2 mininet nftables iproute2 iputils-ping procps util-linux
-              python3-venv python3-dev gcc net-tools ethtool psmisc curl)
+              python3-venv python3-dev gcc net-tools ethtool psmisc curl wrk)
 
 log() { printf 'anylab setup: %s\n' "$*" >&2; }
 
