@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -28,6 +29,8 @@ import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, cast
+
+import uvloop
 
 from lab.errors import LabError
 from pop_agent.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
@@ -120,8 +123,10 @@ def _vm_size(pid: int | str = "self") -> int:
         return int(fh.read().split()[0]) * PAGE
 
 
-def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limits: Limits) -> None:
-    """Run in the forked child: load the code, report, then serve until the socket closes."""
+def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limits: Limits,
+                 loop: asyncio.AbstractEventLoop) -> None:
+    """Run in the forked child: load the code, get ready to serve, report, then serve until the socket
+    closes."""
     try:
         namespace: dict[str, Any] = {"__name__": "worker", "Response": Response}
         exec(check_code(code, limits), namespace)
@@ -136,42 +141,93 @@ def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limit
         return
     budget = _vm_size() + limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
-    send_msg(sock, {"ok": True})
-    env = Env(bindings, limits.subrequests)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)  # so that ctx.wait_until's ensure_future finds it
-    frames = Frames(sock)
-    while True:
-        try:
-            header, body = frames.next()
-        except EOFError:
-            return
+    sock.setblocking(False)
+    serving = _Serve(handler, Env(bindings, limits.subrequests), limits)
+    loop.run_until_complete(loop.create_unix_connection(lambda: serving, sock=sock))
+    serving.send({"ok": True})  # ready: the first request is not kept waiting for any set-up
+    loop.run_forever()  # until the supervisor closes the socket
+
+
+class _Serve(asyncio.Protocol):
+    """The isolate's side of its socket: one event loop for the isolate's life, a task per request
+    (a loop per request, as ``run_until_complete`` makes, costs more than the handler)."""
+
+    def __init__(self, handler: Any, env: Env, limits: Limits) -> None:
+        self.handler, self.env, self.limits = handler, env, limits
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.background: set[asyncio.Future[Any]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        asyncio.get_event_loop().stop()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 8:
+            hlen, blen = struct.unpack_from("!II", self.buf)
+            if len(self.buf) < 8 + hlen + blen:
+                return
+            header = json.loads(bytes(self.buf[8:8 + hlen]))
+            body = bytes(self.buf[8 + hlen:8 + hlen + blen])
+            del self.buf[:8 + hlen + blen]
+            task = asyncio.ensure_future(self.serve(header, body))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        head = json.dumps(header).encode()
+        assert self.transport is not None
+        self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
+
+    async def serve(self, header: dict[str, Any], body: bytes) -> None:
         t_start = time.clock_gettime(time.CLOCK_MONOTONIC)
-        env.reset()
+        self.env.reset()
         ctx = Ctx()
         req = Request(header["method"], header["url"], header.get("headers", {}), body)
         try:
-            resp = to_response(loop.run_until_complete(handler(req, env, ctx)))
-            send_msg(sock, {"ok": True, **resp.as_dict(), "t_handler": t_start}, resp.body)
-            if ctx.pending:
-                loop.run_until_complete(asyncio.wait(ctx.pending, timeout=limits.wall_s))
+            resp = to_response(await self.handler(req, self.env, ctx))
+            self.send({"ok": True, **resp.as_dict(), "t_handler": t_start}, resp.body)
         except MemoryError:
-            send_msg(sock, {"ok": False, "error": "memory_limit"})
+            self.send({"ok": False, "error": "memory_limit"})  # small: written at once
             os._exit(3)  # the heap may be unusable: start afresh
         except SubrequestLimitExceeded as exc:
-            send_msg(sock, {"ok": False, "error": "subrequest_limit", "detail": str(exc)})
+            self.send({"ok": False, "error": "subrequest_limit", "detail": str(exc)})
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            send_msg(sock, {"ok": False, "error": "worker_exception", "detail": detail})
+            self.send({"ok": False, "error": "worker_exception", "detail": detail})
+        if ctx.pending:  # after the response, bounded by the wall limit
+            task = asyncio.ensure_future(asyncio.wait(ctx.pending, timeout=self.limits.wall_s))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+
+_WARM_UP = "async def fetch(request, env, ctx):\n    return Response('warm', 200, {'a': 'b'})\n"
+
+
+def _warm_up(loop: asyncio.AbstractEventLoop) -> None:
+    """Walk the request path once in the spare, so that the copy-on-write page faults a forked
+    interpreter takes on its first steps are paid before a deployment is waiting (about 3 ms)."""
+    namespace: dict[str, Any] = {"__name__": "worker", "Response": Response}
+    exec(check_code(_WARM_UP, Limits()), namespace)
+    req = Request("GET", "/", {"host": "warm.example"}, b"")
+    resp = to_response(loop.run_until_complete(namespace["fetch"](req, Env({}, 1), Ctx())))
+    json.loads(json.dumps({"ok": True, **resp.as_dict()}))
+    traceback.format_exception_only(ValueError, ValueError("warm"))
 
 
 def spare_main(sock: socket.socket) -> None:
-    """A forked spare: wait for the deployment it is to run, then be its isolate."""
+    """A forked spare: make its event loop, wait for the deployment it is to run, then be its isolate."""
+    loop = uvloop.new_event_loop()  # paid before a request needs it
+    asyncio.set_event_loop(loop)
+    _warm_up(loop)
     try:
         header, code = recv_msg(sock)
     except EOFError:
         return  # the zygote went away before it needed this spare
-    isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]))
+    isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]), loop)
 
 
 # -- the zygote -----------------------------------------------------------------------------------
@@ -216,6 +272,7 @@ class Zygote:
     @classmethod
     def _serve(cls, ctrl: socket.socket) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # isolates are reaped by the kernel
+        gc.freeze()  # the collector leaves the inherited heap alone: no copy-on-write faults from it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         spare = cls._fork_spare(ctrl)
         while True:
