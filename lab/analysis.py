@@ -170,3 +170,56 @@ def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
         return round(vals[min(len(vals) - 1, max(0, math.ceil(q * len(vals)) - 1))], 6)
 
     return {"p50": rank(0.5), "p90": rank(0.9), "max": round(vals[-1], 6), "n": len(vals)}
+
+
+def _latency_ms(records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    ok = sorted((r["t1"] - r["t0"]) * 1000 for r in records if not r["err"] and 200 <= r["st"] < 400)
+    if not ok:
+        return {"p50": None, "p99": None, "n": 0}
+    return {"p50": round(ok[len(ok) // 2], 2), "p99": round(ok[min(len(ok) - 1, int(0.99 * len(ok)))], 2),
+            "n": len(ok)}
+
+
+def http_result(records: Sequence[dict[str, Any]], t_fault: float) -> dict[str, dict[str, Any]]:
+    """Per load mode (``ka`` keep-alive, ``nc`` new connection), from :mod:`lab.http_load` records:
+
+    - ``requests``, ``failed`` (an error or a status ≥ 500) after the fault, by ``errors`` kind;
+    - ``broken_connections``: keep-alive connections that were serving before the fault and ended in an
+      error after it (an established TCP connection that anycast moved to a PoP that never saw it is
+      reset there);
+    - ``latency_ms`` before the fault, during (fault → the first success after the last failure, or
+      the first answer from another server when nothing failed) and after;
+    - ``servers_before``/``servers_after``: who answered.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for mode in ("ka", "nc"):
+        recs = sorted((r for r in records if r.get("m") == mode), key=lambda r: r["t0"])
+        before = [r for r in recs if r["t0"] < t_fault]
+        after_fault = [r for r in recs if r["t0"] >= t_fault]
+        bad = [r for r in after_fault if r["err"] or r["st"] >= 500]
+        last_server = next((r["srv"] for r in reversed(before) if not r["err"]), None)
+        if bad:
+            t_rec = next((r["t0"] for r in after_fault if r["t0"] > bad[-1]["t0"] and not r["err"]
+                          and r["st"] < 500), None)
+        else:
+            t_rec = next((r["t0"] for r in after_fault if not r["err"] and r["srv"] != last_server), t_fault)
+        t_rec = t_rec if t_rec is not None else math.inf
+        errors: dict[str, int] = {}
+        for r in bad:
+            kind = r["err"] or f"http_{r['st']}"
+            errors[kind] = errors.get(kind, 0) + 1
+        alive_before = {r["c"] for r in before if not r["err"]}
+        broken = {r["c"] for r in after_fault if r["err"] and r["c"] in alive_before} if mode == "ka" else set()
+        out[mode] = {
+            "requests": len(after_fault),
+            "failed": len(bad),
+            "errors": errors,
+            "broken_connections": len(broken),
+            "outage_s": round(t_rec - t_fault, 6) if bad and t_rec != math.inf else (None if bad else 0.0),
+            "latency_ms": {"before": _latency_ms(before),
+                           "during": _latency_ms([r for r in after_fault if r["t0"] < t_rec]),
+                           "after": _latency_ms([r for r in after_fault if r["t0"] >= t_rec])},
+            "servers_before": sorted({r["srv"] for r in before if r["srv"]}),
+            "servers_after": sorted({r["srv"] for r in after_fault if r["srv"] and r["t0"] >= t_rec}),
+        }
+    return out

@@ -252,22 +252,32 @@ def measure(
     settle: Annotated[float, typer.Option(help="seconds of clean answers that end a run")] = 0.5,
     count: CountOpt = 3,
     period: PeriodOpt = 1.0,
+    http: Annotated[bool, typer.Option("--http", help="also HTTP load from every client (keep-alive and "
+                                       "new-connection users) through a deployed worker")] = False,
+    http_rate: Annotated[float, typer.Option(help="--http: requests/s per user")] = 50.0,
+    http_connections: Annotated[int, typer.Option(help="--http: keep-alive connections per client")] = 2,
 ) -> None:
     """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times."""
     from lab import report
-    from lab.measurement import RemoteLab
+    from lab.measurement import HttpSpec, RemoteLab
     from lab.measurement import measure as run_measure
 
+    if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
+        raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
+    spec = HttpSpec(http_rate, http_connections) if http else None
     driver = RemoteLab(name)
     try:
         with console.status(f"measuring {scenario} on {target} ({repeat} run(s))…"):
-            result, timeline = run_measure(driver, scenario, target, repeat, count, period, settle)
+            result, timeline = run_measure(driver, scenario, target, repeat, count, period, settle, spec)
     except KeyboardInterrupt:
         restored = control.call(driver.run_dir, "restore_all")["restored"]
         console.print(f"interrupted: restored {', '.join(restored) or 'nothing (no fault was active)'}; "
                       f"lab '{name}' is still up")
         raise typer.Exit(130) from None
     console.print(report.table(result))
+    http_table = report.http_table(result)
+    if http_table is not None:
+        console.print(http_table)
     for run in result["runs"]:
         for line in run["crosscheck"]:
             console.print(f"[yellow]cross-check run {run['run']}: {line}[/]")

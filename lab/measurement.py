@@ -17,16 +17,20 @@ An interruption (Ctrl-C) restores the fault and leaves the lab running.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from lab import analysis, control
-from lab.errors import LabError, UsageError
+from lab.errors import LabError, UsageError, WaitTimeout
 from lab.faults import Plan, plan
 from lab.graph import predict_catchment
+from lab.http_load import read as read_http
 from lab.measure import Probe, read_probes
 from lab.model import Topology
 from lab.recorders import RouterRecorder
@@ -158,24 +162,114 @@ def _health_events(driver: Driver, servers: tuple[str, ...], t0: float) -> list[
     return sorted(out, key=lambda e: float(e["t"]))
 
 
-def measure_once(driver: Driver, p: Plan, settle: float, index: int) -> tuple[dict[str, Any], Timeline]:
-    """One run (see the module docstring). Raises WaitTimeout/LabError; the fault is restored anyway."""
+HTTP_WORKER = "anylab-http-probe"
+HTTP_HOST = "http-probe.anylab"
+HTTP_CODE = "async def fetch(request, env, ctx):\n    return 'ok'\n"
+
+
+@dataclass(frozen=True)
+class HttpSpec:
+    """``--http``: per client, ``connections`` keep-alive connections and one new-connection user, each
+    at ``rate`` requests/s; a request failing after ``timeout`` s."""
+
+    rate: float = 50.0
+    connections: int = 2
+    timeout: float = 1.0
+
+
+def deploy_http_worker(driver: Driver) -> None:
+    """Make sure the trivial worker the HTTP load asks for runs on every PoP (the same content is the
+    same version: a second measurement deploys nothing new). Raises ControlPlaneError."""
+    from control_plane.client import Client
+
+    client = Client(driver.run_dir / driver.topo.control.name)
+    version = client.upload(HTTP_WORKER, {"code": HTTP_CODE, "host": HTTP_HOST})["version"]
+    reply = client.deploy(HTTP_WORKER, version)
+    client.wait_applied(HTTP_WORKER, reply["placement"], reply["t"])
+
+
+class HttpLoads:
+    """One :mod:`lab.http_load` process per client for the length of one run; stopped by PID, and
+    bounded by their own ``--duration`` if this process dies."""
+
+    def __init__(self, driver: Driver, spec: HttpSpec, skip: set[str]) -> None:
+        self.driver, self.spec, self.skip = driver, spec, skip
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def path(self, client: str) -> Path:
+        return self.driver.run_dir / client / "http-load.jsonl"
+
+    def start(self, duration: float) -> None:
+        target = str(self.driver.topo.anycast[0].network_address)
+        for c in self.driver.topo.clients:
+            self.path(c.name).unlink(missing_ok=True)
+            argv = ["nsenter", f"--net={self.driver.netns[c.name]}", "--", sys.executable, "-m", "lab.http_load",
+                    "--target", target, "--host", HTTP_HOST, "--out", str(self.path(c.name)),
+                    "--rate", str(self.spec.rate), "--connections", str(self.spec.connections),
+                    "--timeout", str(self.spec.timeout), "--duration", f"{duration:.1f}"]
+            self.procs[c.name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.DEVNULL)
+
+    def wait_served(self, since: float, count: int, timeout: float, clients: list[str] | None = None) -> None:
+        """Until every client (not skipped) has ``count`` good answers in each mode sent after ``since``."""
+        pending: list[str] = []
+
+        def ok() -> bool:
+            pending.clear()
+            for c in clients or [x.name for x in self.driver.topo.clients if x.name not in self.skip]:
+                recs = [r for r in read_http(self.path(c)) if r["t0"] >= since and not r["err"] and r["st"] < 500]
+                if any(sum(r["m"] == m for r in recs) < count for m in ("ka", "nc")):
+                    pending.append(c)
+            return not pending
+
+        wait_for(ok, timeout=timeout, what="HTTP answers", interval=0.05,
+                 describe=lambda: "no answers yet at " + ", ".join(pending))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def results(self, t_fault: float) -> dict[str, Any]:
+        return {c: analysis.http_result(read_http(self.path(c)), t_fault) for c in self.procs}
+
+
+def measure_once(driver: Driver, p: Plan, settle: float, index: int,
+                 http: HttpSpec | None = None) -> tuple[dict[str, Any], Timeline]:
+    """One run (see the module docstring); with ``http``, HTTP load runs from every client throughout.
+    Raises WaitTimeout/LabError; the fault is restored anyway."""
     topo = driver.topo
     wait_baseline(driver)
     prefixes = {str(x) for x in topo.anycast}
     rec = RouterRecorder({r.name: driver.netns[r.name] for r in topo.routers}, list(topo.anycast))
+    skip = {c.name for c in topo.clients if c.router in p.routers}
+    loads = HttpLoads(driver, http, skip) if http else None
     rec.start()
     restored = False
     try:
+        if loads is not None:
+            loads.start(duration=_deadline_s(topo, p) + 60.0)
+            loads.wait_served(monotonic(), 5, timeout=15.0, clients=[c.name for c in topo.clients])
         # A fresh "before": every client answered after the recorders started.
         t_rec = monotonic()
         wait_for(lambda: all(observed_catchment(topo, driver.run_dir, after=t_rec).values()), timeout=10,
                  what="answers before the fault", interval=0.01)
         t_fault = driver.fail(p.scenario, p.target, p.count, p.period)
         _wait_settled(driver, p, t_fault, settle)
+        if loads is not None:
+            # "after" needs answers too; a client whose HTTP never recovers is a result, not an error.
+            with contextlib.suppress(WaitTimeout):
+                loads.wait_served(monotonic(), 10, timeout=2 * loads.spec.timeout + 10.0)
         t_end = monotonic()
     finally:
         rec.stop()
+        if loads is not None:
+            loads.stop()
         if p.scenario != "flap":
             driver.restore(p.target)
             restored = True
@@ -211,6 +305,8 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int) -> tuple[di
         "crosscheck": [f"{c}: {r.crosscheck}" for c, r in clients.items() if r.crosscheck],
         "restored": restored,
     }
+    if loads is not None:
+        run["http"] = loads.results(t_fault)
     timeline = Timeline(t_fault, probes, [(f.t, f.router) for f in rec.fib], [
         (float(e["t"]), f"{e.get('server')}: {e.get('announced')}") for e in events
         if float(e["t"]) <= t_end and (e.get("event") not in ("check-ok", "check-failed")
@@ -219,7 +315,7 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int) -> tuple[di
 
 
 def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: int = 3, period: float = 1.0,
-            settle: float = 0.5) -> tuple[dict[str, Any], Timeline | None]:
+            settle: float = 0.5, http: HttpSpec | None = None) -> tuple[dict[str, Any], Timeline | None]:
     """Run ``repeat`` measurements; returns the JSON-ready result and the last run's timeline.
 
     Raises UsageError for a bad scenario/target (nothing touched), LabError/WaitTimeout when a run fails
@@ -230,8 +326,10 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
         raise UsageError(f"--repeat {repeat}: use 1..1000")
     runs: list[dict[str, Any]] = []
     timeline: Timeline | None = None
+    if http is not None:
+        deploy_http_worker(driver)
     for i in range(repeat):
-        run, timeline = measure_once(driver, p, settle, i)
+        run, timeline = measure_once(driver, p, settle, i, http)
         runs.append(run)
     try:
         wait_baseline(driver)

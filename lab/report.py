@@ -33,6 +33,31 @@ def table(result: dict[str, Any]) -> Table:
     return t
 
 
+def http_table(result: dict[str, Any]) -> Table | None:
+    """With ``--http``: per run, client and mode, failed requests, errors, broken keep-alive
+    connections, outage and latency p50/p99 before/during/after (ms); None without HTTP load."""
+    if not any("http" in r for r in result["runs"]):
+        return None
+    t = Table(title=f"HTTP through the anycast address during {result['scenario']} on {result['target']} "
+                    "(ka = keep-alive, nc = new connection per request; latency ms p50/p99)")
+    for col in ("run", "client", "mode", "requests", "failed", "errors", "broken conns", "outage",
+                "before", "during", "after", "served by (after)"):
+        t.add_column(col, justify="left" if col in ("client", "mode", "errors", "served by (after)") else "right")
+
+    def lat(x: dict[str, Any]) -> str:
+        return "-" if x["p50"] is None else f"{x['p50']:.1f}/{x['p99']:.1f}"
+
+    for r in result["runs"]:
+        for client, modes in r.get("http", {}).items():
+            for mode, m in modes.items():
+                errors = ", ".join(f"{k} {v}" for k, v in sorted(m["errors"].items())) or "-"
+                t.add_row(str(r["run"]), client, mode, str(m["requests"]), str(m["failed"]), errors,
+                          str(m["broken_connections"]) if mode == "ka" else "-", _ms(m["outage_s"]),
+                          lat(m["latency_ms"]["before"]), lat(m["latency_ms"]["during"]),
+                          lat(m["latency_ms"]["after"]), ", ".join(m["servers_after"]) or "-")
+    return t
+
+
 def plot(result: dict[str, Any], timeline: Timeline, out: Path) -> None:
     """Each client's serving server over time (lost probes in red), with the fault, the agents'
     decisions and every router's FIB change marked."""

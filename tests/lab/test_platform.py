@@ -115,3 +115,20 @@ def test_the_api_on_the_lab_network_wants_the_token(lab: Lab, header: str | None
             "c.request('POST', '/v1/workers/evil', body=b'{}', headers=h)\n"
             "print(c.getresponse().status)")
     assert in_node(lab, "sjc-s1", code, header or "").strip() == str(status)
+
+
+def test_http_load_sees_keepalive_connections_break_when_anycast_moves(lab: Lab) -> None:
+    """A graceful drain of sjc: every keep-alive connection c1 had to sjc is reset by lax once its
+    packets go there; users opening a connection per request move without (or with at most one, a
+    connection caught in the switch) failure; afterwards lax serves both."""
+    from lab.measurement import HttpSpec, measure
+
+    result, _ = measure(lab, "drain", "sjc", http=HttpSpec(rate=50, connections=2))
+    (run,) = result["runs"]
+    ka, nc = run["http"]["c1"]["ka"], run["http"]["c1"]["nc"]
+    assert ka["broken_connections"] >= 1 and set(ka["errors"]) == {"reset"}, ka
+    assert nc["failed"] <= 1, nc
+    assert ka["servers_before"] == nc["servers_before"] == ["sjc/sjc-s1"]
+    assert ka["servers_after"] == nc["servers_after"] == ["lax/lax-s1"]
+    assert ka["latency_ms"]["after"]["n"] >= 10 and nc["latency_ms"]["after"]["n"] >= 10
+    assert result["catchment_restored"]

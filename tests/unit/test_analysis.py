@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.analysis import client_result, first_decision_s, percentiles, probe_rate, router_results
+from lab.analysis import client_result, first_decision_s, http_result, percentiles, probe_rate, router_results
 from lab.measure import Probe
 from lab.recorders import BgpMessage, FibChange, _tcp_payload, decode_bgp
 
@@ -127,3 +127,32 @@ def test_a_detour_through_a_faulted_sibling_is_not_the_shift() -> None:
     r = client_result(probes("aaaaaaaaaa" + "bbbcc"), T0, DT, frozenset({"sjc-s1", "sjc-s2"}))
     assert (r.to_server, r.flips, r.lost) == ("lax-s1", 2, 0)
     assert r.shift_s == pytest.approx(0.0065) and r.crosscheck is None
+
+
+def http(pattern: str, mode: str = "ka", conns: str = "") -> list[dict[str, object]]:
+    """One request per character every 20 ms from T0 - 0.1 s: 'a'/'c' answered by sjc/lax, 'r' reset,
+    't' timeout, '5' a 503; ``conns`` gives each request's connection id (default: all on '1')."""
+    out: list[dict[str, object]] = []
+    for i, ch in enumerate(pattern):
+        t0 = T0 - 0.1 + i * 0.02
+        out.append({"m": mode, "c": conns[i] if conns else "1", "t0": t0, "t1": t0 + 0.002,
+                    "st": 503 if ch == "5" else (200 if ch in "ac" else 0),
+                    "srv": {"a": "sjc/sjc-s1", "c": "lax/lax-s1"}.get(ch, ""),
+                    "err": {"r": "reset", "t": "timeout"}.get(ch)})
+    return out
+
+
+@pytest.mark.parametrize(("pattern", "conns", "failed", "broken", "outage", "errors"), [
+    ("aaaaaaacccc", "", 0, 0, 0.0, {}),              # moved without a failure
+    ("aaaaaaarcccc", "111111112222", 1, 1, 0.06, {"reset": 1}),  # the connection to sjc reset at lax
+    ("aaaaaaattccc", "111111112333", 2, 1, 0.08, {"timeout": 2}),
+    ("aaaaaaa55ccc", "", 2, 0, 0.08, {"http_503": 2}),  # answered, but errors: not a broken connection
+    ("aaaaaaarrr", "1111111123", 3, 1, None, {"reset": 3}),  # never recovered
+])
+def test_http_result(pattern: str, conns: str, failed: int, broken: int, outage: float | None,
+                     errors: dict[str, int]) -> None:
+    r = http_result(http(pattern, conns=conns), T0)["ka"]
+    assert (r["failed"], r["broken_connections"], r["errors"]) == (failed, broken, errors)
+    assert r["outage_s"] == (None if outage is None else pytest.approx(outage, abs=1e-6))
+    assert r["servers_before"] == ["sjc/sjc-s1"]
+    assert r["latency_ms"]["before"]["n"] == 5

@@ -1,0 +1,180 @@
+"""HTTP load from a client namespace, for ``anylab measure --http``: what users of the anycast address see.
+
+Two kinds of users at once, each paced at ``--rate`` requests per second:
+
+- ``ka`` (keep-alive): ``--connections`` long-lived connections, one request at a time each. A request
+  that fails ends its connection (counted as *broken*); the next request opens a new one.
+- ``nc`` (new connection): one connection per request, like a client without keep-alive.
+
+Every request is one JSON line in ``--out``: ``{"m": "ka"|"nc", "c": connection id, "t0", "t1"
+(CLOCK_MONOTONIC), "st": HTTP status or 0, "srv": the X-Anylab-Server answer, "err": null or
+"reset"|"timeout"|"refused"|"eof"|"unreachable"|"other"}``. The process ends by itself at
+``--duration`` (or on SIGTERM), so a load never outlives its measurement.
+
+Run as ``python -m lab.http_load --target A --host H --out FILE [--rate 50] [--connections 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import json
+import signal
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httptools
+
+MODES = ("ka", "nc")
+
+
+def now() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def error_kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "reset"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, EOFError | asyncio.IncompleteReadError):
+        return "eof"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    return "other"
+
+
+class _Answer:
+    """httptools callbacks: the status, the server header, done."""
+
+    def __init__(self) -> None:
+        self.server = ""
+        self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-anylab-server":
+            self.server = value.decode("latin-1")
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, str]:
+    """Send one request and read its whole answer; raises what the connection does (EOFError if it
+    closes before the answer)."""
+    writer.write(request)
+    await writer.drain()
+    answer = _Answer()
+    parser = httptools.HttpResponseParser(answer)
+    while not answer.done:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise EOFError("connection closed before the answer")
+        parser.feed_data(chunk)
+    return parser.get_status_code(), answer.server
+
+
+class Load:
+    def __init__(self, target: str, host: str, rate: float, timeout: float, deadline: float, out: IO[str]) -> None:
+        self.target, self.rate, self.timeout, self.deadline, self.out = target, rate, timeout, deadline, out
+        self.request = f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: anylab-http-load\r\n\r\n".encode()
+        self.stop = asyncio.Event()
+
+    def record(self, mode: str, conn: str, t0: float, status: int, server: str, err: str | None) -> None:
+        self.out.write(json.dumps({"m": mode, "c": conn, "t0": round(t0, 6), "t1": round(now(), 6), "st": status,
+                                   "srv": server, "err": err}) + "\n")
+
+    async def pace(self, due: float) -> float:
+        """Sleep until ``due`` (or the end); the next slot is one period on, never in the past (no bursts
+        to catch up after a slow request)."""
+        delay = due - now()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), delay)  # the pacing of the load itself
+        return max(due, now()) + 1.0 / self.rate
+
+    async def keepalive(self, index: int) -> None:
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        opened = 0
+        due = now()
+        while not self.stop.is_set() and now() < self.deadline:
+            t0 = now()
+            try:
+                if conn is None:
+                    opened += 1
+                    conn = await asyncio.wait_for(asyncio.open_connection(self.target, 80), self.timeout)
+                reader, writer = conn
+                status, server = await asyncio.wait_for(exchange(reader, writer, self.request), self.timeout)
+                self.record("ka", f"{index}-{opened}", t0, status, server, None)
+            except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError, httptools.HttpParserError) as exc:
+                self.record("ka", f"{index}-{opened}", t0, 0, "", error_kind(exc))
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+            due = await self.pace(due)
+        if conn is not None:
+            conn[1].close()
+
+    async def new_connections(self) -> None:
+        due, n = now(), 0
+        while not self.stop.is_set() and now() < self.deadline:
+            n += 1
+            t0 = now()
+            opened: asyncio.StreamWriter | None = None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(self.target, 80), self.timeout)
+                opened = writer
+                status, server = await asyncio.wait_for(exchange(reader, writer, self.request), self.timeout)
+                self.record("nc", f"n-{n}", t0, status, server, None)
+            except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError, httptools.HttpParserError) as exc:
+                self.record("nc", f"n-{n}", t0, 0, "", error_kind(exc))
+            finally:
+                if opened is not None:
+                    opened.close()
+            due = await self.pace(due)
+
+
+async def run(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    with open(args.out, "a", buffering=1) as out:
+        load = Load(args.target, args.host, args.rate, args.timeout, now() + args.duration, out)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, load.stop.set)
+        await asyncio.gather(*(load.keepalive(i) for i in range(args.connections)), load.new_connections())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rate", type=float, default=50.0, help="requests/s per connection and for new connections")
+    parser.add_argument("--connections", type=int, default=2, help="keep-alive connections")
+    parser.add_argument("--timeout", type=float, default=1.0, help="seconds before a request counts as failed")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds, then stop by itself")
+    args = parser.parse_args()
+    if not (0 < args.rate <= 1000 and 1 <= args.connections <= 64 and 0 < args.duration <= 3600):
+        parser.error("rate 0..1000, connections 1..64, duration 0..3600 s")
+    asyncio.run(run(args))
+
+
+def read(path: Any) -> list[dict[str, Any]]:
+    """The records of one load file (a torn last line is skipped)."""
+    out = []
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+if __name__ == "__main__":
+    main()
