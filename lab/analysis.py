@@ -180,8 +180,10 @@ def _latency_ms(records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
             "n": len(ok)}
 
 
-def http_result(records: Sequence[dict[str, Any]], t_fault: float) -> dict[str, dict[str, Any]]:
-    """Per load mode (``ka`` keep-alive, ``nc`` new connection), from :mod:`lab.http_load` records:
+def http_result(records: Sequence[dict[str, Any]], t_fault: float,
+                since: float = -math.inf) -> dict[str, dict[str, Any]]:
+    """Per load mode (``ka`` keep-alive, ``nc`` new connection), from :mod:`lab.http_load` records sent
+    after ``since`` (the end of the load's warm-up: its connections and isolates made):
 
     - ``requests``, ``failed`` (an error or a status ≥ 500) after the fault, by ``errors`` kind;
     - ``broken_connections``: keep-alive connections that were serving before the fault and ended in an
@@ -193,7 +195,7 @@ def http_result(records: Sequence[dict[str, Any]], t_fault: float) -> dict[str, 
     """
     out: dict[str, dict[str, Any]] = {}
     for mode in ("ka", "nc"):
-        recs = sorted((r for r in records if r.get("m") == mode), key=lambda r: r["t0"])
+        recs = sorted((r for r in records if r.get("m") == mode and r["t0"] >= since), key=lambda r: r["t0"])
         before = [r for r in recs if r["t0"] < t_fault]
         after_fault = [r for r in recs if r["t0"] >= t_fault]
         bad = [r for r in after_fault if r["err"] or r["st"] >= 500]

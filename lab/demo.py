@@ -24,12 +24,30 @@ def shift_table(title: str, shifts: dict[str, Shift]) -> Table:
     return table
 
 
+HELLO = "async def fetch(request, env, ctx):\n    return env.GREETING + '\\n'\n"
+
+
+def http_get(lab: Lab, client: str, host: str) -> str:
+    """One GET to the anycast address from ``client``'s namespace: status, serving server and body."""
+    import subprocess
+    import sys
+
+    code = ("import http.client\n"
+            f"c = http.client.HTTPConnection('{lab.topo.anycast[0].network_address}', 80, timeout=5)\n"
+            f"c.request('GET', '/', headers={{'Host': '{host}'}})\n"
+            "r = c.getresponse()\n"
+            "print(r.status, r.getheader('x-anylab-server'), repr(r.read().decode()))")
+    res = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=30, check=False)
+    return (res.stdout or res.stderr).strip()
+
+
 def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None = None) -> None:
     """Up, catchment, withdraw the busiest PoP and back; then its service crashes and its servers go
     silent, each measured and restored; down. Timelines go to ``plot_dir`` if given. Raises LabError."""
     from lab import report
     from lab.cli import catchment_table
-    from lab.measurement import measure
+    from lab.measurement import HttpSpec, measure
 
     t0 = time.monotonic()
     lab = Lab.from_file(topology, name)
@@ -51,11 +69,20 @@ def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None 
         t_back = lab.announce(pop)
         back = lab.wait_shifted(clients, t_back)
         console.print(shift_table(f"{pop} announced again", back))
+        deployed = lab.deploy("hello", "hello.example", HELLO, {"GREETING": "hello from the edge"})
+        worst = max(deployed.propagation, key=lambda s: deployed.propagation[s])
+        console.print(f"worker 'hello' {deployed.version} deployed through the control plane to "
+                      f"{len(deployed.propagation)} PoP servers in {deployed.propagation[worst] * 1000:.0f} ms "
+                      f"(slowest {worst}); from {clients[0]}: {http_get(lab, clients[0], 'hello.example')}")
         for scenario, what in (("service-crash", "its service crashes: the health agents withdraw"),
                                ("server-silent", "its servers go silent: BFD at the upstream routers")):
-            console.print(f"[bold]{pop}[/]: {what} (profile {lab.topo.spec.settings.profile.name})…")
-            result, timeline = measure(lab, scenario, pop)
+            console.print(f"[bold]{pop}[/]: {what} (profile {lab.topo.spec.settings.profile.name}), "
+                          "with HTTP users on keep-alive and on new connections…")
+            result, timeline = measure(lab, scenario, pop, http=HttpSpec(rate=10, connections=1))
             console.print(report.table(result))
+            http_table = report.http_table(result)
+            if http_table is not None:
+                console.print(http_table)
             if plot_dir is not None and timeline is not None:
                 out = plot_dir / f"anylab-demo-{scenario}.png"
                 report.plot(result, timeline, out)

@@ -195,6 +195,7 @@ class HttpLoads:
     def __init__(self, driver: Driver, spec: HttpSpec, skip: set[str]) -> None:
         self.driver, self.spec, self.skip = driver, spec, skip
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.t_ready = 0.0
 
     def path(self, client: str) -> Path:
         return self.driver.run_dir / client / "http-load.jsonl"
@@ -236,7 +237,7 @@ class HttpLoads:
                 proc.wait()
 
     def results(self, t_fault: float) -> dict[str, Any]:
-        return {c: analysis.http_result(read_http(self.path(c)), t_fault) for c in self.procs}
+        return {c: analysis.http_result(read_http(self.path(c)), t_fault, self.t_ready) for c in self.procs}
 
 
 def measure_once(driver: Driver, p: Plan, settle: float, index: int,
@@ -255,6 +256,7 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int,
         if loads is not None:
             loads.start(duration=_deadline_s(topo, p) + 60.0)
             loads.wait_served(monotonic(), 5, timeout=15.0, clients=[c.name for c in topo.clients])
+            loads.t_ready = monotonic()
         # A fresh "before": every client answered after the recorders started.
         t_rec = monotonic()
         wait_for(lambda: all(observed_catchment(topo, driver.run_dir, after=t_rec).values()), timeout=10,

@@ -132,3 +132,36 @@ def test_http_load_sees_keepalive_connections_break_when_anycast_moves(lab: Lab)
     assert ka["servers_after"] == nc["servers_after"] == ["lax/lax-s1"]
     assert ka["latency_ms"]["after"]["n"] >= 10 and nc["latency_ms"]["after"]["n"] >= 10
     assert result["catchment_restored"]
+
+
+HOSTILE = {
+    "spin": ("async def fetch(request, env, ctx):\n    while True:\n        pass\n", 503, "cpu_limit"),
+    "bomb": ("async def fetch(request, env, ctx):\n    return str(len(bytearray(256 << 20)))\n", 503,
+             "memory_limit"),
+    "raiser": ("async def fetch(request, env, ctx):\n    raise ValueError('boom')\n", 500, "worker_exception"),
+    "storm": ("async def fetch(request, env, ctx):\n    for _ in range(60):\n"
+              "        try:\n            await env.fetch('http://127.0.0.1:9/')\n"
+              "        except OSError:\n            pass\n", 500, "subrequest_limit"),
+}
+STATUS = """
+import http.client, json, sys
+out = {}
+for host in sys.argv[1:]:
+    c = http.client.HTTPConnection("203.0.113.1", 80, timeout=10)
+    c.request("GET", "/", headers={"Host": host})
+    r = c.getresponse()
+    out[host] = [r.status, r.getheader("x-anylab-error"), r.read().decode()]
+print(json.dumps(out))
+"""
+
+
+def test_hostile_workers_get_their_documented_error_and_a_neighbour_keeps_answering(lab: Lab) -> None:
+    """Deployed through the control plane and reached through anycast, on the same server as a good one."""
+    deploy(lab, "good")
+    for name, (code, _status, _error) in HOSTILE.items():
+        lab.deploy(name, f"{name}.example", code)
+    hosts = [f"{n}.example" for n in HOSTILE]
+    got = json.loads(in_node(lab, "c1", STATUS, *hosts, "app.example", timeout=60))
+    for name, (_code, status, error) in HOSTILE.items():
+        assert got[f"{name}.example"][:2] == [status, error], (name, got[f"{name}.example"])
+    assert got["app.example"] == [200, None, "good"]
