@@ -4,7 +4,8 @@
 For each topology: the phases of ``Lab.up`` (validate every config, build namespaces and links, all
 daemons ready, BGP converged to the prediction and every client answered) and the PSS of every lab
 process, summed per node and summarised per node kind (router = zebra + bfdd + bgpd; PoP server =
-ExaBGP + its API process + edge worker + health agent + BIRD for BFD; client = prober). Memory is
+ExaBGP + its API process + edge worker (front, zygote, spare isolate) + health agent + BIRD for BFD;
+client = prober; control = the control plane). Memory is
 sampled after convergence and after one withdraw/announce cycle of the busiest PoP; the larger sample
 is kept ("peak").
 
@@ -83,6 +84,8 @@ def kind_of(lab: Lab, node: str) -> str:
         return "router"
     if node in {s.name for s in lab.topo.servers}:
         return "pop_server"
+    if node == lab.topo.control.name:
+        return "control"
     return "client"
 
 

@@ -28,6 +28,8 @@ from typing import IO, Any
 
 import httptools
 
+from pop_agent.sync import http_exchange
+
 MODES = ("ka", "nc")
 
 
@@ -49,34 +51,10 @@ def error_kind(exc: BaseException) -> str:
     return "other"
 
 
-class _Answer:
-    """httptools callbacks: the status, the server header, done."""
-
-    def __init__(self) -> None:
-        self.server = ""
-        self.done = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"x-anylab-server":
-            self.server = value.decode("latin-1")
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, str]:
-    """Send one request and read its whole answer; raises what the connection does (EOFError if it
-    closes before the answer)."""
-    writer.write(request)
-    await writer.drain()
-    answer = _Answer()
-    parser = httptools.HttpResponseParser(answer)
-    while not answer.done:
-        chunk = await reader.read(65536)
-        if not chunk:
-            raise EOFError("connection closed before the answer")
-        parser.feed_data(chunk)
-    return parser.get_status_code(), answer.server
+    """Send one request and read its whole answer: the status and who served it (X-Anylab-Server)."""
+    status, headers, _body = await http_exchange(reader, writer, request)
+    return status, headers.get("x-anylab-server", "")
 
 
 class Load:

@@ -101,13 +101,33 @@ class HttpError(Exception):
 class _Collect:
     def __init__(self) -> None:
         self.body = bytearray()
+        self.headers: dict[str, str] = {}
         self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self.body += body
 
     def on_message_complete(self) -> None:
         self.done = True
+
+
+async def http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one HTTP/1.1 request and read its whole answer: status, headers (lower-case names), body.
+    Raises EOFError if the connection closes before the answer, OSError for what the connection does."""
+    writer.write(request)
+    await writer.drain()
+    sink = _Collect()
+    parser = httptools.HttpResponseParser(sink)
+    while not sink.done:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise EOFError("the connection closed before the answer")
+        parser.feed_data(chunk)
+    return parser.get_status_code(), sink.headers, bytes(sink.body)
 
 
 async def http_call(host: str, port: int, method: str, path: str, token: str, body: Any = None,
@@ -119,20 +139,16 @@ async def http_call(host: str, port: int, method: str, path: str, token: str, bo
         reader, writer = await asyncio.open_connection(host, port)
         try:
             data = b"" if body is None else json.dumps(body).encode()
-            writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + data)
-            sink = _Collect()
-            parser = httptools.HttpResponseParser(sink)
-            while not sink.done:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    raise ConnectionResetError("the control plane closed the connection mid-answer")
-                parser.feed_data(chunk)
-            status = parser.get_status_code()
+            request = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                       "Connection: close\r\n\r\n").encode() + data
+            try:
+                status, _headers, answer = await http_exchange(reader, writer, request)
+            except EOFError as exc:
+                raise ConnectionResetError(f"the control plane: {exc}") from None
             if not 200 <= status < 300:
-                raise HttpError(status, bytes(sink.body))
-            return bytes(sink.body)
+                raise HttpError(status, answer)
+            return answer
         finally:
             writer.close()
             with contextlib.suppress(OSError):
