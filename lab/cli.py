@@ -141,7 +141,20 @@ def status_data(name: str) -> dict[str, Any]:
         "router_kinds": sorted({r.kind for r in topo.routers}),
         "profile": topo.spec.settings.profile.name,
         "timings": state.get("timings", {}),
+        "control_plane": _control_plane_status(run_dir / topo.control.name),
     }
+
+
+def _control_plane_status(directory: Path) -> dict[str, Any]:
+    """Whether the control plane answers, and what it holds (workers → PoP → version)."""
+    from control_plane.client import Client, ControlPlaneError
+
+    try:
+        data = Client(directory, timeout=2.0).deployments()
+    except ControlPlaneError as exc:
+        return {"up": False, "error": str(exc)}
+    return {"up": True, "generation": data["generation"],
+            "workers": {name: info["placement"] for name, info in data["workers"].items()}}
 
 
 @app.command()
@@ -161,6 +174,11 @@ def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json
     console.print("  daemons: all alive" if not dead else f"  [red]daemons not running: {', '.join(dead)}[/]")
     for target, fault in data["faults"].items():
         console.print(f"  [yellow]failed: {fault['plan']['scenario']} on {target}[/] ('anylab restore {target}')")
+    cp = data["control_plane"]
+    if cp["up"]:
+        console.print(f"  control plane: up, {len(cp['workers'])} worker(s) deployed ('anylab deployments')")
+    else:
+        console.print("  [yellow]control plane: down; PoPs serve their last good versions[/]")
     console.print(catchment_table(topo, data["catchment"], data["predicted"]))
 
 

@@ -27,6 +27,7 @@ def test_status_json_matches_prediction(lab: Lab) -> None:
     assert data["catchment"] == data["predicted"]
     assert data["sessions_up"] == data["sessions_total"] > 0
     assert all(all(d.values()) for d in data["daemons"].values())
+    assert data["control_plane"]["up"] is True
 
 
 def test_withdrawing_busiest_pop_moves_only_its_clients(lab: Lab) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from control_plane.client import ControlPlaneError
+from lab.cli import status_data
 from lab.errors import WaitTimeout
 from lab.runtime import Lab
 from tests.conftest import TOPOLOGIES
@@ -82,6 +83,7 @@ def test_control_plane_down_keeps_serving_from_disk_and_refuses_deploys(lab: Lab
         with pytest.raises(ControlPlaneError, match="it is down: deployed workers keep serving"):
             deploy(lab, "during-outage")
         assert get(lab) == (200, "before-outage")
+        assert status_data("tplat")["control_plane"]["up"] is False
         # The edge worker restarted while the control plane is down serves its last good set from disk.
         lab.fail("service-crash", "sjc-s1")
         lab.restore("sjc-s1")
