@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ from lab.wait import wait_for
 SOCKET = "api.sock"
 ADMIN_TOKEN = "admin.token"
 POP_TOKEN = "pop.token"
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A deploy or rollback as carried out: the version (None after a rollback), whether the upload was
+    new, PoP → version, and server → seconds from the API's commit to that server running it."""
+
+    name: str
+    version: str | None
+    placement: dict[str, str]
+    propagation: dict[str, float]
+    new: bool = False
 
 
 class ControlPlaneError(LabError):
@@ -128,3 +141,18 @@ class Client:
                  describe=lambda: "behind: " + ", ".join(behind[:8]) + "; the deploy is recorded: servers take "
                  "it when they reach the control plane ('anylab deployments')")
         return result
+
+    def release(self, name: str, upload: dict[str, Any], pops: list[str] | None = None,
+                regions: list[str] | None = None, timeout: float = 30.0) -> Deployed:
+        """Upload, deploy (to ``pops``/``regions``, else every PoP) and wait until every PoP server runs
+        it. Raises ControlPlaneError (the API's reason, or the control plane down), WaitTimeout."""
+        uploaded = self.upload(name, upload)
+        reply = self.deploy(name, uploaded["version"], pops, regions)
+        propagation = self.wait_applied(name, reply["placement"], reply["t"], timeout)
+        return Deployed(name, uploaded["version"], reply["placement"], propagation, bool(uploaded["new"]))
+
+    def roll_back(self, name: str, timeout: float = 30.0) -> Deployed:
+        """Roll back and wait until every PoP server runs the placement before; raises as ``release``."""
+        reply = self.rollback(name)
+        propagation = self.wait_applied(name, reply["placement"], reply["t"], timeout)
+        return Deployed(name, None, reply["placement"], propagation)

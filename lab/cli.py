@@ -349,13 +349,11 @@ def deploy(
     client = _control_client(name)
     topo = topology_of(_running_state_usage(name))
     host = host or f"{worker}.example"
-    uploaded = client.upload(worker, {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings})
-    version = uploaded["version"]
-    reply = client.deploy(worker, version, pop, region)
-    pops = sorted(k for k, v in reply["placement"].items() if v == version)
-    console.print(f"{worker} {version} ({'new' if uploaded['new'] else 'already uploaded'}, "
-                  f"{uploaded['bytes']} B) → {', '.join(pops)}")
-    _print_propagation(client.wait_applied(worker, reply["placement"], reply["t"], timeout))
+    done = client.release(worker, {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings},
+                          pop, region, timeout)
+    pops = sorted(k for k, v in done.placement.items() if v == done.version)
+    console.print(f"{worker} {done.version} ({'new' if done.new else 'already uploaded'}) → {', '.join(pops)}")
+    _print_propagation(done.propagation)
     console.print(f"  try: anylab exec {topo.clients[0].name} --name {name} -- curl -s -H 'Host: {host}' "
                   f"http://{topo.anycast[0].network_address}{path_prefix}")
 
@@ -367,11 +365,10 @@ def rollback(
     timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
 ) -> None:
     """Put the worker back where it was before its last deploy (not deployed, before the first)."""
-    client = _control_client(name)
-    reply = client.rollback(worker)
-    where = ", ".join(f"{p}={v}" for p, v in sorted(reply["placement"].items())) or "nowhere (removed)"
+    done = _control_client(name).roll_back(worker, timeout)
+    where = ", ".join(f"{p}={v}" for p, v in sorted(done.placement.items())) or "nowhere (removed)"
     console.print(f"{worker} rolled back: {where}")
-    _print_propagation(client.wait_applied(worker, reply["placement"], reply["t"], timeout))
+    _print_propagation(done.propagation)
 
 
 @app.command()

@@ -182,10 +182,7 @@ def deploy_http_worker(driver: Driver) -> None:
     same version: a second measurement deploys nothing new). Raises ControlPlaneError."""
     from control_plane.client import Client
 
-    client = Client(driver.run_dir / driver.topo.control.name)
-    version = client.upload(HTTP_WORKER, {"code": HTTP_CODE, "host": HTTP_HOST})["version"]
-    reply = client.deploy(HTTP_WORKER, version)
-    client.wait_applied(HTTP_WORKER, reply["placement"], reply["t"])
+    Client(driver.run_dir / driver.topo.control.name).release(HTTP_WORKER, {"code": HTTP_CODE, "host": HTTP_HOST})
 
 
 class HttpLoads:

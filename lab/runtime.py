@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from bgp import routers as router_kinds
 from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
-from control_plane.client import Client
+from control_plane.client import Client, Deployed
 from lab import netns
 from lab.daemon import Daemon, NodeEnv
 from lab.daemons import ControlPlane, EdgeWorker, HealthAgent, Prober
@@ -57,17 +57,6 @@ def run_dir_of(name: str) -> Path:
 
 def netns_prefix(name: str) -> str:
     return f"{NETNS_PREFIX}{name}-"
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """A deploy or rollback as carried out: the version (None after a rollback), PoP → version, and
-    server → seconds from the API's commit to that server running it."""
-
-    name: str
-    version: str | None
-    placement: dict[str, str]
-    propagation: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -321,19 +310,12 @@ class Lab:
         """Upload a worker to the control plane, deploy it (to ``pops``/``regions``, else everywhere) and
         wait until every PoP server runs it. Raises ControlPlaneError (the API's reason: bad code, bad
         target, control plane down), WaitTimeout naming the servers that did not switch."""
-        client = self.control()
         upload = {"code": code, "host": host, "path_prefix": path_prefix, "bindings": bindings or {}, **options}
-        version = client.upload(name, upload)["version"]
-        reply = client.deploy(name, version, pops, regions)
-        propagation = client.wait_applied(name, reply["placement"], reply["t"], timeout)
-        return Deployed(name, version, reply["placement"], propagation)
+        return self.control().release(name, upload, pops, regions, timeout)
 
     def rollback(self, name: str, timeout: float = 30.0) -> Deployed:
         """Roll worker ``name`` back to its previous placement and wait until every server runs it."""
-        client = self.control()
-        reply = client.rollback(name)
-        propagation = client.wait_applied(name, reply["placement"], reply["t"], timeout)
-        return Deployed(name, None, reply["placement"], propagation)
+        return self.control().roll_back(name, timeout)
 
     def withdraw(self, pop: str) -> float:
         return self.set_announced(pop, False)

@@ -72,31 +72,6 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-class Frames:
-    """Messages from a blocking socket, read in large chunks (one recv per request, not three)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(max(65536, n - len(self.buf)))
-            if not chunk:
-                raise EOFError("peer closed")
-            self.buf += chunk
-
-    def next(self) -> tuple[dict[str, Any], bytes]:
-        """One message; raises EOFError when the peer is gone."""
-        self._fill(8)
-        hlen, blen = struct.unpack_from("!II", self.buf)
-        self._fill(8 + hlen + blen)
-        header: dict[str, Any] = json.loads(bytes(self.buf[8:8 + hlen]))
-        body = bytes(self.buf[8 + hlen:8 + hlen + blen])
-        del self.buf[:8 + hlen + blen]
-        return header, body
-
-
 def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
     """One message; raises EOFError when the peer is gone."""
     hlen, blen = struct.unpack("!II", _recv_exact(sock, 8))
