@@ -1,0 +1,1 @@
+"""Replicated KV: regional masters (multi-master, LWW by HLC), PoP replicas, Workers KV semantics."""
