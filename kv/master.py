@@ -1,0 +1,283 @@
+"""A region's KV master: takes writes, makes them durable here and on another region's master before it
+acknowledges, pulls every other master's changes (multi-master, LWW by HLC + node), and streams its
+changes to the PoP replicas of its region.
+
+HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
+
+=============================================  ==================================================
+``POST /v1/kv/{ns}/put``                       ``{key, value, metadata?, expiration?,
+                                               expiration_ttl?}`` → ``{committed, hlc, replicated_to}``
+``POST /v1/kv/{ns}/delete``                    ``{key}`` → the same (a tombstone)
+``POST /v1/kv/{ns}/get``                       ``{key}`` → ``{value, metadata, expiration}`` or 404
+``GET  /v1/kv/{ns}/list?prefix&limit&cursor``  Workers KV's list
+``POST /v1/replicate``                         ``{ns, entries}`` from a peer master: applied, on disk
+``GET  /v1/changes?since={json}&wait=S``       ``{node, seqs, changes: {ns: [entries]}}``: what changed
+                                               after the caller's per-namespace sequence numbers;
+                                               waits up to S s for something to change
+=============================================  ==================================================
+
+A write is acknowledged (``committed: true``) only when it is on this master's disk (SQLite
+``synchronous=FULL``) *and* a peer master in another region answered ``/v1/replicate`` — peers are tried
+in the configured order. If none does, the answer is 503 and the write is not acknowledged (it stays
+here and reaches the others through their pulls). Errors are ``{"error": …}`` with the status.
+
+Run as ``python -m kv.master --config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from kv.hlc import Clock
+from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
+
+CHANGES_WAIT_MAX = 25.0
+BATCH = 500
+
+
+def now() -> float:
+    return time.time()
+
+
+def mono() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def changes_since(store: Store, since: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for ns, seq in store.seqs().items():
+        if seq > since.get(ns, 0):
+            out[ns] = [e.to_json() for e in store.changes(ns, since.get(ns, 0), BATCH)]
+    return out
+
+
+def parse_since(raw: str | None) -> dict[str, int]:
+    try:
+        since = json.loads(raw or "{}")
+        return {str(k): int(v) for k, v in since.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise KvError("since must be a JSON object of namespace → sequence number") from None
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise KvError(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise KvError("the body must be a JSON object")
+    return data
+
+
+def value_of(data: dict[str, Any]) -> bytes:
+    raw = data.get("value", "")
+    try:
+        return base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
+    except ValueError:
+        raise KvError("'value' must be base64") from None
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except KvError as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+
+
+class Master:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.node = str(cfg["node"])
+        self.region = str(cfg["region"])
+        self.store = Store(Path(cfg["data_dir"]), durable=True)
+        self.peers: list[dict[str, Any]] = list(cfg.get("peers", []))
+        self.cursor_file = Path(cfg["data_dir"]) / "cursors.json"
+        self.cursors: dict[str, dict[str, int]] = (json.loads(self.cursor_file.read_text())
+                                                   if self.cursor_file.exists() else {})
+        self.clock = Clock()
+        self.changed = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+        self.peer_state: dict[str, dict[str, Any]] = {}
+
+    def stamp(self) -> int:
+        self.clock, hlc = self.clock.tick(int(now() * 1000))
+        return hlc
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    # -- client writes ---------------------------------------------------------------------------
+
+    async def write(self, ns: str, entry: Entry) -> dict[str, Any]:
+        await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, [entry])  # fsync'd
+        self.notify()
+        for peer in self.peers:
+            try:
+                assert self.session is not None
+                async with self.session.post(f"http://{peer['address']}:{peer['port']}/v1/replicate",
+                                             json={"ns": ns, "entries": [entry.to_json()]},
+                                             timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                    if resp.status == 200:
+                        return {"committed": True, "hlc": entry.hlc, "node": entry.node,
+                                "replicated_to": peer["name"]}
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
+                      "and will reach the other masters when they are back)", 503)
+
+    async def put(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        data = await body(request)
+        key = data.get("key")
+        if not isinstance(key, str):
+            raise KvError("'key' must be a string")
+        raw, meta, exp = check_put(key, value_of(data), data.get("metadata"), data.get("expiration"),
+                                   data.get("expiration_ttl"), now())
+        return web.json_response(await self.write(ns, Entry(raw, value_of(data), meta, exp, self.stamp(), self.node)))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        data = await body(request)
+        raw = check_key(str(data.get("key", "")))
+        return web.json_response(await self.write(ns, Entry(raw, b"", None, None, self.stamp(), self.node,
+                                                            deleted=True)))
+
+    async def get(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        data = await body(request)
+        e = self.store.get(ns, check_key(str(data.get("key", ""))), now())
+        if e is None:
+            raise KvError("no such key", 404)
+        return web.json_response({"value": base64.b64encode(e.value).decode(),
+                                  "metadata": json.loads(e.metadata) if e.metadata else None,
+                                  "expiration": e.expiration, "stale": False})
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        q = request.query
+        try:
+            limit = int(q.get("limit", "1000"))
+        except ValueError:
+            raise KvError("limit must be a whole number") from None
+        return web.json_response({**self.store.list_keys(ns, q.get("prefix", ""), limit, q.get("cursor") or None,
+                                                         now()), "stale": False})
+
+    # -- replication -----------------------------------------------------------------------------
+
+    async def replicate(self, request: web.Request) -> web.Response:
+        data = await body(request)
+        ns = check_namespace(str(data.get("ns", "")))
+        entries = [Entry.from_json(e) for e in data.get("entries", [])]
+        for e in entries:
+            self.clock = self.clock.observe(e.hlc, int(now() * 1000))
+        await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
+        self.notify()
+        return web.json_response({"ok": True})
+
+    async def changes(self, request: web.Request) -> web.Response:
+        since = parse_since(request.query.get("since"))
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), CHANGES_WAIT_MAX)
+        out = changes_since(self.store, since)
+        if not out and wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), wait)
+            out = changes_since(self.store, since)
+        return web.json_response({"node": self.node, "seqs": self.store.seqs(), "changes": out, "t": mono()})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response({"node": self.node, "region": self.region, "seqs": self.store.seqs(),
+                                  "peers": self.peer_state})
+
+    async def pull(self, peer: dict[str, Any]) -> None:
+        """Follow one peer master's changes for ever: the anti-entropy that makes every master converge,
+        whatever was missed while one was down."""
+        name = peer["name"]
+        backoff = 0.1
+        while True:
+            since = self.cursors.get(name, {})
+            url = f"http://{peer['address']}:{peer['port']}/v1/changes"
+            try:
+                assert self.session is not None
+                async with self.session.get(url, params={"since": json.dumps(since), "wait": "20"},
+                                            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    reply = await resp.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                self.peer_state[name] = {"reachable": False, "error": str(exc) or type(exc).__name__}
+                await asyncio.sleep(backoff)  # the peer is down: try again, less often
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            self.peer_state[name] = {"reachable": True, "seqs": reply.get("seqs", {})}
+            cursor = dict(since)
+            for ns, raw in reply.get("changes", {}).items():
+                entries = [Entry.from_json(e) for e in raw]
+                for e in entries:
+                    self.clock = self.clock.observe(e.hlc, int(now() * 1000))
+                if entries:
+                    await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
+                    cursor[ns] = max(e.seq for e in entries)
+            if cursor != since:
+                self.cursors[name] = cursor
+                tmp = self.cursor_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.cursors))
+                tmp.replace(self.cursor_file)
+                self.notify()
+
+
+def make_app(master: Master) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/kv/{ns}/put", master.put)
+    app.router.add_post("/v1/kv/{ns}/delete", master.delete)
+    app.router.add_post("/v1/kv/{ns}/get", master.get)
+    app.router.add_get("/v1/kv/{ns}/list", master.list_keys)
+    app.router.add_post("/v1/replicate", master.replicate)
+    app.router.add_get("/v1/changes", master.changes)
+    app.router.add_get("/v1/status", master.status)
+    return app
+
+
+async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
+    """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
+    master = Master(cfg)
+    master.session = aiohttp.ClientSession()
+    runner = web.AppRunner(make_app(master), access_log=None, handle_signals=handle_signals,
+                            shutdown_timeout=1.0)
+    await runner.setup()
+    addr, port = cfg["listen"]
+    await web.TCPSite(runner, addr, int(port), reuse_address=True).start()
+    Path(cfg["socket"]).unlink(missing_ok=True)
+    await web.UnixSite(runner, cfg["socket"]).start()
+    pullers = [asyncio.create_task(master.pull(p)) for p in master.peers]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for t in pullers:
+            t.cancel()
+        master.notify()  # long polls answer now instead of holding the shutdown
+        await master.session.close()
+        await runner.cleanup()
+        master.store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
+        asyncio.run(serve(json.loads(args.config.read_text())))
+
+
+if __name__ == "__main__":
+    main()

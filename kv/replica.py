@@ -1,0 +1,287 @@
+"""A PoP server's KV replica: reads served from its own SQLite copy, writes forwarded to the region's
+master, the master's change stream followed — and the design's Level 1 when that master is away.
+
+Local API (127.0.0.1, and a Unix socket in the server's run directory for ``anylab kv``): the master's
+``put``/``delete``/``get``/``list`` (see :mod:`kv.master`), plus ``GET /v1/status``.
+
+- **Reads** come from the local copy and carry ``stale: true`` when the replica is more than
+  ``stale_after_s`` behind (design: 5 min) or its master is unreachable. If the local copy cannot answer
+  (a database error), the read is retried at once on the masters (the design: 2 immediate retries on
+  another replica).
+- **Writes** go to the master with the design's retries (3, after 50/100/200 ms). Committed there (on two
+  regions' masters) → ``committed: true``. Master unreachable → the write goes to a durable local queue
+  (SQLite) and the answer is ``accepted: true, committed: false``; while the queue is not empty every new
+  write joins it, and a drainer sends them in order once the master answers. A master answering 503 (it
+  has the write, no peer confirmed) → ``accepted``, not queued: the master passes it on.
+- **Following**: long polls of the master's ``/v1/changes`` from the last sequence numbers seen (kept on
+  disk), so a restarted or cut-off replica catches up with what it missed, never by a full copy.
+- **Lag** (seconds since the replica was last known caught up; 0 while it is) and the queue depth are
+  written as Prometheus text (``kv.prom``); every queued and drained write is a JSON line (``kv-events.jsonl``).
+
+Run as ``python -m kv.replica --config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from kv.master import body, errors, mono, now, value_of
+from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
+
+WRITE_RETRIES = (0.05, 0.1, 0.2)
+POLL_WAIT = 5.0
+
+
+class Replica:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.server = str(cfg["server"])
+        data = Path(cfg["data_dir"])
+        self.store = Store(data, durable=False)
+        self.master: dict[str, Any] = cfg["master"]
+        self.masters: list[dict[str, Any]] = list(cfg.get("masters", [self.master]))
+        self.stale_after = float(cfg.get("stale_after_s", 300.0))
+        self.metrics = Path(cfg["metrics"])
+        self.events = Path(cfg["events"])
+        self.cursor_file = data / "cursors.json"
+        self.cursors: dict[str, int] = json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else {}
+        self.queue = sqlite3.connect(data / "queue.sqlite", check_same_thread=False, isolation_level=None)
+        self.queue.execute("PRAGMA journal_mode=WAL")
+        self.queue.execute("PRAGMA synchronous=FULL")  # an accepted write survives a crash
+        self.queue.execute("CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT, "
+                           "op TEXT, body TEXT, t REAL)")
+        self.queued = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+        self.reachable = False
+        self.caught_up = False
+        self.t_ok = mono()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def lag(self) -> float:
+        return 0.0 if self.reachable and self.caught_up else round(mono() - self.t_ok, 3)
+
+    def stale(self) -> bool:
+        return not self.reachable or self.lag() > self.stale_after
+
+    def depth(self) -> int:
+        return int(self.queue.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+
+    def write_metrics(self) -> None:
+        text = (f"# HELP anylab_kv_replica_lag_seconds seconds since this replica was last caught up\n"
+                f"anylab_kv_replica_lag_seconds{{server=\"{self.server}\"}} {self.lag()}\n"
+                f"anylab_kv_queue_depth{{server=\"{self.server}\"}} {self.depth()}\n"
+                f"anylab_kv_master_reachable{{server=\"{self.server}\"}} {int(self.reachable)}\n")
+        tmp = self.metrics.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.metrics)
+
+    def event(self, **fields: Any) -> None:
+        with open(self.events, "a") as fh:
+            fh.write(json.dumps({"t": round(mono(), 6), **fields}) + "\n")
+
+    # -- talking to the master -------------------------------------------------------------------
+
+    def url(self, master: dict[str, Any], path: str) -> str:
+        return f"http://{master['address']}:{master['port']}{path}"
+
+    async def send(self, ns: str, op: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One try at the master; raises aiohttp.ClientError/TimeoutError when it does not answer."""
+        assert self.session is not None
+        async with self.session.post(self.url(self.master, f"/v1/kv/{ns}/{op}"), json=data,
+                                     timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+            return resp.status, await resp.json()
+
+    async def forward(self, ns: str, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        if self.depth():
+            return self.enqueue(ns, op, data, "behind earlier queued writes")
+        last = ""
+        for delay in (0.0, *WRITE_RETRIES):
+            if delay:
+                await asyncio.sleep(delay)  # the design's write backoff
+            try:
+                status, reply = await self.send(ns, op, data)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                self.reachable = False
+                last = str(exc) or type(exc).__name__
+                continue
+            self.reachable = True
+            if status == 503:  # on the master, not confirmed by a peer: it will pass it on
+                return {"committed": False, "accepted": True, "queued": 0, "detail": reply.get("error")}
+            if status >= 400:
+                raise KvError(str(reply.get("error")), status)
+            return {**reply, "accepted": True}
+        return self.enqueue(ns, op, data, f"master unreachable: {last}")
+
+    def enqueue(self, ns: str, op: str, data: dict[str, Any], why: str) -> dict[str, Any]:
+        cur = self.queue.execute("INSERT INTO queue (ns, op, body, t) VALUES (?, ?, ?, ?)",
+                                 (ns, op, json.dumps(data), mono()))
+        self.queued.set()
+        self.event(event="queued", id=cur.lastrowid, ns=ns, op=op, key=data.get("key"), why=why)
+        self.write_metrics()
+        return {"committed": False, "accepted": True, "queued": self.depth(), "detail": why}
+
+    async def drain(self) -> None:
+        """Send queued writes in order once the master answers; never gives up on a write the master
+        could still take."""
+        while True:
+            row = self.queue.execute("SELECT id, ns, op, body FROM queue ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                self.queued.clear()
+                self.write_metrics()
+                await self.queued.wait()
+                continue
+            qid, ns, op, raw = row
+            try:
+                status, reply = await self.send(ns, op, json.loads(raw))
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                self.reachable = False
+                await asyncio.sleep(0.2)  # the master is still away: try again soon
+                continue
+            self.reachable = True
+            outcome = "committed" if status == 200 else ("accepted" if status == 503 else f"refused {status}")
+            self.queue.execute("DELETE FROM queue WHERE id = ?", (qid,))
+            self.event(event="drained", id=qid, ns=ns, op=op, key=json.loads(raw).get("key"), outcome=outcome,
+                       error=reply.get("error"))
+
+    async def follow(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                assert self.session is not None
+                async with self.session.get(self.url(self.master, "/v1/changes"),
+                                            params={"since": json.dumps(self.cursors), "wait": str(POLL_WAIT)},
+                                            timeout=aiohttp.ClientTimeout(total=POLL_WAIT + 2.0)) as resp:
+                    reply = await resp.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                self.reachable = self.caught_up = False
+                self.write_metrics()
+                await asyncio.sleep(backoff)  # the master is away: reads are served stale meanwhile
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.1
+            for ns, raw in reply.get("changes", {}).items():
+                entries = [Entry.from_json(e) for e in raw]
+                if entries:
+                    await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
+                    self.cursors[ns] = max(e.seq for e in entries)
+            tmp = self.cursor_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.cursors))
+            tmp.replace(self.cursor_file)
+            seqs = reply.get("seqs", {})
+            self.reachable = True
+            self.caught_up = all(self.cursors.get(ns, 0) >= seq for ns, seq in seqs.items())
+            if self.caught_up:
+                self.t_ok = mono()
+            self.write_metrics()
+
+    # -- the local API ---------------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        data = await body(request)
+        check_put(str(data.get("key", "")), value_of(data), data.get("metadata"), data.get("expiration"),
+                  data.get("expiration_ttl"), now())  # refuse here what the master would refuse
+        return web.json_response(await self.forward(ns, "put", data))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        data = await body(request)
+        check_key(str(data.get("key", "")))
+        return web.json_response(await self.forward(ns, "delete", data))
+
+    async def get(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        data = await body(request)
+        key = check_key(str(data.get("key", "")))
+        try:
+            e = self.store.get(ns, key, now())
+        except sqlite3.Error:
+            return await self.read_elsewhere(ns, data)
+        if e is None:
+            return web.json_response({"error": "no such key", "stale": self.stale()}, status=404)
+        return web.json_response({"value": base64.b64encode(e.value).decode(),
+                                  "metadata": json.loads(e.metadata) if e.metadata else None,
+                                  "expiration": e.expiration, "stale": self.stale()})
+
+    async def read_elsewhere(self, ns: str, data: dict[str, Any]) -> web.Response:
+        assert self.session is not None
+        for master in self.masters[:2]:
+            try:
+                async with self.session.post(self.url(master, f"/v1/kv/{ns}/get"), json=data,
+                                             timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                    return web.json_response(await resp.json(), status=resp.status)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+        raise KvError("the local copy and two masters could not answer the read", 503)
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        q = request.query
+        try:
+            limit = int(q.get("limit", "1000"))
+        except ValueError:
+            raise KvError("limit must be a whole number") from None
+        return web.json_response({**self.store.list_keys(ns, q.get("prefix", ""), limit, q.get("cursor") or None,
+                                                         now()), "stale": self.stale()})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response({"server": self.server, "master": self.master["name"], "reachable": self.reachable,
+                                  "lag_s": self.lag(), "stale": self.stale(), "queue": self.depth(),
+                                  "seqs": self.cursors})
+
+
+def make_app(replica: Replica) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/kv/{ns}/put", replica.put)
+    app.router.add_post("/v1/kv/{ns}/delete", replica.delete)
+    app.router.add_post("/v1/kv/{ns}/get", replica.get)
+    app.router.add_get("/v1/kv/{ns}/list", replica.list_keys)
+    app.router.add_get("/v1/status", replica.status)
+    return app
+
+
+async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
+    """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
+    replica = Replica(cfg)
+    replica.session = aiohttp.ClientSession()
+    runner = web.AppRunner(make_app(replica), access_log=None, handle_signals=handle_signals,
+                            shutdown_timeout=1.0)
+    await runner.setup()
+    addr, port = cfg["listen"]
+    await web.TCPSite(runner, addr, int(port), reuse_address=True).start()
+    Path(cfg["socket"]).unlink(missing_ok=True)
+    await web.UnixSite(runner, cfg["socket"]).start()
+    replica.write_metrics()
+    if replica.depth():
+        replica.queued.set()
+    tasks = [asyncio.create_task(replica.follow()), asyncio.create_task(replica.drain())]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await replica.session.close()
+        await runner.cleanup()
+        replica.store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
+        asyncio.run(serve(json.loads(args.config.read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""KV masters and replicas on loopback (no root): acknowledged writes are on two regions' masters,
+masters converge, replicas follow and catch up, and Level 1 when a master is away."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kv import master as kv_master
+from kv import replica as kv_replica
+from lab.wait import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """``serve(cfg)`` of kv.master or kv.replica on a loop in a thread; stop() cancels it (a crash)."""
+
+    def __init__(self, module: Any, cfg: dict[str, Any]) -> None:
+        self.module, self.cfg = module, cfg
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            assert self.loop is not None
+            asyncio.set_event_loop(self.loop)
+            self.task = self.loop.create_task(self.module.serve(self.cfg, handle_signals=False))
+            with contextlib.suppress(asyncio.CancelledError):
+                self.loop.run_until_complete(self.task)
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        url = f"http://{self.cfg['listen'][0]}:{self.cfg['listen'][1]}/v1/status"
+        wait_for(lambda: call(url) is not None, timeout=10, what=f"{url} to answer", interval=0.02)
+
+    def stop(self) -> None:
+        assert self.loop is not None and self.thread is not None
+        self.loop.call_soon_threadsafe(lambda: self.task.cancel() if self.task else None)
+        self.thread.join(10)
+
+
+def call(url: str, data: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]] | None:
+    req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ports = {n: free_port() for n in ("kv-na", "kv-eu", "kv-ap", "sjc-s1")}
+        names = ["kv-na", "kv-eu", "kv-ap"]
+        self.masters = {}
+        for n in names:
+            cfg = {"node": n, "region": n[3:], "data_dir": str(root / n), "socket": str(root / f"{n}.sock"),
+                   "listen": ["127.0.0.1", self.ports[n]],
+                   "peers": [{"name": p, "address": "127.0.0.1", "port": self.ports[p]} for p in names if p != n]}
+            self.masters[n] = Service(kv_master, cfg)
+        na = {"name": "kv-na", "address": "127.0.0.1", "port": self.ports["kv-na"]}
+        self.replica = Service(kv_replica, {
+            "server": "sjc-s1", "data_dir": str(root / "sjc-s1"), "socket": str(root / "sjc-s1.sock"),
+            "listen": ["127.0.0.1", self.ports["sjc-s1"]], "master": na, "stale_after_s": 1.0,
+            "masters": [na, {"name": "kv-eu", "address": "127.0.0.1", "port": self.ports["kv-eu"]}],
+            "metrics": str(root / "kv.prom"), "events": str(root / "kv-events.jsonl")})
+
+    def url(self, node: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[node]}{path}"
+
+    def put(self, node: str, key: str, value: str, ns: str = "ns") -> dict[str, Any]:
+        got = call(self.url(node, f"/v1/kv/{ns}/put"), {"key": key, "value": base64.b64encode(value.encode()).decode()})
+        assert got is not None
+        return got[1]
+
+    def get(self, node: str, key: str, ns: str = "ns") -> dict[str, Any] | None:
+        got = call(self.url(node, f"/v1/kv/{ns}/get"), {"key": key})
+        if got is None or got[0] == 404:
+            return None
+        return {**got[1], "value": base64.b64decode(got[1]["value"]).decode()}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    for m in c.masters.values():
+        m.start()
+    c.replica.start()
+    yield c
+    for svc in [c.replica, *c.masters.values()]:
+        with contextlib.suppress(Exception):
+            svc.stop()
+
+
+def test_an_acknowledged_write_is_on_two_regions_and_reaches_every_master_and_the_replica(cluster: Cluster) -> None:
+    reply = cluster.put("kv-na", "k", "v1")
+    assert reply["committed"] is True and reply["replicated_to"] == "kv-eu"
+    assert (cluster.get("kv-eu", "k") or {}).get("value") == "v1"  # there when the ack came back
+    wait_for(lambda: (cluster.get("kv-ap", "k") or {}).get("value") == "v1", timeout=10, what="kv-ap")
+    wait_for(lambda: (cluster.get("sjc-s1", "k") or {}).get("value") == "v1", timeout=10, what="the replica")
+
+
+def test_concurrent_writes_converge_on_every_master(cluster: Cluster) -> None:
+    for i in range(20):
+        for m in cluster.masters:
+            cluster.put(m, f"k{i % 5}", f"{m}-{i}")
+
+    def same() -> bool:
+        views = [[(cluster.get(m, f"k{j}") or {}).get("value") for j in range(5)] for m in cluster.masters]
+        return all(v == views[0] for v in views)
+
+    wait_for(same, timeout=15, what="every master to agree")
+
+
+def test_level1_stale_reads_and_queued_writes_drain_in_order(cluster: Cluster) -> None:
+    assert cluster.put("sjc-s1", "a", "1")["committed"] is True
+    wait_for(lambda: cluster.get("sjc-s1", "a") is not None, timeout=10, what="the replica to have a")
+    cluster.masters["kv-na"].stop()
+    wait_for(lambda: (cluster.get("sjc-s1", "a") or {}).get("stale") is True, timeout=10, what="stale reads")
+    assert cluster.get("sjc-s1", "a") == {"value": "1", "metadata": None, "expiration": None, "stale": True}
+    first = cluster.put("sjc-s1", "a", "2")
+    second = cluster.put("sjc-s1", "a", "3")
+    assert first["committed"] is False and first["accepted"] is True and second["queued"] == 2
+    cluster.masters["kv-na"].start()
+    wait_for(lambda: (cluster.get("kv-eu", "a") or {}).get("value") == "3", timeout=15,
+             what="the queue drained in order to every master")
+    wait_for(lambda: cluster.get("sjc-s1", "a") == {"value": "3", "metadata": None, "expiration": None,
+                                                     "stale": False}, timeout=15, what="fresh reads again")
+    events = [json.loads(line) for line in (cluster.root / "kv-events.jsonl").read_text().splitlines()]
+    assert [e["outcome"] for e in events if e["event"] == "drained"] == ["committed", "committed"]
+
+
+def test_a_replica_restarted_catches_up_from_where_it_was(cluster: Cluster) -> None:
+    cluster.put("kv-na", "before", "x")
+    wait_for(lambda: cluster.get("sjc-s1", "before") is not None, timeout=10, what="before")
+    cluster.replica.stop()
+    for i in range(10):
+        cluster.put("kv-eu", f"missed{i}", str(i))
+    cluster.replica.start()
+    wait_for(lambda: cluster.get("sjc-s1", "missed9") is not None, timeout=15, what="catch-up")
+
+
+def test_without_another_region_a_write_is_not_acknowledged(cluster: Cluster) -> None:
+    cluster.masters["kv-eu"].stop()
+    cluster.masters["kv-ap"].stop()
+    got = call(cluster.url("kv-na", "/v1/kv/ns/put"), {"key": "k", "value": ""})
+    assert got is not None and got[0] == 503 and "not acknowledged" in got[1]["error"]
