@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab import unix_http
 from lab.errors import LabError
 from lab.wait import wait_for
 
@@ -40,22 +40,6 @@ class ControlPlaneError(LabError):
         self.status = status
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("control", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class Client:
     """``Client(run_dir / "control")``: the directory holding ``api.sock`` and the admin token."""
 
@@ -75,26 +59,21 @@ class Client:
         return self._token
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        conn = _UnixConnection(str(self.directory / SOCKET), self.timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
+            status, raw = unix_http.request(str(self.directory / SOCKET), method, path, data, headers, self.timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise ControlPlaneError(
                 f"the control plane does not answer on {self.directory / SOCKET} ({exc}); it is down: deployed "
                 "workers keep serving from the PoPs' last good versions, but nothing can be deployed or rolled "
                 "back until it is back ('anylab restore control')") from None
-        finally:
-            conn.close()
         try:
             reply = json.loads(raw) if raw else {}
         except ValueError:
             reply = {"error": raw.decode(errors="replace")}
-        if resp.status >= 400:
-            raise ControlPlaneError(f"{method} {path}: {resp.status} {reply.get('error', '')}".strip(), resp.status)
+        if status >= 400:
+            raise ControlPlaneError(f"{method} {path}: {status} {reply.get('error', '')}".strip(), status)
         return reply
 
     def upload(self, name: str, upload: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
 A write is acknowledged (``committed: true``) only when it is on this master's disk (SQLite
 ``synchronous=FULL``) *and* a peer master in another region answered ``/v1/replicate`` — peers are tried
 in the configured order. If none does, the answer is 503 and the write is not acknowledged (it stays
-here and reaches the others through their pulls). Errors are ``{"error": …}`` with the status.
+here and reaches the others through their pulls). A master without peers (a one-region lab) acknowledges
+after its own fsync, with ``replicated_to: null``. Errors are ``{"error": …}`` with the status.
 
 Run as ``python -m kv.master --config FILE``.
 """
@@ -123,6 +124,8 @@ class Master:
     async def write(self, ns: str, entry: Entry) -> dict[str, Any]:
         await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, [entry])  # fsync'd
         self.notify()
+        if not self.peers:  # a one-region lab: there is no other region to wait for
+            return {"committed": True, "hlc": entry.hlc, "node": entry.node, "replicated_to": None}
         for peer in self.peers:
             try:
                 assert self.session is not None

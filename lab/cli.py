@@ -328,6 +328,7 @@ def deploy(
     code: Annotated[Path, typer.Argument(help="FILE.py defining 'async def fetch(request, env, ctx)'")],
     host: Annotated[str | None, typer.Option(help="Host header it serves (default NAME.example)")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="binding K=V (env.K), repeatable")] = None,
+    kv: Annotated[list[str] | None, typer.Option("--kv", help="KV binding NAME=NAMESPACE (env.NAME)")] = None,
     path_prefix: Annotated[str, typer.Option(help="path prefix it serves under that host")] = "/",
     pop: Annotated[list[str] | None, typer.Option("--pop", help="only this PoP (repeatable)")] = None,
     region: Annotated[list[str] | None, typer.Option("--region", help="only this region (repeatable)")] = None,
@@ -340,12 +341,17 @@ def deploy(
         text = code.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {code}: {exc.strerror}") from None
-    bindings: dict[str, str] = {}
+    bindings: dict[str, Any] = {}
     for item in var or []:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise UsageError(f"--var {item!r}: write it as NAME=value (NAME a Python identifier)")
         bindings[key] = value
+    for item in kv or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier() or not value:
+            raise UsageError(f"--kv {item!r}: write it as BINDING=NAMESPACE (BINDING a Python identifier)")
+        bindings[key] = {"kv_namespace": value}
     client = _control_client(name)
     topo = topology_of(_running_state_usage(name))
     host = host or f"{worker}.example"
@@ -418,6 +424,84 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def kv_node(topo: Topology, at: str | None) -> str:
+    """The node ``--at`` names: a KV master, a PoP server, or a PoP (its first server); default the first
+    PoP's first server. Raises UsageError listing what would do."""
+    if at is None:
+        return topo.servers[0].name
+    if at in {k.name for k in topo.kv_masters} | {s.name for s in topo.servers}:
+        return at
+    if at in {p.name for p in topo.pops}:
+        return topo.pop(at).servers[0]
+    raise UsageError(f"--at {at}: give a PoP, a PoP server or a KV master "
+                     f"({', '.join([p.name for p in topo.pops][:4] + [k.name for k in topo.kv_masters])}, …)")
+
+
+@app.command(name="kv")
+def kv_(
+    action: Annotated[str, typer.Argument(help="put, get, delete or list")],
+    namespace: Annotated[str, typer.Argument(help="the namespace (made on the first put)")],
+    key: Annotated[str | None, typer.Argument(help="the key (put, get, delete)")] = None,
+    value: Annotated[str | None, typer.Argument(help="the value (put)")] = None,
+    at: Annotated[str | None, typer.Option(help="a PoP, PoP server or KV master (default: the first PoP)")] = None,
+    ttl: Annotated[float | None, typer.Option(help="put: expiration_ttl in seconds")] = None,
+    metadata: Annotated[str | None, typer.Option(help="put: metadata as JSON")] = None,
+    prefix: Annotated[str, typer.Option(help="list: key prefix")] = "",
+    limit: Annotated[int, typer.Option(help="list: at most this many (≤ 1000)")] = 1000,
+    cursor: Annotated[str | None, typer.Option(help="list: go on from here")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    name: NameOpt = "main",
+) -> None:
+    """Workers KV from the command line, at a PoP (its replica: writes go to the region's master) or at
+    a master. 'get' prints the bare value, or nothing and exits 1 when the key is absent."""
+    from kv.client import KvClient
+    from kv.store import KvError
+
+    topo = topology_of(_running_state_usage(name))
+    node = kv_node(topo, at)
+    client = KvClient(run_dir_of(name) / node / "kv.sock")
+    need_key = action in ("put", "get", "delete")
+    if action not in ("put", "get", "delete", "list") or (need_key and key is None) or \
+            (action == "put" and value is None):
+        raise UsageError("use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]")
+    try:
+        if action == "put":
+            assert key is not None and value is not None
+            meta = json.loads(metadata) if metadata else None
+            reply: Any = client.put(namespace, key, value.encode(), meta, expiration_ttl=ttl)
+        elif action == "get":
+            assert key is not None
+            reply = client.get(namespace, key)
+            if reply is None:
+                raise typer.Exit(1)
+            if not as_json:
+                sys.stdout.buffer.write(reply["value"])
+                if reply.get("stale"):
+                    print(f"(stale: {node}'s copy is behind its master)", file=sys.stderr)
+                return
+            reply = {**reply, "value": reply["value"].decode(errors="replace")}
+        elif action == "delete":
+            assert key is not None
+            reply = client.delete(namespace, key)
+        else:
+            reply = client.list(namespace, prefix, limit, cursor)
+    except KvError as exc:
+        raise (UsageError(str(exc)) if exc.status in (400, 413) else LabError(f"{node}: {exc}")) from None
+    except ValueError as exc:
+        raise UsageError(f"--metadata is not JSON: {exc}") from None
+    if as_json:
+        print(json.dumps(reply, indent=1))
+    elif action == "list":
+        for k in reply["keys"]:
+            print(k["name"])
+        if not reply["list_complete"]:
+            print(f"(more: --cursor {reply['cursor']})", file=sys.stderr)
+    else:
+        state = "committed" if reply.get("committed") else ("accepted, queued" if reply.get("accepted") else "?")
+        console.print(f"{action} {namespace}/{key} at {node}: {state}"
+                      + (f" (also on {reply['replicated_to']})" if reply.get("replicated_to") else ""))
 
 
 def _running_state_usage(name: str) -> dict[str, Any]:

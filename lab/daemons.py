@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -9,9 +10,10 @@ import socket
 from pathlib import Path
 
 from control_plane.client import ADMIN_TOKEN, POP_TOKEN, SOCKET, Client, ControlPlaneError
+from lab import unix_http
 from lab.daemon import Daemon, NodeEnv
+from lab.model import KV_REPLICA_PORT, Pop, Server, ServiceNode
 from lab.model import Client as ClientNode
-from lab.model import ControlNode, Pop, Server
 from lab.netns import socket_in
 from lab.profiles import HEALTH_PORT
 
@@ -22,7 +24,7 @@ class EdgeWorker(Daemon):
 
     name = "edge"
 
-    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ControlNode, pop_token: Path) -> None:
+    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path) -> None:
         super().__init__(env)
         self.server = server
         self.udp_port = udp_port
@@ -69,7 +71,7 @@ class ControlPlane(Daemon):
 
     name = "control-plane"
 
-    def __init__(self, env: NodeEnv, node: ControlNode, pops: tuple[Pop, ...]) -> None:
+    def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...]) -> None:
         super().__init__(env)
         self.control = node
         self.pops = pops
@@ -118,6 +120,89 @@ class ControlPlane(Daemon):
         except ControlPlaneError:
             return False
         return True
+
+
+class KvMaster(Daemon):
+    """``kv.master`` on a region's KV node: writes durable here and on another region's master before
+    the ack, pulls from every other master, streams to the region's replicas."""
+
+    name = "kv-master"
+
+    def __init__(self, env: NodeEnv, node: ServiceNode, peers: tuple[ServiceNode, ...]) -> None:
+        super().__init__(env)
+        self.service = node
+        self.peers = peers
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "kv.sock"
+
+    def config(self) -> dict[str, object]:
+        return {"node": self.service.name, "region": self.service.region, "data_dir": str(self.env.dir / "kv"),
+                "socket": str(self.socket), "listen": [str(self.service.address), self.service.port],
+                "peers": [{"name": p.name, "address": str(p.address), "port": p.port} for p in self.peers]}
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.path(".json"): json.dumps(self.config(), indent=1)}
+
+    def validate(self) -> None:
+        if self.service.port <= 0:
+            raise self.error(f"bad port {self.service.port}")
+
+    def argv(self) -> list[str]:
+        return [self.env.python, "-m", "kv.master", "--config", str(self.path(".json"))]
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+class KvReplica(Daemon):
+    """``kv.replica`` on a PoP server: the local copy the server's workers read (127.0.0.1), following
+    the region's master; Level 1 when it is away."""
+
+    name = "kv-replica"
+
+    def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float) -> None:
+        super().__init__(env)
+        self.server = server
+        # Its own region's master first: that one it follows and writes to; the others serve reads
+        # the local copy cannot.
+        self.masters = tuple(sorted(masters, key=lambda m: m.region != server.region))
+        self.stale_after_s = stale_after_s
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "kv.sock"
+
+    def config(self) -> dict[str, object]:
+        def ref(m: ServiceNode) -> dict[str, object]:
+            return {"name": m.name, "address": str(m.address), "port": m.port}
+
+        return {"server": self.server.name, "data_dir": str(self.env.dir / "kv"), "socket": str(self.socket),
+                "listen": ["127.0.0.1", KV_REPLICA_PORT], "master": ref(self.masters[0]),
+                "masters": [ref(m) for m in self.masters], "stale_after_s": self.stale_after_s,
+                "metrics": str(self.env.dir / "kv.prom"), "events": str(self.env.dir / "kv-events.jsonl")}
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.path(".json"): json.dumps(self.config(), indent=1)}
+
+    def validate(self) -> None:
+        if not self.masters or self.masters[0].region != self.server.region:
+            raise self.error(f"region '{self.server.region}' has no KV master")
+
+    def argv(self) -> list[str]:
+        return [self.env.python, "-m", "kv.replica", "--config", str(self.path(".json"))]
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+def _answers(path: Path, url: str) -> bool:
+    """An HTTP GET on a Unix socket answers 200 (one readiness probe, no retries)."""
+    try:
+        return unix_http.request(str(path), "GET", url, timeout=1.0)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 class HealthAgent(Daemon):

@@ -10,7 +10,7 @@ from lab.errors import LabError
 from lab.graph import mermaid, to_graph
 from lab.model import Topology
 
-_COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2"}
+_COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2", "kv": "#b05a7a"}
 
 
 def catchment_colors(topo: Topology, catchment: dict[str, str | None]) -> dict[str, str]:

@@ -37,6 +37,8 @@ def to_graph(topo: Topology) -> nx.Graph:
     for c in topo.clients:
         g.add_node(c.name, kind="client", region=c.region)
     g.add_node(topo.control.name, kind="control", region=topo.control.region)
+    for k in topo.kv_masters:
+        g.add_node(k.name, kind="kv", region=k.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g
@@ -55,6 +57,9 @@ def _field_of(topo: Topology, node: str) -> str:
             return f"clients[{i}] ({node}).name"
     if node == topo.control.name:
         return "control.router"
+    for i, k in enumerate(topo.kv_masters):
+        if k.name == node:
+            return f"kv_masters[{i}] ({node}).name"
     return node
 
 
@@ -77,9 +82,10 @@ def check_topology(topo: Topology) -> None:
                 raise TopologyError(src, f"{section}[{i}] ({name}).name",
                                     f"name '{name}' is already used by {owner[name]}",
                                     "give every router, PoP and client its own name")
-            if name == topo.control.name:
+            if name in {svc.name for svc in topo.services()}:
                 raise TopologyError(src, f"{section}[{i}] ({name}).name",
-                                    f"name '{name}' is the control plane's node", "choose another name")
+                                    f"name '{name}' is the control plane's or a KV master's node",
+                                    "choose another name")
             owner[name] = f"{section}[{i}]"
     for s in topo.servers:
         if s.name in owner:

@@ -43,6 +43,10 @@ CORE_LINKS = IPv4Network("10.0.0.0/16")
 POP_LINKS = IPv4Network("10.1.0.0/16")
 CLIENT_LINKS = IPv4Network("10.2.0.0/16")
 CONTROL_LINKS = IPv4Network("10.3.0.0/16")
+KV_LINKS = IPv4Network("10.4.0.0/16")
+#: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).
+KV_PORT = 8100
+KV_REPLICA_PORT = 8101
 #: The control plane's node name, and the port of its HTTP API on the lab network.
 CONTROL_NODE = "control"
 CONTROL_PORT = 8000
@@ -142,6 +146,16 @@ class ControlSpec(_Spec):
     router: str | None = None
 
 
+class KvMasterSpec(_Spec):
+    """A region's KV master: its node's name and the router it hangs off (in its region)."""
+
+    name: str
+    region: str
+    router: str
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+
+
 class AnycastSpec(_Spec):
     prefix: IPv4Network
     pops: tuple[str, ...] | Literal["all"] = "all"
@@ -160,6 +174,8 @@ class LabSpec(_Spec):
     profile: Profile = named(DEFAULT_PROFILE)
     probe_rate_hz: float = Field(500.0, ge=1.0, le=2000.0)
     probe_port: int = Field(7, ge=1, le=65535)
+    #: A PoP's KV replica serves reads flagged stale beyond this lag (the design: 5 min).
+    kv_stale_after_s: float = Field(300.0, gt=0.0)
 
     _profile = field_validator("profile", mode="before")(lambda cls, v: expand(v))
 
@@ -177,6 +193,8 @@ class TopologySpec(_Spec):
     clients: tuple[ClientSpec, ...] = Field(min_length=1)
     anycast: tuple[AnycastSpec, ...] = (AnycastSpec(prefix=IPv4Network(DEFAULT_ANYCAST)),)
     control: ControlSpec = ControlSpec()
+    #: One KV master per region; default: ``kv-<region>`` on the region's first router.
+    kv_masters: tuple[KvMasterSpec, ...] | None = None
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
@@ -275,8 +293,9 @@ class Client:
 
 
 @dataclass(frozen=True)
-class ControlNode:
-    """The control plane's node: one link to a router, reached by the PoPs over the lab network."""
+class ServiceNode:
+    """A service's own node (the control plane, a KV master): one link to a router, reached by the PoPs
+    over the lab network."""
 
     name: str
     region: str
@@ -314,11 +333,22 @@ class Topology:
     servers: tuple[Server, ...]
     clients: tuple[Client, ...]
     anycast: tuple[IPv4Network, ...]
-    control: ControlNode
+    control: ServiceNode
+    kv_masters: tuple[ServiceNode, ...] = ()
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
-                self.control.name]
+                self.control.name, *(k.name for k in self.kv_masters)]
+
+    def services(self) -> tuple[ServiceNode, ...]:
+        return (self.control, *self.kv_masters)
+
+    def kv_master_of(self, region: str) -> ServiceNode:
+        """The KV master of ``region``; raises LabError if it has none."""
+        for k in self.kv_masters:
+            if k.region == region:
+                return k
+        raise LabError(f"region '{region}' has no KV master")
 
     def router(self, name: str) -> Router:
         """The router called ``name``; raises LabError listing the routers if there is none."""
@@ -339,7 +369,8 @@ class Topology:
             yield from s.interfaces
         for c in self.clients:
             yield c.interface
-        yield self.control.interface
+        for svc in self.services():
+            yield svc.interface
 
     def links(self) -> list[tuple[Interface, Interface]]:
         """Every veth pair once, as (lower end, higher end) in declaration order."""
@@ -522,6 +553,19 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         need(c.router, routers, f"clients[{i}] ({c.name}).router", "router")
     if spec.control.router is not None:
         need(spec.control.router, routers, "control.router", "router")
+    region_of = {r.name: r.region for r in spec.routers}
+    seen_regions: set[str] = set()
+    for i, k in enumerate(spec.kv_masters or ()):
+        need(k.region, regions, f"kv_masters[{i}] ({k.name}).region", "region")
+        need(k.router, routers, f"kv_masters[{i}] ({k.name}).router", "router")
+        if region_of[k.router] != k.region:
+            raise TopologyError(source, f"kv_masters[{i}] ({k.name}).router",
+                                f"router '{k.router}' is in region '{region_of[k.router]}', not '{k.region}'",
+                                "attach the master to a router of its region")
+        if k.region in seen_regions:
+            raise TopologyError(source, f"kv_masters[{i}] ({k.name}).region", f"region '{k.region}' has a master "
+                                "already", "give each region one KV master")
+        seen_regions.add(k.region)
     for i, a in enumerate(spec.anycast):
         if a.pops != "all":
             for j, p_name in enumerate(a.pops):
@@ -586,6 +630,14 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     r_addr, c_addr = _p2p(CONTROL_LINKS, 0, source, "control")
     add_pair(control_router, CONTROL_NODE, r_addr, c_addr)
     host_subnets.setdefault(control_router, []).append(r_addr.network)
+    kv_specs = spec.kv_masters if spec.kv_masters is not None else tuple(
+        KvMasterSpec(name=f"kv-{reg.name}", region=reg.name, router=next(r.name for r in spec.routers
+                                                                          if r.region == reg.name))
+        for reg in spec.regions if any(r.region == reg.name for r in spec.routers))
+    for i, km in enumerate(kv_specs):
+        r_addr, k_addr = _p2p(KV_LINKS, i, source, f"kv_masters[{i}]")
+        add_pair(km.router, km.name, r_addr, k_addr)
+        host_subnets.setdefault(km.router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr)
@@ -632,6 +684,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)
     anycast = tuple(dict.fromkeys(a.prefix for a in spec.anycast))
     region_of = {r.name: r.region for r in spec.routers}
-    control = ControlNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
+    control = ServiceNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
                           CONTROL_PORT)
-    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control)
+    kv_masters = tuple(ServiceNode(km.name, km.region, km.router, intfs[km.name][0], KV_PORT) for km in kv_specs)
+    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters)

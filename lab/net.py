@@ -54,10 +54,11 @@ def ip_batch(topo: Topology, node: str) -> list[str]:
             intf = c.interface
             lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up"]
             lines += [f"route add {p} via {intf.peer_address.ip}" for p in topo.anycast]
-    if topo.control.name == node:
-        intf = topo.control.interface
-        lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up",
-                  f"route add {LAB_SUPERNET} via {intf.peer_address.ip}"]
+    for svc in topo.services():
+        if svc.name == node:
+            intf = svc.interface
+            lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up",
+                      f"route add {LAB_SUPERNET} via {intf.peer_address.ip}"]
     return lines
 
 

@@ -29,7 +29,7 @@ from bgp.exabgp import ExaBgp
 from control_plane.client import Client, Deployed
 from lab import netns
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import ControlPlane, EdgeWorker, HealthAgent, Prober
+from lab.daemons import ControlPlane, EdgeWorker, HealthAgent, KvMaster, KvReplica, Prober
 from lab.errors import LabError
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes
@@ -132,10 +132,15 @@ class Lab:
         self.control_plane = ControlPlane(self._env(control.name), control, self.topo.pops)
         self.daemons[control.name] = [self.control_plane]
         pop_token = self.control_plane.token_files["pop"]
+        for km in self.topo.kv_masters:
+            self.node_dir(km.name).mkdir(parents=True, exist_ok=True)
+            peers = tuple(p for p in self.topo.kv_masters if p.name != km.name)
+            self.daemons[km.name] = [KvMaster(self._env(km.name), km, peers)]
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
-            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token), ExaBgp(env, s)]
+            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token), ExaBgp(env, s),
+                                    KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
             if s.health_agent == "anylab":

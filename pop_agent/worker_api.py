@@ -9,6 +9,8 @@ subrequests, counted against the limit; ``ctx.wait_until(coro)`` keeps work goin
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,11 +73,81 @@ class Ctx:
         self.pending.append(asyncio.ensure_future(work))
 
 
+class KvError(Exception):
+    """A KV call the replica refused (a limit, a bad key) or could not serve; the message says which."""
+
+
+class KvNamespace:
+    """A KV namespace bound to the deployment (``{"kv_namespace": NAME}`` in its bindings): Workers KV's
+    calls, served by the PoP server's replica on 127.0.0.1. Writes answer ``{"committed": …, "accepted":
+    …}`` (Level 1: accepted, queued, not yet committed); ``get_with_metadata`` says whether it was stale."""
+
+    def __init__(self, namespace: str, port: int = 8101) -> None:
+        self.namespace, self.port = namespace, port
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        from pop_agent.sync import http_exchange
+
+        data = b"" if body is None else json.dumps(body).encode()
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 5.0)
+        try:
+            request = (f"{method} /v1/kv/{self.namespace}/{path} HTTP/1.1\r\nHost: kv\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                       "Connection: close\r\n\r\n").encode() + data
+            status, _headers, raw = await asyncio.wait_for(http_exchange(reader, writer, request), 30.0)
+        finally:
+            writer.close()
+        reply: dict[str, Any] = json.loads(raw) if raw else {}
+        if status >= 400 and status != 404:
+            raise KvError(str(reply.get("error", f"HTTP {status}")))
+        return status, reply
+
+    async def get_with_metadata(self, key: str, type: str = "text") -> dict[str, Any]:
+        """``{"value", "metadata", "stale"}``; value None when the key is absent."""
+        status, reply = await self._call("POST", "get", {"key": key})
+        if status == 404:
+            return {"value": None, "metadata": None, "stale": reply.get("stale", False)}
+        raw = base64.b64decode(reply["value"])
+        value: Any = raw if type in ("bytes", "arrayBuffer") else (json.loads(raw) if type == "json"
+                                                                    else raw.decode())
+        return {"value": value, "metadata": reply.get("metadata"), "stale": reply.get("stale", False)}
+
+    async def get(self, key: str, type: str = "text", cache_ttl: float | None = None) -> Any:
+        """The value as text, ``json`` or ``bytes``; None when absent. ``cache_ttl`` is accepted: the local
+        replica is the cache."""
+        return (await self.get_with_metadata(key, type))["value"]
+
+    async def put(self, key: str, value: str | bytes, expiration: float | None = None,
+                  expiration_ttl: float | None = None, metadata: Any = None) -> dict[str, Any]:
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        body: dict[str, Any] = {"key": key, "value": base64.b64encode(raw).decode()}
+        for name, v in (("expiration", expiration), ("expiration_ttl", expiration_ttl), ("metadata", metadata)):
+            if v is not None:
+                body[name] = v
+        return (await self._call("POST", "put", body))[1]
+
+    async def delete(self, key: str) -> dict[str, Any]:
+        return (await self._call("POST", "delete", {"key": key}))[1]
+
+    async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
+        from urllib.parse import urlencode
+
+        query = urlencode({"prefix": prefix, "limit": limit, **({"cursor": cursor} if cursor else {})})
+        return (await self._call("GET", f"list?{query}"))[1]
+
+
+def binding(value: Any) -> Any:
+    """A binding as the worker sees it: ``{"kv_namespace": NAME}`` becomes a :class:`KvNamespace`."""
+    if isinstance(value, dict) and set(value) == {"kv_namespace"}:
+        return KvNamespace(str(value["kv_namespace"]))
+    return value
+
+
 class Env:
     """The deployment's bindings as attributes, and ``fetch`` for subrequests (counted per request)."""
 
     def __init__(self, bindings: Mapping[str, Any], subrequest_limit: int) -> None:
-        self._bindings = dict(bindings)
+        self._bindings = {name: binding(v) for name, v in bindings.items()}
         self._limit = subrequest_limit
         self.subrequests = 0
 

@@ -46,6 +46,10 @@ class Service:
             self.task = self.loop.create_task(self.module.serve(self.cfg, handle_signals=False))
             with contextlib.suppress(asyncio.CancelledError):
                 self.loop.run_until_complete(self.task)
+            rest = asyncio.all_tasks(self.loop)  # aiohttp's handlers of connections still open
+            for t in rest:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
             self.loop.close()
 
         self.thread = threading.Thread(target=run, daemon=True)
