@@ -18,9 +18,10 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
 
 A write is acknowledged (``committed: true``) only when it is on this master's disk (SQLite
 ``synchronous=FULL``) *and* a peer master in another region answered ``/v1/replicate`` — peers are tried
-in the configured order. If none does, the answer is 503 and the write is not acknowledged (it stays
-here and reaches the others through their pulls). A master without peers (a one-region lab) acknowledges
-after its own fsync, with ``replicated_to: null``. Errors are ``{"error": …}`` with the status.
+in the configured order, a peer that failed moved to the back. If none does, the answer is 503 and the
+write is not acknowledged (it stays here and reaches the others through their pulls). A master without
+peers (a one-region lab) acknowledges after its own fsync, with ``replicated_to: null``. Errors are
+``{"error": …}`` with the status.
 
 Run as ``python -m kv.master --config FILE``.
 """
@@ -126,7 +127,7 @@ class Master:
         self.notify()
         if not self.peers:  # a one-region lab: there is no other region to wait for
             return {"committed": True, "hlc": entry.hlc, "node": entry.node, "replicated_to": None}
-        for peer in self.peers:
+        for peer in list(self.peers):
             try:
                 assert self.session is not None
                 async with self.session.post(f"http://{peer['address']}:{peer['port']}/v1/replicate",
@@ -136,7 +137,11 @@ class Master:
                         return {"committed": True, "hlc": entry.hlc, "node": entry.node,
                                 "replicated_to": peer["name"]}
             except (aiohttp.ClientError, TimeoutError):
-                continue
+                pass
+            # A peer that did not confirm goes last, so that one outage costs one timeout, not one per
+            # write; it comes forward again when the others fail.
+            self.peers.remove(peer)
+            self.peers.append(peer)
         raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
                       "and will reach the other masters when they are back)", 503)
 

@@ -15,11 +15,13 @@ server-crash    server or PoP            SIGKILL every daemon of the server, its
                                          routes back, daemons restarted)
 link-down       router link ``a:b``      the link's carrier down (up again)
 pop-down        PoP                      every server of the PoP silent
-region-down     region                   every PoP server and router of the region silent
+region-down     region                   every PoP server, router and KV master of the region silent
 flap            server, PoP or ``a:b``   N carrier down/up cycles at a period; ends restored
 control-down    ``control``              SIGKILL the control plane (restart it; its state is on disk)
 control-cut     ``control``              nftables drops everything on the control node's link: PoPs
                                          cannot sync, the operator's socket still works (delete table)
+kv-master-crash KV master or region      SIGKILL the region's KV master (restart it: its data is on
+                                         disk, it pulls what it missed from the other masters)
 =============== ======================== =============================================================
 """
 
@@ -51,6 +53,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "flap": ("server", "pop", "link"),
     "control-down": ("control",),
     "control-cut": ("control",),
+    "kv-master-crash": ("kv", "region"),
 }
 NFT_TABLE = "anylab_fault"
 FAULTS_FILE = "faults.json"
@@ -93,6 +96,8 @@ def _kind_of(topo: Topology, target: str) -> str | None:
         return "router"
     if target == topo.control.name:
         return "control"
+    if target in {k.name for k in topo.kv_masters}:
+        return "kv"
     return None
 
 
@@ -140,7 +145,15 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         links = (_link_end(topo, target),)
     if scenario in ("server-crash", "flap") and servers:
         links = tuple((s, i.name) for s in servers for i in topo.server(s).interfaces)
-    hosts = (target,) if kind == "control" else ()
+    hosts: tuple[str, ...] = ()
+    if kind in ("control", "kv"):
+        hosts = (target,)
+    elif kind == "region" and scenario in ("region-down", "kv-master-crash"):
+        hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
+    if scenario == "kv-master-crash":
+        servers, routers = (), ()
+        if not hosts:
+            raise UsageError(f"region '{target}' has no KV master")
     return Plan(scenario, target, servers, routers, links, count, period, hosts)
 
 
@@ -237,7 +250,7 @@ class Injector:
             for s in p.servers:
                 self._kill(s, "exabgp")
         elif sc in ("server-silent", "pop-down", "region-down"):
-            for s in p.servers:
+            for s in (*p.servers, *p.hosts):
                 self._silence(s, True)
             for r in p.routers:
                 self._silence(r, True, forwarding=True)
@@ -256,6 +269,9 @@ class Injector:
         elif sc == "control-cut":
             for h in p.hosts:
                 self._silence(h, True)
+        elif sc == "kv-master-crash":
+            for h in p.hosts:
+                self._kill(h, "kv-master")
 
     def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
@@ -316,7 +332,7 @@ class Injector:
             for s in p.servers:
                 attempt(self._restart, s, ["exabgp"])
         elif sc in ("server-silent", "pop-down", "region-down"):
-            for node in (*p.servers, *p.routers):
+            for node in (*p.servers, *p.routers, *p.hosts):
                 attempt(self._silence, node, False)
         elif sc in ("server-crash", "link-down"):
             attempt(self._links, p, up=True)
@@ -328,6 +344,9 @@ class Injector:
         elif sc == "control-cut":
             for h in p.hosts:
                 attempt(self._silence, h, False)
+        elif sc == "kv-master-crash":
+            for h in p.hosts:
+                attempt(self._restart, h, ["kv-master"])
         if errors and not best_effort:
             raise LabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
 

@@ -22,12 +22,15 @@ FAILOVER = load_topology(TOPOLOGIES / "failover.yaml")
     (GLOBAL, "pop-down", "ord", ("ord-s1",), (), ()),
     (GLOBAL, "region-down", "eu", ("fra-s1", "ams-s1", "lhr-s1", "cdg-s1"), ("eu-w", "eu-e"), ()),
     (GLOBAL, "control-down", "control", (), (), ()),
+    (GLOBAL, "kv-master-crash", "eu", (), (), ()),
+    (GLOBAL, "kv-master-crash", "kv-na", (), (), ()),
 ])
 def test_plans(topo: object, scenario: str, target: str, servers: tuple[str, ...], routers: tuple[str, ...],
                links: tuple[tuple[str, str], ...]) -> None:
     p = plan(topo, scenario, target)  # type: ignore[arg-type]
     assert (set(p.servers), p.routers, p.links) == (set(servers), routers, links)
-    assert p.hosts == (("control",) if target == "control" else ())
+    hosts = {"control": ("control",), "eu": ("kv-eu",), "kv-na": ("kv-na",)}.get(target, ())
+    assert p.hosts == hosts
 
 
 @pytest.mark.parametrize(("scenario", "target", "words"), [
