@@ -8,6 +8,7 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
 ``POST /v1/kv/{ns}/put``                       ``{key, value, metadata?, expiration?,
                                                expiration_ttl?}`` → ``{committed, hlc, replicated_to}``
 ``POST /v1/kv/{ns}/delete``                    ``{key}`` → the same (a tombstone)
+``POST /v1/kv/{ns}/batch``                     ``{ops: [{op: put|delete, …}]}``: in order, one ack
 ``POST /v1/kv/{ns}/get``                       ``{key}`` → ``{value, metadata, expiration}`` or 404
 ``GET  /v1/kv/{ns}/list?prefix&limit&cursor``  Workers KV's list
 ``POST /v1/replicate``                         ``{ns, entries}`` from a peer master: applied, on disk
@@ -122,20 +123,23 @@ class Master:
 
     # -- client writes ---------------------------------------------------------------------------
 
-    async def write(self, ns: str, entry: Entry) -> dict[str, Any]:
-        await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, [entry])  # fsync'd
+    async def write(self, ns: str, entries: list[Entry]) -> dict[str, Any]:
+        """Store ``entries`` (in order, one transaction, fsync'd) and have a peer in another region store
+        them too; raises KvError 503 when no peer confirms (then nothing is acknowledged)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
         self.notify()
+        last = entries[-1]
+        done = {"committed": True, "hlc": last.hlc, "node": last.node, "count": len(entries)}
         if not self.peers:  # a one-region lab: there is no other region to wait for
-            return {"committed": True, "hlc": entry.hlc, "node": entry.node, "replicated_to": None}
+            return {**done, "replicated_to": None}
         for peer in list(self.peers):
             try:
                 assert self.session is not None
                 async with self.session.post(f"http://{peer['address']}:{peer['port']}/v1/replicate",
-                                             json={"ns": ns, "entries": [entry.to_json()]},
+                                             json={"ns": ns, "entries": [e.to_json() for e in entries]},
                                              timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
                     if resp.status == 200:
-                        return {"committed": True, "hlc": entry.hlc, "node": entry.node,
-                                "replicated_to": peer["name"]}
+                        return {**done, "replicated_to": peer["name"]}
             except (aiohttp.ClientError, TimeoutError):
                 pass
             # A peer that did not confirm goes last, so that one outage costs one timeout, not one per
@@ -145,22 +149,36 @@ class Master:
         raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
                       "and will reach the other masters when they are back)", 503)
 
-    async def put(self, request: web.Request) -> web.Response:
-        ns = check_namespace(request.match_info["ns"])
-        data = await body(request)
+    def entry_of(self, op: str, data: dict[str, Any]) -> Entry:
+        """A client's put or delete as a stamped version; raises KvError naming what is wrong."""
         key = data.get("key")
         if not isinstance(key, str):
             raise KvError("'key' must be a string")
-        raw, meta, exp = check_put(key, value_of(data), data.get("metadata"), data.get("expiration"),
+        if op == "delete":
+            return Entry(check_key(key), b"", None, None, self.stamp(), self.node, deleted=True)
+        if op != "put":
+            raise KvError(f"unknown op {op!r}: put or delete")
+        value = value_of(data)
+        raw, meta, exp = check_put(key, value, data.get("metadata"), data.get("expiration"),
                                    data.get("expiration_ttl"), now())
-        return web.json_response(await self.write(ns, Entry(raw, value_of(data), meta, exp, self.stamp(), self.node)))
+        return Entry(raw, value, meta, exp, self.stamp(), self.node)
+
+    async def put(self, request: web.Request) -> web.Response:
+        ns = check_namespace(request.match_info["ns"])
+        return web.json_response(await self.write(ns, [self.entry_of("put", await body(request))]))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
-        data = await body(request)
-        raw = check_key(str(data.get("key", "")))
-        return web.json_response(await self.write(ns, Entry(raw, b"", None, None, self.stamp(), self.node,
-                                                            deleted=True)))
+        return web.json_response(await self.write(ns, [self.entry_of("delete", await body(request))]))
+
+    async def batch(self, request: web.Request) -> web.Response:
+        """``{"ops": [{"op": "put"|"delete", key, …}]}``: applied in order and acknowledged together (a
+        replica draining its queue); any malformed op refuses the whole batch (400)."""
+        ns = check_namespace(request.match_info["ns"])
+        ops = (await body(request)).get("ops")
+        if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) for o in ops):
+            raise KvError("'ops' must be a non-empty list of objects")
+        return web.json_response(await self.write(ns, [self.entry_of(str(o.get("op")), o) for o in ops]))
 
     async def get(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
@@ -218,13 +236,13 @@ class Master:
             url = f"http://{peer['address']}:{peer['port']}/v1/changes"
             try:
                 assert self.session is not None
-                async with self.session.get(url, params={"since": json.dumps(since), "wait": "20"},
-                                            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                async with self.session.get(url, params={"since": json.dumps(since), "wait": "2"},
+                                            timeout=aiohttp.ClientTimeout(total=3.5)) as resp:
                     reply = await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 self.peer_state[name] = {"reachable": False, "error": str(exc) or type(exc).__name__}
                 await asyncio.sleep(backoff)  # the peer is down: try again, less often
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
             backoff = 0.1
             self.peer_state[name] = {"reachable": True, "seqs": reply.get("seqs", {})}
@@ -248,6 +266,7 @@ def make_app(master: Master) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/kv/{ns}/put", master.put)
     app.router.add_post("/v1/kv/{ns}/delete", master.delete)
+    app.router.add_post("/v1/kv/{ns}/batch", master.batch)
     app.router.add_post("/v1/kv/{ns}/get", master.get)
     app.router.add_get("/v1/kv/{ns}/list", master.list_keys)
     app.router.add_post("/v1/replicate", master.replicate)

@@ -16,7 +16,8 @@ Local API (127.0.0.1, and a Unix socket in the server's run directory for ``anyl
 - **Following**: long polls of the master's ``/v1/changes`` from the last sequence numbers seen (kept on
   disk), so a restarted or cut-off replica catches up with what it missed, never by a full copy.
 - **Lag** (seconds since the replica was last known caught up; 0 while it is) and the queue depth are
-  written as Prometheus text (``kv.prom``); every queued and drained write is a JSON line (``kv-events.jsonl``).
+  written as Prometheus text (``kv.prom``); every queued and drained write is a JSON line
+  (``kv-events.jsonl``), every batch taken from the master too (``kv-applied.jsonl``: time and keys).
 
 Run as ``python -m kv.replica --config FILE``.
 """
@@ -39,7 +40,10 @@ from kv.master import body, errors, mono, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 WRITE_RETRIES = (0.05, 0.1, 0.2)
-POLL_WAIT = 5.0
+DRAIN_BATCH = 200
+QUEUE_WAIT_S = 2.0
+POLL_WAIT = 2.0
+ATTEMPT_TIMEOUT_S = 0.5
 
 
 class Replica:
@@ -52,6 +56,7 @@ class Replica:
         self.stale_after = float(cfg.get("stale_after_s", 300.0))
         self.metrics = Path(cfg["metrics"])
         self.events = Path(cfg["events"])
+        self.applied_log = Path(cfg["events"]).with_name("kv-applied.jsonl")
         self.cursor_file = data / "cursors.json"
         self.cursors: dict[str, int] = json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else {}
         self.queue = sqlite3.connect(data / "queue.sqlite", check_same_thread=False, isolation_level=None)
@@ -60,8 +65,10 @@ class Replica:
         self.queue.execute("CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT, "
                            "op TEXT, body TEXT, t REAL)")
         self.queued = asyncio.Event()
+        self.drained = asyncio.Condition()
+        self.outcomes: dict[int, dict[str, Any]] = {}
         self.session: aiohttp.ClientSession | None = None
-        self.reachable = False
+        self.reachable: bool | None = None  # not known until the first exchange with the master
         self.caught_up = False
         self.t_ok = mono()
 
@@ -71,7 +78,7 @@ class Replica:
         return 0.0 if self.reachable and self.caught_up else round(mono() - self.t_ok, 3)
 
     def stale(self) -> bool:
-        return not self.reachable or self.lag() > self.stale_after
+        return self.reachable is not True or self.lag() > self.stale_after
 
     def depth(self) -> int:
         return int(self.queue.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
@@ -80,7 +87,7 @@ class Replica:
         text = (f"# HELP anylab_kv_replica_lag_seconds seconds since this replica was last caught up\n"
                 f"anylab_kv_replica_lag_seconds{{server=\"{self.server}\"}} {self.lag()}\n"
                 f"anylab_kv_queue_depth{{server=\"{self.server}\"}} {self.depth()}\n"
-                f"anylab_kv_master_reachable{{server=\"{self.server}\"}} {int(self.reachable)}\n")
+                f"anylab_kv_master_reachable{{server=\"{self.server}\"}} {int(self.reachable is True)}\n")
         tmp = self.metrics.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.metrics)
@@ -88,6 +95,15 @@ class Replica:
     def event(self, **fields: Any) -> None:
         with open(self.events, "a") as fh:
             fh.write(json.dumps({"t": round(mono(), 6), **fields}) + "\n")
+
+    def applied(self, ns: str, entries: list[Entry]) -> None:
+        """One line per batch taken from the master, for propagation figures; the file is rotated
+        at 16 MB so that a lab left up stays bounded."""
+        if self.applied_log.exists() and self.applied_log.stat().st_size > 16 * 1024 * 1024:
+            self.applied_log.replace(self.applied_log.with_suffix(".jsonl.1"))
+        with open(self.applied_log, "a") as fh:
+            fh.write(json.dumps({"t": round(mono(), 6), "ns": ns,
+                                 "keys": [e.key.decode(errors="replace") for e in entries]}) + "\n")
 
     # -- talking to the master -------------------------------------------------------------------
 
@@ -98,12 +114,23 @@ class Replica:
         """One try at the master; raises aiohttp.ClientError/TimeoutError when it does not answer."""
         assert self.session is not None
         async with self.session.post(self.url(self.master, f"/v1/kv/{ns}/{op}"), json=data,
-                                     timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                                     timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S)) as resp:
             return resp.status, await resp.json()
 
     async def forward(self, ns: str, op: str, data: dict[str, Any]) -> dict[str, Any]:
         if self.depth():
-            return self.enqueue(ns, op, data, "behind earlier queued writes")
+            reply = self.enqueue(ns, op, data, "behind earlier queued writes")
+            if self.reachable is True:
+                # The master is back and the queue is draining: wait (briefly) for this write's turn, so
+                # that the caller learns it committed instead of only that it was accepted.
+                with contextlib.suppress(TimeoutError):
+                    async with self.drained:
+                        await asyncio.wait_for(self.drained.wait_for(lambda: reply["id"] in self.outcomes),
+                                               QUEUE_WAIT_S)
+                    return {**self.outcomes[reply["id"]], "accepted": True, "via": "queue"}
+            return reply
+        if self.reachable is False:  # known away (the change stream broke): no point waiting for retries
+            return self.enqueue(ns, op, data, "master unreachable")
         last = ""
         for delay in (0.0, *WRITE_RETRIES):
             if delay:
@@ -128,30 +155,44 @@ class Replica:
         self.queued.set()
         self.event(event="queued", id=cur.lastrowid, ns=ns, op=op, key=data.get("key"), why=why)
         self.write_metrics()
-        return {"committed": False, "accepted": True, "queued": self.depth(), "detail": why}
+        return {"committed": False, "accepted": True, "queued": self.depth(), "detail": why, "id": cur.lastrowid}
 
     async def drain(self) -> None:
-        """Send queued writes in order once the master answers; never gives up on a write the master
-        could still take."""
+        """Send queued writes in order once the master answers — up to ``DRAIN_BATCH`` of one namespace
+        in one call, acknowledged together; never gives up on a write the master could still take."""
         while True:
-            row = self.queue.execute("SELECT id, ns, op, body FROM queue ORDER BY id LIMIT 1").fetchone()
-            if row is None:
+            rows = self.queue.execute("SELECT id, ns, op, body FROM queue ORDER BY id LIMIT ?",
+                                      (DRAIN_BATCH,)).fetchall()
+            if not rows:
                 self.queued.clear()
                 self.write_metrics()
                 await self.queued.wait()
                 continue
-            qid, ns, op, raw = row
+            ns = rows[0][1]
+            same = [r[1] == ns for r in rows]
+            rows = rows[:same.index(False)] if False in same else rows  # one namespace per batch
+            ops = [{**json.loads(r[3]), "op": r[2]} for r in rows]
             try:
-                status, reply = await self.send(ns, op, json.loads(raw))
+                assert self.session is not None
+                async with self.session.post(self.url(self.master, f"/v1/kv/{ns}/batch"), json={"ops": ops},
+                                             timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                    status, reply = resp.status, await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 self.reachable = False
                 await asyncio.sleep(0.2)  # the master is still away: try again soon
                 continue
             self.reachable = True
             outcome = "committed" if status == 200 else ("accepted" if status == 503 else f"refused {status}")
-            self.queue.execute("DELETE FROM queue WHERE id = ?", (qid,))
-            self.event(event="drained", id=qid, ns=ns, op=op, key=json.loads(raw).get("key"), outcome=outcome,
-                       error=reply.get("error"))
+            self.queue.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(rows))})", [r[0] for r in rows])
+            for r, op in zip(rows, ops, strict=True):
+                self.event(event="drained", id=r[0], ns=ns, op=r[2], key=op.get("key"), outcome=outcome,
+                           error=reply.get("error"))
+                self.outcomes[r[0]] = {"committed": status == 200, "replicated_to": reply.get("replicated_to"),
+                                       "detail": reply.get("error")}
+            while len(self.outcomes) > 10000:  # only the writers waiting right now need them
+                del self.outcomes[next(iter(self.outcomes))]
+            async with self.drained:
+                self.drained.notify_all()
 
     async def follow(self) -> None:
         backoff = 0.1
@@ -160,13 +201,13 @@ class Replica:
                 assert self.session is not None
                 async with self.session.get(self.url(self.master, "/v1/changes"),
                                             params={"since": json.dumps(self.cursors), "wait": str(POLL_WAIT)},
-                                            timeout=aiohttp.ClientTimeout(total=POLL_WAIT + 2.0)) as resp:
+                                            timeout=aiohttp.ClientTimeout(total=POLL_WAIT + 1.0)) as resp:
                     reply = await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 self.reachable = self.caught_up = False
                 self.write_metrics()
                 await asyncio.sleep(backoff)  # the master is away: reads are served stale meanwhile
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
             backoff = 0.1
             for ns, raw in reply.get("changes", {}).items():
@@ -174,6 +215,7 @@ class Replica:
                 if entries:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
                     self.cursors[ns] = max(e.seq for e in entries)
+                    self.applied(ns, entries)
             tmp = self.cursor_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.cursors))
             tmp.replace(self.cursor_file)
