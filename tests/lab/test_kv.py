@@ -123,3 +123,32 @@ def test_master_crash_and_region_down_lose_no_acknowledged_write(lab: Lab) -> No
     # And fresh again: no replica still flags its reads.
     wait_for(lambda: not any(replica(lab, s.name).list(NS, "w", limit=1)["stale"] for s in lab.topo.servers),
              timeout=30, what="fresh reads everywhere")
+
+
+def test_workers_reach_kv_through_their_binding(lab: Lab) -> None:
+    """A worker with a KV binding counts hits; clients in two regions see one counter."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("async def fetch(request, env, ctx):\n"
+            "    n = int(await env.HITS.get('n') or 0) + 1\n"
+            "    r = await env.HITS.put('n', str(n), metadata={'by': 'worker'})\n"
+            "    got = await env.HITS.get_with_metadata('n')\n"
+            "    return {'body': __import__('json').dumps([n, r['committed'], got['metadata'], got['stale']]),\n"
+            "            'headers': {'content-type': 'application/json'}}\n")
+    lab.deploy("hits", "hits.example", code, {"HITS": {"kv_namespace": "hits"}})
+    get = ("import http.client\n"
+           "c = http.client.HTTPConnection('203.0.113.1', 80, timeout=10)\n"
+           "c.request('GET', '/', headers={'Host': 'hits.example'})\n"
+           "print(c.getresponse().read().decode())")
+
+    def hit(client: str) -> Any:
+        out = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", get],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return json.loads(out)
+
+    assert hit("na-c1") == [1, True, {"by": "worker"}, False]
+    at = replica(lab, lab.topo.pop(lab.predicted()["ap-c1"]).servers[0])
+    wait_for(lambda: (at.get("hits", "n") or {}).get("value") == b"1", timeout=10, what="the first hit at sin")
+    assert hit("ap-c1") == [2, True, {"by": "worker"}, False]
