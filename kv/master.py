@@ -29,31 +29,23 @@ Run as ``python -m kv.master --config FILE``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from kv import service
 from kv.hlc import Clock
+from kv.service import body, mono, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 CHANGES_WAIT_MAX = 25.0
 BATCH = 500
-
-
-def now() -> float:
-    return time.time()
-
-
-def mono() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def changes_since(store: Store, since: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
@@ -70,33 +62,6 @@ def parse_since(raw: str | None) -> dict[str, int]:
         return {str(k): int(v) for k, v in since.items()}
     except (ValueError, TypeError, AttributeError):
         raise KvError("since must be a JSON object of namespace → sequence number") from None
-
-
-async def body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise KvError(f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise KvError("the body must be a JSON object")
-    return data
-
-
-def value_of(data: dict[str, Any]) -> bytes:
-    raw = data.get("value", "")
-    try:
-        return base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
-    except ValueError:
-        raise KvError("'value' must be base64") from None
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except KvError as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status)
 
 
 class Master:
@@ -190,15 +155,8 @@ class Master:
                                   "metadata": json.loads(e.metadata) if e.metadata else None,
                                   "expiration": e.expiration, "stale": False})
 
-    async def list_keys(self, request: web.Request) -> web.Response:
-        ns = check_namespace(request.match_info["ns"])
-        q = request.query
-        try:
-            limit = int(q.get("limit", "1000"))
-        except ValueError:
-            raise KvError("limit must be a whole number") from None
-        return web.json_response({**self.store.list_keys(ns, q.get("prefix", ""), limit, q.get("cursor") or None,
-                                                         now()), "stale": False})
+    def stale(self) -> bool:
+        return False  # a master's copy is the source
 
     # -- replication -----------------------------------------------------------------------------
 
@@ -262,49 +220,22 @@ class Master:
                 self.notify()
 
 
-def make_app(master: Master) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/kv/{ns}/put", master.put)
-    app.router.add_post("/v1/kv/{ns}/delete", master.delete)
-    app.router.add_post("/v1/kv/{ns}/batch", master.batch)
-    app.router.add_post("/v1/kv/{ns}/get", master.get)
-    app.router.add_get("/v1/kv/{ns}/list", master.list_keys)
-    app.router.add_post("/v1/replicate", master.replicate)
-    app.router.add_get("/v1/changes", master.changes)
-    app.router.add_get("/v1/status", master.status)
-    return app
-
-
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
     master = Master(cfg)
     master.session = aiohttp.ClientSession()
-    runner = web.AppRunner(make_app(master), access_log=None, handle_signals=handle_signals,
-                            shutdown_timeout=1.0)
-    await runner.setup()
-    addr, port = cfg["listen"]
-    await web.TCPSite(runner, addr, int(port), reuse_address=True).start()
-    Path(cfg["socket"]).unlink(missing_ok=True)
-    await web.UnixSite(runner, cfg["socket"]).start()
-    pullers = [asyncio.create_task(master.pull(p)) for p in master.peers]
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for t in pullers:
-            t.cancel()
+
+    async def stop() -> None:
         master.notify()  # long polls answer now instead of holding the shutdown
+        assert master.session is not None
         await master.session.close()
-        await runner.cleanup()
         master.store.close()
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
-        asyncio.run(serve(json.loads(args.config.read_text())))
+    app = service.make_app(master, {("POST", "/v1/kv/{ns}/batch"): master.batch,
+                                    ("POST", "/v1/replicate"): master.replicate,
+                                    ("GET", "/v1/changes"): master.changes}, now)
+    await service.run(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 
 
 if __name__ == "__main__":
-    main()
+    service.main(serve, __doc__ or "")

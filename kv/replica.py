@@ -24,7 +24,6 @@ Run as ``python -m kv.replica --config FILE``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -36,7 +35,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kv.master import body, errors, mono, now, value_of
+from kv import service
+from kv.service import body, mono, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 WRITE_RETRIES = (0.05, 0.1, 0.2)
@@ -266,64 +266,28 @@ class Replica:
                 continue
         raise KvError("the local copy and two masters could not answer the read", 503)
 
-    async def list_keys(self, request: web.Request) -> web.Response:
-        ns = check_namespace(request.match_info["ns"])
-        q = request.query
-        try:
-            limit = int(q.get("limit", "1000"))
-        except ValueError:
-            raise KvError("limit must be a whole number") from None
-        return web.json_response({**self.store.list_keys(ns, q.get("prefix", ""), limit, q.get("cursor") or None,
-                                                         now()), "stale": self.stale()})
-
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"server": self.server, "master": self.master["name"], "reachable": self.reachable,
                                   "lag_s": self.lag(), "stale": self.stale(), "queue": self.depth(),
                                   "seqs": self.cursors})
 
 
-def make_app(replica: Replica) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/kv/{ns}/put", replica.put)
-    app.router.add_post("/v1/kv/{ns}/delete", replica.delete)
-    app.router.add_post("/v1/kv/{ns}/get", replica.get)
-    app.router.add_get("/v1/kv/{ns}/list", replica.list_keys)
-    app.router.add_get("/v1/status", replica.status)
-    return app
-
-
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
     replica = Replica(cfg)
     replica.session = aiohttp.ClientSession()
-    runner = web.AppRunner(make_app(replica), access_log=None, handle_signals=handle_signals,
-                            shutdown_timeout=1.0)
-    await runner.setup()
-    addr, port = cfg["listen"]
-    await web.TCPSite(runner, addr, int(port), reuse_address=True).start()
-    Path(cfg["socket"]).unlink(missing_ok=True)
-    await web.UnixSite(runner, cfg["socket"]).start()
     replica.write_metrics()
     if replica.depth():
         replica.queued.set()
-    tasks = [asyncio.create_task(replica.follow()), asyncio.create_task(replica.drain())]
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for t in tasks:
-            t.cancel()
+
+    async def stop() -> None:
+        assert replica.session is not None
         await replica.session.close()
-        await runner.cleanup()
         replica.store.close()
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
-        asyncio.run(serve(json.loads(args.config.read_text())))
+    await service.run(service.make_app(replica, {}, now), cfg, [replica.follow(), replica.drain()], stop,
+                      handle_signals)
 
 
 if __name__ == "__main__":
-    main()
+    service.main(serve, __doc__ or "")

@@ -1,0 +1,128 @@
+"""What a KV master and a PoP replica share: the client API's routes and list handler, and running as
+an aiohttp service on the lab network plus a Unix socket for the operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from kv.store import KvError, Store, check_namespace
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def now() -> float:
+    return time.time()
+
+
+def mono() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise KvError(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise KvError("the body must be a JSON object")
+    return data
+
+
+def value_of(data: dict[str, Any]) -> bytes:
+    raw = data.get("value", "")
+    try:
+        return base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
+    except ValueError:
+        raise KvError("'value' must be base64") from None
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except KvError as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+
+
+
+
+class ClientApi(Protocol):
+    store: Store
+
+    async def put(self, request: web.Request) -> web.StreamResponse: ...
+
+    async def delete(self, request: web.Request) -> web.StreamResponse: ...
+
+    async def get(self, request: web.Request) -> web.StreamResponse: ...
+
+    async def status(self, request: web.Request) -> web.StreamResponse: ...
+
+    def stale(self) -> bool: ...
+
+
+def list_response(api: ClientApi, request: web.Request, now: float) -> web.Response:
+    """Workers KV's list on ``api``'s store, with its ``stale`` flag; raises KvError for bad arguments."""
+    ns = check_namespace(request.match_info["ns"])
+    q = request.query
+    try:
+        limit = int(q.get("limit", "1000"))
+    except ValueError:
+        raise KvError("limit must be a whole number") from None
+    return web.json_response({**api.store.list_keys(ns, q.get("prefix", ""), limit, q.get("cursor") or None, now),
+                              "stale": api.stale()})
+
+
+def make_app(api: ClientApi, extra: dict[tuple[str, str], Handler], now: Callable[[], float]) -> web.Application:
+    """The client API of ``api`` (put, delete, get, list, status) plus ``extra`` routes."""
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+
+    async def list_keys(request: web.Request) -> web.Response:
+        return list_response(api, request, now())
+
+    app.router.add_post("/v1/kv/{ns}/put", api.put)
+    app.router.add_post("/v1/kv/{ns}/delete", api.delete)
+    app.router.add_post("/v1/kv/{ns}/get", api.get)
+    app.router.add_get("/v1/kv/{ns}/list", list_keys)
+    app.router.add_get("/v1/status", api.status)
+    for (method, path), handler in extra.items():
+        app.router.add_route(method, path, handler)
+    return app
+
+
+async def run(app: web.Application, cfg: dict[str, Any], background: list[Coroutine[Any, Any, None]],
+              before_stop: Callable[[], Awaitable[None]], handle_signals: bool) -> None:
+    """Serve ``app`` on ``cfg["listen"]`` and ``cfg["socket"]`` with ``background`` tasks until cancelled
+    (or SIGTERM/SIGINT with ``handle_signals``); then ``before_stop`` and a short shutdown."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=handle_signals, shutdown_timeout=1.0)
+    await runner.setup()
+    addr, port = cfg["listen"]
+    await web.TCPSite(runner, addr, int(port), reuse_address=True).start()
+    Path(cfg["socket"]).unlink(missing_ok=True)
+    await web.UnixSite(runner, cfg["socket"]).start()
+    tasks = [asyncio.create_task(c) for c in background]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await before_stop()
+        await runner.cleanup()
+
+
+def main(serve: Callable[[dict[str, Any]], Coroutine[Any, Any, None]], doc: str) -> None:
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
+        asyncio.run(serve(json.loads(args.config.read_text())))
