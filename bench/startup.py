@@ -86,6 +86,8 @@ def kind_of(lab: Lab, node: str) -> str:
         return "pop_server"
     if node == lab.topo.control.name:
         return "control"
+    if node in {k.name for k in lab.topo.kv_masters}:
+        return "kv_master"
     return "client"
 
 
