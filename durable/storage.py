@@ -1,0 +1,158 @@
+"""A Durable Object's storage: one SQLite database per object, a logical log for shipping to the backup
+region, and fencing by epoch.
+
+- ``get/put/delete/list`` and ``transaction()`` (all-or-nothing, one SQLite transaction) are the
+  ``state.storage`` API; values are JSON.
+- Every committed change also goes to the object's log (``seq``, the operations), which is what the
+  owner ships to its backup region: :meth:`ObjectStore.log_since` on the owner, :meth:`ObjectStore.replay`
+  on the backup (idempotent: a sequence number is applied once).
+- **Fencing**: the store knows the object's current epoch (``fence``): a write carrying an older epoch
+  raises :class:`Fenced` ("no longer current") and changes nothing. An old owner that comes back after a
+  partition therefore cannot write, whatever it believes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, ops TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+"""
+
+
+class Fenced(LabError):
+    """A write from an owner whose epoch is no longer current."""
+
+
+class Transaction:
+    """Writes collected inside ``transaction()``; reads see them."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.ops: list[tuple[str, str, Any]] = []
+
+    def get(self, key: str) -> Any:
+        for op, k, v in reversed(self.ops):
+            if k == key:
+                return v if op == "put" else None
+        return self.store.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        json.dumps(value)  # refuse what cannot be stored before the commit
+        self.ops.append(("put", key, value))
+
+    def delete(self, key: str) -> None:
+        self.ops.append(("delete", key, None))
+
+
+class ObjectStore:
+    """The storage of one object at one node (owner or backup)."""
+
+    def __init__(self, path: Path, durable: bool = True) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.RLock()
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list(self, prefix: str = "") -> dict[str, Any]:
+        rows = self.db.execute("SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key",
+                               (len(prefix), prefix)).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def _meta(self, name: str) -> int:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def epoch(self) -> int:
+        return self._meta("epoch")
+
+    @property
+    def seq(self) -> int:
+        return self._meta("seq")
+
+    # -- fencing and writes --------------------------------------------------------------------------
+
+    def fence(self, epoch: int) -> None:
+        """From now on only writers of ``epoch`` (or later) may write; never goes backwards."""
+        with self.lock:
+            if epoch > self.epoch:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
+
+    def _commit(self, epoch: int, ops: builtins.list[tuple[str, str, Any]], seq: int | None = None) -> int:
+        with self.lock:
+            if epoch < self.epoch:
+                raise Fenced(f"epoch {epoch} is no longer current (the object is at epoch {self.epoch}): "
+                             "this node is not the owner any more")
+            if not ops:
+                return self.seq
+            new_seq = self.seq + 1 if seq is None else seq
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for op, key, value in ops:
+                    if op == "put":
+                        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
+                    else:
+                        self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
+                self.db.execute("INSERT INTO log VALUES (?, ?, ?)", (new_seq, epoch, json.dumps(ops)))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (new_seq,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            return new_seq
+
+    def put(self, key: str, value: Any, epoch: int) -> int:
+        """Store one value as owner of ``epoch``; returns the log sequence number. Raises Fenced."""
+        json.dumps(value)
+        return self._commit(epoch, [("put", key, value)])
+
+    def delete(self, key: str, epoch: int) -> int:
+        return self._commit(epoch, [("delete", key, None)])
+
+    @contextmanager
+    def transaction(self, epoch: int) -> Iterator[Transaction]:
+        """All the writes inside commit together when the block ends without an exception, or none do.
+        Raises Fenced at the commit if the epoch is no longer current."""
+        tx = Transaction(self)
+        yield tx
+        self._commit(epoch, tx.ops)
+
+    # -- shipping to the backup ----------------------------------------------------------------------
+
+    def log_since(self, seq: int) -> builtins.list[dict[str, Any]]:
+        rows = self.db.execute("SELECT seq, epoch, ops FROM log WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+        return [{"seq": s, "epoch": e, "ops": json.loads(o)} for s, e, o in rows]
+
+    def replay(self, entries: builtins.list[dict[str, Any]]) -> int:
+        """Apply shipped log entries in order, each once (sequence numbers already here are skipped);
+        returns the sequence reached. Entries from a fenced epoch raise Fenced."""
+        for entry in entries:
+            if entry["seq"] <= self.seq:
+                continue
+            if entry["seq"] != self.seq + 1:
+                raise LabError(f"log gap: have {self.seq}, got {entry['seq']}; ship from {self.seq}")
+            self._commit(int(entry["epoch"]), [tuple(op) for op in entry["ops"]], entry["seq"])
+        return self.seq
+
+    def close(self) -> None:
+        self.db.close()
