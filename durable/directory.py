@@ -1,0 +1,126 @@
+"""The Durable Object directory as a pure state machine: which region owns each object, at which epoch,
+and which region holds its backup.
+
+``step(state, event) -> (state, actions)``; no I/O. Events:
+
+- :class:`Place` — a first call for an object: owner = the location hint if it names a live region, else
+  a stable hash of the object id over the live regions (sorted); backup = the next live region.
+- :class:`RegionDown` — every object owned there moves to its backup with ``epoch + 1`` (the fence: the
+  old owner's storage refuses that object's writes from then on); objects whose backup was there get a
+  new backup. Actions say what the I/O layer must do: ``promote`` (restore snapshot + replay log on the
+  new owner), ``fence`` (tell the old owner's store the new epoch, when it is reachable again),
+  ``reseed`` (ship the whole object to a new backup), ``route`` (update the PoPs' DO routers).
+- :class:`RegionUp` — the region is live again (it takes new objects and backups; owners do not move
+  back on their own: a move would be another failover).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Placement:
+    owner: str
+    epoch: int
+    backup: str | None
+
+
+@dataclass(frozen=True)
+class State:
+    regions: tuple[str, ...]
+    live: frozenset[str]
+    objects: dict[str, Placement] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Place:
+    object_id: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionDown:
+    region: str
+
+
+@dataclass(frozen=True)
+class RegionUp:
+    region: str
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # promote | fence | reseed | route
+    object_id: str
+    region: str
+    epoch: int
+
+
+def initial(regions: list[str]) -> State:
+    return State(tuple(sorted(regions)), frozenset(regions))
+
+
+def _live(state: State) -> list[str]:
+    return [r for r in state.regions if r in state.live]
+
+
+def _stable(object_id: str, options: list[str]) -> str:
+    digest = int.from_bytes(hashlib.sha256(object_id.encode()).digest()[:8], "big")
+    return options[digest % len(options)]
+
+
+def _next_after(region: str, options: list[str], exclude: set[str]) -> str | None:
+    """The first region after ``region`` in the ring of ``options`` that is not excluded."""
+    if not options:
+        return None
+    ring = sorted(options)
+    start = ring.index(region) + 1 if region in ring else 0
+    for i in range(len(ring)):
+        candidate = ring[(start + i) % len(ring)]
+        if candidate not in exclude:
+            return candidate
+    return None
+
+
+def step(state: State, event: Any) -> tuple[State, list[Action]]:
+    """The next state and the actions the I/O layer must carry out. Raises ValueError for an event
+    that makes no sense (an unknown region, no live region to place an object in)."""
+    if isinstance(event, Place):
+        if event.object_id in state.objects:
+            return state, []
+        live = _live(state)
+        if not live:
+            raise ValueError("no live region to place an object in")
+        owner = event.hint if event.hint in state.live else _stable(event.object_id, live)
+        backup = _next_after(owner, live, {owner})
+        objects = {**state.objects, event.object_id: Placement(owner, 1, backup)}
+        return replace(state, objects=objects), [Action("route", event.object_id, owner, 1)]
+    if isinstance(event, RegionDown | RegionUp) and event.region not in state.regions:
+        raise ValueError(f"unknown region {event.region!r}; there are: {', '.join(state.regions)}")
+    if isinstance(event, RegionUp):
+        return replace(state, live=state.live | {event.region}), []
+    if isinstance(event, RegionDown):
+        live = [r for r in _live(state) if r != event.region]
+        objects = dict(state.objects)
+        actions: list[Action] = []
+        for oid, p in sorted(state.objects.items()):
+            if p.owner == event.region:
+                if p.backup is None or p.backup not in live:
+                    continue  # nowhere to go: unavailable until the region returns
+                epoch = p.epoch + 1
+                backup = _next_after(p.backup, live, {p.backup})
+                objects[oid] = Placement(p.backup, epoch, backup)
+                actions += [Action("promote", oid, p.backup, epoch), Action("fence", oid, event.region, epoch),
+                            Action("route", oid, p.backup, epoch)]
+                if backup is not None:
+                    actions.append(Action("reseed", oid, backup, epoch))
+            elif p.backup == event.region:
+                backup = _next_after(p.owner, live, {p.owner})
+                objects[oid] = replace(p, backup=backup)
+                if backup is not None:
+                    actions.append(Action("reseed", oid, backup, p.epoch))
+        return replace(state, live=frozenset(live), objects=objects), actions
+    raise ValueError(f"unknown event {event!r}")
