@@ -82,7 +82,6 @@ class Live:
     gate: asyncio.Lock = field(default_factory=asyncio.Lock)
     shipped: int = 0
     shipping: asyncio.Lock = field(default_factory=asyncio.Lock)
-    events: int = 0
 
 
 class ObjectHost:
@@ -121,7 +120,6 @@ class ObjectHost:
     async def _event(self, object_id: str, run: Callable[[Any], Awaitable[Any]]) -> Any:
         live = self._live(object_id)
         async with live.gate:  # input gate: one event at a time
-            live.events += 1
             result = await run(live.instance)
             if self.mode == "sync":
                 await self._ship(object_id, live)  # output gate: durable at the backup first
