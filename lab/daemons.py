@@ -7,7 +7,9 @@ import json
 import os
 import secrets
 import socket
+from abc import abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 from control_plane.client import ADMIN_TOKEN, POP_TOKEN, SOCKET, Client, ControlPlaneError
 from lab import unix_http
@@ -65,11 +67,29 @@ class EdgeWorker(Daemon):
         return bool(reply.get("server") == self.server.name)
 
 
-class ControlPlane(Daemon):
+class PythonService(Daemon):
+    """A daemon of this project run as ``python -m MODULE --config D/NAME.json``, its config the JSON of
+    :meth:`config`."""
+
+    module: ClassVar[str]
+
+    @abstractmethod
+    def config(self) -> dict[str, object]:
+        """The JSON config the module reads."""
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.path(".json"): json.dumps(self.config(), indent=1)}
+
+    def argv(self) -> list[str]:
+        return [self.env.python, "-m", self.module, "--config", str(self.path(".json"))]
+
+
+class ControlPlane(PythonService):
     """``control_plane.server`` on the control node: the deploy API for the PoPs (lab network) and the
     operator (``api.sock`` in its directory), with an admin and a PoP token made for this lab."""
 
     name = "control-plane"
+    module = "control_plane.server"
 
     def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...]) -> None:
         super().__init__(env)
@@ -88,7 +108,7 @@ class ControlPlane(Daemon):
                 "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in self.pops]}
 
     def render_config(self) -> dict[Path, str]:
-        files = {self.path(".json"): json.dumps(self.config(), indent=1)}
+        files = super().render_config()
         files.update({f: self.tokens[role] + "\n" for role, f in self.token_files.items()})
         return files
 
@@ -107,9 +127,6 @@ class ControlPlane(Daemon):
         except (KeyError, ValueError, TypeError, OSError) as exc:
             raise self.error(f"bad control plane config: {exc}") from exc
 
-    def argv(self) -> list[str]:
-        return [self.env.python, "-m", "control_plane.server", "--config", str(self.path(".json"))]
-
     def client(self, timeout: float = 30.0) -> Client:
         return Client(self.env.dir, self.tokens["admin"], timeout)
 
@@ -122,11 +139,12 @@ class ControlPlane(Daemon):
         return True
 
 
-class KvMaster(Daemon):
+class KvMaster(PythonService):
     """``kv.master`` on a region's KV node: writes durable here and on another region's master before
     the ack, pulls from every other master, streams to the region's replicas."""
 
     name = "kv-master"
+    module = "kv.master"
 
     def __init__(self, env: NodeEnv, node: ServiceNode, peers: tuple[ServiceNode, ...]) -> None:
         super().__init__(env)
@@ -142,25 +160,20 @@ class KvMaster(Daemon):
                 "socket": str(self.socket), "listen": [str(self.service.address), self.service.port],
                 "peers": [{"name": p.name, "address": str(p.address), "port": p.port} for p in self.peers]}
 
-    def render_config(self) -> dict[Path, str]:
-        return {self.path(".json"): json.dumps(self.config(), indent=1)}
-
     def validate(self) -> None:
         if self.service.port <= 0:
             raise self.error(f"bad port {self.service.port}")
-
-    def argv(self) -> list[str]:
-        return [self.env.python, "-m", "kv.master", "--config", str(self.path(".json"))]
 
     def ready(self) -> bool:
         return _answers(self.socket, "/v1/status")
 
 
-class KvReplica(Daemon):
+class KvReplica(PythonService):
     """``kv.replica`` on a PoP server: the local copy the server's workers read (127.0.0.1), following
     the region's master; Level 1 when it is away."""
 
     name = "kv-replica"
+    module = "kv.replica"
 
     def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float) -> None:
         super().__init__(env)
@@ -183,15 +196,9 @@ class KvReplica(Daemon):
                 "masters": [ref(m) for m in self.masters], "stale_after_s": self.stale_after_s,
                 "metrics": str(self.env.dir / "kv.prom"), "events": str(self.env.dir / "kv-events.jsonl")}
 
-    def render_config(self) -> dict[Path, str]:
-        return {self.path(".json"): json.dumps(self.config(), indent=1)}
-
     def validate(self) -> None:
         if not self.masters or self.masters[0].region != self.server.region:
             raise self.error(f"region '{self.server.region}' has no KV master")
-
-    def argv(self) -> list[str]:
-        return [self.env.python, "-m", "kv.replica", "--config", str(self.path(".json"))]
 
     def ready(self) -> bool:
         return _answers(self.socket, "/v1/status")
@@ -205,10 +212,11 @@ def _answers(path: Path, url: str) -> bool:
         return False
 
 
-class HealthAgent(Daemon):
+class HealthAgent(PythonService):
     """``health.agent``: checks the local service and tells the ExaBGP API process what to announce."""
 
     name = "health"
+    module = "health.agent"
     dependencies = ("edge", "exabgp")
 
     def __init__(self, env: NodeEnv, server: Server) -> None:
@@ -240,9 +248,6 @@ class HealthAgent(Daemon):
     def state_file(self) -> Path:
         return self.env.dir / "health-state.json"
 
-    def render_config(self) -> dict[Path, str]:
-        return {self.path(".json"): json.dumps(self.config(), indent=1)}
-
     def validate(self) -> None:
         from health.agent import AgentConfig
 
@@ -250,9 +255,6 @@ class HealthAgent(Daemon):
             AgentConfig.from_json(self.config())
         except (KeyError, ValueError, TypeError) as exc:
             raise self.error(f"bad health agent config: {exc}") from exc
-
-    def argv(self) -> list[str]:
-        return [self.env.python, "-m", "health.agent", "--config", str(self.path(".json"))]
 
     def before_start(self) -> None:
         self.state_file.unlink(missing_ok=True)
