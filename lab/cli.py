@@ -307,11 +307,11 @@ def measure(
         console.print(f"wrote {plot}")
 
 
-def _control_client(name: str) -> Any:
+def _control_client(topo: Topology, name: str) -> Any:
+    """The operator's control plane client for lab ``name`` (whose topology is ``topo``)."""
     from control_plane.client import Client
 
-    state = _running_state_usage(name)
-    return Client(run_dir_of(name) / topology_of(state).control.name)
+    return Client(run_dir_of(name) / topo.control.name)
 
 
 def _print_propagation(prop: dict[str, float]) -> None:
@@ -352,8 +352,8 @@ def deploy(
         if not sep or not key.isidentifier() or not value:
             raise UsageError(f"--kv {item!r}: write it as BINDING=NAMESPACE (BINDING a Python identifier)")
         bindings[key] = {"kv_namespace": value}
-    client = _control_client(name)
     topo = topology_of(_running_state_usage(name))
+    client = _control_client(topo, name)
     host = host or f"{worker}.example"
     done = client.release(worker, {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings},
                           pop, region, timeout)
@@ -371,7 +371,7 @@ def rollback(
     timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
 ) -> None:
     """Put the worker back where it was before its last deploy (not deployed, before the first)."""
-    done = _control_client(name).roll_back(worker, timeout)
+    done = _control_client(topology_of(_running_state_usage(name)), name).roll_back(worker, timeout)
     where = ", ".join(f"{p}={v}" for p, v in sorted(done.placement.items())) or "nowhere (removed)"
     console.print(f"{worker} rolled back: {where}")
     _print_propagation(done.propagation)
@@ -386,7 +386,7 @@ def deployments(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("-
     state = _running_state_usage(name)
     topo = topology_of(state)
     try:
-        data = _control_client(name).deployments()
+        data = _control_client(topo, name).deployments()
     except ControlPlaneError as exc:
         disk = {s.name: _read_json(run_dir_of(name) / s.name / "deployments" / "current.json")
                 for s in topo.servers}
