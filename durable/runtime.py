@@ -87,21 +87,26 @@ class Live:
 class ObjectHost:
     """The objects one node owns. ``cls`` is the object class from the deployment's code."""
 
-    def __init__(self, root: Path, cls: type, env: Any, epoch_of: Callable[[str], int], ship: Ship,
-                 mode: str = "sync") -> None:
+    def __init__(self, open_store: Callable[[str], ObjectStore] | Path, cls: type, env: Any,
+                 epoch_of: Callable[[str], int], ship: Ship, mode: str = "sync") -> None:
         if mode not in ("sync", "async"):
             raise ValueError(f"mode {mode!r}: sync or async")
-        self.root, self.cls, self.env, self.epoch_of, self.ship, self.mode = root, cls, env, epoch_of, ship, mode
+        if isinstance(open_store, Path):
+            root = open_store
+            open_store = lambda oid: ObjectStore(root / f"{oid}.db")  # noqa: E731
+        self.open_store, self.cls, self.env, self.epoch_of, self.ship, self.mode = (
+            open_store, cls, env, epoch_of, ship, mode)
         self.objects: dict[str, Live] = {}
         self.alarms: dict[str, float] = {}
         self._alarm_tasks: dict[str, asyncio.Task[None]] = {}
         self.background: set[asyncio.Task[None]] = set()
         self.ship_lag: list[float] = []
+        self.ship_failures = 0
 
     def _live(self, object_id: str) -> Live:
         live = self.objects.get(object_id)
         if live is None:
-            store = ObjectStore(self.root / f"{object_id}.db")
+            store = self.open_store(object_id)
             store.fence(self.epoch_of(object_id))
             state = State(object_id, Storage(store, self.epoch_of(object_id), self, object_id))
             live = Live(self.cls(state, self.env), store, shipped=store.seq)
@@ -117,23 +122,45 @@ class ObjectHost:
                 live.shipped = entries[-1]["seq"]
                 self.ship_lag.append(time.monotonic() - t0)
 
-    async def _event(self, object_id: str, run: Callable[[Any], Awaitable[Any]]) -> Any:
+    def drop(self, object_id: str) -> None:
+        """Forget the object's instance (its owner or epoch changed): the next event makes a new one at
+        the epoch ``epoch_of`` says; its alarm is cancelled."""
+        self.objects.pop(object_id, None)
+        task = self._alarm_tasks.pop(object_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _ship_later(self, object_id: str, live: Live) -> None:
+        """Async mode's shipping: a failure is counted (the next event ships what is left)."""
+        try:
+            await self._ship(object_id, live)
+        except Exception:
+            self.ship_failures += 1
+
+    async def _event(self, object_id: str, run: Callable[[Any], Awaitable[Any]]) -> tuple[Any, bool]:
         live = self._live(object_id)
         async with live.gate:  # input gate: one event at a time
+            seq0 = live.store.seq
             result = await run(live.instance)
+            wrote = live.store.seq != seq0
             if self.mode == "sync":
                 await self._ship(object_id, live)  # output gate: durable at the backup first
             else:
-                task = asyncio.create_task(self._ship(object_id, live))
+                task = asyncio.create_task(self._ship_later(object_id, live))
                 self.background.add(task)
                 task.add_done_callback(self.background.discard)
-            return result
+            return result, wrote
 
     async def fetch(self, object_id: str, request: Request) -> Response:
         """Deliver a request to the object (its fetch), through both gates. Exceptions of the object's
         code propagate (Fenced among them: this node is no longer the owner)."""
-        result = await self._event(object_id, lambda obj: obj.fetch(request))
-        return to_response(result)
+        return (await self.call(object_id, request))[0]
+
+    async def call(self, object_id: str, request: Request) -> tuple[Response, bool]:
+        """:meth:`fetch`, and whether the event wrote anything (a read-only answer can still be refused
+        after the fact, e.g. when the owner's lease ran out meanwhile)."""
+        result, wrote = await self._event(object_id, lambda obj: obj.fetch(request))
+        return to_response(result), wrote
 
     def set_alarm(self, object_id: str, at: float | None) -> None:
         old = self._alarm_tasks.pop(object_id, None)

@@ -90,6 +90,13 @@ class ObjectStore:
     def seq(self) -> int:
         return self._meta("seq")
 
+    @property
+    def data_epoch(self) -> int:
+        """The epoch whose history this copy follows (of its last entry or snapshot): a backup takes log
+        entries only from that epoch, anything else needs a snapshot (an old owner's unshipped tail
+        would otherwise survive under sequence numbers the new owner reuses)."""
+        return self._meta("data_epoch")
+
     # -- fencing and writes --------------------------------------------------------------------------
 
     def fence(self, epoch: int) -> None:
@@ -115,6 +122,7 @@ class ObjectStore:
                         self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
                 self.db.execute("INSERT INTO log VALUES (?, ?, ?)", (new_seq, epoch, json.dumps(ops)))
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (new_seq,))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('data_epoch', ?)", (epoch,))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -143,6 +151,16 @@ class ObjectStore:
         rows = self.db.execute("SELECT seq, epoch, ops FROM log WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
         return [{"seq": s, "epoch": e, "ops": json.loads(o)} for s, e, o in rows]
 
+    def follows(self, entries: builtins.list[dict[str, Any]]) -> bool:
+        """Whether :meth:`replay` can take ``entries`` (same epoch's history, no gap); else the sender
+        must install a snapshot first."""
+        if not entries:
+            return True
+        first = entries[0]
+        if self.seq == 0 and self.data_epoch == 0:
+            return int(first["seq"]) == 1
+        return int(first["epoch"]) == self.data_epoch and int(first["seq"]) <= self.seq + 1
+
     def replay(self, entries: builtins.list[dict[str, Any]]) -> int:
         """Apply shipped log entries in order, each once (sequence numbers already here are skipped);
         returns the sequence reached. Entries from a fenced epoch raise Fenced."""
@@ -153,6 +171,41 @@ class ObjectStore:
                 raise LabError(f"log gap: have {self.seq}, got {entry['seq']}; ship from {self.seq}")
             self._commit(int(entry["epoch"]), [tuple(op) for op in entry["ops"]], entry["seq"])
         return self.seq
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole object as of now: ``{"seq", "epoch", "data"}`` (what a backup is seeded with)."""
+        with self.lock:
+            # The owner's own epoch: what a backup follows from here on (it may not have written yet).
+            return {"seq": self.seq, "epoch": max(self.epoch, self.data_epoch), "data": self.list()}
+
+    def install(self, snapshot: dict[str, Any]) -> int:
+        """Replace this copy with ``snapshot`` unless this copy already follows the same epoch as far;
+        returns the sequence reached. A snapshot from a fenced epoch raises Fenced."""
+        with self.lock:
+            epoch = int(snapshot["epoch"])
+            if epoch < self.epoch:
+                raise Fenced(f"snapshot of epoch {epoch} is no longer current (the object is at "
+                             f"epoch {self.epoch})")
+            if epoch == self.data_epoch and int(snapshot["seq"]) <= self.seq and self.seq:
+                return self.seq
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("DELETE FROM kv")
+                self.db.execute("DELETE FROM log")
+                self.db.executemany("INSERT INTO kv VALUES (?, ?)",
+                                    [(k, json.dumps(v)) for k, v in snapshot["data"].items()])
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (int(snapshot["seq"]),))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('data_epoch', ?)", (epoch,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            return self.seq
+
+    def truncate(self, upto: int) -> None:
+        """Forget log entries up to ``upto`` (shipped and covered by a snapshot at the backup)."""
+        with self.lock:
+            self.db.execute("DELETE FROM log WHERE seq <= ?", (upto,))
 
     def close(self) -> None:
         self.db.close()

@@ -32,11 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 import uvloop
 
+from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
 from pop_agent.sync import LocalStore, Syncer
 from pop_agent.worker_api import Request, Response
@@ -73,6 +74,9 @@ class Deployment:
         if not dep.path_prefix.startswith("/") or not 0 <= dep.min_isolates <= dep.max_isolates or dep.max_isolates < 1:
             raise DeployError(f"{dep.name}: path_prefix must start with '/' and 0 ≤ min_isolates ≤ max_isolates ≥ 1")
         check_code(dep.code, dep.limits)
+        for value in dep.bindings.values():  # a Durable Object class is the deployment's own by default
+            if isinstance(value, dict) and "durable_object" in value:
+                value.setdefault("script", dep.name)
         return dep
 
 
@@ -162,6 +166,10 @@ class Edge:
             if key not in pools:
                 pool.close()
 
+    def version_of(self, name: str) -> str | None:
+        """The version of worker ``name`` this server runs (None: none)."""
+        return next((version for (n, version) in self.pools if n == name), None)
+
     def route(self, host: str, path: str) -> Pool | None:
         for prefix, pool in self.table.get(host.split(":")[0].lower(), []):
             if path.startswith(prefix):
@@ -188,10 +196,16 @@ class Edge:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class Handler(Protocol):
+    async def handle(self, req: Request) -> Response: ...
+
+    def stamp(self, resp: Response) -> Response: ...
+
+
 class HttpProtocol(asyncio.Protocol):
     """HTTP/1.1 with keep-alive; pipelined requests are answered in order."""
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: Handler) -> None:
         self.edge = edge
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -298,7 +312,8 @@ def reload(edge: Edge, store: LocalStore) -> None:
 
 
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
-                store: LocalStore | None, control: tuple[str, int, str] | None = None) -> None:
+                store: LocalStore | None, control: tuple[str, int, str] | None = None,
+                directory: tuple[str, int] | None = None) -> None:
     """Serve until SIGTERM/SIGINT. With ``store``, start from its last good set (SIGHUP reloads it); with
     ``control`` (address, port, token) also keep it in sync with the control plane."""
     loop = asyncio.get_running_loop()
@@ -320,6 +335,9 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
                                                            local_addr=(address, udp_port))
         closers.append(transport)
     closers.append(await asyncio.start_server(healthz, "127.0.0.1", health_port))
+    if directory is not None:
+        router = DoRouter(directory, edge.version_of)
+        closers.append(await loop.create_server(lambda: HttpProtocol(router), "127.0.0.1", DO_ROUTER_PORT))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 10.0)
@@ -344,17 +362,22 @@ def main() -> None:
     parser.add_argument("--deployments", type=Path, help="this server's store of deployments (last good set)")
     parser.add_argument("--control", help="the control plane's ADDRESS:PORT to sync with")
     parser.add_argument("--token-file", type=Path, help="the PoP token for the control plane")
+    parser.add_argument("--directory", help="the Durable Object directory's ADDRESS:PORT (runs the DO router)")
     args = parser.parse_args()
     control = None
     if args.control:
         address, _, cport = args.control.rpartition(":")
         control = (address, int(cport), args.token_file.read_text().strip())
+    directory = None
+    if args.directory:
+        address, _, dport = args.directory.rpartition(":")
+        directory = (address, int(dport))
     zygote = Zygote()
     zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
     try:
         store = LocalStore(args.deployments) if args.deployments else None
         uvloop.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.udp_port,
-                         args.health_port, store, control))
+                         args.health_port, store, control, directory))
     finally:
         zygote.stop()
 

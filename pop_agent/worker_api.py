@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import secrets
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,10 +138,94 @@ class KvNamespace:
         return (await self._call("GET", f"list?{query}"))[1]
 
 
+class DurableObjectError(Exception):
+    """A stub call that got no answer from the object. ``definite``: it certainly did not run; otherwise
+    it may have (a timeout after the request left, an owner whose backup did not confirm)."""
+
+    def __init__(self, error: str, definite: bool, detail: str = "") -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.error, self.definite = error, definite
+
+
+@dataclass(frozen=True)
+class DurableObjectId:
+    """An object's id within its namespace (32 hex digits); ``name`` when made by ``id_from_name``."""
+
+    hex: str
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return self.hex
+
+
+class DurableObjectStub:
+    """``stub.fetch(request)``: the call goes to the PoP's DO router, which finds the owner."""
+
+    def __init__(self, key: str, hint: str | None, port: int) -> None:
+        self.key, self.hint, self.port = key, hint, port
+
+    async def fetch(self, request: Request | str, method: str = "GET", body: str | bytes = b"",
+                    headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Response:
+        """The object's answer, with ``x-do-owner``/``x-do-epoch`` saying who served it. Raises
+        DurableObjectError when there is none."""
+        from pop_agent.sync import http_exchange
+
+        if isinstance(request, str):
+            raw = body.encode() if isinstance(body, str) else bytes(body)
+            request = Request(method, request, dict(headers or {}), raw)
+        call = json.dumps({"key": self.key, "hint": self.hint, "request": {
+            "method": request.method, "url": request.url, "headers": dict(request.headers),
+            "body": base64.b64encode(request.body).decode()}}).encode()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1.0)
+        except (OSError, TimeoutError) as exc:
+            raise DurableObjectError("no_router", True, repr(exc)) from None
+        try:
+            http = (f"POST /v1/do HTTP/1.1\r\nHost: do\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(call)}\r\nConnection: close\r\n\r\n").encode() + call
+            status, _h, raw_reply = await asyncio.wait_for(http_exchange(reader, writer, http), timeout)
+        except (OSError, TimeoutError, EOFError) as exc:
+            raise DurableObjectError("no_answer", False, repr(exc)) from None
+        finally:
+            writer.close()
+        reply = json.loads(raw_reply)
+        if status != 200:
+            raise DurableObjectError(str(reply.get("error")), bool(reply.get("definite")), str(reply.get("detail", "")))
+        resp = Response(base64.b64decode(reply["body"]), reply["status"], reply.get("headers"))
+        resp.headers["x-do-owner"], resp.headers["x-do-epoch"] = str(reply["owner"]), str(reply["epoch"])
+        return resp
+
+
+class DurableObjectNamespace:
+    """A Durable Object class bound to the deployment (``{"durable_object": CLASS}`` in its bindings):
+    ``id_from_name``, ``new_unique_id``, ``id_from_string``, ``get(id, location_hint=REGION)``."""
+
+    def __init__(self, script: str, cls: str, port: int = 8102) -> None:
+        self.script, self.cls, self.port = script, cls, port
+
+    def id_from_name(self, name: str) -> DurableObjectId:
+        digest = hashlib.sha256(f"{self.script}/{self.cls}/{name}".encode()).hexdigest()[:32]
+        return DurableObjectId(digest, name)
+
+    def new_unique_id(self) -> DurableObjectId:
+        return DurableObjectId(secrets.token_hex(16))
+
+    def id_from_string(self, hex_id: str) -> DurableObjectId:
+        if len(hex_id) != 32 or any(c not in "0123456789abcdef" for c in hex_id):
+            raise ValueError(f"{hex_id!r} is not an object id (32 lower-case hex digits)")
+        return DurableObjectId(hex_id)
+
+    def get(self, object_id: DurableObjectId, location_hint: str | None = None) -> DurableObjectStub:
+        return DurableObjectStub(f"{self.script}/{self.cls}/{object_id.hex}", location_hint, self.port)
+
+
 def binding(value: Any) -> Any:
-    """A binding as the worker sees it: ``{"kv_namespace": NAME}`` becomes a :class:`KvNamespace`."""
+    """A binding as the worker sees it: ``{"kv_namespace": NAME}`` becomes a :class:`KvNamespace`,
+    ``{"durable_object": CLASS, "script": NAME}`` a :class:`DurableObjectNamespace`."""
     if isinstance(value, dict) and set(value) == {"kv_namespace"}:
         return KvNamespace(str(value["kv_namespace"]))
+    if isinstance(value, dict) and "durable_object" in value:
+        return DurableObjectNamespace(str(value.get("script", "")), str(value["durable_object"]))
     return value
 
 

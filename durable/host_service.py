@@ -1,0 +1,427 @@
+"""A region's Durable Object host (on the region's storage node, beside its KV master): runs the objects
+this region owns and keeps the copies of those it backs up.
+
+- **Lease**: renews with the directory every ``renew_s``; it serves only while the lease it last got is
+  running (``lease_s`` from when the renewal was *sent*) and only objects the directory's answer says it
+  owns, at that epoch. A call carrying a newer epoch makes it renew at once (a promotion it has not
+  heard of yet).
+- **Owner**: an object's code is the deployment's (fetched from the control plane by version, like a PoP
+  does); events go through :class:`durable.runtime.ObjectHost` (input and output gates). The output gate
+  ships the object's new log entries to its backup (``/v1/replicate``); a backup that has another
+  epoch's history or a gap gets a snapshot first (``/v1/install``). ``sync``: the answer waits for the
+  backup (retrying for ``ship_deadline_s``, following the directory when it names a new backup);
+  ``async``: it does not (the lag is measured). When the directory names a new backup, it is seeded with
+  a snapshot at once; every ``snapshot_s`` the backup gets a fresh snapshot and the log before it is
+  dropped.
+- **Promotion**: when the directory's answer makes this region the owner at a new epoch, the local copy
+  (kept current by the shipped log: a hot standby, so there is no log left to replay) is fenced at the
+  new epoch and served from then on. **Fencing**: a copy this host owned before and no longer owns is
+  fenced at the new epoch: its writes fail with "no longer current".
+
+HTTP (aiohttp) on the lab network and ``do.sock``:
+
+``POST /v1/call``       ``{key, epoch, version, request: {method, url, headers, body}}`` (body base64) →
+                        ``{status, headers, body, owner, epoch}``; refusals ``{error, definite}``: 503
+                        ``lease_expired``, 421 ``not_owner`` (with the owner), 409 ``fenced`` — definite:
+                        nothing took effect —, 503 ``backup_unreachable`` and 500 ``object_error`` —
+                        not definite: the write may surface later
+``POST /v1/replicate``  ``{key, entries}`` from the owner → ``{seq}``; 409 ``need_snapshot`` or ``fenced``
+``POST /v1/install``    ``{key, snapshot}`` → ``{seq}``; 409 ``fenced``
+``GET  /v1/status``     lease, owned objects, shipping lag
+
+Decisions are JSON lines in ``events`` (CLOCK_MONOTONIC ``time``): ``promote``, ``fenced``,
+``first_served`` (the first answer at a new epoch), ``lease_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from durable.runtime import ObjectHost
+from durable.storage import Fenced, ObjectStore
+from kv import service
+from kv.service import mono
+from lab.errors import LabError
+from pop_agent.isolate import check_code
+from pop_agent.worker_api import Env, Request, Response
+
+SHIP_TIMEOUT_S = 0.5
+
+
+class ShipError(LabError):
+    """The backup did not confirm in time: the write is kept here and may still reach it."""
+
+
+class Refused(Exception):
+    """A call this host will not run; ``definite``: certainly nothing took effect."""
+
+    def __init__(self, status: int, error: str, definite: bool, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.error, self.definite, self.extra = status, error, definite, extra
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.error, "definite": self.definite, **self.extra},
+                                 status=self.status)
+
+
+def key_parts(key: str) -> tuple[str, str, str]:
+    """``script/Class/id`` → its parts; raises ValueError for anything else."""
+    script, cls, oid = key.split("/")
+    if not (script and cls.isidentifier() and oid):
+        raise ValueError(key)
+    return script, cls, oid
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Host:
+    """One region's DO host; all on one event loop."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.region = str(cfg["region"])
+        self.data_dir = Path(cfg["data_dir"])
+        (self.data_dir / "objects").mkdir(parents=True, exist_ok=True)
+        self.directory = tuple(cfg["directory"])
+        self.control = tuple(cfg["control"])
+        self.token = Path(cfg["token_file"]).read_text().strip() if cfg.get("token_file") else ""
+        self.mode = str(cfg.get("mode", "sync"))
+        self.renew_s = float(cfg.get("renew_s", 0.1))
+        self.snapshot_s = float(cfg.get("snapshot_s", 3600.0))
+        self.ship_deadline_s = float(cfg.get("ship_deadline_s", 2.0))
+        self.events = Path(cfg["events"])
+        self.lease_until = 0.0
+        self.placements: dict[str, tuple[str, int, str | None]] = {}
+        self.regions: dict[str, tuple[str, int]] = {}
+        self.stores: dict[str, ObjectStore] = {}
+        self.owned: dict[str, int] = {}  # key → the epoch this host serves it at
+        self.seeded: dict[str, str] = {}  # key → the backup region that has a snapshot from us
+        self.runtimes: dict[tuple[str, str], tuple[str, ObjectHost]] = {}
+        self.code: dict[str, dict[str, Any]] = {}
+        self.served: set[tuple[str, int]] = set()
+        self.ship_lag: list[float] = []
+        self.unprotected = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.renewing: asyncio.Lock | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    def open(self) -> None:
+        """Make what needs the running event loop."""
+        self.session = aiohttp.ClientSession()
+        self.renewing = asyncio.Lock()
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.session is not None:
+            await self.session.close()
+        for store in self.stores.values():
+            with contextlib.suppress(Exception):
+                store.close()
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def _event(self, event: dict[str, Any]) -> None:
+        with self.events.open("a") as f:
+            f.write(json.dumps({"time": mono(), "region": self.region, **event}) + "\n")
+
+    def store(self, key: str) -> ObjectStore:
+        store = self.stores.get(key)
+        if store is None:
+            name = hashlib.sha256(key.encode()).hexdigest()[:32]
+            store = self.stores[key] = ObjectStore(self.data_dir / "objects" / f"{name}.db")
+        return store
+
+    def lease_ok(self) -> bool:
+        return mono() < self.lease_until
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._event({"event": "background_error", "error": repr(task.exception())})
+
+    async def _post(self, address: tuple[str, int], path: str, body: dict[str, Any],
+                    timeout: float) -> tuple[int, dict[str, Any]]:
+        assert self.session is not None
+        async with self.session.post(f"http://{address[0]}:{address[1]}{path}", json=body,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    # -- lease -------------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        return {key: {"seq": self.store(key).seq, "shipped_to": self.seeded.get(key)} for key in self.owned}
+
+    async def renew(self) -> bool:
+        """One renewal; True when the directory answered (lease extended, placements applied)."""
+        assert self.renewing is not None
+        async with self.renewing:
+            sent = mono()
+            try:
+                status, reply = await self._post(self.directory, "/v1/lease",
+                                                 {"region": self.region, "objects": self.report()}, timeout=0.5)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return False
+            if status != 200:
+                return False
+            self.lease_until = sent + float(reply["lease_s"])
+            self.regions = {r: (a, int(p)) for r, (a, p) in reply["regions"].items()}
+            self.apply({k: (o, int(e), b) for k, (o, e, b) in reply["objects"].items()})
+            return True
+
+    def apply(self, placements: dict[str, tuple[str, int, str | None]]) -> None:
+        """Take the directory's placements: promote what is now ours, fence what no longer is, seed new
+        backups."""
+        self.placements = placements
+        for key, (owner, epoch, backup) in placements.items():
+            if owner == self.region:
+                if self.owned.get(key) != epoch:
+                    t0 = mono()
+                    store = self.store(key)
+                    before = store.epoch
+                    store.fence(epoch)
+                    self._drop(key)
+                    if epoch > 1 and before < epoch:
+                        self._event({"event": "promote", "key": key, "epoch": epoch, "seq": store.seq,
+                                     "restore_s": round(mono() - t0, 6)})
+                    self.owned[key] = epoch
+                if backup is not None and self.seeded.get(key) != backup:
+                    self._spawn(self.seed(key, backup))
+            elif key in self.owned or (key in self.stores and self.stores[key].epoch < epoch
+                                       and backup != self.region):
+                self.owned.pop(key, None)
+                self._drop(key)
+                self.store(key).fence(epoch)
+                self._event({"event": "fenced", "key": key, "epoch": epoch, "owner": owner})
+
+    def _drop(self, key: str) -> None:
+        for _version, runtime in self.runtimes.values():
+            runtime.drop(key)
+
+    async def keep_lease(self) -> None:
+        had = False
+        while True:
+            ok = await self.renew()
+            if had and not ok and not self.lease_ok():
+                self._event({"event": "lease_lost"})
+            had = ok or self.lease_ok()
+            await asyncio.sleep(self.renew_s)  # the renewal period
+
+    # -- replication ---------------------------------------------------------------------------------
+
+    async def seed(self, key: str, backup: str) -> bool:
+        """Install a snapshot of ``key`` on ``backup``; True when it confirmed."""
+        address = self.regions.get(backup)
+        if address is None:
+            return False
+        snapshot = self.store(key).snapshot()
+        try:
+            status, reply = await self._post(address, "/v1/install", {"key": key, "snapshot": snapshot},
+                                             timeout=SHIP_TIMEOUT_S)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+        if status == 409 and reply.get("error") == "fenced":
+            raise Fenced(f"{backup} refused the snapshot of {key}: this host is no longer its owner")
+        if status == 200:
+            self.seeded[key] = backup
+            return True
+        return False
+
+    async def ship(self, key: str, entries: list[dict[str, Any]]) -> None:
+        """The output gate's shipping: ``entries`` confirmed by the object's current backup. Raises
+        Fenced (the backup is at a newer epoch: this host is not the owner), ShipError (no confirmation
+        within ``ship_deadline_s``)."""
+        t0 = mono()
+        while True:
+            placement = self.placements.get(key)
+            backup = placement[2] if placement else None
+            if backup is None:  # nobody to ship to (every other region is down): acknowledged unprotected
+                self.unprotected += 1
+                return
+            address = self.regions.get(backup)
+            try:
+                if address is not None:
+                    status, reply = await self._post(address, "/v1/replicate", {"key": key, "entries": entries},
+                                                     timeout=SHIP_TIMEOUT_S)
+                    if status == 200:
+                        self.ship_lag.append(mono() - t0)
+                        del self.ship_lag[:-1000]
+                        return
+                    if reply.get("error") == "fenced":
+                        raise Fenced(f"{backup} is at a newer epoch for {key}: this host is no longer its owner")
+                    if reply.get("error") == "need_snapshot":
+                        await self.seed(key, backup)
+                        continue
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            if mono() - t0 > self.ship_deadline_s:
+                raise ShipError(f"backup region {backup} did not confirm {key} within {self.ship_deadline_s} s")
+            await asyncio.sleep(0.05)  # retry backoff; the directory may name another backup meanwhile
+
+    async def snapshots(self) -> None:
+        while True:
+            await asyncio.sleep(self.snapshot_s)  # the configured snapshot period
+            for key in list(self.owned):
+                placement = self.placements.get(key)
+                if placement and placement[2] and await self.seed(key, placement[2]):
+                    self.store(key).truncate(self.store(key).snapshot()["seq"])
+
+    # -- running objects -------------------------------------------------------------------------------
+
+    async def runtime(self, key: str, version: str) -> ObjectHost:
+        script, cls_name, _ = key_parts(key)
+        current = self.runtimes.get((script, cls_name))
+        if current is not None and current[0] == version:
+            return current[1]
+        artifact = self.code.get(version)
+        if artifact is None:
+            artifact = self.code[version] = await self._fetch_code(version)
+        if artifact.get("name") != script:
+            raise Refused(400, "bad_version", True, detail=f"version {version} is not a version of {script}")
+        namespace: dict[str, Any] = {"__name__": "durable_object", "Response": Response}
+        exec(check_code(artifact["code"], _limits()), namespace)
+        cls = namespace.get(cls_name)
+        if not isinstance(cls, type):
+            raise Refused(400, "no_such_class", True, detail=f"{script} {version} defines no class {cls_name}")
+        bindings = {k: v for k, v in artifact.get("bindings", {}).items() if not isinstance(v, dict)}
+        host = ObjectHost(self.store, cls, Env(bindings, 50), lambda k: self.owned[k], self.ship, self.mode)
+        self.runtimes[(script, cls_name)] = (version, host)
+        return host
+
+    async def _fetch_code(self, version: str) -> dict[str, Any]:
+        assert self.session is not None
+        url = f"http://{self.control[0]}:{self.control[1]}/v1/artifacts/{version}"
+        try:
+            async with self.session.get(url, headers={"Authorization": f"Bearer {self.token}"},
+                                        timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                if resp.status != 200:
+                    raise Refused(502, "code_unavailable", True, detail=f"the control plane answered {resp.status}")
+                artifact: dict[str, Any] = json.loads(await resp.read())
+                return artifact
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise Refused(502, "code_unavailable", True, detail=f"the control plane: {exc!r}") from None
+
+    async def call(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Run one stub call; raises Refused saying whether anything may have taken effect."""
+        key, epoch = str(data["key"]), int(data["epoch"])
+        try:
+            key_parts(key)
+        except ValueError:
+            raise Refused(400, "bad_key", True, detail="key must be script/Class/id") from None
+        if not self.lease_ok():
+            raise Refused(503, "lease_expired", True)
+        if self.owned.get(key, 0) < epoch or key not in self.placements:
+            await self.renew()  # a placement or promotion this host has not heard of yet
+        owner, current, _backup = self.placements.get(key, (None, 0, None))
+        if owner != self.region or self.owned.get(key) != epoch or current != epoch:
+            raise Refused(421, "not_owner", True, owner=owner, epoch=current)
+        runtime = await self.runtime(key, str(data["version"]))
+        raw = data.get("request", {})
+        request = Request(str(raw.get("method", "GET")), str(raw.get("url", "/")), dict(raw.get("headers", {})),
+                          base64.b64decode(raw.get("body", "")))
+        try:
+            response, wrote = await runtime.call(key, request)
+        except Fenced as exc:
+            raise Refused(409, "fenced", True, detail=str(exc)) from None
+        except ShipError as exc:
+            raise Refused(503, "backup_unreachable", False, detail=str(exc)) from None
+        except Exception as exc:  # the object's own code failed; what it wrote before stays
+            raise Refused(500, "object_error", False, detail=f"{type(exc).__name__}: {exc}") from None
+        if not wrote and not self.lease_ok():
+            # A read that finished after the lease ran out may have missed a new owner's write.
+            raise Refused(503, "lease_expired", True)
+        if (key, epoch) not in self.served:
+            self.served.add((key, epoch))
+            self._event({"event": "first_served", "key": key, "epoch": epoch})
+        return {"status": response.status, "headers": response.headers,
+                "body": base64.b64encode(response.body).decode(), "owner": self.region, "epoch": epoch}
+
+    def status(self) -> dict[str, Any]:
+        return {"region": self.region, "mode": self.mode, "lease_ok": self.lease_ok(),
+                "lease_left_s": round(self.lease_until - mono(), 3), "owned": len(self.owned),
+                "copies": len(self.stores), "unprotected_writes": self.unprotected,
+                "ship_lag_s": {"p50": percentile(self.ship_lag, 0.5), "p99": percentile(self.ship_lag, 0.99),
+                               "max": max(self.ship_lag, default=None)},
+                "objects": {k: {"epoch": e, "seq": self.store(k).seq,
+                                "backup": self.placements.get(k, ("", 0, None))[2],
+                                "seeded": self.seeded.get(k)}
+                            for k, e in sorted(self.owned.items())}}
+
+
+def _limits() -> Any:
+    from pop_agent.isolate import Limits
+
+    return Limits()
+
+
+def make_app(host: Host) -> web.Application:
+    """The host's HTTP API (its session and lock are made by :meth:`Host.open`)."""
+
+    async def call(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await host.call(await request.json()))
+        except Refused as exc:
+            return exc.response()
+        except (KeyError, ValueError, TypeError) as exc:
+            return web.json_response({"error": "bad_request", "definite": True, "detail": str(exc)}, status=400)
+
+    async def replicate(request: web.Request) -> web.Response:
+        data = await request.json()
+        store = host.store(str(data["key"]))
+        entries = list(data["entries"])
+        if entries and int(entries[0]["epoch"]) < store.epoch:
+            return web.json_response({"error": "fenced", "epoch": store.epoch}, status=409)
+        if not store.follows(entries):
+            return web.json_response({"error": "need_snapshot", "seq": store.seq}, status=409)
+        try:
+            return web.json_response({"seq": store.replay(entries)})
+        except Fenced:
+            return web.json_response({"error": "fenced", "epoch": store.epoch}, status=409)
+        except LabError:
+            return web.json_response({"error": "need_snapshot", "seq": store.seq}, status=409)
+
+    async def install(request: web.Request) -> web.Response:
+        data = await request.json()
+        try:
+            return web.json_response({"seq": host.store(str(data["key"])).install(data["snapshot"])})
+        except Fenced:
+            return web.json_response({"error": "fenced"}, status=409)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(host.status())
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/call", call)
+    app.router.add_post("/v1/replicate", replicate)
+    app.router.add_post("/v1/install", install)
+    app.router.add_get("/v1/status", status)
+    return app
+
+
+async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
+    """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
+    host = Host(cfg)
+    host.open()
+    await service.run(make_app(host), cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
+
+
+if __name__ == "__main__":
+    service.main(serve, __doc__ or "")

@@ -1,0 +1,120 @@
+"""The PoP's Durable Object router (inside the edge worker, on 127.0.0.1): takes a stub call from an
+isolate and forwards it to the object's owner region, wherever anycast brought the request.
+
+It asks the directory where an object lives (``/v1/where``, placing it on its first call) and keeps the
+answer; when the owner cannot be reached or refuses with something that certainly did not run
+(``not_owner``, ``lease_expired``, ``fenced``, no TCP connection), it forgets the answer, asks again and
+retries until ``deadline_s`` — that is how it follows a failover. Once a request was sent it is never
+retried: no answer in time is answered 504 with ``definite: false`` (the object may have run it).
+
+``POST /v1/do`` ``{key, hint, request}`` → 200 with the owner's answer ``{status, headers, body, owner,
+epoch}``, else ``{error, definite, detail}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from pop_agent.sync import http_exchange
+from pop_agent.worker_api import Request, Response
+
+DO_ROUTER_PORT = 8102
+RETRYABLE = {"not_owner", "lease_expired", "fenced"}
+
+
+class NotConnected(Exception):
+    """No TCP connection was made: nothing was sent."""
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body).encode(), status, {"content-type": "application/json"})
+
+
+async def _exchange(address: str, port: int, method: str, path: str, body: bytes, connect_s: float,
+                    answer_s: float) -> tuple[int, bytes]:
+    """One request on its own connection. Raises NotConnected when no connection was made (nothing was
+    sent), TimeoutError/EOFError/OSError when the answer did not come."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), connect_s)
+    except (OSError, TimeoutError) as exc:
+        raise NotConnected(f"{address}:{port}: {exc!r}") from None
+    try:
+        request = (f"{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        status, _headers, answer = await asyncio.wait_for(http_exchange(reader, writer, request), answer_s)
+        return status, answer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+class DoRouter:
+    """Routes stub calls for the edge; ``version_of(script)`` is the version this PoP runs."""
+
+    def __init__(self, directory: tuple[str, int], version_of: Callable[[str], str | None],
+                 deadline_s: float = 3.0, connect_s: float = 0.3, answer_s: float = 2.5) -> None:
+        self.directory, self.version_of = directory, version_of
+        self.deadline_s, self.connect_s, self.answer_s = deadline_s, connect_s, answer_s
+        self.cache: dict[str, dict[str, Any]] = {}
+
+    def stamp(self, resp: Response) -> Response:
+        return resp
+
+    async def _where(self, key: str, hint: str | None) -> dict[str, Any]:
+        query = urlencode({"key": key, **({"hint": hint} if hint else {})})
+        status, body = await _exchange(*self.directory, "GET", f"/v1/where?{query}", b"", self.connect_s, 1.0)
+        reply: dict[str, Any] = json.loads(body)
+        if status != 200:
+            raise LookupError(reply.get("detail") or reply.get("error") or f"HTTP {status}")
+        self.cache[key] = reply
+        return reply
+
+    async def handle(self, req: Request) -> Response:
+        """Never raises: every outcome is an answer saying whether the call may have run."""
+        try:
+            data = json.loads(req.body)
+            key, hint, request = str(data["key"]), data.get("hint"), data["request"]
+            script = key.split("/")[0]
+        except (ValueError, KeyError, TypeError) as exc:
+            return _json(400, {"error": "bad_request", "definite": True, "detail": str(exc)})
+        version = self.version_of(script)
+        if version is None:
+            return _json(404, {"error": "no_such_script", "definite": True,
+                               "detail": f"this PoP runs no version of {script}"})
+        deadline = time.monotonic() + self.deadline_s
+        last = "no attempt"
+        while True:
+            try:
+                place = self.cache.get(key) or await self._where(key, hint)
+                body = json.dumps({"key": key, "epoch": place["epoch"], "version": version,
+                                   "request": request}).encode()
+                try:
+                    status, answer = await _exchange(place["address"], int(place["port"]), "POST", "/v1/call", body,
+                                                     self.connect_s, self.answer_s)
+                except NotConnected as exc:
+                    raise LookupError(f"owner {place['owner']} unreachable: {exc}") from None
+                except (TimeoutError, EOFError, OSError) as exc:
+                    self.cache.pop(key, None)
+                    return _json(504, {"error": "no_answer", "definite": False,
+                                       "detail": f"owner {place['owner']}: {exc!r}"})
+                try:
+                    reply = json.loads(answer)
+                except ValueError:
+                    return _json(502, {"error": "bad_answer", "definite": False, "detail": answer[:200].decode()})
+                if status == 200 or reply.get("error") not in RETRYABLE:
+                    return _json(status, reply)
+                last = f"owner {place['owner']} epoch {place['epoch']}: {reply.get('error')}"
+            except (LookupError, NotConnected, OSError, TimeoutError, EOFError, ValueError) as exc:
+                last = str(exc) or type(exc).__name__
+            self.cache.pop(key, None)
+            if time.monotonic() > deadline:
+                return _json(503, {"error": "unavailable", "definite": True,
+                                   "detail": f"no owner answered within {self.deadline_s} s; last: {last}"})
+            await asyncio.sleep(0.05)  # retry backoff while the directory fails the owner over

@@ -1,0 +1,230 @@
+"""Durable Objects end to end on loopback (no root): directory, three region hosts, a PoP's DO router and
+the example worker; owner crash, partition and heal, sync vs async shipping, a linearizable history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from durable.directory_service import Directory
+from durable.directory_service import make_app as directory_app
+from durable.history import Definite, Recorder
+from durable.host_service import Host, Refused
+from durable.host_service import make_app as host_app
+from durable.linearizability import check
+from durable.storage import Fenced
+from pop_agent.do_router import DoRouter
+from pop_agent.edge import HttpProtocol
+from pop_agent.worker_api import DurableObjectNamespace, Request, Response
+
+CODE = (Path(__file__).parents[2] / "examples" / "do_register.py").read_text()
+LEASE_S, RENEW_S, MARGIN_S = 0.4, 0.05, 0.1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """Everything on one event loop; ``crash``/``partition``/``heal`` a region's host."""
+
+    def __init__(self, tmp: Path, mode: str = "sync", regions: tuple[str, ...] = ("a", "b", "c")) -> None:
+        self.tmp, self.mode, self.regions = tmp, mode, regions
+        self.ports = {r: free_port() for r in regions}
+        self.dport, self.rport = free_port(), free_port()
+        self.runners: dict[str, web.AppRunner] = {}
+        self.tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self.hosts: dict[str, Host] = {}
+        namespace: dict[str, Any] = {"Response": Response}
+        exec(CODE, namespace)
+        self.fetch = namespace["fetch"]
+        self.env = type("Env", (), {"REG": DurableObjectNamespace("reg", "Register", self.rport)})()
+
+    async def _site(self, name: str, app: web.Application, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self.runners[name] = runner
+
+    async def start(self) -> None:
+        self.directory = Directory({"regions": {r: ["127.0.0.1", p] for r, p in self.ports.items()},
+                                    "lease_s": LEASE_S, "renew_s": RENEW_S, "margin_s": MARGIN_S,
+                                    "state": str(self.tmp / "directory.json"),
+                                    "events": str(self.tmp / "directory-events.jsonl")})
+        await self._site("directory", directory_app(self.directory), self.dport)
+        self.tasks["directory"] = [asyncio.create_task(self.directory.watch())]
+        for r in self.regions:
+            await self.start_host(r)
+        router = DoRouter(("127.0.0.1", self.dport), lambda script: "v1")
+        self.router_server = await asyncio.get_running_loop().create_server(
+            lambda: HttpProtocol(router), "127.0.0.1", self.rport)
+
+    async def start_host(self, r: str) -> None:
+        host = Host({"region": r, "data_dir": str(self.tmp / r), "directory": ["127.0.0.1", self.dport],
+                     "control": ["127.0.0.1", 9], "mode": self.mode, "renew_s": RENEW_S,
+                     "events": str(self.tmp / f"{r}-events.jsonl")})
+        host.open()
+        host.code["v1"] = {"name": "reg", "code": CODE}
+        self.hosts[r] = host
+        await self._site(r, host_app(host), self.ports[r])
+        self.tasks[r] = [asyncio.create_task(host.keep_lease())]
+        await host.renew()
+
+    async def crash(self, r: str) -> None:
+        for t in self.tasks.pop(r):
+            t.cancel()
+        await self.runners.pop(r).cleanup()
+
+    def partition(self, r: str) -> None:
+        """Cut the host off from the directory only: PoPs and peers still reach it."""
+        self.hosts[r].directory = ("127.0.0.1", free_port())
+
+    def heal(self, r: str) -> None:
+        self.hosts[r].directory = ("127.0.0.1", self.dport)
+
+    async def op(self, name: str, f: str, value: Any = None, hint: str | None = None) -> dict[str, Any]:
+        url = f"/do/{name}" + (f"?hint={hint}" if hint else "")
+        resp = await self.fetch(Request("POST", url, {}, json.dumps({"f": f, "value": value}).encode()),
+                                self.env, None)
+        body = json.loads(resp["body"])
+        return {"status": resp["status"], **body}
+
+    async def stop(self) -> None:
+        self.router_server.close()
+        for tasks in self.tasks.values():
+            for t in tasks:
+                t.cancel()
+        for host in self.hosts.values():
+            await host.close()
+        for runner in self.runners.values():
+            await runner.cleanup()
+
+
+def run(tmp: Path, scenario: Any, mode: str = "sync") -> Any:
+    async def main() -> Any:
+        cluster = Cluster(tmp, mode)
+        await cluster.start()
+        try:
+            return await scenario(cluster)
+        finally:
+            await cluster.stop()
+
+    return asyncio.run(main())
+
+
+def test_owner_crash_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> tuple[list[dict[str, Any]], float]:
+        for i in range(1, 21):
+            assert (await c.op("x", "write", i, hint="a"))["owner"] == "a"
+        await c.crash("a")
+        t0 = time.monotonic()
+        answer = await c.op("x", "read")
+        return [answer], time.monotonic() - t0
+
+    [answer], took = run(tmp_path, scenario)
+    assert answer == {"status": 200, "value": 20, "owner": "b", "epoch": 2}
+    # The router waits out the lease (0.4 s) and the margin (0.1 s), then retries every 0.05 s.
+    assert took < LEASE_S + MARGIN_S + 0.5
+
+
+def test_partitioned_owner_stops_serving_and_is_fenced_after_heal(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> dict[str, Any]:
+        await c.op("y", "write", "old", hint="a")
+        key = c.env.REG.get(c.env.REG.id_from_name("y")).key
+        c.partition("a")
+        deadline = time.monotonic() + 2
+        while "a" in c.directory.state.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not c.hosts["a"].lease_ok()  # it stopped serving before the directory moved its objects
+        moved = await c.op("y", "write", "new")
+        c.heal("a")
+        deadline = time.monotonic() + 2
+        while c.hosts["a"].owned.get(key) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        stale = c.hosts["a"].store(key)
+        try:
+            stale.put("v", "split brain", epoch=1)
+            fenced = False
+        except Fenced:
+            fenced = True
+        try:
+            await c.hosts["a"].call({"key": key, "epoch": 1, "version": "v1",
+                                     "request": {"method": "POST", "body": ""}})
+            direct = "served"
+        except Refused as exc:
+            direct = exc.error
+        return {"moved": moved, "fenced": fenced, "read": await c.op("y", "read"), "direct": direct,
+                "a_owns": dict(c.hosts["a"].owned)}
+
+    out = run(tmp_path, scenario)
+    assert out["moved"]["owner"] == "b" and out["moved"]["epoch"] == 2
+    assert out["fenced"] and not out["a_owns"]
+    assert out["read"]["value"] == "new"
+    assert out["direct"] == "not_owner"
+
+
+def test_async_mode_answers_before_the_backup_has_it(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> tuple[dict[str, Any], Any]:
+        for _ in range(10):
+            await c.op("z", "incr", 1, hint="b")
+        key = c.env.REG.get(c.env.REG.id_from_name("z")).key
+        deadline = time.monotonic() + 2
+        while c.hosts["c"].store(key).seq < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return c.hosts["b"].status(), c.hosts["c"].store(key).get("v")
+
+    status, at_backup = run(tmp_path, scenario, mode="async")
+    assert status["mode"] == "async" and at_backup == 10
+
+
+def test_history_across_an_owner_crash_is_linearizable(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> list[dict[str, Any]]:
+        recorder = Recorder()
+        rng = random.Random(7)
+        stop = asyncio.Event()
+
+        async def client(p: int) -> None:
+            process = p
+            while not stop.is_set():
+                name = rng.choice(["k0", "k1", "k2"])
+                f = rng.choice(["read", "write", "cas"])
+                value: Any = None
+                if f == "write":
+                    value = rng.randint(0, 4)
+                elif f == "cas":
+                    value = [rng.randint(0, 4), rng.randint(0, 4)]
+
+                async def call(name: str = name, f: str = f, value: Any = value) -> Any:
+                    answer = await c.op(name, f, value, hint="a")
+                    if answer["status"] == 200:
+                        return answer["value"]
+                    if answer.get("definite"):
+                        raise Definite(answer.get("error", ""))
+                    raise ConnectionError(answer.get("error", ""))
+
+                await recorder.run(process, f, name, value, call, timeout=5.0)
+                if recorder.events[-1]["type"] == "info":
+                    process += 100  # a process with an unknown outcome never invokes again
+
+        clients = [asyncio.create_task(client(p)) for p in range(4)]
+        await asyncio.sleep(0.5)  # traffic before the fault
+        await c.crash("a")
+        await asyncio.sleep(1.5)  # through the failover and after
+        stop.set()
+        await asyncio.gather(*clients)
+        return recorder.events
+
+    events = run(tmp_path, scenario)
+    oks = [e for e in events if e["type"] == "ok"]
+    assert len(oks) > 50
+    verdict = check(events, "register")
+    assert verdict.linearizable, verdict
