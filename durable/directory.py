@@ -10,8 +10,8 @@ and which region holds its backup.
   new backup. Actions say what the I/O layer must do: ``promote`` (restore snapshot + replay log on the
   new owner), ``fence`` (tell the old owner's store the new epoch, when it is reachable again),
   ``reseed`` (ship the whole object to a new backup), ``route`` (update the PoPs' DO routers).
-- :class:`RegionUp` — the region is live again (it takes new objects and backups; owners do not move
-  back on their own: a move would be another failover).
+- :class:`RegionUp` — the region is live again: it takes new objects, and objects left without a live
+  backup get one (``reseed``); owners do not move back on their own (a move would be another failover).
 """
 
 from __future__ import annotations
@@ -101,7 +101,18 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
     if isinstance(event, RegionDown | RegionUp) and event.region not in state.regions:
         raise ValueError(f"unknown region {event.region!r}; there are: {', '.join(state.regions)}")
     if isinstance(event, RegionUp):
-        return replace(state, live=state.live | {event.region}), []
+        if event.region in state.live:
+            return state, []
+        live = [r for r in state.regions if r in state.live | {event.region}]
+        objects = dict(state.objects)
+        up_actions: list[Action] = []
+        for oid, p in sorted(state.objects.items()):
+            if p.owner in live and (p.backup is None or p.backup not in live):
+                backup = _next_after(p.owner, live, {p.owner})
+                objects[oid] = replace(p, backup=backup)
+                if backup is not None:
+                    up_actions.append(Action("reseed", oid, backup, p.epoch))
+        return replace(state, live=frozenset(live), objects=objects), up_actions
     if isinstance(event, RegionDown):
         live = [r for r in _live(state) if r != event.region]
         objects = dict(state.objects)

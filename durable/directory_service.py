@@ -6,7 +6,8 @@ Every region's DO host renews a **lease** here every ``renew_s``; its lease last
 ``lease_s + margin_s`` after the last renewal it *received* — strictly later than the host stopped
 serving, on the one CLOCK_MONOTONIC all the lab's namespaces share — and only then moves the region's
 objects to their backups with the next epoch (:mod:`durable.directory`). So two owners never serve the
-same object at the same time, partition or not.
+same object at the same time, partition or not. It fails nobody over while most regions are silent at
+once: then it is the directory that is cut off.
 
 HTTP on the lab network (hosts, PoP routers) and on ``do.sock`` (the operator):
 
@@ -52,6 +53,7 @@ class Directory:
         self.last_seen = {r: now for r in self.regions}  # a (re)start gives every host a whole lease
         self.reports: dict[str, dict[str, Any]] = {}
         self.routed: set[tuple[str, int]] = set()
+        self.isolated = False
 
     def _load(self) -> directory.State:
         state = directory.initial(list(self.regions))
@@ -83,15 +85,24 @@ class Directory:
         self.last_seen[region] = mono()
         self.reports[region] = objects
         if region not in self.state.live:
-            self._step(RegionUp(region))
-            self._event({"event": "region_up", "region": region})
+            reseeds = self._step(RegionUp(region))
+            self._event({"event": "region_up", "region": region, "reseeds": len(reseeds)})
         return {"lease_s": self.lease_s, "renew_s": self.renew_s,
                 "objects": {k: [p.owner, p.epoch, p.backup] for k, p in self.state.objects.items()},
                 "regions": {r: list(a) for r, a in self.regions.items()}}
 
     def check_leases(self) -> None:
-        """Declare down every live region whose lease ran out (plus the margin)."""
+        """Declare down every live region whose lease ran out (plus the margin) — unless most regions
+        went silent at once: then it is this directory that is cut off, and failing them over would
+        only move objects away from hosts that are fine (they stop serving on their own meanwhile)."""
         now = mono()
+        fresh = [r for r in self.regions if now - self.last_seen[r] <= self.lease_s + self.margin_s]
+        if 2 * len(fresh) <= len(self.regions):
+            if not self.isolated:
+                self.isolated = True
+                self._event({"event": "directory_isolated", "renewing": fresh})
+            return
+        self.isolated = False
         for region in sorted(self.state.live):
             silent = now - self.last_seen[region]
             if silent > self.lease_s + self.margin_s:

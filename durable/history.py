@@ -21,6 +21,14 @@ class Definite(Exception):
     """Raised by an operation that certainly did not take effect (recorded as ``fail``)."""
 
 
+class Served:
+    """What an operation's call may return instead of a bare result: the result and facts to record
+    with it (who served it)."""
+
+    def __init__(self, value: Any, **facts: Any) -> None:
+        self.value, self.facts = value, facts
+
+
 def mono() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
@@ -52,7 +60,10 @@ class Recorder:
             self._emit({"time": mono(), "process": process, "type": "info", "f": f, "key": key,
                         "value": None, "error": type(exc).__name__})
             return None
-        self._emit({"time": mono(), "process": process, "type": "ok", "f": f, "key": key, "value": result})
+        facts: dict[str, Any] = {}
+        if isinstance(result, Served):
+            result, facts = result.value, result.facts
+        self._emit({"time": mono(), "process": process, "type": "ok", "f": f, "key": key, "value": result, **facts})
         return result
 
 

@@ -64,7 +64,7 @@ def counter(state: Any, f: str, arg: Any, result: Any) -> tuple[bool, Any]:
         new = total + (arg if arg is not None else 1)
         return result is None or result == new, new
     if f == "read":
-        return result == total, total
+        return (result or 0) == total, total  # a counter never incremented reads as absent (None)
     raise ValueError(f"counter: unknown operation {f!r}")
 
 
@@ -84,42 +84,60 @@ def operations(history: Iterable[dict[str, Any]]) -> list[Op]:
         if proc not in pending:
             raise ValueError(f"event {i}: {kind} on process {proc!r} without an invoke")
         j, inv = pending.pop(proc)
-        if kind == "fail":
-            continue
+        if kind == "fail" or (kind == "info" and inv["f"] == "read"):
+            continue  # it did not happen, or it was a read of unknown outcome: no effect either way
         ops.append(Op(j, proc, inv["f"], inv.get("key"), inv.get("value"),
                       ev.get("value") if kind == "ok" else None, float(inv["time"]),
                       float(ev["time"]) if kind == "ok" else math.inf, kind == "ok"))
     ops += [Op(j, p, inv["f"], inv.get("key"), inv.get("value"), None, float(inv["time"]), math.inf, False)
-            for p, (j, inv) in pending.items()]
+            for p, (j, inv) in pending.items() if inv["f"] != "read"]
     return sorted(ops, key=lambda o: (o.invoke, o.index))
 
 
 def linearizable(ops: list[Op], step: Step, initial: Any = None) -> bool:
     """Whether some order of ``ops`` (all definite ones, any subset of the indeterminate ones) respects
-    every operation's window and the model."""
+    every operation's window and the model. Depth-first with an explicit stack (histories are longer
+    than Python's recursion limit) and Lowe's memo of (operations done, state)."""
+    ops = sorted(ops, key=lambda o: (o.invoke, o.index))
     n = len(ops)
     must = sum(1 << i for i, o in enumerate(ops) if o.definite)
     seen: set[tuple[int, Any]] = set()
 
-    def search(done: int, state: Any) -> bool:
+    def candidates(done: int) -> list[int]:
+        # The next operation to take effect must have started before every pending one had finished;
+        # ops are in invocation order, so the scan stops at the first one past that horizon.
+        horizon, out = math.inf, []
+        low = (~done & (done + 1)).bit_length() - 1  # the first operation not yet taken
+        for i in range(low, n):
+            if done >> i & 1:
+                continue
+            o = ops[i]
+            if o.invoke > horizon:
+                break
+            out.append(i)
+            horizon = min(horizon, o.complete)
+        return [i for i in out if ops[i].invoke <= horizon]
+
+    stack: list[tuple[int, Any, list[int]]] = [(0, initial, candidates(0))]
+    while stack:
+        done, state, todo = stack[-1]
         if done & must == must:
             return True
-        key = (done, _freeze(state))
-        if key in seen:
-            return False
-        seen.add(key)
-        # The next operation to take effect must have started before every pending one had finished.
-        horizon = min((o.complete for i, o in enumerate(ops) if not done >> i & 1), default=math.inf)
-        for i in range(n):
-            o = ops[i]
-            if done >> i & 1 or o.invoke > horizon:
-                continue
-            ok, new = step(state, o.f, o.arg, o.result)
-            if ok and search(done | 1 << i, new):
-                return True
-        return False
-
-    return search(0, initial)
+        if not todo:
+            stack.pop()
+            continue
+        i = todo.pop()
+        o = ops[i]
+        ok, new = step(state, o.f, o.arg, o.result)
+        if not ok:
+            continue
+        nxt = done | 1 << i
+        memo = (nxt, _freeze(new))
+        if memo in seen:
+            continue
+        seen.add(memo)
+        stack.append((nxt, new, candidates(nxt)))
+    return False
 
 
 def _freeze(state: Any) -> Any:

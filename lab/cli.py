@@ -322,6 +322,17 @@ def _print_propagation(prop: dict[str, float]) -> None:
                       f"max {prop[worst] * 1000:.0f} ms ({worst})")
 
 
+def _pairs(items: list[str] | None, flag: str, form: str) -> list[tuple[str, str]]:
+    """``K=V`` options as pairs; raises UsageError naming the option and the form it takes."""
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier() or (not value and flag != "--var"):
+            raise UsageError(f"{flag} {item!r}: write it as {form} (the name a Python identifier)")
+        pairs.append((key, value))
+    return pairs
+
+
 @app.command()
 def deploy(
     worker: Annotated[str, typer.Argument(help="the worker's name")],
@@ -329,6 +340,8 @@ def deploy(
     host: Annotated[str | None, typer.Option(help="Host header it serves (default NAME.example)")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="binding K=V (env.K), repeatable")] = None,
     kv: Annotated[list[str] | None, typer.Option("--kv", help="KV binding NAME=NAMESPACE (env.NAME)")] = None,
+    do: Annotated[list[str] | None, typer.Option("--do", help="Durable Object binding NAME=Class (a class "
+                                                 "in FILE.py; env.NAME.get(...))")] = None,
     path_prefix: Annotated[str, typer.Option(help="path prefix it serves under that host")] = "/",
     pop: Annotated[list[str] | None, typer.Option("--pop", help="only this PoP (repeatable)")] = None,
     region: Annotated[list[str] | None, typer.Option("--region", help="only this region (repeatable)")] = None,
@@ -341,17 +354,12 @@ def deploy(
         text = code.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {code}: {exc.strerror}") from None
-    bindings: dict[str, Any] = {}
-    for item in var or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--var {item!r}: write it as NAME=value (NAME a Python identifier)")
-        bindings[key] = value
-    for item in kv or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier() or not value:
-            raise UsageError(f"--kv {item!r}: write it as BINDING=NAMESPACE (BINDING a Python identifier)")
-        bindings[key] = {"kv_namespace": value}
+    bindings: dict[str, Any] = dict(_pairs(var, "--var", "NAME=value"))
+    bindings.update({k: {"kv_namespace": v} for k, v in _pairs(kv, "--kv", "BINDING=NAMESPACE")})
+    for key, cls in _pairs(do, "--do", "BINDING=Class"):
+        if not cls.isidentifier():
+            raise UsageError(f"--do {key}={cls}: the class name must be a Python identifier")
+        bindings[key] = {"durable_object": cls}
     topo = topology_of(_running_state_usage(name))
     client = _control_client(topo, name)
     host = host or f"{worker}.example"
@@ -502,6 +510,86 @@ def kv_(
         state = "committed" if reply.get("committed") else ("accepted, queued" if reply.get("accepted") else "?")
         console.print(f"{action} {namespace}/{key} at {node}: {state}"
                       + (f" (also on {reply['replicated_to']})" if reply.get("replicated_to") else ""))
+
+
+@app.command(name="do")
+def do_(
+    action: Annotated[str, typer.Argument(help="list, where, or nemesis")],
+    namespace: Annotated[str | None, typer.Argument(help="where: SCRIPT/Class, e.g. reg/Register")] = None,
+    object_name: Annotated[str | None, typer.Argument(metavar="NAME", help="where: the object's name "
+                                                      "(id_from_name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    failovers: Annotated[int, typer.Option(help="nemesis: how many failovers (1..100)")] = 3,
+    scenario: Annotated[list[str] | None, typer.Option("--scenario", help="nemesis: region-down, do-crash, "
+                                                       "do-cut (repeatable; default all three in turn)")] = None,
+    out: Annotated[Path | None, typer.Option(help="nemesis: write the whole result as JSON here")] = None,
+    name: NameOpt = "main",
+) -> None:
+    """Durable Objects: 'list' every region (live, lease) and object (owner, epoch, backup); 'where
+    SCRIPT/Class NAME' one object, with its owner's sequence number and shipping lag; 'nemesis': the
+    example register worker under load from every client while the owner region fails again and again
+    (phases of every failover, linearizability of the whole history, acknowledged writes lost)."""
+    from rich.table import Table
+
+    from lab import durable_ops
+
+    topo = topology_of(_running_state_usage(name))
+    control_dir = run_dir_of(name) / topo.control.name
+    if action == "nemesis":
+        from lab.do_nemesis import SCENARIOS, Nemesis, NemesisSpec, report
+        from lab.measurement import RemoteLab
+
+        try:
+            spec = NemesisSpec(failovers=failovers, scenarios=tuple(scenario or SCENARIOS))
+            spec.check()
+        except LabError as exc:
+            raise UsageError(str(exc)) from None
+        result = Nemesis(RemoteLab(name), spec).run()
+        if out is not None:
+            out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1) if as_json else report(result))
+        if not result["linearizable"] or result["acked_lost"]:
+            raise typer.Exit(1)
+        return
+    listing = durable_ops.directory(control_dir)
+    if action == "list":
+        if as_json:
+            print(json.dumps(listing, indent=1))
+            return
+        regions = Table("region", "live", "last renewal", title=f"DO regions (lease {listing['lease_s']} s)")
+        for r, info in sorted(listing["regions"].items()):
+            regions.add_row(r, "yes" if info["live"] else "DOWN", f"{info['last_renewal_s']:.2f} s ago")
+        objects = Table("object", "owner", "epoch", "backup", "seq", title=f"{len(listing['objects'])} object(s)")
+        for key, o in listing["objects"].items():
+            objects.add_row(key, o["owner"], str(o["epoch"]), o["backup"] or "-", str(o.get("seq", "?")))
+        console.print(regions, objects)
+        return
+    if action != "where" or namespace is None or object_name is None:
+        raise UsageError("use: anylab do list | anylab do where SCRIPT/Class NAME | anylab do nemesis "
+                         "[--failovers N] [--scenario S]…")
+    try:
+        key = durable_ops.key_of(namespace, object_name)
+    except LabError as exc:
+        raise UsageError(str(exc)) from None
+    placed = listing["objects"].get(key)
+    if placed is None:
+        raise UsageError(f"{namespace} {object_name!r} ({key}) has not been called yet: it has no owner")
+    owner = durable_ops.host(run_dir_of(name) / topo.kv_master_of(placed["owner"]).name)
+    detail = owner["objects"].get(key, {})
+    reply = {"key": key, "owner": placed["owner"], "epoch": placed["epoch"], "backup": placed["backup"],
+             "seq": detail.get("seq"), "backup_seeded": detail.get("seeded"), "mode": owner["mode"],
+             "ship_lag_s": owner["ship_lag_s"], "owner_lease_ok": owner["lease_ok"]}
+    if as_json:
+        print(json.dumps(reply, indent=1))
+        return
+    lag = reply["ship_lag_s"]
+    console.print(f"{key}: owner {reply['owner']} (epoch {reply['epoch']}, seq {reply['seq']}), backup "
+                  f"{reply['backup'] or 'none'}; {reply['mode']} shipping, lag p50 "
+                  f"{_ms(lag['p50'])} / max {_ms(lag['max'])}")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
 def _running_state_usage(name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import ClassVar
 from control_plane.client import ADMIN_TOKEN, POP_TOKEN, SOCKET, Client, ControlPlaneError
 from lab import unix_http
 from lab.daemon import Daemon, NodeEnv
-from lab.model import KV_REPLICA_PORT, Pop, Server, ServiceNode
+from lab.model import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT, LabSpec, Pop, Server, ServiceNode
 from lab.model import Client as ClientNode
 from lab.netns import socket_in
 from lab.profiles import HEALTH_PORT
@@ -48,7 +48,8 @@ class EdgeWorker(Daemon):
         argv = [self.env.python, "-m", "pop_agent.edge", "--pop", self.server.pop, "--server", self.server.name,
                 "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT),
                 "--deployments", str(self.deployments),
-                "--control", f"{self.control.address}:{self.control.port}", "--token-file", str(self.pop_token)]
+                "--control", f"{self.control.address}:{self.control.port}", "--token-file", str(self.pop_token),
+                "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}"]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -201,6 +202,77 @@ class KvReplica(PythonService):
             raise self.error(f"region '{self.server.region}' has no KV master")
 
     def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+class DoDirectory(PythonService):
+    """``durable.directory_service`` on the control node: where every Durable Object lives, the regions'
+    leases, failover. The operator reaches it on ``do.sock``."""
+
+    name = "do-directory"
+    module = "durable.directory_service"
+
+    def __init__(self, env: NodeEnv, node: ServiceNode, hosts: tuple[ServiceNode, ...], settings: LabSpec) -> None:
+        super().__init__(env)
+        self.service, self.hosts, self.settings = node, hosts, settings
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "do.sock"
+
+    @property
+    def events(self) -> Path:
+        return self.env.dir / "do-events.jsonl"
+
+    def config(self) -> dict[str, object]:
+        s = self.settings
+        return {"listen": [str(self.service.address), DO_DIRECTORY_PORT], "socket": str(self.socket),
+                "state": str(self.env.dir / "do-placements.json"), "events": str(self.events),
+                "regions": {h.region: [str(h.address), DO_HOST_PORT] for h in self.hosts},
+                "lease_s": s.do_lease_s, "renew_s": s.do_renew_s, "margin_s": s.do_margin_s}
+
+    def validate(self) -> None:
+        if len({h.region for h in self.hosts}) != len(self.hosts):
+            raise self.error("two DO hosts in one region")
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+class DoHost(PythonService):
+    """``durable.host_service`` on a region's storage node: runs the objects the region owns, keeps the
+    copies it backs up."""
+
+    name = "do-host"
+    module = "durable.host_service"
+
+    def __init__(self, env: NodeEnv, node: ServiceNode, control: ServiceNode, pop_token: Path,
+                 settings: LabSpec) -> None:
+        super().__init__(env)
+        self.service, self.control, self.pop_token, self.settings = node, control, pop_token, settings
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "do.sock"
+
+    @property
+    def events(self) -> Path:
+        return self.env.dir / "do-events.jsonl"
+
+    def config(self) -> dict[str, object]:
+        s = self.settings
+        return {"region": self.service.region, "listen": [str(self.service.address), DO_HOST_PORT],
+                "socket": str(self.socket), "data_dir": str(self.env.dir / "do"), "events": str(self.events),
+                "directory": [str(self.control.address), DO_DIRECTORY_PORT],
+                "control": [str(self.control.address), self.control.port], "token_file": str(self.pop_token),
+                "mode": s.do_mode, "renew_s": s.do_renew_s, "snapshot_s": s.do_snapshot_s}
+
+    def validate(self) -> None:
+        if self.settings.do_mode not in ("sync", "async"):
+            raise self.error(f"do_mode {self.settings.do_mode!r}: sync or async")
+
+    def ready(self) -> bool:
+        """Ready once its API answers (its lease needs the lab's routes: ``Lab.wait_do_leases``)."""
         return _answers(self.socket, "/v1/status")
 
 

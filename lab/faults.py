@@ -22,6 +22,11 @@ control-cut     ``control``              nftables drops everything on the contro
                                          cannot sync, the operator's socket still works (delete table)
 kv-master-crash KV master or region      SIGKILL the region's KV master (restart it: its data is on
                                          disk, it pulls what it missed from the other masters)
+do-crash        KV node or region        SIGKILL the region's Durable Object host (restart it: its
+                                         copies are on disk; it is fenced for what moved meanwhile)
+do-cut          KV node or region        a partition: nftables drops the region's storage node's
+                                         traffic with the control node (the DO directory) only; PoPs
+                                         and the other regions still reach its DO host (delete table)
 =============== ======================== =============================================================
 """
 
@@ -54,7 +59,11 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "control-down": ("control",),
     "control-cut": ("control",),
     "kv-master-crash": ("kv", "region"),
+    "do-crash": ("kv", "region"),
+    "do-cut": ("kv", "region"),
 }
+#: The scenarios that touch only the region's storage node (KV master, DO host).
+STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut")
 NFT_TABLE = "anylab_fault"
 FAULTS_FILE = "faults.json"
 FLAP_MAX_COUNT = 100
@@ -148,12 +157,12 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     hosts: tuple[str, ...] = ()
     if kind in ("control", "kv"):
         hosts = (target,)
-    elif kind == "region" and scenario in ("region-down", "kv-master-crash"):
+    elif kind == "region" and scenario in ("region-down", *STORAGE_ONLY):
         hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
-    if scenario == "kv-master-crash":
+    if scenario in STORAGE_ONLY:
         servers, routers = (), ()
         if not hosts:
-            raise UsageError(f"region '{target}' has no KV master")
+            raise UsageError(f"region '{target}' has no storage node (KV master, DO host)")
     return Plan(scenario, target, servers, routers, links, count, period, hosts)
 
 
@@ -162,6 +171,14 @@ def _nft_silence(forwarding: bool) -> str:
     chains = [("input", "iifname"), ("output", "oifname")] + ([("forward", "iifname")] if forwarding else [])
     body = "".join(f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
                    f"{match} != \"lo\" drop; }}\n" for hook, match in chains)
+    return f"table inet {NFT_TABLE} {{\n{body}}}\n"
+
+
+def _nft_cut(address: str) -> str:
+    """An nftables table dropping the node's packets to and from one address (a partition)."""
+    chains = [("input", "saddr"), ("output", "daddr")]
+    body = "".join(f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
+                   f"ip {match} {address} drop; }}\n" for hook, match in chains)
     return f"table inet {NFT_TABLE} {{\n{body}}}\n"
 
 
@@ -272,6 +289,12 @@ class Injector:
         elif sc == "kv-master-crash":
             for h in p.hosts:
                 self._kill(h, "kv-master")
+        elif sc == "do-crash":
+            for h in p.hosts:
+                self._kill(h, "do-host")
+        elif sc == "do-cut":
+            for h in p.hosts:
+                self._run(h, ["nft", "-f", "-"], _nft_cut(str(self.lab.topo.control.address)))
 
     def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
@@ -341,12 +364,12 @@ class Injector:
         elif sc == "control-down":
             for h in p.hosts:
                 attempt(self._restart, h, ["control-plane"])
-        elif sc == "control-cut":
+        elif sc in ("control-cut", "do-cut"):
             for h in p.hosts:
                 attempt(self._silence, h, False)
-        elif sc == "kv-master-crash":
+        elif sc in ("kv-master-crash", "do-crash"):
             for h in p.hosts:
-                attempt(self._restart, h, ["kv-master"])
+                attempt(self._restart, h, ["kv-master" if sc == "kv-master-crash" else "do-host"])
         if errors and not best_effort:
             raise LabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
 

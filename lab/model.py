@@ -47,6 +47,10 @@ KV_LINKS = IPv4Network("10.4.0.0/16")
 #: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).
 KV_PORT = 8100
 KV_REPLICA_PORT = 8101
+#: The Durable Object host on each region's storage node (beside the KV master), and the directory on
+#: the control node.
+DO_HOST_PORT = 8200
+DO_DIRECTORY_PORT = 8300
 #: The control plane's node name, and the port of its HTTP API on the lab network.
 CONTROL_NODE = "control"
 CONTROL_PORT = 8000
@@ -176,8 +180,24 @@ class LabSpec(_Spec):
     probe_port: int = Field(7, ge=1, le=65535)
     #: A PoP's KV replica serves reads flagged stale beyond this lag (the design: 5 min).
     kv_stale_after_s: float = Field(300.0, gt=0.0)
+    #: Durable Objects: ``sync`` (an answer waits for the backup region: RPO 0) or ``async``.
+    do_mode: Literal["sync", "async"] = "sync"
+    #: A DO host serves only while its lease runs; the directory fails a region over this long (plus
+    #: ``do_margin_s``) after its last renewal, which comes every ``do_renew_s``.
+    do_lease_s: float = Field(1.0, gt=0.0, le=60.0)
+    do_renew_s: float = Field(0.1, gt=0.0, le=10.0)
+    do_margin_s: float = Field(0.25, ge=0.0, le=10.0)
+    #: How often an owner ships a fresh snapshot of each object to its backup (the design: hourly).
+    do_snapshot_s: float = Field(3600.0, gt=0.0)
 
     _profile = field_validator("profile", mode="before")(lambda cls, v: expand(v))
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> LabSpec:
+        if self.do_renew_s * 3 > self.do_lease_s:
+            raise ValueError(f"do_renew_s ({self.do_renew_s}) must be at most a third of do_lease_s "
+                             f"({self.do_lease_s}) so that one lost renewal does not lose the lease")
+        return self
 
 
 class TopologySpec(_Spec):

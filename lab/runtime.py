@@ -27,9 +27,9 @@ from bgp import routers as router_kinds
 from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from control_plane.client import Client, Deployed
-from lab import netns
+from lab import durable_ops, netns
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import ControlPlane, EdgeWorker, HealthAgent, KvMaster, KvReplica, Prober
+from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAgent, KvMaster, KvReplica, Prober
 from lab.errors import LabError
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes
@@ -130,12 +130,14 @@ class Lab:
         control = self.topo.control
         self.node_dir(control.name).mkdir(parents=True, exist_ok=True)
         self.control_plane = ControlPlane(self._env(control.name), control, self.topo.pops)
-        self.daemons[control.name] = [self.control_plane]
+        self.daemons[control.name] = [self.control_plane,
+                                      DoDirectory(self._env(control.name), control, self.topo.kv_masters, t)]
         pop_token = self.control_plane.token_files["pop"]
         for km in self.topo.kv_masters:
             self.node_dir(km.name).mkdir(parents=True, exist_ok=True)
             peers = tuple(p for p in self.topo.kv_masters if p.name != km.name)
-            self.daemons[km.name] = [KvMaster(self._env(km.name), km, peers)]
+            self.daemons[km.name] = [KvMaster(self._env(km.name), km, peers),
+                                     DoHost(self._env(km.name), km, control, pop_token, t)]
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
@@ -194,6 +196,7 @@ class Lab:
             self.timings["daemons_ready"] = monotonic() - t0
             self.wait_converged(deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
+            self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
             self.write_state("up")
         except BaseException as exc:
             try:
@@ -321,6 +324,18 @@ class Lab:
     def rollback(self, name: str, timeout: float = 30.0) -> Deployed:
         """Roll worker ``name`` back to its previous placement and wait until every server runs it."""
         return self.control().roll_back(name, timeout)
+
+    def do_directory(self) -> dict[str, Any]:
+        """The Durable Object directory's listing (regions, objects). Raises LabError."""
+        return durable_ops.directory(self.node_dir(self.topo.control.name))
+
+    def do_host(self, region: str) -> dict[str, Any]:
+        """Region ``region``'s DO host status (lease, owned objects, lag). Raises LabError."""
+        return durable_ops.host(self.node_dir(self.topo.kv_master_of(region).name))
+
+    def wait_do_leases(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until every region's DO host holds a lease. Raises WaitTimeout."""
+        return durable_ops.wait_leases(self.node_dir(self.topo.control.name), timeout)
 
     def withdraw(self, pop: str) -> float:
         return self.set_announced(pop, False)

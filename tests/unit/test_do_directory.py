@@ -40,9 +40,13 @@ def test_two_failovers_and_no_way_back_without_another() -> None:
     s, _ = step(s, RegionDown("na"))
     assert s.objects["room-1"] == Placement("apac", 3, None)  # the last region: no backup left
     s, acts = step(s, RegionUp("eu"))
-    assert s.objects["room-1"] == Placement("apac", 3, None) and acts == []  # owners do not move back
+    # Owners do not move back; the object gets a backup again, seeded from its owner.
+    assert s.objects["room-1"] == Placement("apac", 3, "eu")
+    assert acts == [Action("reseed", "room-1", "eu", 3)]
     s, acts = step(s, RegionDown("apac"))
-    assert s.objects["room-1"] == Placement("apac", 3, None) and acts == []  # nowhere to go: unavailable
+    assert s.objects["room-1"] == Placement("eu", 4, None)  # to the re-seeded backup
+    s, acts = step(s, RegionDown("eu"))
+    assert s.objects["room-1"] == Placement("eu", 4, None) and acts == []  # nowhere to go: unavailable
 
 
 def test_bad_events() -> None:

@@ -228,3 +228,17 @@ def test_history_across_an_owner_crash_is_linearizable(tmp_path: Path) -> None:
     assert len(oks) > 50
     verdict = check(events, "register")
     assert verdict.linearizable, verdict
+
+
+def test_a_directory_cut_off_from_most_regions_fails_nobody_over(tmp_path: Path) -> None:
+    d = Directory({"regions": {r: ["127.0.0.1", 1] for r in ("a", "b", "c")}, "lease_s": LEASE_S,
+                   "renew_s": RENEW_S, "margin_s": MARGIN_S, "state": str(tmp_path / "d.json"),
+                   "events": str(tmp_path / "e.jsonl")})
+    d.where("reg/Register/x", "a")
+    long_ago = time.clock_gettime(time.CLOCK_MONOTONIC) - 10
+    d.last_seen = {"a": long_ago, "b": long_ago, "c": d.last_seen["c"]}
+    d.check_leases()  # only c renews: it is the directory that is cut off
+    assert d.state.live == {"a", "b", "c"} and d.isolated
+    d.last_seen["b"] = time.clock_gettime(time.CLOCK_MONOTONIC)
+    d.check_leases()  # b and c renew, a does not: a is down
+    assert d.state.live == {"b", "c"} and d.state.objects["reg/Register/x"].owner == "b"

@@ -24,6 +24,8 @@ FAILOVER = load_topology(TOPOLOGIES / "failover.yaml")
     (GLOBAL, "control-down", "control", (), (), ()),
     (GLOBAL, "kv-master-crash", "eu", (), (), ()),
     (GLOBAL, "kv-master-crash", "kv-na", (), (), ()),
+    (GLOBAL, "do-crash", "eu", (), (), ()),
+    (GLOBAL, "do-cut", "kv-na", (), (), ()),
 ])
 def test_plans(topo: object, scenario: str, target: str, servers: tuple[str, ...], routers: tuple[str, ...],
                links: tuple[tuple[str, str], ...]) -> None:
