@@ -4,7 +4,8 @@ and which region holds its backup.
 ``step(state, event) -> (state, actions)``; no I/O. Events:
 
 - :class:`Place` — a first call for an object: owner = the location hint if it names a live region, else
-  a stable hash of the object id over the live regions (sorted); backup = the next live region.
+  a stable hash of the object id over the live regions (sorted); backup = another stable hash over the
+  other live regions (so a failed region's objects spread over the rest).
 - :class:`RegionDown` — every object owned there moves to its backup with ``epoch + 1`` (the fence: the
   old owner's storage refuses that object's writes from then on); objects whose backup was there get a
   new backup. Actions say what the I/O layer must do: ``promote`` (restore snapshot + replay log on the
@@ -72,17 +73,11 @@ def _stable(object_id: str, options: list[str]) -> str:
     return options[digest % len(options)]
 
 
-def _next_after(region: str, options: list[str], exclude: set[str]) -> str | None:
-    """The first region after ``region`` in the ring of ``options`` that is not excluded."""
-    if not options:
-        return None
-    ring = sorted(options)
-    start = ring.index(region) + 1 if region in ring else 0
-    for i in range(len(ring)):
-        candidate = ring[(start + i) % len(ring)]
-        if candidate not in exclude:
-            return candidate
-    return None
+def _backup_for(object_id: str, owner: str, live: list[str]) -> str | None:
+    """A stable choice among the live regions other than the owner: the objects of a failed region
+    spread over the others instead of all landing on one."""
+    options = sorted(r for r in live if r != owner)
+    return _stable(f"{object_id}/backup", options) if options else None
 
 
 def step(state: State, event: Any) -> tuple[State, list[Action]]:
@@ -95,7 +90,7 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
         if not live:
             raise ValueError("no live region to place an object in")
         owner = event.hint if event.hint in state.live else _stable(event.object_id, live)
-        backup = _next_after(owner, live, {owner})
+        backup = _backup_for(event.object_id, owner, live)
         objects = {**state.objects, event.object_id: Placement(owner, 1, backup)}
         return replace(state, objects=objects), [Action("route", event.object_id, owner, 1)]
     if isinstance(event, RegionDown | RegionUp) and event.region not in state.regions:
@@ -108,7 +103,7 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
         up_actions: list[Action] = []
         for oid, p in sorted(state.objects.items()):
             if p.owner in live and (p.backup is None or p.backup not in live):
-                backup = _next_after(p.owner, live, {p.owner})
+                backup = _backup_for(oid, p.owner, live)
                 objects[oid] = replace(p, backup=backup)
                 if backup is not None:
                     up_actions.append(Action("reseed", oid, backup, p.epoch))
@@ -122,14 +117,14 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
                 if p.backup is None or p.backup not in live:
                     continue  # nowhere to go: unavailable until the region returns
                 epoch = p.epoch + 1
-                backup = _next_after(p.backup, live, {p.backup})
+                backup = _backup_for(oid, p.backup, live)
                 objects[oid] = Placement(p.backup, epoch, backup)
                 actions += [Action("promote", oid, p.backup, epoch), Action("fence", oid, event.region, epoch),
                             Action("route", oid, p.backup, epoch)]
                 if backup is not None:
                     actions.append(Action("reseed", oid, backup, epoch))
             elif p.backup == event.region:
-                backup = _next_after(p.owner, live, {p.owner})
+                backup = _backup_for(oid, p.owner, live)
                 objects[oid] = replace(p, backup=backup)
                 if backup is not None:
                     actions.append(Action("reseed", oid, backup, p.epoch))

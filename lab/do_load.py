@@ -42,9 +42,11 @@ class Unknown(ConnectionError):
     """An answer that does not say whether the operation happened (recorded as ``info``)."""
 
 
-def objects(registers: int, counters: int, hints: list[str]) -> dict[str, str | None]:
-    """Object name → its location hint."""
-    names = [f"r{i}" for i in range(registers)] + [f"c{i}" for i in range(counters)]
+def objects(registers: int, counters: int, hints: list[str], run: str = "") -> dict[str, str | None]:
+    """Object name → its location hint. Names start with ``r`` (registers) or ``c`` (counters) and end
+    with ``run``: a run starts from new objects, whatever earlier runs left."""
+    suffix = f"-{run}" if run else ""
+    names = [f"r{i}{suffix}" for i in range(registers)] + [f"c{i}{suffix}" for i in range(counters)]
     return {n: (hints[i % len(hints)] if hints else None) for i, n in enumerate(names)}
 
 
@@ -78,7 +80,7 @@ class Clients:
     def __init__(self, args: argparse.Namespace, out: IO[str]) -> None:
         self.args = args
         self.recorder = Recorder(out)
-        self.objects = objects(args.registers, args.counters, [h for h in args.hints.split(",") if h])
+        self.objects = objects(args.registers, args.counters, [h for h in args.hints.split(",") if h], args.run)
         self.stop = asyncio.Event()
         self.deadline = mono() + args.duration
 
@@ -142,6 +144,7 @@ def main() -> None:
     parser.add_argument("--counters", type=int, default=3)
     parser.add_argument("--hints", default="", help="regions, comma-separated: object i goes to hints[i %% n]")
     parser.add_argument("--seed", default="0")
+    parser.add_argument("--run", default="", help="a run id the object names end with (fresh objects per run)")
     parser.add_argument("--timeout", type=float, default=6.0, help="seconds before an operation is unknown")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, then stop by itself")
     parser.add_argument("--final", action="store_true", help="read every object once and stop")

@@ -1,6 +1,7 @@
 """Durable Object failovers under live traffic, checked: Jepsen-style clients (:mod:`lab.do_load`) in
 every client namespace while a nemesis fails the region that owns the most objects (for region-down: not
-the control node's region, which holds the one-node directory), over and over, with
+the control node's region, which holds the one-node directory; when no other region owns any, that turn
+goes to the next scenario), over and over, with
 ``region-down``, ``do-crash`` (the owner's host killed) and ``do-cut`` (the owner cut off from the
 directory, still reachable by PoPs: a partition that heals).
 
@@ -18,6 +19,7 @@ and stub call latency by whether the owner was in the client's own region.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from collections import Counter
@@ -29,6 +31,7 @@ from control_plane.client import Client
 from durable.history import load, mono
 from durable.linearizability import check
 from lab import durable_ops
+from lab.do_load import objects
 from lab.errors import LabError
 from lab.measurement import Driver
 from lab.wait import wait_for
@@ -80,6 +83,10 @@ class Nemesis:
         self.control_dir = driver.run_dir / self.topo.control.name
         self.regions = [k.region for k in self.topo.kv_masters]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.run_id = secrets.token_hex(3)
+        names = objects(spec.registers, spec.counters, self.regions, self.run_id)
+        #: This run's objects, by directory key (earlier runs' objects are left out of everything).
+        self.keys = {durable_ops.key_of(f"{WORKER}/Register", n): n for n in names}
 
     # -- load -------------------------------------------------------------------------------------
 
@@ -92,7 +99,7 @@ class Nemesis:
                 "--target", str(self.topo.anycast[0].network_address), "--host", HOST,
                 "--out", str(self.history_file(client)), "--client", client, "--procs", str(s.procs),
                 "--rate", str(s.rate), "--registers", str(s.registers), "--counters", str(s.counters),
-                "--hints", ",".join(self.regions), "--seed", s.seed, "--timeout", str(s.timeout),
+                "--hints", ",".join(self.regions), "--seed", s.seed, "--run", self.run_id, "--timeout", str(s.timeout),
                 "--duration", f"{duration:.0f}"]
         return argv + (["--final"] if final else [])
 
@@ -138,20 +145,35 @@ class Nemesis:
     def host_events(self, region: str) -> list[dict[str, Any]]:
         return events(self.driver.run_dir / self.topo.kv_master_of(region).name / "do-events.jsonl")
 
-    def failover(self, scenario: str) -> dict[str, Any]:
+    def listing(self) -> dict[str, Any]:
+        """The directory's listing of this run's objects."""
         listing = durable_ops.directory(self.control_dir)
+        listing["objects"] = {k: o for k, o in listing["objects"].items() if k in self.keys}
+        return listing
+
+    def target(self, scenario: str, listing: dict[str, Any]) -> str | None:
+        """The region owning the most objects that ``scenario`` may hit (None: no such region owns any).
+        The directory is one node on the control node: a region-down of its region takes it along and
+        with it every region's lease (all objects unavailable, consistently) — not a failover."""
         owners = Counter(o["owner"] for o in listing["objects"].values())
-        # The directory is one node on the control node: a region-down of its region takes it along and
-        # with it every region's lease (all objects unavailable, consistently) — not a failover.
-        options = [r for r in self.regions if scenario != "region-down" or r != self.topo.control.region]
-        if not options:
-            raise LabError("region-down: every region with a DO host also holds the directory")
-        target = max(options, key=lambda r: (owners[r], -self.regions.index(r)))
+        spared = self.topo.control.region if scenario == "region-down" else None
+        options = [r for r in self.regions if owners[r] and r != spared]
+        return max(options, key=lambda r: (owners[r], -self.regions.index(r)), default=None)
+
+    def failover(self, preferred: str) -> dict[str, Any]:
+        """One failover: ``preferred`` if some region it may hit owns objects, else the next scenario."""
+        listing = self.listing()
+        order = list(self.spec.scenarios)
+        order = order[order.index(preferred):] + order[:order.index(preferred)]
+        choice = next(((sc, t) for sc in order if (t := self.target(sc, listing)) is not None), None)
+        if choice is None:
+            raise LabError("no region owns a Durable Object: nothing to fail over")
+        scenario, target = choice
         before = {k: o["epoch"] for k, o in listing["objects"].items() if o["owner"] == target}
         t_fault = self.driver.fail(scenario, target)
         try:
             def moved() -> dict[str, Any] | None:
-                now = durable_ops.directory(self.control_dir)["objects"]
+                now = self.listing()["objects"]
                 return {k: now[k] for k in before} if all(now[k]["epoch"] > e for k, e in before.items()) else None
 
             placed = wait_for(moved, timeout=self.spec.phase_timeout, what=f"{target}'s objects to move",
@@ -202,7 +224,7 @@ class Nemesis:
         runs: list[dict[str, Any]] = []
         try:
             self.wait_served(t0)
-            wait_for(lambda: len(durable_ops.directory(self.control_dir)["objects"]) >= s.registers + s.counters,
+            wait_for(lambda: len(self.listing()["objects"]) >= s.registers + s.counters,
                      timeout=s.phase_timeout, what="every object to be placed", interval=0.1)
             for i in range(s.failovers):
                 runs.append(self.failover(s.scenarios[i % len(s.scenarios)]))
@@ -215,6 +237,7 @@ class Nemesis:
 
     def summary(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
         history = self.history()
+        history = [e for e in history if e["key"] in set(self.keys.values())]
         registers = [e for e in history if str(e["key"]).startswith("r")]
         counters = [e for e in history if str(e["key"]).startswith("c")]
         verdicts = {"registers": check(registers, "register"), "counters": check(counters, "counter")}
@@ -245,7 +268,7 @@ class Nemesis:
             "phases_s": phases,
             "call_ms": {"local_p50": percentile(local, 0.5), "remote_p50": percentile(remote, 0.5),
                         "local_n": len(local), "remote_n": len(remote)},
-            "spec": asdict(self.spec), "runs": runs,
+            "spec": asdict(self.spec), "run_id": self.run_id, "runs": runs,
         }
 
 
