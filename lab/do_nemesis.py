@@ -204,7 +204,7 @@ class Nemesis:
         def rel(t: float | None) -> float | None:
             return None if t is None else round(t - t_fault, 4)
 
-        return {"scenario": scenario, "region": target, "moved": len(placed),
+        return {"scenario": scenario, "region": target, "moved": len(placed), "took_s": round(mono() - t_fault, 2),
                 "to": sorted({p["owner"] for p in placed.values()}), "t_fault": t_fault,
                 "phases_s": {"detect": rel(detect), "promote": rel(min(promotes, default=None)),
                              "route": rel(min(routes, default=None)), "first_served": rel(min(first.values())),
@@ -233,7 +233,9 @@ class Nemesis:
         final_client = self.topo.clients[0].name
         subprocess.run(self._load_argv(final_client, 60, final=True), check=False, timeout=120,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return self.summary(runs)
+        result = self.summary(runs)
+        (self.driver.run_dir / "do-nemesis.json").write_text(json.dumps(result, indent=1))
+        return result
 
     def summary(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
         history = self.history()

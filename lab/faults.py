@@ -267,7 +267,7 @@ class Injector:
             for s in p.servers:
                 self._kill(s, "exabgp")
         elif sc in ("server-silent", "pop-down", "region-down"):
-            for s in (*p.servers, *p.hosts):
+            for s in (*p.hosts, *p.servers):  # the storage node first: its DO host's failover clock starts
                 self._silence(s, True)
             for r in p.routers:
                 self._silence(r, True, forwarding=True)
