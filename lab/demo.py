@@ -44,7 +44,8 @@ def http_get(lab: Lab, client: str, host: str) -> str:
 
 def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None = None) -> None:
     """Up, catchment, withdraw the busiest PoP and back; then its service crashes and its servers go
-    silent, each measured and restored; down. Timelines go to ``plot_dir`` if given. Raises LabError."""
+    silent, each measured and restored; two Durable Object failovers under load, checked; down.
+    Timelines go to ``plot_dir`` if given. Raises LabError."""
     from lab import report
     from lab.cli import catchment_table
     from lab.measurement import HttpSpec, measure
@@ -87,6 +88,12 @@ def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None 
                 out = plot_dir / f"anylab-demo-{scenario}.png"
                 report.plot(result, timeline, out)
                 console.print(f"timeline: {out}")
+        from lab.do_nemesis import Nemesis, NemesisSpec
+        from lab.do_nemesis import report as do_report
+
+        console.print("Durable Objects: registers and counters under load from every client while the owning "
+                      "region's DO host crashes, then is cut off from the directory…")
+        console.print(do_report(Nemesis(lab, NemesisSpec(failovers=2, scenarios=("do-crash", "do-cut"))).run()))
     finally:
         with console.status("tearing down…"):
             lab.down()

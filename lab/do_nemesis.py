@@ -249,6 +249,7 @@ class Nemesis:
         region_of = {c.name: c.region for c in self.topo.clients}
         local: list[float] = []
         remote: list[float] = []
+        by_f: dict[str, list[float]] = {}
         open_at: dict[Any, float] = {}
         for e in history:
             if e["type"] == "invoke":
@@ -257,6 +258,7 @@ class Nemesis:
                 client = str(e["process"]).rsplit("-", 1)[0]
                 took = (e["time"] - open_at[e["process"]]) * 1000
                 (local if e.get("owner") == region_of.get(client) else remote).append(took)
+                by_f.setdefault("read" if e["f"] == "read" else "write", []).append(took)
         failover = [r["phases_s"]["first_served"] for r in runs]
         phases = {p: percentile([r["phases_s"][p] for r in runs if r["phases_s"][p] is not None], 0.5)
                   for p in ("detect", "promote", "route", "first_served", "all_served")}
@@ -269,7 +271,9 @@ class Nemesis:
             "failover_s": {"p50": percentile(failover, 0.5), "max": max(failover, default=None)},
             "phases_s": phases,
             "call_ms": {"local_p50": percentile(local, 0.5), "remote_p50": percentile(remote, 0.5),
-                        "local_n": len(local), "remote_n": len(remote)},
+                        "local_n": len(local), "remote_n": len(remote),
+                        "read_p50": percentile(by_f.get("read", []), 0.5),
+                        "write_p50": percentile(by_f.get("write", []), 0.5)},
             "spec": asdict(self.spec), "run_id": self.run_id, "runs": runs,
         }
 
