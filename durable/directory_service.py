@@ -159,9 +159,7 @@ def make_app(d: Directory) -> web.Application:
             return web.json_response({"error": "key= is required"}, status=400)
         try:
             return web.json_response(d.where(key, request.query.get("hint") or None))
-        except LookupError as exc:
-            return web.json_response({"error": "unavailable", "detail": str(exc)}, status=503)
-        except ValueError as exc:
+        except (LookupError, ValueError) as exc:  # no live owner; no live region to place it in
             return web.json_response({"error": "unavailable", "detail": str(exc)}, status=503)
 
     async def objects(request: web.Request) -> web.Response:

@@ -205,7 +205,23 @@ class KvReplica(PythonService):
         return _answers(self.socket, "/v1/status")
 
 
-class DoDirectory(PythonService):
+class DoService(PythonService):
+    """A Durable Object service: its operator socket ``do.sock`` and decision log ``do-events.jsonl``."""
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "do.sock"
+
+    @property
+    def events(self) -> Path:
+        return self.env.dir / "do-events.jsonl"
+
+    def ready(self) -> bool:
+        """Ready once its API answers (a host's lease needs the lab's routes: ``Lab.wait_do_leases``)."""
+        return _answers(self.socket, "/v1/status")
+
+
+class DoDirectory(DoService):
     """``durable.directory_service`` on the control node: where every Durable Object lives, the regions'
     leases, failover. The operator reaches it on ``do.sock``."""
 
@@ -215,14 +231,6 @@ class DoDirectory(PythonService):
     def __init__(self, env: NodeEnv, node: ServiceNode, hosts: tuple[ServiceNode, ...], settings: LabSpec) -> None:
         super().__init__(env)
         self.service, self.hosts, self.settings = node, hosts, settings
-
-    @property
-    def socket(self) -> Path:
-        return self.env.dir / "do.sock"
-
-    @property
-    def events(self) -> Path:
-        return self.env.dir / "do-events.jsonl"
 
     def config(self) -> dict[str, object]:
         s = self.settings
@@ -235,11 +243,8 @@ class DoDirectory(PythonService):
         if len({h.region for h in self.hosts}) != len(self.hosts):
             raise self.error("two DO hosts in one region")
 
-    def ready(self) -> bool:
-        return _answers(self.socket, "/v1/status")
 
-
-class DoHost(PythonService):
+class DoHost(DoService):
     """``durable.host_service`` on a region's storage node: runs the objects the region owns, keeps the
     copies it backs up."""
 
@@ -250,14 +255,6 @@ class DoHost(PythonService):
                  settings: LabSpec) -> None:
         super().__init__(env)
         self.service, self.control, self.pop_token, self.settings = node, control, pop_token, settings
-
-    @property
-    def socket(self) -> Path:
-        return self.env.dir / "do.sock"
-
-    @property
-    def events(self) -> Path:
-        return self.env.dir / "do-events.jsonl"
 
     def config(self) -> dict[str, object]:
         s = self.settings
@@ -270,10 +267,6 @@ class DoHost(PythonService):
     def validate(self) -> None:
         if self.settings.do_mode not in ("sync", "async"):
             raise self.error(f"do_mode {self.settings.do_mode!r}: sync or async")
-
-    def ready(self) -> bool:
-        """Ready once its API answers (its lease needs the lab's routes: ``Lab.wait_do_leases``)."""
-        return _answers(self.socket, "/v1/status")
 
 
 def _answers(path: Path, url: str) -> bool:

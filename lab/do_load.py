@@ -50,7 +50,8 @@ def objects(registers: int, counters: int, hints: list[str], run: str = "") -> d
     return {n: (hints[i % len(hints)] if hints else None) for i, n in enumerate(names)}
 
 
-async def call(target: str, host: str, name: str, hint: str | None, f: str, value: Any, timeout: float) -> Any:
+async def call(target: str, host: str, name: str, hint: str | None, f: str, value: Any, timeout: float,
+               port: int = 80) -> Any:
     """One operation on its own connection. Returns Served(result, owner, epoch); raises Definite or
     Unknown/OSError/TimeoutError as the answer says."""
     body = json.dumps({"f": f, "value": value}).encode()
@@ -58,7 +59,7 @@ async def call(target: str, host: str, name: str, hint: str | None, f: str, valu
     request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, 80), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
     except (OSError, TimeoutError) as exc:
         raise Definite(f"no connection: {exc!r}") from None  # nothing was sent
     try:

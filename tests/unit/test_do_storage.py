@@ -63,3 +63,42 @@ def test_an_old_owner_is_fenced(owner: ObjectStore, tmp_path: Path) -> None:
     assert owner.get("k") == "before" and new_owner.get("k") == "after"
     new_owner.fence(1)  # epochs never go backwards
     assert new_owner.epoch == 2
+
+
+def test_an_old_owners_unshipped_tail_is_replaced_not_kept(tmp_path: Path) -> None:
+    """A (async) owner wrote seq 3 and 4 that never reached the backup, then lost the object; the new
+    owner writes its own seq 3 at the next epoch. When the old owner becomes a backup again, the new
+    entries must not be skipped as "already here": it takes a snapshot instead."""
+    old, new = ObjectStore(tmp_path / "a.db"), ObjectStore(tmp_path / "b.db")
+    for i in (1, 2):
+        old.put("v", i, epoch=1)
+    new.replay(old.log_since(0))  # the backup has 1 and 2
+    old.put("v", "lost-3", epoch=1)
+    old.put("v", "lost-4", epoch=1)
+    new.fence(2)  # promoted
+    new.put("v", "new-3", epoch=2)
+    old.fence(2)  # the old owner hears of it
+    entries = new.log_since(2)
+    assert not old.follows(entries)  # another epoch's history: snapshot first
+    old.install(new.snapshot())
+    assert old.get("v") == "new-3" and old.seq == 3 and old.data_epoch == 2
+    new.put("v", "new-4", epoch=2)
+    assert old.follows(new.log_since(3))
+    old.replay(new.log_since(3))
+    assert old.get("v") == "new-4"
+
+
+def test_snapshots_respect_fences_and_do_not_go_backwards(tmp_path: Path) -> None:
+    owner, backup = ObjectStore(tmp_path / "o.db"), ObjectStore(tmp_path / "b.db")
+    owner.fence(3)
+    owner.put("k", 1, epoch=3)
+    snap = owner.snapshot()
+    assert backup.install(snap) == 1
+    owner.put("k", 2, epoch=3)
+    backup.install(owner.snapshot())
+    assert backup.install(snap) == 2 and backup.get("k") == 2  # an older snapshot of the same epoch: ignored
+    backup.fence(4)
+    with pytest.raises(Fenced):
+        backup.install(owner.snapshot())
+    owner.truncate(1)
+    assert [e["seq"] for e in owner.log_since(0)] == [2]
