@@ -37,8 +37,9 @@ def free_port() -> int:
 class Cluster:
     """Everything on one event loop; ``crash``/``partition``/``heal`` a region's host."""
 
-    def __init__(self, tmp: Path, mode: str = "sync", regions: tuple[str, ...] = ("a", "b", "c")) -> None:
-        self.tmp, self.mode, self.regions = tmp, mode, regions
+    def __init__(self, tmp: Path, mode: str = "sync", regions: tuple[str, ...] = ("a", "b", "c"),
+                 snapshot_s: float = 3600.0) -> None:
+        self.tmp, self.mode, self.regions, self.snapshot_s = tmp, mode, regions, snapshot_s
         self.ports = {r: free_port() for r in regions}
         self.dport, self.rport = free_port(), free_port()
         self.runners: dict[str, web.AppRunner] = {}
@@ -71,12 +72,13 @@ class Cluster:
     async def start_host(self, r: str) -> None:
         host = Host({"region": r, "data_dir": str(self.tmp / r), "directory": ["127.0.0.1", self.dport],
                      "control": ["127.0.0.1", 9], "mode": self.mode, "renew_s": RENEW_S,
+                     "snapshot_s": self.snapshot_s,
                      "events": str(self.tmp / f"{r}-events.jsonl")})
         host.open()
         host.code["v1"] = {"name": "reg", "code": CODE}
         self.hosts[r] = host
         await self._site(r, host_app(host), self.ports[r])
-        self.tasks[r] = [asyncio.create_task(host.keep_lease())]
+        self.tasks[r] = [asyncio.create_task(host.keep_lease()), asyncio.create_task(host.snapshots())]
         await host.renew()
 
     async def crash(self, r: str) -> None:
@@ -109,9 +111,9 @@ class Cluster:
             await runner.cleanup()
 
 
-def run(tmp: Path, scenario: Any, mode: str = "sync") -> Any:
+def run(tmp: Path, scenario: Any, mode: str = "sync", snapshot_s: float = 3600.0) -> Any:
     async def main() -> Any:
-        cluster = Cluster(tmp, mode)
+        cluster = Cluster(tmp, mode, snapshot_s=snapshot_s)
         await cluster.start()
         try:
             return await scenario(cluster)
@@ -246,3 +248,19 @@ def test_a_directory_cut_off_from_most_regions_fails_nobody_over(tmp_path: Path)
     d.last_seen["b"] = time.clock_gettime(time.CLOCK_MONOTONIC)
     d.check_leases()  # b and c renew, a does not: a is down
     assert d.state.live == {"b", "c"} and d.state.objects["reg/Register/x"].owner in ("b", "c")
+
+
+def test_periodic_snapshots_reach_the_backup_and_trim_the_owners_log(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> tuple[list[int], Any, int]:
+        for _ in range(5):
+            await c.op("s", "incr", 1, hint="a")
+        key = c.env.REG.get(c.env.REG.id_from_name("s")).key
+        owner = c.hosts["a"].store(key)
+        deadline = time.monotonic() + 3
+        while owner.log_since(0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        backup = c.hosts[str(c.directory.state.objects[key].backup)].store(key)
+        return [e["seq"] for e in owner.log_since(0)], backup.get("v"), backup.seq
+
+    log, at_backup, seq = run(tmp_path, scenario, snapshot_s=0.2)
+    assert log == [] and at_backup == 5 and seq == 5
