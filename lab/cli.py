@@ -142,7 +142,19 @@ def status_data(name: str) -> dict[str, Any]:
         "profile": topo.spec.settings.profile.name,
         "timings": state.get("timings", {}),
         "control_plane": _control_plane_status(run_dir / topo.control.name),
+        "breakers": _breakers(run_dir, [s.name for s in topo.servers]),
     }
+
+
+def _breakers(run_dir: Path, servers: list[str]) -> dict[str, dict[str, Any]]:
+    """The circuit breakers every edge worker reports (``server`` → ``deployment/dependency`` → state)."""
+    out: dict[str, dict[str, Any]] = {}
+    for server in servers:
+        try:
+            out[server] = json.loads((run_dir / server / "protect.json").read_text())["breakers"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
 
 
 def _control_plane_status(directory: Path) -> dict[str, Any]:
@@ -179,6 +191,10 @@ def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json
         console.print(f"  control plane: up, {len(cp['workers'])} worker(s) deployed ('anylab deployments')")
     else:
         console.print("  [yellow]control plane: down; PoPs serve their last good versions[/]")
+    for server, breakers in data["breakers"].items():
+        for dependency, b in breakers.items():
+            if b["mode"] != "closed":
+                console.print(f"  [yellow]circuit breaker {dependency} at {server}: {b['mode']}[/]")
     console.print(catchment_table(topo, data["catchment"], data["predicted"]))
 
 

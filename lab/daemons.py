@@ -26,12 +26,21 @@ class EdgeWorker(Daemon):
 
     name = "edge"
 
-    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path) -> None:
+    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path,
+                 origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None) -> None:
         super().__init__(env)
         self.server = server
         self.udp_port = udp_port
         self.control = control
         self.pop_token = pop_token
+        self.origins = origins
+        self.breakers = breakers or {}
+
+    def spawn_env(self) -> dict[str, str] | None:
+        """The lab's names for its origins, so that worker code can ``env.fetch("http://origin/…")`` (the
+        namespaces share the root's /etc/hosts, which the lab does not touch), and the breakers' settings."""
+        hosts = ",".join(f"{o.name}={o.address}:{o.port}" for o in self.origins)
+        return {**os.environ, "ANYLAB_HOSTS": hosts, "ANYLAB_BREAKERS": json.dumps(self.breakers)}
 
     @property
     def deployments(self) -> Path:
@@ -267,6 +276,49 @@ class DoHost(DoService):
     def validate(self) -> None:
         if self.settings.do_mode not in ("sync", "async"):
             raise self.error(f"do_mode {self.settings.do_mode!r}: sync or async")
+
+
+class Origin(PythonService):
+    """``protect.origin`` on an origin node: what workers fetch from; its failure mode is set by the
+    faults over ``origin.sock``."""
+
+    name = "origin"
+    module = "protect.origin"
+
+    def __init__(self, env: NodeEnv, node: ServiceNode) -> None:
+        super().__init__(env)
+        self.service = node
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "origin.sock"
+
+    def config(self) -> dict[str, object]:
+        return {"name": self.service.name, "listen": [str(self.service.address), self.service.port],
+                "socket": str(self.socket)}
+
+    def validate(self) -> None:
+        if not 0 < self.service.port < 65536:
+            raise self.error(f"bad port {self.service.port}")
+
+    def before_start(self) -> None:
+        self.socket.unlink(missing_ok=True)
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/admin/status")
+
+    def set_mode(self, mode: str, **values: float) -> dict[str, object]:
+        """Switch the origin's failure mode; raises DaemonError if it does not take it."""
+        try:
+            status, body = unix_http.request(str(self.socket), "POST", "/admin/mode",
+                                             json.dumps({"mode": mode, **values}).encode(),
+                                             {"Content-Type": "application/json"}, timeout=5.0)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self.error(f"cannot set mode {mode}: {exc}") from exc
+        if status != 200:
+            raise self.error(f"mode {mode} refused: {body[:200].decode(errors='replace')}")
+        reply: dict[str, object] = json.loads(body)
+        return reply
 
 
 def _answers(path: Path, url: str) -> bool:

@@ -10,7 +10,8 @@ from lab.errors import LabError
 from lab.graph import mermaid, to_graph
 from lab.model import Topology
 
-_COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2", "kv": "#b05a7a"}
+_COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2", "kv": "#b05a7a",
+           "origin": "#7a7a7a"}
 
 
 def catchment_colors(topo: Topology, catchment: dict[str, str | None]) -> dict[str, str]:

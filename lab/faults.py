@@ -27,6 +27,9 @@ do-crash        KV node or region        SIGKILL the region's Durable Object hos
 do-cut          KV node or region        a partition: nftables drops the region's storage node's
                                          traffic with the control node (the DO directory) only; PoPs
                                          and the other regions still reach its DO host (delete table)
+origin-down     origin                   SIGKILL the origin server (restart it)
+origin-slow     origin                   the origin answers after 2 s (back to normal)
+origin-errors   origin                   the origin answers 500 to every request (back to normal)
 =============== ======================== =============================================================
 """
 
@@ -61,6 +64,9 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "kv-master-crash": ("kv", "region"),
     "do-crash": ("kv", "region"),
     "do-cut": ("kv", "region"),
+    "origin-down": ("origin",),
+    "origin-slow": ("origin",),
+    "origin-errors": ("origin",),
 }
 #: The scenarios that touch only the region's storage node (KV master, DO host).
 STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut")
@@ -107,6 +113,8 @@ def _kind_of(topo: Topology, target: str) -> str | None:
         return "control"
     if target in {k.name for k in topo.kv_masters}:
         return "kv"
+    if target in {o.name for o in topo.origins}:
+        return "origin"
     return None
 
 
@@ -155,7 +163,7 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     if scenario in ("server-crash", "flap") and servers:
         links = tuple((s, i.name) for s in servers for i in topo.server(s).interfaces)
     hosts: tuple[str, ...] = ()
-    if kind in ("control", "kv"):
+    if kind in ("control", "kv", "origin"):
         hosts = (target,)
     elif kind == "region" and scenario in ("region-down", *STORAGE_ONLY):
         hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
@@ -295,6 +303,12 @@ class Injector:
         elif sc == "do-cut":
             for h in p.hosts:
                 self._run(h, ["nft", "-f", "-"], _nft_cut(str(self.lab.topo.control.address)))
+        elif sc == "origin-down":
+            for h in p.hosts:
+                self._kill(h, "origin")
+        elif sc in ("origin-slow", "origin-errors"):
+            for h in p.hosts:
+                self._daemon(h, "origin").set_mode("slow" if sc == "origin-slow" else "errors")
 
     def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
@@ -367,9 +381,13 @@ class Injector:
         elif sc in ("control-cut", "do-cut"):
             for h in p.hosts:
                 attempt(self._silence, h, False)
-        elif sc in ("kv-master-crash", "do-crash"):
+        elif sc in ("kv-master-crash", "do-crash", "origin-down"):
+            name = {"kv-master-crash": "kv-master", "do-crash": "do-host", "origin-down": "origin"}[sc]
             for h in p.hosts:
-                attempt(self._restart, h, ["kv-master" if sc == "kv-master-crash" else "do-host"])
+                attempt(self._restart, h, [name])
+        elif sc in ("origin-slow", "origin-errors"):
+            for h in p.hosts:
+                attempt(lambda node: self._daemon(node, "origin").set_mode("normal"), h)
         if errors and not best_effort:
             raise LabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
 

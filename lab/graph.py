@@ -39,6 +39,8 @@ def to_graph(topo: Topology) -> nx.Graph:
     g.add_node(topo.control.name, kind="control", region=topo.control.region)
     for k in topo.kv_masters:
         g.add_node(k.name, kind="kv", region=k.region)
+    for o in topo.origins:
+        g.add_node(o.name, kind="origin", region=o.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g
@@ -60,6 +62,9 @@ def _field_of(topo: Topology, node: str) -> str:
     for i, k in enumerate(topo.kv_masters):
         if k.name == node:
             return f"kv_masters[{i}] ({node}).name"
+    for i, o in enumerate(topo.origins):
+        if o.name == node:
+            return f"origins[{i}] ({node}).name"
     return node
 
 
@@ -84,7 +89,7 @@ def check_topology(topo: Topology) -> None:
                                     "give every router, PoP and client its own name")
             if name in {svc.name for svc in topo.services()}:
                 raise TopologyError(src, f"{section}[{i}] ({name}).name",
-                                    f"name '{name}' is the control plane's or a KV master's node",
+                                    f"name '{name}' is the control plane's, a KV master's or an origin's node",
                                     "choose another name")
             owner[name] = f"{section}[{i}]"
     for s in topo.servers:

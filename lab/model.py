@@ -44,6 +44,9 @@ POP_LINKS = IPv4Network("10.1.0.0/16")
 CLIENT_LINKS = IPv4Network("10.2.0.0/16")
 CONTROL_LINKS = IPv4Network("10.3.0.0/16")
 KV_LINKS = IPv4Network("10.4.0.0/16")
+ORIGIN_LINKS = IPv4Network("10.5.0.0/16")
+#: An origin's HTTP port on the lab network (workers reach it with ``env.fetch("http://NAME/…")``).
+ORIGIN_PORT = 80
 #: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).
 KV_PORT = 8100
 KV_REPLICA_PORT = 8101
@@ -150,6 +153,15 @@ class ControlSpec(_Spec):
     router: str | None = None
 
 
+class OriginSpec(_Spec):
+    """An origin server (what workers fetch from as a subrequest): its node's name and its router."""
+
+    name: str
+    router: str
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+
+
 class KvMasterSpec(_Spec):
     """A region's KV master: its node's name and the router it hangs off (in its region)."""
 
@@ -172,6 +184,20 @@ class AnycastSpec(_Spec):
         return value
 
 
+class BreakerSpec(_Spec):
+    """One dependency's circuit breaker (the design's "Circuit Breaker Configuration")."""
+
+    failure_threshold: int = Field(5, ge=1, le=1000)
+    success_threshold: int = Field(3, ge=1, le=1000)
+    open_s: float = Field(30.0, gt=0.0, le=3600.0)
+    half_open_probes: int = Field(1, ge=1, le=100)
+
+
+def _design_breakers() -> dict[str, BreakerSpec]:
+    return {"origin": BreakerSpec(), "kv": BreakerSpec(failure_threshold=10, success_threshold=1, open_s=10.0),
+            "do": BreakerSpec(failure_threshold=3, success_threshold=1, open_s=60.0)}
+
+
 class LabSpec(_Spec):
     """Lab-wide settings: the timer profile (see :mod:`lab.profiles`) and the client probe rate."""
 
@@ -189,6 +215,8 @@ class LabSpec(_Spec):
     do_margin_s: float = Field(0.25, ge=0.0, le=10.0)
     #: How often an owner ships a fresh snapshot of each object to its backup (the design: hourly).
     do_snapshot_s: float = Field(3600.0, gt=0.0)
+    #: Circuit breakers per dependency (``origin``, ``kv``, ``do``); the design's values by default.
+    breakers: dict[str, BreakerSpec] = Field(default_factory=_design_breakers)
 
     _profile = field_validator("profile", mode="before")(lambda cls, v: expand(v))
 
@@ -215,6 +243,8 @@ class TopologySpec(_Spec):
     control: ControlSpec = ControlSpec()
     #: One KV master per region; default: ``kv-<region>`` on the region's first router.
     kv_masters: tuple[KvMasterSpec, ...] | None = None
+    #: Origin servers; default one, ``origin``, on the control node's router.
+    origins: tuple[OriginSpec, ...] | None = None
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
@@ -355,13 +385,14 @@ class Topology:
     anycast: tuple[IPv4Network, ...]
     control: ServiceNode
     kv_masters: tuple[ServiceNode, ...] = ()
+    origins: tuple[ServiceNode, ...] = ()
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
-                self.control.name, *(k.name for k in self.kv_masters)]
+                *(svc.name for svc in self.services())]
 
     def services(self) -> tuple[ServiceNode, ...]:
-        return (self.control, *self.kv_masters)
+        return (self.control, *self.kv_masters, *self.origins)
 
     def kv_master_of(self, region: str) -> ServiceNode:
         """The KV master of ``region``; raises LabError if it has none."""
@@ -586,6 +617,11 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
             raise TopologyError(source, f"kv_masters[{i}] ({k.name}).region", f"region '{k.region}' has a master "
                                 "already", "give each region one KV master")
         seen_regions.add(k.region)
+    for i, o in enumerate(spec.origins or ()):
+        need(o.router, routers, f"origins[{i}] ({o.name}).router", "router")
+    origin_names = [o.name for o in spec.origins or ()]
+    if len(set(origin_names)) != len(origin_names):
+        raise TopologyError(source, "origins", "two origins have the same name", "give each origin its own name")
     for i, a in enumerate(spec.anycast):
         if a.pops != "all":
             for j, p_name in enumerate(a.pops):
@@ -658,6 +694,11 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, k_addr = _p2p(KV_LINKS, i, source, f"kv_masters[{i}]")
         add_pair(km.router, km.name, r_addr, k_addr)
         host_subnets.setdefault(km.router, []).append(r_addr.network)
+    origin_specs = spec.origins if spec.origins is not None else (OriginSpec(name="origin", router=control_router),)
+    for i, o in enumerate(origin_specs):
+        r_addr, o_addr = _p2p(ORIGIN_LINKS, i, source, f"origins[{i}]")
+        add_pair(o.router, o.name, r_addr, o_addr)
+        host_subnets.setdefault(o.router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr)
@@ -707,4 +748,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     control = ServiceNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
                           CONTROL_PORT)
     kv_masters = tuple(ServiceNode(km.name, km.region, km.router, intfs[km.name][0], KV_PORT) for km in kv_specs)
-    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters)
+    origins = tuple(ServiceNode(o.name, region_of[o.router], o.router, intfs[o.name][0], ORIGIN_PORT)
+                    for o in origin_specs)
+    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
+                    origins)

@@ -29,7 +29,7 @@ from bgp.exabgp import ExaBgp
 from control_plane.client import Client, Deployed
 from lab import durable_ops, netns
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAgent, KvMaster, KvReplica, Prober
+from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAgent, KvMaster, KvReplica, Origin, Prober
 from lab.errors import LabError
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes
@@ -138,11 +138,15 @@ class Lab:
             peers = tuple(p for p in self.topo.kv_masters if p.name != km.name)
             self.daemons[km.name] = [KvMaster(self._env(km.name), km, peers),
                                      DoHost(self._env(km.name), km, control, pop_token, t)]
+        for o in self.topo.origins:
+            self.node_dir(o.name).mkdir(parents=True, exist_ok=True)
+            self.daemons[o.name] = [Origin(self._env(o.name), o)]
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
-            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token), ExaBgp(env, s),
-                                    KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s)]
+            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token, self.topo.origins,
+                                               {k: b.model_dump() for k, b in t.breakers.items()}),
+                                    ExaBgp(env, s), KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
             if s.health_agent == "anylab":

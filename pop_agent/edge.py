@@ -144,8 +144,13 @@ class Pool:
 class Edge:
     """Routing table + pools; ``install`` swaps in a new set of deployments."""
 
-    def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8) -> None:
+    def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8,
+                 protect_file: Path | None = None) -> None:
         self.pop, self.server, self.zygote = pop, server, zygote
+        #: Circuit breakers the isolates report, ``deployment/dependency`` → state; written to
+        #: ``protect_file`` (JSON) whenever one changes, for ``anylab status`` and the tests.
+        self.breakers: dict[str, dict[str, Any]] = {}
+        self.protect_file = protect_file
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
         self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
         self.table: dict[str, list[tuple[str, Pool]]] = {}
@@ -188,7 +193,20 @@ class Edge:
                                "detail": "no worker is deployed for this host and path"}).encode()
             return self.stamp(Response(body, 404, {"content-type": "application/json"}))
         result = await pool.call(req)
+        if result.breakers:
+            self.record_breakers(pool.dep.name, result.breakers)
         return self.stamp(result.response)
+
+    def record_breakers(self, deployment: str, breakers: dict[str, Any]) -> None:
+        changed = False
+        for dependency, state in breakers.items():
+            key = f"{deployment}/{dependency}"
+            if self.breakers.get(key) != state:
+                self.breakers[key], changed = state, True
+        if changed and self.protect_file is not None:
+            tmp = self.protect_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"breakers": self.breakers, "t": time.monotonic()}))
+            tmp.replace(self.protect_file)
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -376,7 +394,9 @@ def main() -> None:
     zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
     try:
         store = LocalStore(args.deployments) if args.deployments else None
-        uvloop.run(serve(Edge(args.pop, args.server, zygote), args.address, args.port, args.udp_port,
+        protect_file = args.deployments.parent / "protect.json" if args.deployments else None
+        uvloop.run(serve(Edge(args.pop, args.server, zygote, protect_file=protect_file), args.address, args.port,
+                         args.udp_port,
                          args.health_port, store, control, directory))
     finally:
         zygote.stop()

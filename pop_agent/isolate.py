@@ -164,7 +164,8 @@ class _Serve(asyncio.Protocol):
         req = Request(header["method"], header["url"], header.get("headers", {}), body)
         try:
             resp = to_response(await self.handler(req, self.env, ctx))
-            self.send({"ok": True, **resp.as_dict(), "t_handler": t_start}, resp.body)
+            extra = {"breakers": self.env.breaker_report()} if self.env._breakers else {}
+            self.send({"ok": True, **resp.as_dict(), "t_handler": t_start, **extra}, resp.body)
         except MemoryError:
             self.send({"ok": False, "error": "memory_limit"})  # small: written at once
             os._exit(3)  # the heap may be unusable: start afresh
@@ -172,7 +173,8 @@ class _Serve(asyncio.Protocol):
             self.send({"ok": False, "error": "subrequest_limit", "detail": str(exc)})
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self.send({"ok": False, "error": "worker_exception", "detail": detail})
+            extra = {"breakers": self.env.breaker_report()} if self.env._breakers else {}
+            self.send({"ok": False, "error": "worker_exception", "detail": detail, **extra})
         if ctx.pending:  # after the response, bounded by the wall limit
             task = asyncio.ensure_future(asyncio.wait(ctx.pending, timeout=self.limits.wall_s))
             self.background.add(task)
@@ -308,6 +310,8 @@ class Result:
     response: Response
     error: str | None = None
     t_handler: float | None = None
+    #: The isolate's circuit breakers, by dependency, when it has any.
+    breakers: dict[str, Any] | None = None
 
 
 class _Channel(asyncio.Protocol):
@@ -451,9 +455,12 @@ class Isolate:
             if code == "memory_limit":
                 self.kill()
                 return self._fail(code, 503, f"over {self.limits.memory_mb} MB")
-            return self._fail(code, 500, str(header.get("detail", "")))
+            failed = self._fail(code, 500, str(header.get("detail", "")))
+            failed.breakers = header.get("breakers")
+            return failed
         t = header.get("t_handler")
-        return Result(Response(body, header["status"], header.get("headers")), None, float(t) if t else None)
+        return Result(Response(body, header["status"], header.get("headers")), None, float(t) if t else None,
+                      header.get("breakers"))
 
     def call(self, req: Request) -> Result:
         """``acall`` for callers without an event loop (tests, tools): on a loop of this isolate's own."""

@@ -12,7 +12,10 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
+import random
 import secrets
+import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,9 +236,15 @@ class Env:
     """The deployment's bindings as attributes, and ``fetch`` for subrequests (counted per request)."""
 
     def __init__(self, bindings: Mapping[str, Any], subrequest_limit: int) -> None:
+        from protect.limits import RetryBudget
+
         self._bindings = {name: binding(v) for name, v in bindings.items()}
         self._limit = subrequest_limit
         self.subrequests = 0
+        self._breakers: dict[str, Any] = {}
+        self._budget = RetryBudget()
+        self._rng = random.Random()
+        self._hosts: dict[str, tuple[str, int]] | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -247,23 +256,96 @@ class Env:
     def reset(self) -> None:
         self.subrequests = 0
 
+    def breaker_report(self) -> dict[str, dict[str, Any]]:
+        """Every dependency's breaker: mode and its last change (for the edge's metrics)."""
+        return {host: {"mode": b.state.mode, "since": b.transitions[-1][0] if b.transitions else None,
+                       "opened": sum(1 for _t, kind in b.transitions if kind == "opened")}
+                for host, b in self._breakers.items()}
+
     async def fetch(self, url: str, timeout: float = 10.0) -> Response:
-        """GET ``url`` (http:// only). Raises SubrequestLimitExceeded past the limit, OSError/TimeoutError
-        when the origin does not answer."""
+        """GET ``url`` (http:// only; a lab name such as ``origin`` is resolved through ``ANYLAB_HOSTS``),
+        through the origin's circuit breaker (the design's: 5 failures open it for 30 s, 3 probe successes
+        close it) and the design's retries (3, after 100/300/1000 ms with jitter, within a retry budget of
+        10 % of requests). A 5xx answer or no answer is a failure. Raises SubrequestLimitExceeded past the
+        limit, BreakerOpen while the breaker refuses, OSError/TimeoutError when the origin does not
+        answer after the retries; returns the last 5xx answer when every try got one."""
+        from protect.guard import BreakerOpen
+        from protect.limits import delays, deposit, withdraw
+
         self.subrequests += 1
         if self.subrequests > self._limit:
             raise SubrequestLimitExceeded(f"subrequest limit of {self._limit} per request reached")
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only http:// URLs can be fetched, not {url!r}")
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 80), timeout)
-        try:
-            writer.write(f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {parts.hostname}\r\n\r\n".encode())
-            data = await asyncio.wait_for(reader.read(), timeout)
-        finally:
-            writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode(errors="replace").split("\r\n")
-        status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 502
-        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        return Response(body, status, headers)
+        address, port = self._resolve(parts.hostname, parts.port or 80)
+        breaker = self._breaker(parts.hostname)
+        now = time.monotonic()
+        self._budget = deposit(self._budget, now)
+        waits = delays("origin_fetch", self._rng)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        for attempt in range(len(waits) + 1):
+            try:
+                answer: Response = await breaker.call(lambda: _get(address, port, parts.hostname or "", path, timeout))
+                return answer
+            except BreakerOpen:
+                raise
+            except (OSError, TimeoutError, _ServerError) as exc:
+                last: BaseException = exc
+            if attempt == len(waits):
+                break
+            self._budget, allowed = withdraw(self._budget, time.monotonic())
+            if not allowed:
+                break
+            await asyncio.sleep(waits[attempt])  # the design's backoff before the next try
+        if isinstance(last, _ServerError):
+            return last.response
+        raise last
+
+    def _resolve(self, host: str, port: int) -> tuple[str, int]:
+        if self._hosts is None:
+            self._hosts = {}
+            for item in os.environ.get("ANYLAB_HOSTS", "").split(","):
+                name, _, where = item.partition("=")
+                if name and where:
+                    addr, _, p = where.partition(":")
+                    self._hosts[name] = (addr, int(p or 80))
+        return self._hosts.get(host, (host, port))
+
+    def _breaker(self, host: str) -> Any:
+        """The breaker of origin ``host``: the lab's ``origin`` settings (``ANYLAB_BREAKERS``), else the design's."""
+        from protect.breaker import DESIGN, Config
+        from protect.guard import Breaker
+
+        if host not in self._breakers:
+            configured = json.loads(os.environ.get("ANYLAB_BREAKERS") or "{}").get("origin")
+            cfg = Config(**configured) if configured else DESIGN["origin"]
+            self._breakers[host] = Breaker(host, cfg)
+        return self._breakers[host]
+
+
+class _ServerError(Exception):
+    """A 5xx answer: a failure for the breaker and the retries; kept to hand back if nothing better comes."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"HTTP {response.status}")
+        self.response = response
+
+
+async def _get(address: str, port: int, host: str, path: str, timeout: float) -> Response:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 502
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    response = Response(body, status, headers)
+    if status >= 500:
+        raise _ServerError(response)
+    return response

@@ -17,8 +17,9 @@ from protect.breaker import Call, Config, Result, State, step
 T = TypeVar("T")
 
 
-class BreakerOpen(Exception):
-    """Refused without calling the dependency; ``retry_after`` seconds until a probe may go."""
+class BreakerOpen(ConnectionError):
+    """Refused without calling the dependency; ``retry_after`` seconds until a probe may go. A
+    ConnectionError, so that code handling an unreachable dependency handles this too."""
 
     def __init__(self, name: str, retry_after: float) -> None:
         super().__init__(f"circuit breaker '{name}' is open (next probe in {retry_after:.1f} s)")
