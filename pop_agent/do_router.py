@@ -5,7 +5,9 @@ It asks the directory where an object lives (``/v1/where``, placing it on its fi
 answer; when the owner cannot be reached or refuses with something that certainly did not run
 (``not_owner``, ``lease_expired``, ``fenced``, no TCP connection), it forgets the answer, asks again and
 retries until ``deadline_s`` — that is how it follows a failover. Once a request was sent it is never
-retried: no answer in time is answered 504 with ``definite: false`` (the object may have run it).
+retried: no answer in time is answered 504 with ``definite: false`` (the object may have run it) — and
+neither is an answer the directory says cannot come any more (the object moved to a new owner while the
+old one held the call): the caller hears so at once instead of after the whole answer timeout.
 
 ``POST /v1/do`` ``{key, hint, request}`` → 200 with the owner's answer ``{status, headers, body, owner,
 epoch}``, else ``{error, definite, detail}``.
@@ -30,6 +32,10 @@ RETRYABLE = {"not_owner", "lease_expired", "fenced"}
 
 class NotConnected(Exception):
     """No TCP connection was made: nothing was sent."""
+
+
+class OwnerChanged(Exception):
+    """The object moved to a new owner while the old one held the call: its answer will not come."""
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -59,9 +65,9 @@ class DoRouter:
     """Routes stub calls for the edge; ``version_of(script)`` is the version this PoP runs."""
 
     def __init__(self, directory: tuple[str, int], version_of: Callable[[str], str | None],
-                 deadline_s: float = 3.0, connect_s: float = 0.3, answer_s: float = 2.5) -> None:
+                 deadline_s: float = 3.0, connect_s: float = 0.3, answer_s: float = 2.5, watch_s: float = 0.25) -> None:
         self.directory, self.version_of = directory, version_of
-        self.deadline_s, self.connect_s, self.answer_s = deadline_s, connect_s, answer_s
+        self.deadline_s, self.connect_s, self.answer_s, self.watch_s = deadline_s, connect_s, answer_s, watch_s
         self.cache: dict[str, dict[str, Any]] = {}
 
     def stamp(self, resp: Response) -> Response:
@@ -75,6 +81,32 @@ class DoRouter:
             raise LookupError(reply.get("detail") or reply.get("error") or f"HTTP {status}")
         self.cache[key] = reply
         return reply
+
+    async def _call_watched(self, key: str, hint: str | None, place: dict[str, Any], body: bytes) -> tuple[int, bytes]:
+        """The call to the owner; while it is out longer than a call takes, the directory is asked every
+        ``watch_s`` whether the object moved on — then the old owner's answer cannot come any more (it
+        is fenced or gone) and waiting for it would only hold the caller. Raises OwnerChanged then, and
+        what :func:`_exchange` raises otherwise."""
+        call = asyncio.ensure_future(_exchange(place["address"], int(place["port"]), "POST", "/v1/call", body,
+                                               self.connect_s, self.answer_s))
+        watch = asyncio.ensure_future(self._moved(key, hint, int(place["epoch"])))
+        try:
+            await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (call, watch):
+                if not task.done():
+                    task.cancel()
+        if call.done() and not call.cancelled():
+            return call.result()
+        raise OwnerChanged(f"{key} moved past epoch {place['epoch']} while its owner {place['owner']} held the call")
+
+    async def _moved(self, key: str, hint: str | None, epoch: int) -> None:
+        """Returns once the directory has the object at a later epoch (never, otherwise)."""
+        while True:
+            await asyncio.sleep(self.watch_s)  # a call slower than this is worth a look at the directory
+            with contextlib.suppress(LookupError, NotConnected, OSError, TimeoutError, EOFError, ValueError):
+                if int((await self._where(key, hint))["epoch"]) > epoch:
+                    return
 
     async def handle(self, req: Request) -> Response:
         """Never raises: every outcome is an answer saying whether the call may have run."""
@@ -96,8 +128,9 @@ class DoRouter:
                 body = json.dumps({"key": key, "epoch": place["epoch"], "version": version,
                                    "request": request}).encode()
                 try:
-                    status, answer = await _exchange(place["address"], int(place["port"]), "POST", "/v1/call", body,
-                                                     self.connect_s, self.answer_s)
+                    status, answer = await self._call_watched(key, hint, place, body)
+                except OwnerChanged as exc:
+                    return _json(504, {"error": "owner_changed", "definite": False, "detail": str(exc)})
                 except NotConnected as exc:
                     raise LookupError(f"owner {place['owner']} unreachable: {exc}") from None
                 except (TimeoutError, EOFError, OSError) as exc:
