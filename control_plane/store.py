@@ -28,7 +28,8 @@ from pop_agent.isolate import DeployError, Limits
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 #: Upload fields and their meaning; anything else is refused so a typo is not silently ignored.
-UPLOAD_FIELDS = {"code", "host", "path_prefix", "bindings", "limits", "min_isolates", "max_isolates", "idle_s"}
+UPLOAD_FIELDS = {"code", "host", "path_prefix", "bindings", "limits", "min_isolates", "max_isolates", "idle_s",
+                 "rate_per_s", "rate_per_min", "priority"}
 
 
 class ApiError(LabError):

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import time
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
 from pop_agent.sync import LocalStore, Syncer
 from pop_agent.worker_api import Request, Response
+from protect.limits import PRIORITIES, Bucket, admit, take_all
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class Deployment:
     min_isolates: int = 0
     max_isolates: int = 4
     idle_s: float = 300.0
+    #: The design's per-deployment rate limits (burst per second, sustained per minute) and the
+    #: deployment's traffic class (P0 never shed … P3 shed first).
+    rate_per_s: float = 10_000.0
+    rate_per_min: float = 100_000.0
+    priority: str = "P1"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -66,13 +73,17 @@ class Deployment:
                       code=str(data["code"]), path_prefix=str(data.get("path_prefix", "/")),
                       bindings=dict(data.get("bindings", {})), limits=Limits(**data.get("limits", {})),
                       min_isolates=int(data.get("min_isolates", 0)), max_isolates=int(data.get("max_isolates", 4)),
-                      idle_s=float(data.get("idle_s", 300.0)))
+                      idle_s=float(data.get("idle_s", 300.0)), rate_per_s=float(data.get("rate_per_s", 10_000.0)),
+                      rate_per_min=float(data.get("rate_per_min", 100_000.0)),
+                      priority=str(data.get("priority", "P1")))
         except KeyError as exc:
             raise DeployError(f"deployment lacks the field {exc}") from None
         except (TypeError, ValueError) as exc:
             raise DeployError(f"malformed deployment: {exc}") from None
         if not dep.path_prefix.startswith("/") or not 0 <= dep.min_isolates <= dep.max_isolates or dep.max_isolates < 1:
             raise DeployError(f"{dep.name}: path_prefix must start with '/' and 0 ≤ min_isolates ≤ max_isolates ≥ 1")
+        if dep.priority not in PRIORITIES or dep.rate_per_s <= 0 or dep.rate_per_min <= 0:
+            raise DeployError(f"{dep.name}: priority is one of {', '.join(PRIORITIES)}; rates are positive")
         check_code(dep.code, dep.limits)
         for value in dep.bindings.values():  # a Durable Object class is the deployment's own by default
             if isinstance(value, dict) and "durable_object" in value:
@@ -85,6 +96,8 @@ class Pool:
 
     def __init__(self, dep: Deployment, zygote: Zygote, executor: ThreadPoolExecutor) -> None:
         self.dep, self.zygote, self.executor = dep, zygote, executor
+        self.buckets = [Bucket(dep.rate_per_s, max(1.0, dep.rate_per_s)),
+                        Bucket(dep.rate_per_min / 60.0, max(1.0, dep.rate_per_min))]
         self.idle: list[tuple[float, Isolate]] = []
         self.busy = 0
         self.freed = asyncio.Condition()
@@ -145,8 +158,12 @@ class Edge:
     """Routing table + pools; ``install`` swaps in a new set of deployments."""
 
     def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8,
-                 protect_file: Path | None = None) -> None:
+                 protect_file: Path | None = None, capacity: int = 64) -> None:
         self.pop, self.server, self.zygote = pop, server, zygote
+        #: Requests in the isolates at once that make 100 % utilisation (the shedding signal).
+        self.capacity = capacity
+        self.inflight = 0
+        self.counters: dict[str, int] = {"rate_limited": 0, "shed": 0}
         #: Circuit breakers the isolates report, ``deployment/dependency`` → state; written to
         #: ``protect_file`` (JSON) whenever one changes, for ``anylab status`` and the tests.
         self.breakers: dict[str, dict[str, Any]] = {}
@@ -192,10 +209,30 @@ class Edge:
             body = json.dumps({"error": "no_deployment", "host": req.host,
                                "detail": "no worker is deployed for this host and path"}).encode()
             return self.stamp(Response(body, 404, {"content-type": "application/json"}))
-        result = await pool.call(req)
+        refused = self.admission(pool, time.monotonic())
+        if refused is not None:
+            return self.stamp(refused)
+        self.inflight += 1
+        try:
+            result = await pool.call(req)
+        finally:
+            self.inflight -= 1
         if result.breakers:
             self.record_breakers(pool.dep.name, result.breakers)
         return self.stamp(result.response)
+
+    def admission(self, pool: Pool, now: float) -> Response | None:
+        """None to serve; else the refusal: 503 ``shed`` when this server's utilisation sheds the
+        deployment's class (P3 from 90 %, P0 never), 429 ``rate_limited`` past its rate limits — both
+        with Retry-After."""
+        if not admit(pool.dep.priority, self.inflight / self.capacity):  # type: ignore[arg-type]
+            self.counters["shed"] += 1
+            return _refusal(503, "shed", f"server at {self.inflight}/{self.capacity}: {pool.dep.priority} is shed", 1)
+        pool.buckets, ok, wait = take_all(pool.buckets, now)
+        if not ok:
+            self.counters["rate_limited"] += 1
+            return _refusal(429, "rate_limited", f"{pool.dep.name} is over its rate limit", wait)
+        return None
 
     def record_breakers(self, deployment: str, breakers: dict[str, Any]) -> None:
         changed = False
@@ -212,6 +249,12 @@ class Edge:
         for pool in self.pools.values():
             pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _refusal(status: int, code: str, detail: str, retry_after_s: float) -> Response:
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    return Response(body, status, {"content-type": "application/json", "x-anylab-error": code,
+                                   "retry-after": str(max(1, math.ceil(retry_after_s)))})
 
 
 class Handler(Protocol):

@@ -135,3 +135,28 @@ def test_new_version_is_switched_to_atomically(srv: Server) -> None:
 def test_malformed_deployments_are_refused(data: dict[str, Any], words: str) -> None:
     with pytest.raises(DeployError, match=words):
         Deployment.from_json(data)
+
+
+def test_rate_limits_answer_429_with_retry_after_and_shedding_starts_at_p3() -> None:
+    edge = Edge("sjc", "sjc-s1", Zygote(), capacity=10)  # the zygote is never started: nothing is served
+    limited = dep("limited", "l.example", HELLO, rate_per_s=2, rate_per_min=600)
+    preview = dep("preview", "p.example", HELLO, priority="P3")
+    health = dep("health", "h.example", HELLO, priority="P0")
+    edge.install([limited, preview, health])
+    pools = {p.dep.name: p for p in edge.pools.values()}
+    answers = [edge.admission(pools["limited"], 100.0) for _ in range(3)]
+    assert answers[:2] == [None, None]
+    assert answers[2] is not None and answers[2].status == 429
+    assert answers[2].headers["retry-after"] == "1" and answers[2].headers["x-anylab-error"] == "rate_limited"
+    assert edge.admission(pools["limited"], 100.5) is None  # refilled at 2/s
+    edge.inflight = 9  # 90 %: Level 2
+    shed = edge.admission(pools["preview"], 200.0)
+    assert shed is not None and shed.status == 503 and shed.headers["x-anylab-error"] == "shed"
+    edge.inflight = 50  # far over capacity: only P0 passes
+    assert edge.admission(pools["health"], 200.0) is None
+    assert edge.counters == {"rate_limited": 1, "shed": 1}
+
+
+def test_bad_priority_is_refused() -> None:
+    with pytest.raises(DeployError, match="priority"):
+        dep("x", "x.example", HELLO, priority="P9")
