@@ -142,17 +142,18 @@ def status_data(name: str) -> dict[str, Any]:
         "profile": topo.spec.settings.profile.name,
         "timings": state.get("timings", {}),
         "control_plane": _control_plane_status(run_dir / topo.control.name),
-        "breakers": _breakers(run_dir, [s.name for s in topo.servers]),
+        "protect": _protect(run_dir, [s.name for s in topo.servers]),
     }
 
 
-def _breakers(run_dir: Path, servers: list[str]) -> dict[str, dict[str, Any]]:
-    """The circuit breakers every edge worker reports (``server`` → ``deployment/dependency`` → state)."""
+def _protect(run_dir: Path, servers: list[str]) -> dict[str, dict[str, Any]]:
+    """What every edge worker reports of its protection: degradation level and reasons, circuit breakers
+    (``deployment/dependency`` → state), requests refused (rate limited, shed)."""
     out: dict[str, dict[str, Any]] = {}
     for server in servers:
         try:
-            out[server] = json.loads((run_dir / server / "protect.json").read_text())["breakers"]
-        except (OSError, ValueError, KeyError):
+            out[server] = json.loads((run_dir / server / "protect.json").read_text())
+        except (OSError, ValueError):
             continue
     return out
 
@@ -191,8 +192,11 @@ def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json
         console.print(f"  control plane: up, {len(cp['workers'])} worker(s) deployed ('anylab deployments')")
     else:
         console.print("  [yellow]control plane: down; PoPs serve their last good versions[/]")
-    for server, breakers in data["breakers"].items():
-        for dependency, b in breakers.items():
+    for server, p in data["protect"].items():
+        if p.get("level"):
+            why = "; ".join(p.get("reasons", {}).values())
+            console.print(f"  [yellow]{server}: degradation level L{p['level']} ({why})[/]")
+        for dependency, b in p.get("breakers", {}).items():
             if b["mode"] != "closed":
                 console.print(f"  [yellow]circuit breaker {dependency} at {server}: {b['mode']}[/]")
     console.print(catchment_table(topo, data["catchment"], data["predicted"]))

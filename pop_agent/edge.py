@@ -42,6 +42,7 @@ from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
 from pop_agent.sync import LocalStore, Syncer
 from pop_agent.worker_api import Request, Response
+from protect.levels import Level, Signals, level
 from protect.limits import PRIORITIES, Bucket, admit, take_all
 
 
@@ -164,6 +165,7 @@ class Edge:
         self.capacity = capacity
         self.inflight = 0
         self.counters: dict[str, int] = {"rate_limited": 0, "shed": 0}
+        self.level = Level(0)
         #: Circuit breakers the isolates report, ``deployment/dependency`` → state; written to
         #: ``protect_file`` (JSON) whenever one changes, for ``anylab status`` and the tests.
         self.breakers: dict[str, dict[str, Any]] = {}
@@ -240,10 +242,35 @@ class Edge:
             key = f"{deployment}/{dependency}"
             if self.breakers.get(key) != state:
                 self.breakers[key], changed = state, True
-        if changed and self.protect_file is not None:
-            tmp = self.protect_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"breakers": self.breakers, "t": time.monotonic()}))
-            tmp.replace(self.protect_file)
+        if changed:
+            self.write_protect()
+
+    def degradation(self, kv_prom: Path | None, control_reachable: bool | None) -> Level:
+        """This server's degradation level from its signals: its KV replica's lag and master (from
+        ``kv.prom``), its utilisation, and whether the control plane answers its sync."""
+        metrics: dict[str, float] = {}
+        if kv_prom is not None:
+            with contextlib.suppress(OSError, ValueError):
+                for line in kv_prom.read_text().splitlines():
+                    if line and not line.startswith("#"):
+                        name, _, value = line.rpartition(" ")
+                        metrics[name.split("{")[0]] = float(value)
+        return level(Signals(kv_lag_s=metrics.get("anylab_kv_replica_lag_seconds", 0.0),
+                             kv_master_reachable=metrics.get("anylab_kv_master_reachable", 1.0) == 1.0,
+                             utilisation=self.inflight / self.capacity,
+                             control_reachable=control_reachable is not False))
+
+    def write_protect(self, degradation: Level | None = None) -> None:
+        """``protect.json``: breakers, refusals, degradation level (for ``anylab status`` and tests)."""
+        if degradation is not None:
+            self.level = degradation
+        if self.protect_file is None:
+            return
+        tmp = self.protect_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"breakers": self.breakers, "counters": self.counters, "t": time.monotonic(),
+                                   "level": self.level.level, "reasons": self.level.reasons,
+                                   "inflight": self.inflight, "capacity": self.capacity}))
+        tmp.replace(self.protect_file)
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -382,6 +409,7 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    syncer: Syncer | None = None
     if store is not None:
         loop.add_signal_handler(signal.SIGHUP, reload, edge, store)
         reload(edge, store)
@@ -399,12 +427,14 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
     if directory is not None:
         router = DoRouter(directory, edge.version_of)
         closers.append(await loop.create_server(lambda: HttpProtocol(router), "127.0.0.1", DO_ROUTER_PORT))
+    kv_prom = edge.protect_file.parent / "kv.prom" if edge.protect_file is not None else None
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 10.0)
+            await asyncio.wait_for(stop.wait(), 1.0)  # the housekeeping period: levels, idle isolates
         now = time.monotonic()
         for pool in list(edge.pools.values()):
             pool.evict(now)
+        edge.write_protect(edge.degradation(kv_prom, syncer.state.reachable if syncer is not None else None))
     for task in tasks:
         task.cancel()
     for c in closers:

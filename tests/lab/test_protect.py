@@ -6,6 +6,7 @@ failing. The breaker's open time is shortened to 2 s for the test (the design's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -115,3 +116,23 @@ def test_a_dead_or_slow_origin_is_an_answer_not_a_crash(lab: Lab, scenario: str)
     finally:
         lab.restore("origin")
     wait_for(lambda: get(lab)[0] == 200, timeout=OPEN_S + 30, what="the origin to serve again", interval=0.5)
+
+
+def test_a_dead_control_plane_is_level_4_at_every_server(lab: Lab) -> None:
+    def levels() -> dict[str, int]:
+        out = {}
+        for s in lab.topo.servers:
+            with contextlib.suppress(OSError, ValueError):
+                out[s.name] = json.loads((lab.node_dir(s.name) / "protect.json").read_text())["level"]
+        return out
+
+    lab.fail("control-down", "control")
+    try:
+        # The servers' next sync fails at once (connection refused); the edge writes its level every second.
+        wait_for(lambda: (set(levels().values()) == {4} and len(levels()) == len(lab.topo.servers)) or None,
+                 timeout=15, what="level 4 at every server", interval=0.2, describe=lambda: str(levels()))
+        assert get(lab)[0] == 200  # existing code runs
+    finally:
+        lab.restore("control")
+    wait_for(lambda: set(levels().values()) == {0} or None, timeout=20, what="level 0 again", interval=0.2,
+             describe=lambda: str(levels()))

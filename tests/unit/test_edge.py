@@ -160,3 +160,18 @@ def test_rate_limits_answer_429_with_retry_after_and_shedding_starts_at_p3() -> 
 def test_bad_priority_is_refused() -> None:
     with pytest.raises(DeployError, match="priority"):
         dep("x", "x.example", HELLO, priority="P9")
+
+
+def test_degradation_level_from_the_servers_signals(tmp_path: Any) -> None:
+    edge = Edge("sjc", "sjc-s1", Zygote(), capacity=10, protect_file=tmp_path / "protect.json")
+    prom = tmp_path / "kv.prom"
+    prom.write_text('# HELP x\nanylab_kv_replica_lag_seconds{server="s"} 2.0\n'
+                    'anylab_kv_queue_depth{server="s"} 0\nanylab_kv_master_reachable{server="s"} 1\n')
+    assert edge.degradation(prom, True).level == 0
+    prom.write_text('anylab_kv_replica_lag_seconds{server="s"} 900\nanylab_kv_master_reachable{server="s"} 0\n')
+    assert edge.degradation(prom, True).level == 1
+    edge.inflight = 10
+    assert edge.degradation(prom, False).level == 4
+    edge.write_protect(edge.degradation(None, True))
+    written = json.loads((tmp_path / "protect.json").read_text())
+    assert written["level"] == 2 and "2" in written["reasons"]

@@ -100,3 +100,29 @@ def test_a_longer_concurrent_history_checks_quickly() -> None:
 def test_a_completion_without_an_invoke_is_refused() -> None:
     with pytest.raises(ValueError, match="without an invoke"):
         operations(h((0, 1, "ok", "read", 1)))
+
+
+def test_counter_search_agrees_with_the_general_one_and_scales_with_timeouts() -> None:
+    import random
+
+    from durable.linearizability import Op, counter, counter_linearizable, linearizable
+
+    rng = random.Random(3)
+    for _ in range(300):  # small random counter histories, some with impossible reads
+        ops, t = [], 0.0
+        for i in range(rng.randint(1, 7)):
+            inv = t + rng.random()
+            t = inv
+            comp = inv + rng.random() * 2
+            f = rng.choice(["incr", "incr", "read"])
+            definite = rng.random() > 0.3 or f == "read"
+            result = rng.randint(0, 4) if definite else None
+            ops.append(Op(i, i, f, "c", 1 if f == "incr" else None, result, inv,
+                          comp if definite else float("inf"), definite))
+        assert counter_linearizable(ops) == linearizable(ops, counter)
+    # 40 increments that timed out, then reads that saw some of them: instant, where one bit each was not
+    many = [Op(i, i, "incr", "c", 1, None, float(i), float("inf"), False) for i in range(40)]
+    many += [Op(100 + j, 100 + j, "read", "c", None, 10 + j, 50.0 + j, 50.5 + j, True) for j in range(20)]
+    assert counter_linearizable(many) is True
+    many.append(Op(200, 200, "read", "c", None, 5, 80.0, 80.5, True))  # the count went back down
+    assert counter_linearizable(many) is False
