@@ -234,7 +234,9 @@ class Syncer:
         while True:
             report = {"server": self.server, "pop": self.pop, "applied": self.state.applied,
                       "t_applied": self.state.t_applied, "error": self.state.error,
-                      "generation": self.state.generation, "wait": self.poll_wait}
+                      "generation": self.state.generation,
+                      # Right after a failure, an answer at once: that it is reachable again is news.
+                      "wait": 0.0 if self.state.reachable is False else self.poll_wait}
             try:
                 reply = json.loads(await http_call(self.host, self.port, "POST", "/v1/sync", self.token, report,
                                                    timeout=self.poll_wait + 5.0))
