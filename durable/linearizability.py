@@ -94,29 +94,33 @@ def operations(history: Iterable[dict[str, Any]]) -> list[Op]:
     return sorted(ops, key=lambda o: (o.invoke, o.index))
 
 
+def _window(ops: list[Op], done: int) -> tuple[list[int], float]:
+    """The operations (indices into ``ops``, which are in invocation order) that may take effect next,
+    given those in ``done``, and the horizon: the next one must have started before every pending one
+    had finished, so the scan stops at the first invocation past the earliest pending completion."""
+    horizon, out = math.inf, []
+    low = (~done & (done + 1)).bit_length() - 1  # the first operation not yet taken
+    for i in range(low, len(ops)):
+        if done >> i & 1:
+            continue
+        o = ops[i]
+        if o.invoke > horizon:
+            break
+        out.append(i)
+        horizon = min(horizon, o.complete)
+    return [i for i in out if ops[i].invoke <= horizon], horizon
+
+
 def linearizable(ops: list[Op], step: Step, initial: Any = None) -> bool:
     """Whether some order of ``ops`` (all definite ones, any subset of the indeterminate ones) respects
     every operation's window and the model. Depth-first with an explicit stack (histories are longer
     than Python's recursion limit) and Lowe's memo of (operations done, state)."""
     ops = sorted(ops, key=lambda o: (o.invoke, o.index))
-    n = len(ops)
     must = sum(1 << i for i, o in enumerate(ops) if o.definite)
     seen: set[tuple[int, Any]] = set()
 
     def candidates(done: int) -> list[int]:
-        # The next operation to take effect must have started before every pending one had finished;
-        # ops are in invocation order, so the scan stops at the first one past that horizon.
-        horizon, out = math.inf, []
-        low = (~done & (done + 1)).bit_length() - 1  # the first operation not yet taken
-        for i in range(low, n):
-            if done >> i & 1:
-                continue
-            o = ops[i]
-            if o.invoke > horizon:
-                break
-            out.append(i)
-            horizon = min(horizon, o.complete)
-        return [i for i in out if ops[i].invoke <= horizon]
+        return _window(ops, done)[0]
 
     stack: list[tuple[int, Any, list[int]]] = [(0, initial, candidates(0))]
     while stack:
@@ -156,20 +160,10 @@ def counter_linearizable(ops: list[Op]) -> bool | None:
     seen: set[tuple[int, int]] = set()
 
     def moves(done: int, k: int) -> list[int]:
-        horizon, out = math.inf, []
-        low = (~done & (done + 1)).bit_length() - 1
-        for i in range(low, n):
-            if done >> i & 1:
-                continue
-            o = definite[i]
-            if o.invoke > horizon:
-                break
-            out.append(i)
-            horizon = min(horizon, o.complete)
-        moves_ = [i for i in out if definite[i].invoke <= horizon]
+        out, horizon = _window(definite, done)
         if k < m and pending[k].invoke <= horizon:
-            moves_.append(-1)  # the next indeterminate increment takes effect now
-        return moves_
+            out.append(-1)  # the next indeterminate increment takes effect now
+        return out
 
     stack: list[tuple[int, int, int, list[int]]] = [(0, 0, 0, moves(0, 0))]
     while stack:
