@@ -34,15 +34,9 @@ sys.path.insert(0, str(PROJECT))
 
 from lab.do_nemesis import Nemesis, NemesisSpec  # noqa: E402
 from lab.runtime import Lab  # noqa: E402
+from lab.stats import quantile  # noqa: E402
 
 TOPOLOGY = PROJECT / "topologies" / "global.yaml"
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def one_lab(topology: Path, name: str, failovers: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -72,7 +66,7 @@ def main() -> None:
         "ops": sync["ops"], "acked_lost": sync["acked_lost"], "linearizable": sync["linearizable"],
         "failovers": sync["failovers"], "failover_s": sync["failover_s"], "phases_s": sync["phases_s"],
         "call_ms": sync["call_ms"], "outcomes": sync["outcomes"],
-        "async_rpo_s": {"p50_of_hosts": pct([lag["p50"] for lag in lags], 0.5),
+        "async_rpo_s": {"p50_of_hosts": quantile([lag["p50"] for lag in lags], 0.5),
                         "p99_max": max((lag["p99"] for lag in lags), default=None),
                         "max": max((lag["max"] for lag in lags), default=None)},
         "async": {k: async_result[k] for k in ("ops", "acked_lost", "linearizable", "failovers", "failover_s",

@@ -51,7 +51,8 @@ from durable.storage import Fenced, ObjectStore
 from kv import service
 from kv.service import mono
 from lab.errors import LabError
-from pop_agent.isolate import check_code
+from lab.stats import quantile
+from pop_agent.isolate import Limits, check_code
 from pop_agent.worker_api import Env, Request, Response
 
 SHIP_TIMEOUT_S = 0.5
@@ -79,13 +80,6 @@ def key_parts(key: str) -> tuple[str, str, str]:
     if not (script and cls.isidentifier() and oid):
         raise ValueError(key)
     return script, cls, oid
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Host:
@@ -297,7 +291,7 @@ class Host:
         if artifact.get("name") != script:
             raise Refused(400, "bad_version", True, detail=f"version {version} is not a version of {script}")
         namespace: dict[str, Any] = {"__name__": "durable_object", "Response": Response}
-        exec(check_code(artifact["code"], _limits()), namespace)
+        exec(check_code(artifact["code"], Limits()), namespace)
         cls = namespace.get(cls_name)
         if not isinstance(cls, type):
             raise Refused(400, "no_such_class", True, detail=f"{script} {version} defines no class {cls_name}")
@@ -358,18 +352,12 @@ class Host:
         return {"region": self.region, "mode": self.mode, "lease_ok": self.lease_ok(),
                 "lease_left_s": round(self.lease_until - mono(), 3), "owned": len(self.owned),
                 "copies": len(self.stores), "unprotected_writes": self.unprotected,
-                "ship_lag_s": {"p50": percentile(self.ship_lag, 0.5), "p99": percentile(self.ship_lag, 0.99),
+                "ship_lag_s": {"p50": quantile(self.ship_lag, 0.5), "p99": quantile(self.ship_lag, 0.99),
                                "max": max(self.ship_lag, default=None)},
                 "objects": {k: {"epoch": e, "seq": self.store(k).seq,
                                 "backup": self.placements.get(k, ("", 0, None))[2],
                                 "seeded": self.seeded.get(k)}
                             for k, e in sorted(self.owned.items())}}
-
-
-def _limits() -> Any:
-    from pop_agent.isolate import Limits
-
-    return Limits()
 
 
 def make_app(host: Host) -> web.Application:

@@ -34,6 +34,7 @@ from lab import durable_ops
 from lab.do_load import objects
 from lab.errors import LabError
 from lab.measurement import Driver
+from lab.stats import quantile
 from lab.wait import wait_for
 
 WORKER, HOST = "reg", "reg.example"
@@ -62,13 +63,6 @@ class NemesisSpec:
             raise LabError(f"failovers 1..100 of {', '.join(SCENARIOS)}")
         if not (1 <= self.procs <= 16 and 0 < self.rate <= 100 and self.registers + self.counters >= 1):
             raise LabError("procs 1..16, rate ≤ 100 op/s, at least one object")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def events(path: Path) -> list[dict[str, Any]]:
@@ -260,7 +254,7 @@ class Nemesis:
                 (local if e.get("owner") == region_of.get(client) else remote).append(took)
                 by_f.setdefault("read" if e["f"] == "read" else "write", []).append(took)
         failover = [r["phases_s"]["first_served"] for r in runs]
-        phases = {p: percentile([r["phases_s"][p] for r in runs if r["phases_s"][p] is not None], 0.5)
+        phases = {p: quantile([r["phases_s"][p] for r in runs if r["phases_s"][p] is not None], 0.5)
                   for p in ("detect", "promote", "route", "first_served", "all_served")}
         kinds = Counter(e["type"] for e in history if e["process"] != "final")
         return {
@@ -268,12 +262,12 @@ class Nemesis:
             "final_reads": len(finals), "linearizable": all(v.linearizable for v in verdicts.values()),
             "verdicts": {k: v.explain() for k, v in verdicts.items()},
             "failovers": len(runs),
-            "failover_s": {"p50": percentile(failover, 0.5), "max": max(failover, default=None)},
+            "failover_s": {"p50": quantile(failover, 0.5), "max": max(failover, default=None)},
             "phases_s": phases,
-            "call_ms": {"local_p50": percentile(local, 0.5), "remote_p50": percentile(remote, 0.5),
+            "call_ms": {"local_p50": quantile(local, 0.5), "remote_p50": quantile(remote, 0.5),
                         "local_n": len(local), "remote_n": len(remote),
-                        "read_p50": percentile(by_f.get("read", []), 0.5),
-                        "write_p50": percentile(by_f.get("write", []), 0.5)},
+                        "read_p50": quantile(by_f.get("read", []), 0.5),
+                        "write_p50": quantile(by_f.get("write", []), 0.5)},
             "spec": asdict(self.spec), "run_id": self.run_id, "runs": runs,
         }
 
