@@ -31,7 +31,7 @@ from functools import partial
 from typing import IO, Any
 
 from durable.history import Definite, Recorder, Served
-from pop_agent.sync import http_exchange
+from pop_agent.sync import NotConnected, http_request
 
 
 def mono() -> float:
@@ -56,16 +56,12 @@ async def call(target: str, host: str, name: str, hint: str | None, f: str, valu
     Unknown/OSError/TimeoutError as the answer says."""
     body = json.dumps({"f": f, "value": value}).encode()
     path = f"/do/{name}" + (f"?hint={hint}" if hint else "")
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise Definite(f"no connection: {exc!r}") from None  # nothing was sent
-    try:
-        status, _headers, answer = await asyncio.wait_for(http_exchange(reader, writer, request), timeout)
-    finally:
-        writer.close()
+        status, _headers, answer = await http_request(target, port, "POST", path, body,
+                                                      {"Host": host, "Content-Type": "application/json"},
+                                                      timeout, timeout)
+    except NotConnected as exc:
+        raise Definite(f"no connection: {exc}") from None  # nothing was sent
     try:
         reply = json.loads(answer)
     except ValueError:

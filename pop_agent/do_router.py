@@ -23,15 +23,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from pop_agent.sync import http_exchange
+from pop_agent.sync import NotConnected, http_request
 from pop_agent.worker_api import Request, Response
 
 DO_ROUTER_PORT = 8102
 RETRYABLE = {"not_owner", "lease_expired", "fenced"}
-
-
-class NotConnected(Exception):
-    """No TCP connection was made: nothing was sent."""
 
 
 class OwnerChanged(Exception):
@@ -44,21 +40,10 @@ def _json(status: int, body: dict[str, Any]) -> Response:
 
 async def _exchange(address: str, port: int, method: str, path: str, body: bytes, connect_s: float,
                     answer_s: float) -> tuple[int, bytes]:
-    """One request on its own connection. Raises NotConnected when no connection was made (nothing was
-    sent), TimeoutError/EOFError/OSError when the answer did not come."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), connect_s)
-    except (OSError, TimeoutError) as exc:
-        raise NotConnected(f"{address}:{port}: {exc!r}") from None
-    try:
-        request = (f"{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
-        status, _headers, answer = await asyncio.wait_for(http_exchange(reader, writer, request), answer_s)
-        return status, answer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+    """A JSON request: status and body (see :func:`pop_agent.sync.http_request` for what it raises)."""
+    status, _headers, answer = await http_request(address, port, method, path, body,
+                                                  {"Content-Type": "application/json"}, connect_s, answer_s)
+    return status, answer
 
 
 class DoRouter:

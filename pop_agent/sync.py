@@ -130,29 +130,48 @@ async def http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     return parser.get_status_code(), sink.headers, bytes(sink.body)
 
 
+class NotConnected(ConnectionError):
+    """No TCP connection was made: nothing was sent (so the request certainly did not run)."""
+
+
+async def http_request(host: str, port: int, method: str, path: str, body: bytes = b"",
+                       headers: dict[str, str] | None = None, connect_s: float = 5.0,
+                       answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on its own connection: status, headers (lower-case names), body. Raises
+    NotConnected when no connection was made within ``connect_s`` (nothing was sent), and
+    TimeoutError/EOFError/OSError when the answer did not come within ``answer_s`` (it may have run).
+    ``headers`` may set ``Host`` (default: ``host``)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_s)
+    except (OSError, TimeoutError) as exc:
+        raise NotConnected(f"{host}:{port}: {exc!r}") from None
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **(headers or {})}.items())
+        request = (f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n"
+                   "Connection: close\r\n\r\n").encode() + body
+        return await asyncio.wait_for(http_exchange(reader, writer, request), answer_s)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def http_call(host: str, port: int, method: str, path: str, token: str, body: Any = None,
                     timeout: float = 5.0) -> bytes:
-    """One request on its own connection; returns the body of a 2xx answer. Raises HttpError for
+    """One JSON request with the bearer ``token``; returns the body of a 2xx answer. Raises HttpError for
     other statuses, OSError/TimeoutError when the server cannot be reached or does not answer."""
 
     async def exchange() -> bytes:
-        reader, writer = await asyncio.open_connection(host, port)
+        data = b"" if body is None else json.dumps(body).encode()
         try:
-            data = b"" if body is None else json.dumps(body).encode()
-            request = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                       "Connection: close\r\n\r\n").encode() + data
-            try:
-                status, _headers, answer = await http_exchange(reader, writer, request)
-            except EOFError as exc:
-                raise ConnectionResetError(f"the control plane: {exc}") from None
-            if not 200 <= status < 300:
-                raise HttpError(status, answer)
-            return answer
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            status, _headers, answer = await http_request(
+                host, port, method, path, data, {"Authorization": f"Bearer {token}",
+                                                 "Content-Type": "application/json"}, timeout, timeout)
+        except EOFError as exc:
+            raise ConnectionResetError(f"the control plane: {exc}") from None
+        if not 200 <= status < 300:
+            raise HttpError(status, answer)
+        return answer
 
     return await asyncio.wait_for(exchange(), timeout)
 

@@ -91,17 +91,11 @@ class KvNamespace:
         self.namespace, self.port = namespace, port
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        from pop_agent.sync import http_exchange
+        from pop_agent.sync import http_request
 
         data = b"" if body is None else json.dumps(body).encode()
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 5.0)
-        try:
-            request = (f"{method} /v1/kv/{self.namespace}/{path} HTTP/1.1\r\nHost: kv\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                       "Connection: close\r\n\r\n").encode() + data
-            status, _headers, raw = await asyncio.wait_for(http_exchange(reader, writer, request), 30.0)
-        finally:
-            writer.close()
+        status, _headers, raw = await http_request("127.0.0.1", self.port, method, f"/v1/kv/{self.namespace}/{path}",
+                                                   data, {"Content-Type": "application/json"}, 5.0, 30.0)
         reply: dict[str, Any] = json.loads(raw) if raw else {}
         if status >= 400 and status != 404:
             raise KvError(str(reply.get("error", f"HTTP {status}")))
@@ -171,7 +165,7 @@ class DurableObjectStub:
                     headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Response:
         """The object's answer, with ``x-do-owner``/``x-do-epoch`` saying who served it. Raises
         DurableObjectError when there is none."""
-        from pop_agent.sync import http_exchange
+        from pop_agent.sync import NotConnected, http_request
 
         if isinstance(request, str):
             raw = body.encode() if isinstance(body, str) else bytes(body)
@@ -180,17 +174,12 @@ class DurableObjectStub:
             "method": request.method, "url": request.url, "headers": dict(request.headers),
             "body": base64.b64encode(request.body).decode()}}).encode()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1.0)
-        except (OSError, TimeoutError) as exc:
-            raise DurableObjectError("no_router", True, repr(exc)) from None
-        try:
-            http = (f"POST /v1/do HTTP/1.1\r\nHost: do\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(call)}\r\nConnection: close\r\n\r\n").encode() + call
-            status, _h, raw_reply = await asyncio.wait_for(http_exchange(reader, writer, http), timeout)
+            status, _h, raw_reply = await http_request("127.0.0.1", self.port, "POST", "/v1/do", call,
+                                                       {"Content-Type": "application/json"}, 1.0, timeout)
+        except NotConnected as exc:
+            raise DurableObjectError("no_router", True, str(exc)) from None
         except (OSError, TimeoutError, EOFError) as exc:
             raise DurableObjectError("no_answer", False, repr(exc)) from None
-        finally:
-            writer.close()
         reply = json.loads(raw_reply)
         if status != 200:
             raise DurableObjectError(str(reply.get("error")), bool(reply.get("definite")), str(reply.get("detail", "")))
@@ -335,16 +324,13 @@ class _ServerError(Exception):
 
 
 async def _get(address: str, port: int, host: str, path: str, timeout: float) -> Response:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    from pop_agent.sync import http_request
+
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode(errors="replace").split("\r\n")
-    status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 502
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        status, headers, body = await http_request(address, port, "GET", path, b"", {"Host": host}, timeout,
+                                                   timeout)
+    except EOFError as exc:  # for worker code, an origin that hung up is a connection error like the others
+        raise ConnectionResetError(f"{host}: {exc}") from None
     response = Response(body, status, headers)
     if status >= 500:
         raise _ServerError(response)
