@@ -106,7 +106,6 @@ class Host:
         self.runtimes: dict[tuple[str, str], tuple[str, ObjectHost]] = {}
         self.code: dict[str, dict[str, Any]] = {}
         self.served: set[tuple[str, int]] = set()
-        self.ship_lag: list[float] = []
         self.unprotected = 0
         self.tasks: set[asyncio.Task[Any]] = set()
         self.renewing: asyncio.Lock | None = None
@@ -221,23 +220,24 @@ class Host:
 
     # -- replication ---------------------------------------------------------------------------------
 
-    async def seed(self, key: str, backup: str) -> bool:
-        """Install a snapshot of ``key`` on ``backup``; True when it confirmed."""
+    async def seed(self, key: str, backup: str) -> int | None:
+        """Install a snapshot of ``key`` on ``backup``; the sequence number it confirmed, None if it did
+        not."""
         address = self.regions.get(backup)
         if address is None:
-            return False
+            return None
         snapshot = self.store(key).snapshot()
         try:
             status, reply = await self._post(address, "/v1/install", {"key": key, "snapshot": snapshot},
                                              timeout=SHIP_TIMEOUT_S)
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
+            return None
         if status == 409 and reply.get("error") == "fenced":
             raise Fenced(f"{backup} refused the snapshot of {key}: this host is no longer its owner")
-        if status == 200:
-            self.seeded[key] = backup
-            return True
-        return False
+        if status != 200:
+            return None
+        self.seeded[key] = backup
+        return int(snapshot["seq"])
 
     async def ship(self, key: str, entries: list[dict[str, Any]]) -> None:
         """The output gate's shipping: ``entries`` confirmed by the object's current backup. Raises
@@ -256,8 +256,6 @@ class Host:
                     status, reply = await self._post(address, "/v1/replicate", {"key": key, "entries": entries},
                                                      timeout=SHIP_TIMEOUT_S)
                     if status == 200:
-                        self.ship_lag.append(mono() - t0)
-                        del self.ship_lag[:-1000]
                         return
                     if reply.get("error") == "fenced":
                         raise Fenced(f"{backup} is at a newer epoch for {key}: this host is no longer its owner")
@@ -275,8 +273,9 @@ class Host:
             await asyncio.sleep(self.snapshot_s)  # the configured snapshot period
             for key in list(self.owned):
                 placement = self.placements.get(key)
-                if placement and placement[2] and await self.seed(key, placement[2]):
-                    self.store(key).truncate(self.store(key).snapshot()["seq"])
+                confirmed = await self.seed(key, placement[2]) if placement and placement[2] else None
+                if confirmed is not None:
+                    self.store(key).truncate(confirmed)  # the backup has everything up to there
 
     # -- running objects -------------------------------------------------------------------------------
 
@@ -349,11 +348,13 @@ class Host:
                 "body": base64.b64encode(response.body).decode(), "owner": self.region, "epoch": epoch}
 
     def status(self) -> dict[str, Any]:
+        ship_lag = [lag for _version, runtime in self.runtimes.values() for lag in runtime.ship_lag]
         return {"region": self.region, "mode": self.mode, "lease_ok": self.lease_ok(),
                 "lease_left_s": round(self.lease_until - mono(), 3), "owned": len(self.owned),
                 "copies": len(self.stores), "unprotected_writes": self.unprotected,
-                "ship_lag_s": {"p50": quantile(self.ship_lag, 0.5), "p99": quantile(self.ship_lag, 0.99),
-                               "max": max(self.ship_lag, default=None)},
+                "ship_lag_s": {"p50": quantile(ship_lag, 0.5), "p99": quantile(ship_lag, 0.99),
+                               "max": max(ship_lag, default=None)},
+                "async_ship_failures": sum(runtime.ship_failures for _v, runtime in self.runtimes.values()),
                 "objects": {k: {"epoch": e, "seq": self.store(k).seq,
                                 "backup": self.placements.get(k, ("", 0, None))[2],
                                 "seeded": self.seeded.get(k)}

@@ -121,6 +121,7 @@ class ObjectHost:
                 await self.ship(object_id, entries)
                 live.shipped = entries[-1]["seq"]
                 self.ship_lag.append(time.monotonic() - t0)
+                del self.ship_lag[:-1000]  # the recent ones are what the lag is about
 
     def drop(self, object_id: str) -> None:
         """Forget the object's instance (its owner or epoch changed): the next event makes a new one at
