@@ -63,13 +63,15 @@ def main() -> None:
     lags = [h["ship_lag_s"] for h in hosts.values() if h["ship_lag_s"]["max"] is not None]
     out = {
         "topology": "global.yaml", "mode": "sync",
-        "ops": sync["ops"], "acked_lost": sync["acked_lost"], "linearizable": sync["linearizable"],
+        "ops": sync["ops"], "acked_lost": sync["acked_lost"], "final_reads": sync["final_reads"],
+        "linearizable": sync["linearizable"],
         "failovers": sync["failovers"], "failover_s": sync["failover_s"], "phases_s": sync["phases_s"],
         "call_ms": sync["call_ms"], "outcomes": sync["outcomes"],
         "async_rpo_s": {"p50_of_hosts": quantile([lag["p50"] for lag in lags], 0.5),
                         "p99_max": max((lag["p99"] for lag in lags), default=None),
                         "max": max((lag["max"] for lag in lags), default=None)},
-        "async": {k: async_result[k] for k in ("ops", "acked_lost", "linearizable", "failovers", "failover_s",
+        "async": {k: async_result[k] for k in ("ops", "acked_lost", "final_reads", "linearizable", "failovers",
+                                               "failover_s",
                                                "phases_s", "outcomes")},
         "runs": [{k: r[k] for k in ("scenario", "region", "moved", "phases_s")} for r in sync["runs"]],
     }
