@@ -23,7 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +206,10 @@ class Syncer:
 
     def _reachable(self, ok: bool) -> None:
         if self.state.reachable is not ok:
-            self.state.reachable, self.state.since = ok, now()
-            self._record()
+            # On disk first: whoever sees the new value in memory (another thread) finds it in sync.json too.
+            changed = replace(self.state, reachable=ok, since=now())
+            write_atomic(self.store.root / "sync.json", json.dumps(changed.__dict__).encode())
+            self.state.reachable, self.state.since = ok, changed.since
 
     async def fetch(self, version: str, sha256: str) -> None:
         """Get one artifact into the store: the first try and one retry per delay. Raises the last error
