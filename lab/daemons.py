@@ -27,8 +27,12 @@ class EdgeWorker(Daemon):
     name = "edge"
 
     def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path,
-                 origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None) -> None:
+                 origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None,
+                 peers: list[dict[str, object]] | None = None, capacity_rps: float = 1000.0,
+                 spill_threshold: float = 0.8) -> None:
         super().__init__(env)
+        self.peers = peers or []
+        self.capacity_rps, self.spill_threshold = capacity_rps, spill_threshold
         self.server = server
         self.udp_port = udp_port
         self.control = control
@@ -47,7 +51,7 @@ class EdgeWorker(Daemon):
         return self.env.dir / "deployments"
 
     def render_config(self) -> dict[Path, str]:
-        return {}
+        return {self.path("-peers.json"): json.dumps(self.peers, indent=1)}
 
     def validate(self) -> None:
         if not self.server.prefixes:
@@ -58,7 +62,9 @@ class EdgeWorker(Daemon):
                 "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT),
                 "--deployments", str(self.deployments),
                 "--control", f"{self.control.address}:{self.control.port}", "--token-file", str(self.pop_token),
-                "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}"]
+                "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}",
+                "--unicast", str(self.server.interfaces[0].address.ip), "--peers", str(self.path("-peers.json")),
+                "--capacity-rps", str(self.capacity_rps), "--spill-threshold", str(self.spill_threshold)]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv

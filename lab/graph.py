@@ -46,6 +46,26 @@ def to_graph(topo: Topology) -> nx.Graph:
     return g
 
 
+def spill_peers(topo: Topology, server: str, pops: int) -> list[dict[str, object]]:
+    """The servers of the ``pops`` other PoPs nearest to ``server``'s PoP (hops between their upstream
+    routers, over routers only), nearest first: where its spillover router may forward. Ties are broken
+    by PoP name, so every run picks the same."""
+    by_name = {s.name: s for s in topo.servers}
+    me = by_name[server]
+    g = to_graph(topo).subgraph(r.name for r in topo.routers)
+    mine = {n.node for n in me.neighbors}
+    hops = nx.multi_source_dijkstra_path_length(g, mine)
+    distance: dict[str, int] = {}
+    for p in topo.pops:
+        if p.name != me.pop:
+            ups = [hops[u] for u in p.upstreams if u in hops]
+            if ups:
+                distance[p.name] = int(min(ups)) + 2
+    nearest = sorted(distance, key=lambda name: (distance[name], name))[:pops]
+    return [{"pop": s.pop, "server": s.name, "address": str(s.interfaces[0].address.ip), "distance": distance[s.pop]}
+            for name in nearest for s in topo.servers if s.pop == name]
+
+
 def _field_of(topo: Topology, node: str) -> str:
     spec = topo.spec
     for i, r in enumerate(spec.routers):

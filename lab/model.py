@@ -217,6 +217,12 @@ class LabSpec(_Spec):
     do_snapshot_s: float = Field(3600.0, gt=0.0)
     #: Circuit breakers per dependency (``origin``, ``kv``, ``do``); the design's values by default.
     breakers: dict[str, BreakerSpec] = Field(default_factory=_design_breakers)
+    #: Requests per second one PoP server takes on at 100 % utilisation (the design's per-PoP capacity of
+    #: 100 000 QPS over its servers, scaled to what a 2-core lab serves), and the utilisation from which
+    #: it spills requests to the nearest of ``spillover_pops`` other PoPs with headroom.
+    server_capacity_rps: float = Field(1000.0, gt=0.0, le=1_000_000.0)
+    spillover_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    spillover_pops: int = Field(3, ge=0, le=64)
 
     _profile = field_validator("profile", mode="before")(lambda cls, v: expand(v))
 

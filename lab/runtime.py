@@ -32,7 +32,7 @@ from lab.daemon import Daemon, NodeEnv
 from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAgent, KvMaster, KvReplica, Origin, Prober
 from lab.errors import LabError
 from lab.faults import Injector, plan
-from lab.graph import predict_catchment, predict_routes
+from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
 from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs
@@ -145,7 +145,9 @@ class Lab:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
             self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token, self.topo.origins,
-                                               {k: b.model_dump() for k, b in t.breakers.items()}),
+                                               {k: b.model_dump() for k, b in t.breakers.items()},
+                                               spill_peers(self.topo, s.name, t.spillover_pops),
+                                               t.server_capacity_rps, t.spillover_threshold),
                                     ExaBgp(env, s), KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))

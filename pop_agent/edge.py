@@ -30,7 +30,7 @@ import signal
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -40,10 +40,30 @@ import uvloop
 
 from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
-from pop_agent.sync import LocalStore, Syncer
+from pop_agent.sync import LocalStore, NotConnected, Syncer, http_request
 from pop_agent.worker_api import Request, Response
 from protect.levels import Level, Signals, level
-from protect.limits import PRIORITIES, Bucket, admit, take_all
+from protect.limits import (
+    PRIORITIES,
+    Bucket,
+    Peer,
+    Priority,
+    RateWindow,
+    admit,
+    choose_peer,
+    count,
+    place,
+    pops_down,
+    rate,
+    spilled_to,
+    take_all,
+)
+
+#: The header a spilled request carries to the PoP that takes it (never spilled again from there).
+SPILLED_FROM = "x-anylab-spilled-from"
+#: How long a peer's last load report counts, and how long a silent PoP counts as up.
+PEER_FRESH_S, PEER_SILENT_S, PEER_POLL_S = 1.0, 1.0, 0.25
+FULL = (1.0, 1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -64,7 +84,7 @@ class Deployment:
     #: deployment's traffic class (P0 never shed … P3 shed first).
     rate_per_s: float = 10_000.0
     rate_per_min: float = 100_000.0
-    priority: str = "P1"
+    priority: Priority = "P1"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -76,7 +96,7 @@ class Deployment:
                       min_isolates=int(data.get("min_isolates", 0)), max_isolates=int(data.get("max_isolates", 4)),
                       idle_s=float(data.get("idle_s", 300.0)), rate_per_s=float(data.get("rate_per_s", 10_000.0)),
                       rate_per_min=float(data.get("rate_per_min", 100_000.0)),
-                      priority=str(data.get("priority", "P1")))
+                      priority=cast(Priority, str(data.get("priority", "P1"))))
         except KeyError as exc:
             raise DeployError(f"deployment lacks the field {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -159,12 +179,20 @@ class Edge:
     """Routing table + pools; ``install`` swaps in a new set of deployments."""
 
     def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8,
-                 protect_file: Path | None = None, capacity: int = 64) -> None:
+                 protect_file: Path | None = None, capacity_rps: float = 1000.0, max_inflight: int = 64,
+                 spill_threshold: float = 0.8, peers: Iterable[Peer] = ()) -> None:
         self.pop, self.server, self.zygote = pop, server, zygote
-        #: Requests in the isolates at once that make 100 % utilisation (the shedding signal).
-        self.capacity = capacity
-        self.inflight = 0
-        self.counters: dict[str, int] = {"rate_limited": 0, "shed": 0}
+        #: What makes 100 % utilisation (the shedding and spillover signal): requests taken on per second
+        #: (the design's per-PoP capacity, per server) or requests in the isolates at once.
+        self.capacity_rps, self.max_inflight = capacity_rps, max_inflight
+        #: Requests taken on and requests in the isolates, per class.
+        self.windows = {p: RateWindow() for p in PRIORITIES}
+        self.inflight_by = dict.fromkeys(PRIORITIES, 0)
+        self.spill_threshold = spill_threshold
+        #: Servers of the nearest other PoPs, nearest first, with their last reported load.
+        self.peers = list(peers)
+        self.counters: dict[str, int] = {"rate_limited": 0, "shed": 0, "spilled_out": 0, "spilled_in": 0,
+                                         "spill_failed": 0}
         self.level = Level(0)
         #: Circuit breakers the isolates report, ``deployment/dependency`` → state; written to
         #: ``protect_file`` (JSON) whenever one changes, for ``anylab status`` and the tests.
@@ -173,6 +201,17 @@ class Edge:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
         self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
         self.table: dict[str, list[tuple[str, Pool]]] = {}
+
+    @property
+    def inflight(self) -> int:
+        return sum(self.inflight_by.values())
+
+    def utilisation(self, now: float, priority: Priority = "P3") -> float:
+        """The larger of the request rate over capacity and the requests in isolates over their limit,
+        counting the classes at least as important as ``priority`` (by default: all)."""
+        classes = PRIORITIES[:PRIORITIES.index(priority) + 1]
+        return max(sum(rate(self.windows[p], now) for p in classes) / self.capacity_rps,
+                   sum(self.inflight_by[p] for p in classes) / self.max_inflight)
 
     def install(self, deployments: Iterable[Deployment]) -> None:
         """Route to exactly ``deployments`` from now on (pools of unchanged versions are kept)."""
@@ -211,30 +250,77 @@ class Edge:
             body = json.dumps({"error": "no_deployment", "host": req.host,
                                "detail": "no worker is deployed for this host and path"}).encode()
             return self.stamp(Response(body, 404, {"content-type": "application/json"}))
-        refused = self.admission(pool, time.monotonic())
-        if refused is not None:
-            return self.stamp(refused)
-        self.inflight += 1
+        now = time.monotonic()
+        spilled_in = SPILLED_FROM in req.headers
+        decision = self.admission(pool, now, spilled_in)
+        if isinstance(decision, Response):
+            return self.stamp(decision)
+        if isinstance(decision, int):
+            spilled = await self.spill(req, decision, pool.dep.priority)
+            if spilled is not None:
+                return spilled
+            if not admit(pool.dep.priority, self.utilisation(time.monotonic(), pool.dep.priority)):
+                self.counters["shed"] += 1
+                return self.stamp(_shed(self, pool))
+        priority = pool.dep.priority
+        self.windows[priority] = count(self.windows[priority], now)
+        self.counters["spilled_in"] += spilled_in
+        self.inflight_by[priority] += 1
         try:
             result = await pool.call(req)
         finally:
-            self.inflight -= 1
+            self.inflight_by[priority] -= 1
         if result.breakers:
             self.record_breakers(pool.dep.name, result.breakers)
         return self.stamp(result.response)
 
-    def admission(self, pool: Pool, now: float) -> Response | None:
-        """None to serve; else the refusal: 503 ``shed`` when this server's utilisation sheds the
-        deployment's class (P3 from 90 %, P0 never), 429 ``rate_limited`` past its rate limits — both
-        with Retry-After."""
-        if not admit(pool.dep.priority, self.inflight / self.capacity):  # type: ignore[arg-type]
-            self.counters["shed"] += 1
-            return _refusal(503, "shed", f"server at {self.inflight}/{self.capacity}: {pool.dep.priority} is shed", 1)
+    def admission(self, pool: Pool, now: float, spilled_in: bool = False) -> Response | int | None:
+        """None to serve here; the index of the peer to spill to; else the refusal: 429 ``rate_limited``
+        past the deployment's rate limits, 503 ``shed`` when this server's utilisation sheds the
+        deployment's class (P3 from 90 %, P0 never) and no peer has headroom — both with Retry-After."""
         pool.buckets, ok, wait = take_all(pool.buckets, now)
         if not ok:
             self.counters["rate_limited"] += 1
             return _refusal(429, "rate_limited", f"{pool.dep.name} is over its rate limit", wait)
-        return None
+        priority = pool.dep.priority
+        peer = choose_peer(self.peers, now, self.spill_threshold, PEER_FRESH_S, priority)
+        where = place(priority, self.utilisation(now, priority), self.spill_threshold, spilled_in, peer is not None)
+        if where == "shed":
+            self.counters["shed"] += 1
+            return _shed(self, pool)
+        return peer if where == "spill" else None
+
+    async def spill(self, req: Request, index: int, priority: Priority) -> Response | None:
+        """Forward ``req`` to peer ``index`` and return its answer (marked ``x-anylab-spilled-by``); None
+        when no connection could be made (the peer counts as full until it reports again)."""
+        peer = self.peers[index]
+        # What this request adds to the peer's rate until its next report.
+        self.peers[index] = spilled_to(peer, priority, 1.0 / self.capacity_rps)
+        headers = {k: v for k, v in req.headers.items() if k not in ("content-length", "connection")}
+        headers[SPILLED_FROM] = f"{self.pop}/{self.server}"
+        try:
+            status, answer_headers, body = await http_request(peer.address, 80, req.method, req.url, req.body,
+                                                              headers, connect_s=0.5, answer_s=10.0)
+        except NotConnected:
+            self.counters["spill_failed"] += 1
+            self.peers[index] = replace(self.peers[index], utilisation=FULL)
+            return None
+        except (OSError, TimeoutError, EOFError, httptools.HttpParserError) as exc:
+            self.counters["spill_failed"] += 1
+            body = json.dumps({"error": "spill_failed", "detail": f"{peer.server}: {exc!r}"}).encode()
+            return self.stamp(Response(body, 502, {"content-type": "application/json",
+                                                   "x-anylab-error": "spill_failed"}))
+        self.counters["spilled_out"] += 1
+        answer_headers.pop("content-length", None)
+        answer_headers.pop("connection", None)
+        answer_headers["x-anylab-spilled-by"] = f"{self.pop}/{self.server}"
+        return Response(body, status, answer_headers)
+
+    def heard(self, address: str, utilisation: tuple[float, ...], now: float) -> None:
+        """A peer's load report (its utilisation per class)."""
+        for i, p in enumerate(self.peers):
+            if p.address == address:
+                self.peers[i] = replace(p, utilisation=utilisation, heard_at=now)
 
     def record_breakers(self, deployment: str, breakers: dict[str, Any]) -> None:
         changed = False
@@ -247,7 +333,9 @@ class Edge:
 
     def degradation(self, kv_prom: Path | None, control_reachable: bool | None) -> Level:
         """This server's degradation level from its signals: its KV replica's lag and master (from
-        ``kv.prom``), its utilisation, and whether the control plane answers its sync."""
+        ``kv.prom``), its utilisation, the watched PoPs that went silent, and whether the control plane
+        answers its sync."""
+        now = time.monotonic()
         metrics: dict[str, float] = {}
         if kv_prom is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -257,7 +345,7 @@ class Edge:
                         metrics[name.split("{")[0]] = float(value)
         return level(Signals(kv_lag_s=metrics.get("anylab_kv_replica_lag_seconds", 0.0),
                              kv_master_reachable=metrics.get("anylab_kv_master_reachable", 1.0) == 1.0,
-                             utilisation=self.inflight / self.capacity,
+                             utilisation=self.utilisation(now), pops_down=pops_down(self.peers, now, PEER_SILENT_S),
                              control_reachable=control_reachable is not False))
 
     def write_protect(self, degradation: Level | None = None) -> None:
@@ -267,15 +355,24 @@ class Edge:
         if self.protect_file is None:
             return
         tmp = self.protect_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"breakers": self.breakers, "counters": self.counters, "t": time.monotonic(),
+        now = time.monotonic()
+        tmp.write_text(json.dumps({"breakers": self.breakers, "counters": self.counters, "t": now,
                                    "level": self.level.level, "reasons": self.level.reasons,
-                                   "inflight": self.inflight, "capacity": self.capacity}))
+                                   "inflight": self.inflight, "utilisation": round(self.utilisation(now), 3),
+                                   "capacity_rps": self.capacity_rps, "max_inflight": self.max_inflight,
+                                   "peers": [{"server": p.server, "utilisation": [round(u, 3) for u in p.utilisation],
+                                              "age_s": round(now - p.heard_at, 2)} for p in self.peers]}))
         tmp.replace(self.protect_file)
 
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _shed(edge: Edge, pool: Pool) -> Response:
+    return _refusal(503, "shed", f"{edge.server} at {edge.utilisation(time.monotonic()):.0%} of capacity: "
+                    f"{pool.dep.priority} is shed", 1)
 
 
 def _refusal(status: int, code: str, detail: str, retry_after_s: float) -> Response:
@@ -355,10 +452,12 @@ class HttpProtocol(asyncio.Protocol):
 
 
 class Echo(asyncio.DatagramProtocol):
-    """The probers' UDP probes: ``{"seq": N}`` is answered with ``{"pop", "server", "seq"}``."""
+    """The probers' UDP probes: ``{"seq": N}`` is answered with ``{"pop", "server", "seq", "u"}`` (``u``:
+    the server's utilisation for P0 … P3, which is how the other PoPs' spillover routers learn its
+    headroom)."""
 
-    def __init__(self, pop: str, server: str) -> None:
-        self.pop, self.server = pop, server
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -371,7 +470,40 @@ class Echo(asyncio.DatagramProtocol):
         except (ValueError, AttributeError):
             return  # not a probe: no answer
         assert self.transport is not None
-        self.transport.sendto(json.dumps({"pop": self.pop, "server": self.server, "seq": seq}).encode(), addr)
+        now = time.monotonic()
+        per_class = [round(self.edge.utilisation(now, p), 3) for p in PRIORITIES]
+        self.transport.sendto(json.dumps({"pop": self.edge.pop, "server": self.edge.server, "seq": seq,
+                                          "u": per_class}).encode(), addr)
+
+
+class PeerWatch(asyncio.DatagramProtocol):
+    """Asks every peer for its load every ``PEER_POLL_S`` (one UDP probe each) and hands the answers to
+    the edge: the spillover router's view of who has headroom, and the count of silent PoPs (Level 3)."""
+
+    def __init__(self, edge: Edge, udp_port: int) -> None:
+        self.edge, self.udp_port = edge, udp_port
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            u = tuple(float(x) for x in json.loads(data)["u"])
+            if len(u) == len(PRIORITIES):
+                self.edge.heard(addr[0], u, time.monotonic())
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an unreachable peer is one that does not answer
+
+    async def run(self) -> None:
+        seq = 0
+        while True:
+            seq += 1
+            assert self.transport is not None
+            for p in self.edge.peers:
+                self.transport.sendto(json.dumps({"seq": seq}).encode(), (p.address, self.udp_port))
+            await asyncio.sleep(PEER_POLL_S)  # the polling period itself
 
 
 async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -401,9 +533,10 @@ def reload(edge: Edge, store: LocalStore) -> None:
 
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
                 store: LocalStore | None, control: tuple[str, int, str] | None = None,
-                directory: tuple[str, int] | None = None) -> None:
+                directory: tuple[str, int] | None = None, unicast: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT. With ``store``, start from its last good set (SIGHUP reloads it); with
-    ``control`` (address, port, token) also keep it in sync with the control plane."""
+    ``control`` (address, port, token) also keep it in sync with the control plane; with ``unicast`` (the
+    server's own lab address) also take requests other PoPs spill here and watch the edge's peers."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -418,11 +551,17 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
                             pop=edge.pop, server=edge.server)
             tasks.append(asyncio.create_task(syncer.run()))
     closers: list[asyncio.BaseTransport | asyncio.Server] = []
-    for address in addresses:
+    for address in addresses + ([unicast] if unicast else []):
         closers.append(await loop.create_server(lambda: HttpProtocol(edge), address, port))
-        transport, _ = await loop.create_datagram_endpoint(lambda: Echo(edge.pop, edge.server),
-                                                           local_addr=(address, udp_port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: Echo(edge), local_addr=(address, udp_port))
         closers.append(transport)
+    if unicast and edge.peers:
+        now = time.monotonic()  # every peer counts as heard at start: not yet a silent PoP
+        edge.peers = [replace(p, heard_at=now) for p in edge.peers]
+        transport, watch = await loop.create_datagram_endpoint(lambda: PeerWatch(edge, udp_port),
+                                                               local_addr=(unicast, 0))
+        closers.append(transport)
+        tasks.append(asyncio.create_task(watch.run()))
     closers.append(await asyncio.start_server(healthz, "127.0.0.1", health_port))
     if directory is not None:
         router = DoRouter(directory, edge.version_of)
@@ -454,6 +593,10 @@ def main() -> None:
     parser.add_argument("--control", help="the control plane's ADDRESS:PORT to sync with")
     parser.add_argument("--token-file", type=Path, help="the PoP token for the control plane")
     parser.add_argument("--directory", help="the Durable Object directory's ADDRESS:PORT (runs the DO router)")
+    parser.add_argument("--unicast", help="this server's own lab address: spilled requests and load reports")
+    parser.add_argument("--peers", type=Path, help="JSON: the servers of the nearest other PoPs to spill to")
+    parser.add_argument("--capacity-rps", type=float, default=1000.0, help="requests/s at 100 %% utilisation")
+    parser.add_argument("--spill-threshold", type=float, default=0.8, help="utilisation from which to spill")
     args = parser.parse_args()
     control = None
     if args.control:
@@ -468,9 +611,11 @@ def main() -> None:
     try:
         store = LocalStore(args.deployments) if args.deployments else None
         protect_file = args.deployments.parent / "protect.json" if args.deployments else None
-        uvloop.run(serve(Edge(args.pop, args.server, zygote, protect_file=protect_file), args.address, args.port,
-                         args.udp_port,
-                         args.health_port, store, control, directory))
+        peers = [Peer(**p) for p in json.loads(args.peers.read_text())] if args.peers else []
+        edge = Edge(args.pop, args.server, zygote, protect_file=protect_file, capacity_rps=args.capacity_rps,
+                    spill_threshold=args.spill_threshold, peers=peers)
+        uvloop.run(serve(edge, args.address, args.port, args.udp_port, args.health_port, store, control,
+                         directory, args.unicast))
     finally:
         zygote.stop()
 

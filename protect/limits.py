@@ -6,6 +6,7 @@ and no I/O: every function takes ``now``; the I/O layer keeps the returned state
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -122,3 +123,101 @@ SHED_FROM: dict[Priority, float] = {"P0": float("inf"), "P1": 1.0, "P2": 0.95, "
 def admit(priority: Priority, utilisation: float) -> bool:
     """Whether a request of ``priority`` is served at ``utilisation``."""
     return utilisation < SHED_FROM[priority]
+
+
+# -- load and spillover ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RateWindow:
+    """Requests counted over the last ``slots`` × ``slot_s`` seconds (1 s by default), slot by slot, so
+    the rate follows the load within a second and forgets a burst a second later."""
+
+    slot_s: float = 0.1
+    slots: int = 10
+    counts: tuple[int, ...] = ()
+    head: int = 0  # the index (time // slot_s) of the newest slot
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            object.__setattr__(self, "counts", (0,) * self.slots)
+
+
+def _advance(w: RateWindow, now: float) -> RateWindow:
+    head = int(now / w.slot_s)
+    gap = head - w.head
+    if gap <= 0:
+        return w
+    if gap >= w.slots:
+        return replace(w, counts=(0,) * w.slots, head=head)
+    return replace(w, counts=w.counts[gap:] + (0,) * gap, head=head)
+
+
+def count(w: RateWindow, now: float, n: int = 1) -> RateWindow:
+    """``n`` more requests at ``now`` (a time before the newest slot counts in the newest)."""
+    w = _advance(w, now)
+    return replace(w, counts=(*w.counts[:-1], w.counts[-1] + n))
+
+
+def rate(w: RateWindow, now: float) -> float:
+    """Requests per second over the window ending at ``now``."""
+    return sum(_advance(w, now).counts) / (w.slot_s * w.slots)
+
+
+Placement = Literal["local", "spill", "shed"]
+
+
+def place(priority: Priority, utilisation: float, spill_threshold: float, spilled_in: bool,
+          peer_has_headroom: bool) -> Placement:
+    """Where one request goes (the design's "Spillover Routing" before "Load Shedding").
+    ``utilisation`` is what the classes at least as important as ``priority`` make of the server's
+    capacity, so less important traffic never gets more important traffic spilled or shed: P3 goes
+    first. Served here below ``spill_threshold`` (80 %); above it forwarded to the nearest PoP with
+    headroom for the class — except P0 (health checks and auth stay where they are) and a request another
+    PoP already spilled here (one hop only, so two busy PoPs cannot bounce it); with nowhere to spill,
+    served or shed by its class (P3 from 90 %, P2 95 %, P1 100 %, P0 never)."""
+    if utilisation < spill_threshold or priority == "P0" or spilled_in or not peer_has_headroom:
+        return "local" if admit(priority, utilisation) else "shed"
+    return "spill"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server of another PoP this one may spill to, as last heard: its utilisation per class (what the
+    classes at least as important as P0, P1, P2, P3 make of its capacity, plus what was spilled to it
+    since, so a burst does not all land on one peer between two reports) and when."""
+
+    pop: str
+    server: str
+    address: str
+    distance: int
+    utilisation: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    heard_at: float = float("-inf")
+
+
+def spilled_to(peer: Peer, priority: Priority, share: float) -> Peer:
+    """``peer`` after one more request of ``priority`` (``share`` of its capacity)."""
+    i = PRIORITIES.index(priority)
+    return replace(peer, utilisation=tuple(u + share if k >= i else u for k, u in enumerate(peer.utilisation)))
+
+
+def choose_peer(peers: Sequence[Peer], now: float, threshold: float, fresh_s: float,
+                priority: Priority = "P3") -> int | None:
+    """The index of the nearest peer heard from within ``fresh_s`` with headroom for ``priority`` (its
+    utilisation for the class below ``threshold``; the least loaded among equally near ones); None when
+    none has."""
+    i = PRIORITIES.index(priority)
+    best: tuple[int, float, int] | None = None
+    for index, p in enumerate(peers):
+        if now - p.heard_at <= fresh_s and p.utilisation[i] < threshold:
+            key = (p.distance, p.utilisation[i], index)
+            if best is None or key < best:
+                best = key
+    return None if best is None else best[2]
+
+
+def pops_down(peers: Sequence[Peer], now: float, silent_s: float) -> int:
+    """How many of the watched PoPs have no server heard from within ``silent_s``."""
+    by_pop: dict[str, bool] = {}
+    for p in peers:
+        by_pop[p.pop] = by_pop.get(p.pop, False) or now - p.heard_at <= silent_s
+    return sum(1 for alive in by_pop.values() if not alive)

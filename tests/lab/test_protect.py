@@ -2,14 +2,16 @@
 origin's circuit breaker. ``origin-errors`` opens the breaker after exactly the failure threshold (the
 origin stops seeing requests), and once the origin is back the breaker closes through half-open probes
 after the configured open time; ``origin-down`` and ``origin-slow`` are answered without the worker
-failing. The breaker's open time is shortened to 2 s for the test (the design's 30 s otherwise)."""
+failing. The breaker's open time is shortened to 2 s for the test (the design's 30 s otherwise).
+
+Overload: a priority mix at twice sjc's capacity (50 requests/s per server here) from the client that
+reaches sjc: P0 all served, P1 at least 99 %, the shedding from P3 upwards, and the excess spilled to lax
+at L7."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,63 +21,33 @@ from typing import Any
 import pytest
 import yaml
 
-from lab import unix_http
+from lab.overload import FETCH_HOST, FETCH_WORKER, breaker_state, client_get, deploy_classes, origin_status, overload
 from lab.runtime import Lab
 from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 OPEN_S = 2.0
-WORKER = """
-async def fetch(request, env, ctx):
-    try:
-        r = await env.fetch("http://origin/data")
-    except ConnectionError as exc:
-        return {"status": 503, "body": "origin unavailable: " + str(exc)}
-    return {"status": r.status, "body": r.body}
-"""
-
-
+CAPACITY_RPS = 50.0
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     spec = yaml.safe_load((TOPOLOGIES / "two_pops.yaml").read_text())
     spec.setdefault("settings", {})["breakers"] = {"origin": {"failure_threshold": 5, "success_threshold": 3,
                                                               "open_s": OPEN_S}}
+    spec["settings"]["server_capacity_rps"] = CAPACITY_RPS
     with tempfile.TemporaryDirectory(prefix="anylab-test-protect-") as tmp:
         path = Path(tmp) / "two_pops_protect.yaml"
         path.write_text(yaml.safe_dump(spec))
         with Lab.from_file(path, name="tprot") as running:
-            running.deploy("fetcher", "fetcher.example", WORKER)
+            running.deploy("fetcher", FETCH_HOST, FETCH_WORKER)
             yield running
 
 
 def get(lab: Lab) -> tuple[int, str]:
-    """One GET from the client through anycast: status and body."""
-    code = ("import http.client\n"
-            f"c = http.client.HTTPConnection('{lab.topo.anycast[0].network_address}', 80, timeout=10)\n"
-            "c.request('GET', '/', headers={'Host': 'fetcher.example'})\n"
-            "r = c.getresponse()\n"
-            "print(r.status, r.read().decode())")
-    client = lab.topo.clients[0].name
-    res = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=30, check=True)
-    status, _, body = res.stdout.strip().partition(" ")
-    return int(status), body
-
-
-def origin_status(lab: Lab) -> dict[str, Any]:
-    sock = lab.node_dir("origin") / "origin.sock"
-    status: dict[str, Any] = json.loads(unix_http.request(str(sock), "GET", "/admin/status", timeout=5)[1])
-    return status
+    return client_get(lab, lab.topo.clients[0].name, FETCH_HOST)
 
 
 def breaker(lab: Lab) -> dict[str, Any]:
-    """The breaker the edge workers report (the one server that served)."""
-    states: dict[str, dict[str, Any]] = {}
-    for s in lab.topo.servers:
-        path = lab.node_dir(s.name) / "protect.json"
-        if path.exists():
-            states.update(json.loads(path.read_text())["breakers"])
-    return states.get("fetcher/origin", {})
+    return breaker_state(lab, "fetcher/origin")
 
 
 def test_a_worker_reaches_the_origin_by_name(lab: Lab) -> None:
@@ -136,3 +108,19 @@ def test_a_dead_control_plane_is_level_4_at_every_server(lab: Lab) -> None:
         lab.restore("control")
     wait_for(lambda: set(levels().values()) == {0} or None, timeout=20, what="level 0 again", interval=0.2,
              describe=lambda: str(levels()))
+
+
+def test_twice_a_pops_capacity_sheds_p3_first_and_spills_the_excess(lab: Lab) -> None:
+    deploy_classes(lab)
+    result = overload(lab, "sjc", multiple=2.0, duration=10.0)
+    c = result["classes"]
+    assert all(v["failed"] == 0 for v in c.values()), c
+    assert c["P0"]["served"] == c["P0"]["offered"] > 0 and c["P0"]["spilled"] == 0  # P0 never moves
+    assert c["P1"]["served"] >= 0.99 * c["P1"]["offered"], c
+    # Shed from P3 upwards: a class loses at least as much as the more important one above it.
+    shed = [c[p]["shed"] / c[p]["offered"] for p in ("P1", "P2", "P3")]
+    assert shed == sorted(shed) and shed[2] > 0, shed
+    # The excess went to lax: it served spilled requests of every class but P0.
+    assert 0.2 < result["spilled_share"] < 0.7, result["spilled_share"]
+    assert result["protect"]["lax-s1"]["counters"]["spilled_in"] > 0
+    assert result["protect"]["sjc-s1"]["counters"]["spill_failed"] == 0

@@ -14,6 +14,8 @@ import pytest
 
 from pop_agent.edge import Deployment, Edge, HttpProtocol
 from pop_agent.isolate import DeployError, Zygote
+from pop_agent.worker_api import Response
+from protect.limits import Peer, count
 
 HELLO = "async def fetch(request, env, ctx):\n    return f'{env.GREETING} {request.method} {request.url}'\n"
 ECHO = "async def fetch(request, env, ctx):\n    return {'status': 201, 'body': request.body[::-1]}\n"
@@ -138,7 +140,7 @@ def test_malformed_deployments_are_refused(data: dict[str, Any], words: str) -> 
 
 
 def test_rate_limits_answer_429_with_retry_after_and_shedding_starts_at_p3() -> None:
-    edge = Edge("sjc", "sjc-s1", Zygote(), capacity=10)  # the zygote is never started: nothing is served
+    edge = Edge("sjc", "sjc-s1", Zygote(), max_inflight=10)  # the zygote is never started: nothing is served
     limited = dep("limited", "l.example", HELLO, rate_per_s=2, rate_per_min=600)
     preview = dep("preview", "p.example", HELLO, priority="P3")
     health = dep("health", "h.example", HELLO, priority="P0")
@@ -146,15 +148,32 @@ def test_rate_limits_answer_429_with_retry_after_and_shedding_starts_at_p3() -> 
     pools = {p.dep.name: p for p in edge.pools.values()}
     answers = [edge.admission(pools["limited"], 100.0) for _ in range(3)]
     assert answers[:2] == [None, None]
-    assert answers[2] is not None and answers[2].status == 429
+    assert isinstance(answers[2], Response) and answers[2].status == 429
     assert answers[2].headers["retry-after"] == "1" and answers[2].headers["x-anylab-error"] == "rate_limited"
     assert edge.admission(pools["limited"], 100.5) is None  # refilled at 2/s
-    edge.inflight = 9  # 90 %: Level 2
+    edge.inflight_by["P1"] = 9  # 90 %: Level 2
     shed = edge.admission(pools["preview"], 200.0)
-    assert shed is not None and shed.status == 503 and shed.headers["x-anylab-error"] == "shed"
-    edge.inflight = 50  # far over capacity: only P0 passes
+    assert isinstance(shed, Response) and shed.status == 503 and shed.headers["x-anylab-error"] == "shed"
+    edge.inflight_by["P1"] = 50  # far over capacity: only P0 passes
     assert edge.admission(pools["health"], 200.0) is None
-    assert edge.counters == {"rate_limited": 1, "shed": 1}
+    assert edge.counters["rate_limited"] == 1 and edge.counters["shed"] == 1
+
+
+def test_above_the_spill_threshold_requests_go_to_the_nearest_peer_with_headroom() -> None:
+    peers = [Peer("lax", "lax-s1", "10.0.0.2", 3), Peer("sea", "sea-s1", "10.0.0.3", 5)]
+    edge = Edge("sjc", "sjc-s1", Zygote(), capacity_rps=10, peers=peers)
+    edge.install([dep("paid", "a.example", HELLO), dep("health", "h.example", HELLO, priority="P0")])
+    pools = {p.dep.name: p for p in edge.pools.values()}
+    for i in range(8):  # 8 requests in the last second: 80 % of 10/s
+        edge.windows["P1"] = count(edge.windows["P1"], 100.0 + i * 0.01)
+    assert edge.admission(pools["paid"], 100.1) is None  # no peer heard from: served here (80 % < 100 %)
+    edge.heard("10.0.0.3", (0.0, 0.2, 0.2, 0.2), 100.0)
+    edge.heard("10.0.0.2", (0.0, 0.85, 0.9, 0.9), 100.0)  # the nearer one is itself over the threshold
+    assert edge.admission(pools["paid"], 100.1) == 1
+    assert edge.admission(pools["health"], 100.1) is None  # P0 stays
+    assert edge.admission(pools["paid"], 100.1, spilled_in=True) is None  # one hop only
+    assert edge.admission(pools["paid"], 101.5) is None  # the reports are stale: nowhere to spill
+    assert edge.utilisation(101.5) == 0.0
 
 
 def test_bad_priority_is_refused() -> None:
@@ -163,14 +182,14 @@ def test_bad_priority_is_refused() -> None:
 
 
 def test_degradation_level_from_the_servers_signals(tmp_path: Any) -> None:
-    edge = Edge("sjc", "sjc-s1", Zygote(), capacity=10, protect_file=tmp_path / "protect.json")
+    edge = Edge("sjc", "sjc-s1", Zygote(), max_inflight=10, protect_file=tmp_path / "protect.json")
     prom = tmp_path / "kv.prom"
     prom.write_text('# HELP x\nanylab_kv_replica_lag_seconds{server="s"} 2.0\n'
                     'anylab_kv_queue_depth{server="s"} 0\nanylab_kv_master_reachable{server="s"} 1\n')
     assert edge.degradation(prom, True).level == 0
     prom.write_text('anylab_kv_replica_lag_seconds{server="s"} 900\nanylab_kv_master_reachable{server="s"} 0\n')
     assert edge.degradation(prom, True).level == 1
-    edge.inflight = 10
+    edge.inflight_by["P2"] = 10
     assert edge.degradation(prom, False).level == 4
     edge.write_protect(edge.degradation(None, True))
     written = json.loads((tmp_path / "protect.json").read_text())

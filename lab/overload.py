@@ -1,0 +1,188 @@
+"""Overload runs: a priority mix (:mod:`lab.priority_load`) at a multiple of a PoP's capacity, from the
+clients in that PoP's catchment, and what each class got — served, shed, spilled to another PoP, p99.
+
+    deploy_classes(lab)
+    result = overload(lab, "sjc", multiple=2.0, duration=15)
+    result["classes"]["P0"]  # {"offered", "served", "shed", "failed", "spilled", "p99_ms"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lab.errors import LabError
+from lab.http_load import read as read_records
+from lab.priority_load import host_of
+from lab.stats import quantile
+
+if TYPE_CHECKING:
+    from lab.runtime import Lab
+
+CLASSES = ("P0", "P1", "P2", "P3")
+#: The design's classes as a mix: health checks and auth (P0) are few, paid traffic (P1) the most.
+DEFAULT_MIX = {"P0": 0.1, "P1": 0.4, "P2": 0.3, "P3": 0.2}
+CLASS_WORKER = "async def fetch(request, env, ctx):\n    return 'ok'\n"
+
+
+def deploy_classes(lab: Lab) -> None:
+    """One trivial worker per class at ``pN.load.example`` with priority PN (the same content is the same
+    version: deploying twice changes nothing). Raises ControlPlaneError."""
+    for p in CLASSES:
+        lab.deploy(f"load-{p.lower()}", host_of(p), CLASS_WORKER, priority=p)
+
+
+def pop_capacity(lab: Lab, pop: str) -> float:
+    """Requests per second ``pop`` takes on at 100 % (its servers × the per-server capacity)."""
+    servers = [s for s in lab.topo.servers if s.pop == pop]
+    if not servers:
+        raise LabError(f"no PoP named {pop!r}")
+    return len(servers) * lab.topo.spec.settings.server_capacity_rps
+
+
+def summarise(records: list[dict[str, Any]], home: str) -> dict[str, dict[str, Any]]:
+    """Per class: requests offered, served (200), shed (503 ``shed`` anywhere), failed (anything else),
+    spilled (served by a PoP other than ``home``), and the p99 latency of those served, in ms."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in CLASSES:
+        recs = [r for r in records if r["p"] == p]
+        served = [r for r in recs if r["st"] == 200]
+        latencies = sorted((r["t1"] - r["t0"]) * 1000 for r in served)
+        out[p] = {"offered": len(recs), "served": len(served),
+                  "shed": sum(1 for r in recs if r["st"] == 503),
+                  "failed": sum(1 for r in recs if r["st"] not in (200, 503)),
+                  "spilled": sum(1 for r in served if r["srv"] and not r["srv"].startswith(home + "/")),
+                  "p99_ms": round(quantile(latencies, 0.99) or 0.0, 1) if latencies else None}
+    return out
+
+
+def overload(lab: Lab, pop: str, multiple: float, duration: float, mix: dict[str, float] | None = None,
+             timeout: float = 2.0) -> dict[str, Any]:
+    """Send ``multiple`` × ``pop``'s capacity for ``duration`` seconds from the clients whose catchment is
+    ``pop`` (split evenly between them) and summarise what each class got. The loads stop by themselves
+    at ``duration``; this waits for them (at most ``duration`` + ``timeout`` + 10 s). Raises LabError when
+    no client is in ``pop``'s catchment."""
+    catchment = lab.catchment()
+    clients = sorted(c for c, p in catchment.items() if p == pop)
+    if not clients:
+        raise LabError(f"no client reaches {pop} now (catchment {catchment})")
+    rate = multiple * pop_capacity(lab, pop)
+    mix = mix or DEFAULT_MIX
+    target = str(lab.topo.anycast[0].network_address)
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for c in clients:
+        out = lab.node_dir(c) / "priority-load.jsonl"
+        out.unlink(missing_ok=True)
+        argv = ["nsenter", f"--net={lab.netns[c]}", "--", sys.executable, "-m", "lab.priority_load",
+                "--target", target, "--out", str(out), "--rate", f"{rate / len(clients):.3f}",
+                "--mix", ",".join(f"{k}={v}" for k, v in mix.items()), "--timeout", str(timeout),
+                "--duration", f"{duration:.1f}"]
+        procs[c] = (subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE), out)
+    errors = []
+    for c, (proc, _out) in procs.items():
+        try:
+            _, err = proc.communicate(timeout=duration + timeout + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if proc.returncode:
+            errors.append(f"{c}: priority load exited {proc.returncode}: {err.decode()[-300:]}")
+    if errors:
+        raise LabError("; ".join(errors))
+    records = [r for _proc, out in procs.values() for r in read_records(out)]
+    classes = summarise(records, pop)
+    served = sum(v["served"] for v in classes.values())
+    spilled = sum(v["spilled"] for v in classes.values())
+    return {"pop": pop, "multiple": multiple, "rate": rate, "duration_s": duration, "clients": clients,
+            "classes": classes, "spilled_share": round(spilled / served, 4) if served else 0.0,
+            "protect": {s.name: _protect(lab, s.name) for s in lab.topo.servers}}
+
+
+def _protect(lab: Lab, server: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((lab.node_dir(server) / "protect.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: data.get(k) for k in ("level", "utilisation", "counters")}
+
+
+# -- circuit breaker against the origin ------------------------------------------------------------
+
+FETCH_WORKER = """
+async def fetch(request, env, ctx):
+    try:
+        r = await env.fetch("http://origin/data")
+    except ConnectionError as exc:
+        return {"status": 503, "body": "origin unavailable: " + str(exc)}
+    return {"status": r.status, "body": r.body}
+"""
+FETCH_HOST = "fetcher.example"
+
+
+def client_get(lab: Lab, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
+    """One GET / from ``client`` through anycast with ``Host: host``, on its own connection: status and
+    body. Raises subprocess.CalledProcessError when the request itself failed."""
+    code = ("import http.client\n"
+            f"c = http.client.HTTPConnection('{lab.topo.anycast[0].network_address}', 80, timeout={timeout})\n"
+            f"c.request('GET', '/', headers={{'Host': '{host}'}})\n"
+            "r = c.getresponse()\n"
+            "print(r.status, r.read().decode())")
+    res = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=timeout + 20, check=True)
+    status, _, body = res.stdout.strip().partition(" ")
+    return int(status), body
+
+
+def origin_status(lab: Lab, origin: str = "origin") -> dict[str, Any]:
+    """The origin's counters (``served``, ``failed``) and mode, from its admin socket."""
+    from lab import unix_http
+
+    sock = lab.node_dir(origin) / "origin.sock"
+    status: dict[str, Any] = json.loads(unix_http.request(str(sock), "GET", "/admin/status", timeout=5)[1])
+    return status
+
+
+def breaker_state(lab: Lab, key: str) -> dict[str, Any]:
+    """The breaker ``deployment/dependency`` as the edge workers last reported it (any server)."""
+    states: dict[str, dict[str, Any]] = {}
+    for s in lab.topo.servers:
+        path = lab.node_dir(s.name) / "protect.json"
+        with contextlib.suppress(OSError, ValueError):
+            states.update(json.loads(path.read_text())["breakers"])
+    return states.get(key, {})
+
+
+def breaker_run(lab: Lab, client: str, timeout: float = 120.0) -> dict[str, Any]:
+    """``origin-errors`` until the origin's breaker opens, then the origin restored at once: how many
+    failures the origin saw when it opened, and how long from opening until half-open probes closed it
+    again — against the configured threshold and open time. Raises WaitTimeout past ``timeout``."""
+    from lab.wait import wait_for
+
+    lab.deploy("fetcher", FETCH_HOST, FETCH_WORKER)
+    before = origin_status(lab)["failed"]
+    lab.fail("origin-errors", "origin")
+    try:
+        def opened() -> float | None:
+            status, body = client_get(lab, client, FETCH_HOST)
+            return time.monotonic() if status == 503 and "is open" in body else None
+
+        t_open = wait_for(opened, timeout=timeout, what="the origin's breaker to open", interval=0.0)
+        failures = origin_status(lab)["failed"] - before
+    finally:
+        lab.restore("origin")
+
+    def closed() -> float | None:
+        client_get(lab, client, FETCH_HOST)
+        return time.monotonic() if breaker_state(lab, "fetcher/origin").get("mode") == "closed" else None
+
+    t_closed = wait_for(closed, timeout=timeout, what="the origin's breaker to close", interval=0.1)
+    cfg = lab.topo.spec.settings.breakers["origin"]
+    return {"open_after_failures": failures, "closed_after_s": round(t_closed - t_open, 2),
+            "configured": {"failure_threshold": cfg.failure_threshold, "open_s": cfg.open_s,
+                           "success_threshold": cfg.success_threshold, "half_open_probes": cfg.half_open_probes}}
