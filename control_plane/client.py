@@ -90,6 +90,10 @@ class Client:
         result: dict[str, Any] = self.call("POST", f"/v1/deployments/{name}/rollback")
         return result
 
+    def set_servers(self, pop: str, servers: list[str]) -> None:
+        """The PoP's servers in service from now on (what deploys wait for). Raises ControlPlaneError."""
+        self.call("POST", f"/v1/pops/{pop}/servers", {"servers": servers})
+
     def deployments(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/v1/deployments")
         return result

@@ -34,6 +34,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,20 @@ async def sync(request: web.Request) -> web.Response:
     return web.json_response({"generation": store.generation, "deployments": store.desired(body["pop"])})
 
 
+async def pop_servers(request: web.Request) -> web.Response:
+    """``POST /v1/pops/{pop}/servers {"servers": [...]}``: the PoP's servers in service now (scaling);
+    deploys wait for exactly these."""
+    store, body = request.app[STORE], await body_json(request)
+    pop = request.match_info["pop"]
+    if pop not in store.pops:
+        raise BadRequest(f"unknown PoP {pop!r}; there are: {', '.join(sorted(store.pops))}")
+    servers = body.get("servers") if isinstance(body, dict) else None
+    if not isinstance(servers, list) or not servers or not all(isinstance(s, str) and s for s in servers):
+        raise BadRequest("give 'servers': the names of the PoP's servers in service (at least one)")
+    store.pops[pop] = replace(store.pops[pop], servers=tuple(servers))
+    return web.json_response({"pop": pop, "servers": servers})
+
+
 async def artifact(request: web.Request) -> web.Response:
     data = request.app[STORE].artifact(request.match_info["version"])
     return web.Response(body=data, content_type="application/json")
@@ -170,6 +185,7 @@ def make_app(store: Store, tokens: dict[str, str]) -> web.Application:
     app.router.add_get("/v1/deployments", deployments)
     app.router.add_post("/v1/sync", sync)
     app.router.add_get("/v1/artifacts/{version}", artifact)
+    app.router.add_post("/v1/pops/{pop}/servers", pop_servers)
     return app
 
 

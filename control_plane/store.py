@@ -29,7 +29,7 @@ HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 #: Upload fields and their meaning; anything else is refused so a typo is not silently ignored.
 UPLOAD_FIELDS = {"code", "host", "path_prefix", "bindings", "limits", "min_isolates", "max_isolates", "idle_s",
-                 "rate_per_s", "rate_per_min", "priority"}
+                 "rate_per_s", "rate_per_min", "priority", "account"}
 
 
 class ApiError(LabError):

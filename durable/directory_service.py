@@ -14,8 +14,8 @@ HTTP on the lab network (hosts, PoP routers) and on ``do.sock`` (the operator):
 ``POST /v1/lease``  ``{region, objects: {key: {seq, shipped, lag_s}}}`` → ``{lease_s, objects: {key:
 [owner, epoch, backup]}, regions: {name: [address, port]}}`` (a region declared down that renews is
 live again; what it owned is owned elsewhere now, which the answer says)
-``GET /v1/where?key=K&hint=R`` → ``{owner, epoch, backup, address, port}``, placing the object on its first
-call; 503 when its owner is down with no backup to take over
+``GET /v1/where?key=K&hint=R`` → ``{owner, epoch, backup, address, port, incarnation}``, placing the object
+on its first call; 503 when its owner is down with no backup to take over
 ``GET /v1/objects`` → regions (live, age of the last renewal) and objects (placement, lag)
 
 Every decision is a JSON line in ``events`` (``time`` on CLOCK_MONOTONIC): ``region_down`` (with the
@@ -54,6 +54,9 @@ class Directory:
         self.reports: dict[str, dict[str, Any]] = {}
         self.routed: set[tuple[str, int]] = set()
         self.isolated = False
+        #: Bumped each time a region comes back: the routers' circuit breakers are per incarnation of an
+        #: owner (one opened against a host that failed says nothing about the host that returned).
+        self.incarnation = dict.fromkeys(self.regions, 0)
 
     def _load(self) -> directory.State:
         state = directory.initial(list(self.regions))
@@ -85,6 +88,7 @@ class Directory:
         self.last_seen[region] = mono()
         self.reports[region] = objects
         if region not in self.state.live:
+            self.incarnation[region] += 1
             reseeds = self._step(RegionUp(region))
             self._event({"event": "region_up", "region": region, "reseeds": len(reseeds)})
         return {"lease_s": self.lease_s, "renew_s": self.renew_s,
@@ -124,7 +128,8 @@ class Directory:
             self.routed.add((key, p.epoch))
             self._event({"event": "route", "key": key, "region": p.owner, "epoch": p.epoch})
         address, port = self.regions[p.owner]
-        return {"owner": p.owner, "epoch": p.epoch, "backup": p.backup, "address": address, "port": port}
+        return {"owner": p.owner, "epoch": p.epoch, "backup": p.backup, "address": address, "port": port,
+                "incarnation": self.incarnation[p.owner]}
 
     def listing(self) -> dict[str, Any]:
         now = mono()

@@ -47,6 +47,8 @@ class AgentConfig:
     events: Path
     metrics: Path
     state: Path
+    #: The edge worker's ``protect.json`` (its utilisation), read when overload demotion is on.
+    protect: Path | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentConfig:
@@ -69,11 +71,13 @@ class AgentConfig:
             server=str(data["server"]), pop=str(data["pop"]),
             fsm=fsm.Config(rise=int(f["rise"]), fall=int(f["fall"]), interval=float(f["interval"]),
                            fast_interval=float(f["fast_interval"]), timeout=timeout, on_down=f["on_down"],
-                           drain_mode=f["drain_mode"], debounce=float(f["debounce"])),
+                           drain_mode=f["drain_mode"], debounce=float(f["debounce"]),
+                           **{k: float(v) for k, v in data.get("overload", {}).items()}),
             checks=tuple(checks), combine=data.get("combine", "all"),
             hooks=tuple(tuple(str(a) for a in h) for h in data.get("hooks", [])),
             api_socket=Path(data["api_socket"]), drain_file=Path(data["drain_file"]),
             events=Path(data["events"]), metrics=Path(data["metrics"]), state=Path(data["state"]),
+            protect=Path(data["protect"]) if data.get("protect") else None,
         )
 
 
@@ -158,9 +162,18 @@ class Agent:
         if (self.state.health, self.state.announced) != before:
             self.write_files()
 
+    def utilisation(self) -> float | None:
+        """The edge's utilisation as it last wrote it (None: not written yet, or being replaced)."""
+        assert self.config.protect is not None
+        try:
+            return float(json.loads(self.config.protect.read_text())["utilisation"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def write_files(self) -> None:
         c, s = self.counters, self.state
-        state = {"health": s.health, "announced": s.announced, "draining": s.draining, "pid": os.getpid(),
+        state = {"health": s.health, "announced": s.announced, "draining": s.draining, "overloaded": s.overloaded,
+                 "pid": os.getpid(),
                  "t": monotonic()}
         _atomic_write(self.config.state, json.dumps(state))
         labels = f'server="{self.config.server}",pop="{self.config.pop}"'
@@ -207,6 +220,10 @@ class Agent:
             draining = self.config.drain_file.exists()
             if draining != self.state.draining:
                 self.step(fsm.DrainChanged(now, draining))
+            if self.config.fsm.overload_above is not None and self.config.protect is not None:
+                utilisation = self.utilisation()
+                if utilisation is not None:
+                    self.step(fsm.Load(now, utilisation))
             if self.next_tick is not None and now >= self.next_tick:
                 self.next_tick = None
                 self.step(fsm.Tick(now))

@@ -11,6 +11,11 @@ an action for the thin I/O layer to carry out. Semantics (ExaBGP healthcheck's, 
   ``demoted`` (``on_down``); while the drain file exists, at least ``drain_mode`` (demoted or
   withdrawn) — the worse of the two wins, so a failed server is never announced because it drains.
   Demoting first lets traffic move *before* the route disappears (make-before-break).
+- Overload (``overload_above`` set): a server whose utilisation (the edge's, ``Load`` events) stays at or
+  above ``overload_above`` for ``overload_after`` seconds is *overloaded* and announces at least
+  ``demoted`` — the design's "demote the PoP's announcement" beside L7 spillover — until it has stayed
+  below ``restore_below`` for ``restore_after`` seconds (hysteresis: the traffic it sheds by demoting
+  would otherwise bring it straight back).
 - Debounce: the announcement changes at most once per ``debounce`` seconds; a change wanted sooner is
   kept pending and applied by the first event at or after the deadline (a ``Tick`` is scheduled).
 - ``Stop`` (SIGTERM) withdraws and ends.
@@ -36,10 +41,16 @@ class Config:
     on_down: Literal["withdrawn", "demoted"] = "withdrawn"
     drain_mode: Literal["withdrawn", "demoted"] = "demoted"
     debounce: float = 0.0
+    overload_above: float | None = None
+    overload_after: float = 2.0
+    restore_below: float = 0.5
+    restore_after: float = 5.0
 
     def __post_init__(self) -> None:
         if self.rise < 1 or self.fall < 1:
             raise ValueError("rise and fall must be at least 1")
+        if self.overload_above is not None and not 0 <= self.restore_below < self.overload_above:
+            raise ValueError("restore_below must be below overload_above (and not negative)")
         if min(self.interval, self.fast_interval, self.timeout) <= 0 or self.debounce < 0:
             raise ValueError("interval, fast_interval and timeout must be positive, debounce ≥ 0")
 
@@ -56,6 +67,9 @@ class State:
     announced: Announcement = "withdrawn"
     last_change: float = float("-inf")
     pending: Announcement | None = None
+    overloaded: bool = False
+    #: Since when the load has been on the other side of the threshold that would flip ``overloaded``.
+    load_since: float | None = None
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -75,6 +89,14 @@ class DrainChanged:
 
 
 @dataclass(frozen=True)
+class Load:
+    """The server's utilisation (requests taken on / capacity) at ``t``."""
+
+    t: float
+    utilisation: float
+
+
+@dataclass(frozen=True)
 class Tick:
     t: float
 
@@ -84,7 +106,7 @@ class Stop:
     t: float
 
 
-Event = CheckResult | DrainChanged | Tick | Stop
+Event = CheckResult | DrainChanged | Load | Tick | Stop
 
 # -- actions --------------------------------------------------------------------------------------
 
@@ -151,13 +173,30 @@ def _next_health(config: Config, health: Health, count: int, ok: bool) -> tuple[
     return ("up", 0) if count >= config.rise else ("rising", count)
 
 
-def wanted(config: Config, health: Health, draining: bool) -> Announcement:
-    """What should be announced for this health and drain state."""
+def wanted(config: Config, health: Health, draining: bool, overloaded: bool = False) -> Announcement:
+    """What should be announced for this health, drain and overload state."""
     if health in ("exit", "init"):
         return "withdrawn"  # never announced before the first verdict, nor after the end
     by_health: Announcement = "normal" if health in ("up", "falling") else config.on_down
-    # The worse of the two wins: a failed server never attracts traffic because it is draining.
-    return max(by_health, config.drain_mode if draining else "normal", key=_BADNESS.index)
+    # The worst wins: a failed server never attracts traffic because it is draining or overloaded.
+    return max(by_health, config.drain_mode if draining else "normal", "demoted" if overloaded else "normal",
+               key=_BADNESS.index)
+
+
+def _overload(config: Config, state: State, event: Load) -> State:
+    """``overloaded`` after one utilisation sample, with the hysteresis of the config."""
+    if config.overload_above is None:
+        return state
+    if state.overloaded:
+        away, hold = event.utilisation < config.restore_below, config.restore_after
+    else:
+        away, hold = event.utilisation >= config.overload_above, config.overload_after
+    if not away:
+        return replace(state, load_since=None)
+    since = event.t if state.load_since is None else state.load_since
+    if event.t - since >= hold:
+        return replace(state, overloaded=not state.overloaded, load_since=None)
+    return replace(state, load_since=since)
 
 
 def _send(announcement: Announcement) -> Action:
@@ -195,8 +234,14 @@ def step(config: Config, state: State, event: Event) -> tuple[State, list[Action
     elif isinstance(event, DrainChanged):
         draining = event.present
         name = "drain-on" if draining else "drain-off"
+    elif isinstance(event, Load):
+        loaded = _overload(config, state, event)
+        if loaded.overloaded == state.overloaded:
+            return loaded, []  # a sample that changes nothing is not worth a log line
+        state = loaded
+        name, detail = ("overload-on" if loaded.overloaded else "overload-off"), f"utilisation {event.utilisation:.2f}"
     state2 = replace(state, health=health, count=count, draining=draining)
-    state3, sends = _apply(config, state2, wanted(config, health, draining), event.t)
+    state3, sends = _apply(config, state2, wanted(config, health, draining, state2.overloaded), event.t)
     if health != state.health:
         actions.append(RunHooks(health))
     actions += sends

@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from aiohttp import web
 from kv import service
 from kv.service import body, mono, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
+from protect.limits import Bucket, take
 
 WRITE_RETRIES = (0.05, 0.1, 0.2)
 DRAIN_BATCH = 200
@@ -71,6 +73,11 @@ class Replica:
         self.reachable: bool | None = None  # not known until the first exchange with the master
         self.caught_up = False
         self.t_ok = mono()
+        #: The design's per-account KV limits (this server's share): account → (reads, writes) buckets.
+        limits = cfg.get("account_limits", {})
+        self.read_rps = float(limits.get("kv_reads_per_s", 50_000.0))
+        self.write_rps = float(limits.get("kv_writes_per_s", 1_000.0))
+        self.accounts: dict[str, tuple[Bucket, Bucket]] = {}
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -228,6 +235,26 @@ class Replica:
 
     # -- the local API ---------------------------------------------------------------------------
 
+    @web.middleware
+    async def account_limits(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """429 when the calling worker's account (``X-Anylab-Account``) is over its KV reads or writes
+        per second here; calls without an account (the operator's) are not limited."""
+        account = request.headers.get("X-Anylab-Account")
+        op = request.path.rsplit("/", 1)[-1]
+        if account and request.path.startswith("/v1/kv/"):
+            reads, writes = self.accounts.get(account) or (Bucket(self.read_rps, max(1.0, self.read_rps)),
+                                                           Bucket(self.write_rps, max(1.0, self.write_rps)))
+            write = op in ("put", "delete")
+            bucket, ok, wait = take(writes if write else reads, mono())
+            self.accounts[account] = (reads, bucket) if write else (bucket, writes)
+            if not ok:
+                kind, rate = ("writes", self.write_rps) if write else ("reads", self.read_rps)
+                return web.json_response({"error": f"rate_limited: account {account} is over {rate:g} KV {kind}/s "
+                                                   "here"}, status=429,
+                                         headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def put(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
         data = await body(request)
@@ -285,8 +312,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
         await replica.session.close()
         replica.store.close()
 
-    await service.run(service.make_app(replica, {}, now), cfg, [replica.follow(), replica.drain()], stop,
-                      handle_signals)
+    app = service.make_app(replica, {}, now, (replica.account_limits,))
+    await service.run(app, cfg, [replica.follow(), replica.drain()], stop, handle_signals)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from lab.runtime import (
     cleanup,
     cleanup_all,
     daemons_alive,
+    in_service,
     lab_names,
     observed_catchment,
     read_state,
@@ -143,6 +144,7 @@ def status_data(name: str) -> dict[str, Any]:
         "timings": state.get("timings", {}),
         "control_plane": _control_plane_status(run_dir / topo.control.name),
         "protect": _protect(run_dir, [s.name for s in topo.servers]),
+        "in_service": in_service(topo, run_dir),
     }
 
 
@@ -199,6 +201,11 @@ def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json
         for dependency, b in p.get("breakers", {}).items():
             if b["mode"] != "closed":
                 console.print(f"  [yellow]circuit breaker {dependency} at {server}: {b['mode']}[/]")
+    for pop in topo.pops:
+        if pop.standby:
+            serving = data["in_service"].get(pop.name, [])
+            console.print(f"  {pop.name}: {len(serving)} of {len(pop.servers) + len(pop.standby)} servers in service"
+                          + (" (autoscaled)" if pop.autoscale else ""))
     console.print(catchment_table(topo, data["catchment"], data["predicted"]))
 
 
@@ -365,6 +372,8 @@ def deploy(
     path_prefix: Annotated[str, typer.Option(help="path prefix it serves under that host")] = "/",
     pop: Annotated[list[str] | None, typer.Option("--pop", help="only this PoP (repeatable)")] = None,
     region: Annotated[list[str] | None, typer.Option("--region", help="only this region (repeatable)")] = None,
+    priority: Annotated[str, typer.Option(help="traffic class: P0 (never shed) … P3 (shed first)")] = "P1",
+    account: Annotated[str | None, typer.Option(help="the account it is limited as (default: NAME)")] = None,
     name: NameOpt = "main",
     timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
 ) -> None:
@@ -383,8 +392,9 @@ def deploy(
     topo = topology_of(_running_state_usage(name))
     client = _control_client(topo, name)
     host = host or f"{worker}.example"
-    done = client.release(worker, {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings},
-                          pop, region, timeout)
+    upload = {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings, "priority": priority,
+              **({"account": account} if account else {})}
+    done = client.release(worker, upload, pop, region, timeout)
     pops = sorted(k for k, v in done.placement.items() if v == done.version)
     console.print(f"{worker} {done.version} ({'new' if done.new else 'already uploaded'}) → {', '.join(pops)}")
     _print_propagation(done.propagation)
@@ -530,6 +540,82 @@ def kv_(
         state = "committed" if reply.get("committed") else ("accepted, queued" if reply.get("accepted") else "?")
         console.print(f"{action} {namespace}/{key} at {node}: {state}"
                       + (f" (also on {reply['replicated_to']})" if reply.get("replicated_to") else ""))
+
+
+@app.command()
+def scale(
+    pop: Annotated[str, typer.Argument(help="the PoP")],
+    servers: Annotated[int, typer.Option(help="servers in service wanted (1 … the PoP's max_servers)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    name: NameOpt = "main",
+) -> None:
+    """Bring POP to --servers servers in service: its next standby servers' processes start and announce
+    the prefix (ECMP spreads new flows onto them), or its last ones withdraw and stop. Prints how long
+    until the processes were ready, the sessions up and the upstream routers' FIB had them."""
+    state = _running_state_usage(name)
+    result = control.call(run_dir_of(name), "scale", timeout=120.0, pop=pop, servers=servers)
+    result.pop("ok", None)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    if not result["added"] and not result["removed"]:
+        console.print(f"{pop}: already {len(result['servers'])} server(s) in service")
+        return
+    what = (f"added {', '.join(result['added'])}" if result["added"] else f"removed {', '.join(result['removed'])}")
+    steps = [f"processes {result['processes_s']:.2f} s"]
+    if result.get("sessions_s") is not None:
+        steps.append(f"sessions up {result['sessions_s']:.2f} s")
+    steps.append(f"upstream FIB {result['fib_s']:.2f} s")
+    console.print(f"{pop} ({state['topology']}): {what} → in service: {', '.join(result['servers'])}; "
+                  + ", ".join(steps))
+
+
+@app.command()
+def overload(
+    pop: Annotated[str, typer.Argument(help="the PoP to overload (its catchment's clients send the load)")],
+    multiple: Annotated[float, typer.Option(help="the load as a multiple of the PoP's capacity (0.1..10)")] = 2.0,
+    duration: Annotated[float, typer.Option(help="seconds (1..120); the load stops by itself")] = 15.0,
+    mix: Annotated[str, typer.Option(help="shares per class, e.g. P0=0.1,P1=0.4,P2=0.3,P3=0.2")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    name: NameOpt = "main",
+) -> None:
+    """A priority mix at a multiple of POP's capacity (settings.server_capacity_rps × its servers) from
+    the clients it serves: per class offered, served, shed, spilled to other PoPs, p99 — and each
+    server's level and counters afterwards."""
+    from rich.table import Table
+
+    from lab.measurement import RemoteLab
+    from lab.overload import deploy_classes
+    from lab.overload import overload as run_overload
+    from lab.priority_load import parse_mix
+
+    if not (0.1 <= multiple <= 10 and 1 <= duration <= 120):
+        raise UsageError("--multiple 0.1..10, --duration 1..120 s")
+    try:
+        shares = parse_mix(mix) if mix else None
+    except ValueError as exc:
+        raise UsageError(f"--mix: {exc}") from None
+    lab = RemoteLab(name)
+    if pop not in {p.name for p in lab.topo.pops}:
+        raise UsageError(f"no PoP named {pop!r}; the lab has {', '.join(p.name for p in lab.topo.pops)}")
+    deploy_classes(lab)
+    result = run_overload(lab, pop, multiple, duration, shares)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    table = Table("class", "offered", "served", "shed", "failed", "spilled", "p99 ms",
+                  title=f"{pop} at {multiple:g}× its capacity ({result['rate']:.0f} req/s for {duration:g} s) "
+                        f"from {', '.join(result['clients'])}")
+    for cls, v in result["classes"].items():
+        table.add_row(cls, str(v["offered"]), str(v["served"]), str(v["shed"]), str(v["failed"]), str(v["spilled"]),
+                      "-" if v["p99_ms"] is None else f"{v['p99_ms']:.1f}")
+    servers = Table("server", "level", "utilisation", "shed", "spilled out", "spilled in")
+    for server, info in result["protect"].items():
+        c = info.get("counters") or {}
+        if c.get("shed") or c.get("spilled_out") or c.get("spilled_in"):
+            servers.add_row(server, f"L{info.get('level')}", f"{info.get('utilisation') or 0:.0%}", str(c.get("shed")),
+                            str(c.get("spilled_out")), str(c.get("spilled_in")))
+    console.print(table, f"spilled to other PoPs: {result['spilled_share']:.0%} of what was served", servers)
 
 
 @app.command(name="do")

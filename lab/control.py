@@ -3,7 +3,8 @@ that owns a lab to act on it, so every process of the lab keeps one owner.
 
 One JSON request per connection on ``<run dir>/control.sock``, one JSON reply:
 ``{"op": "fail", "scenario": S, "target": T, "count": N, "period": P}``, ``{"op": "restore", "target": T}``,
-``{"op": "restore_all"}``, ``{"op": "withdraw"|"announce", "pop": P}``, ``{"op": "faults"}``.
+``{"op": "restore_all"}``, ``{"op": "withdraw"|"announce", "pop": P}``, ``{"op": "faults"}``,
+``{"op": "scale", "pop": P, "servers": N}``.
 Replies carry ``ok``, and ``t`` (CLOCK_MONOTONIC of the action) or ``error`` and ``usage`` (bad request).
 """
 
@@ -37,6 +38,8 @@ def handle(lab: Lab, req: dict[str, Any]) -> dict[str, Any]:
             return {"ok": True, "restored": lab.injector.restore_all()}
         if op in ("withdraw", "announce"):
             return {"ok": True, "t": lab.set_announced(str(req.get("pop")), op == "announce")}
+        if op == "scale":
+            return {"ok": True, **lab.scale(str(req.get("pop")), int(req.get("servers", 0)))}
         if op == "faults":
             return {"ok": True, "faults": sorted(lab.injector.active)}
         raise UsageError(f"unknown op {op!r}")

@@ -28,9 +28,10 @@ class EdgeWorker(Daemon):
 
     def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path,
                  origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None,
-                 peers: list[dict[str, object]] | None = None, capacity_rps: float = 1000.0,
-                 spill_threshold: float = 0.8) -> None:
+                 peers: list[dict[str, object]] | None = None, capacity_rps: float = 5000.0,
+                 spill_threshold: float = 0.8, account_limits: dict[str, float] | None = None) -> None:
         super().__init__(env)
+        self.account_limits = {k: v for k, v in (account_limits or {}).items() if not k.startswith("kv_")}
         self.peers = peers or []
         self.capacity_rps, self.spill_threshold = capacity_rps, spill_threshold
         self.server = server
@@ -64,7 +65,8 @@ class EdgeWorker(Daemon):
                 "--control", f"{self.control.address}:{self.control.port}", "--token-file", str(self.pop_token),
                 "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}",
                 "--unicast", str(self.server.interfaces[0].address.ip), "--peers", str(self.path("-peers.json")),
-                "--capacity-rps", str(self.capacity_rps), "--spill-threshold", str(self.spill_threshold)]
+                "--capacity-rps", str(self.capacity_rps), "--spill-threshold", str(self.spill_threshold),
+                "--account-limits", json.dumps(self.account_limits)]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -191,13 +193,15 @@ class KvReplica(PythonService):
     name = "kv-replica"
     module = "kv.replica"
 
-    def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float) -> None:
+    def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float,
+                 account_limits: dict[str, float] | None = None) -> None:
         super().__init__(env)
         self.server = server
         # Its own region's master first: that one it follows and writes to; the others serve reads
         # the local copy cannot.
         self.masters = tuple(sorted(masters, key=lambda m: m.region != server.region))
         self.stale_after_s = stale_after_s
+        self.account_limits = {k: v for k, v in (account_limits or {}).items() if k.startswith("kv_")}
 
     @property
     def socket(self) -> Path:
@@ -210,7 +214,8 @@ class KvReplica(PythonService):
         return {"server": self.server.name, "data_dir": str(self.env.dir / "kv"), "socket": str(self.socket),
                 "listen": ["127.0.0.1", KV_REPLICA_PORT], "master": ref(self.masters[0]),
                 "masters": [ref(m) for m in self.masters], "stale_after_s": self.stale_after_s,
-                "metrics": str(self.env.dir / "kv.prom"), "events": str(self.env.dir / "kv-events.jsonl")}
+                "metrics": str(self.env.dir / "kv.prom"), "events": str(self.env.dir / "kv-events.jsonl"),
+                "account_limits": self.account_limits}
 
     def validate(self) -> None:
         if not self.masters or self.masters[0].region != self.server.region:
@@ -357,6 +362,9 @@ class HealthAgent(PythonService):
             "hooks": [list(hook) for hook in h.hooks],
             "api_socket": str(d / "api.sock"), "drain_file": str(self.drain_file),
             "events": str(self.events), "metrics": str(d / "health.prom"), "state": str(self.state_file),
+            **({"overload": {"overload_above": h.overload.above, "overload_after": h.overload.after_s,
+                             "restore_below": h.overload.below, "restore_after": h.overload.restore_after_s},
+                "protect": str(d / "protect.json")} if h.overload is not None else {}),
         }
 
     @property

@@ -30,16 +30,15 @@ HELLO = "async def fetch(request, env, ctx):\n    return env.GREETING + '\\n'\n"
 def http_get(lab: Lab, client: str, host: str) -> str:
     """One GET to the anycast address from ``client``'s namespace: status, serving server and body."""
     import subprocess
-    import sys
 
-    code = ("import http.client\n"
-            f"c = http.client.HTTPConnection('{lab.topo.anycast[0].network_address}', 80, timeout=5)\n"
-            f"c.request('GET', '/', headers={{'Host': '{host}'}})\n"
-            "r = c.getresponse()\n"
-            "print(r.status, r.getheader('x-anylab-server'), repr(r.read().decode()))")
-    res = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=30, check=False)
-    return (res.stdout or res.stderr).strip()
+    from lab.client_http import client_request
+
+    try:
+        status, server, body = client_request(lab, client, host, timeout=5)
+    except subprocess.CalledProcessError as exc:
+        lines = (exc.stderr or "").strip().splitlines()
+        return lines[-1] if lines else "no answer"
+    return f"{status} {server} {body!r}"
 
 
 def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None = None) -> None:

@@ -152,7 +152,7 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     elif kind == "pop":
         servers = topo.pop(target).servers
     elif kind == "region":
-        servers = tuple(s.name for s in topo.servers if s.region == target)
+        servers = tuple(s.name for s in topo.servers if s.region == target and not s.standby)
         routers = tuple(r.name for r in topo.routers if r.region == target)
     elif kind == "link":
         a, _, b = target.partition(":")

@@ -76,6 +76,20 @@ class RemoteLab:
     def restore(self, target: str) -> float:
         return float(control.call(self.run_dir, "restore", target=target)["t"])
 
+    def node_dir(self, node: str) -> Path:
+        return self.run_dir / node
+
+    def catchment(self, after: float | None = None) -> dict[str, str | None]:
+        return observed_catchment(self.topo, self.run_dir, after)
+
+    def deploy(self, name: str, host: str, code: str, **options: Any) -> Any:
+        """Upload and deploy a worker everywhere through the control plane and wait until every PoP
+        server runs it. Raises ControlPlaneError, WaitTimeout."""
+        from control_plane.client import Client
+
+        return Client(self.node_dir(self.topo.control.name)).release(name, {"code": code, "host": host,
+                                                                             **options})
+
 
 @dataclass
 class Timeline:

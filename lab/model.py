@@ -120,11 +120,34 @@ class LinkSpec(_Spec):
         return value
 
 
+class AutoscaleSpec(_Spec):
+    """The design's per-PoP autoscaling triggers, lab-scaled (see :mod:`protect.autoscale`)."""
+
+    up_utilisation: float = Field(0.7, gt=0.0, le=10.0)
+    up_for_s: float = Field(10.0, ge=0.0, le=3600.0)
+    up_queue: float = Field(1000.0, gt=0.0)
+    queue_for_s: float = Field(5.0, ge=0.0, le=3600.0)
+    down_utilisation: float = Field(0.3, ge=0.0, le=10.0)
+    down_for_s: float = Field(30.0, ge=0.0, le=3600.0)
+    cooldown_s: float = Field(15.0, ge=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscaleSpec:
+        if self.down_utilisation >= self.up_utilisation:
+            raise ValueError(f"down_utilisation ({self.down_utilisation}) must be below up_utilisation "
+                             f"({self.up_utilisation})")
+        return self
+
+
 class PopSpec(_Spec):
     name: str
     region: str
     asn: int
     servers: int = Field(1, ge=1, le=64)
+    #: Servers racked and cabled but not in service (no processes) until scaled up; default ``servers``.
+    max_servers: int | None = Field(None, ge=1, le=64)
+    #: Scale between ``servers`` and ``max_servers`` on the design's triggers (off unless set).
+    autoscale: AutoscaleSpec | None = None
     upstreams: tuple[str, ...]
     prepend: int = Field(0, ge=0, le=16)
     med: int = Field(0, ge=0, le=4294967295)
@@ -137,6 +160,15 @@ class PopSpec(_Spec):
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
     _profile = field_validator("profile", mode="before")(lambda cls, v: None if v is None else expand(v))
+
+    @model_validator(mode="after")
+    def _room(self) -> PopSpec:
+        if self.max_servers is not None and self.max_servers < self.servers:
+            raise ValueError(f"max_servers ({self.max_servers}) is below servers ({self.servers}); "
+                             f"set max_servers ≥ servers or drop it")
+        if self.autoscale is not None and (self.max_servers or self.servers) == self.servers:
+            raise ValueError("autoscale needs room: set max_servers above servers")
+        return self
 
 
 class ClientSpec(_Spec):
@@ -198,6 +230,19 @@ def _design_breakers() -> dict[str, BreakerSpec]:
             "do": BreakerSpec(failure_threshold=3, success_threshold=1, open_s=60.0)}
 
 
+class AccountLimitsSpec(_Spec):
+    """The design's per-account rate limits (per PoP; each of its servers enforces its share)."""
+
+    requests_per_s: float = Field(100_000.0, gt=0.0)
+    kv_reads_per_s: float = Field(50_000.0, gt=0.0)
+    kv_writes_per_s: float = Field(1_000.0, gt=0.0)
+    do_requests_per_s: float = Field(5_000.0, gt=0.0)
+
+    def share(self, servers: int) -> dict[str, float]:
+        """One server's share of each limit when its PoP has ``servers`` servers."""
+        return {k: v / max(1, servers) for k, v in self.model_dump().items()}
+
+
 class LabSpec(_Spec):
     """Lab-wide settings: the timer profile (see :mod:`lab.profiles`) and the client probe rate."""
 
@@ -218,11 +263,14 @@ class LabSpec(_Spec):
     #: Circuit breakers per dependency (``origin``, ``kv``, ``do``); the design's values by default.
     breakers: dict[str, BreakerSpec] = Field(default_factory=_design_breakers)
     #: Requests per second one PoP server takes on at 100 % utilisation (the design's per-PoP capacity of
-    #: 100 000 QPS over its servers, scaled to what a 2-core lab serves), and the utilisation from which
-    #: it spills requests to the nearest of ``spillover_pops`` other PoPs with headroom.
-    server_capacity_rps: float = Field(1000.0, gt=0.0, le=1_000_000.0)
+    #: 100 000 QPS over its servers; by default about what one edge worker serves on one core here,
+    #: bench/worker.py), and the utilisation from which it spills requests to the nearest of
+    #: ``spillover_pops`` other PoPs with headroom. Overload runs set it lower.
+    server_capacity_rps: float = Field(5000.0, gt=0.0, le=1_000_000.0)
     spillover_threshold: float = Field(0.8, gt=0.0, le=1.0)
     spillover_pops: int = Field(3, ge=0, le=64)
+    #: Per-account limits (a deployment's ``account``, by default its own name).
+    account_limits: AccountLimitsSpec = AccountLimitsSpec()
 
     _profile = field_validator("profile", mode="before")(lambda cls, v: expand(v))
 
@@ -338,6 +386,8 @@ class Server:
     med: int
     profile: Profile
     health_agent: str = "anylab"
+    #: Racked but not in service at start (brought up by ``anylab scale``).
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -375,6 +425,9 @@ class Pop:
     med: int
     prefixes: tuple[IPv4Network, ...]
     profile: Profile
+    #: Servers racked and cabled but out of service at start, in the order they are brought up.
+    standby: tuple[str, ...] = ()
+    autoscale: AutoscaleSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -666,26 +719,30 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
 
     host_subnets: dict[str, list[IPv4Network]] = {}
     pop_link = 0
-    server_index = 0
     pops: list[Pop] = []
     server_specs: list[tuple[PopSpec, int, str, IPv4Address]] = []
+    names_of: dict[str, list[str]] = {p.name: [] for p in spec.pops}
+    standby_of: dict[str, list[str]] = {p.name: [] for p in spec.pops}
+    # Servers in service first, then the standby ones of every PoP: giving a PoP room to scale into
+    # renumbers nothing that was there before.
+    slots = [(p, k) for p in spec.pops for k in range(p.servers)]
+    slots += [(p, k) for p in spec.pops for k in range(p.servers, p.max_servers or p.servers)]
+    for server_index, (p, k) in enumerate(slots):
+        s_name = server_name(p.name, k)
+        (names_of if k < p.servers else standby_of)[p.name].append(s_name)
+        router_id = _host(SERVER_LOOPBACKS, server_index, source, f"pops ({p.name}).servers")
+        server_specs.append((p, k, s_name, router_id))
+        for up in p.upstreams:
+            # Router end first so the router side takes the even (lower) address.
+            r_addr, s_addr = _p2p(POP_LINKS, pop_link, source, f"pops ({p.name})")
+            pop_link += 1
+            add_pair(up, s_name, r_addr, s_addr)
+            # The server's own traffic (syncing with the control plane) comes from this address.
+            host_subnets.setdefault(up, []).append(r_addr.network)
     for p in spec.pops:
-        names = []
-        for k in range(p.servers):
-            s_name = server_name(p.name, k)
-            names.append(s_name)
-            router_id = _host(SERVER_LOOPBACKS, server_index, source, f"pops ({p.name}).servers")
-            server_index += 1
-            server_specs.append((p, k, s_name, router_id))
-            for up in p.upstreams:
-                # Router end first so the router side takes the even (lower) address.
-                r_addr, s_addr = _p2p(POP_LINKS, pop_link, source, f"pops ({p.name})")
-                pop_link += 1
-                add_pair(up, s_name, r_addr, s_addr)
-                # The server's own traffic (syncing with the control plane) comes from this address.
-                host_subnets.setdefault(up, []).append(r_addr.network)
-        pops.append(Pop(p.name, p.region, p.asn, p.upstreams, tuple(names), p.prepend, p.med,
-                        tuple(prefixes_of[p.name]), p.profile or spec.settings.profile))
+        pops.append(Pop(p.name, p.region, p.asn, p.upstreams, tuple(names_of[p.name]), p.prepend, p.med,
+                        tuple(prefixes_of[p.name]), p.profile or spec.settings.profile,
+                        tuple(standby_of[p.name]), p.autoscale))
 
     # The control node before the clients: adding a client at the end renumbers nothing.
     control_router = spec.control.router or spec.routers[0].name
@@ -745,7 +802,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     )
     servers = tuple(
         Server(s_name, p.name, k, p.asn, p.region, router_id, tuple(intfs[s_name]), neighbors(s_name),
-               tuple(prefixes_of[p.name]), p.prepend, p.med, profile_of[s_name], p.health_agent)
+               tuple(prefixes_of[p.name]), p.prepend, p.med, profile_of[s_name], p.health_agent, k >= p.servers)
         for p, k, s_name, router_id in server_specs
     )
     clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)

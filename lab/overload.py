@@ -13,16 +13,34 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from lab.client_http import client_request
 from lab.errors import LabError
 from lab.http_load import read as read_records
+from lab.model import Topology
 from lab.priority_load import host_of
 from lab.stats import quantile
 
-if TYPE_CHECKING:
-    from lab.runtime import Lab
+
+class Lab(Protocol):
+    """What an overload run needs of a lab: a :class:`lab.runtime.Lab` or one driven through its
+    controller (:class:`lab.measurement.RemoteLab`)."""
+
+    topo: Topology
+    netns: dict[str, str]
+
+    def node_dir(self, node: str) -> Path: ...
+
+    def catchment(self, after: float | None = None) -> dict[str, str | None]: ...
+
+    def deploy(self, name: str, host: str, code: str, **options: Any) -> Any: ...
+
+    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float: ...
+
+    def restore(self, target: str) -> float: ...
 
 CLASSES = ("P0", "P1", "P2", "P3")
 #: The design's classes as a mix: health checks and auth (P0) are few, paid traffic (P1) the most.
@@ -46,8 +64,9 @@ def pop_capacity(lab: Lab, pop: str) -> float:
 
 
 def summarise(records: list[dict[str, Any]], home: str) -> dict[str, dict[str, Any]]:
-    """Per class: requests offered, served (200), shed (503 ``shed`` anywhere), failed (anything else),
-    spilled (served by a PoP other than ``home``), and the p99 latency of those served, in ms."""
+    """Per class: requests offered, served (200), shed (503 ``shed`` anywhere), failed (anything else, and
+    ``errors`` by kind), spilled (forwarded at L7 to another PoP), moved (routed by BGP to a PoP other
+    than ``home``: a demoted announcement), the p99 latency of those served in ms."""
     out: dict[str, dict[str, Any]] = {}
     for p in CLASSES:
         recs = [r for r in records if r["p"] == p]
@@ -56,8 +75,10 @@ def summarise(records: list[dict[str, Any]], home: str) -> dict[str, dict[str, A
         out[p] = {"offered": len(recs), "served": len(served),
                   "shed": sum(1 for r in recs if r["st"] == 503),
                   "failed": sum(1 for r in recs if r["st"] not in (200, 503)),
-                  "spilled": sum(1 for r in served if r["srv"] and not r["srv"].startswith(home + "/")),
-                  "p99_ms": round(quantile(latencies, 0.99) or 0.0, 1) if latencies else None}
+                  "spilled": sum(1 for r in served if r["by"]),
+                  "moved": sum(1 for r in served if not r["by"] and r["srv"] and not r["srv"].startswith(home + "/")),
+                  "p99_ms": round(quantile(latencies, 0.99) or 0.0, 1) if latencies else None,
+                  "errors": dict(Counter(r["err"] or f"HTTP {r['st']}" for r in recs if r["st"] not in (200, 503)))}
     return out
 
 
@@ -97,11 +118,30 @@ def overload(lab: Lab, pop: str, multiple: float, duration: float, mix: dict[str
         raise LabError("; ".join(errors))
     records = [r for _proc, out in procs.values() for r in read_records(out)]
     classes = summarise(records, pop)
+    moved_at = min((r["t0"] for r in records if r["st"] == 200 and not r["by"] and r["srv"]
+                    and not r["srv"].startswith(pop + "/")), default=None)
+    start = min((r["t0"] for r in records), default=None)
     served = sum(v["served"] for v in classes.values())
     spilled = sum(v["spilled"] for v in classes.values())
+    moved = sum(v["moved"] for v in classes.values())
     return {"pop": pop, "multiple": multiple, "rate": rate, "duration_s": duration, "clients": clients,
             "classes": classes, "spilled_share": round(spilled / served, 4) if served else 0.0,
+            "moved_share": round(moved / served, 4) if served else 0.0, "start": start,
+            "first_moved_s": None if moved_at is None or start is None else round(moved_at - start, 3),
+            "demotions": _overload_events(lab, pop, start),
             "protect": {s.name: _protect(lab, s.name) for s in lab.topo.servers}}
+
+
+def _overload_events(lab: Lab, pop: str, since: float | None) -> list[dict[str, Any]]:
+    """The health agents' ``overload-on``/``off`` decisions at ``pop`` since ``since`` (s after it)."""
+    out = []
+    for s in lab.topo.servers:
+        if s.pop != pop or since is None:
+            continue
+        for r in read_records(lab.node_dir(s.name) / "health-events.jsonl"):
+            if r.get("event") in ("overload-on", "overload-off") and r["t"] >= since:
+                out.append({"server": s.name, "event": r["event"], "after_s": round(r["t"] - since, 3)})
+    return sorted(out, key=lambda e: e["after_s"])
 
 
 def _protect(lab: Lab, server: str) -> dict[str, Any]:
@@ -126,17 +166,10 @@ FETCH_HOST = "fetcher.example"
 
 
 def client_get(lab: Lab, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
-    """One GET / from ``client`` through anycast with ``Host: host``, on its own connection: status and
-    body. Raises subprocess.CalledProcessError when the request itself failed."""
-    code = ("import http.client\n"
-            f"c = http.client.HTTPConnection('{lab.topo.anycast[0].network_address}', 80, timeout={timeout})\n"
-            f"c.request('GET', '/', headers={{'Host': '{host}'}})\n"
-            "r = c.getresponse()\n"
-            "print(r.status, r.read().decode())")
-    res = subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=timeout + 20, check=True)
-    status, _, body = res.stdout.strip().partition(" ")
-    return int(status), body
+    """One GET / from ``client`` through anycast with ``Host: host``: status and body (see
+    :func:`lab.client_http.client_request`)."""
+    status, _server, body = client_request(lab, client, host, "/", timeout)
+    return status, body
 
 
 def origin_status(lab: Lab, origin: str = "origin") -> dict[str, Any]:

@@ -79,6 +79,22 @@ class DemoteSpec(_Spec):
         return self
 
 
+class OverloadSpec(_Spec):
+    """Demote the announcement of a server whose utilisation stays ≥ ``above`` for ``after_s`` seconds,
+    until it has stayed < ``below`` for ``restore_after_s`` (see :mod:`health.fsm`)."""
+
+    above: float = Field(0.9, gt=0.0, le=10.0)
+    after_s: float = Field(2.0, ge=0.0, le=3600.0)
+    below: float = Field(0.5, ge=0.0, le=10.0)
+    restore_after_s: float = Field(5.0, ge=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> OverloadSpec:
+        if self.below >= self.above:
+            raise ValueError(f"below ({self.below}) must be under above ({self.above})")
+        return self
+
+
 class HealthSpec(_Spec):
     """The health agent of every PoP server (see :mod:`health.fsm` for the semantics)."""
 
@@ -91,6 +107,8 @@ class HealthSpec(_Spec):
     drain_mode: Literal["withdrawn", "demoted"] = "demoted"
     debounce: float = Field(0.0, ge=0, le=3600)
     demote: DemoteSpec = DemoteSpec()
+    #: Demote the announcement while the server is overloaded (off unless set).
+    overload: OverloadSpec | None = None
     checks: tuple[CheckSpec, ...] = (CheckSpec(),)
     combine: Literal["all", "any"] = "all"
     #: Commands run on every health change, with STATE (and SERVER, POP) in their environment.

@@ -15,6 +15,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,7 @@ from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from control_plane.client import Client, Deployed
 from lab import durable_ops, netns
+from lab.autoscaler import Autoscaler
 from lab.daemon import Daemon, NodeEnv
 from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAgent, KvMaster, KvReplica, Origin, Prober
 from lab.errors import LabError
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 RUN_ROOT = Path(os.environ.get("ANYLAB_RUN_ROOT", "/run/anylab"))
 NETNS_PREFIX = "anylab-"
 STATE_FILE = "state.json"
+#: PoP → its servers in service now (``anylab scale`` changes it); absent: the topology's ``servers``.
+IN_SERVICE_FILE = "in-service.json"
 LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,16}$")
 
 
@@ -100,6 +105,8 @@ class Lab:
         self.timings: dict[str, float] = {}
         self.injector = Injector(self)
         self.control_plane: ControlPlane | None = None
+        self.autoscaler: Autoscaler | None = None
+        self.scaling = threading.Lock()  # a scale by hand and one by the autoscaler, one after the other
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None,
@@ -144,11 +151,12 @@ class Lab:
         for s in self.topo.servers:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
+            share = t.account_limits.share(sum(1 for x in self.topo.servers if x.pop == s.pop))
             self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token, self.topo.origins,
                                                {k: b.model_dump() for k, b in t.breakers.items()},
                                                spill_peers(self.topo, s.name, t.spillover_pops),
-                                               t.server_capacity_rps, t.spillover_threshold),
-                                    ExaBgp(env, s), KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s)]
+                                               t.server_capacity_rps, t.spillover_threshold, share),
+                                    ExaBgp(env, s), KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s, share)]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
             if s.health_agent == "anylab":
@@ -184,6 +192,7 @@ class Lab:
             raise LabError(f"namespaces of lab '{self.name}' are left over; run 'anylab down --all'")
         self.run_dir.mkdir(parents=True)
         try:
+            self._write_in_service({p.name: list(p.servers) for p in self.topo.pops})
             self.write_state("validating")
             self._make_daemons()
             errors = validate_all(list(self.all_daemons()))
@@ -203,6 +212,8 @@ class Lab:
             self.wait_converged(deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
             self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
+            self.autoscaler = Autoscaler(self)
+            self.autoscaler.start()
             self.write_state("up")
         except BaseException as exc:
             try:
@@ -211,9 +222,12 @@ class Lab:
                 exc.add_note(str(teardown))  # keep the reason up failed in front
             raise
 
-    def _start_daemons(self) -> None:
-        """Start in waves: a daemon starts once its node's dependencies are ready."""
-        pending = {(node, d.name): d for node, ds in self.daemons.items() for d in ds}
+    def _start_daemons(self, nodes: Iterable[str] | None = None) -> None:
+        """Start in waves: a daemon starts once its node's dependencies are ready. By default every node
+        but the standby servers."""
+        standby = {s.name for s in self.topo.servers if s.standby}
+        chosen = set(nodes) if nodes is not None else set(self.daemons) - standby
+        pending = {(node, d.name): d for node, ds in self.daemons.items() if node in chosen for d in ds}
         done: set[tuple[str, str]] = set()
         while pending:
             wave = [(key, d) for key, d in pending.items()
@@ -231,6 +245,9 @@ class Lab:
         """Stop everything in reverse order, remove namespaces and the run directory; keeps going
         past failures and raises one LabError listing them all."""
         errors: list[str] = []
+        if self.autoscaler is not None:
+            self.autoscaler.close()
+            self.autoscaler = None
         self.procs.stop_all(errors)
         if self.network is not None:
             self.network.stop(errors)
@@ -304,6 +321,74 @@ class Lab:
         for s in servers:
             self.exabgp(s).api("announce" if announced else "withdraw")
         return t
+
+    def _write_in_service(self, serving: dict[str, list[str]]) -> None:
+        tmp = self.run_dir / (IN_SERVICE_FILE + ".tmp")
+        tmp.write_text(json.dumps(serving))
+        tmp.replace(self.run_dir / IN_SERVICE_FILE)
+
+    def scale(self, pop: str, servers: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Bring ``pop`` to ``servers`` servers in service: start the processes of its next standby
+        servers (they announce the prefix; ECMP spreads new flows onto them) or stop its last ones (the
+        health agent withdraws first). Returns what changed and, on the way up, the seconds from the
+        start until the processes were ready, the sessions Established and every upstream router's FIB
+        had the new servers as next hops (on the way down: until the FIB had dropped them). Raises
+        UsageError outside 1 … max_servers, LabError/WaitTimeout when a step fails."""
+        with self.scaling:
+            return self._scale(pop, servers, timeout)
+
+    def _scale(self, pop: str, servers: int, timeout: float) -> dict[str, Any]:
+        from lab.errors import UsageError
+
+        p = self.topo.pop(pop)
+        slots = [*p.servers, *p.standby]
+        if not 1 <= servers <= len(slots):
+            raise UsageError(f"{pop} has room for 1 … {len(slots)} servers (max_servers), not {servers}")
+        serving = in_service(self.topo, self.run_dir)
+        now_in = list(serving[pop])
+        t0 = monotonic()
+        if servers > len(now_in):
+            added = [s for s in slots if s not in now_in][:servers - len(now_in)]
+            self._start_daemons(added)
+            t_ready = monotonic() - t0
+            serving[pop] = now_in + added
+            changed, removed = added, []
+        elif servers < len(now_in):
+            removed = now_in[servers:]
+            serving[pop] = now_in[:servers]
+            self._write_in_service(serving)  # first: the sessions about to go down no longer count
+            self.control().set_servers(pop, serving[pop])
+            for server in reversed(removed):
+                for d in reversed(self.daemons[server]):  # the health agent first: it withdraws
+                    d.stop()
+            t_ready, changed, added = monotonic() - t0, removed, []
+        else:
+            return {"pop": pop, "servers": now_in, "added": [], "removed": []}
+        self._write_in_service(serving)
+        if added:
+            self.control().set_servers(pop, serving[pop])
+        prefix = str(self.topo.anycast[0])
+        hops = {(r, str(n.address)) for r in p.upstreams for n in self.topo.router(r).neighbors if n.node in changed}
+        sessions_s = None
+        if added:
+            def established() -> bool:
+                return all(st.up == st.total for st in self.sessions() if st.router in p.upstreams)
+
+            wait_for(established, timeout=timeout, what=f"sessions of {', '.join(added)}", interval=0.05)
+            sessions_s = monotonic() - t0
+
+        def fib() -> bool:
+            for router, via in hops:
+                present = via in fib_nexthops(self.netns[router], prefix)
+                if present != bool(added):
+                    return False
+            return True
+
+        wait_for(fib, timeout=timeout, what=f"the upstream routers' FIB to {'add' if added else 'drop'} "
+                 f"{', '.join(changed)}", interval=0.05)
+        return {"pop": pop, "servers": serving[pop], "added": added, "removed": removed,
+                "processes_s": round(t_ready, 3), "sessions_s": None if sessions_s is None else round(sessions_s, 3),
+                "fib_s": round(monotonic() - t0, 3)}
 
     def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
         """Inject a fault from the catalogue (:mod:`lab.faults`); returns its CLOCK_MONOTONIC time.
@@ -391,7 +476,36 @@ def lab_names() -> list[str]:
     return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir()) if RUN_ROOT.is_dir() else []
 
 
+def in_service(topo: Topology, run_dir: Path) -> dict[str, list[str]]:
+    """PoP → its servers in service now (the rest of its slots are racked but have no processes)."""
+    try:
+        data: dict[str, list[str]] = json.loads((run_dir / IN_SERVICE_FILE).read_text())
+        return data
+    except (OSError, ValueError):
+        return {p.name: list(p.servers) for p in topo.pops}
+
+
+def fib_nexthops(netns_file: str, prefix: str) -> set[str]:
+    """The gateways of the kernel route to ``prefix`` in a router's namespace (empty: no route).
+    Raises LabError when ``ip`` cannot run there."""
+    try:
+        res = subprocess.run(["nsenter", f"--net={netns_file}", "--", "ip", "-j", "route", "show", prefix],
+                             capture_output=True, text=True, timeout=10, check=True)
+        routes = json.loads(res.stdout or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise LabError(f"cannot read the route to {prefix}: {exc}") from exc
+    hops: set[str] = set()
+    for r in routes:
+        hops |= {h["gateway"] for h in r.get("nexthops", []) if "gateway" in h}
+        if "gateway" in r:
+            hops.add(r["gateway"])
+    return hops
+
+
 def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
+    """Every router's BGP sessions (those to servers out of service do not count)."""
+    serving = {s for servers in in_service(topo, run_dir).values() for s in servers}
+    idle = {s.name for s in topo.servers} - serving
     out = []
     for r in topo.routers:
         try:
@@ -401,11 +515,12 @@ def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
             peers, bfd = {}, {}
         # A session counts as up once BGP is Established and, where the profile wants it, BFD is up:
         # a fault injected before BFD is up would be caught by the hold timer instead.
-        down = tuple(f"{n.node}({peers.get(str(n.address), 'no answer')})" for n in r.neighbors
+        neighbors = [n for n in r.neighbors if n.node not in idle]
+        down = tuple(f"{n.node}({peers.get(str(n.address), 'no answer')})" for n in neighbors
                      if peers.get(str(n.address)) != "Established")
-        down += tuple(f"{n.node}(BFD {bfd[str(n.address)]})" for n in r.neighbors
+        down += tuple(f"{n.node}(BFD {bfd[str(n.address)]})" for n in neighbors
                       if bfd.get(str(n.address), "up") != "up" and peers.get(str(n.address)) == "Established")
-        out.append(SessionState(r.name, len(r.neighbors) - len(down), len(r.neighbors), down))
+        out.append(SessionState(r.name, len(neighbors) - len(down), len(neighbors), down))
     return out
 
 

@@ -2,12 +2,15 @@
 isolate and forwards it to the object's owner region, wherever anycast brought the request.
 
 It asks the directory where an object lives (``/v1/where``, placing it on its first call) and keeps the
-answer; when the owner cannot be reached or refuses with something that certainly did not run
-(``not_owner``, ``lease_expired``, ``fenced``, no TCP connection), it forgets the answer, asks again and
-retries until ``deadline_s`` — that is how it follows a failover. Once a request was sent it is never
-retried: no answer in time is answered 504 with ``definite: false`` (the object may have run it) — and
-neither is an answer the directory says cannot come any more (the object moved to a new owner while the
-old one held the call): the caller hears so at once instead of after the whole answer timeout.
+answer; when the owner cannot be reached or refuses with something that certainly did not run (``not_owner``,
+``lease_expired``, ``fenced``, no TCP connection), it forgets the answer, asks again and retries until
+``deadline_s`` — that is how it follows a failover. Calls that got no answer count against the owner's circuit
+breaker (the design's DO breaker: 3 failures open it for 60 s), one per incarnation of the owner's host, so a
+host that failed and came back starts closed; an open breaker refuses at once, and the router keeps asking the
+directory until the deadline in case the object moves. Once a request was sent it is never retried: no answer
+in time is answered 504 with ``definite: false`` (the object may have run it) — and neither is an answer the
+directory says cannot come any more (the object moved to a new owner while the old one held the call): the
+caller hears so at once instead of after the whole answer timeout.
 
 ``POST /v1/do`` ``{key, hint, request}`` → 200 with the owner's answer ``{status, headers, body, owner,
 epoch}``, else ``{error, definite, detail}``.
@@ -25,6 +28,9 @@ from urllib.parse import urlencode
 
 from pop_agent.sync import NotConnected, http_request
 from pop_agent.worker_api import Request, Response
+from protect.breaker import DESIGN, Config
+from protect.guard import Breaker, BreakerOpen
+from protect.limits import Bucket, take
 
 DO_ROUTER_PORT = 8102
 RETRYABLE = {"not_owner", "lease_expired", "fenced"}
@@ -50,10 +56,32 @@ class DoRouter:
     """Routes stub calls for the edge; ``version_of(script)`` is the version this PoP runs."""
 
     def __init__(self, directory: tuple[str, int], version_of: Callable[[str], str | None],
-                 deadline_s: float = 3.0, connect_s: float = 0.3, answer_s: float = 2.5, watch_s: float = 0.25) -> None:
+                 deadline_s: float = 3.0, connect_s: float = 0.3, answer_s: float = 2.5, watch_s: float = 0.25,
+                 breaker: Config | None = None, account_of: Callable[[str], str] = lambda script: script,
+                 account_rps: float = 5000.0) -> None:
         self.directory, self.version_of = directory, version_of
         self.deadline_s, self.connect_s, self.answer_s, self.watch_s = deadline_s, connect_s, answer_s, watch_s
         self.cache: dict[str, dict[str, Any]] = {}
+        self.breaker_config = breaker or DESIGN["do"]
+        #: One circuit breaker per owner incarnation (``region#n``): calls that got no answer count.
+        self.breakers: dict[str, Breaker] = {}
+        #: The design's per-account DO request limit (this server's share), per account.
+        self.account_of, self.account_rps = account_of, account_rps
+        self.accounts: dict[str, Bucket] = {}
+
+    def breaker_for(self, place: dict[str, Any]) -> Breaker:
+        key = f"{place['owner']}#{place.get('incarnation', 0)}"
+        if key not in self.breakers:
+            for old in [k for k in self.breakers if k.split("#")[0] == place["owner"]]:
+                del self.breakers[old]  # that host is gone; its successor starts closed
+            self.breakers[key] = Breaker(f"do:{key}", self.breaker_config)
+        return self.breakers[key]
+
+    def breaker_report(self) -> dict[str, dict[str, Any]]:
+        """Every owner's breaker (``do:region#incarnation``): mode, last change, times opened."""
+        return {b.name: {"mode": b.state.mode, "since": b.transitions[-1][0] if b.transitions else None,
+                         "opened": sum(1 for _t, kind in b.transitions if kind == "opened")}
+                for b in self.breakers.values()}
 
     def stamp(self, resp: Response) -> Response:
         return resp
@@ -105,6 +133,12 @@ class DoRouter:
         if version is None:
             return _json(404, {"error": "no_such_script", "definite": True,
                                "detail": f"this PoP runs no version of {script}"})
+        account = self.account_of(script)
+        bucket = self.accounts.get(account) or Bucket(self.account_rps, max(1.0, self.account_rps))
+        self.accounts[account], ok, wait = take(bucket, time.monotonic())
+        if not ok:
+            return _json(429, {"error": "rate_limited", "definite": True, "retry_after_s": round(wait, 3),
+                               "detail": f"account {account} is over {self.account_rps:g} DO requests/s here"})
         deadline = time.monotonic() + self.deadline_s
         last = "no attempt"
         while True:
@@ -113,7 +147,10 @@ class DoRouter:
                 body = json.dumps({"key": key, "epoch": place["epoch"], "version": version,
                                    "request": request}).encode()
                 try:
-                    status, answer = await self._call_watched(key, hint, place, body)
+                    status, answer = await self.breaker_for(place).call(
+                        lambda: self._call_watched(key, hint, place, body))  # noqa: B023 (awaited at once)
+                except BreakerOpen as exc:  # certainly not sent: the object may yet move to a live owner
+                    raise LookupError(f"owner {place['owner']}: {exc}") from None
                 except OwnerChanged as exc:
                     return _json(504, {"error": "owner_changed", "definite": False, "detail": str(exc)})
                 except NotConnected as exc:

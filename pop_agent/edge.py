@@ -28,7 +28,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -40,8 +40,9 @@ import uvloop
 
 from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
-from pop_agent.sync import LocalStore, NotConnected, Syncer, http_request
+from pop_agent.sync import KeepAlivePool, LocalStore, NotConnected, Syncer
 from pop_agent.worker_api import Request, Response
+from protect.guard import configured
 from protect.levels import Level, Signals, level
 from protect.limits import (
     PRIORITIES,
@@ -85,6 +86,8 @@ class Deployment:
     rate_per_s: float = 10_000.0
     rate_per_min: float = 100_000.0
     priority: Priority = "P1"
+    #: The account it is billed to and limited as (by default the deployment's own name).
+    account: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -96,7 +99,8 @@ class Deployment:
                       min_isolates=int(data.get("min_isolates", 0)), max_isolates=int(data.get("max_isolates", 4)),
                       idle_s=float(data.get("idle_s", 300.0)), rate_per_s=float(data.get("rate_per_s", 10_000.0)),
                       rate_per_min=float(data.get("rate_per_min", 100_000.0)),
-                      priority=cast(Priority, str(data.get("priority", "P1"))))
+                      priority=cast(Priority, str(data.get("priority", "P1"))),
+                      account=str(data.get("account") or data["name"]))
         except KeyError as exc:
             raise DeployError(f"deployment lacks the field {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -109,6 +113,8 @@ class Deployment:
         for value in dep.bindings.values():  # a Durable Object class is the deployment's own by default
             if isinstance(value, dict) and "durable_object" in value:
                 value.setdefault("script", dep.name)
+            if isinstance(value, dict) and "kv_namespace" in value:
+                value["account"] = dep.account  # the KV replica limits the account's reads and writes
         return dep
 
 
@@ -179,8 +185,9 @@ class Edge:
     """Routing table + pools; ``install`` swaps in a new set of deployments."""
 
     def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8,
-                 protect_file: Path | None = None, capacity_rps: float = 1000.0, max_inflight: int = 64,
-                 spill_threshold: float = 0.8, peers: Iterable[Peer] = ()) -> None:
+                 protect_file: Path | None = None, capacity_rps: float = 5000.0, max_inflight: int = 64,
+                 spill_threshold: float = 0.8, peers: Iterable[Peer] = (),
+                 account_rps: float = 100_000.0) -> None:
         self.pop, self.server, self.zygote = pop, server, zygote
         #: What makes 100 % utilisation (the shedding and spillover signal): requests taken on per second
         #: (the design's per-PoP capacity, per server) or requests in the isolates at once.
@@ -191,12 +198,19 @@ class Edge:
         self.spill_threshold = spill_threshold
         #: Servers of the nearest other PoPs, nearest first, with their last reported load.
         self.peers = list(peers)
+        self.spill_pool = KeepAlivePool()
+        self.spill_port = 80
+        #: Every account's request bucket (its share of the design's per-account limit on this server).
+        self.account_rps = account_rps
+        self.accounts: dict[str, Bucket] = {}
         self.counters: dict[str, int] = {"rate_limited": 0, "shed": 0, "spilled_out": 0, "spilled_in": 0,
                                          "spill_failed": 0}
         self.level = Level(0)
         #: Circuit breakers the isolates report, ``deployment/dependency`` → state; written to
         #: ``protect_file`` (JSON) whenever one changes, for ``anylab status`` and the tests.
         self.breakers: dict[str, dict[str, Any]] = {}
+        #: Other breakers this process holds (the DO router's), read when ``protect.json`` is written.
+        self.reporters: list[Callable[[], dict[str, dict[str, Any]]]] = []
         self.protect_file = protect_file
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
         self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
@@ -228,6 +242,10 @@ class Edge:
         for key, pool in old.items():
             if key not in pools:
                 pool.close()
+
+    def account_of(self, name: str) -> str:
+        """The account worker ``name`` belongs to (its own name when this server does not run it)."""
+        return next((pool.dep.account for (n, _v), pool in self.pools.items() if n == name), name)
 
     def version_of(self, name: str) -> str | None:
         """The version of worker ``name`` this server runs (None: none)."""
@@ -276,12 +294,16 @@ class Edge:
 
     def admission(self, pool: Pool, now: float, spilled_in: bool = False) -> Response | int | None:
         """None to serve here; the index of the peer to spill to; else the refusal: 429 ``rate_limited``
-        past the deployment's rate limits, 503 ``shed`` when this server's utilisation sheds the
+        past the deployment's or its account's rate limits, 503 ``shed`` when this server's utilisation sheds the
         deployment's class (P3 from 90 %, P0 never) and no peer has headroom — both with Retry-After."""
-        pool.buckets, ok, wait = take_all(pool.buckets, now)
+        account = pool.dep.account
+        if account not in self.accounts:
+            self.accounts[account] = Bucket(self.account_rps, max(1.0, self.account_rps))
+        buckets, ok, wait = take_all([*pool.buckets, self.accounts[account]], now)
+        pool.buckets, self.accounts[account] = buckets[:-1], buckets[-1]
         if not ok:
             self.counters["rate_limited"] += 1
-            return _refusal(429, "rate_limited", f"{pool.dep.name} is over its rate limit", wait)
+            return _refusal(429, "rate_limited", f"{pool.dep.name} (account {account}) is over its rate limit", wait)
         priority = pool.dep.priority
         peer = choose_peer(self.peers, now, self.spill_threshold, PEER_FRESH_S, priority)
         where = place(priority, self.utilisation(now, priority), self.spill_threshold, spilled_in, peer is not None)
@@ -296,11 +318,12 @@ class Edge:
         peer = self.peers[index]
         # What this request adds to the peer's rate until its next report.
         self.peers[index] = spilled_to(peer, priority, 1.0 / self.capacity_rps)
-        headers = {k: v for k, v in req.headers.items() if k not in ("content-length", "connection")}
+        headers = {k: v for k, v in req.headers.items() if k not in ("content-length", "connection", "host")}
+        headers["Host"] = req.host
         headers[SPILLED_FROM] = f"{self.pop}/{self.server}"
         try:
-            status, answer_headers, body = await http_request(peer.address, 80, req.method, req.url, req.body,
-                                                              headers, connect_s=0.5, answer_s=10.0)
+            status, answer_headers, body = await self.spill_pool.request(
+                peer.address, self.spill_port, req.method, req.url, req.body, headers, connect_s=0.5, answer_s=10.0)
         except NotConnected:
             self.counters["spill_failed"] += 1
             self.peers[index] = replace(self.peers[index], utilisation=FULL)
@@ -356,7 +379,10 @@ class Edge:
             return
         tmp = self.protect_file.with_suffix(".tmp")
         now = time.monotonic()
-        tmp.write_text(json.dumps({"breakers": self.breakers, "counters": self.counters, "t": now,
+        breakers = dict(self.breakers)
+        for report in self.reporters:
+            breakers.update(report())
+        tmp.write_text(json.dumps({"breakers": breakers, "counters": self.counters, "t": now,
                                    "level": self.level.level, "reasons": self.level.reasons,
                                    "inflight": self.inflight, "utilisation": round(self.utilisation(now), 3),
                                    "capacity_rps": self.capacity_rps, "max_inflight": self.max_inflight,
@@ -365,6 +391,7 @@ class Edge:
         tmp.replace(self.protect_file)
 
     def close(self) -> None:
+        self.spill_pool.close()
         for pool in self.pools.values():
             pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -533,11 +560,13 @@ def reload(edge: Edge, store: LocalStore) -> None:
 
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
                 store: LocalStore | None, control: tuple[str, int, str] | None = None,
-                directory: tuple[str, int] | None = None, unicast: str | None = None) -> None:
+                directory: tuple[str, int] | None = None, unicast: str | None = None,
+                account_limits: dict[str, float] | None = None) -> None:
     """Serve until SIGTERM/SIGINT. With ``store``, start from its last good set (SIGHUP reloads it); with
     ``control`` (address, port, token) also keep it in sync with the control plane; with ``unicast`` (the
     server's own lab address) also take requests other PoPs spill here and watch the edge's peers."""
     loop = asyncio.get_running_loop()
+    account_limits = account_limits or {}
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -564,7 +593,9 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         tasks.append(asyncio.create_task(watch.run()))
     closers.append(await asyncio.start_server(healthz, "127.0.0.1", health_port))
     if directory is not None:
-        router = DoRouter(directory, edge.version_of)
+        router = DoRouter(directory, edge.version_of, breaker=configured("do"), account_of=edge.account_of,
+                          account_rps=account_limits.get("do_requests_per_s", 5000.0))
+        edge.reporters.append(router.breaker_report)
         closers.append(await loop.create_server(lambda: HttpProtocol(router), "127.0.0.1", DO_ROUTER_PORT))
     kv_prom = edge.protect_file.parent / "kv.prom" if edge.protect_file is not None else None
     while not stop.is_set():
@@ -595,8 +626,10 @@ def main() -> None:
     parser.add_argument("--directory", help="the Durable Object directory's ADDRESS:PORT (runs the DO router)")
     parser.add_argument("--unicast", help="this server's own lab address: spilled requests and load reports")
     parser.add_argument("--peers", type=Path, help="JSON: the servers of the nearest other PoPs to spill to")
-    parser.add_argument("--capacity-rps", type=float, default=1000.0, help="requests/s at 100 %% utilisation")
+    parser.add_argument("--capacity-rps", type=float, default=5000.0, help="requests/s at 100 %% utilisation")
     parser.add_argument("--spill-threshold", type=float, default=0.8, help="utilisation from which to spill")
+    parser.add_argument("--account-limits", default="{}", help="JSON: this server's share of the per-account "
+                        "limits (requests_per_s, do_requests_per_s)")
     args = parser.parse_args()
     control = None
     if args.control:
@@ -612,10 +645,12 @@ def main() -> None:
         store = LocalStore(args.deployments) if args.deployments else None
         protect_file = args.deployments.parent / "protect.json" if args.deployments else None
         peers = [Peer(**p) for p in json.loads(args.peers.read_text())] if args.peers else []
+        account_limits = {k: float(v) for k, v in json.loads(args.account_limits).items()}
         edge = Edge(args.pop, args.server, zygote, protect_file=protect_file, capacity_rps=args.capacity_rps,
-                    spill_threshold=args.spill_threshold, peers=peers)
+                    spill_threshold=args.spill_threshold, peers=peers,
+                    account_rps=account_limits.get("requests_per_s", 100_000.0))
         uvloop.run(serve(edge, args.address, args.port, args.udp_port, args.health_port, store, control,
-                         directory, args.unicast))
+                         directory, args.unicast, account_limits))
     finally:
         zygote.stop()
 

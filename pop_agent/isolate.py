@@ -164,7 +164,7 @@ class _Serve(asyncio.Protocol):
         req = Request(header["method"], header["url"], header.get("headers", {}), body)
         try:
             resp = to_response(await self.handler(req, self.env, ctx))
-            extra = {"breakers": self.env.breaker_report()} if self.env._breakers else {}
+            extra = {"breakers": self.env.breaker_report()} if self.env.protection.breakers else {}
             self.send({"ok": True, **resp.as_dict(), "t_handler": t_start, **extra}, resp.body)
         except MemoryError:
             self.send({"ok": False, "error": "memory_limit"})  # small: written at once
@@ -173,7 +173,7 @@ class _Serve(asyncio.Protocol):
             self.send({"ok": False, "error": "subrequest_limit", "detail": str(exc)})
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            extra = {"breakers": self.env.breaker_report()} if self.env._breakers else {}
+            extra = {"breakers": self.env.breaker_report()} if self.env.protection.breakers else {}
             self.send({"ok": False, "error": "worker_exception", "detail": detail, **extra})
         if ctx.pending:  # after the response, bounded by the wall limit
             task = asyncio.ensure_future(asyncio.wait(ctx.pending, timeout=self.limits.wall_s))

@@ -156,6 +156,58 @@ async def http_request(host: str, port: int, method: str, path: str, body: bytes
             await writer.wait_closed()
 
 
+class KeepAlivePool:
+    """Idle keep-alive connections per ``(host, port)``, for a stream of requests to a few peers (the
+    spillover router's): no TCP handshake per request. ``request`` takes an idle connection or opens
+    one and gives it back after a whole answer that does not say ``connection: close``."""
+
+    def __init__(self, max_idle: int = 16) -> None:
+        self.max_idle = max_idle
+        self.idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+
+    async def request(self, host: str, port: int, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None, connect_s: float = 5.0,
+                      answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+        """Like :func:`http_request`. A reused connection that fails before any answer (the peer closed
+        it while idle) is replaced by a new one once, and only for GET and HEAD (safe to send twice).
+        Raises NotConnected when no connection could be made, TimeoutError/EOFError/OSError otherwise."""
+        head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **(headers or {})}.items())
+        request = f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        idle = self.idle.setdefault((host, port), [])
+        while True:
+            reused = bool(idle)
+            if reused:
+                reader, writer = idle.pop()
+            else:
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_s)
+                except (OSError, TimeoutError) as exc:
+                    raise NotConnected(f"{host}:{port}: {exc!r}") from None
+            try:
+                status, answer_headers, answer = await asyncio.wait_for(http_exchange(reader, writer, request),
+                                                                        answer_s)
+            except (EOFError, ConnectionResetError, BrokenPipeError):
+                writer.close()
+                if reused and method in ("GET", "HEAD"):
+                    continue
+                raise
+            except BaseException:
+                writer.close()
+                raise
+            if answer_headers.get("connection", "").lower() == "close" or len(idle) >= self.max_idle:
+                writer.close()
+            else:
+                idle.append((reader, writer))
+            return status, answer_headers, answer
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for _reader, writer in conns:
+                with contextlib.suppress(RuntimeError):  # the loop already closed: so are its sockets
+                    writer.close()
+        self.idle.clear()
+
+
 async def http_call(host: str, port: int, method: str, path: str, token: str, body: Any = None,
                     timeout: float = 5.0) -> bytes:
     """One JSON request with the bearer ``token``; returns the body of a 2xx answer. Raises HttpError for

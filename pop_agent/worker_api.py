@@ -78,6 +78,57 @@ class Ctx:
         self.pending.append(asyncio.ensure_future(work))
 
 
+class Protection:
+    """One isolate's circuit breakers (per dependency target) and retry budget: every subrequest to the
+    origin and every KV call goes through :meth:`call`."""
+
+    def __init__(self) -> None:
+        from protect.limits import RetryBudget
+
+        self.breakers: dict[str, Any] = {}
+        self.budget = RetryBudget()
+        self.rng = random.Random()
+
+    def breaker(self, name: str, dependency: str, is_failure: Any = None) -> Any:
+        """The breaker ``name`` with ``dependency``'s settings (the lab's, else the design's)."""
+        from protect.guard import Breaker, configured
+
+        if name not in self.breakers:
+            self.breakers[name] = Breaker(name, configured(dependency),
+                                          is_failure=is_failure or (lambda exc: True))
+        return self.breakers[name]
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Every breaker: mode, its last change, how often it opened (for the edge's metrics)."""
+        return {name: {"mode": b.state.mode, "since": b.transitions[-1][0] if b.transitions else None,
+                       "opened": sum(1 for _t, kind in b.transitions if kind == "opened")}
+                for name, b in self.breakers.items()}
+
+    async def call(self, breaker: Any, operation: str, fn: Any, retry: tuple[type[BaseException], ...]) -> Any:
+        """``await fn()`` through ``breaker``, retried on ``retry`` exceptions after the design's delays
+        for ``operation`` (with jitter) while the retry budget allows. Raises BreakerOpen at once when the
+        breaker refuses, else the last exception."""
+        from protect.guard import BreakerOpen
+        from protect.limits import delays, deposit, withdraw
+
+        self.budget = deposit(self.budget, time.monotonic())
+        waits = delays(operation, self.rng)
+        for attempt in range(len(waits) + 1):
+            try:
+                return await breaker.call(fn)
+            except BreakerOpen:
+                raise
+            except retry as exc:
+                last: BaseException = exc
+            if attempt == len(waits):
+                break
+            self.budget, allowed = withdraw(self.budget, time.monotonic())
+            if not allowed:
+                break
+            await asyncio.sleep(waits[attempt])  # the design's backoff before the next try
+        raise last
+
+
 class KvError(Exception):
     """A KV call the replica refused (a limit, a bad key) or could not serve; the message says which."""
 
@@ -87,15 +138,38 @@ class KvNamespace:
     calls, served by the PoP server's replica on 127.0.0.1. Writes answer ``{"committed": …, "accepted":
     …}`` (Level 1: accepted, queued, not yet committed); ``get_with_metadata`` says whether it was stale."""
 
-    def __init__(self, namespace: str, port: int = 8101) -> None:
-        self.namespace, self.port = namespace, port
+    def __init__(self, namespace: str, port: int = 8101, protection: Protection | None = None,
+                 account: str = "") -> None:
+        self.namespace, self.port, self.account = namespace, port, account
+        self.protection = protection or Protection()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    operation: str = "kv_read") -> tuple[int, dict[str, Any]]:
+        """Through the KV breaker (the design's: 10 failures open it for 10 s) with the design's retries
+        (reads twice at once, writes after 50/100/200 ms): no connection, no answer or a 5xx is a failure;
+        a refusal (4xx) is an answer. Raises KvError (a refusal, or the breaker open), OSError/TimeoutError."""
         from pop_agent.sync import http_request
+        from protect.guard import BreakerOpen
 
         data = b"" if body is None else json.dumps(body).encode()
-        status, _headers, raw = await http_request("127.0.0.1", self.port, method, f"/v1/kv/{self.namespace}/{path}",
-                                                   data, {"Content-Type": "application/json"}, 5.0, 30.0)
+
+        async def once() -> tuple[int, bytes]:
+            status, _headers, raw = await http_request("127.0.0.1", self.port, method,
+                                                       f"/v1/kv/{self.namespace}/{path}", data,
+                                                       {"Content-Type": "application/json",
+                                                        "X-Anylab-Account": self.account}, 5.0, 30.0)
+            if status >= 500:
+                raise _ServerError(Response(raw, status))
+            return status, raw
+
+        breaker = self.protection.breaker("kv", "kv")
+        try:
+            status, raw = await self.protection.call(breaker, operation, once, (OSError, TimeoutError, EOFError,
+                                                                                _ServerError))
+        except BreakerOpen as exc:
+            raise KvError(str(exc)) from None
+        except _ServerError as exc:
+            status, raw = exc.response.status, exc.response.body
         reply: dict[str, Any] = json.loads(raw) if raw else {}
         if status >= 400 and status != 404:
             raise KvError(str(reply.get("error", f"HTTP {status}")))
@@ -123,10 +197,10 @@ class KvNamespace:
         for name, v in (("expiration", expiration), ("expiration_ttl", expiration_ttl), ("metadata", metadata)):
             if v is not None:
                 body[name] = v
-        return (await self._call("POST", "put", body))[1]
+        return (await self._call("POST", "put", body, "kv_write"))[1]
 
     async def delete(self, key: str) -> dict[str, Any]:
-        return (await self._call("POST", "delete", {"key": key}))[1]
+        return (await self._call("POST", "delete", {"key": key}, "kv_write"))[1]
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
         from urllib.parse import urlencode
@@ -211,11 +285,11 @@ class DurableObjectNamespace:
         return DurableObjectStub(f"{self.script}/{self.cls}/{object_id.hex}", location_hint, self.port)
 
 
-def binding(value: Any) -> Any:
+def binding(value: Any, protection: Protection | None = None) -> Any:
     """A binding as the worker sees it: ``{"kv_namespace": NAME}`` becomes a :class:`KvNamespace`,
     ``{"durable_object": CLASS, "script": NAME}`` a :class:`DurableObjectNamespace`."""
-    if isinstance(value, dict) and set(value) == {"kv_namespace"}:
-        return KvNamespace(str(value["kv_namespace"]))
+    if isinstance(value, dict) and set(value) <= {"kv_namespace", "account"} and "kv_namespace" in value:
+        return KvNamespace(str(value["kv_namespace"]), protection=protection, account=str(value.get("account", "")))
     if isinstance(value, dict) and "durable_object" in value:
         return DurableObjectNamespace(str(value.get("script", "")), str(value["durable_object"]))
     return value
@@ -225,14 +299,10 @@ class Env:
     """The deployment's bindings as attributes, and ``fetch`` for subrequests (counted per request)."""
 
     def __init__(self, bindings: Mapping[str, Any], subrequest_limit: int) -> None:
-        from protect.limits import RetryBudget
-
-        self._bindings = {name: binding(v) for name, v in bindings.items()}
+        self.protection = Protection()
+        self._bindings = {name: binding(v, self.protection) for name, v in bindings.items()}
         self._limit = subrequest_limit
         self.subrequests = 0
-        self._breakers: dict[str, Any] = {}
-        self._budget = RetryBudget()
-        self._rng = random.Random()
         self._hosts: dict[str, tuple[str, int]] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -247,9 +317,7 @@ class Env:
 
     def breaker_report(self) -> dict[str, dict[str, Any]]:
         """Every dependency's breaker: mode and its last change (for the edge's metrics)."""
-        return {host: {"mode": b.state.mode, "since": b.transitions[-1][0] if b.transitions else None,
-                       "opened": sum(1 for _t, kind in b.transitions if kind == "opened")}
-                for host, b in self._breakers.items()}
+        return self.protection.report()
 
     async def fetch(self, url: str, timeout: float = 10.0) -> Response:
         """GET ``url`` (http:// only; a lab name such as ``origin`` is resolved through ``ANYLAB_HOSTS``),
@@ -258,9 +326,6 @@ class Env:
         10 % of requests). A 5xx answer or no answer is a failure. Raises SubrequestLimitExceeded past the
         limit, BreakerOpen while the breaker refuses, OSError/TimeoutError when the origin does not
         answer after the retries; returns the last 5xx answer when every try got one."""
-        from protect.guard import BreakerOpen
-        from protect.limits import delays, deposit, withdraw
-
         self.subrequests += 1
         if self.subrequests > self._limit:
             raise SubrequestLimitExceeded(f"subrequest limit of {self._limit} per request reached")
@@ -268,30 +333,17 @@ class Env:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only http:// URLs can be fetched, not {url!r}")
         address, port = self._resolve(parts.hostname, parts.port or 80)
-        breaker = self._breaker(parts.hostname)
-        now = time.monotonic()
-        self._budget = deposit(self._budget, now)
-        waits = delays("origin_fetch", self._rng)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        for attempt in range(len(waits) + 1):
-            try:
-                answer: Response = await breaker.call(lambda: _get(address, port, parts.hostname or "", path, timeout))
-                return answer
-            except BreakerOpen:
-                raise
-            except (OSError, TimeoutError, _ServerError) as exc:
-                last: BaseException = exc
-            if attempt == len(waits):
-                break
-            self._budget, allowed = withdraw(self._budget, time.monotonic())
-            if not allowed:
-                break
-            await asyncio.sleep(waits[attempt])  # the design's backoff before the next try
-        if isinstance(last, _ServerError):
-            return last.response
-        raise last
+        host = parts.hostname
+        try:
+            answer: Response = await self.protection.call(
+                self.protection.breaker(host, "origin"), "origin_fetch",
+                lambda: _get(address, port, host, path, timeout), (OSError, TimeoutError, _ServerError))
+        except _ServerError as exc:
+            return exc.response
+        return answer
 
     def _resolve(self, host: str, port: int) -> tuple[str, int]:
         if self._hosts is None:
@@ -302,17 +354,6 @@ class Env:
                     addr, _, p = where.partition(":")
                     self._hosts[name] = (addr, int(p or 80))
         return self._hosts.get(host, (host, port))
-
-    def _breaker(self, host: str) -> Any:
-        """The breaker of origin ``host``: the lab's ``origin`` settings (``ANYLAB_BREAKERS``), else the design's."""
-        from protect.breaker import DESIGN, Config
-        from protect.guard import Breaker
-
-        if host not in self._breakers:
-            configured = json.loads(os.environ.get("ANYLAB_BREAKERS") or "{}").get("origin")
-            cfg = Config(**configured) if configured else DESIGN["origin"]
-            self._breakers[host] = Breaker(host, cfg)
-        return self._breakers[host]
 
 
 class _ServerError(Exception):

@@ -8,11 +8,13 @@ however many coroutines arrive at once.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from protect.breaker import Call, Config, Result, State, step
+from protect.breaker import DESIGN, Call, Config, Result, State, step
 
 T = TypeVar("T")
 
@@ -55,3 +57,11 @@ class Breaker:
             raise
         self._apply(Result(self.clock(), True, generation, probe))
         return result
+
+
+def configured(dependency: str) -> Config:
+    """The breaker settings of ``dependency`` (``origin``, ``kv``, ``do``) the lab passed in
+    ``ANYLAB_BREAKERS`` (the topology's ``settings.breakers``), else the design's. Raises KeyError for a
+    dependency with neither."""
+    given = json.loads(os.environ.get("ANYLAB_BREAKERS") or "{}").get(dependency)
+    return Config(**given) if given else DESIGN[dependency]

@@ -8,12 +8,11 @@ process-queue hold in bgpd) plus 10 ms in zebra, so the floor is ≈ 0.12 s; MAR
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
+from lab.client_http import client_request
 from lab.runtime import Lab
 from tests.conftest import TOPOLOGIES
 
@@ -49,12 +48,8 @@ def test_withdraw_moves_client_to_backup_and_back(lab: Lab) -> None:
 
 
 def http_get(lab: Lab, client: str, host: str) -> str:
-    fetch = ("import urllib.request as u, urllib.error as e\n"
-             f"q = u.Request('http://203.0.113.1/hello', headers={{'Host': '{host}'}})\n"
-             "try:\n    r = u.urlopen(q, timeout=5)\nexcept e.HTTPError as x:\n    r = x\n"
-             "print(r.status, r.headers['X-Anylab-Server'], r.read().decode())")
-    return subprocess.run(["nsenter", f"--net={lab.netns[client]}", "--", sys.executable, "-c", fetch],
-                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    status, server, body = client_request(lab, client, host, "/hello", timeout=5)
+    return f"{status} {server} {body}"
 
 
 def test_deployed_worker_answers_through_anycast(lab: Lab) -> None:

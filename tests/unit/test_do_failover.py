@@ -65,7 +65,7 @@ class Cluster:
         self.tasks["directory"] = [asyncio.create_task(self.directory.watch())]
         for r in self.regions:
             await self.start_host(r)
-        router = DoRouter(("127.0.0.1", self.dport), lambda script: "v1")
+        router = self.router = DoRouter(("127.0.0.1", self.dport), lambda script: "v1")
         self.router_server = await asyncio.get_running_loop().create_server(
             lambda: HttpProtocol(router), "127.0.0.1", self.rport)
 
@@ -139,6 +139,22 @@ def test_owner_crash_loses_no_acknowledged_write(tmp_path: Path) -> None:
     # The router waits out the lease (0.4 s) and the margin (0.1 s), then retries every 0.05 s; 0.5 s of
     # margin for the new owner's renewal (0.05 s), the directory's check tick and a busy loopback.
     assert took < LEASE_S + MARGIN_S + 0.5
+
+
+def test_the_routers_breaker_opens_on_a_dead_owner_and_a_returned_host_starts_closed(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        assert (await c.op("x", "write", 1, hint="a"))["owner"] == "a"
+        await c.crash("a")
+        moved = await c.op("x", "read")  # follows the failover; the calls to the dead owner fail meanwhile
+        report = c.router.breaker_report()
+        await c.start_host("a")  # a new incarnation of region a: its breaker starts closed
+        placed = await c.op("y", "write", 2, hint="a")
+        return moved, report, placed
+
+    moved, report, placed = run(tmp_path, scenario)
+    assert moved["status"] == 200 and moved["owner"] != "a"
+    assert report["do:a#0"]["mode"] == "open" and report["do:a#0"]["opened"] == 1  # 3 failures: the design's
+    assert placed["status"] == 200 and placed["owner"] == "a"
 
 
 def test_partitioned_owner_stops_serving_and_is_fenced_after_heal(tmp_path: Path) -> None:

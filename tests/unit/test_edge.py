@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from pop_agent.edge import Deployment, Edge, HttpProtocol
 from pop_agent.isolate import DeployError, Zygote
-from pop_agent.worker_api import Response
+from pop_agent.worker_api import KvNamespace, Request, Response, binding
 from protect.limits import Peer, count
 
 HELLO = "async def fetch(request, env, ctx):\n    return f'{env.GREETING} {request.method} {request.url}'\n"
@@ -194,3 +195,54 @@ def test_degradation_level_from_the_servers_signals(tmp_path: Any) -> None:
     edge.write_protect(edge.degradation(None, True))
     written = json.loads((tmp_path / "protect.json").read_text())
     assert written["level"] == 2 and "2" in written["reasons"]
+
+
+def test_a_spilled_request_is_served_by_the_peer_over_one_kept_alive_connection() -> None:
+    busy, peer = Server(), Server()
+    busy.start()
+    peer.start()
+    try:
+        for srv in (busy, peer):
+            srv.install([dep("hello", "a.example", HELLO, bindings={"GREETING": "hi"})])
+        busy.edge.capacity_rps, busy.edge.spill_port = 10.0, peer.port
+        busy.edge.peers = [Peer("lax", "lax-s1", "127.0.0.1", 3)]
+        peer.edge.pop, peer.edge.server = "lax", "lax-s1"
+        busy.edge.windows["P1"] = count(busy.edge.windows["P1"], time.monotonic(), 9)  # 90 % of 10/s
+        answers = []
+        for _ in range(3):
+            busy.edge.heard("127.0.0.1", (0.0, 0.0, 0.0, 0.0), time.monotonic())
+            answers.append(request(busy, "a.example"))
+        assert [(status, body) for status, body, _r in answers] == [(200, b"hi GET /")] * 3
+        assert {r.getheader("x-anylab-server") for _s, _b, r in answers} == {"lax/lax-s1"}
+        assert {r.getheader("x-anylab-spilled-by") for _s, _b, r in answers} == {"sjc/sjc-s1"}
+        assert busy.edge.counters["spilled_out"] == 3 and peer.edge.counters["spilled_in"] == 3
+        assert len(busy.edge.spill_pool.idle[("127.0.0.1", peer.port)]) == 1  # one connection, kept
+    finally:
+        peer.stop()  # first: its zygote, forked later, holds a copy of the busy zygote's control socket
+        busy.stop()
+
+
+def test_the_deployments_of_one_account_share_its_request_limit() -> None:
+    edge = Edge("sjc", "sjc-s1", Zygote(), account_rps=3)
+    edge.install([dep("a", "a.example", HELLO, account="acme"), dep("b", "b.example", HELLO, account="acme"),
+                  dep("c", "c.example", HELLO)])
+    pools = {p.dep.name: p for p in edge.pools.values()}
+    answers = [edge.admission(pools[n], 10.0) for n in ("a", "b", "a", "b")]
+    assert answers[:3] == [None] * 3
+    assert isinstance(answers[3], Response) and answers[3].status == 429 and b"acme" in answers[3].body
+    assert edge.admission(pools["c"], 10.0) is None  # its own account (its name)
+    assert edge.account_of("a") == "acme" and edge.account_of("c") == "c"
+    kv = binding(dep("k", "k.example", HELLO, account="acme", bindings={"KV": {"kv_namespace": "n"}}).bindings["KV"])
+    assert isinstance(kv, KvNamespace) and kv.account == "acme"  # sent to the replica, which limits KV calls
+
+
+def test_the_do_router_limits_an_accounts_do_requests() -> None:
+    from pop_agent.do_router import DoRouter
+
+    router = DoRouter(("127.0.0.1", 9), lambda script: "v1", deadline_s=0.05, account_rps=1.0)
+    call = json.dumps({"key": "reg/R/x", "request": {}}).encode()
+
+    async def two() -> list[int]:
+        return [(await router.handle(Request("POST", "/v1/do", {}, call))).status for _ in range(2)]
+
+    assert asyncio.run(two()) == [503, 429]  # the first got through to (no) directory; the second is over 1/s

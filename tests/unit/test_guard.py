@@ -78,3 +78,29 @@ def test_half_open_lets_exactly_one_probe_through_under_concurrency() -> None:
     assert asyncio.run(second()) == "ok"
     assert str(b.state.mode) == "closed"
     assert [t for _, t in b.transitions] == ["opened", "half_opened", "closed"]
+
+
+def test_kv_calls_go_through_the_kv_breaker_with_the_designs_read_retries() -> None:
+    import socket
+
+    from pop_agent.worker_api import KvError, KvNamespace
+
+    with socket.socket() as s:  # a port nobody listens on: every try is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kv = KvNamespace("ns", port=port)
+
+    async def main() -> list[str]:
+        outcomes = []
+        for _ in range(5):
+            try:
+                await kv.get("k")
+            except (KvError, OSError) as exc:
+                outcomes.append(type(exc).__name__ + (": open" if "is open" in str(exc) else ""))
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    # A read is tried 3 times (the design: 2 retries at once); the 10th failure opens the breaker
+    # (the design's KV threshold), during the 4th read; the 5th is refused without a try.
+    assert outcomes[:3] == ["NotConnected"] * 3 and outcomes[4] == "KvError: open", outcomes
+    assert kv.protection.report()["kv"]["mode"] == "open"

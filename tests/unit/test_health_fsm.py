@@ -10,6 +10,7 @@ from health.fsm import (
     Config,
     DrainChanged,
     Event,
+    Load,
     Log,
     RunHooks,
     ScheduleCheck,
@@ -115,3 +116,35 @@ def test_detection_bound() -> None:
 def test_config_rejects_nonsense(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Config(**bad)  # type: ignore[arg-type]
+
+
+OVERLOAD = Config(overload_above=0.9, overload_after=2.0, restore_below=0.5, restore_after=5.0)
+
+
+@pytest.mark.parametrize(("samples", "overloaded", "sent"), [
+    # (time, utilisation) after the server is up and announced normal at t=0
+    ([(1, 0.95), (2.9, 0.99)], False, ""),            # not yet 2 s above the threshold
+    ([(1, 0.95), (3, 0.92)], True, "M"),               # 2 s at ≥ 90 %: demoted
+    ([(1, 0.95), (2, 0.5), (3, 0.95)], False, ""),     # a dip below restarts the count
+    ([(1, 0.95), (3, 0.95), (4, 0.6), (20, 0.7)], True, "M"),        # 0.6–0.7 is not low enough to restore
+    ([(1, 0.95), (3, 0.95), (4, 0.3), (8.9, 0.3)], True, "M"),       # not yet 5 s below 50 %
+    ([(1, 0.95), (3, 0.95), (4, 0.3), (9, 0.2)], False, "MN"),       # 5 s below: normal again
+])
+def test_overload_demotes_with_hysteresis(samples: list[tuple[float, float]], overloaded: bool, sent: str) -> None:
+    state, _ = run(OVERLOAD, "++")
+    out = ""
+    for t, u in samples:
+        state, actions = step(OVERLOAD, state, Load(t, u))
+        out += "".join("N" if a == Announce("normal") else "M" for a in actions if isinstance(a, Announce))
+    assert (state.overloaded, out) == (overloaded, sent)
+
+
+def test_an_overloaded_server_that_fails_is_withdrawn_and_load_is_ignored_when_off() -> None:
+    state, _ = run(OVERLOAD, "++")
+    state, _ = step(OVERLOAD, state, Load(1, 1.0))
+    state, _ = step(OVERLOAD, state, Load(3, 1.0))
+    state, actions = step(OVERLOAD, state, CheckResult(3.1, False))
+    state, actions = step(OVERLOAD, state, CheckResult(3.2, False))
+    assert state.announced == "withdrawn" and Withdraw() in actions
+    plain, _ = run(Config(), "++")
+    assert step(Config(), plain, Load(5, 5.0)) == (plain, [])

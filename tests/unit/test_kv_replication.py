@@ -63,9 +63,10 @@ class Service:
         self.thread.join(10)
 
 
-def call(url: str, data: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]] | None:
+def call(url: str, data: dict[str, Any] | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]] | None:
     req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -91,7 +92,8 @@ class Cluster:
             "server": "sjc-s1", "data_dir": str(root / "sjc-s1"), "socket": str(root / "sjc-s1.sock"),
             "listen": ["127.0.0.1", self.ports["sjc-s1"]], "master": na, "stale_after_s": 1.0,
             "masters": [na, {"name": "kv-eu", "address": "127.0.0.1", "port": self.ports["kv-eu"]}],
-            "metrics": str(root / "kv.prom"), "events": str(root / "kv-events.jsonl")})
+            "metrics": str(root / "kv.prom"), "events": str(root / "kv-events.jsonl"),
+            "account_limits": {"kv_reads_per_s": 3, "kv_writes_per_s": 2}})
 
     def url(self, node: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[node]}{path}"
@@ -179,3 +181,18 @@ def test_without_another_region_a_write_is_not_acknowledged(cluster: Cluster) ->
     cluster.masters["kv-ap"].stop()
     got = call(cluster.url("kv-na", "/v1/kv/ns/put"), {"key": "k", "value": ""})
     assert got is not None and got[0] == 503 and "not acknowledged" in got[1]["error"]
+
+
+def test_a_workers_account_is_limited_in_kv_reads_and_writes_per_second(cluster: Cluster) -> None:
+    def status(op: str, account: str) -> int:
+        body = {"key": "k", "value": base64.b64encode(b"v").decode()} if op == "put" else {"key": "k"}
+        got = call(cluster.url("sjc-s1", f"/v1/kv/ns/{op}"), body, {"X-Anylab-Account": account})
+        assert got is not None
+        return got[0]
+
+    writes = [status("put", "acme") for _ in range(3)]
+    assert writes[:2] == [200, 200] and writes[2] == 429  # 2 writes/s (burst 2) for this test
+    reads = [status("get", "acme") for _ in range(4)]
+    assert reads[:3] == [200] * 3 and reads[3] == 429  # reads have their own bucket
+    assert status("put", "other") == 200  # another account is not affected
+    assert cluster.put("sjc-s1", "op", "x")["committed"]  # nor the operator (no account)

@@ -1,0 +1,94 @@
+"""The thin I/O around :mod:`protect.autoscale`: once a second, for every PoP with ``autoscale`` in its
+topology entry, the mean utilisation and summed in-flight requests of its servers in service (from their
+``protect.json``) are fed to the PoP's machine, and a :class:`protect.autoscale.Scale` action is carried
+out with :meth:`lab.runtime.Lab.scale`. Every sample that changes something and every scaling is a JSON
+line in the run directory's ``autoscale-events.jsonl``.
+
+It runs as a thread of the process that holds the lab (the controller of ``anylab up``, or a test's
+``Lab``), started by ``Lab.up`` and stopped by ``Lab.down``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+from lab.errors import LabError
+from protect import autoscale
+
+if TYPE_CHECKING:
+    from lab.runtime import Lab
+
+PERIOD_S = 1.0
+EVENTS = "autoscale-events.jsonl"
+
+
+def config_of(lab: Lab, pop: str) -> autoscale.Config | None:
+    p = lab.topo.pop(pop)
+    if p.autoscale is None:
+        return None
+    return autoscale.Config(min_servers=len(p.servers), max_servers=len(p.servers) + len(p.standby),
+                            **p.autoscale.model_dump())
+
+
+class Autoscaler:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.configs = {p.name: cfg for p in lab.topo.pops if (cfg := config_of(lab, p.name)) is not None}
+        self.states = {pop: autoscale.State() for pop in self.configs}
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.configs:
+            self.thread = threading.Thread(target=self._run, name="anylab-autoscaler", daemon=True)
+            self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(30)
+
+    def sample(self, pop: str, t: float) -> autoscale.Sample:
+        """The PoP's servers in service as their edges last wrote it (a server not written yet counts 0)."""
+        from lab.runtime import in_service
+
+        servers = in_service(self.lab.topo, self.lab.run_dir)[pop]
+        utilisation, queue = [], 0.0
+        for s in servers:
+            data: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads((self.lab.node_dir(s) / "protect.json").read_text())
+            utilisation.append(float(data.get("utilisation", 0.0)))
+            queue += float(data.get("inflight", 0.0))
+        return autoscale.Sample(t, len(servers), sum(utilisation) / max(1, len(utilisation)), queue)
+
+    def tick(self, t: float) -> list[dict[str, Any]]:
+        """One round over the PoPs; returns the events written."""
+        events = []
+        for pop, cfg in self.configs.items():
+            sample = self.sample(pop, t)
+            self.states[pop], actions = autoscale.step(cfg, self.states[pop], sample)
+            for action in actions:
+                event: dict[str, Any] = {"t": t, "pop": pop, "from": sample.servers, "to": action.servers,
+                                         "rule": action.rule, "utilisation": round(sample.utilisation, 3),
+                                         "queue": sample.queue}
+                try:
+                    event["result"] = self.lab.scale(pop, action.servers)
+                except LabError as exc:
+                    event["error"] = str(exc)
+                events.append(event)
+        if events:
+            with (self.lab.run_dir / EVENTS).open("a") as f:
+                for e in events:
+                    f.write(json.dumps(e) + "\n")
+        return events
+
+    def _run(self) -> None:
+        from lab.runtime import monotonic
+
+        while not self.stop.wait(PERIOD_S):  # the sampling period itself
+            with contextlib.suppress(OSError):  # the run directory going away at teardown
+                self.tick(monotonic())
