@@ -31,6 +31,7 @@ class Lab(Protocol):
 
     topo: Topology
     netns: dict[str, str]
+    run_dir: Path
 
     def node_dir(self, node: str) -> Path: ...
 
@@ -56,8 +57,10 @@ def deploy_classes(lab: Lab) -> None:
 
 
 def pop_capacity(lab: Lab, pop: str) -> float:
-    """Requests per second ``pop`` takes on at 100 % (its servers × the per-server capacity)."""
-    servers = [s for s in lab.topo.servers if s.pop == pop]
+    """Requests per second ``pop`` takes on at 100 %: its servers in service × the per-server capacity."""
+    from lab.runtime import in_service
+
+    servers = in_service(lab.topo, lab.run_dir).get(pop)
     if not servers:
         raise LabError(f"no PoP named {pop!r}")
     return len(servers) * lab.topo.spec.settings.server_capacity_rps

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from lab.cli import status_data
 from lab.runtime import Lab
+from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 
@@ -93,3 +95,28 @@ def test_a_regional_deploy_serves_only_that_regions_clients(lab: Lab) -> None:
             assert out.strip() == "200 eu", (client, out)
         else:
             assert out.startswith("404 ") and "no_deployment" in out, (client, out)
+
+
+def test_two_silent_pops_are_level_3_at_the_servers_watching_them(lab: Lab) -> None:
+    """The design's Level 3 (multiple PoP failures), from what a server's spillover router sees: the PoPs
+    it watches stop answering its load polls (every 0.25 s; silent after 1 s)."""
+    server = lab.topo.pop(lab.topo.pops[0].name).servers[0]
+    peers = json.loads((lab.node_dir(server) / "edge-peers.json").read_text())
+    down = list(dict.fromkeys(p["pop"] for p in peers))[:2]
+
+    def level() -> int | None:
+        try:
+            return int(json.loads((lab.node_dir(server) / "protect.json").read_text())["level"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    for pop in down:
+        lab.fail("pop-down", pop)
+    try:
+        # Silent after 1 s, the level written every 1 s: 2 s, and 3 s of margin for a busy box.
+        wait_for(lambda: level() == 3 or None, timeout=5.0, what=f"level 3 at {server} with {down} down",
+                 interval=0.1, describe=lambda: f"level {level()}")
+    finally:
+        for pop in down:
+            lab.restore(pop)
+    wait_for(lambda: level() == 0 or None, timeout=10.0, what=f"level 0 at {server} again", interval=0.1)

@@ -5,6 +5,7 @@ during the outage are flagged stale."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -73,6 +74,13 @@ def readable_everywhere(lab: Lab, keys: list[str]) -> dict[str, list[str]]:
     return missing
 
 
+def level_of(lab: Lab, server: str) -> int | None:
+    try:
+        return int(json.loads((lab.node_dir(server) / "protect.json").read_text())["level"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def test_master_crash_and_region_down_lose_no_acknowledged_write(lab: Lab) -> None:
     writer_at = lab.topo.pop("sjc").servers[0]  # region na
     na_reader = lab.topo.pop("iad").servers[0]  # also na: its master is the one that crashes
@@ -89,6 +97,8 @@ def test_master_crash_and_region_down_lose_no_acknowledged_write(lab: Lab) -> No
                  what="committed writes before the faults")
         lab.fail("kv-master-crash", "na")
         wait_for(lambda: notice_stale(na_reader), timeout=OUTAGE_NOTICED_S, what="a stale read in na")
+        # The design's Level 1 (KV degraded): the server says so (its level is written every second).
+        wait_for(lambda: level_of(lab, na_reader) == 1 or None, timeout=2.5, what=f"level 1 at {na_reader}")
         wait_for(lambda: any(r.get("accepted") and not r.get("committed") for r in w.replies.values()),
                  timeout=OUTAGE_NOTICED_S, what="a write accepted and queued while kv-na is down")
         lab.restore("na")
