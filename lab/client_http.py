@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lab.overload import Lab
+    from lab.overload import LabLike
 
 _CODE = """
 import http.client, json, sys
@@ -21,7 +21,8 @@ print(json.dumps([r.status, r.getheader("x-anylab-server") or "", r.read().decod
 """
 
 
-def client_request(lab: Lab, client: str, host: str, path: str = "/", timeout: float = 10.0) -> tuple[int, str, str]:
+def client_request(lab: LabLike, client: str, host: str, path: str = "/",
+                   timeout: float = 10.0) -> tuple[int, str, str]:
     """GET ``path`` with ``Host: host`` from ``client`` through anycast, on its own connection: status,
     the server that answered (X-Anylab-Server) and the body. Raises subprocess.CalledProcessError when
     the request itself failed (no connection, no answer within ``timeout``)."""

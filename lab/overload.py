@@ -25,7 +25,7 @@ from lab.priority_load import host_of
 from lab.stats import quantile
 
 
-class Lab(Protocol):
+class LabLike(Protocol):
     """What an overload run needs of a lab: a :class:`lab.runtime.Lab` or one driven through its
     controller (:class:`lab.measurement.RemoteLab`)."""
 
@@ -49,14 +49,14 @@ DEFAULT_MIX = {"P0": 0.1, "P1": 0.4, "P2": 0.3, "P3": 0.2}
 CLASS_WORKER = "async def fetch(request, env, ctx):\n    return 'ok'\n"
 
 
-def deploy_classes(lab: Lab) -> None:
+def deploy_classes(lab: LabLike) -> None:
     """One trivial worker per class at ``pN.load.example`` with priority PN (the same content is the same
     version: deploying twice changes nothing). Raises ControlPlaneError."""
     for p in CLASSES:
         lab.deploy(f"load-{p.lower()}", host_of(p), CLASS_WORKER, priority=p)
 
 
-def pop_capacity(lab: Lab, pop: str) -> float:
+def pop_capacity(lab: LabLike, pop: str) -> float:
     """Requests per second ``pop`` takes on at 100 %: its servers in service × the per-server capacity."""
     from lab.runtime import in_service
 
@@ -85,7 +85,7 @@ def summarise(records: list[dict[str, Any]], home: str) -> dict[str, dict[str, A
     return out
 
 
-def overload(lab: Lab, pop: str, multiple: float, duration: float, mix: dict[str, float] | None = None,
+def overload(lab: LabLike, pop: str, multiple: float, duration: float, mix: dict[str, float] | None = None,
              timeout: float = 2.0) -> dict[str, Any]:
     """Send ``multiple`` × ``pop``'s capacity for ``duration`` seconds from the clients whose catchment is
     ``pop`` (split evenly between them) and summarise what each class got. The loads stop by themselves
@@ -135,7 +135,7 @@ def overload(lab: Lab, pop: str, multiple: float, duration: float, mix: dict[str
             "protect": {s.name: _protect(lab, s.name) for s in lab.topo.servers}}
 
 
-def _overload_events(lab: Lab, pop: str, since: float | None) -> list[dict[str, Any]]:
+def _overload_events(lab: LabLike, pop: str, since: float | None) -> list[dict[str, Any]]:
     """The health agents' ``overload-on``/``off`` decisions at ``pop`` since ``since`` (s after it)."""
     out = []
     for s in lab.topo.servers:
@@ -147,7 +147,7 @@ def _overload_events(lab: Lab, pop: str, since: float | None) -> list[dict[str, 
     return sorted(out, key=lambda e: e["after_s"])
 
 
-def _protect(lab: Lab, server: str) -> dict[str, Any]:
+def _protect(lab: LabLike, server: str) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads((lab.node_dir(server) / "protect.json").read_text())
     except (OSError, ValueError):
@@ -168,14 +168,14 @@ async def fetch(request, env, ctx):
 FETCH_HOST = "fetcher.example"
 
 
-def client_get(lab: Lab, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
+def client_get(lab: LabLike, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
     """One GET / from ``client`` through anycast with ``Host: host``: status and body (see
     :func:`lab.client_http.client_request`)."""
     status, _server, body = client_request(lab, client, host, "/", timeout)
     return status, body
 
 
-def origin_status(lab: Lab, origin: str = "origin") -> dict[str, Any]:
+def origin_status(lab: LabLike, origin: str = "origin") -> dict[str, Any]:
     """The origin's counters (``served``, ``failed``) and mode, from its admin socket."""
     from lab import unix_http
 
@@ -184,7 +184,7 @@ def origin_status(lab: Lab, origin: str = "origin") -> dict[str, Any]:
     return status
 
 
-def breaker_state(lab: Lab, key: str) -> dict[str, Any]:
+def breaker_state(lab: LabLike, key: str) -> dict[str, Any]:
     """The breaker ``deployment/dependency`` as the edge workers last reported it (any server)."""
     states: dict[str, dict[str, Any]] = {}
     for s in lab.topo.servers:
@@ -194,7 +194,7 @@ def breaker_state(lab: Lab, key: str) -> dict[str, Any]:
     return states.get(key, {})
 
 
-def breaker_run(lab: Lab, client: str, timeout: float = 120.0) -> dict[str, Any]:
+def breaker_run(lab: LabLike, client: str, timeout: float = 120.0) -> dict[str, Any]:
     """``origin-errors`` until the origin's breaker opens, then the origin restored at once: how many
     failures the origin saw when it opened, and how long from opening until half-open probes closed it
     again — against the configured threshold and open time. Raises WaitTimeout past ``timeout``."""

@@ -142,6 +142,7 @@ class DoRouter:
         deadline = time.monotonic() + self.deadline_s
         last = "no attempt"
         while True:
+            backoff = 0.05  # while the directory fails the owner over
             try:
                 place = self.cache.get(key) or await self._where(key, hint)
                 body = json.dumps({"key": key, "epoch": place["epoch"], "version": version,
@@ -150,6 +151,9 @@ class DoRouter:
                     status, answer = await self.breaker_for(place).call(
                         lambda: self._call_watched(key, hint, place, body))  # noqa: B023 (awaited at once)
                 except BreakerOpen as exc:  # certainly not sent: the object may yet move to a live owner
+                    # Ask the directory less often: a refusal comes back at once, and every waiting call
+                    # asking 20 times a second would load the directory just as it fails the owner over.
+                    backoff = self.watch_s
                     raise LookupError(f"owner {place['owner']}: {exc}") from None
                 except OwnerChanged as exc:
                     return _json(504, {"error": "owner_changed", "definite": False, "detail": str(exc)})
@@ -172,4 +176,4 @@ class DoRouter:
             if time.monotonic() > deadline:
                 return _json(503, {"error": "unavailable", "definite": True,
                                    "detail": f"no owner answered within {self.deadline_s} s; last: {last}"})
-            await asyncio.sleep(0.05)  # retry backoff while the directory fails the owner over
+            await asyncio.sleep(backoff)

@@ -97,7 +97,8 @@ def test_master_crash_and_region_down_lose_no_acknowledged_write(lab: Lab) -> No
                  what="committed writes before the faults")
         lab.fail("kv-master-crash", "na")
         wait_for(lambda: notice_stale(na_reader), timeout=OUTAGE_NOTICED_S, what="a stale read in na")
-        # The design's Level 1 (KV degraded): the server says so (its level is written every second).
+        # The design's Level 1 (KV degraded): the server says so. Its level is written every second once
+        # the replica has marked its master unreachable (already seen: reads are stale); 1.5 s of margin.
         wait_for(lambda: level_of(lab, na_reader) == 1 or None, timeout=2.5, what=f"level 1 at {na_reader}")
         wait_for(lambda: any(r.get("accepted") and not r.get("committed") for r in w.replies.values()),
                  timeout=OUTAGE_NOTICED_S, what="a write accepted and queued while kv-na is down")
