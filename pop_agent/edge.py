@@ -479,9 +479,9 @@ class HttpProtocol(asyncio.Protocol):
 
 
 class Echo(asyncio.DatagramProtocol):
-    """The probers' UDP probes: ``{"seq": N}`` is answered with ``{"pop", "server", "seq", "u"}`` (``u``:
-    the server's utilisation for P0 … P3, which is how the other PoPs' spillover routers learn its
-    headroom)."""
+    """The probers' UDP probes: ``{"seq": N}`` is answered with ``{"pop", "server", "seq"}``; with
+    ``"load": 1`` also ``"u"``, the server's utilisation for P0 … P3 (how the other PoPs' spillover routers
+    learn its headroom)."""
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
@@ -493,14 +493,16 @@ class Echo(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            seq = json.loads(data).get("seq")
+            probe = json.loads(data)
+            seq = probe.get("seq")
         except (ValueError, AttributeError):
             return  # not a probe: no answer
         assert self.transport is not None
-        now = time.monotonic()
-        per_class = [round(self.edge.utilisation(now, p), 3) for p in PRIORITIES]
-        self.transport.sendto(json.dumps({"pop": self.edge.pop, "server": self.edge.server, "seq": seq,
-                                          "u": per_class}).encode(), addr)
+        answer = {"pop": self.edge.pop, "server": self.edge.server, "seq": seq}
+        if probe.get("load"):  # a peer's spillover router; the probers (thousands a second) do not ask
+            now = time.monotonic()
+            answer["u"] = [round(self.edge.utilisation(now, p), 3) for p in PRIORITIES]
+        self.transport.sendto(json.dumps(answer).encode(), addr)
 
 
 class PeerWatch(asyncio.DatagramProtocol):
@@ -529,7 +531,7 @@ class PeerWatch(asyncio.DatagramProtocol):
             seq += 1
             assert self.transport is not None
             for p in self.edge.peers:
-                self.transport.sendto(json.dumps({"seq": seq}).encode(), (p.address, self.udp_port))
+                self.transport.sendto(json.dumps({"seq": seq, "load": 1}).encode(), (p.address, self.udp_port))
             await asyncio.sleep(PEER_POLL_S)  # the polling period itself
 
 
