@@ -88,7 +88,14 @@ class DoRouter:
 
     async def _where(self, key: str, hint: str | None) -> dict[str, Any]:
         query = urlencode({"key": key, **({"hint": hint} if hint else {})})
-        status, body = await _exchange(*self.directory, "GET", f"/v1/where?{query}", b"", self.connect_s, 1.0)
+        try:
+            status, body = await _exchange(*self.directory, "GET", f"/v1/where?{query}", b"", self.connect_s, 1.0)
+        except (OSError, TimeoutError, EOFError):
+            # Cut off from the directory too: it is this PoP that is isolated, and what its calls to the
+            # owners saw says nothing about them. Their breakers start closed again, or they would refuse
+            # healthy owners for a whole open period after this PoP comes back.
+            self.breakers.clear()
+            raise
         reply: dict[str, Any] = json.loads(body)
         if status != 200:
             raise LookupError(reply.get("detail") or reply.get("error") or f"HTTP {status}")

@@ -157,6 +157,24 @@ def test_the_routers_breaker_opens_on_a_dead_owner_and_a_returned_host_starts_cl
     assert placed["status"] == 200 and placed["owner"] == "a"
 
 
+def test_a_router_cut_off_from_the_directory_forgets_its_breakers(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        assert (await c.op("x", "write", 1, hint="a"))["owner"] == "a"
+        await c.crash("a")
+        await c.op("x", "read")  # the calls to the dead owner open a#0's breaker
+        opened = c.router.breaker_report()
+        directory = c.router.directory
+        c.router.directory = ("127.0.0.1", free_port())  # now the router's PoP is the one cut off
+        await c.op("z", "read", hint="b")
+        forgotten = c.router.breaker_report()
+        c.router.directory = directory
+        return opened, forgotten, await c.op("z", "write", 3, hint="b")
+
+    opened, forgotten, after = run(tmp_path, scenario)
+    assert opened["do:a#0"]["mode"] == "open" and forgotten == {}
+    assert after["status"] == 200
+
+
 def test_partitioned_owner_stops_serving_and_is_fenced_after_heal(tmp_path: Path) -> None:
     async def scenario(c: Cluster) -> dict[str, Any]:
         await c.op("y", "write", "old", hint="a")
