@@ -260,8 +260,11 @@ class Host:
                     if reply.get("error") == "fenced":
                         raise Fenced(f"{backup} is at a newer epoch for {key}: this host is no longer its owner")
                     if reply.get("error") == "need_snapshot":
-                        await self.seed(key, backup)
-                        continue
+                        seeded = await self.seed(key, backup)
+                        if seeded is not None and entries and seeded >= int(entries[-1]["seq"]):
+                            return  # the snapshot the backup confirmed holds these entries
+                        # Otherwise try again after the backoff, within the deadline: going round at once
+                        # spun this loop forever when the backup kept refusing the snapshot.
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
             if mono() - t0 > self.ship_deadline_s:
