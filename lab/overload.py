@@ -8,7 +8,6 @@ clients in that PoP's catchment, and what each class got — served, shed, spill
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -147,12 +146,25 @@ def _overload_events(lab: LabLike, pop: str, since: float | None) -> list[dict[s
     return sorted(out, key=lambda e: e["after_s"])
 
 
-def _protect(lab: LabLike, server: str) -> dict[str, Any]:
+def protect_of(lab: LabLike, server: str) -> dict[str, Any]:
+    """What the server's edge worker last wrote to its ``protect.json`` (level, breakers, counters,
+    utilisation, peers); empty when it has not written it yet or is replacing it."""
     try:
         data: dict[str, Any] = json.loads((lab.node_dir(server) / "protect.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {k: data.get(k) for k in ("level", "utilisation", "counters")}
+    return data
+
+
+def level_of(lab: LabLike, server: str) -> int | None:
+    """The server's degradation level as it last wrote it (None: not written yet)."""
+    level = protect_of(lab, server).get("level")
+    return None if level is None else int(level)
+
+
+def _protect(lab: LabLike, server: str) -> dict[str, Any]:
+    data = protect_of(lab, server)
+    return {k: data.get(k) for k in ("level", "utilisation", "counters")} if data else {}
 
 
 # -- circuit breaker against the origin ------------------------------------------------------------
@@ -188,9 +200,7 @@ def breaker_state(lab: LabLike, key: str) -> dict[str, Any]:
     """The breaker ``deployment/dependency`` as the edge workers last reported it (any server)."""
     states: dict[str, dict[str, Any]] = {}
     for s in lab.topo.servers:
-        path = lab.node_dir(s.name) / "protect.json"
-        with contextlib.suppress(OSError, ValueError):
-            states.update(json.loads(path.read_text())["breakers"])
+        states.update(protect_of(lab, s.name).get("breakers", {}))
     return states.get(key, {})
 
 

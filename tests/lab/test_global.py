@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab.cli import status_data
+from lab.overload import level_of
 from lab.runtime import Lab
 from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
@@ -105,10 +106,7 @@ def test_two_silent_pops_are_level_3_at_the_servers_watching_them(lab: Lab) -> N
     down = list(dict.fromkeys(p["pop"] for p in peers))[:2]
 
     def level() -> int | None:
-        try:
-            return int(json.loads((lab.node_dir(server) / "protect.json").read_text())["level"])
-        except (OSError, ValueError, KeyError):
-            return None
+        return level_of(lab, server)
 
     for pop in down:
         lab.fail("pop-down", pop)

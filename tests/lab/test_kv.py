@@ -14,6 +14,7 @@ import pytest
 
 from kv.client import KvClient
 from kv.store import KvError
+from lab.overload import level_of
 from lab.runtime import Lab
 from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
@@ -74,13 +75,6 @@ def readable_everywhere(lab: Lab, keys: list[str]) -> dict[str, list[str]]:
     return missing
 
 
-def level_of(lab: Lab, server: str) -> int | None:
-    try:
-        return int(json.loads((lab.node_dir(server) / "protect.json").read_text())["level"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def test_master_crash_and_region_down_lose_no_acknowledged_write(lab: Lab) -> None:
     writer_at = lab.topo.pop("sjc").servers[0]  # region na
     na_reader = lab.topo.pop("iad").servers[0]  # also na: its master is the one that crashes
@@ -138,7 +132,6 @@ def test_master_crash_and_region_down_lose_no_acknowledged_write(lab: Lab) -> No
 
 def test_workers_reach_kv_through_their_binding(lab: Lab) -> None:
     """A worker with a KV binding counts hits; clients in two regions see one counter."""
-    import json
     import subprocess
     import sys
 

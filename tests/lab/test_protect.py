@@ -10,7 +10,6 @@ at L7."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import time
@@ -21,7 +20,16 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.overload import FETCH_HOST, FETCH_WORKER, breaker_state, client_get, deploy_classes, origin_status, overload
+from lab.overload import (
+    FETCH_HOST,
+    FETCH_WORKER,
+    breaker_state,
+    client_get,
+    deploy_classes,
+    level_of,
+    origin_status,
+    overload,
+)
 from lab.runtime import Lab
 from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
@@ -92,11 +100,7 @@ def test_a_dead_or_slow_origin_is_an_answer_not_a_crash(lab: Lab, scenario: str)
 
 def test_a_dead_control_plane_is_level_4_at_every_server(lab: Lab) -> None:
     def levels() -> dict[str, int]:
-        out = {}
-        for s in lab.topo.servers:
-            with contextlib.suppress(OSError, ValueError):
-                out[s.name] = json.loads((lab.node_dir(s.name) / "protect.json").read_text())["level"]
-        return out
+        return {s.name: level for s in lab.topo.servers if (level := level_of(lab, s.name)) is not None}
 
     lab.fail("control-down", "control")
     try:
