@@ -13,7 +13,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from lab.daemon import Daemon, NodeEnv
-from lab.model import Router, Server
+from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router, Server
 from lab.profiles import BfdSpec
 
 BIRD = "/usr/sbin/bird"
@@ -60,6 +60,23 @@ class BirdBase(Daemon):
                 "protocol device { scan time 10; }", ""]
 
 
+def _community(rel: str) -> str:
+    asn, value = RELATION_COMMUNITY[rel].split(":")
+    return f"({asn}, {value})"
+
+
+def _policy_lines() -> list[str]:
+    """Valley-free policy, as FRR's (:func:`bgp.frr._policy_lines`): tag what a route was learned from,
+    set that relation's local preference; to peers and providers only own and customer routes."""
+    lines = []
+    for rel, pref in LOCAL_PREF.items():
+        lines += [f"filter anylab_from_{rel} {{", "  bgp_community = -empty-;",
+                  f"  bgp_community.add({_community(rel)});", f"  bgp_local_pref = {pref};", "  accept;", "}"]
+    lines += ["filter anylab_to_upstream {", "  if source = RTS_STATIC then accept;",
+              f"  if source = RTS_BGP && {_community('customer')} ~ bgp_community then accept;", "  reject;", "}"]
+    return lines
+
+
 class Bird(BirdBase):
     """A transit router: eBGP to every neighbour, its best path into the kernel, client subnets originated."""
 
@@ -97,6 +114,8 @@ class Bird(BirdBase):
             "  ipv4 { import all; export where source ~ [RTS_BGP, RTS_STATIC]; };",
             "}",
         ]
+        if any(n.relation for n in r.neighbors):
+            lines += _policy_lines()
         for i, n in enumerate(r.neighbors):
             p = n.profile
             lines += [
@@ -108,6 +127,9 @@ class Bird(BirdBase):
                 "  direct;",
                 f"  hold time {p.hold}; keepalive time {p.keepalive};" if p.hold else "  hold time 0;",
                 *([f"  bfd {{ {_bfd_options(p.bfd)} }};"] if p.bfd else []),
+                *([f"  ipv4 {{ import filter anylab_from_{n.relation}; "
+                   + ("export where source ~ [RTS_BGP, RTS_STATIC]; };" if n.relation == "customer"
+                      else "export filter anylab_to_upstream; };")] if n.relation else []),
                 "}",
             ]
         return {self.path(".conf"): "\n".join(lines) + "\n"}
@@ -162,3 +184,10 @@ def bird_best_as_path(sock: Path, prefix: IPv4Network) -> tuple[int, ...] | None
             text = line.split("BGP.as_path:", 1)[1].strip()
             return tuple(int(a) for a in text.split()) if text else ()
     return None
+
+
+def bird_as_paths(sock: Path, prefix: IPv4Network) -> list[tuple[int, ...]]:
+    """The AS paths of every BGP route BIRD holds for ``prefix``, sorted."""
+    out = birdc(sock, f"show route for {prefix} all", check=False)
+    return sorted(tuple(int(a) for a in line.split("BGP.as_path:", 1)[1].split())
+                  for line in out.splitlines() if "BGP.as_path:" in line)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lab.daemon import Daemon, NodeEnv
-from lab.model import Router
+from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router
 from lab.profiles import BfdSpec
 
 FRR_BIN = Path("/usr/lib/frr")
@@ -128,6 +128,25 @@ class Bfdd(FrrDaemon):
         return {self.path(".conf"): "\n".join(lines) + "\n"}
 
 
+_FROM = {rel: f"ANYLAB-FROM-{rel.upper()}" for rel in LOCAL_PREF}
+_TO_UPSTREAM = "ANYLAB-TO-UPSTREAM"
+
+
+def _policy_lines() -> list[str]:
+    """Valley-free policy (see :mod:`lab.graph`): every route learned is tagged with what it was
+    learned from (one community of :data:`RELATION_COMMUNITY`, replacing any other) and given that
+    relation's local preference; to peers and providers only untagged (own) and customer routes go."""
+    lines = []
+    for rel, name in _FROM.items():
+        lines += [f"route-map {name} permit 10", f" set community {RELATION_COMMUNITY[rel]}",
+                  f" set local-preference {LOCAL_PREF[rel]}", "exit", "!"]
+    lines += [*(f"bgp community-list standard ANYLAB-NOT-CUSTOMER permit {RELATION_COMMUNITY[rel]}"
+                for rel in ("peer", "provider")), "!",
+              f"route-map {_TO_UPSTREAM} deny 10", " match community ANYLAB-NOT-CUSTOMER", "exit", "!",
+              f"route-map {_TO_UPSTREAM} permit 20", "exit", "!"]
+    return lines
+
+
 class Bgpd(FrrDaemon):
     """eBGP to every neighbour; originates attached client subnets and the loopback."""
 
@@ -139,6 +158,10 @@ class Bgpd(FrrDaemon):
         r, t = self.router, self.router.profile
         lines = [
             *self.header(),
+            # Route-maps before the neighbours that use them: bgpd resolves a neighbour's route-map by
+            # name when it reads the line, and one defined later is only bound after its delay timer
+            # (5 s) — measured: updates arriving in between were denied and never looked at again.
+            *(_policy_lines() if any(n.relation for n in r.neighbors) else []),
             f"router bgp {r.asn}",
             f" bgp router-id {r.loopback}",
             # eBGP announces nothing without a policy otherwise (RFC 8212 default in FRR).
@@ -164,7 +187,13 @@ class Bgpd(FrrDaemon):
                 lines.append(f" neighbor {n.address} bfd profile {bfd_profile_name(p.bfd)}")
         lines += [" !", " address-family ipv4 unicast", f"  network {r.loopback}/32"]
         lines += [f"  network {net}" for net in r.host_subnets]
-        lines += ["  maximum-paths 16", " exit-address-family", "exit", "!"]
+        lines.append("  maximum-paths 16")
+        for n in r.neighbors:
+            if n.relation:
+                lines.append(f"  neighbor {n.address} route-map {_FROM[n.relation]} in")
+                if n.relation != "customer":
+                    lines.append(f"  neighbor {n.address} route-map {_TO_UPSTREAM} out")
+        lines += [" exit-address-family", "exit", "!"]
         return {self.path(".conf"): "\n".join(lines) + "\n"}
 
     def ready(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from bgp.bird import Bird, bird_best_as_path, bird_sessions, birdc
+from bgp.bird import Bird, bird_as_paths, bird_best_as_path, bird_sessions, birdc
 from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
 from lab.daemon import Daemon, NodeEnv
 from lab.model import Router
@@ -59,3 +59,12 @@ def best_as_path(router_dir: Path, router: Router, prefix: IPv4Network) -> tuple
             text = str(path.get("aspath", {}).get("string", "")).strip()
             return tuple(int(a) for a in text.split()) if text else ()
     return None
+
+
+def as_paths(router_dir: Path, router: Router, prefix: IPv4Network) -> list[tuple[int, ...]]:
+    """The AS paths of every BGP path the router holds for ``prefix`` (best or not), sorted."""
+    if router.kind == "bird":
+        return bird_as_paths(router_dir / "bird.ctl", prefix)
+    data = vtysh_json(router_dir, f"show bgp ipv4 unicast {prefix} json", daemon="bgpd") or {}
+    return sorted(tuple(int(a) for a in str(p.get("aspath", {}).get("string", "")).split())
+                  for p in data.get("paths", []))

@@ -4,9 +4,14 @@ The prediction replays BGP's decision process as the lab configures FRR (every s
 ``bgp deterministic-med``, ``bgp bestpath compare-routerid``, ``maximum-paths``, MED not passed on
 across AS boundaries):
 
-1. shortest AS path;
-2. lowest MED, compared only between paths from the same neighbouring AS;
-3. lowest neighbour router-id, then lowest neighbour address.
+1. highest local preference: with link relations (``links[].relation``) a route from a customer
+   beats one from a peer, which beats one from a provider (:data:`lab.model.LOCAL_PREF`);
+2. shortest AS path;
+3. lowest MED, compared only between paths from the same neighbouring AS;
+4. lowest neighbour router-id, then lowest neighbour address.
+
+With relations a router passes a route on valley-free: routes from customers (and PoPs) to every
+neighbour, routes from peers and providers to customers only.
 
 Paths with the same AS path and MED as the best one are multipath (ECMP) members, so a router
 attached to two PoPs sharing an ASN splits flows between them: such a catchment is reported as
@@ -22,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Network
 import networkx as nx
 
 from lab.errors import TopologyError
-from lab.model import Topology
+from lab.model import DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF, Topology
 
 IFNAMSIZ = 15
 
@@ -195,6 +200,12 @@ class Path:
     neighbor_rid: IPv4Address
     neighbor_addr: IPv4Address
     pops: frozenset[str]
+    #: What the neighbour it came from is to the router (None without relations).
+    learned_from: str | None = None
+
+    @property
+    def local_pref(self) -> int:
+        return LOCAL_PREF.get(self.learned_from or "", DEFAULT_LOCAL_PREF)
 
     @property
     def neighbor_as(self) -> int:
@@ -202,7 +213,7 @@ class Path:
 
 
 def _group_best(paths: list[Path]) -> Path:
-    return min(paths, key=lambda p: (len(p.as_path), p.med, p.neighbor_rid, p.neighbor_addr))
+    return min(paths, key=lambda p: (-p.local_pref, len(p.as_path), p.med, p.neighbor_rid, p.neighbor_addr))
 
 
 def best_path(paths: list[Path]) -> Path | None:
@@ -214,10 +225,21 @@ def best_path(paths: list[Path]) -> Path | None:
     for p in paths:
         groups.setdefault(p.neighbor_as, []).append(p)
     winners = [_group_best(g) for g in groups.values()]
-    best = min(winners, key=lambda p: (len(p.as_path), p.neighbor_rid, p.neighbor_addr))
-    members = [p for p in paths if p.as_path == best.as_path and p.med == best.med]
+    best = min(winners, key=lambda p: (-p.local_pref, len(p.as_path), p.neighbor_rid, p.neighbor_addr))
+    members = [p for p in paths
+               if p.as_path == best.as_path and p.med == best.med and p.local_pref == best.local_pref]
     return Path(best.as_path, best.med, best.neighbor_rid, best.neighbor_addr,
-                frozenset().union(*(m.pops for m in members)))
+                frozenset().union(*(m.pops for m in members)), best.learned_from)
+
+
+def exports(path: Path, to: str | None) -> bool:
+    """Whether a router passes ``path`` on to a neighbour that is its ``to`` (valley-free: a route
+    from a peer or provider goes to customers only; without relations everything goes everywhere)."""
+    return to in (None, "customer") or path.learned_from in (None, "customer")
+
+
+def _inverse(relation: str | None) -> str | None:
+    return INVERSE_RELATION[relation] if relation else None
 
 
 def predict_routes(topo: Topology, prefix: IPv4Network) -> dict[str, Path | None]:
@@ -229,7 +251,8 @@ def predict_routes(topo: Topology, prefix: IPv4Network) -> dict[str, Path | None
             continue
         as_path = (s.asn,) * (1 + s.prepend)
         for n in s.neighbors:
-            originated[n.node].append(Path(as_path, s.med, s.router_id, n.local_address, frozenset({s.pop})))
+            originated[n.node].append(Path(as_path, s.med, s.router_id, n.local_address, frozenset({s.pop}),
+                                           "customer" if n.relation else None))
     best: dict[str, Path | None] = {r.name: None for r in topo.routers}
     routers = {r.name: r for r in topo.routers}
     for _ in range(4 * len(topo.routers) + 4):
@@ -240,10 +263,10 @@ def predict_routes(topo: Topology, prefix: IPv4Network) -> dict[str, Path | None
                 if n.node not in routers:
                     continue
                 nb = best[n.node]
-                if nb is None or r.asn in nb.as_path:
+                if nb is None or r.asn in nb.as_path or not exports(nb, _inverse(n.relation)):
                     continue
                 # MED is not passed on to another AS.
-                cands.append(Path((n.asn, *nb.as_path), 0, n.router_id, n.address, nb.pops))
+                cands.append(Path((n.asn, *nb.as_path), 0, n.router_id, n.address, nb.pops, n.relation))
             new = best_path(cands)
             if new != best[r.name]:
                 best[r.name] = new
@@ -251,7 +274,8 @@ def predict_routes(topo: Topology, prefix: IPv4Network) -> dict[str, Path | None
         if not changed:
             return best
     raise TopologyError(topo.source, "routers", "BGP prediction did not converge",
-                        "report this topology: eBGP without policy should always converge")
+                        "report this topology: eBGP without policy, or valley-free with acyclic "
+                        "provider relations, should always converge")
 
 
 def predict_catchment(topo: Topology, prefix: IPv4Network | None = None) -> dict[str, str]:

@@ -105,6 +105,11 @@ class LinkSpec(_Spec):
     a: str
     b: str
     addresses: tuple[IPv4Interface, IPv4Interface] | None = None
+    #: The business relationship, read "a is b's <relation>": ``provider`` (a sells b transit),
+    #: ``customer`` (a buys transit from b) or ``peer`` (settlement-free). With relations the routers
+    #: prefer customer over peer over provider routes and export valley-free (Gao–Rexford); without
+    #: any (the default) every router exports every route to every neighbour.
+    relation: Literal["provider", "customer", "peer"] | None = None
 
     @field_validator("addresses")
     @classmethod
@@ -352,6 +357,9 @@ class Neighbor:
     #: The session's profile: the PoP's for a router–server session, else the local router's (BFD only
     #: when both routers' profiles have it: BFD needs both ends).
     profile: Profile
+    #: What the neighbour is to the local node (``customer``, ``peer``, ``provider``), None without
+    #: relations in the topology. A PoP server is its upstream routers' customer.
+    relation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -648,6 +656,11 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         if link.a == link.b:
             raise TopologyError(source, f"links[{i}]", f"links router '{link.a}' to itself",
                                 "connect two different routers")
+    related = [link.relation is not None for link in spec.links]
+    if any(related) and not all(related):
+        i = related.index(False)
+        raise TopologyError(source, f"links[{i}].relation", "is missing while other links have one",
+                            "give every router link a relation (provider, customer or peer), or none at all")
     for i, p in enumerate(spec.pops):
         need(p.region, regions, f"pops[{i}] ({p.name}).region", "region")
         if not p.upstreams:
@@ -685,6 +698,16 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         if a.pops != "all":
             for j, p_name in enumerate(a.pops):
                 need(p_name, pops, f"anycast[{i}].pops[{j}]", "PoP")
+
+
+#: A link's relation seen from its other end.
+INVERSE_RELATION: Mapping[str, str] = {"provider": "customer", "customer": "provider", "peer": "peer"}
+#: Local preference by what the neighbour a route came from is (customer routes earn money, provider
+#: routes cost it): the same numbers in the FRR and BIRD configs and in the catchment prediction.
+LOCAL_PREF: Mapping[str, int] = {"customer": 200, "peer": 100, "provider": 50}
+DEFAULT_LOCAL_PREF = 100
+#: The community a router tags a learned route with, by relation (private ASN 64512's).
+RELATION_COMMUNITY: Mapping[str, str] = {"customer": "64512:1", "peer": "64512:2", "provider": "64512:3"}
 
 
 def server_name(pop: str, index: int) -> str:
@@ -786,13 +809,25 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         own, other = profile_of[node], profile_of[peer]
         return own if other.bfd is not None else own.model_copy(update={"bfd": None})
 
+    relation_of: dict[tuple[str, str], str] = {}
+    if any(link.relation for link in spec.links):
+        for link in spec.links:
+            assert link.relation is not None  # all or none: checked by _cross_refs
+            relation_of[(link.b, link.a)] = link.relation
+            relation_of[(link.a, link.b)] = INVERSE_RELATION[link.relation]
+        for p, _k, s_name, _rid in server_specs:
+            for up in p.upstreams:
+                relation_of[(up, s_name)] = "customer"
+                relation_of[(s_name, up)] = "provider"
+
     def neighbors(node: str) -> tuple[Neighbor, ...]:
         out = []
         for intf in intfs.get(node, []):
             if intf.peer_node in asn_of:  # clients do not speak BGP
                 out.append(Neighbor(intf.peer_node, asn_of[intf.peer_node], intf.peer_address.ip,
                                     intf.address.ip, intf.name, rid_of[intf.peer_node],
-                                    session_profile(node, intf.peer_node)))
+                                    session_profile(node, intf.peer_node),
+                                    relation_of.get((node, intf.peer_node))))
         return tuple(out)
 
     routers = tuple(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lab.graph import busiest_pop, mermaid, predict_catchment, predict_routes
+from lab.graph import busiest_pop, exports, mermaid, predict_catchment, predict_routes
 from lab.model import build_topology, load_topology
 from tests.conftest import TOPOLOGIES
 
@@ -88,3 +88,31 @@ def test_mermaid_lists_every_node() -> None:
     assert text.startswith("flowchart LR")
     for name in topo.node_names():
         assert name in text
+
+
+def test_valley_free_prefers_customer_routes_over_shorter_ones() -> None:
+    """valley_free.yaml: a holds near over its peer b (2 AS hops) and far down its customers (3 AS
+    hops); local preference picks far. Without relations the shorter path wins."""
+    topo = load_topology(TOPOLOGIES / "valley_free.yaml")
+    assert predict_catchment(topo) == {"ca": "far", "ct": "near", "cb": "near"}
+    routes = predict_routes(topo, topo.anycast[0])
+    a = routes["a"]
+    assert a is not None and a.as_path == (65030, 65040, 64602) and a.learned_from == "customer"
+    plain = topo.spec.model_dump(mode="json")
+    for link in plain["links"]:
+        link["relation"] = None
+    assert predict_catchment(build_topology(plain))["ca"] == "near"
+
+
+def test_valley_free_export_keeps_peer_routes_from_providers() -> None:
+    """Without far, a's best is near through its peer b: a passes it to its customer c, never to its
+    provider t1 (t1 keeps only its own customer route through b)."""
+    data = load_topology(TOPOLOGIES / "valley_free.yaml").spec.model_dump(mode="json")
+    data["pops"] = [p for p in data["pops"] if p["name"] != "far"]
+    topo = build_topology(data)
+    routes = predict_routes(topo, topo.anycast[0])
+    a, c, t1 = routes["a"], routes["c"], routes["t1"]
+    assert a is not None and a.learned_from == "peer" and a.as_path == (65020, 64601)
+    assert c is not None and c.as_path == (65010, 65020, 64601)
+    assert t1 is not None and t1.as_path == (65020, 64601)
+    assert exports(a, "customer") and not exports(a, "provider") and not exports(a, "peer")

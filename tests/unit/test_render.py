@@ -37,13 +37,24 @@ def daemons() -> list[Daemon]:
     return out
 
 
-CASES = [(d, path) for d in daemons() for path in d.render_config()]
+VALLEY = load_topology(TOPOLOGIES / "valley_free.yaml")
 
 
-@pytest.mark.parametrize(("daemon", "path"), CASES, ids=[f"{d.node}-{p.name}" for d, p in CASES])
-def test_config_matches_golden(daemon: Daemon, path: Path) -> None:
+def valley_daemons() -> list[Daemon]:
+    """Router a of valley_free.yaml has a provider, a peer and a customer: every policy branch."""
+    a = VALLEY.router("a")
+    return [*router_daemons(env("a"), a)[2:], Bird(env("a"), replace(a, kind="bird"))]
+
+
+CASES = [(GOLDEN, d, path) for d in daemons() for path in d.render_config()]
+CASES += [(GOLDEN.parent / "valley_free", d, path) for d in valley_daemons() for path in d.render_config()]
+
+
+@pytest.mark.parametrize(("where", "daemon", "path"), CASES,
+                         ids=[f"{w.name}-{d.node}-{p.name}" for w, d, p in CASES])
+def test_config_matches_golden(where: Path, daemon: Daemon, path: Path) -> None:
     text = daemon.render_config()[path]
-    golden = GOLDEN / f"{daemon.node}.{path.name}"
+    golden = where / f"{daemon.node}.{path.name}"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
