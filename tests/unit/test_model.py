@@ -35,7 +35,8 @@ def test_malformed_file_gives_its_message(path: Path) -> None:
     assert ". Fix: " in message and len(info.value.fix) > 5
 
 
-@pytest.mark.parametrize("name", ["two_pops.yaml", "global.yaml", "regions.py", "valley_free.yaml"])
+@pytest.mark.parametrize("name", ["two_pops.yaml", "global.yaml", "regions.py", "valley_free.yaml", "stages.py",
+                                  "global_300.py"])
 def test_shipped_topologies_load(name: str) -> None:
     topo = load_topology(TOPOLOGIES / name)
     assert topo.routers and topo.servers and topo.clients
