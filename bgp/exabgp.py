@@ -117,6 +117,9 @@ class ExaBgp(Daemon):
     def spawn_env(self) -> dict[str, str]:
         return exabgp_env()
 
+    def fork_target(self) -> tuple[str, list[str]] | None:
+        return "exabgp.application.main", ["server", str(self.path(".conf"))]
+
     def before_start(self) -> None:
         # The wanted state (api-state.json) is kept: a restarted speaker announces what the health
         # agent and the operator last asked for, as a respawned API process does.

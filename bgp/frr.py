@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import pwd
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 from lab.daemon import Daemon, NodeEnv
 from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router
 from lab.profiles import BfdSpec
+from lab.wait import socket_accepts
 
 FRR_BIN = Path("/usr/lib/frr")
 VTYSH = "/usr/bin/vtysh"
@@ -48,16 +48,6 @@ def vtysh_json(router_dir: Path, command: str, daemon: str | None = None) -> Any
     return json.loads(vtysh(router_dir, command, daemon) or "null")
 
 
-def _socket_accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-        return True
-
-
 class FrrDaemon(Daemon):
     """Common command line and dry run of the FRR daemons."""
 
@@ -84,7 +74,7 @@ class FrrDaemon(Daemon):
             raise self.error(f"dry run (-C) rejected {self.path('.conf')}: {' | '.join(bad)}")
 
     def ready(self) -> bool:
-        return _socket_accepts(self.env.dir / f"{self.name}.vty")
+        return socket_accepts(self.env.dir / f"{self.name}.vty")
 
     def header(self) -> list[str]:
         return ["frr defaults traditional", f"hostname {self.router.name}", "!"]
@@ -205,7 +195,10 @@ class Bgpd(FrrDaemon):
 
 
 def router_daemons(env: NodeEnv, router: Router) -> list[FrrDaemon]:
-    """The daemons of one FRR router, in start order (dependencies first)."""
+    """The daemons of one FRR router, in start order (dependencies first); bfdd only if a session has
+    BFD."""
+    if not any(n.profile.bfd for n in router.neighbors):
+        return [Zebra(env, router), Bgpd(env, router)]  # no session wants BFD: no bfdd to keep idle
     return [Zebra(env, router), Bfdd(env, router), Bgpd(env, router)]
 
 

@@ -89,6 +89,10 @@ class Counters:
     api_errors: int = 0
     last_check_s: float = 0.0
 
+#: The metrics and state files are rewritten at once on a change of health or announcement, else this
+#: often (their counters): at hundreds of servers a write a second each was most of an idle agent's work.
+METRICS_S = 10.0
+
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
@@ -239,7 +243,7 @@ class Agent:
                 self.step(fsm.CheckResult(monotonic(), outcome.ok, "" if outcome.ok else outcome.detail))
             if self.unsent is not None:
                 self.send(self.unsent)
-            if monotonic() - last_metrics > 1.0:
+            if monotonic() - last_metrics > METRICS_S:
                 self.write_files()
                 last_metrics = monotonic()
         self.step(fsm.Stop(monotonic()))

@@ -237,5 +237,9 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     await service.run(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 
 
-if __name__ == "__main__":
+def main() -> None:
     service.main(serve, __doc__ or "")
+
+
+if __name__ == "__main__":
+    main()

@@ -57,6 +57,7 @@ class Replica:
         self.masters: list[dict[str, Any]] = list(cfg.get("masters", [self.master]))
         self.stale_after = float(cfg.get("stale_after_s", 300.0))
         self.metrics = Path(cfg["metrics"])
+        self.metrics_written = ""
         self.events = Path(cfg["events"])
         self.applied_log = Path(cfg["events"]).with_name("kv-applied.jsonl")
         self.cursor_file = data / "cursors.json"
@@ -95,6 +96,9 @@ class Replica:
                 f"anylab_kv_replica_lag_seconds{{server=\"{self.server}\"}} {self.lag()}\n"
                 f"anylab_kv_queue_depth{{server=\"{self.server}\"}} {self.depth()}\n"
                 f"anylab_kv_master_reachable{{server=\"{self.server}\"}} {int(self.reachable is True)}\n")
+        if text == self.metrics_written:
+            return  # an idle, caught-up replica would rewrite the same three lines every poll
+        self.metrics_written = text
         tmp = self.metrics.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.metrics)
@@ -223,9 +227,10 @@ class Replica:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
                     self.cursors[ns] = max(e.seq for e in entries)
                     self.applied(ns, entries)
-            tmp = self.cursor_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.cursors))
-            tmp.replace(self.cursor_file)
+            if reply.get("changes"):
+                tmp = self.cursor_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.cursors))
+                tmp.replace(self.cursor_file)
             seqs = reply.get("seqs", {})
             self.reachable = True
             self.caught_up = all(self.cursors.get(ns, 0) >= seq for ns, seq in seqs.items())
@@ -316,5 +321,9 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     await service.run(app, cfg, [replica.follow(), replica.drain()], stop, handle_signals)
 
 
-if __name__ == "__main__":
+def main() -> None:
     service.main(serve, __doc__ or "")
+
+
+if __name__ == "__main__":
+    main()

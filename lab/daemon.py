@@ -33,6 +33,8 @@ class Daemon(ABC):
     #: Names of daemons on the same node that must be ready before this one starts.
     dependencies: ClassVar[tuple[str, ...]] = ()
     ready_timeout: ClassVar[float] = 15.0
+    #: The same program on every PoP server: forked from the lab's zygote when one runs.
+    forkable: ClassVar[bool] = False
 
     def __init__(self, env: NodeEnv) -> None:
         self.env = env
@@ -79,8 +81,22 @@ class Daemon(ABC):
         if self.proc is not None and self.proc.alive():
             raise self.error("already running")
         self.before_start()
+        target = self.fork_target()
+        if target is not None and self.env.procs.zygote is not None:
+            self.proc = self.env.procs.fork(target[0], target[1], node=self.node, name=self.name,
+                                            netns=self.env.netns, log=self.path(".out"), env=self.spawn_env())
+            return
         self.proc = self.env.procs.spawn(self.argv(), node=self.node, name=self.name, netns=self.env.netns,
                                          log=self.path(".out"), env=self.spawn_env())
+
+    def fork_target(self) -> tuple[str, list[str]] | None:
+        """(module, arguments) when the lab's zygote may fork this daemon instead of starting
+        ``argv()`` (:mod:`lab.zygote`): a ``forkable`` daemon run as ``python -m MODULE ARGS``.
+        None: always a new process."""
+        argv = self.argv()
+        if self.forkable and len(argv) >= 3 and argv[1] == "-m":
+            return argv[2], argv[3:]
+        return None
 
     @abstractmethod
     def ready(self) -> bool:

@@ -25,6 +25,7 @@ class EdgeWorker(Daemon):
     the probers' UDP probes, and ``/healthz`` on 127.0.0.1 for the health agent."""
 
     name = "edge"
+    forkable = True
 
     def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path,
                  origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None,
@@ -191,6 +192,7 @@ class KvReplica(PythonService):
     the region's master; Level 1 when it is away."""
 
     name = "kv-replica"
+    forkable = True
     module = "kv.replica"
 
     def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float,
@@ -344,6 +346,7 @@ class HealthAgent(PythonService):
     """``health.agent``: checks the local service and tells the ExaBGP API process what to announce."""
 
     name = "health"
+    forkable = True
     module = "health.agent"
     dependencies = ("edge", "exabgp")
 

@@ -51,6 +51,18 @@ def _ip(*args: str) -> None:
         raise LabError(f"ip {' '.join(args)}: {res.stderr.strip()}")
 
 
+def enter_netns(netns: str) -> None:
+    """Move the calling thread (in a single-threaded process: the process) into the network namespace
+    at path ``netns``; raises OSError."""
+    fd = os.open(netns, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket created inside the namespace at path ``netns``; the calling thread stays where it is.
 
@@ -61,13 +73,7 @@ def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.sock
 
     def enter() -> None:
         try:
-            fd = os.open(netns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
+            enter_netns(netns)
             result.append(socket.socket(family, kind, proto))
         except BaseException as exc:
             result.append(exc)

@@ -84,12 +84,20 @@ class Proc:
         self.stop(timeout=0.0)
 
 
+def write_record(path: Path, record: dict[str, object]) -> None:
+    """Append one process record to a ``pids.jsonl`` (one short O_APPEND write: safe between processes)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
 class ProcessGroup:
     """The processes of one lab, in start order, mirrored to ``run_dir/pids.jsonl``."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.procs: list[Proc] = []
+        #: The socket of the lab's fork server once it runs (see :mod:`lab.zygote`).
+        self.zygote: Path | None = None
 
     def spawn(
         self,
@@ -118,17 +126,34 @@ class ProcessGroup:
                 out.close()
         return self.adopt(node, name, popen.pid, popen)
 
+    def fork(self, module: str, args: Sequence[str], *, node: str, name: str, netns: str | None,
+             log: Path, env: dict[str, str] | None = None) -> Proc:
+        """Have the lab's zygote (:mod:`lab.zygote`) fork ``module.main()`` with ``args`` into ``netns``
+        and record it. Raises LabError if there is no zygote or it cannot."""
+        if self.zygote is None:
+            raise LabError("no zygote is running to fork from", node=node, daemon=name)
+        from lab.zygote import request_fork
+
+        record = {"node": node, "name": name, "signal": int(signal.SIGTERM)}
+        try:
+            pid = request_fork(self.zygote, module, list(args), netns, log, env, self.run_dir / PIDS_FILE, record)
+        except (OSError, ValueError) as exc:
+            raise LabError(f"zygote cannot fork {module}: {exc}", node=node, daemon=name) from exc
+        # The zygote recorded it in pids.jsonl before answering: a child is never left unrecorded.
+        return self.adopt(node, name, pid, record=False)
+
     def adopt(self, node: str, name: str, pid: int, popen: subprocess.Popen[bytes] | None = None,
-              stop_signal: int = signal.SIGTERM) -> Proc:
-        """Record a process started elsewhere (e.g. a Mininet node shell) as the lab's."""
+              stop_signal: int = signal.SIGTERM, record: bool = True) -> Proc:
+        """Record a process started elsewhere (e.g. a Mininet node shell) as the lab's (in
+        ``pids.jsonl`` too unless ``record`` is False: the zygote wrote it there already)."""
         start = proc_starttime(pid)
         if start is None:
             raise LabError(f"process {pid} exited at once", node=node, daemon=name)
         proc = Proc(node, name, pid, start, popen, stop_signal)
         self.procs.append(proc)
-        with open(self.run_dir / PIDS_FILE, "a") as fh:
-            fh.write(json.dumps({"node": node, "name": name, "pid": pid, "starttime": start,
-                                 "signal": int(stop_signal)}) + "\n")
+        if record:
+            write_record(self.run_dir / PIDS_FILE, {"node": node, "name": name, "pid": pid, "starttime": start,
+                                                    "signal": int(stop_signal)})
         return proc
 
     def stop_all(self, errors: list[str]) -> None:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -39,7 +40,7 @@ from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
 from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs
-from lab.wait import wait_for
+from lab.wait import socket_accepts, wait_for
 
 if TYPE_CHECKING:
     from lab.net import Network
@@ -207,6 +208,7 @@ class Lab:
             assert built == self.netns, "namespace paths are derived from the lab name"
             self.timings["network"] = monotonic() - t0
             self.write_state("starting")
+            self._start_zygote()
             self._start_daemons()
             self.timings["daemons_ready"] = monotonic() - t0
             self.wait_converged(deadline=t0 + timeout)
@@ -221,6 +223,22 @@ class Lab:
             except LabError as teardown:
                 exc.add_note(str(teardown))  # keep the reason up failed in front
             raise
+
+    def _start_zygote(self) -> None:
+        """Start the fork server the PoP servers' Python daemons come from (:mod:`lab.zygote`) and wait
+        until it accepts requests; raises WaitTimeout with its output."""
+        sock, log = self.run_dir / "zygote.sock", self.run_dir / "zygote.out"
+        proc = self.procs.spawn([sys.executable, "-m", "lab.zygote", "--socket", str(sock)], node="lab",
+                                name="zygote", log=log)
+
+        def accepting() -> bool:
+            if not proc.alive():
+                raise LabError(f"the zygote exited: {log.read_text(errors='replace')[-500:]}", daemon="zygote")
+            return socket_accepts(sock)
+
+        wait_for(accepting, timeout=30.0, what="the zygote's socket", daemon="zygote",
+                 describe=lambda: log.read_text(errors="replace")[-300:] if log.exists() else "(no output)")
+        self.procs.zygote = sock
 
     def _start_daemons(self, nodes: Iterable[str] | None = None) -> None:
         """Start in waves: a daemon starts once its node's dependencies are ready. By default every node

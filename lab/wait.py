@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from lab.errors import LabError, WaitTimeout
@@ -46,3 +48,14 @@ def wait_for(
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}; last state: {state}",
                               node=node, daemon=daemon)
         time.sleep(interval)  # poll interval, bounded by the deadline above
+
+
+def socket_accepts(path: Path) -> bool:
+    """One probe: whether a Unix stream socket at ``path`` accepts a connection (within 1 s)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True

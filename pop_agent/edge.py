@@ -63,7 +63,13 @@ from protect.limits import (
 #: The header a spilled request carries to the PoP that takes it (never spilled again from there).
 SPILLED_FROM = "x-anylab-spilled-from"
 #: How long a peer's last load report counts, and how long a silent PoP counts as up.
-PEER_FRESH_S, PEER_SILENT_S, PEER_POLL_S = 1.0, 1.0, 0.25
+#: A peer's report counts for spilling while this fresh; its PoP is silent (Level 3) after this long
+#: unheard; its servers are polled this often while this server is busy (utilisation at half the
+#: spill threshold or more), and this often otherwise — at hundreds of PoPs, idle polling at 4 Hz would
+#: be most of an idle lab's traffic.
+PEER_FRESH_S, PEER_SILENT_S, PEER_POLL_S, PEER_IDLE_POLL_S = 1.0, 2.5, 0.25, 1.0
+#: ``protect.json`` is rewritten at once when its content changes, else this often (a heartbeat).
+PROTECT_HEARTBEAT_S = 5.0
 FULL = (1.0, 1.0, 1.0, 1.0)
 
 
@@ -212,6 +218,8 @@ class Edge:
         #: Other breakers this process holds (the DO router's), read when ``protect.json`` is written.
         self.reporters: list[Callable[[], dict[str, dict[str, Any]]]] = []
         self.protect_file = protect_file
+        #: The last protect.json content written (without its times) and when.
+        self.protect_written: tuple[str, float] = ("", -math.inf)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
         self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
         self.table: dict[str, list[tuple[str, Pool]]] = {}
@@ -377,17 +385,24 @@ class Edge:
             self.level = degradation
         if self.protect_file is None:
             return
-        tmp = self.protect_file.with_suffix(".tmp")
         now = time.monotonic()
         breakers = dict(self.breakers)
         for report in self.reporters:
             breakers.update(report())
-        tmp.write_text(json.dumps({"breakers": breakers, "counters": self.counters, "t": now,
-                                   "level": self.level.level, "reasons": self.level.reasons,
-                                   "inflight": self.inflight, "utilisation": round(self.utilisation(now), 3),
-                                   "capacity_rps": self.capacity_rps, "max_inflight": self.max_inflight,
-                                   "peers": [{"server": p.server, "utilisation": [round(u, 3) for u in p.utilisation],
-                                              "age_s": round(now - p.heard_at, 2)} for p in self.peers]}))
+        peers: list[dict[str, Any]] = [{"server": p.server, "utilisation": [round(u, 3) for u in p.utilisation],
+                                        "silent": now - p.heard_at > PEER_SILENT_S} for p in self.peers]
+        content = {"breakers": breakers, "counters": self.counters,
+                   "level": self.level.level, "reasons": self.level.reasons,
+                   "inflight": self.inflight, "utilisation": round(self.utilisation(now), 3),
+                   "capacity_rps": self.capacity_rps, "max_inflight": self.max_inflight, "peers": peers}
+        text = json.dumps(content)
+        if text == self.protect_written[0] and now - self.protect_written[1] < PROTECT_HEARTBEAT_S:
+            return  # nothing new: an idle server writes a heartbeat only
+        self.protect_written = (text, now)
+        for out, p in zip(peers, self.peers, strict=True):
+            out["age_s"] = round(now - p.heard_at, 2)
+        tmp = self.protect_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**content, "t": now}))
         tmp.replace(self.protect_file)
 
     def close(self) -> None:
@@ -526,12 +541,15 @@ class PeerWatch(asyncio.DatagramProtocol):
         pass  # an unreachable peer is one that does not answer
 
     async def run(self) -> None:
-        seq = 0
+        seq, last = 0, -math.inf
         while True:
-            seq += 1
-            assert self.transport is not None
-            for p in self.edge.peers:
-                self.transport.sendto(json.dumps({"seq": seq, "load": 1}).encode(), (p.address, self.udp_port))
+            now = time.monotonic()
+            busy = self.edge.utilisation(now) >= self.edge.spill_threshold / 2
+            if busy or now - last >= PEER_IDLE_POLL_S:
+                seq, last = seq + 1, now
+                assert self.transport is not None
+                for p in self.edge.peers:
+                    self.transport.sendto(json.dumps({"seq": seq, "load": 1}).encode(), (p.address, self.udp_port))
             await asyncio.sleep(PEER_POLL_S)  # the polling period itself
 
 
