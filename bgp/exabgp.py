@@ -22,7 +22,15 @@ def exabgp_bin(python: str) -> str:
     return found
 
 
-def exabgp_env() -> dict[str, str]:
+def reactor_speed(keepalive: int) -> int:
+    """ExaBGP's ``reactor.speed``: its main loop sleeps ``speed × 10 ms`` when nothing is readable (it
+    wakes at once for a BGP message or an API line, so reaction time does not depend on it). 10 (0.1 s)
+    for keepalives of 1 s; with slower keepalives up to a sixth of the keepalive, at most 0.5 s: an idle
+    ExaBGP then wakes twice a second instead of ten times (measured: 0.23 → 0.07 % of a core)."""
+    return 10 if keepalive <= 1 else min(50, keepalive * 100 // 6)
+
+
+def exabgp_env(keepalive: int = 1) -> dict[str, str]:
     """Environment for ExaBGP: foreground, log to stdout, no CLI pipes (the CLI child costs ~28 MB)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("exabgp")}
     env.update({
@@ -33,7 +41,7 @@ def exabgp_env() -> dict[str, str]:
         "exabgp.api.cli": "false",
         "exabgp.api.ack": "true",
         # Its main loop polls every 10 ms otherwise (~0.7 % of a core each); reaction time is unchanged.
-        "exabgp.reactor.speed": "10",
+        "exabgp.reactor.speed": str(reactor_speed(keepalive)),
     })
     return env
 
@@ -109,13 +117,13 @@ class ExaBgp(Daemon):
 
     def validate(self) -> None:
         self.run_check([exabgp_bin(self.env.python), "validate", str(self.path(".conf"))], "exabgp validate",
-                       env=exabgp_env())
+                       env=exabgp_env(self.server.profile.keepalive))
 
     def argv(self) -> list[str]:
         return [exabgp_bin(self.env.python), "server", str(self.path(".conf"))]
 
     def spawn_env(self) -> dict[str, str]:
-        return exabgp_env()
+        return exabgp_env(self.server.profile.keepalive)
 
     def fork_target(self) -> tuple[str, list[str]] | None:
         return "exabgp.application.main", ["server", str(self.path(".conf"))]

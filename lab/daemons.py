@@ -406,11 +406,13 @@ class Prober(Daemon):
 
     name = "prober"
 
-    def __init__(self, env: NodeEnv, client: ClientNode, target: str, rate_hz: float, udp_port: int) -> None:
+    def __init__(self, env: NodeEnv, client: ClientNode, target: str, rate_hz: float, udp_port: int,
+                 idle_hz: float | None = None) -> None:
         super().__init__(env)
         self.client = client
         self.target = target
         self.rate_hz = rate_hz
+        self.idle_hz = idle_hz
         self.udp_port = udp_port
 
     @property
@@ -426,7 +428,8 @@ class Prober(Daemon):
 
     def argv(self) -> list[str]:
         return [self.env.python, "-m", "lab.prober", "--target", self.target, "--port", str(self.udp_port),
-                "--rate", str(self.rate_hz), "--out", str(self.out)]
+                "--rate", str(self.rate_hz), "--out", str(self.out),
+                *(["--idle-rate", str(self.idle_hz)] if self.idle_hz else [])]
 
     def ready(self) -> bool:
         return self.out.exists()

@@ -113,13 +113,16 @@ def generate(shape: Shape) -> dict[str, Any]:
     return out
 
 
+#: Probing at 1 kHz while ``anylab measure`` runs, 10 Hz otherwise (see ``settings.probe_idle_hz``).
+SCALE_SETTINGS = {"probe_rate_hz": 1000.0, "probe_idle_hz": 10.0}
+
 #: The design's stages as the lab runs them on one box (servers per PoP: the design's at stage 1 only).
 STAGES: dict[int, Shape] = {
     1: Shape("stage-1", regions=1, transits_per_region=2, pops_per_region=1, servers=4, clients_per_region=2),
     2: Shape("stage-2", regions=1, transits_per_region=12, pops_per_region=50, clients_per_region=4,
-             profile="scale"),
+             profile="scale", settings=dict(SCALE_SETTINGS)),
     3: Shape("global-300", regions=6, transits_per_region=16, pops_per_region=50, clients_per_region=2,
-             profile="scale"),
+             profile="scale", settings=dict(SCALE_SETTINGS)),
 }
 #: Servers per PoP in the design's stages (for docs/scaling.md and ``--design-servers``).
 DESIGN_SERVERS = {1: 4, 2: 4, 3: 10}

@@ -34,7 +34,7 @@ from lab.http_load import read as read_http
 from lab.measure import Probe, read_probes
 from lab.model import Topology
 from lab.recorders import RouterRecorder
-from lab.runtime import observed_catchment, read_state, router_sessions, run_dir_of, topology_of
+from lab.runtime import observed_catchment, read_state, router_sessions, run_dir_of, set_probe_rate, topology_of
 from lab.wait import wait_for
 
 PROBE_TIMEOUT_S = 1.0  # lab.prober's default: a probe is written as lost only after this
@@ -256,6 +256,22 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int,
     """One run (see the module docstring); with ``http``, HTTP load runs from every client throughout.
     Raises WaitTimeout/LabError; the fault is restored anyway."""
     topo = driver.topo
+    slow = topo.spec.settings.probe_idle_hz is not None
+    if slow:
+        set_probe_rate(driver.run_dir, measuring=True)
+    t_fast = monotonic()
+    try:
+        return _measure_once(driver, p, settle, index, http, t_fast + 1.0 if slow else t_fast)
+    finally:
+        if slow:
+            set_probe_rate(driver.run_dir, measuring=False)
+
+
+def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: HttpSpec | None,
+                  t_fast: float) -> tuple[dict[str, Any], Timeline]:
+    """:func:`measure_once` with the probers at their measuring rate since ``t_fast`` (the second of
+    probes before the fault that the analysis reads is at that rate)."""
+    topo = driver.topo
     wait_baseline(driver)
     prefixes = {str(x) for x in topo.anycast}
     rec = RouterRecorder({r.name: driver.netns[r.name] for r in topo.routers}, list(topo.anycast))
@@ -268,8 +284,9 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int,
             loads.start(duration=_deadline_s(topo, p) + 60.0)
             loads.wait_served(monotonic(), 5, timeout=15.0, clients=[c.name for c in topo.clients])
             loads.t_ready = monotonic()
-        # A fresh "before": every client answered after the recorders started.
-        t_rec = monotonic()
+        # A fresh "before": every client answered after the recorders started (and a second at the
+        # measuring rate).
+        t_rec = max(monotonic(), t_fast)
         wait_for(lambda: all(observed_catchment(topo, driver.run_dir, after=t_rec).values()), timeout=10,
                  what="answers before the fault", interval=0.01)
         t_fault = driver.fail(p.scenario, p.target, p.count, p.period)

@@ -253,6 +253,10 @@ class LabSpec(_Spec):
 
     profile: Profile = named(DEFAULT_PROFILE)
     probe_rate_hz: float = Field(500.0, ge=1.0, le=2000.0)
+    #: Probe rate outside measurements (``anylab measure`` raises it to ``probe_rate_hz`` for its runs);
+    #: None: always ``probe_rate_hz``. For labs of hundreds of PoPs, where constant 1 kHz probing from
+    #: every client would take most of the machine.
+    probe_idle_hz: float | None = Field(None, ge=0.1, le=2000.0)
     probe_port: int = Field(7, ge=1, le=65535)
     #: A PoP's KV replica serves reads flagged stale beyond this lag (the design: 5 min).
     kv_stale_after_s: float = Field(300.0, gt=0.0)

@@ -8,7 +8,9 @@ Every probe becomes one JSON line once answered or given up on (``timeout``)::
 Times are CLOCK_MONOTONIC seconds, the clock the controller stamps faults with, so shifts are
 measured on one clock. One connected socket (one flow, so ECMP keeps it on one path). The file is
 rotated to ``FILE.1`` past ``--max-bytes`` so a lab left up for days stays bounded.
-Run as ``python -m lab.prober --target A --out FILE [--rate HZ]``; SIGTERM ends it.
+Run as ``python -m lab.prober --target A --out FILE [--rate HZ] [--idle-rate HZ]``; SIGTERM ends it. With
+an idle rate it probes at that rate until SIGUSR1 (a measurement begins: ``--rate``) and again after
+SIGUSR2: at hundreds of PoPs, 1 kHz from every client all the time would take most of the machine.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ def now() -> float:
 
 
 class Prober:
-    def __init__(self, target: str, port: int, rate: float, out: Path, timeout: float, max_bytes: int) -> None:
-        self.period = 1.0 / rate
+    def __init__(self, target: str, port: int, rate: float, out: Path, timeout: float, max_bytes: int,
+                 idle_rate: float | None = None) -> None:
+        self.fast_period = 1.0 / rate
+        self.idle_period = 1.0 / idle_rate if idle_rate else self.fast_period
+        self.period = self.idle_period
         self.timeout = timeout
         self.out_path = out
         self.max_bytes = max_bytes
@@ -81,13 +86,21 @@ class Prober:
     def run(self) -> None:
         # select(2) takes microseconds; epoll (selectors' default) rounds waits up to whole
         # milliseconds, which would put every probe up to 1 ms late.
-        fds = [self.sock]
+        # A signal (a rate change) must end the current wait: its handler only runs between select calls.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        fds = [self.sock, wake_r]
         seq = 0
         start = now()
         next_send = start
         last_flush = start
+        period = self.period
         while self.running:
             t = now()
+            if self.period != period:  # the rate changed: the next probe at the new one, from now
+                period, next_send = self.period, min(next_send, t)
             if t >= next_send:
                 seq += 1
                 self.pending[seq] = t
@@ -96,7 +109,11 @@ class Prober:
                 next_send += self.period
                 if next_send < t:  # fell behind (e.g. the machine stalled): skip, do not burst
                     next_send = t + self.period
-            if select.select(fds, [], [], max(0.0, next_send - now()))[0]:
+            ready = select.select(fds, [], [], max(0.0, next_send - now()))[0]
+            if wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    wake_r.recv(64)
+            if self.sock in ready:
                 self.receive()
             t = now()
             if t - last_flush > 0.02:
@@ -110,19 +127,31 @@ class Prober:
     def stop(self, *_: object) -> None:
         self.running = False
 
+    def fast(self, *_: object) -> None:
+        """SIGUSR1: probe at the measuring rate (the next probe goes out at once)."""
+        self.period = self.fast_period
+
+    def idle(self, *_: object) -> None:
+        """SIGUSR2: back to the idle rate."""
+        self.period = self.idle_period
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", required=True)
     parser.add_argument("--port", type=int, default=7)
-    parser.add_argument("--rate", type=float, default=200.0, help="probes per second")
+    parser.add_argument("--rate", type=float, default=200.0, help="probes per second while measuring")
+    parser.add_argument("--idle-rate", type=float, help="probes per second otherwise (SIGUSR1: --rate, SIGUSR2: "
+                        "this; default: always --rate)")
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds before a probe counts as lost")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-bytes", type=int, default=16 << 20)
     args = parser.parse_args()
-    prober = Prober(args.target, args.port, args.rate, args.out, args.timeout, args.max_bytes)
+    prober = Prober(args.target, args.port, args.rate, args.out, args.timeout, args.max_bytes, args.idle_rate)
     signal.signal(signal.SIGTERM, prober.stop)
     signal.signal(signal.SIGINT, prober.stop)
+    signal.signal(signal.SIGUSR1, prober.fast)
+    signal.signal(signal.SIGUSR2, prober.idle)
     prober.run()
 
 

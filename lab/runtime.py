@@ -11,10 +11,12 @@ Everything the lab makes is named after it: run directory ``/run/anylab/<name>``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -165,7 +167,8 @@ class Lab:
         target = str(self.topo.anycast[0].network_address)
         for c in self.topo.clients:
             self.node_dir(c.name).mkdir(parents=True, exist_ok=True)
-            self.daemons[c.name] = [Prober(self._env(c.name), c, target, t.probe_rate_hz, t.probe_port)]
+            self.daemons[c.name] = [Prober(self._env(c.name), c, target, t.probe_rate_hz, t.probe_port,
+                                           t.probe_idle_hz)]
 
     def all_daemons(self) -> Iterable[Daemon]:
         for ds in self.daemons.values():
@@ -612,3 +615,16 @@ def cleanup_all() -> list[str]:
         for leftover in RUN_ROOT.glob(pattern) if RUN_ROOT.is_dir() else []:
             leftover.unlink(missing_ok=True)
     return errors
+
+
+def set_probe_rate(run_dir: Path, measuring: bool) -> int:
+    """Switch the lab's probers to their measuring rate (SIGUSR1) or back to their idle rate (SIGUSR2),
+    by recorded PID; returns how many were signalled. A prober without an idle rate ignores both."""
+    sig = signal.SIGUSR1 if measuring else signal.SIGUSR2
+    count = 0
+    for proc in recorded_procs(run_dir):
+        if proc.name == "prober" and proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+                count += 1
+    return count

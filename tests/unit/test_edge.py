@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pop_agent.edge import Deployment, Edge, HttpProtocol
+from pop_agent.edge import Deployment, Echo, Edge, HttpProtocol
 from pop_agent.isolate import DeployError, Zygote
 from pop_agent.worker_api import KvNamespace, Request, Response, binding
 from protect.limits import Peer, count
@@ -246,3 +246,23 @@ def test_the_do_router_limits_an_accounts_do_requests() -> None:
         return [(await router.handle(Request("POST", "/v1/do", {}, call))).status for _ in range(2)]
 
     assert asyncio.run(two()) == [503, 429]  # the first got through to (no) directory; the second is over 1/s
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append(data)
+
+
+def test_echo_answers_plain_probes_without_json_and_load_polls_with_utilisation() -> None:
+    echo = Echo(Edge("sjc", "sjc-s1", Zygote()))
+    sent = _Sent()
+    echo.connection_made(sent)  # type: ignore[arg-type]
+    echo.datagram_received(json.dumps({"seq": 1234}).encode(), ("10.2.0.1", 5000))
+    echo.datagram_received(json.dumps({"seq": 7, "load": 1}).encode(), ("10.1.0.3", 5000))
+    echo.datagram_received(b"not a probe", ("10.2.0.1", 5000))
+    plain, load = (json.loads(x) for x in sent.sent)
+    assert plain == {"pop": "sjc", "server": "sjc-s1", "seq": 1234}
+    assert load["seq"] == 7 and load["u"] == [0.0, 0.0, 0.0, 0.0]
