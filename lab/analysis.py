@@ -138,6 +138,36 @@ def router_results(t_fault: float, fib: Iterable[FibChange], bgp: Iterable[BgpMe
     return out
 
 
+def peak_rate(times: Iterable[float], window: float = 1.0) -> int:
+    """The most events within any ``window`` seconds (a sliding window over the sorted times)."""
+    ts = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(ts):
+        while t - ts[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def update_times(t_fault: float, bgp: Iterable[BgpMessage], prefixes: set[str]) -> list[float]:
+    """When routers received an UPDATE about the anycast prefix after the fault (each message once: as
+    it arrived, not also as it left its sender)."""
+    return [m.t for m in bgp if m.t >= t_fault and m.kind == "UPDATE" and m.direction == "in"
+            and prefixes & {*m.withdrawn, *m.announced}]
+
+
+def global_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Across runs: when each router's FIB last changed (its distribution over routers: the network
+    has converged when the slowest has), path exploration (the most FIB changes one router made in a
+    run) and the peak rate of UPDATEs about the prefix that the routers received."""
+    lasts = [r["last_fib_s"] for run in runs for r in run["routers"].values()]
+    return {"router_convergence_s": percentiles(lasts),
+            "path_changes_max": max((r["fib_changes"] for run in runs for r in run["routers"].values()), default=0),
+            "routers_changed": max((sum(1 for r in run["routers"].values() if r["fib_changes"])
+                                    for run in runs), default=0),
+            "peak_updates_per_s": max((run.get("peak_updates_per_s", 0) for run in runs), default=0)}
+
+
 def _empty_router() -> dict[str, Any]:
     return {"first_fib_s": None, "last_fib_s": None, "fib_changes": 0, "updates_in": 0, "updates_out": 0,
             "relay_s": None}

@@ -58,6 +58,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "link-down": ("link",),
     "pop-down": ("pop",),
     "region-down": ("region",),
+    "pops-down": ("region",),
     "flap": ("server", "pop", "link"),
     "control-down": ("control",),
     "control-cut": ("control",),
@@ -153,7 +154,8 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         servers = topo.pop(target).servers
     elif kind == "region":
         servers = tuple(s.name for s in topo.servers if s.region == target and not s.standby)
-        routers = tuple(r.name for r in topo.routers if r.region == target)
+        if scenario != "pops-down":  # every PoP of the region silent; its routers and users stay
+            routers = tuple(r.name for r in topo.routers if r.region == target)
     elif kind == "link":
         a, _, b = target.partition(":")
         if {a, b} - {r.name for r in topo.routers}:
@@ -274,7 +276,7 @@ class Injector:
         elif sc == "speaker-crash":
             for s in p.servers:
                 self._kill(s, "exabgp")
-        elif sc in ("server-silent", "pop-down", "region-down"):
+        elif sc in ("server-silent", "pop-down", "pops-down", "region-down"):
             for s in (*p.hosts, *p.servers):  # the storage node first: its DO host's failover clock starts
                 self._silence(s, True)
             for r in p.routers:
@@ -368,7 +370,7 @@ class Injector:
         elif sc == "speaker-crash":
             for s in p.servers:
                 attempt(self._restart, s, ["exabgp"])
-        elif sc in ("server-silent", "pop-down", "region-down"):
+        elif sc in ("server-silent", "pop-down", "pops-down", "region-down"):
             for node in (*p.servers, *p.routers, *p.hosts):
                 attempt(self._silence, node, False)
         elif sc in ("server-crash", "link-down"):

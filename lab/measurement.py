@@ -160,6 +160,28 @@ def _wait_settled(driver: Driver, p: Plan, t_fault: float, settle: float) -> Non
              describe=lambda: "not settled: " + ", ".join(pending))
 
 
+#: The network counts as converged once no router's FIB has changed for this long.
+NETWORK_QUIET_S = 1.0
+#: Faults that send nothing: the routers next to them notice only when their hold timer (or BFD) runs out.
+SILENT = ("server-silent", "pop-down", "pops-down", "region-down")
+
+
+def _wait_network_quiet(rec: RouterRecorder, topo: Topology, p: Plan, t_fault: float, timeout: float) -> None:
+    """Wait until every router's FIB has settled: no change for NETWORK_QUIET_S, and for a silent fault
+    not before the hold time of the sessions it silences has run out (the clients may have settled long
+    before: a region-down moves no client of another region, yet every router's table changes)."""
+    floor = t_fault
+    if p.scenario in SILENT:
+        floor += max((n.profile.hold for r in topo.routers for n in r.neighbors
+                      if n.node in (*p.servers, *p.routers) and n.profile.bfd is None), default=0)
+
+    def quiet() -> bool:
+        return monotonic() - max(rec.last_fib_change(), floor) >= NETWORK_QUIET_S
+
+    wait_for(quiet, timeout=timeout, what="the routers' FIBs to settle", interval=0.1,
+             describe=lambda: f"last FIB change {monotonic() - rec.last_fib_change():.2f} s ago")
+
+
 def _health_events(driver: Driver, servers: tuple[str, ...], t0: float) -> list[dict[str, Any]]:
     out = []
     for s in servers:
@@ -291,6 +313,7 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
                  what="answers before the fault", interval=0.01)
         t_fault = driver.fail(p.scenario, p.target, p.count, p.period)
         _wait_settled(driver, p, t_fault, settle)
+        _wait_network_quiet(rec, topo, p, t_fault, _deadline_s(topo, p))
         if loads is not None:
             # "after" needs answers too; a client whose HTTP never recovers is a result, not an error.
             with contextlib.suppress(WaitTimeout):
@@ -328,6 +351,7 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
                           if x is not None), None),
         "first_fib_s": round(min(fibs), 6) if fibs else None,
         "network_convergence_s": round(max(fibs), 6) if fibs else None,
+        "peak_updates_per_s": analysis.peak_rate(analysis.update_times(t_fault, bgp, prefixes)),
         "routers": routers,
         "clients": {c: r.as_dict() for c, r in clients.items()},
         "probe": {"rate_hz": min(r["rate_hz"] for r in rates), "interval_s": max(r["interval_s"] for r in rates),
@@ -380,6 +404,7 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
             "detect_s": analysis.percentiles(r["detect_s"] for r in runs),
             "network_convergence_s": analysis.percentiles(r["network_convergence_s"] for r in runs),
             "achieved_probe_rate_hz": min((r["probe"]["rate_hz"] for r in runs), default=0.0),
+            **analysis.global_summary(runs),
         },
         "catchment_restored": restored_ok,
     }

@@ -141,6 +141,8 @@ class RouterRecorder:
         self._socks: dict[int, tuple[str, str, socket.socket]] = {}
         ctx = multiprocessing.get_context("fork")
         self._stop = ctx.Event()
+        #: CLOCK_MONOTONIC of the last FIB change seen (0: none yet), readable while recording.
+        self._last_fib = ctx.Value("d", 0.0, lock=False)
         self._conn, self._child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=self._child, name="anylab-recorder", daemon=True)
 
@@ -231,6 +233,11 @@ class RouterRecorder:
             hops = [str(msg.get_attr("RTA_GATEWAY"))]
         self.fib.append(FibChange(t, router, f"{dst}/{msg['dst_len']}", "add" if event == "RTM_NEWROUTE" else "del",
                                   tuple(sorted(hops))))
+        self._last_fib.value = t
+
+    def last_fib_change(self) -> float:
+        """When any router's FIB last changed for a recorded prefix (0.0: not since the start)."""
+        return float(self._last_fib.value)
 
     def stop(self) -> None:
         """Stop recording and collect what was recorded. Raises LabError if the recorder died."""

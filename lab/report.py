@@ -26,10 +26,13 @@ def table(result: dict[str, Any]) -> Table:
             head = [str(r["run"]), _ms(r["detect_s"]), _ms(r["first_fib_s"]), _ms(r["network_convergence_s"])]
             t.add_row(*(head if i == 0 else [""] * 4), name, f"{c['from_server']} → {c['to_server'] or '-'}",
                       _ms(c["shift_s"]), _ms(c["gap_s"]), str(c["lost"]), str(c["flips"]))
-    s = result["summary"]["shift_s"]
+    s, summary = result["summary"]["shift_s"], result["summary"]
+    rc = summary.get("router_convergence_s", {})
     t.caption = (f"shift p50 {_ms(s['p50'])} / p90 {_ms(s['p90'])} / max {_ms(s['max'])} ms "
-                 f"over {s['n']} client moves; "
-                 f"catchment restored: {result['catchment_restored']}")
+                 f"over {s['n']} client moves; routers' last FIB change p50 {_ms(rc.get('p50'))} / p90 "
+                 f"{_ms(rc.get('p90'))} / max {_ms(rc.get('max'))} ms over {summary.get('routers_changed', 0)} "
+                 f"routers; path changes at one router ≤ {summary.get('path_changes_max', 0)}; UPDATEs ≤ "
+                 f"{summary.get('peak_updates_per_s', 0)}/s; catchment restored: {result['catchment_restored']}")
     return t
 
 

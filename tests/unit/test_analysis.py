@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from lab import analysis
 from lab.analysis import client_result, first_decision_s, http_result, percentiles, probe_rate, router_results
 from lab.measure import Probe
 from lab.recorders import BgpMessage, FibChange, _tcp_payload, decode_bgp
@@ -156,3 +159,24 @@ def test_http_result(pattern: str, conns: str, failed: int, broken: int, outage:
     assert r["outage_s"] == (None if outage is None else pytest.approx(outage, abs=1e-6))
     assert r["servers_before"] == ["sjc/sjc-s1"]
     assert r["latency_ms"]["before"]["n"] == 5
+
+
+@pytest.mark.parametrize(("times", "window", "peak"), [
+    ([], 1.0, 0),
+    ([0.0, 0.5, 0.99, 1.0, 1.5], 1.0, 3),   # 0.0–0.99, or 0.5–1.5: three each
+    ([0.0, 0.1, 0.2, 5.0], 0.25, 3),
+    ([3.0, 1.0, 2.0], 1.0, 1),              # unsorted input
+])
+def test_peak_rate_is_the_busiest_window(times: list[float], window: float, peak: int) -> None:
+    assert analysis.peak_rate(times, window) == peak
+
+
+def test_global_summary_over_routers_and_runs() -> None:
+    def router(last: float | None, changes: int) -> dict[str, Any]:
+        return {"last_fib_s": last, "fib_changes": changes}
+
+    runs = [{"routers": {"a": router(0.1, 1), "b": router(0.3, 3), "c": router(None, 0)}, "peak_updates_per_s": 40},
+            {"routers": {"a": router(0.2, 2)}, "peak_updates_per_s": 12}]
+    summary = analysis.global_summary(runs)
+    assert summary["router_convergence_s"] == {"p50": 0.2, "p90": 0.3, "max": 0.3, "n": 3}
+    assert (summary["path_changes_max"], summary["routers_changed"], summary["peak_updates_per_s"]) == (3, 2, 40)
