@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The design's Stage 3: 300 PoPs in 6 regions, 102 routers (6 tier-1s peering in a full mesh, 16
-regional transits per region), 12 clients, valley-free AS relations; 1 server per PoP (the design's 10
-are in docs/scaling.md). Deterministic (seed 1).
+regional transits per region), 6 clients (one per region), valley-free AS relations; 1 server per PoP
+(the design's 10 are in docs/scaling.md). Deterministic (seed 1).
 
     anylab up topologies/global_300.py
     python3 topologies/global_300.py --pops-per-region 5 > /tmp/g30.yaml   # 30 PoPs, same shape

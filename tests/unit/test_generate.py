@@ -25,7 +25,7 @@ def test_stages_have_the_design_sizes(number: int, pops: int, servers: int) -> N
 
 def test_global_300_script_is_stage_3() -> None:
     topo = load_topology(TOPOLOGIES / "global_300.py")
-    assert (len(topo.pops), len(topo.routers), len(topo.clients)) == (300, 102, 12)
+    assert (len(topo.pops), len(topo.routers), len(topo.clients)) == (300, 102, 6)
     assert topo.spec.settings.profile.name == "scale"
 
 
