@@ -114,6 +114,8 @@ def up(
         cleanup(name)  # the controller tore its lab down; this removes its log and failure marker too
         raise LabError(f"lab '{name}' did not come up: {reason}")
     state = _running_state(name)
+    for note in state.get("notes", []):
+        console.print(f"host: {note}")
     console.print(catchment_table(topo, observed_catchment(topo, run_dir_of(name)), predict_catchment(topo)))
     console.print(f"lab '{name}' up in {time.monotonic() - t0:.1f} s (controller pid {state['pid']}); "
                   f"'anylab status', 'anylab exec NODE -- CMD', 'anylab down'")

@@ -39,6 +39,7 @@ from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAge
 from lab.errors import LabError
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes, spill_peers
+from lab.hostlimits import raise_limits
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
 from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs
@@ -109,6 +110,8 @@ class Lab:
         self.injector = Injector(self)
         self.control_plane: ControlPlane | None = None
         self.autoscaler: Autoscaler | None = None
+        #: What ``up`` changed on the host for this lab (see lab.hostlimits), shown by ``anylab up``.
+        self.notes: list[str] = []
         self.scaling = threading.Lock()  # a scale by hand and one by the autoscaler, one after the other
 
     @classmethod
@@ -178,7 +181,7 @@ class Lab:
         state = {"name": self.name, "topology": self.topo.name, "source": self.topo.source,
                  "spec": self.topo.spec.model_dump(mode="json"), "phase": phase, "pid": os.getpid(),
                  "starttime": proc_starttime(os.getpid()), "netns_prefix": netns_prefix(self.name),
-                 "timings": self.timings, **extra}
+                 "timings": self.timings, "notes": self.notes, **extra}
         tmp = self.run_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.run_dir / STATE_FILE)
@@ -203,6 +206,7 @@ class Lab:
             if errors:
                 raise LabError("configuration rejected, nothing started:\n  " + "\n  ".join(errors))
             self.timings["validated"] = monotonic() - t0
+            self.notes = raise_limits(self.topo)
             self.write_state("building")
             from lab.net import Network  # the only place Mininet comes in
 
