@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,14 @@ class ApiState:
 
 
 class ApiProcess:
-    def __init__(self, directory: Path) -> None:
+    """What ExaBGP's API process does, reading ExaBGP's JSON on ``stdin`` and writing commands to
+    ``stdout`` (the process's own by default; a pair of pipes when it runs inside ExaBGP, see
+    :mod:`bgp.exabgp_inproc`)."""
+
+    def __init__(self, directory: Path, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> None:
         self.dir = directory
+        self.stdin: IO[str] = stdin or sys.stdin
+        self.stdout: IO[str] = stdout or sys.stdout
         data = json.loads((directory / "routes.json").read_text())
         routes = tuple(Route.from_json(r) for r in data["routes"])
         demote = data.get("demote", {})
@@ -119,8 +125,8 @@ class ApiProcess:
         else:
             # An announcement of the same prefix replaces the previous one: no withdrawal in between.
             lines = [r.command("announce") for r in (self.state.routes if want == "normal" else self.state.demoted)]
-        sys.stdout.write("".join(line + "\n" for line in lines))
-        sys.stdout.flush()
+        self.stdout.write("".join(line + "\n" for line in lines))
+        self.stdout.flush()
         self.state.sent = want
         self.state.last_change = monotonic()
         self.log("withdraw" if want == "withdrawn" else "announce", mode=want, agent=self.state.agent,
@@ -176,28 +182,32 @@ class ApiProcess:
         server.bind(str(sock_path))
         server.listen(16)
         sel = selectors.DefaultSelector()
-        sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
+        sel.register(self.stdin, selectors.EVENT_READ, "stdin")
         sel.register(server, selectors.EVENT_READ, "server")
         self.log("start", agent=self.state.agent, admin_down=self.state.admin_down)
         if self.state.effective != "withdrawn":
             self.apply(force=True)
-        while True:
-            for key, _ in sel.select():
-                if key.data == "stdin":
-                    line = sys.stdin.readline()
-                    if not line:  # ExaBGP went away: so do we
-                        self.log("exit")
-                        return
-                    self.on_exabgp_line(line)
-                else:
-                    conn, _ = server.accept()
-                    with conn:
-                        conn.settimeout(2.0)
-                        try:
-                            reply = self.on_request(conn.makefile("rb").readline())
-                            conn.sendall(json.dumps(reply).encode() + b"\n")
-                        except OSError:
-                            pass
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "stdin":
+                        line = self.stdin.readline()
+                        if not line:  # ExaBGP went away: so do we
+                            self.log("exit")
+                            return
+                        self.on_exabgp_line(line)
+                    else:
+                        conn, _ = server.accept()
+                        with conn:
+                            conn.settimeout(2.0)
+                            try:
+                                reply = self.on_request(conn.makefile("rb").readline())
+                                conn.sendall(json.dumps(reply).encode() + b"\n")
+                            except OSError:
+                                pass
+        finally:
+            sel.close()
+            server.close()
 
 
 def request(sock_path: Path, cmd: str, timeout: float = 2.0, **args: str) -> dict[str, Any]:

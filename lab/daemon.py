@@ -64,6 +64,12 @@ class Daemon(ABC):
     def validate(self) -> None:
         """Dry-run the written config with the daemon itself; raises DaemonError with its output."""
 
+    @classmethod
+    def validate_batch(cls, daemons: Sequence[Daemon]) -> list[str] | None:
+        """Dry-run many daemons of this class at once (their configs written); the errors, each naming
+        its node and daemon. None: this class has no batch check, validate each on its own."""
+        return None
+
     @abstractmethod
     def argv(self) -> list[str]:
         """The command line that runs the daemon in the foreground."""

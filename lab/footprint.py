@@ -89,16 +89,15 @@ def sample(run_dir: Path, seconds: float = 10.0) -> list[Usage]:
     recorded = frozenset(p.pid for p in live)
     for proc in live:
         groups[(proc.node, proc.name)] = with_descendants(proc.pid, children, recorded)
-    before = {key: sum(cpu_ticks(p) for p in pids) for key, pids in groups.items()}
+    # The window runs from before the first reading to after the last: on a loaded machine reading
+    # /proc for thousands of processes takes seconds, which must not count as time without CPU use.
     t0 = time.monotonic()
+    before = {key: sum(cpu_ticks(p) for p in pids) for key, pids in groups.items()}
     time.sleep(seconds)  # the sample window itself: a measurement, not a wait for a condition
+    used = {key: sum(cpu_ticks(p) for p in pids) - before[key] for key, pids in groups.items()}
     elapsed = time.monotonic() - t0
-    out = []
-    for key, pids in groups.items():
-        used = sum(cpu_ticks(p) for p in pids) - before[key]
-        out.append(Usage(key[0], key[1], len(pids), sum(pss_kib(p) for p in pids) / 1024.0,
-                         100.0 * used / CLK_TCK / elapsed))
-    return out
+    return [Usage(key[0], key[1], len(pids), sum(pss_kib(p) for p in pids) / 1024.0,
+                  100.0 * used[key] / CLK_TCK / elapsed) for key, pids in groups.items()]
 
 
 def by_daemon(usages: Iterable[Usage], nodes: Iterable[str]) -> dict[str, dict[str, float]]:

@@ -34,8 +34,15 @@ def attach(name: str, pid: int) -> str:
 
 
 def delete(name: str) -> None:
-    """Remove a named namespace; it disappears once no process is left in it. Raises LabError."""
-    _ip("netns", "delete", name)
+    """Remove a named namespace; it disappears once no process is left in it. One already gone (another
+    cleanup got there first) is not an error. Raises LabError."""
+    if not (NETNS_DIR / name).exists():
+        return
+    try:
+        _ip("netns", "delete", name)
+    except LabError:
+        if (NETNS_DIR / name).exists():
+            raise
 
 
 def names(prefix: str) -> list[str]:

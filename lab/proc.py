@@ -3,6 +3,7 @@ directory, so that it is stopped by PID, and only it, even after the controller 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -157,13 +158,25 @@ class ProcessGroup:
         return proc
 
     def stop_all(self, errors: list[str]) -> None:
-        """Stop every process in reverse start order; failures are appended to ``errors``."""
-        for proc in reversed(self.procs):
-            try:
-                proc.stop()
-            except LabError as exc:
-                errors.append(str(exc))
+        """Stop every process (see :func:`stop_many`); failures are appended to ``errors``."""
+        stop_many(list(reversed(self.procs)), errors)
         self.procs.clear()
+
+
+def stop_many(procs: list[Proc], errors: list[str], timeout: float = 5.0) -> None:
+    """terminate → wait → kill → wait for many processes at once: every polite signal is sent (in the
+    order given) before any wait, so a lab of thousands of processes stops in seconds, not in the sum of
+    their exits. Failures are appended to ``errors``."""
+    for proc in procs:
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, proc.stop_signal)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.stop(timeout=max(0.0, deadline - time.monotonic()))
+        except LabError as exc:
+            errors.append(str(exc))
 
 
 def recorded_procs(run_dir: Path) -> list[Proc]:

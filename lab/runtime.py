@@ -42,7 +42,7 @@ from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.hostlimits import raise_limits
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
-from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs
+from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs, stop_many
 from lab.wait import socket_accepts, wait_for
 
 if TYPE_CHECKING:
@@ -77,7 +77,20 @@ class SessionState:
 
 
 def validate_all(daemons: list[Daemon]) -> list[str]:
-    """Write and dry-run every daemon's config (in parallel: each is a subprocess); returns the errors."""
+    """Write and dry-run every daemon's config (in parallel: each is a subprocess; a class with a batch
+    check, such as ExaBGP's, checks all of its daemons in one run); returns the errors."""
+    by_class: dict[type[Daemon], list[Daemon]] = {}
+    for d in daemons:
+        by_class.setdefault(type(d), []).append(d)
+    errors: list[str] = []
+    single: list[Daemon] = []
+
+    def write(d: Daemon) -> str | None:
+        try:
+            d.write_config()
+        except LabError as exc:
+            return str(exc)
+        return None
 
     def one(d: Daemon) -> str | None:
         try:
@@ -87,8 +100,14 @@ def validate_all(daemons: list[Daemon]) -> list[str]:
             return str(exc)
         return None
 
+    for cls, group in by_class.items():
+        if len(group) > 1 and cls.validate_batch([]) is not None:
+            written = [e for e in map(write, group) if e]
+            errors += written or cls.validate_batch(group) or []
+        else:
+            single += group
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return [e for e in pool.map(one, daemons) if e]
+        return errors + [e for e in pool.map(one, single) if e]
 
 
 class Lab:
@@ -573,13 +592,15 @@ def daemons_alive(run_dir: Path) -> dict[str, dict[str, bool]]:
     return out
 
 
-def cleanup(name: str, controller_timeout: float = 60.0) -> list[str]:
-    """Remove everything lab ``name`` left: ask a live controller to stop, stop the recorded processes
-    (by PID, checked against their start time), delete its namespaces and run directory.
-    Returns the errors met (it keeps going past them)."""
+def cleanup(name: str, controller_timeout: float | None = None) -> list[str]:
+    """Remove everything lab ``name`` left: ask a live controller to stop (waiting 60 s plus 0.2 s a
+    node by default), stop the recorded processes (by PID, checked against their start time), delete
+    its namespaces and run directory. Returns the errors met (it keeps going past them)."""
     errors: list[str] = []
     run_dir = run_dir_of(name)
     state = read_state(name) or {}
+    if controller_timeout is None:
+        controller_timeout = 60.0 + 0.2 * len(netns.names(netns_prefix(name)))
     pid, start = state.get("pid"), state.get("starttime")
     if isinstance(pid, int) and isinstance(start, int) and pid != os.getpid() and is_same_process(pid, start):
         os.kill(pid, 15)
@@ -588,11 +609,7 @@ def cleanup(name: str, controller_timeout: float = 60.0) -> list[str]:
                      what=f"controller {pid} to stop")
         except LabError as exc:
             errors.append(str(exc))
-    for proc in reversed(recorded_procs(run_dir)):
-        try:
-            proc.stop()
-        except LabError as exc:
-            errors.append(str(exc))
+    stop_many(list(reversed(recorded_procs(run_dir))), errors)
     for ns in netns.names(netns_prefix(name)):
         try:
             netns.delete(ns)

@@ -37,7 +37,7 @@ from lab.proc import proc_starttime, write_record
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_NAME = 15
 #: What the PoP servers run, imported before any fork.
-PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "exabgp.application.main")
+PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "exabgp.application.main", "bgp.exabgp_inproc")
 
 
 def _reap(_signum: int, _frame: object) -> None:
