@@ -74,11 +74,13 @@ def up(
     name: NameOpt = "main",
     timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 120.0,
     kind: KindOpt = None,
+    hosts: Annotated[int | None, typer.Option(help="partition over N hosts (VXLAN between them; "
+                                                    "the multi-host prototype, docs/scaling.md)")] = None,
 ) -> None:
     """Start a lab and return once BGP has converged and every client gets answers."""
     if kind not in (None, "frr", "bird"):
         raise UsageError(f"--kind {kind}: use frr or bird")
-    topo = load_topology(topology, kind)  # bad input: exit 2 before anything starts
+    topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
     if read_state(name) is not None:
         raise LabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,8 @@ def up(
     log = RUN_ROOT / f"{name}.controller.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lab.controller", "--name", name,
-                                 "--timeout", str(timeout), *(["--kind", kind] if kind else []), str(topology)],
+                                 "--timeout", str(timeout), *(["--kind", kind] if kind else []),
+                                 *(["--hosts", str(hosts)] if hosts else []), str(topology)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=PROJECT)
     t0 = time.monotonic()

@@ -22,12 +22,13 @@ def main() -> None:
     parser.add_argument("--name", default="main")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--kind", choices=["frr", "bird"], default=None, help="make every router this kind")
+    parser.add_argument("--hosts", type=int, default=None, help="partition over N hosts")
     parser.add_argument("topology")
     args = parser.parse_args()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    lab = Lab.from_file(args.topology, args.name, args.kind)
+    lab = Lab.from_file(args.topology, args.name, args.kind, hosts=args.hosts)
     try:
         lab.up(timeout=args.timeout)
     except LabError as exc:

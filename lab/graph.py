@@ -185,6 +185,10 @@ def check_topology(topo: Topology) -> None:
         island = parts[0]
         raise TopologyError(src, "links", f"the network is not connected: {', '.join(island)} cannot reach "
                             f"{parts[-1][0]}", "add a link joining them to the rest")
+    if spec.settings.hosts > 1:
+        from lab.placement import place
+
+        place(topo, spec.settings.hosts)  # raises for more hosts than routers
     for i, pop in enumerate(topo.pops):
         if not pop.prefixes:
             raise TopologyError(src, f"pops[{i}] ({pop.name})", "announces no anycast prefix",

@@ -257,6 +257,9 @@ class LabSpec(_Spec):
     #: None: always ``probe_rate_hz``. For labs of hundreds of PoPs, where constant 1 kHz probing from
     #: every client would take most of the machine.
     probe_idle_hz: float | None = Field(None, ge=0.1, le=2000.0)
+    #: Hosts the lab is partitioned over (lab.placement): 1 = one network; N = each host's part behind its
+    #: own namespace, the links between parts VXLAN tunnels over an underlay (the multi-host prototype).
+    hosts: int = Field(1, ge=1, le=64)
     probe_port: int = Field(7, ge=1, le=65535)
     #: A PoP's KV replica serves reads flagged stale beyond this lag (the design: 5 min).
     kv_stale_after_s: float = Field(300.0, gt=0.0)
@@ -575,10 +578,11 @@ def _from_validation_error(source: str, data: Mapping[str, Any], exc: Validation
     return TopologyError(source, _describe(data, loc), msg, _FIXES.get(etype, "correct the value"))
 
 
-def load_topology(path: str | Path, router_kind: str | None = None, profile: Any = None) -> Topology:
+def load_topology(path: str | Path, router_kind: str | None = None, profile: Any = None,
+                  hosts: int | None = None) -> Topology:
     """Read, validate, resolve and graph-check a topology file; with ``router_kind`` every router is of
     that kind (``frr`` or ``bird``), with ``profile`` (a name or ``{base: …, field: …}``) that is the
-    topology's profile, whatever the file says.
+    topology's profile, with ``hosts`` the number of hosts it is partitioned over, whatever the file says.
 
     Raises TopologyError naming the file and field for any bad input; nothing is started.
     """
@@ -605,9 +609,10 @@ def load_topology(path: str | Path, router_kind: str | None = None, profile: Any
     if router_kind is not None and isinstance(data, dict) and isinstance(data.get("routers"), list):
         data = {**data, "routers": [{**r, "kind": router_kind} if isinstance(r, dict) else r
                                     for r in data["routers"]]}
-    if profile is not None and isinstance(data, dict):
-        settings = data.get("settings")
-        data = {**data, "settings": {**(settings if isinstance(settings, dict) else {}), "profile": profile}}
+    for key, value in (("profile", profile), ("hosts", hosts)):
+        if value is not None and isinstance(data, dict):
+            settings = data.get("settings")
+            data = {**data, "settings": {**(settings if isinstance(settings, dict) else {}), key: value}}
     return build_topology(data, source)
 
 

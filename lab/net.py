@@ -9,6 +9,7 @@ processes (``anylab exec``, ``anylab down --all``) can find exactly what this la
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 from mininet.link import Link
@@ -19,7 +20,23 @@ from mininet.node import Node
 from lab import netns
 from lab.errors import LabError
 from lab.model import LAB_SUPERNET, Topology
+from lab.placement import VNI_BASE, Placement
 from lab.proc import ProcessGroup
+
+#: Namespace suffixes of the placement prototype (an underscore: no node can be called that).
+HOST, UNDERLAY = "_host", "_underlay"
+
+
+def underlay_address(host: int) -> str:
+    """Host ``host``'s address on the underlay (its "LAN")."""
+    return f"10.250.0.{host + 1}"
+
+
+def run(argv: list[str]) -> None:
+    """One ``ip`` command; raises LabError with its error output."""
+    res = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {res.stderr.strip()}")
 
 _COMMON_SYSCTLS = [
     # Anycast and ECMP make paths asymmetric; strict reverse-path filtering would drop answers.
@@ -65,11 +82,13 @@ def ip_batch(topo: Topology, node: str) -> list[str]:
 class Network:
     """Builds and tears down the namespaces and links of a topology."""
 
-    def __init__(self, topo: Topology, prefix: str, run_dir: Path, procs: ProcessGroup) -> None:
+    def __init__(self, topo: Topology, prefix: str, run_dir: Path, procs: ProcessGroup,
+                 placement: Placement | None = None) -> None:
         self.topo = topo
         self.prefix = prefix
         self.run_dir = run_dir
         self.procs = procs
+        self.placement = placement if placement is not None and placement.hosts > 1 else None
         self.net: Mininet | None = None
         self.netns: dict[str, str] = {}
 
@@ -84,11 +103,16 @@ class Network:
             node = net.addHost(name, cls=Node, ip=None, inNamespace=True)
             self.procs.adopt(name, "mininet-shell", node.pid, stop_signal=signal.SIGHUP)
             self.netns[name] = netns.attach(self.prefix + name, node.pid)
+        cut = set(self.placement.cut) if self.placement is not None else set()
         for a, b in self.topo.links():
+            if (a, b) in cut:
+                continue  # made below as a tunnel between the two ends' hosts
             try:
                 net.addLink(a.node, b.node, intfName1=a.name, intfName2=b.name)
             except Exception as exc:  # Mininet raises bare Exception
                 raise LabError(f"cannot create link {a.name} <-> {b.name}: {exc}", node=a.node) from exc
+        if self.placement is not None:
+            self._hosts_and_tunnels(self.placement)
         for name in self.topo.node_names():
             node = net.get(name)
             sysctls = _COMMON_SYSCTLS + (_ROUTER_SYSCTLS if name in routers else [])
@@ -102,6 +126,35 @@ class Network:
             if not out.strip().endswith("ok"):
                 raise LabError(f"addressing failed: {out.strip()}", node=name)
         return dict(self.netns)
+
+    def _hosts_and_tunnels(self, placement: Placement) -> None:
+        """The placement prototype: one namespace per host (``<prefix>_host<i>``, standing for that
+        machine's own network stack), the hosts on one underlay (a bridge in ``<prefix>_underlay``,
+        10.250.0.0/24: the machines' LAN), and every cut link a VXLAN tunnel between the hosts of its
+        two ends — made in the host's namespace (where its UDP socket stays) and moved into the node's,
+        as a multi-host engine would. Raises LabError."""
+        underlay = self.prefix + UNDERLAY
+        netns.add(underlay)
+        run(["ip", "-n", underlay, "link", "add", "br", "type", "bridge"])
+        run(["ip", "-n", underlay, "link", "set", "br", "up"])
+        for h in range(placement.hosts):
+            host = self.prefix + f"{HOST}{h}"
+            netns.add(host)
+            run(["ip", "-n", host, "link", "add", "ul", "type", "veth", "peer", "name", f"h{h}",
+                 "netns", underlay])
+            run(["ip", "-n", underlay, "link", "set", f"h{h}", "master", "br", "up"])
+            run(["ip", "-n", host, "address", "add", f"{underlay_address(h)}/24", "dev", "ul"])
+            run(["ip", "-n", host, "link", "set", "ul", "up"])
+        for k, (a, b) in enumerate(placement.cut):
+            for end, peer in ((a, b), (b, a)):
+                mine, other = placement.host_of[end.node], placement.host_of[peer.node]
+                tmp = f"vx{k}"
+                run(["ip", "-n", self.prefix + f"{HOST}{mine}", "link", "add", tmp, "type", "vxlan",
+                     "id", str(VNI_BASE + k), "local", underlay_address(mine), "remote", underlay_address(other),
+                     "dstport", "4789", "nolearning"])
+                run(["ip", "-n", self.prefix + f"{HOST}{mine}", "link", "set", tmp, "netns",
+                     self.prefix + end.node])
+                run(["ip", "-n", self.prefix + end.node, "link", "set", tmp, "name", end.name, "mtu", "1450"])
 
     def stop(self, errors: list[str]) -> None:
         """End the node shells and release their ptys; failures go to ``errors``.

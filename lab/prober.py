@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -59,6 +60,7 @@ class Prober:
         self.max_bytes = max_bytes
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setblocking(False)
         self.sock.connect((target, port))
         self.pending: dict[int, float] = {}
         self.out: IO[str] = open(out, "a")  # noqa: SIM115
@@ -97,27 +99,22 @@ class Prober:
             del self.pending[seq]
             self.write(seq, sent, None, None, None)
 
-    def _set_wait(self, period: float) -> None:
-        """How long one recv waits for an answer: half a period (then the prober sleeps to its slot)."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                             struct.pack("ll", 0, max(100, int(period * 1e6 / 2))))
-
     def run(self) -> None:
-        # Three system calls a probe — send, a recv that blocks (SO_RCVTIMEO) until the answer or half a
-        # period, a sleep to the next slot — as few as a probe can take: every call costs tens of
-        # microseconds in a nested VM, and twelve probers at 1 kHz share two cores with the lab.
-        # clock_nanosleep and SO_RCVTIMEO wait to the microsecond (epoll rounds to whole milliseconds).
+        # Four system calls a probe — send, a select that returns with the answer, its recvmsg, a select
+        # that runs out at the next slot — as few as a probe can take at µs precision: every call costs
+        # tens of microseconds in a nested VM. (A blocking recv with SO_RCVTIMEO would save one, but the
+        # kernel rounds that timeout up to a jiffy, 4 ms here; epoll rounds to whole milliseconds.)
         seq = 0
         start = now()
         next_send = start
         last_flush = start
-        period = 0.0
+        period = self.period
         offset = realtime_offset()
+        fds = [self.sock]
         while self.running:
             t = now()
             if self.period != period:  # the rate changed (a signal): the next probe from now
                 period, next_send = self.period, min(next_send, t)
-                self._set_wait(period)
             if t >= next_send:
                 seq += 1
                 self.pending[seq] = t
@@ -126,22 +123,20 @@ class Prober:
                 next_send += period
                 if next_send < t:  # fell behind (e.g. the machine stalled): skip, do not burst
                     next_send = t + period
-            try:
-                data, anc, _flags, _addr = self.sock.recvmsg(2048, 64)
-            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-                data = b""  # no answer within the wait, a signal, or an ICMP error for an earlier probe
+            if select.select(fds, [], [], max(0.0, next_send - now()))[0]:
+                try:
+                    data, anc, _flags, _addr = self.sock.recvmsg(2048, 64)
+                except OSError:  # nothing after all, or an ICMP error for an earlier probe
+                    data = b""
+                if data:
+                    self.receive(data, arrival(anc, offset, now()))
             t = now()
-            if data:
-                self.receive(data, arrival(anc, offset, t))
             if t - last_flush > 0.02:
                 offset = realtime_offset()
                 self.expire(t)
                 self.out.flush()
                 self.rotate_if_big()
                 last_flush = t
-            wait = next_send - now()
-            if wait > 0 and self.period == period:
-                time.sleep(wait)
         self.expire(float("inf"))
         self.out.close()
 

@@ -14,6 +14,7 @@ Everything is kept in memory for the length of one measurement (seconds to minut
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import select
@@ -183,11 +184,14 @@ class RouterRecorder:
             pk = socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             _attach_filter(pk)
             pk.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            while select.select([pk], [], [], 0)[0]:  # what arrived before the filter was attached
-                pk.recv(65536)
             for kind, sock in (("fib", nl), ("bgp", pk)):
                 sock.setblocking(False)
                 self._socks[sock.fileno()] = (router, kind, sock)
+            # What arrived before the filter was attached. (Not select(): at 100 routers these
+            # descriptors are past the 1 024 select() can watch.)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    pk.recv(65536)
 
     def _loop(self) -> None:
         marshal = self._marshal

@@ -42,6 +42,7 @@ from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.hostlimits import raise_limits
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Topology, build_topology, load_topology
+from lab.placement import place
 from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs, stop_many
 from lab.wait import socket_accepts, wait_for
 
@@ -135,10 +136,10 @@ class Lab:
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None,
-                  profile: Any = None) -> Lab:
-        """A Lab for a topology file (every router made ``router_kind``, the profile ``profile``, if
-        given); raises TopologyError (nothing started) on bad input."""
-        return cls(load_topology(path, router_kind, profile), name)
+                  profile: Any = None, hosts: int | None = None) -> Lab:
+        """A Lab for a topology file (every router made ``router_kind``, the profile ``profile``, over
+        ``hosts`` hosts, if given); raises TopologyError (nothing started) on bad input."""
+        return cls(load_topology(path, router_kind, profile, hosts), name)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -229,7 +230,9 @@ class Lab:
             self.write_state("building")
             from lab.net import Network  # the only place Mininet comes in
 
-            self.network = Network(self.topo, netns_prefix(self.name), self.run_dir, self.procs)
+            hosts = self.topo.spec.settings.hosts
+            self.network = Network(self.topo, netns_prefix(self.name), self.run_dir, self.procs,
+                                   place(self.topo, hosts) if hosts > 1 else None)
             built = self.network.build()
             assert built == self.netns, "namespace paths are derived from the lab name"
             self.timings["network"] = monotonic() - t0
