@@ -4,7 +4,8 @@
 For each topology: the phases of ``Lab.up`` (validate every config, build namespaces and links, all
 daemons ready, BGP converged to the prediction and every client answered) and the PSS of every lab
 process, summed per node and summarised per node kind (router = zebra + bfdd + bgpd; PoP server =
-ExaBGP + its API process + edge worker (front, zygote, spare isolate) + health agent + BIRD for BFD;
+ExaBGP with its API + edge worker (front, zygote, spare isolate) + health agent + KV replica + BIRD for
+BFD where the profile has it;
 client = prober; control = the control plane). Memory is
 sampled after convergence and after one withdraw/announce cycle of the busiest PoP; the larger sample
 is kept ("peak").
@@ -27,6 +28,7 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from lab.footprint import pss_now  # noqa: E402
 from lab.graph import busiest_pop  # noqa: E402
 from lab.model import build_topology, load_topology  # noqa: E402
 from lab.runtime import Lab  # noqa: E402
@@ -45,37 +47,12 @@ def _regions(pops_per_region: int) -> Any:
     return regions.topology(3, pops_per_region)
 
 
-def pss_kb(pid: int) -> int:
-    """Proportional set size of one process in kB (0 if it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def sample(lab: Lab) -> dict[str, int]:
-    """node → kB PSS of its daemons (and their children, e.g. ExaBGP's API process)."""
+    """node → kB PSS of its daemons (and their children, e.g. an edge worker's isolates)."""
     per_node: dict[str, int] = {}
-    for proc in lab.procs.procs:
-        if proc.name == "mininet-shell":
-            continue
-        per_node[proc.node] = per_node.get(proc.node, 0) + pss_kb(proc.pid) + \
-            sum(pss_kb(c) for c in children(proc.pid))
+    for (node, name), mib in pss_now(lab.run_dir).items():
+        if name != "mininet-shell":
+            per_node[node] = per_node.get(node, 0) + int(mib * 1024)
     return per_node
 
 
@@ -88,6 +65,8 @@ def kind_of(lab: Lab, node: str) -> str:
         return "control"
     if node in {k.name for k in lab.topo.kv_masters}:
         return "kv_master"
+    if node == "lab":
+        return "lab"  # the zygote the servers' daemons are forked from
     return "client"
 
 

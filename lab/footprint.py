@@ -78,17 +78,29 @@ class Usage:
     cpu_pct: float
 
 
-def sample(run_dir: Path, seconds: float = 10.0) -> list[Usage]:
-    """Measure every live process of the lab in ``run_dir`` over ``seconds`` (PSS at the end).
-
-    The lab must be running; processes that exit during the sample count with what they used.
-    """
+def daemon_groups(run_dir: Path) -> dict[tuple[str, str], list[int]]:
+    """(node, daemon) → its live processes: the recorded one and what it started itself (not other
+    recorded processes, such as the zygote's children)."""
     children = children_map()
     groups: dict[tuple[str, str], list[int]] = {}
     live = [p for p in recorded_procs(run_dir) if p.alive()]
     recorded = frozenset(p.pid for p in live)
     for proc in live:
         groups[(proc.node, proc.name)] = with_descendants(proc.pid, children, recorded)
+    return groups
+
+
+def pss_now(run_dir: Path) -> dict[tuple[str, str], float]:
+    """(node, daemon) → PSS in MiB now."""
+    return {key: sum(pss_kib(p) for p in pids) / 1024.0 for key, pids in daemon_groups(run_dir).items()}
+
+
+def sample(run_dir: Path, seconds: float = 10.0) -> list[Usage]:
+    """Measure every live process of the lab in ``run_dir`` over ``seconds`` (PSS at the end).
+
+    The lab must be running; processes that exit during the sample count with what they used.
+    """
+    groups = daemon_groups(run_dir)
     # The window runs from before the first reading to after the last: on a loaded machine reading
     # /proc for thousands of processes takes seconds, which must not count as time without CPU use.
     t0 = time.monotonic()

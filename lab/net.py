@@ -135,14 +135,14 @@ class Network:
         as a multi-host engine would. Raises LabError."""
         underlay = self.prefix + UNDERLAY
         netns.add(underlay)
-        run(["ip", "-n", underlay, "link", "add", "br", "type", "bridge"])
-        run(["ip", "-n", underlay, "link", "set", "br", "up"])
+        run(["ip", "-n", underlay, "link", "add", "name", "ulbr", "type", "bridge"])
+        run(["ip", "-n", underlay, "link", "set", "ulbr", "up"])
         for h in range(placement.hosts):
             host = self.prefix + f"{HOST}{h}"
             netns.add(host)
             run(["ip", "-n", host, "link", "add", "ul", "type", "veth", "peer", "name", f"h{h}",
                  "netns", underlay])
-            run(["ip", "-n", underlay, "link", "set", f"h{h}", "master", "br", "up"])
+            run(["ip", "-n", underlay, "link", "set", f"h{h}", "master", "ulbr", "up"])
             run(["ip", "-n", host, "address", "add", f"{underlay_address(h)}/24", "dev", "ul"])
             run(["ip", "-n", host, "link", "set", "ul", "up"])
         for k, (a, b) in enumerate(placement.cut):
