@@ -108,16 +108,16 @@ class Daemon(ABC):
     def ready(self) -> bool:
         """One readiness probe (socket / JSON query); False while not ready. Never sleeps."""
 
+    def probe_ready(self) -> bool:
+        """One readiness probe of a started daemon; raises DaemonError (with its log) if it died."""
+        if self.proc is not None and not self.proc.alive():
+            raise self.error(f"exited during start-up; log: {self.log_tail()}")
+        return self.ready()
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Poll ``ready()`` until true; raises WaitTimeout (with the daemon's log tail) or DaemonError
         if the process died."""
-
-        def probe() -> bool:
-            if self.proc is not None and not self.proc.alive():
-                raise self.error(f"exited during start-up; log: {self.log_tail()}")
-            return self.ready()
-
-        wait_for(probe, timeout=timeout or self.ready_timeout, what="readiness", node=self.node,
+        wait_for(self.probe_ready, timeout=timeout or self.ready_timeout, what="readiness", node=self.node,
                  daemon=self.name, describe=self.log_tail)
 
     def stop(self) -> None:
