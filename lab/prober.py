@@ -144,7 +144,7 @@ class Prober:
         self.running = False
 
     def fast(self, *_: object) -> None:
-        """SIGUSR1: probe at the measuring rate (the next probe goes out at once)."""
+        """SIGUSR1: probe at the measuring rate (from the next probe: within one idle period)."""
         self.period = self.fast_period
 
     def idle(self, *_: object) -> None:
