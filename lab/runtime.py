@@ -21,12 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bgp import routers as router_kinds
 from bgp.bird import BirdBfd
@@ -41,7 +41,7 @@ from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.hostlimits import raise_limits
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
-from lab.model import Topology, build_topology, load_topology
+from lab.model import Router, Topology, build_topology, load_topology
 from lab.placement import place
 from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs, stop_many
 from lab.wait import socket_accepts, wait_for
@@ -347,13 +347,18 @@ class Lab:
             for s in self.sessions():
                 if s.up < s.total:
                     missing.append(f"{s.router}: sessions down {', '.join(s.down)}")
-            for r in self.topo.routers:
+            def wrong(r: Router) -> list[str]:
+                out = []
                 for prefix, routes in predicted.items():
                     route = routes[r.name]
                     want = route.as_path if route else None
                     got = router_kinds.best_as_path(self.node_dir(r.name), r, prefix)
                     if want != got:
-                        missing.append(f"{r.name}: {prefix} via {got}, predicted {want}")
+                        out.append(f"{r.name}: {prefix} via {got}, predicted {want}")
+                return out
+
+            for problems in _per_router(wrong, self.topo.routers):
+                missing.extend(problems)
             return not missing
 
         wait_for(bgp_done, timeout=max(1.0, deadline - monotonic()), what="BGP convergence",
@@ -564,17 +569,30 @@ def fib_nexthops(netns_file: str, prefix: str) -> set[str]:
     return hops
 
 
+T = TypeVar("T")
+
+
+def _per_router(fn: Callable[[Router], T], routers: Sequence[Router]) -> list[T]:
+    """``fn`` for every router, in order; several at once (each asks its daemon through a subprocess:
+    one after another, 100 routers took tens of seconds a round on a loaded box)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(routers)))) as pool:
+        return list(pool.map(fn, routers))
+
+
+def _router_state(run_dir: Path, r: Router) -> tuple[dict[str, str], dict[str, str]]:
+    try:
+        return router_kinds.sessions(run_dir / r.name, r), router_kinds.bfd_states(run_dir / r.name, r)
+    except Exception:  # the daemon not answering counts as every session down
+        return {}, {}
+
+
 def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
     """Every router's BGP sessions (those to servers out of service do not count)."""
     serving = {s for servers in in_service(topo, run_dir).values() for s in servers}
     idle = {s.name for s in topo.servers} - serving
     out = []
-    for r in topo.routers:
-        try:
-            peers = router_kinds.sessions(run_dir / r.name, r)
-            bfd = router_kinds.bfd_states(run_dir / r.name, r)
-        except Exception:  # the daemon not answering counts as every session down
-            peers, bfd = {}, {}
+    states = _per_router(lambda r: _router_state(run_dir, r), topo.routers)
+    for r, (peers, bfd) in zip(topo.routers, states, strict=True):
         # A session counts as up once BGP is Established and, where the profile wants it, BFD is up:
         # a fault injected before BFD is up would be caught by the hold timer instead.
         neighbors = [n for n in r.neighbors if n.node not in idle]
