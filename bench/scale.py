@@ -33,7 +33,7 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from lab.footprint import sample  # noqa: E402
+from lab.footprint import by_daemon, sample  # noqa: E402
 from lab.generate import stage  # noqa: E402
 from lab.graph import predict_catchment  # noqa: E402
 from lab.measurement import measure  # noqa: E402
@@ -63,10 +63,6 @@ def one(pops_per_region: int, kind: str, idle_s: float) -> dict[str, Any]:
                 per_server[u.node][1] += u.cpu_pct
         busy = {p for p in predict_catchment(topo).values()}
         idle_servers = [v for s, v in per_server.items() if topo.server(s).pop not in busy]
-        by_daemon: dict[str, list[float]] = {}
-        for u in usage:
-            if u.node in servers:
-                by_daemon.setdefault(u.daemon, []).append(u.cpu_pct)
         result, _ = measure(lab, "pops-down", "eu")
         s = result["summary"]
         run = result["runs"][0]
@@ -77,7 +73,7 @@ def one(pops_per_region: int, kind: str, idle_s: float) -> dict[str, Any]:
             "pss_mb_per_pop": round(statistics.mean(v[0] for v in per_server.values()), 1),
             "lab_pss_gb": round(sum(u.pss_mib for u in usage) / 1024, 2),
             "idle_cpu_pct": round(statistics.mean(v[1] for v in idle_servers), 3),
-            "idle_cpu_pct_by_daemon": {d: round(statistics.mean(v), 3) for d, v in sorted(by_daemon.items())},
+            "idle_cpu_pct_by_daemon": {d: v["cpu_pct_each"] for d, v in by_daemon(usage, servers).items()},
             "lab_idle_cpu_pct": round(sum(u.cpu_pct for u in usage), 1),
             "probe_rate_hz": s["achieved_probe_rate_hz"],
             "region_down": {

@@ -9,7 +9,6 @@ processes (``anylab exec``, ``anylab down --all``) can find exactly what this la
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 from mininet.link import Link
@@ -31,12 +30,6 @@ def underlay_address(host: int) -> str:
     """Host ``host``'s address on the underlay (its "LAN")."""
     return f"10.250.0.{host + 1}"
 
-
-def run(argv: list[str]) -> None:
-    """One ``ip`` command; raises LabError with its error output."""
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: {res.stderr.strip()}")
 
 _COMMON_SYSCTLS = [
     # Anycast and ECMP make paths asymmetric; strict reverse-path filtering would drop answers.
@@ -135,26 +128,24 @@ class Network:
         as a multi-host engine would. Raises LabError."""
         underlay = self.prefix + UNDERLAY
         netns.add(underlay)
-        run(["ip", "-n", underlay, "link", "add", "name", "ulbr", "type", "bridge"])
-        run(["ip", "-n", underlay, "link", "set", "ulbr", "up"])
+        netns.ip("-n", underlay, "link", "add", "name", "ulbr", "type", "bridge")
+        netns.ip("-n", underlay, "link", "set", "ulbr", "up")
         for h in range(placement.hosts):
             host = self.prefix + f"{HOST}{h}"
             netns.add(host)
-            run(["ip", "-n", host, "link", "add", "ul", "type", "veth", "peer", "name", f"h{h}",
-                 "netns", underlay])
-            run(["ip", "-n", underlay, "link", "set", f"h{h}", "master", "ulbr", "up"])
-            run(["ip", "-n", host, "address", "add", f"{underlay_address(h)}/24", "dev", "ul"])
-            run(["ip", "-n", host, "link", "set", "ul", "up"])
+            netns.ip("-n", host, "link", "add", "ul", "type", "veth", "peer", "name", f"h{h}", "netns", underlay)
+            netns.ip("-n", underlay, "link", "set", f"h{h}", "master", "ulbr", "up")
+            netns.ip("-n", host, "address", "add", f"{underlay_address(h)}/24", "dev", "ul")
+            netns.ip("-n", host, "link", "set", "ul", "up")
         for k, (a, b) in enumerate(placement.cut):
             for end, peer in ((a, b), (b, a)):
                 mine, other = placement.host_of[end.node], placement.host_of[peer.node]
                 tmp = f"vx{k}"
-                run(["ip", "-n", self.prefix + f"{HOST}{mine}", "link", "add", tmp, "type", "vxlan",
-                     "id", str(VNI_BASE + k), "local", underlay_address(mine), "remote", underlay_address(other),
-                     "dstport", "4789", "nolearning"])
-                run(["ip", "-n", self.prefix + f"{HOST}{mine}", "link", "set", tmp, "netns",
-                     self.prefix + end.node])
-                run(["ip", "-n", self.prefix + end.node, "link", "set", tmp, "name", end.name, "mtu", "1450"])
+                netns.ip("-n", self.prefix + f"{HOST}{mine}", "link", "add", tmp, "type", "vxlan",
+                         "id", str(VNI_BASE + k), "local", underlay_address(mine), "remote",
+                         underlay_address(other), "dstport", "4789", "nolearning")
+                netns.ip("-n", self.prefix + f"{HOST}{mine}", "link", "set", tmp, "netns", self.prefix + end.node)
+                netns.ip("-n", self.prefix + end.node, "link", "set", tmp, "name", end.name, "mtu", "1450")
 
     def stop(self, errors: list[str]) -> None:
         """End the node shells and release their ptys; failures go to ``errors``.

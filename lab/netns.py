@@ -13,7 +13,8 @@ from lab.errors import LabError
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+#: The C library, for the calls Python 3.11 does not wrap (setns, prctl).
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def netns_path(name: str) -> str:
@@ -22,14 +23,14 @@ def netns_path(name: str) -> str:
 
 def add(name: str) -> str:
     """Create an empty named namespace with ``lo`` up; returns its path. Raises LabError."""
-    _ip("netns", "add", name)
-    _ip("-n", name, "link", "set", "lo", "up")
+    ip("netns", "add", name)
+    ip("-n", name, "link", "set", "lo", "up")
     return netns_path(name)
 
 
 def attach(name: str, pid: int) -> str:
     """Give the namespace of process ``pid`` a name (so it outlives nothing, but can be found)."""
-    _ip("netns", "attach", name, str(pid))
+    ip("netns", "attach", name, str(pid))
     return netns_path(name)
 
 
@@ -39,7 +40,7 @@ def delete(name: str) -> None:
     if not (NETNS_DIR / name).exists():
         return
     try:
-        _ip("netns", "delete", name)
+        ip("netns", "delete", name)
     except LabError:
         if (NETNS_DIR / name).exists():
             raise
@@ -52,7 +53,8 @@ def names(prefix: str) -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
-def _ip(*args: str) -> None:
+def ip(*args: str) -> None:
+    """One ``ip`` command; raises LabError with its error output."""
     res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise LabError(f"ip {' '.join(args)}: {res.stderr.strip()}")
@@ -63,7 +65,7 @@ def enter_netns(netns: str) -> None:
     at path ``netns``; raises OSError."""
     fd = os.open(netns, os.O_RDONLY)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
     finally:

@@ -342,21 +342,21 @@ class Lab:
         predicted = {p: predict_routes(self.topo, p) for p in self.topo.anycast}
         missing: list[str] = []
 
+        def wrong(r: Router) -> list[str]:
+            out = []
+            for prefix, routes in predicted.items():
+                route = routes[r.name]
+                want = route.as_path if route else None
+                got = router_kinds.best_as_path(self.node_dir(r.name), r, prefix)
+                if want != got:
+                    out.append(f"{r.name}: {prefix} via {got}, predicted {want}")
+            return out
+
         def bgp_done() -> bool:
             missing.clear()
             for s in self.sessions():
                 if s.up < s.total:
                     missing.append(f"{s.router}: sessions down {', '.join(s.down)}")
-            def wrong(r: Router) -> list[str]:
-                out = []
-                for prefix, routes in predicted.items():
-                    route = routes[r.name]
-                    want = route.as_path if route else None
-                    got = router_kinds.best_as_path(self.node_dir(r.name), r, prefix)
-                    if want != got:
-                        out.append(f"{r.name}: {prefix} via {got}, predicted {want}")
-                return out
-
             for problems in _per_router(wrong, self.topo.routers):
                 missing.extend(problems)
             return not missing

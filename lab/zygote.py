@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import importlib
 import json
@@ -31,10 +30,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lab.netns import enter_netns
+from lab.netns import enter_netns, libc
 from lab.proc import proc_starttime, write_record
 
-_libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_NAME = 15
 #: What the PoP servers run, imported before any fork.
 PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "exabgp.application.main", "bgp.exabgp_inproc")
@@ -69,7 +67,7 @@ def _child(request: dict[str, Any], listener: socket.socket, conn: socket.socket
             enter_netns(request["netns"])
         # The command line stays the zygote's; the name top and ps -o comm show is the daemon's.
         name = str(request.get("record", {}).get("name", request["module"]))
-        _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
         if request.get("env") is not None:
             os.environ.clear()
             os.environ.update(request["env"])
