@@ -7,7 +7,12 @@ line per request, one JSON line back:
 - ``{"cmd": "set", "mode": "normal"|"demoted"|"withdrawn"}`` — the health agent's decision;
 - ``{"cmd": "withdraw"}`` / ``{"cmd": "announce"}`` — the operator's (the lab's) administrative
   shutdown and its end; while shut down nothing is announced whatever the agent says;
-- ``{"cmd": "status"}``.
+- ``{"cmd": "status"}``;
+- ``{"cmd": "hold", "lease_s": L}`` — a dead-man's switch for an agent that lives in the same process as
+  the service it checks (:mod:`pop_agent.agent`): the connection stays open, further requests come on it
+  (``{"cmd": "alive"}`` renews the lease without an answer), and when it closes (the process died) or
+  nothing arrives for ``L`` seconds (the process hangs) the agent's mode becomes ``withdrawn``
+  (logged ``agent-lost``). One holder at a time; a new hold replaces the old one.
 
 What is sent is the worse of the two. Both inputs are kept in a file, so a respawned process — or a
 new ExaBGP after a crash — restores them, and every change is logged as a JSON line with its
@@ -19,6 +24,7 @@ Run as ``python -m bgp.exabgp_api --dir D`` where ``D/routes.json`` holds the ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import selectors
@@ -63,6 +69,8 @@ def monotonic() -> float:
 
 
 MODES = ("normal", "demoted", "withdrawn")
+#: What a holder sends to renew its lease (exactly this line: it is not parsed, so a keepalive costs little).
+ALIVE = b'{"cmd": "alive"}\n'
 
 
 @dataclass
@@ -111,6 +119,11 @@ class ApiProcess:
             self.state.agent = str(saved.get("agent", "withdrawn"))
             self.state.admin_down = bool(saved.get("admin_down", False))
         self.events = open(directory / "api-events.jsonl", "a", buffering=1)  # noqa: SIM115
+        #: The dead-man's switch: the holding connection, its unanswered bytes, lease and deadline.
+        self.holder: socket.socket | None = None
+        self.held = b""
+        self.lease_s = 0.0
+        self.deadline = float("inf")
 
     def log(self, event: str, **extra: Any) -> None:
         self.events.write(json.dumps({"t": monotonic(), "event": event, **extra}) + "\n")
@@ -169,11 +182,75 @@ class ApiProcess:
                 return {"ok": False, "error": f"unknown mode {mode!r}; use one of {', '.join(MODES)}"}
             self.state.agent = mode
         elif cmd != "status":
-            return {"ok": False, "error": f"unknown cmd {cmd!r}; use set, announce, withdraw or status"}
+            return {"ok": False, "error": f"unknown cmd {cmd!r}; use set, announce, withdraw, status or hold"}
         if cmd != "status":
             self.save()
             self.apply()
         return {"ok": True, **self.state.status()}
+
+    def lost(self, why: str) -> None:
+        """The holder is gone or silent: drop it, and stop announcing on its behalf."""
+        conn, self.holder, self.held, self.deadline = self.holder, None, b"", float("inf")
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self.log("agent-lost", why=why, announced="withdrawn", was=self.state.agent)
+        if self.state.agent != "withdrawn":
+            self.state.agent = "withdrawn"
+            self.save()
+            self.apply()
+
+    def on_accept(self, conn: socket.socket, sel: selectors.BaseSelector) -> None:
+        """One request, one answer, closed — unless it is a ``hold``: then the connection is kept."""
+        conn.settimeout(2.0)
+        try:
+            line = conn.makefile("rb").readline()
+            try:
+                req = json.loads(line or b"{}")
+            except json.JSONDecodeError:
+                req = {}
+            if isinstance(req, dict) and req.get("cmd") == "hold":
+                lease = float(req.get("lease_s", 0))
+                if not 0.0 < lease <= 600.0:
+                    conn.sendall(b'{"ok": false, "error": "hold needs 0 < lease_s <= 600"}\n')
+                    conn.close()
+                    return
+                if self.holder is not None:
+                    sel.unregister(self.holder)
+                    self.holder.close()
+                conn.sendall(json.dumps({"ok": True, **self.state.status()}).encode() + b"\n")
+                conn.setblocking(False)
+                self.holder, self.held, self.lease_s = conn, b"", lease
+                self.deadline = monotonic() + lease
+                sel.register(conn, selectors.EVENT_READ, "holder")
+                self.log("agent-holds", lease_s=lease)
+                return
+            conn.sendall(json.dumps(self.on_request(line)).encode() + b"\n")
+        except (OSError, ValueError):
+            pass
+        conn.close()
+
+    def on_holder(self, sel: selectors.BaseSelector) -> None:
+        """Requests on the holding connection; each renews the lease, ``alive`` is not answered."""
+        assert self.holder is not None
+        try:
+            data = self.holder.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(self.holder)
+            self.lost("connection closed")
+            return
+        self.deadline = monotonic() + self.lease_s
+        self.held += data
+        while b"\n" in self.held:
+            line, self.held = self.held.split(b"\n", 1)
+            if line.strip() == ALIVE.strip():
+                continue
+            with contextlib.suppress(OSError):  # seen as closed on the next read
+                self.holder.sendall(json.dumps(self.on_request(line)).encode() + b"\n")
 
     def run(self) -> None:
         sock_path = self.dir / "api.sock"
@@ -189,25 +266,27 @@ class ApiProcess:
             self.apply(force=True)
         try:
             while True:
-                for key, _ in sel.select():
+                wait = None if self.holder is None else max(0.0, self.deadline - monotonic())
+                for key, _ in sel.select(wait):
                     if key.data == "stdin":
                         line = self.stdin.readline()
                         if not line:  # ExaBGP went away: so do we
                             self.log("exit")
                             return
                         self.on_exabgp_line(line)
+                    elif key.data == "holder":
+                        self.on_holder(sel)
                     else:
                         conn, _ = server.accept()
-                        with conn:
-                            conn.settimeout(2.0)
-                            try:
-                                reply = self.on_request(conn.makefile("rb").readline())
-                                conn.sendall(json.dumps(reply).encode() + b"\n")
-                            except OSError:
-                                pass
+                        self.on_accept(conn, sel)
+                if self.holder is not None and monotonic() >= self.deadline:
+                    sel.unregister(self.holder)
+                    self.lost(f"silent for {self.lease_s:g} s")
         finally:
             sel.close()
             server.close()
+            if self.holder is not None:
+                self.holder.close()
 
 
 def request(sock_path: Path, cmd: str, timeout: float = 2.0, **args: str) -> dict[str, Any]:
@@ -220,6 +299,46 @@ def request(sock_path: Path, cmd: str, timeout: float = 2.0, **args: str) -> dic
     if not reply.get("ok"):
         raise ValueError(str(reply.get("error")))
     return reply
+
+
+class Hold:
+    """The agent's end of a ``hold``: one open connection to the API process that withdraws the agent's
+    routes when it closes or stays silent for ``lease_s``. Every method raises OSError / ValueError when
+    the API process is not there (or went away); the caller then makes a new Hold."""
+
+    def __init__(self, sock_path: Path, lease_s: float, timeout: float = 1.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(sock_path))
+            self.reader = self.sock.makefile("rb")
+            self._ask({"cmd": "hold", "lease_s": lease_s})
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionResetError("the API process closed the connection")
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.get("ok"):
+            raise ValueError(str(reply.get("error")))
+        return reply
+
+    def set(self, mode: str) -> dict[str, Any]:
+        """Ask for ``mode`` (normal, demoted, withdrawn); the API's status after it."""
+        return self._ask({"cmd": "set", "mode": mode})
+
+    def alive(self) -> None:
+        """Renew the lease (no answer comes back)."""
+        self.sock.sendall(ALIVE)
+
+    def close(self) -> None:
+        """Let go: the API withdraws on the agent's behalf, as if it had died."""
+        self.reader.close()
+        self.sock.close()
 
 
 def main() -> None:

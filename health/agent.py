@@ -8,6 +8,11 @@ keeps a Prometheus textfile and a state file current. SIGTERM/SIGINT withdraw an
 If the API process cannot be reached (the speaker crashed) the wanted mode is re-sent on every
 following step until it is accepted, so a restarted speaker converges to the agent's decision.
 
+With ``lease_s`` (the agent folded into the edge's process, :mod:`pop_agent.agent`) it holds its connection
+to the API process open as a dead-man's switch and renews it every check interval: if the process dies
+or hangs, nobody is left to withdraw, so the API process does it when the connection closes or the lease
+runs out.
+
 Run as ``python -m health.agent --config D/health.json`` (written by :class:`lab.daemons.HealthAgent`).
 """
 
@@ -15,17 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bgp.exabgp_api import request
+from bgp.exabgp_api import Hold, request
 from health import fsm
-from health.checks import Check, CommandCheck, HttpCheck, TcpCheck, run_checks
+from health.checks import Check, CommandCheck, HttpCheck, LocalCheck, TcpCheck, is_local_healthz, run_checks
 
 HOOK_TIMEOUT_S = 10.0
 
@@ -49,6 +56,8 @@ class AgentConfig:
     state: Path
     #: The edge worker's ``protect.json`` (its utilisation), read when overload demotion is on.
     protect: Path | None = None
+    #: Hold the API connection with this lease (a dead-man's switch); None: one connection per request.
+    lease_s: float | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentConfig:
@@ -78,6 +87,7 @@ class AgentConfig:
             api_socket=Path(data["api_socket"]), drain_file=Path(data["drain_file"]),
             events=Path(data["events"]), metrics=Path(data["metrics"]), state=Path(data["state"]),
             protect=Path(data["protect"]) if data.get("protect") else None,
+            lease_s=float(data["lease_s"]) if data.get("lease_s") else None,
         )
 
 
@@ -95,8 +105,18 @@ METRICS_S = 10.0
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    """The agent's loop. ``local`` = (port, health): the agent is folded into the edge's process, and its
+    HTTP checks of ``/healthz`` on 127.0.0.1:port become calls of ``health`` (None when healthy, else what
+    is wrong)."""
+
+    def __init__(self, config: AgentConfig, local: tuple[int, Callable[[], str | None]] | None = None) -> None:
         self.config = config
+        self.checks: list[Check] = list(config.checks)
+        if local is not None:
+            port, health = local
+            self.checks = [LocalCheck(health, c.timeout) if is_local_healthz(c, port) else c for c in self.checks]
+        self.hold: Hold | None = None
+        self.next_alive = 0.0
         self.state = fsm.State()
         self.counters = Counters()
         self.log_file = open(config.events, "a", buffering=1)  # noqa: SIM115
@@ -110,13 +130,46 @@ class Agent:
 
     def send(self, mode: str) -> None:
         try:
-            request(self.config.api_socket, "set", timeout=1.0, mode=mode)
+            if self.config.lease_s is None:
+                request(self.config.api_socket, "set", timeout=1.0, mode=mode)
+            else:
+                if self.hold is None:
+                    self.hold = Hold(self.config.api_socket, self.config.lease_s)
+                try:
+                    self.hold.set(mode)
+                except (OSError, ValueError):
+                    self.drop_hold()
+                    raise
+                self.next_alive = monotonic() + self.alive_every
             self.unsent = None
         except (OSError, ValueError) as exc:
             self.counters.api_errors += 1
             if self.unsent != mode:
                 self.write_log({"t": monotonic(), "event": "api-unreachable", "mode": mode, "detail": str(exc)})
             self.unsent = mode
+
+    @property
+    def alive_every(self) -> float:
+        """How often the lease is renewed: every check interval, and at least three times per lease."""
+        assert self.config.lease_s is not None
+        return min(self.config.fsm.interval, self.config.lease_s / 3)
+
+    def drop_hold(self) -> None:
+        if self.hold is not None:
+            with contextlib.suppress(OSError):
+                self.hold.close()
+            self.hold = None
+
+    def renew(self) -> None:
+        """Renew the lease when due; a lost API connection means the wanted mode must be sent again."""
+        if self.hold is None or monotonic() < self.next_alive:
+            return
+        try:
+            self.hold.alive()
+            self.next_alive = monotonic() + self.alive_every
+        except OSError:
+            self.drop_hold()
+            self.unsent = self.state.announced
 
     def write_log(self, record: dict[str, Any]) -> None:
         self.log_file.write(json.dumps(record) + "\n")
@@ -203,17 +256,23 @@ class Agent:
 
     # -- loop ----------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+    async def run(self, stopping: asyncio.Event | None = None) -> None:
+        """Check and decide until SIGTERM/SIGINT — or, given ``stopping``, until it is set (the signals are
+        then the caller's) — then withdraw."""
+        if stopping is not None:
+            self.stopping = stopping
+        else:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stopping.set)
         # Nothing is announced on this agent's behalf until its own first verdict.
         self.send("withdrawn")
         self.write_files()
         last_metrics = monotonic()
         while not self.stopping.is_set():
             now = monotonic()
-            due = min(self.next_check, self.next_tick if self.next_tick is not None else float("inf"))
+            due = min(self.next_check, self.next_tick if self.next_tick is not None else float("inf"),
+                      self.next_alive if self.hold is not None else float("inf"))
             if due > now:
                 try:
                     await asyncio.wait_for(self.stopping.wait(), due - now)
@@ -233,7 +292,7 @@ class Agent:
                 self.step(fsm.Tick(now))
             if now >= self.next_check:
                 self.next_check = float("inf")  # the machine schedules the next one
-                outcome = await run_checks(list(self.config.checks), self.config.combine)
+                outcome = await run_checks(self.checks, self.config.combine)
                 self.counters.last_check_s = outcome.duration
                 if outcome.ok:
                     self.counters.checks_ok += 1
@@ -243,12 +302,14 @@ class Agent:
                 self.step(fsm.CheckResult(monotonic(), outcome.ok, "" if outcome.ok else outcome.detail))
             if self.unsent is not None:
                 self.send(self.unsent)
+            self.renew()
             if monotonic() - last_metrics > METRICS_S:
                 self.write_files()
                 last_metrics = monotonic()
         self.step(fsm.Stop(monotonic()))
         if self.unsent is not None:
             self.send(self.unsent)
+        self.drop_hold()
         if self.hook_tasks:
             await asyncio.wait(self.hook_tasks, timeout=HOOK_TIMEOUT_S)
         self.log_file.close()

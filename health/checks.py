@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -86,7 +87,29 @@ class CommandCheck:
         return None if code == 0 else f"exit status {code}"
 
 
-Check = HttpCheck | TcpCheck | CommandCheck
+@dataclass(frozen=True)
+class LocalCheck:
+    """A call into the process the agent shares with the service (:mod:`pop_agent.agent`): the function
+    returns None when healthy, else what is wrong. It proves the event loop turns and the service says it
+    serves; the process dying or hanging is the API's dead-man's switch's to catch."""
+
+    health: Callable[[], str | None]
+    timeout: float = 0.03
+
+    async def probe(self) -> str | None:
+        return self.health()
+
+
+Check = HttpCheck | TcpCheck | CommandCheck | LocalCheck
+
+def is_local_healthz(check: Check, port: int) -> bool:
+    """Whether ``check`` is the HTTP check of the edge worker's own ``/healthz`` on 127.0.0.1:``port``
+    (which answers 200 ``ok``)."""
+    if not isinstance(check, HttpCheck):
+        return False
+    parts = urlsplit(check.url)
+    return ((parts.hostname, parts.port or 80, parts.path) == ("127.0.0.1", port, "/healthz")
+            and check.status == 200 and check.body in (None, "ok"))
 
 
 async def run_check(check: Check) -> Outcome:

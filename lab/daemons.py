@@ -1,4 +1,5 @@
-"""The lab's own daemons: the PoP server's edge worker and health agent, and the client's prober."""
+"""The lab's own daemons: the PoP server's edge worker, health agent and KV replica (or the three as one
+pop agent), the services' daemons, and the client's prober."""
 
 from __future__ import annotations
 
@@ -350,9 +351,11 @@ class HealthAgent(PythonService):
     module = "health.agent"
     dependencies = ("edge", "exabgp")
 
-    def __init__(self, env: NodeEnv, server: Server) -> None:
+    def __init__(self, env: NodeEnv, server: Server, lease_s: float | None = None) -> None:
         super().__init__(env)
         self.server = server
+        #: The dead-man's switch's lease (the agent folded into the edge's process), else None.
+        self.lease_s = lease_s
 
     def config(self) -> dict[str, object]:
         h, d = self.server.profile.health, self.env.dir
@@ -368,6 +371,7 @@ class HealthAgent(PythonService):
             **({"overload": {"overload_above": h.overload.above, "overload_after": h.overload.after_s,
                              "restore_below": h.overload.below, "restore_after": h.overload.restore_after_s},
                 "protect": str(d / "protect.json")} if h.overload is not None else {}),
+            **({"lease_s": self.lease_s} if self.lease_s is not None else {}),
         }
 
     @property
@@ -433,3 +437,57 @@ class Prober(Daemon):
 
     def ready(self) -> bool:
         return self.out.exists()
+
+
+#: The shortest lease of a folded agent's dead-man's switch: one busy event loop (a burst of requests,
+#: a collection) can go quiet for a few hundred milliseconds, and a shorter lease would withdraw a healthy
+#: server then.
+MIN_LEASE_S = 1.0
+
+
+class PopAgent(Daemon):
+    """``pop_agent.agent``: the edge worker, its KV replica and (with ``health_agent: anylab``) its health
+    agent as one process (``settings.server_process: folded``). The parts' configs and files are those of
+    :class:`EdgeWorker`, :class:`KvReplica` and :class:`HealthAgent`; the agent holds the ExaBGP API with a
+    lease of ``fall × interval + timeout`` (at least :data:`MIN_LEASE_S`), so that a dead or hung process
+    is withdrawn as a failing check would have been."""
+
+    name = "pop-agent"
+    forkable = True
+    dependencies = ("exabgp",)
+
+    def __init__(self, env: NodeEnv, edge: EdgeWorker, kv: KvReplica, health: bool) -> None:
+        super().__init__(env)
+        self.edge, self.kv = edge, kv
+        h = edge.server.profile.health
+        self.health = HealthAgent(env, edge.server, max(MIN_LEASE_S, h.fall * h.interval + h.timeout)) \
+            if health else None
+
+    @property
+    def parts(self) -> tuple[Daemon, ...]:
+        return (self.edge, self.kv, *((self.health,) if self.health is not None else ()))
+
+    def render_config(self) -> dict[Path, str]:
+        return {path: text for part in self.parts for path, text in part.render_config().items()}
+
+    def validate(self) -> None:
+        for part in self.parts:
+            part.validate()
+
+    def argv(self) -> list[str]:
+        argv = [self.env.python, "-m", "pop_agent.agent", *self.edge.argv()[3:],
+                "--kv-config", str(self.kv.path(".json"))]
+        if self.health is not None:
+            argv += ["--health-config", str(self.health.path(".json"))]
+        return argv
+
+    def spawn_env(self) -> dict[str, str] | None:
+        return self.edge.spawn_env()
+
+    def before_start(self) -> None:
+        for part in self.parts:
+            part.before_start()
+
+    def ready(self) -> bool:
+        """Ready when the edge answers a probe, the KV replica its status, and the agent has a verdict."""
+        return all(part.ready() for part in self.parts)

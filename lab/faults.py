@@ -7,7 +7,8 @@ plan out on a running :class:`~lab.runtime.Lab` and undoes it.
 =============== ======================== =============================================================
 scenario        target                   fault (and restore)
 =============== ======================== =============================================================
-service-crash   server or PoP            SIGKILL the edge worker (restart it)
+service-crash   server or PoP            SIGKILL the edge worker — with ``server_process: folded`` the pop
+                                         agent, health agent and KV replica with it (restart it)
 drain           server or PoP            create the health agent's drain file (remove it)
 speaker-crash   server or PoP            SIGKILL ExaBGP (restart it; it re-announces the saved state)
 server-silent   server or PoP            nftables drops everything on the server's links (delete table)
@@ -221,6 +222,11 @@ class Injector:
                 return d
         raise LabError(f"no daemon {name}", node=server)
 
+    def _edge(self, server: str) -> str:
+        """The daemon that serves: the edge worker, or the pop agent it is folded into."""
+        names = {d.name for d in self.lab.daemons.get(server, [])}
+        return "pop-agent" if "pop-agent" in names else "edge"
+
     def _kill(self, node: str, name: str) -> None:
         d = self._daemon(node, name)
         if d.proc is not None:
@@ -269,7 +275,7 @@ class Injector:
         sc = p.scenario
         if sc == "service-crash":
             for s in p.servers:
-                self._kill(s, "edge")
+                self._kill(s, self._edge(s))
         elif sc == "drain":
             for s in p.servers:
                 (self.lab.node_dir(s) / "drain").write_text("anylab drain\n")
@@ -363,7 +369,7 @@ class Injector:
         sc = p.scenario
         if sc == "service-crash":
             for s in p.servers:
-                attempt(self._restart, s, ["edge"])
+                attempt(self._restart, s, [self._edge(s)])
         elif sc == "drain":
             for s in p.servers:
                 (self.lab.node_dir(s) / "drain").unlink(missing_ok=True)

@@ -117,7 +117,7 @@ def generate(shape: Shape) -> dict[str, Any]:
 #: Measured here (a nested VM, where every system call is dear): a probe costs ≈ 105 µs of CPU at the
 #: prober and ≈ 60 µs at the edge answering it, so each client at 1 kHz takes ≈ 17 % of a core: stage 3
 #: has one client per region (6), stage 2 four.
-SCALE_SETTINGS = {"probe_rate_hz": 1000.0, "probe_idle_hz": 10.0}
+SCALE_SETTINGS = {"probe_rate_hz": 1000.0, "probe_idle_hz": 10.0, "server_process": "folded"}
 
 #: The design's stages as the lab runs them on one box (servers per PoP: the design's at stage 1 only).
 STAGES: dict[int, Shape] = {

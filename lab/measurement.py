@@ -183,18 +183,21 @@ def _wait_network_quiet(rec: RouterRecorder, topo: Topology, p: Plan, t_fault: f
 
 
 def _health_events(driver: Driver, servers: tuple[str, ...], t0: float) -> list[dict[str, Any]]:
+    """The servers' health decisions from ``t0``: the agents' own, and the ExaBGP API's ``agent-lost``
+    (a folded agent's process died or hung: its dead-man's switch decided)."""
     out = []
     for s in servers:
-        path = driver.run_dir / s / "health-events.jsonl"
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except ValueError:
+        for name, only in (("health-events.jsonl", None), ("api-events.jsonl", "agent-lost")):
+            path = driver.run_dir / s / name
+            if not path.exists():
                 continue
-            if float(e.get("t", 0)) >= t0:
-                out.append(e)
+            for line in path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if float(e.get("t", 0)) >= t0 and (only is None or e.get("event") == only):
+                    out.append(e)
     return sorted(out, key=lambda e: float(e["t"]))
 
 

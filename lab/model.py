@@ -261,6 +261,11 @@ class LabSpec(_Spec):
     #: own namespace, the links between parts VXLAN tunnels over an underlay (the multi-host prototype).
     hosts: int = Field(1, ge=1, le=64)
     probe_port: int = Field(7, ge=1, le=65535)
+    #: A PoP server's edge worker, health agent and KV replica as three processes (``split``) or one
+    #: (``folded``, :mod:`pop_agent.agent`: one event loop, the health check a call, a dead-man's switch
+    #: in the ExaBGP API withdrawing a dead or hung process). Folded is what hundreds of PoPs on one box
+    #: need; split keeps the agent outside what it checks, as ExaBGP's healthcheck is.
+    server_process: Literal["split", "folded"] = "split"
     #: A PoP's KV replica serves reads flagged stale beyond this lag (the design: 5 min).
     kv_stale_after_s: float = Field(300.0, gt=0.0)
     #: Durable Objects: ``sync`` (an answer waits for the backup region: RPO 0) or ``async``.

@@ -35,7 +35,18 @@ from control_plane.client import Client, Deployed
 from lab import durable_ops, netns
 from lab.autoscaler import Autoscaler
 from lab.daemon import Daemon, NodeEnv
-from lab.daemons import ControlPlane, DoDirectory, DoHost, EdgeWorker, HealthAgent, KvMaster, KvReplica, Origin, Prober
+from lab.daemons import (
+    ControlPlane,
+    DoDirectory,
+    DoHost,
+    EdgeWorker,
+    HealthAgent,
+    KvMaster,
+    KvReplica,
+    Origin,
+    PopAgent,
+    Prober,
+)
 from lab.errors import LabError, WaitTimeout
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes, spill_peers
@@ -178,14 +189,18 @@ class Lab:
             self.node_dir(s.name).mkdir(parents=True, exist_ok=True)
             env = self._env(s.name)
             share = t.account_limits.share(sum(1 for x in self.topo.servers if x.pop == s.pop))
-            self.daemons[s.name] = [EdgeWorker(env, s, t.probe_port, control, pop_token, self.topo.origins,
-                                               {k: b.model_dump() for k, b in t.breakers.items()},
-                                               spill_peers(self.topo, s.name, t.spillover_pops),
-                                               t.server_capacity_rps, t.spillover_threshold, share),
-                                    ExaBgp(env, s), KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s, share)]
+            edge = EdgeWorker(env, s, t.probe_port, control, pop_token, self.topo.origins,
+                              {k: b.model_dump() for k, b in t.breakers.items()},
+                              spill_peers(self.topo, s.name, t.spillover_pops),
+                              t.server_capacity_rps, t.spillover_threshold, share)
+            kv = KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s, share)
+            if t.server_process == "folded":
+                self.daemons[s.name] = [ExaBgp(env, s), PopAgent(env, edge, kv, s.health_agent == "anylab")]
+            else:
+                self.daemons[s.name] = [edge, ExaBgp(env, s), kv]
             if any(n.profile.bfd for n in s.neighbors):
                 self.daemons[s.name].append(BirdBfd(env, s))
-            if s.health_agent == "anylab":
+            if s.health_agent == "anylab" and t.server_process == "split":
                 self.daemons[s.name].append(HealthAgent(env, s))
         target = str(self.topo.anycast[0].network_address)
         for c in self.topo.clients:

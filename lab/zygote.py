@@ -35,7 +35,8 @@ from lab.proc import proc_starttime, write_record
 
 PR_SET_NAME = 15
 #: What the PoP servers run, imported before any fork.
-PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "exabgp.application.main", "bgp.exabgp_inproc")
+PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "pop_agent.agent", "exabgp.application.main",
+           "bgp.exabgp_inproc")
 
 
 def _reap(_signum: int, _frame: object) -> None:

@@ -28,7 +28,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -195,6 +195,9 @@ class Edge:
                  spill_threshold: float = 0.8, peers: Iterable[Peer] = (),
                  account_rps: float = 100_000.0) -> None:
         self.pop, self.server, self.zygote = pop, server, zygote
+        #: True from the moment every listener is open until the edge closes; ``started`` is set then too.
+        self.serving = False
+        self.started = asyncio.Event()
         #: What makes 100 % utilisation (the shedding and spillover signal): requests taken on per second
         #: (the design's per-PoP capacity, per server) or requests in the isolates at once.
         self.capacity_rps, self.max_inflight = capacity_rps, max_inflight
@@ -410,7 +413,13 @@ class Edge:
         tmp.write_text(json.dumps({**content, "t": now}))
         tmp.replace(self.protect_file)
 
+    def health(self) -> str | None:
+        """What ``/healthz`` would say, without the HTTP: None while serving, else why not (the check of
+        a health agent folded into this process, :mod:`pop_agent.agent`)."""
+        return None if self.serving else "the edge is not serving"
+
     def close(self) -> None:
+        self.serving = False
         self.spill_pool.close()
         for pool in self.pools.values():
             pool.close()
@@ -597,15 +606,17 @@ def reload(edge: Edge, store: LocalStore) -> None:
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
                 store: LocalStore | None, control: tuple[str, int, str] | None = None,
                 directory: tuple[str, int] | None = None, unicast: str | None = None,
-                account_limits: dict[str, float] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT. With ``store``, start from its last good set (SIGHUP reloads it); with
+                account_limits: dict[str, float] | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT — or, given ``stop``, until it is set (the signals are then the
+    caller's). With ``store``, start from its last good set (SIGHUP reloads it); with
     ``control`` (address, port, token) also keep it in sync with the control plane; with ``unicast`` (the
     server's own lab address) also take requests other PoPs spill here and watch the edge's peers."""
     loop = asyncio.get_running_loop()
     account_limits = account_limits or {}
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
     syncer: Syncer | None = None
     if store is not None:
@@ -634,6 +645,8 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         edge.reporters.append(router.breaker_report)
         closers.append(await loop.create_server(lambda: HttpProtocol(router), "127.0.0.1", DO_ROUTER_PORT))
     kv_prom = edge.protect_file.parent / "kv.prom" if edge.protect_file is not None else None
+    edge.serving = True
+    edge.started.set()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)  # the housekeeping period: levels, idle isolates
@@ -648,7 +661,8 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
     edge.close()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The edge worker's command line (also the first part of :mod:`pop_agent.agent`'s)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pop", required=True)
     parser.add_argument("--server", required=True)
@@ -666,7 +680,17 @@ def main() -> None:
     parser.add_argument("--spill-threshold", type=float, default=0.8, help="utilisation from which to spill")
     parser.add_argument("--account-limits", default="{}", help="JSON: this server's share of the per-account "
                         "limits (requests_per_s, do_requests_per_s)")
-    args = parser.parse_args()
+    return parser
+
+
+#: What :func:`run` runs beside the edge: given the edge and the stop event (set on SIGTERM/SIGINT), it
+#: returns when its own work is wound down; the edge stops after it.
+Companion = Callable[[Edge, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
+    """Run the edge worker of ``args`` (:func:`parser`) until SIGTERM/SIGINT, with ``companion`` in the
+    same event loop when given. Raises OSError if a file it names cannot be read."""
     control = None
     if args.control:
         address, _, cport = args.control.rpartition(":")
@@ -685,10 +709,34 @@ def main() -> None:
         edge = Edge(args.pop, args.server, zygote, protect_file=protect_file, capacity_rps=args.capacity_rps,
                     spill_threshold=args.spill_threshold, peers=peers,
                     account_rps=account_limits.get("requests_per_s", 100_000.0))
-        uvloop.run(serve(edge, args.address, args.port, args.udp_port, args.health_port, store, control,
-                         directory, args.unicast, account_limits))
+
+        def serving(stop: asyncio.Event | None) -> Coroutine[Any, Any, None]:
+            return serve(edge, args.address, args.port, args.udp_port, args.health_port, store, control,
+                         directory, args.unicast, account_limits, stop)
+
+        async def together(companion: Companion) -> None:
+            stopping, edge_stop = asyncio.Event(), asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stopping.set)
+            edge_task = asyncio.create_task(serving(edge_stop))
+            other = asyncio.create_task(companion(edge, stopping))
+            try:
+                # The edge ends first only when it failed (it waits for edge_stop): then so does the rest.
+                await asyncio.wait({edge_task, other}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.set()
+                await other
+            finally:
+                edge_stop.set()
+                await edge_task
+
+        uvloop.run(serving(None) if companion is None else together(companion))
     finally:
         zygote.stop()
+
+
+def main() -> None:
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

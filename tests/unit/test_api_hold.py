@@ -1,0 +1,163 @@
+"""The ExaBGP API's dead-man's switch: a held connection that closes or goes silent withdraws the agent's
+routes; a renewed one keeps them. The API runs as it does inside ExaBGP (a thread behind pipes)."""
+
+from __future__ import annotations
+
+import json
+import select
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bgp.exabgp_api import Hold, request
+from bgp.exabgp_inproc import ThreadProcess
+from lab.wait import wait_for
+
+ROUTES = {"routes": [{"prefix": "198.51.100.0/24", "as_path": [65001]}]}
+
+
+class Speaker:
+    """ExaBGP's side of the pipes: what the API told it, a line at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        (directory / "routes.json").write_text(json.dumps(ROUTES))
+        self.dir = directory
+        self.proc = ThreadProcess(directory)
+        self.buffer = b""
+
+    @property
+    def sock(self) -> Path:
+        return self.dir / "api.sock"
+
+    def next_line(self, timeout: float) -> str | None:
+        """The API's next command, or None when none comes within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                return None
+            self.buffer += self.proc.stdout.read(4096) or b""
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(x) for x in (self.dir / "api-events.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def speaker(tmp_path: Path) -> Iterator[Speaker]:
+    s = Speaker(tmp_path)
+
+    def answers() -> bool:
+        try:
+            return bool(request(s.sock, "status", timeout=1.0)["ok"])
+        except (OSError, ValueError):
+            return False
+
+    wait_for(answers, timeout=5.0, what="the API process to answer")
+    yield s
+    s.proc.terminate()
+    s.proc.wait(5.0)
+
+
+def test_a_closed_hold_withdraws(speaker: Speaker) -> None:
+    hold = Hold(speaker.sock, lease_s=30.0)
+    hold.set("normal")
+    assert (speaker.next_line(2.0) or "").startswith("announce route 198.51.100.0/24")
+    hold.close()
+    assert (speaker.next_line(2.0) or "").startswith("withdraw route 198.51.100.0/24")
+    lost = [e for e in speaker.events() if e["event"] == "agent-lost"]
+    assert lost and lost[0]["why"] == "connection closed" and lost[0]["announced"] == "withdrawn"
+    assert request(speaker.sock, "status")["agent"] == "withdrawn"
+
+
+def test_a_silent_hold_withdraws_after_its_lease(speaker: Speaker) -> None:
+    lease = 0.3
+    hold = Hold(speaker.sock, lease_s=lease)
+    hold.set("normal")
+    t_set = time.monotonic()
+    assert (speaker.next_line(2.0) or "").startswith("announce")
+    line = speaker.next_line(lease + 1.0)  # margin: a thread's wake-up on a loaded 2-core box
+    assert line is not None and line.startswith("withdraw")
+    assert time.monotonic() - t_set >= lease
+    hold.close()
+
+
+def test_a_renewed_hold_keeps_the_routes(speaker: Speaker) -> None:
+    lease = 0.3
+    hold = Hold(speaker.sock, lease_s=lease)
+    hold.set("normal")
+    assert (speaker.next_line(2.0) or "").startswith("announce")
+    end = time.monotonic() + 4 * lease
+    while time.monotonic() < end:
+        hold.alive()
+        assert speaker.next_line(lease / 3) is None  # nothing to tell ExaBGP while it is renewed
+    assert hold.set("normal")["mode"] == "normal"  # requests still answered on the held connection
+    hold.close()
+
+
+def test_a_new_hold_replaces_the_old_one(speaker: Speaker) -> None:
+    first = Hold(speaker.sock, lease_s=30.0)
+    first.set("normal")
+    assert (speaker.next_line(2.0) or "").startswith("announce")
+    second = Hold(speaker.sock, lease_s=30.0)
+    with pytest.raises((OSError, ValueError)):
+        first.set("normal")  # its connection was closed by the API
+    assert speaker.next_line(0.3) is None  # replacing the holder withdraws nothing
+    second.set("withdrawn")
+    assert (speaker.next_line(2.0) or "").startswith("withdraw")
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("lease", [0.0, -1.0, 601.0])
+def test_a_hold_without_a_sane_lease_is_refused(speaker: Speaker, lease: float) -> None:
+    with pytest.raises(ValueError, match="lease_s"):
+        Hold(speaker.sock, lease_s=lease)
+
+
+def test_a_folded_agent_checks_by_call_and_holds_the_api(speaker: Speaker, tmp_path: Path) -> None:
+    """No HTTP service runs on the checked port: only the call can pass the check."""
+    import asyncio
+
+    from health.agent import Agent, AgentConfig
+
+    port = 8089
+    config = AgentConfig.from_json({
+        "server": "s1", "pop": "p",
+        "fsm": {"rise": 2, "fall": 2, "interval": 0.05, "fast_interval": 0.02, "timeout": 0.03,
+                "on_down": "withdrawn", "drain_mode": "demoted", "debounce": 0.0},
+        "checks": [{"kind": "http", "url": f"http://127.0.0.1:{port}/healthz", "status": 200, "body": "ok"}],
+        "api_socket": str(speaker.sock), "drain_file": str(tmp_path / "drain"),
+        "events": str(tmp_path / "events.jsonl"), "metrics": str(tmp_path / "health.prom"),
+        "state": str(tmp_path / "state.json"), "lease_s": 1.0,
+    })
+    problem: list[str | None] = [None]
+    seen: list[str] = []
+
+    async def next_command() -> str:
+        line = await asyncio.to_thread(speaker.next_line, 3.0)
+        assert line is not None, f"no command from the API after {seen}"
+        seen.append(line.split()[0])
+        return seen[-1]
+
+    async def scenario() -> None:
+        agent = Agent(config, local=(port, lambda: problem[0]))
+        task = asyncio.create_task(agent.run())
+        assert await next_command() == "announce"
+        problem[0] = "the edge is not serving"
+        assert await next_command() == "withdraw"
+        problem[0] = None
+        assert await next_command() == "announce"
+        # Held and renewed: a second lease's worth of time passes without a word to ExaBGP.
+        assert await asyncio.to_thread(speaker.next_line, 2 * config.lease_s) is None  # type: ignore[operator]
+        agent.stopping.set()
+        await task
+        assert await next_command() == "withdraw"
+
+    asyncio.run(scenario())
+    events = speaker.events()
+    assert [e["event"] for e in events].count("agent-holds") == 1
+    assert events[-1]["event"] == "agent-lost"  # the agent let go after its own withdrawal
