@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import time
@@ -33,6 +34,7 @@ from typing import Any, Literal
 from bgp.exabgp_api import Hold, request
 from health import fsm
 from health.checks import Check, CommandCheck, HttpCheck, LocalCheck, TcpCheck, is_local_healthz, run_checks
+from protect.timers import SLACK_S, Flag, next_tick
 
 HOOK_TIMEOUT_S = 10.0
 
@@ -99,6 +101,14 @@ class Counters:
     api_errors: int = 0
     last_check_s: float = 0.0
 
+def renew_period(interval: float, lease: float) -> float:
+    """How often a folded agent renews its lease: every k-th check interval (so that renewals ride on the
+    checks' wake-ups), at least twice per lease."""
+    if interval > lease / 2:
+        return lease / 2
+    return interval * max(1, math.floor(lease / 2 / interval))
+
+
 #: The metrics and state files are rewritten at once on a change of health or announcement, else this
 #: often (their counters): at hundreds of servers a write a second each was most of an idle agent's work.
 METRICS_S = 10.0
@@ -109,7 +119,8 @@ class Agent:
     HTTP checks of ``/healthz`` on 127.0.0.1:port become calls of ``health`` (None when healthy, else what
     is wrong)."""
 
-    def __init__(self, config: AgentConfig, local: tuple[int, Callable[[], str | None]] | None = None) -> None:
+    def __init__(self, config: AgentConfig, local: tuple[int, Callable[[], str | None]] | None = None,
+                 phase: float | None = None) -> None:
         self.config = config
         self.checks: list[Check] = list(config.checks)
         if local is not None:
@@ -117,6 +128,9 @@ class Agent:
             self.checks = [LocalCheck(health, c.timeout) if is_local_healthz(c, port) else c for c in self.checks]
         self.hold: Hold | None = None
         self.next_alive = 0.0
+        #: Checks on the grid ``phase + k × delay`` (the edge's tick, when folded into its process: one
+        #: wake-up for both); None: each check ``delay`` after the last.
+        self.phase = phase
         self.state = fsm.State()
         self.counters = Counters()
         self.log_file = open(config.events, "a", buffering=1)  # noqa: SIM115
@@ -124,7 +138,7 @@ class Agent:
         self.next_tick: float | None = None
         self.unsent: str | None = None  # a mode the API process has not accepted yet
         self.hook_tasks: set[asyncio.Task[None]] = set()
-        self.stopping = asyncio.Event()
+        self.stopping = Flag()
 
     # -- effects -------------------------------------------------------------------------------
 
@@ -150,9 +164,8 @@ class Agent:
 
     @property
     def alive_every(self) -> float:
-        """How often the lease is renewed: every check interval, and at least three times per lease."""
         assert self.config.lease_s is not None
-        return min(self.config.fsm.interval, self.config.lease_s / 3)
+        return renew_period(self.config.fsm.interval, self.config.lease_s)
 
     def drop_hold(self) -> None:
         if self.hold is not None:
@@ -160,9 +173,10 @@ class Agent:
                 self.hold.close()
             self.hold = None
 
-    def renew(self) -> None:
-        """Renew the lease when due; a lost API connection means the wanted mode must be sent again."""
-        if self.hold is None or monotonic() < self.next_alive:
+    def renew(self, early: float = 0.0) -> None:
+        """Renew the lease when due (or due within ``early`` seconds: a renewal that rides on a wake-up for
+        a check saves one of its own); a lost API connection means the wanted mode must be sent again."""
+        if self.hold is None or monotonic() < self.next_alive - early:
             return
         try:
             self.hold.alive()
@@ -209,6 +223,9 @@ class Agent:
                                 "server": self.config.server})
             elif isinstance(action, fsm.ScheduleCheck):
                 self.next_check = now + action.delay
+                if self.phase is not None and action.delay > 0:
+                    # The grid point nearest the due time: within half a delay of it either way.
+                    self.next_check = next_tick(self.next_check - action.delay / 2, action.delay, self.phase)
             elif isinstance(action, fsm.ScheduleTick):
                 self.next_tick = action.at
 
@@ -256,7 +273,7 @@ class Agent:
 
     # -- loop ----------------------------------------------------------------------------------
 
-    async def run(self, stopping: asyncio.Event | None = None) -> None:
+    async def run(self, stopping: Flag | None = None) -> None:
         """Check and decide until SIGTERM/SIGINT — or, given ``stopping``, until it is set (the signals are
         then the caller's) — then withdraw."""
         if stopping is not None:
@@ -273,12 +290,8 @@ class Agent:
             now = monotonic()
             due = min(self.next_check, self.next_tick if self.next_tick is not None else float("inf"),
                       self.next_alive if self.hold is not None else float("inf"))
-            if due > now:
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), due - now)
-                    break
-                except TimeoutError:
-                    pass
+            if due > now + SLACK_S and await self.stopping.pause_until(due):
+                break
             now = monotonic()
             draining = self.config.drain_file.exists()
             if draining != self.state.draining:
@@ -287,10 +300,12 @@ class Agent:
                 utilisation = self.utilisation()
                 if utilisation is not None:
                     self.step(fsm.Load(now, utilisation))
-            if self.next_tick is not None and now >= self.next_tick:
-                self.next_tick = None
-                self.step(fsm.Tick(now))
-            if now >= self.next_check:
+            # A timer may fire up to SLACK_S early: what is due this close is due now (the machine is
+            # told the time it asked for, so that it acts on it).
+            if self.next_tick is not None and now + SLACK_S >= self.next_tick:
+                tick, self.next_tick = self.next_tick, None
+                self.step(fsm.Tick(max(now, tick)))
+            if now + SLACK_S >= self.next_check:
                 self.next_check = float("inf")  # the machine schedules the next one
                 outcome = await run_checks(self.checks, self.config.combine)
                 self.counters.last_check_s = outcome.duration
@@ -302,7 +317,7 @@ class Agent:
                 self.step(fsm.CheckResult(monotonic(), outcome.ok, "" if outcome.ok else outcome.detail))
             if self.unsent is not None:
                 self.send(self.unsent)
-            self.renew()
+            self.renew(early=self.alive_every / 2 if self.hold is not None else 0.0)
             if monotonic() - last_metrics > METRICS_S:
                 self.write_files()
                 last_metrics = monotonic()

@@ -102,6 +102,12 @@ class LocalCheck:
 
 Check = HttpCheck | TcpCheck | CommandCheck | LocalCheck
 
+def _local(check: LocalCheck) -> Outcome:
+    t0 = time.monotonic()
+    problem = check.health()
+    return Outcome(problem is None, problem or "ok", time.monotonic() - t0)
+
+
 def is_local_healthz(check: Check, port: int) -> bool:
     """Whether ``check`` is the HTTP check of the edge worker's own ``/healthz`` on 127.0.0.1:``port``
     (which answers 200 ``ok``)."""
@@ -127,7 +133,11 @@ async def run_check(check: Check) -> Outcome:
 async def run_checks(checks: list[Check], mode: Literal["all", "any"] = "all") -> Outcome:
     """Run every check at once; ``all`` passes when each passes, ``any`` when one does."""
     t0 = time.monotonic()
-    outcomes = await asyncio.gather(*(run_check(c) for c in checks))
+    if all(isinstance(c, LocalCheck) for c in checks):
+        # Calls: nothing to wait for, so no tasks and no timeouts (the folded agent's every check).
+        outcomes = [_local(c) for c in checks if isinstance(c, LocalCheck)]
+    else:
+        outcomes = list(await asyncio.gather(*(run_check(c) for c in checks)))
     ok = all(o.ok for o in outcomes) if mode == "all" else any(o.ok for o in outcomes)
     failed = [f"{type(c).__name__}: {o.detail}" for c, o in zip(checks, outcomes, strict=True) if not o.ok]
     return Outcome(ok, "; ".join(failed) or "ok", time.monotonic() - t0)

@@ -56,6 +56,9 @@ class Replica:
         self.master: dict[str, Any] = cfg["master"]
         self.masters: list[dict[str, Any]] = list(cfg.get("masters", [self.master]))
         self.stale_after = float(cfg.get("stale_after_s", 300.0))
+        #: How long a long poll of the master waits for news: an idle replica asks this often, and
+        #: notices a silent master this long (plus 1 s) after it fell silent.
+        self.poll_wait = float(cfg.get("poll_wait_s", POLL_WAIT))
         self.metrics = Path(cfg["metrics"])
         self.metrics_written = ""
         self.events = Path(cfg["events"])
@@ -211,8 +214,8 @@ class Replica:
             try:
                 assert self.session is not None
                 async with self.session.get(self.url(self.master, "/v1/changes"),
-                                            params={"since": json.dumps(self.cursors), "wait": str(POLL_WAIT)},
-                                            timeout=aiohttp.ClientTimeout(total=POLL_WAIT + 1.0)) as resp:
+                                            params={"since": json.dumps(self.cursors), "wait": str(self.poll_wait)},
+                                            timeout=aiohttp.ClientTimeout(total=self.poll_wait + 1.0)) as resp:
                     reply = await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 self.reachable = self.caught_up = False

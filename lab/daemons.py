@@ -19,6 +19,7 @@ from lab.model import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT, LabSpec,
 from lab.model import Client as ClientNode
 from lab.netns import socket_in
 from lab.profiles import HEALTH_PORT
+from protect.timers import phase_of
 
 
 class EdgeWorker(Daemon):
@@ -68,7 +69,10 @@ class EdgeWorker(Daemon):
                 "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}",
                 "--unicast", str(self.server.interfaces[0].address.ip), "--peers", str(self.path("-peers.json")),
                 "--capacity-rps", str(self.capacity_rps), "--spill-threshold", str(self.spill_threshold),
-                "--account-limits", json.dumps(self.account_limits)]
+                "--account-limits", json.dumps(self.account_limits),
+                # One phase per region: a server's spillover peers are its region's nearest PoPs, and
+                # polls and answers on one tick wake each server once a second instead of once per peer.
+                "--tick-phase", f"{phase_of(self.server.region, 1.0):.3f}"]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -197,9 +201,10 @@ class KvReplica(PythonService):
     module = "kv.replica"
 
     def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float,
-                 account_limits: dict[str, float] | None = None) -> None:
+                 account_limits: dict[str, float] | None = None, poll_s: float = 2.0) -> None:
         super().__init__(env)
         self.server = server
+        self.poll_s = poll_s
         # Its own region's master first: that one it follows and writes to; the others serve reads
         # the local copy cannot.
         self.masters = tuple(sorted(masters, key=lambda m: m.region != server.region))
@@ -217,6 +222,7 @@ class KvReplica(PythonService):
         return {"server": self.server.name, "data_dir": str(self.env.dir / "kv"), "socket": str(self.socket),
                 "listen": ["127.0.0.1", KV_REPLICA_PORT], "master": ref(self.masters[0]),
                 "masters": [ref(m) for m in self.masters], "stale_after_s": self.stale_after_s,
+                "poll_wait_s": self.poll_s,
                 "metrics": str(self.env.dir / "kv.prom"), "events": str(self.env.dir / "kv-events.jsonl"),
                 "account_limits": self.account_limits}
 

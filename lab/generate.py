@@ -116,8 +116,9 @@ def generate(shape: Shape) -> dict[str, Any]:
 #: Probing at 1 kHz while ``anylab measure`` runs, 10 Hz otherwise (see ``settings.probe_idle_hz``).
 #: Measured here (a nested VM, where every system call is dear): a probe costs ≈ 105 µs of CPU at the
 #: prober and ≈ 60 µs at the edge answering it, so each client at 1 kHz takes ≈ 17 % of a core: stage 3
-#: has one client per region (6), stage 2 four.
-SCALE_SETTINGS = {"probe_rate_hz": 1000.0, "probe_idle_hz": 10.0, "server_process": "folded"}
+#: has one client per region (6), stage 2 four. Each server one process (``server_process: folded``) and
+#: its KV replica asking its master every 6 s when idle: the idle floor of hundreds of servers.
+SCALE_SETTINGS = {"probe_rate_hz": 1000.0, "probe_idle_hz": 10.0, "server_process": "folded", "kv_poll_s": 6.0}
 
 #: The design's stages as the lab runs them on one box (servers per PoP: the design's at stage 1 only).
 STAGES: dict[int, Shape] = {

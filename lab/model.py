@@ -268,6 +268,9 @@ class LabSpec(_Spec):
     server_process: Literal["split", "folded"] = "split"
     #: A PoP's KV replica serves reads flagged stale beyond this lag (the design: 5 min).
     kv_stale_after_s: float = Field(300.0, gt=0.0)
+    #: How long a replica's long poll of its master waits for news: an idle replica asks this often and
+    #: notices a silent master this long (+ 1 s) after it fell silent (a crashed one at once).
+    kv_poll_s: float = Field(2.0, ge=0.5, le=25.0)  # the master holds a poll at most 25 s
     #: Durable Objects: ``sync`` (an answer waits for the backup region: RPO 0) or ``async``.
     do_mode: Literal["sync", "async"] = "sync"
     #: A DO host serves only while its lease runs; the directory fails a region over this long (plus

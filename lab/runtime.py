@@ -193,7 +193,7 @@ class Lab:
                               {k: b.model_dump() for k, b in t.breakers.items()},
                               spill_peers(self.topo, s.name, t.spillover_pops),
                               t.server_capacity_rps, t.spillover_threshold, share)
-            kv = KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s, share)
+            kv = KvReplica(env, s, self.topo.kv_masters, t.kv_stale_after_s, share, t.kv_poll_s)
             if t.server_process == "folded":
                 self.daemons[s.name] = [ExaBgp(env, s), PopAgent(env, edge, kv, s.health_agent == "anylab")]
             else:

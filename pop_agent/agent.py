@@ -29,9 +29,10 @@ from typing import Any
 from health.agent import Agent, AgentConfig
 from kv import replica
 from pop_agent import edge
+from protect.timers import Flag
 
 
-async def _serve_kv(cfg: dict[str, Any], stopping: asyncio.Event) -> None:
+async def _serve_kv(cfg: dict[str, Any], stopping: Flag) -> None:
     """The KV replica until cancelled; if it fails, the whole process stops (and says why)."""
     try:
         await replica.serve(cfg, handle_signals=False)
@@ -52,7 +53,7 @@ def main() -> None:
     kv_config = json.loads(args.kv_config.read_text())
     health = AgentConfig.from_json(json.loads(args.health_config.read_text())) if args.health_config else None
 
-    async def companion(e: edge.Edge, stopping: asyncio.Event) -> None:
+    async def companion(e: edge.Edge, stopping: Flag) -> None:
         kv = asyncio.create_task(_serve_kv(kv_config, stopping))
         try:
             # The first check must find the edge serving: wait for it (or for the stop, if it fails).
@@ -61,7 +62,7 @@ def main() -> None:
             started.cancel()
             stopped.cancel()
             if health is not None and not stopping.is_set():
-                await Agent(health, local=(args.health_port, e.health)).run(stopping)
+                await Agent(health, local=(args.health_port, e.health), phase=e.phase).run(stopping)
             else:
                 await stopping.wait()
         finally:

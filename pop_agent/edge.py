@@ -59,6 +59,7 @@ from protect.limits import (
     spilled_to,
     take_all,
 )
+from protect.timers import SLACK_S, Flag, next_tick, phase_of
 
 #: The header a spilled request carries to the PoP that takes it (never spilled again from there).
 SPILLED_FROM = "x-anylab-spilled-from"
@@ -67,7 +68,9 @@ SPILLED_FROM = "x-anylab-spilled-from"
 #: unheard; its servers are polled this often while this server is busy (utilisation at half the
 #: spill threshold or more), and this often otherwise — at hundreds of PoPs, idle polling at 4 Hz would
 #: be most of an idle lab's traffic.
-PEER_FRESH_S, PEER_SILENT_S, PEER_POLL_S, PEER_IDLE_POLL_S = 1.0, 2.5, 0.25, 1.0
+#: The housekeeping period (levels, idle isolates, protect.json); the idle peer poll shares its tick.
+HOUSEKEEPING_S = 1.0
+PEER_FRESH_S, PEER_SILENT_S, PEER_POLL_S, PEER_IDLE_POLL_S = 1.0, 2.5, 0.25, HOUSEKEEPING_S
 #: ``protect.json`` is rewritten at once when its content changes, else this often (a heartbeat).
 PROTECT_HEARTBEAT_S = 5.0
 FULL = (1.0, 1.0, 1.0, 1.0)
@@ -193,11 +196,14 @@ class Edge:
     def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8,
                  protect_file: Path | None = None, capacity_rps: float = 5000.0, max_inflight: int = 64,
                  spill_threshold: float = 0.8, peers: Iterable[Peer] = (),
-                 account_rps: float = 100_000.0) -> None:
+                 account_rps: float = 100_000.0, phase: float | None = None) -> None:
         self.pop, self.server, self.zygote = pop, server, zygote
         #: True from the moment every listener is open until the edge closes; ``started`` is set then too.
         self.serving = False
-        self.started = asyncio.Event()
+        self.started = Flag()
+        #: Where this server's 1 s loops (housekeeping, the idle peer poll) fall within the second; servers
+        #: that poll each other do best on one phase (their polls and answers then share wake-ups).
+        self.phase = phase_of(server, HOUSEKEEPING_S) if phase is None else phase % HOUSEKEEPING_S
         #: What makes 100 % utilisation (the shedding and spillover signal): requests taken on per second
         #: (the design's per-PoP capacity, per server) or requests in the isolates at once.
         self.capacity_rps, self.max_inflight = capacity_rps, max_inflight
@@ -222,9 +228,11 @@ class Edge:
         self.reporters: list[Callable[[], dict[str, dict[str, Any]]]] = []
         self.protect_file = protect_file
         #: Set when a request finds this server at half its spill threshold (see PeerWatch).
-        self.busy = asyncio.Event()
+        self.busy = Flag()
         #: The last protect.json content written (without its times) and when.
-        self.protect_written: tuple[str, float] = ("", -math.inf)
+        self.protect_written: tuple[dict[str, Any], float] = ({}, -math.inf)
+        #: kv.prom as last read, by its (mtime, size): the replica rewrites it only on a change.
+        self.kv_metrics: tuple[tuple[int, int], dict[str, float]] = ((0, -1), {})
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
         self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
         self.table: dict[str, list[tuple[str, Pool]]] = {}
@@ -236,9 +244,17 @@ class Edge:
     def utilisation(self, now: float, priority: Priority = "P3") -> float:
         """The larger of the request rate over capacity and the requests in isolates over their limit,
         counting the classes at least as important as ``priority`` (by default: all)."""
-        classes = PRIORITIES[:PRIORITIES.index(priority) + 1]
-        return max(sum(rate(self.windows[p], now) for p in classes) / self.capacity_rps,
-                   sum(self.inflight_by[p] for p in classes) / self.max_inflight)
+        return self.utilisations(now)[PRIORITIES.index(priority)]
+
+    def utilisations(self, now: float) -> tuple[float, ...]:
+        """:meth:`utilisation` for each class of :data:`PRIORITIES`, in order (the load report)."""
+        out: list[float] = []
+        rps = inflight = 0.0
+        for p in PRIORITIES:
+            rps += rate(self.windows[p], now)
+            inflight += self.inflight_by[p]
+            out.append(max(rps / self.capacity_rps, inflight / self.max_inflight))
+        return tuple(out)
 
     def install(self, deployments: Iterable[Deployment]) -> None:
         """Route to exactly ``deployments`` from now on (pools of unchanged versions are kept)."""
@@ -359,7 +375,8 @@ class Edge:
         """A peer's load report (its utilisation per class)."""
         for i, p in enumerate(self.peers):
             if p.address == address:
-                self.peers[i] = replace(p, utilisation=utilisation, heard_at=now)
+                # The constructor, not dataclasses.replace: a few times a second on every server.
+                self.peers[i] = Peer(p.pop, p.server, p.address, p.distance, utilisation, now)
 
     def record_breakers(self, deployment: str, breakers: dict[str, Any]) -> None:
         changed = False
@@ -378,10 +395,14 @@ class Edge:
         metrics: dict[str, float] = {}
         if kv_prom is not None:
             with contextlib.suppress(OSError, ValueError):
-                for line in kv_prom.read_text().splitlines():
-                    if line and not line.startswith("#"):
-                        name, _, value = line.rpartition(" ")
-                        metrics[name.split("{")[0]] = float(value)
+                st = kv_prom.stat()
+                if (st.st_mtime_ns, st.st_size) != self.kv_metrics[0]:
+                    for line in kv_prom.read_text().splitlines():
+                        if line and not line.startswith("#"):
+                            name, _, value = line.rpartition(" ")
+                            metrics[name.split("{")[0]] = float(value)
+                    self.kv_metrics = ((st.st_mtime_ns, st.st_size), metrics)
+                metrics = self.kv_metrics[1]
         return level(Signals(kv_lag_s=metrics.get("anylab_kv_replica_lag_seconds", 0.0),
                              kv_master_reachable=metrics.get("anylab_kv_master_reachable", 1.0) == 1.0,
                              utilisation=self.utilisation(now), pops_down=pops_down(self.peers, now, PEER_SILENT_S),
@@ -399,18 +420,16 @@ class Edge:
             breakers.update(report())
         peers: list[dict[str, Any]] = [{"server": p.server, "utilisation": [round(u, 3) for u in p.utilisation],
                                         "silent": now - p.heard_at > PEER_SILENT_S} for p in self.peers]
-        content = {"breakers": breakers, "counters": self.counters,
+        content = {"breakers": breakers, "counters": dict(self.counters),
                    "level": self.level.level, "reasons": self.level.reasons,
                    "inflight": self.inflight, "utilisation": round(self.utilisation(now), 3),
                    "capacity_rps": self.capacity_rps, "max_inflight": self.max_inflight, "peers": peers}
-        text = json.dumps(content)
-        if text == self.protect_written[0] and now - self.protect_written[1] < PROTECT_HEARTBEAT_S:
+        if content == self.protect_written[0] and now - self.protect_written[1] < PROTECT_HEARTBEAT_S:
             return  # nothing new: an idle server writes a heartbeat only
-        self.protect_written = (text, now)
-        for out, p in zip(peers, self.peers, strict=True):
-            out["age_s"] = round(now - p.heard_at, 2)
+        self.protect_written = (content, now)  # a snapshot: compared, never changed
+        aged = [{**out, "age_s": round(now - p.heard_at, 2)} for out, p in zip(peers, self.peers, strict=True)]
         tmp = self.protect_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**content, "t": now}))
+        tmp.write_text(json.dumps({**content, "peers": aged, "t": now}))
         tmp.replace(self.protect_file)
 
     def health(self) -> str | None:
@@ -524,10 +543,15 @@ class Echo(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if data.startswith(b'{"seq": ') and data.endswith(b"}") and data[8:-1].isdigit():
+        if data.startswith(b'{"seq": ') and data.endswith(b"}"):
             assert self.transport is not None
-            self.transport.sendto(self.prefix + data[8:-1] + b"}", addr)
-            return
+            if data[8:-1].isdigit():
+                self.transport.sendto(self.prefix + data[8:-1] + b"}", addr)
+                return
+            if data.endswith(b', "load": 1}') and data[8:-12].isdigit():  # a peer's poll, as PeerWatch sends it
+                load = ", ".join(repr(round(u, 3)) for u in self.edge.utilisations(time.monotonic()))
+                self.transport.sendto(b"%s%s, \"u\": [%s]}" % (self.prefix, data[8:-12], load.encode()), addr)
+                return
         try:
             probe = json.loads(data)
             seq = probe.get("seq")
@@ -537,7 +561,7 @@ class Echo(asyncio.DatagramProtocol):
         answer = {"pop": self.edge.pop, "server": self.edge.server, "seq": seq}
         if probe.get("load"):  # a peer's spillover router; the probers (thousands a second) do not ask
             now = time.monotonic()
-            answer["u"] = [round(self.edge.utilisation(now, p), 3) for p in PRIORITIES]
+            answer["u"] = [round(u, 3) for u in self.edge.utilisations(now)]
         self.transport.sendto(json.dumps(answer).encode(), addr)
 
 
@@ -566,16 +590,18 @@ class PeerWatch(asyncio.DatagramProtocol):
         while True:
             seq += 1
             assert self.transport is not None
+            poll = b'{"seq": %d, "load": 1}' % seq
             for p in self.edge.peers:
-                self.transport.sendto(json.dumps({"seq": seq, "load": 1}).encode(), (p.address, self.udp_port))
-            busy = self.edge.utilisation(time.monotonic()) >= self.edge.spill_threshold / 2
+                self.transport.sendto(poll, (p.address, self.udp_port))
+            now = time.monotonic()
+            busy = self.edge.utilisation(now) >= self.edge.spill_threshold / 2
             if busy:
                 await asyncio.sleep(PEER_POLL_S)  # the polling period itself
                 continue
-            # Idle: the next poll in a second, or as soon as a request finds the server busy.
+            # Idle: the next poll at the next housekeeping tick (one wake-up for both), or as soon as a
+            # request finds the server busy.
             self.edge.busy.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.edge.busy.wait(), PEER_IDLE_POLL_S)
+            await self.edge.busy.pause_until(next_tick(now + SLACK_S, PEER_IDLE_POLL_S, self.edge.phase))
 
 
 async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -606,7 +632,7 @@ def reload(edge: Edge, store: LocalStore) -> None:
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
                 store: LocalStore | None, control: tuple[str, int, str] | None = None,
                 directory: tuple[str, int] | None = None, unicast: str | None = None,
-                account_limits: dict[str, float] | None = None, stop: asyncio.Event | None = None) -> None:
+                account_limits: dict[str, float] | None = None, stop: Flag | None = None) -> None:
     """Serve until SIGTERM/SIGINT — or, given ``stop``, until it is set (the signals are then the
     caller's). With ``store``, start from its last good set (SIGHUP reloads it); with
     ``control`` (address, port, token) also keep it in sync with the control plane; with ``unicast`` (the
@@ -614,7 +640,7 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
     loop = asyncio.get_running_loop()
     account_limits = account_limits or {}
     if stop is None:
-        stop = asyncio.Event()
+        stop = Flag()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
@@ -648,8 +674,8 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
     edge.serving = True
     edge.started.set()
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)  # the housekeeping period: levels, idle isolates
+        now = time.monotonic()
+        await stop.pause_until(next_tick(now + SLACK_S, HOUSEKEEPING_S, edge.phase))  # levels, idle isolates
         now = time.monotonic()
         for pool in list(edge.pools.values()):
             pool.evict(now)
@@ -680,12 +706,14 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--spill-threshold", type=float, default=0.8, help="utilisation from which to spill")
     parser.add_argument("--account-limits", default="{}", help="JSON: this server's share of the per-account "
                         "limits (requests_per_s, do_requests_per_s)")
+    parser.add_argument("--tick-phase", type=float, help="where in each second the housekeeping and idle peer "
+                        "poll fall (default: from the server's name)")
     return parser
 
 
-#: What :func:`run` runs beside the edge: given the edge and the stop event (set on SIGTERM/SIGINT), it
+#: What :func:`run` runs beside the edge: given the edge and the stop flag (set on SIGTERM/SIGINT), it
 #: returns when its own work is wound down; the edge stops after it.
-Companion = Callable[[Edge, asyncio.Event], Coroutine[Any, Any, None]]
+Companion = Callable[[Edge, Flag], Coroutine[Any, Any, None]]
 
 
 def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
@@ -708,14 +736,14 @@ def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
         account_limits = {k: float(v) for k, v in json.loads(args.account_limits).items()}
         edge = Edge(args.pop, args.server, zygote, protect_file=protect_file, capacity_rps=args.capacity_rps,
                     spill_threshold=args.spill_threshold, peers=peers,
-                    account_rps=account_limits.get("requests_per_s", 100_000.0))
+                    account_rps=account_limits.get("requests_per_s", 100_000.0), phase=args.tick_phase)
 
-        def serving(stop: asyncio.Event | None) -> Coroutine[Any, Any, None]:
+        def serving(stop: Flag | None) -> Coroutine[Any, Any, None]:
             return serve(edge, args.address, args.port, args.udp_port, args.health_port, store, control,
                          directory, args.unicast, account_limits, stop)
 
         async def together(companion: Companion) -> None:
-            stopping, edge_stop = asyncio.Event(), asyncio.Event()
+            stopping, edge_stop = Flag(), Flag()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stopping.set)

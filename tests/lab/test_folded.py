@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from health.agent import renew_period
 from kv.client import KvClient
 from lab.daemons import MIN_LEASE_S
 from lab.measurement import measure
@@ -79,7 +80,7 @@ def test_a_killed_pop_agent_is_withdrawn_by_the_dead_mans_switch(lab: Lab) -> No
 def test_a_hung_pop_agent_is_withdrawn_when_its_lease_runs_out(lab: Lab) -> None:
     server = "sjc-s1"
     lease = next(float(e["lease_s"]) for e in reversed(api_events(lab, server)) if e["event"] == "agent-holds")
-    renew = lab.topo.spec.settings.profile.health.interval
+    renew = renew_period(lab.topo.spec.settings.profile.health.interval, lease)
     pid = pid_of(lab, server)
     t_stop = time.clock_gettime(time.CLOCK_MONOTONIC)
     os.kill(pid, signal.SIGSTOP)
@@ -88,7 +89,7 @@ def test_a_hung_pop_agent_is_withdrawn_when_its_lease_runs_out(lab: Lab) -> None
                                  if e["event"] == "agent-lost" and float(e["t"]) >= t_stop],
                         timeout=lease + 5.0, what="the API to give up on a stopped agent", interval=0.05)
         took = float(lost[0]["t"]) - t_stop
-        # The lease runs from the last renewal, at most one check interval before the stop.
+        # The lease runs from the last renewal, at most one renewal period before the stop.
         assert lease - renew <= took <= lease + MARGIN_S and str(lost[0]["why"]).startswith("silent")
         assert lab.exabgp(server).api("status")["mode"] == "withdrawn"
     finally:

@@ -161,3 +161,14 @@ def test_a_folded_agent_checks_by_call_and_holds_the_api(speaker: Speaker, tmp_p
     events = speaker.events()
     assert [e["event"] for e in events].count("agent-holds") == 1
     assert events[-1]["event"] == "agent-lost"  # the agent let go after its own withdrawal
+
+
+@pytest.mark.parametrize(("interval", "lease", "period"), [
+    (1.0, 2.3, 1.0),     # profile scale: every check renews
+    (0.05, 1.0, 0.5),    # profile fast: every 10th check
+    (2.0, 3.0, 1.5),     # checks sparser than half a lease: twice a lease anyway
+])
+def test_renewals_ride_on_checks_and_come_twice_a_lease(interval: float, lease: float, period: float) -> None:
+    from health.agent import renew_period
+
+    assert renew_period(interval, lease) == pytest.approx(period)

@@ -266,3 +266,17 @@ def test_echo_answers_plain_probes_without_json_and_load_polls_with_utilisation(
     plain, load = (json.loads(x) for x in sent.sent)
     assert plain == {"pop": "sjc", "server": "sjc-s1", "seq": 1234}
     assert load["seq"] == 7 and load["u"] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_load_poll_is_answered_alike_on_the_fast_and_the_json_path() -> None:
+    edge = Edge("sjc", "sjc-s1", Zygote(), capacity_rps=100.0)
+    now = time.monotonic()
+    edge.windows["P1"] = count(edge.windows["P1"], now, 30)
+    edge.windows["P3"] = count(edge.windows["P3"], now, 7)
+    echo = Echo(edge)
+    sent = _Sent()
+    echo.connection_made(sent)  # type: ignore[arg-type]
+    echo.datagram_received(b'{"seq": 8, "load": 1}', ("10.1.0.3", 5000))  # as PeerWatch sends it
+    echo.datagram_received(b'{"load": 1, "seq": 8}', ("10.1.0.3", 5000))  # any other JSON spelling
+    fast, slow = (json.loads(x) for x in sent.sent)
+    assert fast == slow and fast["u"] == [0.0, 0.3, 0.3, 0.37]
