@@ -187,6 +187,10 @@ class Bgpd(FrrDaemon):
         return {self.path(".conf"): "\n".join(lines) + "\n"}
 
     def ready(self) -> bool:
+        """bgpd answers ``show bgp summary json``: asked only once its vty socket accepts — each asking is
+        a vtysh run (tens of ms of CPU), and at 100 routers starting at once most would be refused."""
+        if not socket_accepts(self.env.dir / "bgpd.vty"):
+            return False
         try:
             summary = vtysh_json(self.env.dir, "show bgp summary json", daemon="bgpd")
         except (subprocess.SubprocessError, ValueError):

@@ -367,13 +367,25 @@ class Lab:
                     out.append(f"{r.name}: {prefix} via {got}, predicted {want}")
             return out
 
+        laggards: list[Router] = []
+
         def bgp_done() -> bool:
+            # Each question is a vtysh or birdc run per router (tens of ms of CPU for FRR): while sessions
+            # are down, paths are not asked; while the last round's laggards are still wrong, the others
+            # are not asked again. Only a round that asks every router can end the wait.
             missing.clear()
             for s in self.sessions():
                 if s.up < s.total:
                     missing.append(f"{s.router}: sessions down {', '.join(s.down)}")
-            for problems in _per_router(wrong, self.topo.routers):
-                missing.extend(problems)
+            if missing:
+                return False
+            if laggards:
+                missing.extend(p for problems in _per_router(wrong, laggards) for p in problems)
+                if missing:
+                    return False
+            results = _per_router(wrong, self.topo.routers)
+            laggards[:] = [r for r, problems in zip(self.topo.routers, results, strict=True) if problems]
+            missing.extend(p for problems in results for p in problems)
             return not missing
 
         wait_for(bgp_done, timeout=max(1.0, deadline - monotonic()), what="BGP convergence",

@@ -56,3 +56,17 @@ def test_read_probes_joins_rotated_file_and_tails(tmp_path: Path) -> None:
     assert [p.seq for p in read_probes(path)][:3] == [1, 2, 3]
     tail = read_probes(path, tail_bytes=500)
     assert tail and tail[-1].seq == 199 and len(tail) < 10
+
+
+def test_a_prober_asks_for_realtime_scheduling_and_says_what_it_got() -> None:
+    """In a child process: the test runner's own scheduling stays as it is."""
+    import subprocess
+    import sys
+
+    code = ("import os; from lab.prober import prioritise; got = prioritise(True); "
+            "print(got, os.sched_getscheduler(0) == os.SCHED_FIFO, os.getpriority(os.PRIO_PROCESS, 0))")
+    got, fifo, nice = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     timeout=30).stdout.split()
+    assert got in ("fifo", "nice", "none")
+    assert (got == "fifo") == (fifo == "True")
+    assert got != "nice" or int(nice) == -10
