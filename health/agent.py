@@ -9,9 +9,9 @@ If the API process cannot be reached (the speaker crashed) the wanted mode is re
 following step until it is accepted, so a restarted speaker converges to the agent's decision.
 
 With ``lease_s`` (the agent folded into the edge's process, :mod:`pop_agent.agent`) it holds its connection
-to the API process open as a dead-man's switch and renews it every check interval: if the process dies
-or hangs, nobody is left to withdraw, so the API process does it when the connection closes or the lease
-runs out.
+to the API process open as a dead-man's switch and renews it on its checks (:func:`renew_period`): if the
+process dies or hangs, nobody is left to withdraw, so the API process does it when the connection closes
+or the lease runs out.
 
 Run as ``python -m health.agent --config D/health.json`` (written by :class:`lab.daemons.HealthAgent`).
 """
@@ -100,6 +100,7 @@ class Counters:
     transitions: int = 0
     api_errors: int = 0
     last_check_s: float = 0.0
+
 
 def renew_period(interval: float, lease: float) -> float:
     """How often a folded agent renews its lease: every k-th check interval (so that renewals ride on the
