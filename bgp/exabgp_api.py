@@ -289,16 +289,24 @@ class ApiProcess:
                 self.holder.close()
 
 
+def _exchange(sock: socket.socket, reader: IO[bytes], req: dict[str, Any]) -> dict[str, Any]:
+    """One request line, one reply line; raises OSError (the connection is gone) or ValueError (refused)."""
+    sock.sendall(json.dumps(req).encode() + b"\n")
+    line = reader.readline()
+    if not line:
+        raise ConnectionResetError("the API process closed the connection")
+    reply: dict[str, Any] = json.loads(line)
+    if not reply.get("ok"):
+        raise ValueError(str(reply.get("error")))
+    return reply
+
+
 def request(sock_path: Path, cmd: str, timeout: float = 2.0, **args: str) -> dict[str, Any]:
     """Send one command to a server's API process; raises OSError / ValueError on failure."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(sock_path))
-        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
-    if not reply.get("ok"):
-        raise ValueError(str(reply.get("error")))
-    return reply
+        return _exchange(sock, sock.makefile("rb"), {"cmd": cmd, **args})
 
 
 class Hold:
@@ -318,14 +326,7 @@ class Hold:
             raise
 
     def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.sock.sendall(json.dumps(req).encode() + b"\n")
-        line = self.reader.readline()
-        if not line:
-            raise ConnectionResetError("the API process closed the connection")
-        reply: dict[str, Any] = json.loads(line)
-        if not reply.get("ok"):
-            raise ValueError(str(reply.get("error")))
-        return reply
+        return _exchange(self.sock, self.reader, req)
 
     def set(self, mode: str) -> dict[str, Any]:
         """Ask for ``mode`` (normal, demoted, withdrawn); the API's status after it."""

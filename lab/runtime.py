@@ -89,35 +89,33 @@ class SessionState:
 
 
 def validate_all(daemons: list[Daemon]) -> list[str]:
-    """Write and dry-run every daemon's config (in parallel: each is a subprocess; a class with a batch
-    check, such as ExaBGP's, checks all of its daemons in one run); returns the errors."""
+    """Write every daemon's config, then dry-run them: a class with a batch check (ExaBGP's) checks all
+    of its daemons in one run, the others each on its own, in parallel (each is a subprocess). Returns
+    the errors, every one of them."""
+    errors: list[str] = []
     by_class: dict[type[Daemon], list[Daemon]] = {}
     for d in daemons:
-        by_class.setdefault(type(d), []).append(d)
-    errors: list[str] = []
-    single: list[Daemon] = []
-
-    def write(d: Daemon) -> str | None:
         try:
             d.write_config()
         except LabError as exc:
-            return str(exc)
-        return None
+            errors.append(str(exc))
+            continue
+        by_class.setdefault(type(d), []).append(d)
+    single: list[Daemon] = []
+    for cls, group in by_class.items():
+        batch = cls.validate_batch(group) if len(group) > 1 else None
+        if batch is None:
+            single += group
+        else:
+            errors += batch
 
     def one(d: Daemon) -> str | None:
         try:
-            d.write_config()
             d.validate()
         except LabError as exc:
             return str(exc)
         return None
 
-    for cls, group in by_class.items():
-        if len(group) > 1 and cls.validate_batch([]) is not None:
-            written = [e for e in map(write, group) if e]
-            errors += written or cls.validate_batch(group) or []
-        else:
-            single += group
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return errors + [e for e in pool.map(one, single) if e]
 
