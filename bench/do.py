@@ -32,9 +32,9 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from core.stats import quantile  # noqa: E402
 from lab.do_nemesis import Nemesis, NemesisSpec  # noqa: E402
 from lab.runtime import Lab  # noqa: E402
-from lab.stats import quantile  # noqa: E402
 
 TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 

@@ -32,16 +32,14 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from core.clock import monotonic  # noqa: E402
+from core.wait import wait_for  # noqa: E402
 from kv.client import KvClient  # noqa: E402
 from kv.store import KvError  # noqa: E402
 from lab.runtime import Lab  # noqa: E402
-from lab.wait import wait_for  # noqa: E402
 
 NS = "bench"
 
-
-def mono() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -68,7 +66,7 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
     with Lab.from_file(PROJECT / "topologies" / "global.yaml", name="bkv") as lab:
         writer = KvClient(lab.node_dir(lab.topo.pop(writer_pop).servers[0]) / "kv.sock", timeout=10)
         replies: dict[str, tuple[float, float, dict[str, Any]]] = {}
-        t0 = mono()
+        t0 = monotonic()
         killed: dict[str, float] = {}
 
         def faults() -> None:
@@ -81,16 +79,16 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
         chaos = threading.Thread(target=faults)
         chaos.start()
         i = 0
-        while mono() - t0 < seconds:
+        while monotonic() - t0 < seconds:
             key = f"k{i:06d}"
-            t_start = mono()
+            t_start = monotonic()
             try:
                 reply = writer.put(NS, key, str(i).encode())
             except KvError as exc:
                 reply = {"error": str(exc)}
-            replies[key] = (t_start, mono(), reply)
+            replies[key] = (t_start, monotonic(), reply)
             i += 1
-            time.sleep(max(0.0, t0 + i / rate - mono()))  # the writer's pace
+            time.sleep(max(0.0, t0 + i / rate - monotonic()))  # the writer's pace
         chaos.join()
         acked = [k for k, (_s, _e, r) in replies.items() if r.get("committed") is True]
         accepted = [k for k, (_s, _e, r) in replies.items() if r.get("accepted") and not r.get("committed")]
@@ -123,9 +121,9 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
         reader = KvClient(lab.node_dir(lab.topo.pop("fra").servers[0]) / "kv.sock", timeout=10)
         reads = []
         for k in acked[:300]:
-            t = mono()
+            t = monotonic()
             reader.get(NS, k)
-            reads.append((mono() - t) * 1000)
+            reads.append((monotonic() - t) * 1000)
         writes = [(e - s) * 1000 for s, e, r in replies.values() if r.get("committed") is True]
         return {
             "topology": "global", "writer": writer_pop, "killed_region": kill, "seconds": seconds, "rate_hz": rate,

@@ -26,13 +26,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from core.clock import monotonic  # noqa: E402
 from lab.footprint import by_daemon, sample  # noqa: E402
 from lab.generate import stage  # noqa: E402
 from lab.graph import predict_catchment  # noqa: E402
@@ -50,10 +50,10 @@ def one(pops_per_region: int, kind: str, idle_s: float) -> dict[str, Any]:
     data["routers"] = [{**r, "kind": kind} for r in data["routers"]]
     topo = build_topology(data, f"topologies/global_300.py --pops-per-region {pops_per_region}")
     lab = Lab(topo, name=f"scale{pops_per_region}{kind[0]}")
-    t0 = time.monotonic()
+    t0 = monotonic()
     lab.up(timeout=600.0)
     try:
-        ready = time.monotonic() - t0
+        ready = monotonic() - t0
         usage = sample(lab.run_dir, idle_s)
         servers = {s.name for s in topo.servers}
         per_server: dict[str, list[float]] = {s: [0.0, 0.0] for s in servers}

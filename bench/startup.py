@@ -21,13 +21,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from core.clock import monotonic  # noqa: E402
 from lab.footprint import pss_now  # noqa: E402
 from lab.graph import busiest_pop  # noqa: E402
 from lab.model import build_topology, load_topology  # noqa: E402
@@ -73,9 +73,9 @@ def kind_of(lab: Lab, node: str) -> str:
 def run_once(name: str) -> dict[str, Any]:
     topo = TOPOLOGIES[name]()
     lab = Lab(topo, name="bench")
-    t0 = time.monotonic()
+    t0 = monotonic()
     lab.up(timeout=180)
-    up_s = time.monotonic() - t0
+    up_s = monotonic() - t0
     try:
         peak = sample(lab)
         pop = busiest_pop({c: p or "" for c, p in lab.catchment().items()})

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from control_plane.store import artifact_of  # noqa: E402
-from lab.wait import wait_for  # noqa: E402
+from core.clock import monotonic  # noqa: E402
+from core.wait import wait_for  # noqa: E402
 from pop_agent.isolate import Limits, Zygote  # noqa: E402
 from pop_agent.sync import LocalStore  # noqa: E402
 from pop_agent.worker_api import Request  # noqa: E402
@@ -134,7 +134,7 @@ def cold_start(samples: int, gap_s: float) -> dict[str, float]:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for i in range(samples):
-            t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+            t0 = monotonic()
             iso = await loop.run_in_executor(None, zygote.spawn, HELLO + f"# {i}\n", {}, Limits())
             result = await iso.acall(Request("GET", "/", {"host": "bench.example"}))
             assert result.t_handler is not None, result.response.body

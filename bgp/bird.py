@@ -12,7 +12,7 @@ import subprocess
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from lab.daemon import Daemon, NodeEnv
+from core.daemon import Daemon, NodeEnv
 from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router, Server
 from lab.profiles import BfdSpec
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bgp.exabgp_api import request
-from lab.daemon import Daemon, NodeEnv
+from core.daemon import Daemon, NodeEnv
 from lab.model import Server
 
 

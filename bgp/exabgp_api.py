@@ -30,11 +30,12 @@ import os
 import selectors
 import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import IO, Any
+
+from core.clock import monotonic
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,6 @@ class Route:
         path = " ".join(str(a) for a in self.as_path)
         return f"{verb} route {self.prefix} next-hop self med {self.med} as-path [ {path} ]"
 
-
-def monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 MODES = ("normal", "demoted", "withdrawn")

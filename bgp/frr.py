@@ -13,10 +13,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lab.daemon import Daemon, NodeEnv
+from core.daemon import Daemon, NodeEnv
+from core.wait import socket_accepts
 from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router
 from lab.profiles import BfdSpec
-from lab.wait import socket_accepts
 
 FRR_BIN = Path("/usr/lib/frr")
 VTYSH = "/usr/bin/vtysh"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bgp.bird import Bird, bird_as_paths, bird_best_as_path, bird_sessions, birdc
 from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
-from lab.daemon import Daemon, NodeEnv
+from core.daemon import Daemon, NodeEnv
 from lab.model import Router
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import unix_http
-from lab.errors import LabError
-from lab.wait import wait_for
+from core import unix_http
+from core.errors import AnylabError
+from core.wait import wait_for
 
 SOCKET = "api.sock"
 ADMIN_TOKEN = "admin.token"
@@ -34,7 +34,7 @@ class Deployed:
     new: bool = False
 
 
-class ControlPlaneError(LabError):
+class ControlPlaneError(AnylabError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message, node="control", daemon="control-plane")
         self.status = status

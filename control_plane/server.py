@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from control_plane.store import ApiError, BadRequest, Pop, Store
+from core.clock import monotonic
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 32 * 1024 * 1024  # above the 10 MB code limit, so an oversized worker gets our reason, not a 413
@@ -50,9 +50,6 @@ SERVERS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("servers", dict)
 CHANGED: web.AppKey[asyncio.Condition] = web.AppKey("changed", asyncio.Condition)
 POP_PATHS = ("/v1/sync", "/v1/artifacts/")
 
-
-def now() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def error(status: int, message: str) -> web.Response:
@@ -109,7 +106,7 @@ async def deploy(request: web.Request) -> web.Response:
     pops, regions = body.get("pops") or [], body.get("regions") or []
     if not isinstance(pops, list) or not isinstance(regions, list):
         raise BadRequest("'pops' and 'regions' must be lists of names")
-    t = now()
+    t = monotonic()
     result = store.deploy(request.match_info["name"], body["version"], store.targets(pops, regions))
     await changed(request.app)
     return web.json_response({**result, "t": t, "servers": servers_of(store, result["placement"])})
@@ -117,7 +114,7 @@ async def deploy(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    t = now()
+    t = monotonic()
     result = store.rollback(request.match_info["name"])
     await changed(request.app)
     return web.json_response({**result, "t": t, "servers": servers_of(store, result["placement"])})
@@ -130,7 +127,7 @@ def servers_of(store: Store, placement: dict[str, str]) -> dict[str, str]:
 
 async def deployments(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    t = now()
+    t = monotonic()
     servers = {name: {**info, "seen_s_ago": round(t - info["t_seen"], 3)}
                for name, info in sorted(request.app[SERVERS].items())}
     return web.json_response({**store.listing(), "servers": servers, "t": t,
@@ -145,7 +142,7 @@ async def sync(request: web.Request) -> web.Response:
     server = str(body.get("server"))
     request.app[SERVERS][server] = {"pop": body["pop"], "applied": body.get("applied", {}),
                                     "t_applied": body.get("t_applied"), "error": body.get("error"),
-                                    "t_seen": now()}
+                                    "t_seen": monotonic()}
     wait = min(max(float(body.get("wait", 0)), 0.0), 60.0)
     since = int(body.get("generation", -1))
     cond = request.app[CHANGED]

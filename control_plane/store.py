@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.errors import LabError
+from core.errors import AnylabError
 from pop_agent.edge import Deployment
 from pop_agent.isolate import DeployError, Limits
 
@@ -32,7 +32,7 @@ UPLOAD_FIELDS = {"code", "host", "path_prefix", "bindings", "limits", "min_isola
                  "rate_per_s", "rate_per_min", "priority", "account"}
 
 
-class ApiError(LabError):
+class ApiError(AnylabError):
     status = 500
 
 

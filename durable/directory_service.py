@@ -32,10 +32,10 @@ from typing import Any
 
 from aiohttp import web
 
+from core.clock import monotonic
+from core.service import run_service, service_main
 from durable import directory
 from durable.directory import Place, Placement, RegionDown, RegionUp
-from kv import service
-from kv.service import mono
 
 
 class Directory:
@@ -49,7 +49,7 @@ class Directory:
         self.state_file = Path(cfg["state"])
         self.events = Path(cfg["events"])
         self.state = self._load()
-        now = mono()
+        now = monotonic()
         self.last_seen = {r: now for r in self.regions}  # a (re)start gives every host a whole lease
         self.reports: dict[str, dict[str, Any]] = {}
         self.routed: set[tuple[str, int]] = set()
@@ -74,7 +74,7 @@ class Directory:
 
     def _event(self, event: dict[str, Any]) -> None:
         with self.events.open("a") as f:
-            f.write(json.dumps({"time": mono(), **event}) + "\n")
+            f.write(json.dumps({"time": monotonic(), **event}) + "\n")
 
     def _step(self, event: Any) -> list[directory.Action]:
         self.state, actions = directory.step(self.state, event)
@@ -85,7 +85,7 @@ class Directory:
         """A lease renewal from ``region``'s host; raises KeyError for an unknown region."""
         if region not in self.regions:
             raise KeyError(region)
-        self.last_seen[region] = mono()
+        self.last_seen[region] = monotonic()
         self.reports[region] = objects
         if region not in self.state.live:
             self.incarnation[region] += 1
@@ -99,7 +99,7 @@ class Directory:
         """Declare down every live region whose lease ran out (plus the margin) — unless most regions
         went silent at once: then it is this directory that is cut off, and failing them over would
         only move objects away from hosts that are fine (they stop serving on their own meanwhile)."""
-        now = mono()
+        now = monotonic()
         fresh = [r for r in self.regions if now - self.last_seen[r] <= self.lease_s + self.margin_s]
         if 2 * len(fresh) <= len(self.regions):
             if not self.isolated:
@@ -132,7 +132,7 @@ class Directory:
                 "incarnation": self.incarnation[p.owner]}
 
     def listing(self) -> dict[str, Any]:
-        now = mono()
+        now = monotonic()
         reported: dict[str, Any] = {}
         for region_objects in self.reports.values():
             reported.update(region_objects)
@@ -185,8 +185,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     async def nothing() -> None:
         return None
 
-    await service.run(make_app(d), cfg, [d.watch()], nothing, handle_signals)
+    await run_service(make_app(d), cfg, [d.watch()], nothing, handle_signals)
 
 
 if __name__ == "__main__":
-    service.main(serve, __doc__ or "")
+    service_main(serve, __doc__ or "")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
+
+from core.clock import monotonic
 
 
 class Definite(Exception):
@@ -28,9 +29,6 @@ class Served:
     def __init__(self, value: Any, **facts: Any) -> None:
         self.value, self.facts = value, facts
 
-
-def mono() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 class Recorder:
@@ -49,21 +47,22 @@ class Recorder:
                   timeout: float) -> Any:
         """Invoke ``call`` and record the outcome; returns the result (None unless ``ok``). Never raises
         for what the operation does."""
-        self._emit({"time": mono(), "process": process, "type": "invoke", "f": f, "key": key, "value": value})
+        self._emit({"time": monotonic(), "process": process, "type": "invoke", "f": f, "key": key, "value": value})
         try:
             result = await asyncio.wait_for(call(), timeout)
         except Definite as exc:
-            self._emit({"time": mono(), "process": process, "type": "fail", "f": f, "key": key,
+            self._emit({"time": monotonic(), "process": process, "type": "fail", "f": f, "key": key,
                         "value": None, "error": str(exc)})
             return None
         except (TimeoutError, OSError, EOFError) as exc:
-            self._emit({"time": mono(), "process": process, "type": "info", "f": f, "key": key,
+            self._emit({"time": monotonic(), "process": process, "type": "info", "f": f, "key": key,
                         "value": None, "error": type(exc).__name__})
             return None
         facts: dict[str, Any] = {}
         if isinstance(result, Served):
             result, facts = result.value, result.facts
-        self._emit({"time": mono(), "process": process, "type": "ok", "f": f, "key": key, "value": result, **facts})
+        self._emit({"time": monotonic(), "process": process, "type": "ok", "f": f, "key": key, "value": result,
+                    **facts})
         return result
 
 

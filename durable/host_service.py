@@ -46,19 +46,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from core.clock import monotonic
+from core.errors import AnylabError
+from core.service import run_service, service_main
+from core.stats import quantile
 from durable.runtime import ObjectHost
 from durable.storage import Fenced, ObjectStore
-from kv import service
-from kv.service import mono
-from lab.errors import LabError
-from lab.stats import quantile
 from pop_agent.isolate import Limits, check_code
 from pop_agent.worker_api import Env, Request, Response
 
 SHIP_TIMEOUT_S = 0.5
 
 
-class ShipError(LabError):
+class ShipError(AnylabError):
     """The backup did not confirm in time: the write is kept here and may still reach it."""
 
 
@@ -129,7 +129,7 @@ class Host:
 
     def _event(self, event: dict[str, Any]) -> None:
         with self.events.open("a") as f:
-            f.write(json.dumps({"time": mono(), "region": self.region, **event}) + "\n")
+            f.write(json.dumps({"time": monotonic(), "region": self.region, **event}) + "\n")
 
     def store(self, key: str) -> ObjectStore:
         store = self.stores.get(key)
@@ -139,7 +139,7 @@ class Host:
         return store
 
     def lease_ok(self) -> bool:
-        return mono() < self.lease_until
+        return monotonic() < self.lease_until
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -167,7 +167,7 @@ class Host:
         """One renewal; True when the directory answered (lease extended, placements applied)."""
         assert self.renewing is not None
         async with self.renewing:
-            sent = mono()
+            sent = monotonic()
             try:
                 status, reply = await self._post(self.directory, "/v1/lease",
                                                  {"region": self.region, "objects": self.report()}, timeout=0.5)
@@ -187,14 +187,14 @@ class Host:
         for key, (owner, epoch, backup) in placements.items():
             if owner == self.region:
                 if self.owned.get(key) != epoch:
-                    t0 = mono()
+                    t0 = monotonic()
                     store = self.store(key)
                     before = store.epoch
                     store.fence(epoch)
                     self._drop(key)
                     if epoch > 1 and before < epoch:
                         self._event({"event": "promote", "key": key, "epoch": epoch, "seq": store.seq,
-                                     "restore_s": round(mono() - t0, 6)})
+                                     "restore_s": round(monotonic() - t0, 6)})
                     self.owned[key] = epoch
                 if backup is not None and self.seeded.get(key) != backup:
                     self._spawn(self.seed(key, backup))
@@ -243,7 +243,7 @@ class Host:
         """The output gate's shipping: ``entries`` confirmed by the object's current backup. Raises
         Fenced (the backup is at a newer epoch: this host is not the owner), ShipError (no confirmation
         within ``ship_deadline_s``)."""
-        t0 = mono()
+        t0 = monotonic()
         while True:
             placement = self.placements.get(key)
             backup = placement[2] if placement else None
@@ -267,7 +267,7 @@ class Host:
                         # spun this loop forever when the backup kept refusing the snapshot.
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
-            if mono() - t0 > self.ship_deadline_s:
+            if monotonic() - t0 > self.ship_deadline_s:
                 raise ShipError(f"backup region {backup} did not confirm {key} within {self.ship_deadline_s} s")
             await asyncio.sleep(0.05)  # retry backoff; the directory may name another backup meanwhile
 
@@ -353,7 +353,7 @@ class Host:
     def status(self) -> dict[str, Any]:
         ship_lag = [lag for _version, runtime in self.runtimes.values() for lag in runtime.ship_lag]
         return {"region": self.region, "mode": self.mode, "lease_ok": self.lease_ok(),
-                "lease_left_s": round(self.lease_until - mono(), 3), "owned": len(self.owned),
+                "lease_left_s": round(self.lease_until - monotonic(), 3), "owned": len(self.owned),
                 "copies": len(self.stores), "unprotected_writes": self.unprotected,
                 "ship_lag_s": {"p50": quantile(ship_lag, 0.5), "p99": quantile(ship_lag, 0.99),
                                "max": max(ship_lag, default=None)},
@@ -387,7 +387,7 @@ def make_app(host: Host) -> web.Application:
             return web.json_response({"seq": store.replay(entries)})
         except Fenced:
             return web.json_response({"error": "fenced", "epoch": store.epoch}, status=409)
-        except LabError:
+        except AnylabError:
             return web.json_response({"error": "need_snapshot", "seq": store.seq}, status=409)
 
     async def install(request: web.Request) -> web.Response:
@@ -412,8 +412,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
     host = Host(cfg)
     host.open()
-    await service.run(make_app(host), cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
+    await run_service(make_app(host), cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
 
 
 if __name__ == "__main__":
-    service.main(serve, __doc__ or "")
+    service_main(serve, __doc__ or "")

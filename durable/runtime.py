@@ -23,12 +23,12 @@ Object code has the Workers shape::
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.clock import monotonic
 from durable.storage import ObjectStore
 from pop_agent.worker_api import Request, Response, to_response
 
@@ -117,10 +117,10 @@ class ObjectHost:
         async with live.shipping:  # one shipment at a time per object, in log order
             entries = live.store.log_since(live.shipped)
             if entries:
-                t0 = time.monotonic()
+                t0 = monotonic()
                 await self.ship(object_id, entries)
                 live.shipped = entries[-1]["seq"]
-                self.ship_lag.append(time.monotonic() - t0)
+                self.ship_lag.append(monotonic() - t0)
                 del self.ship_lag[:-1000]  # the recent ones are what the lag is about
 
     def drop(self, object_id: str) -> None:
@@ -174,7 +174,7 @@ class ObjectHost:
         self._alarm_tasks[object_id] = asyncio.create_task(self._alarm(object_id, at))
 
     async def _alarm(self, object_id: str, at: float) -> None:
-        await asyncio.sleep(max(0.0, at - time.monotonic()))  # the alarm's own time, not a poll
+        await asyncio.sleep(max(0.0, at - monotonic()))  # the alarm's own time, not a poll
         delay = 0.1
         for attempt in range(ALARM_RETRIES):
             try:

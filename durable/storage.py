@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lab.errors import LabError
+from core.errors import AnylabError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 """
 
 
-class Fenced(LabError):
+class Fenced(AnylabError):
     """A write from an owner whose epoch is no longer current."""
 
 
@@ -168,7 +168,7 @@ class ObjectStore:
             if entry["seq"] <= self.seq:
                 continue
             if entry["seq"] != self.seq + 1:
-                raise LabError(f"log gap: have {self.seq}, got {entry['seq']}; ship from {self.seq}")
+                raise AnylabError(f"log gap: have {self.seq}, got {entry['seq']}; ship from {self.seq}")
             self._commit(int(entry["epoch"]), [tuple(op) for op in entry["ops"]], entry["seq"])
         return self.seq
 

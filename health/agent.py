@@ -25,22 +25,19 @@ import json
 import math
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from bgp.exabgp_api import Hold, request
+from core.clock import monotonic
+from core.timers import SLACK_S, Flag, next_tick
 from health import fsm
 from health.checks import Check, CommandCheck, HttpCheck, LocalCheck, TcpCheck, is_local_healthz, run_checks
-from protect.timers import SLACK_S, Flag, next_tick
 
 HOOK_TIMEOUT_S = 10.0
 
-
-def monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ aiohttp's import alone would cost a good part of the per-server memory budget.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
+
+from core.clock import monotonic
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,9 @@ class LocalCheck:
 Check = HttpCheck | TcpCheck | CommandCheck | LocalCheck
 
 def _local(check: LocalCheck) -> Outcome:
-    t0 = time.monotonic()
+    t0 = monotonic()
     problem = check.health()
-    return Outcome(problem is None, problem or "ok", time.monotonic() - t0)
+    return Outcome(problem is None, problem or "ok", monotonic() - t0)
 
 
 def is_local_healthz(check: Check, port: int) -> bool:
@@ -120,19 +121,19 @@ def is_local_healthz(check: Check, port: int) -> bool:
 
 async def run_check(check: Check) -> Outcome:
     """Run one check within its timeout; never raises for a failing service (that is an Outcome)."""
-    t0 = time.monotonic()
+    t0 = monotonic()
     try:
         problem = await asyncio.wait_for(check.probe(), check.timeout)
     except TimeoutError:
         problem = f"timed out after {check.timeout * 1000:.0f} ms"
     except (OSError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
-    return Outcome(problem is None, problem or "ok", time.monotonic() - t0)
+    return Outcome(problem is None, problem or "ok", monotonic() - t0)
 
 
 async def run_checks(checks: list[Check], mode: Literal["all", "any"] = "all") -> Outcome:
     """Run every check at once; ``all`` passes when each passes, ``any`` when one does."""
-    t0 = time.monotonic()
+    t0 = monotonic()
     if all(isinstance(c, LocalCheck) for c in checks):
         # Calls: nothing to wait for, so no tasks and no timeouts (the folded agent's every check).
         outcomes = [_local(c) for c in checks if isinstance(c, LocalCheck)]
@@ -140,4 +141,4 @@ async def run_checks(checks: list[Check], mode: Literal["all", "any"] = "all") -
         outcomes = list(await asyncio.gather(*(run_check(c) for c in checks)))
     ok = all(o.ok for o in outcomes) if mode == "all" else any(o.ok for o in outcomes)
     failed = [f"{type(c).__name__}: {o.detail}" for c, o in zip(checks, outcomes, strict=True) if not o.ok]
-    return Outcome(ok, "; ".join(failed) or "ok", time.monotonic() - t0)
+    return Outcome(ok, "; ".join(failed) or "ok", monotonic() - t0)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from core import unix_http
 from kv.store import KvError
-from lab import unix_http
 
 
 class KvClient:

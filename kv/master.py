@@ -39,9 +39,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from core.clock import monotonic
+from core.service import run_service, service_main
 from kv import service
 from kv.hlc import Clock
-from kv.service import body, mono, now, value_of
+from kv.service import body, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 CHANGES_WAIT_MAX = 25.0
@@ -178,7 +180,7 @@ class Master:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), wait)
             out = changes_since(self.store, since)
-        return web.json_response({"node": self.node, "seqs": self.store.seqs(), "changes": out, "t": mono()})
+        return web.json_response({"node": self.node, "seqs": self.store.seqs(), "changes": out, "t": monotonic()})
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"node": self.node, "region": self.region, "seqs": self.store.seqs(),
@@ -234,11 +236,11 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     app = service.make_app(master, {("POST", "/v1/kv/{ns}/batch"): master.batch,
                                     ("POST", "/v1/replicate"): master.replicate,
                                     ("GET", "/v1/changes"): master.changes}, now)
-    await service.run(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
+    await run_service(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 
 
 def main() -> None:
-    service.main(serve, __doc__ or "")
+    service_main(serve, __doc__ or "")
 
 
 if __name__ == "__main__":

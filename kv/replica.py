@@ -36,8 +36,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from core.clock import monotonic
+from core.service import run_service, service_main
 from kv import service
-from kv.service import body, mono, now, value_of
+from kv.service import body, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 from protect.limits import Bucket, take
 
@@ -76,7 +78,7 @@ class Replica:
         self.session: aiohttp.ClientSession | None = None
         self.reachable: bool | None = None  # not known until the first exchange with the master
         self.caught_up = False
-        self.t_ok = mono()
+        self.t_ok = monotonic()
         #: The design's per-account KV limits (this server's share): account → (reads, writes) buckets.
         limits = cfg.get("account_limits", {})
         self.read_rps = float(limits.get("kv_reads_per_s", 50_000.0))
@@ -86,7 +88,7 @@ class Replica:
     # -- state -----------------------------------------------------------------------------------
 
     def lag(self) -> float:
-        return 0.0 if self.reachable and self.caught_up else round(mono() - self.t_ok, 3)
+        return 0.0 if self.reachable and self.caught_up else round(monotonic() - self.t_ok, 3)
 
     def stale(self) -> bool:
         return self.reachable is not True or self.lag() > self.stale_after
@@ -108,7 +110,7 @@ class Replica:
 
     def event(self, **fields: Any) -> None:
         with open(self.events, "a") as fh:
-            fh.write(json.dumps({"t": round(mono(), 6), **fields}) + "\n")
+            fh.write(json.dumps({"t": round(monotonic(), 6), **fields}) + "\n")
 
     def applied(self, ns: str, entries: list[Entry]) -> None:
         """One line per batch taken from the master, for propagation figures; the file is rotated
@@ -116,7 +118,7 @@ class Replica:
         if self.applied_log.exists() and self.applied_log.stat().st_size > 16 * 1024 * 1024:
             self.applied_log.replace(self.applied_log.with_suffix(".jsonl.1"))
         with open(self.applied_log, "a") as fh:
-            fh.write(json.dumps({"t": round(mono(), 6), "ns": ns,
+            fh.write(json.dumps({"t": round(monotonic(), 6), "ns": ns,
                                  "keys": [e.key.decode(errors="replace") for e in entries]}) + "\n")
 
     # -- talking to the master -------------------------------------------------------------------
@@ -165,7 +167,7 @@ class Replica:
 
     def enqueue(self, ns: str, op: str, data: dict[str, Any], why: str) -> dict[str, Any]:
         cur = self.queue.execute("INSERT INTO queue (ns, op, body, t) VALUES (?, ?, ?, ?)",
-                                 (ns, op, json.dumps(data), mono()))
+                                 (ns, op, json.dumps(data), monotonic()))
         self.queued.set()
         self.event(event="queued", id=cur.lastrowid, ns=ns, op=op, key=data.get("key"), why=why)
         self.write_metrics()
@@ -238,7 +240,7 @@ class Replica:
             self.reachable = True
             self.caught_up = all(self.cursors.get(ns, 0) >= seq for ns, seq in seqs.items())
             if self.caught_up:
-                self.t_ok = mono()
+                self.t_ok = monotonic()
             self.write_metrics()
 
     # -- the local API ---------------------------------------------------------------------------
@@ -253,7 +255,7 @@ class Replica:
             reads, writes = self.accounts.get(account) or (Bucket(self.read_rps, max(1.0, self.read_rps)),
                                                            Bucket(self.write_rps, max(1.0, self.write_rps)))
             write = op in ("put", "delete")
-            bucket, ok, wait = take(writes if write else reads, mono())
+            bucket, ok, wait = take(writes if write else reads, monotonic())
             self.accounts[account] = (reads, bucket) if write else (bucket, writes)
             if not ok:
                 kind, rate = ("writes", self.write_rps) if write else ("reads", self.read_rps)
@@ -321,11 +323,11 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
         replica.store.close()
 
     app = service.make_app(replica, {}, now, (replica.account_limits,))
-    await service.run(app, cfg, [replica.follow(), replica.drain()], stop, handle_signals)
+    await run_service(app, cfg, [replica.follow(), replica.drain()], stop, handle_signals)
 
 
 def main() -> None:
-    service.main(serve, __doc__ or "")
+    service_main(serve, __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,11 @@
-"""What a KV master and a PoP replica share: the client API's routes and list handler, and running as
-an aiohttp service on the lab network plus a Unix socket for the operator."""
+"""What a KV master and a PoP replica share: the client API's routes, its list handler and error answers
+(they run as services through :mod:`core.service`)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
-import contextlib
-import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -22,10 +17,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def now() -> float:
     return time.time()
-
-
-def mono() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 async def body(request: web.Request) -> dict[str, Any]:
@@ -100,31 +91,3 @@ def make_app(api: ClientApi, extra: dict[tuple[str, str], Handler], now: Callabl
     for (method, path), handler in extra.items():
         app.router.add_route(method, path, handler)
     return app
-
-
-async def run(app: web.Application, cfg: dict[str, Any], background: list[Coroutine[Any, Any, None]],
-              before_stop: Callable[[], Awaitable[None]], handle_signals: bool) -> None:
-    """Serve ``app`` on ``cfg["listen"]`` and ``cfg["socket"]`` with ``background`` tasks until cancelled
-    (or SIGTERM/SIGINT with ``handle_signals``); then ``before_stop`` and a short shutdown."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=handle_signals, shutdown_timeout=1.0)
-    await runner.setup()
-    addr, port = cfg["listen"]
-    await web.TCPSite(runner, addr, int(port), reuse_address=True).start()
-    Path(cfg["socket"]).unlink(missing_ok=True)
-    await web.UnixSite(runner, cfg["socket"]).start()
-    tasks = [asyncio.create_task(c) for c in background]
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for t in tasks:
-            t.cancel()
-        await before_stop()
-        await runner.cleanup()
-
-
-def main(serve: Callable[[dict[str, Any]], Coroutine[Any, Any, None]], doc: str) -> None:
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
-        asyncio.run(serve(json.loads(args.config.read_text())))

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.errors import AnylabError
 from kv.hlc import wins
-from lab.errors import LabError
 
 MAX_KEY = 512
 MAX_VALUE = 25 * 1024 * 1024
@@ -46,7 +46,7 @@ CREATE INDEX IF NOT EXISTS kv_seq ON kv(seq);
 """
 
 
-class KvError(LabError):
+class KvError(AnylabError):
     """A request KV refuses; ``status`` is the HTTP status the API answers with."""
 
     def __init__(self, message: str, status: int = 400) -> None:

@@ -15,7 +15,8 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-from lab.errors import LabError
+from core.clock import monotonic
+from core.errors import AnylabError
 from protect import autoscale
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class Autoscaler:
                                          "queue": sample.queue}
                 try:
                     event["result"] = self.lab.scale(pop, action.servers)
-                except LabError as exc:
+                except AnylabError as exc:
                     event["error"] = str(exc)
                 events.append(event)
         if events:
@@ -87,7 +88,6 @@ class Autoscaler:
         return events
 
     def _run(self) -> None:
-        from lab.runtime import monotonic
 
         while not self.stop.wait(PERIOD_S):  # the sampling period itself
             with contextlib.suppress(OSError):  # the run directory going away at teardown

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,12 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.clock import monotonic
+from core.errors import AnylabError, TopologyError, UsageError
+from core.records import is_same_process
+from core.wait import wait_for
 from lab import control
-from lab.errors import LabError, TopologyError, UsageError
 from lab.faults import SCENARIOS, active_faults
 from lab.graph import predict_catchment
 from lab.model import Topology, load_topology
-from lab.proc import is_same_process
 from lab.runtime import (
     RUN_ROOT,
     cleanup,
@@ -33,7 +34,6 @@ from lab.runtime import (
     run_dir_of,
     topology_of,
 )
-from lab.wait import wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
@@ -53,7 +53,7 @@ KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router t
 def _running_state(name: str) -> dict[str, Any]:
     state = read_state(name)
     if state is None:
-        raise LabError(f"no lab named '{name}' is up (anylab up starts one)")
+        raise AnylabError(f"no lab named '{name}' is up (anylab up starts one)")
     return state
 
 
@@ -82,7 +82,7 @@ def up(
         raise UsageError(f"--kind {kind}: use frr or bird")
     topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
     if read_state(name) is not None:
-        raise LabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
+        raise AnylabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     failed = RUN_ROOT / f"{name}.failed"
     failed.unlink(missing_ok=True)
@@ -93,7 +93,7 @@ def up(
                                  *(["--hosts", str(hosts)] if hosts else []), str(topology)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=PROJECT)
-    t0 = time.monotonic()
+    t0 = monotonic()
     with console.status(f"bringing up {topo.name} ({len(topo.node_names())} nodes)…"):
 
         def settled() -> str | None:
@@ -107,20 +107,20 @@ def up(
         try:
             outcome = wait_for(settled, timeout=timeout + 60, what="the lab to come up",
                                describe=lambda: str((read_state(name) or {}).get("phase")))
-        except (KeyboardInterrupt, LabError):
+        except (KeyboardInterrupt, AnylabError):
             # Ctrl-C or a hang: the controller runs on in its own session, so stop it and its lab.
             errors = cleanup(name)
-            raise LabError(f"lab '{name}' was not brought up; stopped what had started"
+            raise AnylabError(f"lab '{name}' was not brought up; stopped what had started"
                            + (f" (errors: {'; '.join(errors)})" if errors else "")) from None
     if outcome != "up":
         reason = json.loads(failed.read_text())["error"] if failed.exists() else log.read_text()[-2000:]
         cleanup(name)  # the controller tore its lab down; this removes its log and failure marker too
-        raise LabError(f"lab '{name}' did not come up: {reason}")
+        raise AnylabError(f"lab '{name}' did not come up: {reason}")
     state = _running_state(name)
     for note in state.get("notes", []):
         console.print(f"host: {note}")
     console.print(catchment_table(topo, observed_catchment(topo, run_dir_of(name)), predict_catchment(topo)))
-    console.print(f"lab '{name}' up in {time.monotonic() - t0:.1f} s (controller pid {state['pid']}); "
+    console.print(f"lab '{name}' up in {monotonic() - t0:.1f} s (controller pid {state['pid']}); "
                   f"'anylab status', 'anylab exec NODE -- CMD', 'anylab down'")
 
 
@@ -224,7 +224,7 @@ def exec_(
     state = _running_state(name)
     topo = topology_of(state)
     if node not in topo.node_names():
-        raise LabError(f"no node '{node}' in lab '{name}'; nodes: {', '.join(topo.node_names())}")
+        raise AnylabError(f"no node '{node}' in lab '{name}'; nodes: {', '.join(topo.node_names())}")
     argv = list(command)
     if argv and argv[0] == "vtysh" and node in {r.name for r in topo.routers}:
         argv = ["vtysh", "--vty_socket", str(run_dir_of(name) / node), *argv[1:]]
@@ -531,7 +531,7 @@ def kv_(
         else:
             reply = client.list(namespace, prefix, limit, cursor)
     except KvError as exc:
-        raise (UsageError(str(exc)) if exc.status in (400, 413) else LabError(f"{node}: {exc}")) from None
+        raise (UsageError(str(exc)) if exc.status in (400, 413) else AnylabError(f"{node}: {exc}")) from None
     except ValueError as exc:
         raise UsageError(f"--metadata is not JSON: {exc}") from None
     if as_json:
@@ -653,7 +653,7 @@ def do_(
         try:
             spec = NemesisSpec(failovers=failovers, scenarios=tuple(scenario or SCENARIOS))
             spec.check()
-        except LabError as exc:
+        except AnylabError as exc:
             raise UsageError(str(exc)) from None
         result = Nemesis(RemoteLab(name), spec).run()
         if out is not None:
@@ -680,7 +680,7 @@ def do_(
                          "[--failovers N] [--scenario S]…")
     try:
         key = durable_ops.key_of(namespace, object_name)
-    except LabError as exc:
+    except AnylabError as exc:
         raise UsageError(str(exc)) from None
     placed = listing["objects"].get(key)
     if placed is None:
@@ -727,7 +727,7 @@ def down(
         errors = cleanup(name)
         names = f"lab '{name}'"
     if errors:
-        raise LabError("teardown finished with errors: " + "; ".join(errors))
+        raise AnylabError("teardown finished with errors: " + "; ".join(errors))
     console.print(f"{names}: down, nothing left behind")
 
 
@@ -764,7 +764,7 @@ def main() -> None:
     except (TopologyError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)  # plain: one line, never wrapped
         sys.exit(2)
-    except LabError as exc:
+    except AnylabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 

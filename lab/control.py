@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.errors import LabError, UsageError
+from core.errors import AnylabError, UsageError
 
 if TYPE_CHECKING:
     from lab.runtime import Lab
@@ -45,7 +45,7 @@ def handle(lab: Lab, req: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"unknown op {op!r}")
     except UsageError as exc:
         return {"ok": False, "usage": True, "error": str(exc)}
-    except (LabError, ValueError, TypeError) as exc:
+    except (AnylabError, ValueError, TypeError) as exc:
         return {"ok": False, "usage": False, "error": str(exc)}
 
 
@@ -82,7 +82,7 @@ def serve(lab: Lab, stop: threading.Event) -> threading.Thread:
 def call(run_dir: Path, op: str, timeout: float = 600.0, **args: Any) -> dict[str, Any]:
     """Send one request to the controller of the lab in ``run_dir``.
 
-    Raises UsageError for a bad request or when no controller answers (the lab is not up), LabError
+    Raises UsageError for a bad request or when no controller answers (the lab is not up), AnylabError
     when the controller could not do it."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -94,5 +94,5 @@ def call(run_dir: Path, op: str, timeout: float = 600.0, **args: Any) -> dict[st
         raise UsageError(f"the lab in {run_dir} does not answer ({exc}); is it up? ('anylab status')") from exc
     if not reply.get("ok"):
         error = str(reply.get("error", "no answer"))
-        raise UsageError(error) if reply.get("usage") else LabError(error)
+        raise UsageError(error) if reply.get("usage") else AnylabError(error)
     return reply

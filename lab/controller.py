@@ -12,8 +12,8 @@ import signal
 import sys
 import threading
 
+from core.errors import AnylabError
 from lab import control
-from lab.errors import LabError
 from lab.runtime import RUN_ROOT, Lab
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     lab = Lab.from_file(args.topology, args.name, args.kind, hosts=args.hosts)
     try:
         lab.up(timeout=args.timeout)
-    except LabError as exc:
+    except AnylabError as exc:
         # The run directory is gone with the failed lab; leave the reason where the CLI looks.
         (RUN_ROOT / f"{args.name}.failed").write_text(json.dumps({"error": str(exc)}))
         print(f"anylab controller: {exc}", file=sys.stderr)
@@ -43,7 +43,7 @@ def main() -> None:
     server.join()
     try:
         lab.down()
-    except LabError as exc:
+    except AnylabError as exc:
         print(f"anylab controller: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from control_plane.client import ADMIN_TOKEN, POP_TOKEN, SOCKET, Client, ControlPlaneError
-from lab import unix_http
-from lab.daemon import Daemon, NodeEnv
+from core import unix_http
+from core.daemon import Daemon, NodeEnv
+from core.netns import socket_in
+from core.timers import phase_of
 from lab.model import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT, LabSpec, Pop, Server, ServiceNode
 from lab.model import Client as ClientNode
-from lab.netns import socket_in
 from lab.profiles import HEALTH_PORT
-from protect.timers import phase_of
+
+#: What the PoP servers run, imported by the lab's zygote (:mod:`core.zygote`) before any fork.
+SERVER_PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "pop_agent.agent", "exabgp.application.main",
+                  "bgp.exabgp_inproc")
 
 
 class EdgeWorker(Daemon):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from core.clock import monotonic
 from lab.graph import busiest_pop
 from lab.measure import Shift
 from lab.runtime import Lab
@@ -44,12 +44,12 @@ def http_get(lab: Lab, client: str, host: str) -> str:
 def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None = None) -> None:
     """Up, catchment, withdraw the busiest PoP and back; then its service crashes and its servers go
     silent, each measured and restored; two Durable Object failovers under load, checked; down.
-    Timelines go to ``plot_dir`` if given. Raises LabError."""
+    Timelines go to ``plot_dir`` if given. Raises AnylabError."""
     from lab import report
     from lab.cli import catchment_table
     from lab.measurement import HttpSpec, measure
 
-    t0 = time.monotonic()
+    t0 = monotonic()
     lab = Lab.from_file(topology, name)
     with console.status(f"bringing up {lab.topo.name} ({len(lab.topo.node_names())} nodes)…"):
         lab.up()
@@ -96,4 +96,4 @@ def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None 
     finally:
         with console.status("tearing down…"):
             lab.down()
-    console.print(f"demo done in {time.monotonic() - t0:.1f} s; nothing left running")
+    console.print(f"demo done in {monotonic() - t0:.1f} s; nothing left running")

@@ -26,16 +26,12 @@ import contextlib
 import json
 import random
 import signal
-import time
 from functools import partial
 from typing import IO, Any
 
+from core.clock import monotonic
+from core.http_client import NotConnected, http_request
 from durable.history import Definite, Recorder, Served
-from pop_agent.sync import NotConnected, http_request
-
-
-def mono() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 class Unknown(ConnectionError):
@@ -79,7 +75,7 @@ class Clients:
         self.recorder = Recorder(out)
         self.objects = objects(args.registers, args.counters, [h for h in args.hints.split(",") if h], args.run)
         self.stop = asyncio.Event()
-        self.deadline = mono() + args.duration
+        self.deadline = monotonic() + args.duration
 
     def op(self, rng: random.Random) -> tuple[str, str, Any]:
         name = rng.choice(list(self.objects))
@@ -95,9 +91,9 @@ class Clients:
     async def process(self, index: int) -> None:
         rng = random.Random(f"{self.args.seed}-{self.args.client}-{index}")
         generation = 0
-        due = mono()
+        due = monotonic()
         a = self.args
-        while not self.stop.is_set() and mono() < self.deadline:
+        while not self.stop.is_set() and monotonic() < self.deadline:
             name, f, value = self.op(rng)
             pid = f"{a.client}-{index}.{generation}"
             await self.recorder.run(pid, f, name, value, partial(call, a.target, a.host, name, self.objects[name], f,
@@ -105,9 +101,9 @@ class Clients:
             if self.recorder.events[-1]["type"] == "info":
                 generation += 1  # an operation of unknown outcome stays open forever: retire the process
             self.recorder.events.clear()
-            due = max(due + 1.0 / a.rate, mono())
+            due = max(due + 1.0 / a.rate, monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), due - mono())  # the pacing of the load itself
+                await asyncio.wait_for(self.stop.wait(), due - monotonic())  # the pacing of the load itself
 
     async def final(self) -> None:
         a = self.args

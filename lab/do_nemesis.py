@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.client import Client
-from durable.history import load, mono
+from core.clock import monotonic
+from core.errors import AnylabError
+from core.stats import quantile
+from core.wait import wait_for
+from durable.history import load
 from durable.linearizability import check
 from lab import durable_ops
 from lab.do_load import objects
-from lab.errors import LabError
 from lab.measurement import Driver
-from lab.stats import quantile
-from lab.wait import wait_for
 
 WORKER, HOST = "reg", "reg.example"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "do_register.py"
@@ -58,11 +59,11 @@ class NemesisSpec:
     phase_timeout: float = 20.0
 
     def check(self) -> None:
-        """Raises LabError for a spec outside the lab's bounds (load and fault tests stop by themselves)."""
+        """Raises AnylabError for a spec outside the lab's bounds (load and fault tests stop by themselves)."""
         if not 1 <= self.failovers <= 100 or not self.scenarios or set(self.scenarios) - set(SCENARIOS):
-            raise LabError(f"failovers 1..100 of {', '.join(SCENARIOS)}")
+            raise AnylabError(f"failovers 1..100 of {', '.join(SCENARIOS)}")
         if not (1 <= self.procs <= 16 and 0 < self.rate <= 100 and self.registers + self.counters >= 1):
-            raise LabError("procs 1..16, rate ≤ 100 op/s, at least one object")
+            raise AnylabError("procs 1..16, rate ≤ 100 op/s, at least one object")
 
 
 def events(path: Path) -> list[dict[str, Any]]:
@@ -161,7 +162,7 @@ class Nemesis:
         order = order[order.index(preferred):] + order[:order.index(preferred)]
         choice = next(((sc, t) for sc in order if (t := self.target(sc, listing)) is not None), None)
         if choice is None:
-            raise LabError("no region owns a Durable Object: nothing to fail over")
+            raise AnylabError("no region owns a Durable Object: nothing to fail over")
         scenario, target = choice
         before = {k: o["epoch"] for k, o in listing["objects"].items() if o["owner"] == target}
         t_fault = self.driver.fail(scenario, target)
@@ -198,7 +199,7 @@ class Nemesis:
         def rel(t: float | None) -> float | None:
             return None if t is None else round(t - t_fault, 4)
 
-        return {"scenario": scenario, "region": target, "moved": len(placed), "took_s": round(mono() - t_fault, 2),
+        return {"scenario": scenario, "region": target, "moved": len(placed), "took_s": round(monotonic() - t_fault, 2),
                 "to": sorted({p["owner"] for p in placed.values()}), "t_fault": t_fault,
                 "phases_s": {"detect": rel(detect), "promote": rel(min(promotes, default=None)),
                              "route": rel(min(routes, default=None)), "first_served": rel(min(first.values())),
@@ -208,12 +209,12 @@ class Nemesis:
 
     def run(self) -> dict[str, Any]:
         """Deploy the example worker, run the failovers under load, check the history. Raises
-        WaitTimeout/LabError; every fault is restored and every load process stopped anyway."""
+        WaitTimeout/AnylabError; every fault is restored and every load process stopped anyway."""
         s = self.spec
         durable_ops.wait_leases(self.control_dir)
         Client(self.control_dir).release(WORKER, {"code": EXAMPLE.read_text(), "host": HOST,
                                                   "bindings": {"REG": {"durable_object": "Register"}}})
-        t0 = mono()
+        t0 = monotonic()
         self.start_load(min(3600.0, 60.0 + s.failovers * 3 * s.phase_timeout))
         runs: list[dict[str, Any]] = []
         try:

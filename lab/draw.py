@@ -6,7 +6,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from lab.errors import LabError
+from core.errors import AnylabError
 from lab.graph import mermaid, to_graph
 from lab.model import Topology
 
@@ -29,14 +29,14 @@ def catchment_colors(topo: Topology, catchment: dict[str, str | None]) -> dict[s
 
 def draw(topo: Topology, output: Path, catchment: dict[str, str | None] | None = None) -> None:
     """Write ``output``; the suffix picks the format. With ``catchment`` (client → PoP) clients are
-    coloured like the PoP that serves them. Raises LabError for an unknown suffix."""
+    coloured like the PoP that serves them. Raises AnylabError for an unknown suffix."""
     suffix = output.suffix.lower()
     by_pop = catchment_colors(topo, catchment) if catchment is not None else {}
     if suffix == ".mmd":
         output.write_text(mermaid(topo) + "".join(f"  style {n} fill:{c}\n" for n, c in by_pop.items()))
         return
     if suffix not in (".png", ".svg"):
-        raise LabError(f"cannot draw to '{output}': use a .png, .svg or .mmd file name")
+        raise AnylabError(f"cannot draw to '{output}': use a .png, .svg or .mmd file name")
     import matplotlib
 
     matplotlib.use("Agg")

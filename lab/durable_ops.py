@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lab import unix_http
-from lab.errors import LabError
-from lab.wait import wait_for
+from core import unix_http
+from core.errors import AnylabError
+from core.wait import wait_for
 from pop_agent.worker_api import DurableObjectNamespace
 
 
@@ -18,30 +18,30 @@ def _get(sock: Path, url: str, what: str) -> dict[str, Any]:
     try:
         status, body = unix_http.request(str(sock), "GET", url, timeout=5.0)
     except (OSError, http.client.HTTPException) as exc:
-        raise LabError(f"{what} does not answer on {sock}: {exc}") from None
+        raise AnylabError(f"{what} does not answer on {sock}: {exc}") from None
     if status != 200:
-        raise LabError(f"{what} answered {status}: {body[:200].decode(errors='replace')}")
+        raise AnylabError(f"{what} answered {status}: {body[:200].decode(errors='replace')}")
     reply: dict[str, Any] = json.loads(body)
     return reply
 
 
 def directory(control_dir: Path) -> dict[str, Any]:
     """The directory's listing: regions (live, last renewal) and objects (owner, epoch, backup).
-    Raises LabError if it does not answer."""
+    Raises AnylabError if it does not answer."""
     return _get(control_dir / "do.sock", "/v1/objects", "the DO directory")
 
 
 def host(node_dir: Path) -> dict[str, Any]:
-    """A region's DO host: lease, owned objects (sequence, backup), shipping lag. Raises LabError."""
+    """A region's DO host: lease, owned objects (sequence, backup), shipping lag. Raises AnylabError."""
     return _get(node_dir / "do.sock", "/v1/status", f"the DO host in {node_dir.name}")
 
 
 def key_of(namespace: str, name: str) -> str:
     """``script/Class`` and an object name → the object's key (what ``id_from_name`` makes). Raises
-    LabError for a namespace not of that form."""
+    AnylabError for a namespace not of that form."""
     script, _, cls = namespace.partition("/")
     if not script or not cls.isidentifier():
-        raise LabError(f"namespace {namespace!r}: write it as SCRIPT/Class, e.g. reg/Register")
+        raise AnylabError(f"namespace {namespace!r}: write it as SCRIPT/Class, e.g. reg/Register")
     ns = DurableObjectNamespace(script, cls)
     return ns.get(ns.id_from_name(name)).key
 

@@ -39,12 +39,12 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.errors import LabError, UsageError
+from core.clock import monotonic
+from core.errors import AnylabError, UsageError
 from lab.model import LAB_SUPERNET, Topology
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class Injector:
         res = subprocess.run(["nsenter", f"--net={self.lab.netns[node]}", "--", *argv], input=stdin,
                              capture_output=True, text=True, timeout=30, check=False)
         if res.returncode != 0:
-            raise LabError(f"{' '.join(argv)}: {res.stderr.strip()}", node=node)
+            raise AnylabError(f"{' '.join(argv)}: {res.stderr.strip()}", node=node)
 
     def _silence(self, node: str, on: bool, forwarding: bool = False) -> None:
         if on:
@@ -220,7 +220,7 @@ class Injector:
         for d in self.lab.daemons.get(server, []):
             if d.name == name:
                 return d
-        raise LabError(f"no daemon {name}", node=server)
+        raise AnylabError(f"no daemon {name}", node=server)
 
     def _edge(self, server: str) -> str:
         """The daemon that serves: the edge worker, or the pop agent it is folded into."""
@@ -252,13 +252,13 @@ class Injector:
 
     def fail(self, p: Plan) -> float:
         """Inject; returns the CLOCK_MONOTONIC time just before the first change. Raises UsageError if
-        the target is already failed, LabError if injecting fails (what was done is undone)."""
+        the target is already failed, AnylabError if injecting fails (what was done is undone)."""
         with self.lock:
             if p.target in self.active:
                 raise UsageError(f"'{p.target}' is already failed ({self.active[p.target].plan.scenario}); "
                                  f"'anylab restore {p.target}' first")
             self.cancel.clear()
-            t = time.clock_gettime(time.CLOCK_MONOTONIC)
+            t = monotonic()
             if p.scenario != "flap":  # a flap ends restored before fail() returns: never active
                 self.active[p.target] = Active(p, t)
                 self._save()
@@ -320,11 +320,11 @@ class Injector:
 
     def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
-        start = time.clock_gettime(time.CLOCK_MONOTONIC)
+        start = monotonic()
         try:
             for i in range(2 * p.count):
                 due = start + i * p.period / 2
-                if self.cancel.wait(max(0.0, due - time.clock_gettime(time.CLOCK_MONOTONIC))):
+                if self.cancel.wait(max(0.0, due - monotonic())):
                     break
                 self._links(p, up=i % 2 == 1)
         finally:
@@ -332,29 +332,29 @@ class Injector:
 
     def restore(self, target: str) -> float:
         """Undo the fault on ``target``; returns the CLOCK_MONOTONIC time the undo began.
-        Raises UsageError if nothing is failed there, LabError if the undo fails."""
+        Raises UsageError if nothing is failed there, AnylabError if the undo fails."""
         with self.lock:
             active = self.active.get(target)
             if active is None:
                 failed = ", ".join(self.active) or "nothing is failed"
                 raise UsageError(f"'{target}' is not failed ({failed})")
-            t = time.clock_gettime(time.CLOCK_MONOTONIC)
+            t = monotonic()
             self._undo(active.plan)
             del self.active[target]
             self._save()
             return t
 
     def restore_all(self) -> list[str]:
-        """Undo every active fault; returns the targets restored. Raises LabError listing failures."""
+        """Undo every active fault; returns the targets restored. Raises AnylabError listing failures."""
         errors, done = [], []
         for target in list(self.active):
             try:
                 self.restore(target)
                 done.append(target)
-            except LabError as exc:
+            except AnylabError as exc:
                 errors.append(str(exc))
         if errors:
-            raise LabError("restore: " + "; ".join(errors))
+            raise AnylabError("restore: " + "; ".join(errors))
         return done
 
     def _undo(self, p: Plan, best_effort: bool = False) -> None:
@@ -363,7 +363,7 @@ class Injector:
         def attempt(fn: Any, *args: Any, **kw: Any) -> None:
             try:
                 fn(*args, **kw)
-            except LabError as exc:
+            except AnylabError as exc:
                 errors.append(str(exc))
 
         sc = p.scenario
@@ -397,7 +397,7 @@ class Injector:
             for h in p.hosts:
                 attempt(lambda node: self._daemon(node, "origin").set_mode("normal"), h)
         if errors and not best_effort:
-            raise LabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
+            raise AnylabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
 
     def _save(self) -> None:
         data = {t: {"plan": asdict(a.plan), "t_fault": a.t_fault} for t, a in self.active.items()}

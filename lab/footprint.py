@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.proc import recorded_procs
+from core.clock import monotonic
+from core.proc import recorded_procs
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -103,11 +104,11 @@ def sample(run_dir: Path, seconds: float = 10.0) -> list[Usage]:
     groups = daemon_groups(run_dir)
     # The window runs from before the first reading to after the last: on a loaded machine reading
     # /proc for thousands of processes takes seconds, which must not count as time without CPU use.
-    t0 = time.monotonic()
+    t0 = monotonic()
     before = {key: sum(cpu_ticks(p) for p in pids) for key, pids in groups.items()}
     time.sleep(seconds)  # the sample window itself: a measurement, not a wait for a condition
     used = {key: sum(cpu_ticks(p) for p in pids) - before[key] for key, pids in groups.items()}
-    elapsed = time.monotonic() - t0
+    elapsed = monotonic() - t0
     return [Usage(key[0], key[1], len(pids), sum(pss_kib(p) for p in pids) / 1024.0,
                   100.0 * used[key] / CLK_TCK / elapsed) for key, pids in groups.items()]
 

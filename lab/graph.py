@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import networkx as nx
 
-from lab.errors import TopologyError
+from core.errors import TopologyError
 from lab.model import DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF, Topology
 
 IFNAMSIZ = 15

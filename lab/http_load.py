@@ -22,19 +22,16 @@ import contextlib
 import errno
 import json
 import signal
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import httptools
 
-from pop_agent.sync import http_exchange
+from core.clock import monotonic
+from core.http_client import http_exchange
 
 MODES = ("ka", "nc")
 
-
-def now() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -64,24 +61,24 @@ class Load:
         self.stop = asyncio.Event()
 
     def record(self, mode: str, conn: str, t0: float, status: int, server: str, err: str | None) -> None:
-        self.out.write(json.dumps({"m": mode, "c": conn, "t0": round(t0, 6), "t1": round(now(), 6), "st": status,
+        self.out.write(json.dumps({"m": mode, "c": conn, "t0": round(t0, 6), "t1": round(monotonic(), 6), "st": status,
                                    "srv": server, "err": err}) + "\n")
 
     async def pace(self, due: float) -> float:
         """Sleep until ``due`` (or the end); the next slot is one period on, never in the past (no bursts
         to catch up after a slow request)."""
-        delay = due - now()
+        delay = due - monotonic()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay)  # the pacing of the load itself
-        return max(due, now()) + 1.0 / self.rate
+        return max(due, monotonic()) + 1.0 / self.rate
 
     async def keepalive(self, index: int) -> None:
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         opened = 0
-        due = now()
-        while not self.stop.is_set() and now() < self.deadline:
-            t0 = now()
+        due = monotonic()
+        while not self.stop.is_set() and monotonic() < self.deadline:
+            t0 = monotonic()
             try:
                 if conn is None:
                     opened += 1
@@ -99,10 +96,10 @@ class Load:
             conn[1].close()
 
     async def new_connections(self) -> None:
-        due, n = now(), 0
-        while not self.stop.is_set() and now() < self.deadline:
+        due, n = monotonic(), 0
+        while not self.stop.is_set() and monotonic() < self.deadline:
             n += 1
-            t0 = now()
+            t0 = monotonic()
             opened: asyncio.StreamWriter | None = None
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(self.target, 80), self.timeout)
@@ -120,7 +117,7 @@ class Load:
 async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     with open(args.out, "a", buffering=1) as out:
-        load = Load(args.target, args.host, args.rate, args.timeout, now() + args.duration, out)
+        load = Load(args.target, args.host, args.rate, args.timeout, monotonic() + args.duration, out)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, load.stop.set)
         await asyncio.gather(*(load.keepalive(i) for i in range(args.connections)), load.new_connections())

@@ -21,13 +21,14 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.clock import monotonic
+from core.errors import AnylabError, UsageError, WaitTimeout
+from core.wait import wait_for
 from lab import analysis, control
-from lab.errors import LabError, UsageError, WaitTimeout
 from lab.faults import Plan, plan
 from lab.graph import predict_catchment
 from lab.http_load import read as read_http
@@ -35,14 +36,10 @@ from lab.measure import Probe, read_probes
 from lab.model import Topology
 from lab.recorders import RouterRecorder
 from lab.runtime import observed_catchment, read_state, router_sessions, run_dir_of, set_probe_rate, topology_of
-from lab.wait import wait_for
 
 PROBE_TIMEOUT_S = 1.0  # lab.prober's default: a probe is written as lost only after this
 LINE_BYTES = 110  # a generous size of one probe line, to read just the tail that matters
 
-
-def monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 class Driver(Protocol):
@@ -279,7 +276,7 @@ class HttpLoads:
 def measure_once(driver: Driver, p: Plan, settle: float, index: int,
                  http: HttpSpec | None = None) -> tuple[dict[str, Any], Timeline]:
     """One run (see the module docstring); with ``http``, HTTP load runs from every client throughout.
-    Raises WaitTimeout/LabError; the fault is restored anyway."""
+    Raises WaitTimeout/AnylabError; the fault is restored anyway."""
     topo = driver.topo
     slow = topo.spec.settings.probe_idle_hz is not None
     if slow:
@@ -375,7 +372,7 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
             settle: float = 0.5, http: HttpSpec | None = None) -> tuple[dict[str, Any], Timeline | None]:
     """Run ``repeat`` measurements; returns the JSON-ready result and the last run's timeline.
 
-    Raises UsageError for a bad scenario/target (nothing touched), LabError/WaitTimeout when a run fails
+    Raises UsageError for a bad scenario/target (nothing touched), AnylabError/WaitTimeout when a run fails
     (its fault restored). After the last run the catchment is checked against the prediction again."""
     topo = driver.topo
     p = plan(topo, scenario, target, count, period)
@@ -391,7 +388,7 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
     try:
         wait_baseline(driver)
         restored_ok = True
-    except LabError:
+    except AnylabError:
         restored_ok = False
     affected = [c for r in runs for c in r["clients"].values() if c["shift_s"] is not None]
     result = {

@@ -2,7 +2,7 @@
 
 ``load_topology(path)`` and ``build_topology(data, source)`` promise either a fully resolved
 :class:`Topology` (every node, interface, address and BGP session decided) or one
-:class:`~lab.errors.TopologyError` naming the file, the path to the field, the problem and the fix.
+:class:`~core.errors.TopologyError` naming the file, the path to the field, the problem and the fix.
 Graph-level checks (connectivity, uniqueness, interface names) live in :mod:`lab.graph` and are run
 by ``load_topology`` too.
 """
@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lab.errors import LabError, TopologyError
+from core.errors import AnylabError, TopologyError
 from lab.profiles import DEFAULT_PROFILE, Profile, expand, named
 
 
@@ -477,22 +477,22 @@ class Topology:
         return (self.control, *self.kv_masters, *self.origins)
 
     def kv_master_of(self, region: str) -> ServiceNode:
-        """The KV master of ``region``; raises LabError if it has none."""
+        """The KV master of ``region``; raises AnylabError if it has none."""
         for k in self.kv_masters:
             if k.region == region:
                 return k
-        raise LabError(f"region '{region}' has no KV master")
+        raise AnylabError(f"region '{region}' has no KV master")
 
     def router(self, name: str) -> Router:
-        """The router called ``name``; raises LabError listing the routers if there is none."""
+        """The router called ``name``; raises AnylabError listing the routers if there is none."""
         return _named(self.routers, name, "router")
 
     def pop(self, name: str) -> Pop:
-        """The PoP called ``name``; raises LabError listing the PoPs if there is none."""
+        """The PoP called ``name``; raises AnylabError listing the PoPs if there is none."""
         return _named(self.pops, name, "PoP")
 
     def server(self, name: str) -> Server:
-        """The PoP server called ``name``; raises LabError listing the servers if there is none."""
+        """The PoP server called ``name``; raises AnylabError listing the servers if there is none."""
         return _named(self.servers, name, "PoP server")
 
     def interfaces(self) -> Iterator[Interface]:
@@ -523,7 +523,7 @@ def _named(items: tuple[T, ...], name: str, kind: str) -> T:
     for item in items:
         if item.name == name:
             return item
-    raise LabError(f"no {kind} named '{name}'; there are: {', '.join(i.name for i in items)}")
+    raise AnylabError(f"no {kind} named '{name}'; there are: {', '.join(i.name for i in items)}")
 
 
 # ---------------------------------------------------------------------------------------------

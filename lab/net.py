@@ -16,11 +16,11 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Node
 
-from lab import netns
-from lab.errors import LabError
+from core import netns
+from core.errors import AnylabError
+from core.proc import ProcessGroup
 from lab.model import LAB_SUPERNET, Topology
 from lab.placement import VNI_BASE, Placement
-from lab.proc import ProcessGroup
 
 #: Namespace suffixes of the placement prototype (an underscore: no node can be called that).
 HOST, UNDERLAY = "_host", "_underlay"
@@ -86,7 +86,7 @@ class Network:
         self.netns: dict[str, str] = {}
 
     def build(self) -> dict[str, str]:
-        """Create every node and link; returns node → namespace path. Raises LabError."""
+        """Create every node and link; returns node → namespace path. Raises AnylabError."""
         setLogLevel("error")
         net = Mininet(topo=None, controller=None, switch=None, link=Link, build=False,
                       waitConnected=False, autoSetMacs=False)
@@ -103,7 +103,7 @@ class Network:
             try:
                 net.addLink(a.node, b.node, intfName1=a.name, intfName2=b.name)
             except Exception as exc:  # Mininet raises bare Exception
-                raise LabError(f"cannot create link {a.name} <-> {b.name}: {exc}", node=a.node) from exc
+                raise AnylabError(f"cannot create link {a.name} <-> {b.name}: {exc}", node=a.node) from exc
         if self.placement is not None:
             self._hosts_and_tunnels(self.placement)
         for name in self.topo.node_names():
@@ -111,13 +111,13 @@ class Network:
             sysctls = _COMMON_SYSCTLS + (_ROUTER_SYSCTLS if name in routers else [])
             out = node.cmd("sysctl -q -w " + " ".join(sysctls))
             if out.strip():
-                raise LabError(f"sysctl failed: {out.strip()}", node=name)
+                raise AnylabError(f"sysctl failed: {out.strip()}", node=name)
             batch = self.run_dir / name / "ip.batch"
             batch.parent.mkdir(parents=True, exist_ok=True)
             batch.write_text("\n".join(ip_batch(self.topo, name)) + "\n")
             out = node.cmd(f"ip -batch {batch} && echo ok")
             if not out.strip().endswith("ok"):
-                raise LabError(f"addressing failed: {out.strip()}", node=name)
+                raise AnylabError(f"addressing failed: {out.strip()}", node=name)
         return dict(self.netns)
 
     def _hosts_and_tunnels(self, placement: Placement) -> None:
@@ -125,7 +125,7 @@ class Network:
         machine's own network stack), the hosts on one underlay (a bridge in ``<prefix>_underlay``,
         10.250.0.0/24: the machines' LAN), and every cut link a VXLAN tunnel between the hosts of its
         two ends — made in the host's namespace (where its UDP socket stays) and moved into the node's,
-        as a multi-host engine would. Raises LabError."""
+        as a multi-host engine would. Raises AnylabError."""
         underlay = self.prefix + UNDERLAY
         netns.add(underlay)
         netns.ip("-n", underlay, "link", "add", "name", "ulbr", "type", "bridge")

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.clock import monotonic
+from core.errors import AnylabError
+from core.stats import quantile
 from lab.client_http import client_request
-from lab.errors import LabError
 from lab.http_load import read as read_records
 from lab.model import Topology
 from lab.priority_load import host_of
-from lab.stats import quantile
 
 
 class LabLike(Protocol):
@@ -61,7 +61,7 @@ def pop_capacity(lab: LabLike, pop: str) -> float:
 
     servers = in_service(lab.topo, lab.run_dir).get(pop)
     if not servers:
-        raise LabError(f"no PoP named {pop!r}")
+        raise AnylabError(f"no PoP named {pop!r}")
     return len(servers) * lab.topo.spec.settings.server_capacity_rps
 
 
@@ -88,12 +88,12 @@ def overload(lab: LabLike, pop: str, multiple: float, duration: float, mix: dict
              timeout: float = 2.0) -> dict[str, Any]:
     """Send ``multiple`` × ``pop``'s capacity for ``duration`` seconds from the clients whose catchment is
     ``pop`` (split evenly between them) and summarise what each class got. The loads stop by themselves
-    at ``duration``; this waits for them (at most ``duration`` + ``timeout`` + 10 s). Raises LabError when
+    at ``duration``; this waits for them (at most ``duration`` + ``timeout`` + 10 s). Raises AnylabError when
     no client is in ``pop``'s catchment."""
     catchment = lab.catchment()
     clients = sorted(c for c, p in catchment.items() if p == pop)
     if not clients:
-        raise LabError(f"no client reaches {pop} now (catchment {catchment})")
+        raise AnylabError(f"no client reaches {pop} now (catchment {catchment})")
     rate = multiple * pop_capacity(lab, pop)
     mix = mix or DEFAULT_MIX
     target = str(lab.topo.anycast[0].network_address)
@@ -117,7 +117,7 @@ def overload(lab: LabLike, pop: str, multiple: float, duration: float, mix: dict
         if proc.returncode:
             errors.append(f"{c}: priority load exited {proc.returncode}: {err.decode()[-300:]}")
     if errors:
-        raise LabError("; ".join(errors))
+        raise AnylabError("; ".join(errors))
     records = [r for _proc, out in procs.values() for r in read_records(out)]
     classes = summarise(records, pop)
     moved_at = min((r["t0"] for r in records if r["st"] == 200 and not r["by"] and r["srv"]
@@ -189,7 +189,7 @@ def client_get(lab: LabLike, client: str, host: str, timeout: float = 10.0) -> t
 
 def origin_status(lab: LabLike, origin: str = "origin") -> dict[str, Any]:
     """The origin's counters (``served``, ``failed``) and mode, from its admin socket."""
-    from lab import unix_http
+    from core import unix_http
 
     sock = lab.node_dir(origin) / "origin.sock"
     status: dict[str, Any] = json.loads(unix_http.request(str(sock), "GET", "/admin/status", timeout=5)[1])
@@ -208,7 +208,7 @@ def breaker_run(lab: LabLike, client: str, timeout: float = 120.0) -> dict[str, 
     """``origin-errors`` until the origin's breaker opens, then the origin restored at once: how many
     failures the origin saw when it opened, and how long from opening until half-open probes closed it
     again — against the configured threshold and open time. Raises WaitTimeout past ``timeout``."""
-    from lab.wait import wait_for
+    from core.wait import wait_for
 
     lab.deploy("fetcher", FETCH_HOST, FETCH_WORKER)
     before = origin_status(lab)["failed"]
@@ -216,7 +216,7 @@ def breaker_run(lab: LabLike, client: str, timeout: float = 120.0) -> dict[str, 
     try:
         def opened() -> float | None:
             status, body = client_get(lab, client, FETCH_HOST)
-            return time.monotonic() if status == 503 and "is open" in body else None
+            return monotonic() if status == 503 and "is open" in body else None
 
         t_open = wait_for(opened, timeout=timeout, what="the origin's breaker to open", interval=0.0)
         failures = origin_status(lab)["failed"] - before
@@ -225,7 +225,7 @@ def breaker_run(lab: LabLike, client: str, timeout: float = 120.0) -> dict[str, 
 
     def closed() -> float | None:
         client_get(lab, client, FETCH_HOST)
-        return time.monotonic() if breaker_state(lab, "fetcher/origin").get("mode") == "closed" else None
+        return monotonic() if breaker_state(lab, "fetcher/origin").get("mode") == "closed" else None
 
     t_closed = wait_for(closed, timeout=timeout, what="the origin's breaker to close", interval=0.1)
     cfg = lab.topo.spec.settings.breakers["origin"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from lab.errors import TopologyError
+from core.errors import TopologyError
 from lab.model import Interface, Topology
 
 #: VXLAN network identifiers of the cut links start here (one per link).

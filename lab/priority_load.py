@@ -24,8 +24,9 @@ from typing import IO
 
 import httptools
 
-from lab.http_load import error_kind, now
-from pop_agent.sync import http_exchange
+from core.clock import monotonic
+from core.http_client import http_exchange
+from lab.http_load import error_kind
 
 PER_CONNECTION_HZ = 20.0
 CLASS_HOST = "{}.load.example"  # P1 → p1.load.example
@@ -62,7 +63,7 @@ class PriorityLoad:
         self.stop = asyncio.Event()
 
     def record(self, priority: str, t0: float, status: int, headers: dict[str, str], err: str | None) -> None:
-        self.out.write(json.dumps({"p": priority, "t0": round(t0, 6), "t1": round(now(), 6), "st": status,
+        self.out.write(json.dumps({"p": priority, "t0": round(t0, 6), "t1": round(monotonic(), 6), "st": status,
                                    "srv": headers.get("x-anylab-server", ""),
                                    "by": headers.get("x-anylab-spilled-by", ""), "err": err}) + "\n")
 
@@ -70,16 +71,16 @@ class PriorityLoad:
         request = (f"GET / HTTP/1.1\r\nHost: {host_of(priority)}\r\nUser-Agent: anylab-priority-load\r\n\r\n"
                    .encode())
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        due = now() + offset  # connections of one class start spread over one period
-        while not self.stop.is_set() and now() < self.deadline:
-            delay = due - now()
+        due = monotonic() + offset  # connections of one class start spread over one period
+        while not self.stop.is_set() and monotonic() < self.deadline:
+            delay = due - monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), delay)  # the pacing of the load itself
                 if self.stop.is_set():
                     break
-            due = max(due, now()) + 1.0 / rate
-            t0 = now()
+            due = max(due, monotonic()) + 1.0 / rate
+            t0 = monotonic()
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(asyncio.open_connection(self.target, 80), self.timeout)
@@ -102,7 +103,7 @@ async def run(args: argparse.Namespace) -> None:
     mix = parse_mix(args.mix)
     total = sum(mix.values())
     with open(args.out, "a", buffering=1) as out:
-        load = PriorityLoad(args.target, args.timeout, now() + args.duration, out)
+        load = PriorityLoad(args.target, args.timeout, monotonic() + args.duration, out)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, load.stop.set)
         tasks = []

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from core.clock import monotonic
+
 SO_TIMESTAMPNS = 35
 #: The instrument before what it measures. At 300 PoPs (≈ 1 400 tasks on 2 cores) a prober at 1 kHz lost
 #: ≈ 30 slots a second to ≈ 6–8 ms scheduling stalls — 720–840 Hz, at nice 0 and at nice −10 alike; under
@@ -56,13 +58,10 @@ def prioritise(realtime: bool) -> str:
         return "none"
 
 
-def now() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
-
 
 def realtime_offset() -> float:
     """CLOCK_REALTIME − CLOCK_MONOTONIC now: turns the kernel's receive stamps into the lab's clock."""
-    return time.clock_gettime(time.CLOCK_REALTIME) - now()
+    return time.clock_gettime(time.CLOCK_REALTIME) - monotonic()
 
 
 def arrival(anc: list[tuple[int, int, bytes]], offset: float, default: float) -> float:
@@ -131,14 +130,14 @@ class Prober:
         # tens of microseconds in a nested VM. (A blocking recv with SO_RCVTIMEO would save one, but the
         # kernel rounds that timeout up to a jiffy, 4 ms here; epoll rounds to whole milliseconds.)
         seq = 0
-        start = now()
+        start = monotonic()
         next_send = start
         last_flush = start
         period = self.period
         offset = realtime_offset()
         fds = [self.sock]
         while self.running:
-            t = now()
+            t = monotonic()
             if self.period != period:  # the rate changed (a signal): the next probe from now
                 period, next_send = self.period, min(next_send, t)
             if t >= next_send:
@@ -149,14 +148,14 @@ class Prober:
                 next_send += period
                 if next_send < t:  # fell behind (e.g. the machine stalled): skip, do not burst
                     next_send = t + period
-            if select.select(fds, [], [], max(0.0, next_send - now()))[0]:
+            if select.select(fds, [], [], max(0.0, next_send - monotonic()))[0]:
                 try:
                     data, anc, _flags, _addr = self.sock.recvmsg(2048, 64)
                 except OSError:  # nothing after all, or an ICMP error for an earlier probe
                     data = b""
                 if data:
-                    self.receive(data, arrival(anc, offset, now()))
-            t = now()
+                    self.receive(data, arrival(anc, offset, monotonic()))
+            t = monotonic()
             if t - last_flush > 0.02:
                 offset = realtime_offset()
                 self.expire(t)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
-from lab.errors import LabError
-from lab.netns import socket_in
+from core.clock import monotonic
+from core.errors import AnylabError
+from core.netns import socket_in
 
 RTMGRP_IPV4_ROUTE = 0x40
 ETH_P_ALL = 0x0003
@@ -42,9 +43,6 @@ BGP_FILTER = [
     (0x15, 0, 1, 179), (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0),
 ]
 
-
-def monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 @dataclass(frozen=True)
@@ -153,16 +151,16 @@ class RouterRecorder:
 
     def start(self) -> None:
         """Start the recording process; returns once its sockets are open in every router namespace.
-        Raises LabError if they cannot be opened."""
+        Raises AnylabError if they cannot be opened."""
         self._proc.start()
         self._child_conn.close()  # the child's end: so a dead child reads as EOF here
         if not self._conn.poll(30.0):
             self._proc.kill()
-            raise LabError("the router recorder did not start within 30 s")
+            raise AnylabError("the router recorder did not start within 30 s")
         status = self._conn.recv()
         if status != "ready":
             self._proc.join(5.0)
-            raise LabError(f"the router recorder could not start: {status}")
+            raise AnylabError(f"the router recorder could not start: {status}")
 
     def _child(self) -> None:
         # Ctrl-C is for the measuring process, which stops this one in order and restores the fault.
@@ -248,14 +246,14 @@ class RouterRecorder:
         return float(self._last_fib.value)
 
     def stop(self) -> None:
-        """Stop recording and collect what was recorded. Raises LabError if the recorder died."""
+        """Stop recording and collect what was recorded. Raises AnylabError if the recorder died."""
         self._stop.set()
         try:
             if not self._conn.poll(30.0):
-                raise LabError("the router recorder did not hand over its records")
+                raise AnylabError("the router recorder did not hand over its records")
             self.fib, self.raw_bgp = self._conn.recv()
         except (EOFError, OSError) as exc:
-            raise LabError(f"the router recorder died: {exc}") from exc
+            raise AnylabError(f"the router recorder died: {exc}") from exc
         finally:
             self._proc.join(5.0)
             if self._proc.is_alive():

@@ -32,10 +32,17 @@ from bgp import routers as router_kinds
 from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from control_plane.client import Client, Deployed
-from lab import durable_ops, netns
+from core import netns
+from core.clock import monotonic
+from core.daemon import Daemon, NodeEnv
+from core.errors import AnylabError, WaitTimeout
+from core.proc import ProcessGroup, recorded_procs, stop_many
+from core.records import is_same_process, proc_starttime
+from core.wait import socket_accepts, wait_for
+from lab import durable_ops
 from lab.autoscaler import Autoscaler
-from lab.daemon import Daemon, NodeEnv
 from lab.daemons import (
+    SERVER_PRELOAD,
     ControlPlane,
     DoDirectory,
     DoHost,
@@ -47,15 +54,12 @@ from lab.daemons import (
     PopAgent,
     Prober,
 )
-from lab.errors import LabError, WaitTimeout
 from lab.faults import Injector, plan
 from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.hostlimits import raise_limits
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from lab.model import Router, Topology, build_topology, load_topology
 from lab.placement import place
-from lab.proc import ProcessGroup, is_same_process, proc_starttime, recorded_procs, stop_many
-from lab.wait import socket_accepts, wait_for
 
 if TYPE_CHECKING:
     from lab.net import Network
@@ -67,9 +71,6 @@ STATE_FILE = "state.json"
 IN_SERVICE_FILE = "in-service.json"
 LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,16}$")
 
-
-def monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def run_dir_of(name: str) -> Path:
@@ -97,7 +98,7 @@ def validate_all(daemons: list[Daemon]) -> list[str]:
     for d in daemons:
         try:
             d.write_config()
-        except LabError as exc:
+        except AnylabError as exc:
             errors.append(str(exc))
             continue
         by_class.setdefault(type(d), []).append(d)
@@ -112,7 +113,7 @@ def validate_all(daemons: list[Daemon]) -> list[str]:
     def one(d: Daemon) -> str | None:
         try:
             d.validate()
-        except LabError as exc:
+        except AnylabError as exc:
             return str(exc)
         return None
 
@@ -126,7 +127,7 @@ class Lab:
     def __init__(self, topo: Topology, name: str = "main") -> None:
         if not LAB_NAME_RE.match(name):
             # No dashes: the namespace prefix "anylab-<name>-" must not match another lab's.
-            raise LabError(f"bad lab name {name!r}: use 1 to 16 lower-case letters and digits")
+            raise AnylabError(f"bad lab name {name!r}: use 1 to 16 lower-case letters and digits")
         self.topo = topo
         self.name = name
         self.run_dir = run_dir_of(name)
@@ -222,14 +223,14 @@ class Lab:
     def up(self, timeout: float = 90.0) -> None:
         """Validate every daemon, build the network, start everything and wait until BGP has converged
         to the predicted state and every client gets answers. On failure everything is torn down and
-        the error (LabError) raised."""
+        the error (AnylabError) raised."""
         t0 = monotonic()
         existing = read_state(self.name)
         if existing is not None:
-            raise LabError(f"lab '{self.name}' already exists (phase {existing.get('phase')}); "
+            raise AnylabError(f"lab '{self.name}' already exists (phase {existing.get('phase')}); "
                            f"run 'anylab down --name {self.name}' (or 'anylab down --all') first")
         if netns.names(netns_prefix(self.name)):
-            raise LabError(f"namespaces of lab '{self.name}' are left over; run 'anylab down --all'")
+            raise AnylabError(f"namespaces of lab '{self.name}' are left over; run 'anylab down --all'")
         self.run_dir.mkdir(parents=True)
         try:
             self._write_in_service({p.name: list(p.servers) for p in self.topo.pops})
@@ -237,7 +238,7 @@ class Lab:
             self._make_daemons()
             errors = validate_all(list(self.all_daemons()))
             if errors:
-                raise LabError("configuration rejected, nothing started:\n  " + "\n  ".join(errors))
+                raise AnylabError("configuration rejected, nothing started:\n  " + "\n  ".join(errors))
             self.timings["validated"] = monotonic() - t0
             self.notes = raise_limits(self.topo)
             self.write_state("building")
@@ -262,20 +263,21 @@ class Lab:
         except BaseException as exc:
             try:
                 self.down()
-            except LabError as teardown:
+            except AnylabError as teardown:
                 exc.add_note(str(teardown))  # keep the reason up failed in front
             raise
 
     def _start_zygote(self) -> None:
-        """Start the fork server the PoP servers' Python daemons come from (:mod:`lab.zygote`) and wait
+        """Start the fork server the PoP servers' Python daemons come from (:mod:`core.zygote`) and wait
         until it accepts requests; raises WaitTimeout with its output."""
         sock, log = self.run_dir / "zygote.sock", self.run_dir / "zygote.out"
-        proc = self.procs.spawn([sys.executable, "-m", "lab.zygote", "--socket", str(sock)], node="lab",
+        proc = self.procs.spawn([sys.executable, "-m", "core.zygote", "--socket", str(sock),
+                                 "--preload", ",".join(SERVER_PRELOAD)], node="lab",
                                 name="zygote", log=log)
 
         def accepting() -> bool:
             if not proc.alive():
-                raise LabError(f"the zygote exited: {log.read_text(errors='replace')[-500:]}", daemon="zygote")
+                raise AnylabError(f"the zygote exited: {log.read_text(errors='replace')[-500:]}", daemon="zygote")
             return socket_accepts(sock)
 
         wait_for(accepting, timeout=30.0, what="the zygote's socket", daemon="zygote",
@@ -288,7 +290,7 @@ class Lab:
         wait for the other 299 servers' edge workers. Readiness is probed round-robin over everything
         started; a daemon's deadline is its ``ready_timeout`` plus 50 ms for every daemon started before
         it in the same run (they share the CPU: 1 500 daemons start at once at 300 PoPs).
-        Raises DaemonError (a daemon died), WaitTimeout (one was not ready in time) or LabError (a
+        Raises DaemonError (a daemon died), WaitTimeout (one was not ready in time) or AnylabError (a
         dependency cycle)."""
         standby = {s.name for s in self.topo.servers if s.standby}
         chosen = set(nodes) if nodes is not None else set(self.daemons) - standby
@@ -303,7 +305,7 @@ class Lab:
                 starting[key] = (d, monotonic() + d.ready_timeout + 0.05 * count)
                 del pending[key]
             if not starting:
-                raise LabError(f"dependency cycle among {sorted(pending)}")
+                raise AnylabError(f"dependency cycle among {sorted(pending)}")
             ready = [key for key, (d, _) in starting.items() if d.probe_ready()]
             for key in ready:
                 done.add(key)
@@ -318,7 +320,7 @@ class Lab:
 
     def down(self) -> None:
         """Stop everything in reverse order, remove namespaces and the run directory; keeps going
-        past failures and raises one LabError listing them all."""
+        past failures and raises one AnylabError listing them all."""
         errors: list[str] = []
         if self.autoscaler is not None:
             self.autoscaler.close()
@@ -331,7 +333,7 @@ class Lab:
         errors += cleanup(self.name)
         self.daemons.clear()
         if errors:
-            raise LabError(f"lab '{self.name}' teardown: " + "; ".join(errors))
+            raise AnylabError(f"lab '{self.name}' teardown: " + "; ".join(errors))
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -403,11 +405,11 @@ class Lab:
         for d in self.daemons.get(server, []):
             if isinstance(d, ExaBgp):
                 return d
-        raise LabError("no such PoP server", node=server)
+        raise AnylabError("no such PoP server", node=server)
 
     def set_announced(self, pop: str, announced: bool) -> float:
         """Announce or withdraw the PoP's anycast routes on all its servers; returns the CLOCK_MONOTONIC
-        time just before the first API command was sent. Raises LabError."""
+        time just before the first API command was sent. Raises AnylabError."""
         servers = self.topo.pop(pop).servers
         t = monotonic()
         for s in servers:
@@ -425,12 +427,12 @@ class Lab:
         health agent withdraws first). Returns what changed and, on the way up, the seconds from the
         start until the processes were ready, the sessions Established and every upstream router's FIB
         had the new servers as next hops (on the way down: until the FIB had dropped them). Raises
-        UsageError outside 1 … max_servers, LabError/WaitTimeout when a step fails."""
+        UsageError outside 1 … max_servers, AnylabError/WaitTimeout when a step fails."""
         with self.scaling:
             return self._scale(pop, servers, timeout)
 
     def _scale(self, pop: str, servers: int, timeout: float) -> dict[str, Any]:
-        from lab.errors import UsageError
+        from core.errors import UsageError
 
         p = self.topo.pop(pop)
         slots = [*p.servers, *p.standby]
@@ -484,7 +486,7 @@ class Lab:
 
     def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
         """Inject a fault from the catalogue (:mod:`lab.faults`); returns its CLOCK_MONOTONIC time.
-        Raises UsageError for a bad request (nothing touched), LabError if injecting fails."""
+        Raises UsageError for a bad request (nothing touched), AnylabError if injecting fails."""
         return self.injector.fail(plan(self.topo, scenario, target, count, period))
 
     def restore(self, target: str) -> float:
@@ -509,11 +511,11 @@ class Lab:
         return self.control().roll_back(name, timeout)
 
     def do_directory(self) -> dict[str, Any]:
-        """The Durable Object directory's listing (regions, objects). Raises LabError."""
+        """The Durable Object directory's listing (regions, objects). Raises AnylabError."""
         return durable_ops.directory(self.node_dir(self.topo.control.name))
 
     def do_host(self, region: str) -> dict[str, Any]:
-        """Region ``region``'s DO host status (lease, owned objects, lag). Raises LabError."""
+        """Region ``region``'s DO host status (lease, owned objects, lag). Raises AnylabError."""
         return durable_ops.host(self.node_dir(self.topo.kv_master_of(region).name))
 
     def wait_do_leases(self, timeout: float = 30.0) -> dict[str, Any]:
@@ -579,13 +581,13 @@ def in_service(topo: Topology, run_dir: Path) -> dict[str, list[str]]:
 
 def fib_nexthops(netns_file: str, prefix: str) -> set[str]:
     """The gateways of the kernel route to ``prefix`` in a router's namespace (empty: no route).
-    Raises LabError when ``ip`` cannot run there."""
+    Raises AnylabError when ``ip`` cannot run there."""
     try:
         res = subprocess.run(["nsenter", f"--net={netns_file}", "--", "ip", "-j", "route", "show", prefix],
                              capture_output=True, text=True, timeout=10, check=True)
         routes = json.loads(res.stdout or "[]")
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise LabError(f"cannot read the route to {prefix}: {exc}") from exc
+        raise AnylabError(f"cannot read the route to {prefix}: {exc}") from exc
     hops: set[str] = set()
     for r in routes:
         hops |= {h["gateway"] for h in r.get("nexthops", []) if "gateway" in h}
@@ -668,13 +670,13 @@ def cleanup(name: str, controller_timeout: float | None = None) -> list[str]:
         try:
             wait_for(lambda: not is_same_process(pid, start), timeout=controller_timeout,
                      what=f"controller {pid} to stop")
-        except LabError as exc:
+        except AnylabError as exc:
             errors.append(str(exc))
     stop_many(list(reversed(recorded_procs(run_dir))), errors)
     for ns in netns.names(netns_prefix(name)):
         try:
             netns.delete(ns)
-        except LabError as exc:
+        except AnylabError as exc:
             errors.append(str(exc))
     if run_dir.exists():
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -691,7 +693,7 @@ def cleanup_all() -> list[str]:
     for ns in netns.names(NETNS_PREFIX):
         try:
             netns.delete(ns)
-        except LabError as exc:
+        except AnylabError as exc:
             errors.append(str(exc))
     for pattern in ("*.controller.log", "*.failed"):
         for leftover in RUN_ROOT.glob(pattern) if RUN_ROOT.is_dir() else []:

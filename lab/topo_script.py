@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from lab.errors import TopologyError
+from core.errors import TopologyError
 
 
 def run_topology_script(path: Path) -> Any:

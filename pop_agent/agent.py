@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.timers import Flag
 from health.agent import Agent, AgentConfig
 from kv import replica
 from pop_agent import edge
-from protect.timers import Flag
 
 
 async def _serve_kv(cfg: dict[str, Any], stopping: Flag) -> None:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from pop_agent.sync import NotConnected, http_request
+from core.clock import monotonic
+from core.http_client import NotConnected, http_request
 from pop_agent.worker_api import Request, Response
 from protect.breaker import DESIGN, Config
 from protect.guard import Breaker, BreakerOpen
@@ -46,7 +46,7 @@ def _json(status: int, body: dict[str, Any]) -> Response:
 
 async def _exchange(address: str, port: int, method: str, path: str, body: bytes, connect_s: float,
                     answer_s: float) -> tuple[int, bytes]:
-    """A JSON request: status and body (see :func:`pop_agent.sync.http_request` for what it raises)."""
+    """A JSON request: status and body (see :func:`core.http_client.http_request` for what it raises)."""
     status, _headers, answer = await http_request(address, port, method, path, body,
                                                   {"Content-Type": "application/json"}, connect_s, answer_s)
     return status, answer
@@ -142,11 +142,11 @@ class DoRouter:
                                "detail": f"this PoP runs no version of {script}"})
         account = self.account_of(script)
         bucket = self.accounts.get(account) or Bucket(self.account_rps, max(1.0, self.account_rps))
-        self.accounts[account], ok, wait = take(bucket, time.monotonic())
+        self.accounts[account], ok, wait = take(bucket, monotonic())
         if not ok:
             return _json(429, {"error": "rate_limited", "definite": True, "retry_after_s": round(wait, 3),
                                "detail": f"account {account} is over {self.account_rps:g} DO requests/s here"})
-        deadline = time.monotonic() + self.deadline_s
+        deadline = monotonic() + self.deadline_s
         last = "no attempt"
         while True:
             backoff = 0.05  # while the directory fails the owner over
@@ -180,7 +180,7 @@ class DoRouter:
             except (LookupError, NotConnected, OSError, TimeoutError, EOFError, ValueError) as exc:
                 last = str(exc) or type(exc).__name__
             self.cache.pop(key, None)
-            if time.monotonic() > deadline:
+            if monotonic() > deadline:
                 return _json(503, {"error": "unavailable", "definite": True,
                                    "detail": f"no owner answered within {self.deadline_s} s; last: {last}"})
             await asyncio.sleep(backoff)

@@ -27,7 +27,6 @@ import contextlib
 import json
 import math
 import signal
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -38,9 +37,12 @@ from typing import Any, Protocol, cast
 import httptools
 import uvloop
 
+from core.clock import monotonic
+from core.http_client import KeepAlivePool, NotConnected
+from core.timers import SLACK_S, Flag, next_tick, phase_of
 from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
-from pop_agent.sync import KeepAlivePool, LocalStore, NotConnected, Syncer
+from pop_agent.sync import LocalStore, Syncer
 from pop_agent.worker_api import Request, Response
 from protect.guard import configured
 from protect.levels import Level, Signals, level
@@ -59,7 +61,6 @@ from protect.limits import (
     spilled_to,
     take_all,
 )
-from protect.timers import SLACK_S, Flag, next_tick, phase_of
 
 #: The header a spilled request carries to the PoP that takes it (never spilled again from there).
 SPILLED_FROM = "x-anylab-spilled-from"
@@ -166,7 +167,7 @@ class Pool:
             async with self.freed:
                 self.busy -= 1
                 if not iso.dead and not self.closed:
-                    self.idle.append((time.monotonic(), iso))
+                    self.idle.append((monotonic(), iso))
                 else:
                     iso.kill()
                 self.freed.notify()
@@ -297,7 +298,7 @@ class Edge:
             body = json.dumps({"error": "no_deployment", "host": req.host,
                                "detail": "no worker is deployed for this host and path"}).encode()
             return self.stamp(Response(body, 404, {"content-type": "application/json"}))
-        now = time.monotonic()
+        now = monotonic()
         spilled_in = SPILLED_FROM in req.headers
         decision = self.admission(pool, now, spilled_in)
         if isinstance(decision, Response):
@@ -306,7 +307,7 @@ class Edge:
             spilled = await self.spill(req, decision, pool.dep.priority)
             if spilled is not None:
                 return spilled
-            if not admit(pool.dep.priority, self.utilisation(time.monotonic(), pool.dep.priority)):
+            if not admit(pool.dep.priority, self.utilisation(monotonic(), pool.dep.priority)):
                 self.counters["shed"] += 1
                 return self.stamp(_shed(self, pool))
         priority = pool.dep.priority
@@ -391,7 +392,7 @@ class Edge:
         """This server's degradation level from its signals: its KV replica's lag and master (from
         ``kv.prom``), its utilisation, the watched PoPs that went silent, and whether the control plane
         answers its sync."""
-        now = time.monotonic()
+        now = monotonic()
         metrics: dict[str, float] = {}
         if kv_prom is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -414,7 +415,7 @@ class Edge:
             self.level = degradation
         if self.protect_file is None:
             return
-        now = time.monotonic()
+        now = monotonic()
         breakers = dict(self.breakers)
         for report in self.reporters:
             breakers.update(report())
@@ -446,7 +447,7 @@ class Edge:
 
 
 def _shed(edge: Edge, pool: Pool) -> Response:
-    return _refusal(503, "shed", f"{edge.server} at {edge.utilisation(time.monotonic()):.0%} of capacity: "
+    return _refusal(503, "shed", f"{edge.server} at {edge.utilisation(monotonic()):.0%} of capacity: "
                     f"{pool.dep.priority} is shed", 1)
 
 
@@ -549,7 +550,7 @@ class Echo(asyncio.DatagramProtocol):
                 self.transport.sendto(self.prefix + data[8:-1] + b"}", addr)
                 return
             if data.endswith(b', "load": 1}') and data[8:-12].isdigit():  # a peer's poll, as PeerWatch sends it
-                load = ", ".join(repr(round(u, 3)) for u in self.edge.utilisations(time.monotonic()))
+                load = ", ".join(repr(round(u, 3)) for u in self.edge.utilisations(monotonic()))
                 self.transport.sendto(b"%s%s, \"u\": [%s]}" % (self.prefix, data[8:-12], load.encode()), addr)
                 return
         try:
@@ -560,7 +561,7 @@ class Echo(asyncio.DatagramProtocol):
         assert self.transport is not None
         answer = {"pop": self.edge.pop, "server": self.edge.server, "seq": seq}
         if probe.get("load"):  # a peer's spillover router; the probers (thousands a second) do not ask
-            now = time.monotonic()
+            now = monotonic()
             answer["u"] = [round(u, 3) for u in self.edge.utilisations(now)]
         self.transport.sendto(json.dumps(answer).encode(), addr)
 
@@ -580,7 +581,7 @@ class PeerWatch(asyncio.DatagramProtocol):
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             u = tuple(float(x) for x in json.loads(data)["u"])
             if len(u) == len(PRIORITIES):
-                self.edge.heard(addr[0], u, time.monotonic())
+                self.edge.heard(addr[0], u, monotonic())
 
     def error_received(self, exc: Exception) -> None:
         pass  # an unreachable peer is one that does not answer
@@ -593,7 +594,7 @@ class PeerWatch(asyncio.DatagramProtocol):
             poll = b'{"seq": %d, "load": 1}' % seq
             for p in self.edge.peers:
                 self.transport.sendto(poll, (p.address, self.udp_port))
-            now = time.monotonic()
+            now = monotonic()
             busy = self.edge.utilisation(now) >= self.edge.spill_threshold / 2
             if busy:
                 await asyncio.sleep(PEER_POLL_S)  # the polling period itself
@@ -658,7 +659,7 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         transport, _ = await loop.create_datagram_endpoint(lambda: Echo(edge), local_addr=(address, udp_port))
         closers.append(transport)
     if unicast and edge.peers:
-        now = time.monotonic()  # every peer counts as heard at start: not yet a silent PoP
+        now = monotonic()  # every peer counts as heard at start: not yet a silent PoP
         edge.peers = [replace(p, heard_at=now) for p in edge.peers]
         transport, watch = await loop.create_datagram_endpoint(lambda: PeerWatch(edge, udp_port),
                                                                local_addr=(unicast, 0))
@@ -674,9 +675,9 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
     edge.serving = True
     edge.started.set()
     while not stop.is_set():
-        now = time.monotonic()
+        now = monotonic()
         await stop.pause_until(next_tick(now + SLACK_S, HOUSEKEEPING_S, edge.phase))  # levels, idle isolates
-        now = time.monotonic()
+        now = monotonic()
         for pool in list(edge.pools.values()):
             pool.evict(now)
         edge.write_protect(edge.degradation(kv_prom, syncer.state.reachable if syncer is not None else None))

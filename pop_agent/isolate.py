@@ -25,14 +25,14 @@ import signal
 import socket
 import struct
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, cast
 
 import uvloop
 
-from lab.errors import LabError
+from core.clock import monotonic
+from core.errors import AnylabError
 from pop_agent.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,7 +50,7 @@ class Limits:
     code_bytes: int = 10 * 1024 * 1024
 
 
-class DeployError(LabError):
+class DeployError(AnylabError):
     """A deployment's code cannot run: too large, does not compile, or has no ``fetch``."""
 
 
@@ -158,7 +158,7 @@ class _Serve(asyncio.Protocol):
         self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
 
     async def serve(self, header: dict[str, Any], body: bytes) -> None:
-        t_start = time.clock_gettime(time.CLOCK_MONOTONIC)
+        t_start = monotonic()
         self.env.reset()
         ctx = Ctx()
         req = Request(header["method"], header["url"], header.get("headers", {}), body)
@@ -266,7 +266,7 @@ class Zygote:
     def spawn(self, code: str, bindings: dict[str, Any], limits: Limits) -> Isolate:
         """A new isolate running ``code``; raises DeployError if the code cannot load."""
         if self.ctrl is None:
-            raise LabError("the zygote is not running")
+            raise AnylabError("the zygote is not running")
         with self.lock:
             send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
             msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
@@ -405,7 +405,7 @@ class Isolate:
             spent = self.cpu() - cpu0
         except OSError:
             return  # it died by itself: the read sees EOF
-        wall = time.monotonic() - t0
+        wall = monotonic() - t0
         cpu_limit = self.limits.cpu_ms / 1000
         if spent >= cpu_limit:
             self.verdict, self.detail = "cpu_limit", f"used {spent * 1000:.0f} ms of CPU; limit {self.limits.cpu_ms} ms"
@@ -427,7 +427,7 @@ class Isolate:
         if self._channel is None:
             _t, self._channel = await loop.create_unix_connection(_Channel, sock=self.sock)
         channel = self._channel
-        t0 = time.monotonic()
+        t0 = monotonic()
         try:
             cpu0 = self.cpu()
         except OSError:

@@ -11,33 +11,28 @@ after 100/200/400 ms), checks them, and only when *all* are good installs the wh
 otherwise it keeps serving the old set and reports the error. An unreachable control plane is retried
 with exponential backoff (0.1 s doubling to 2 s) and changes nothing that is served.
 
-The HTTP client is asyncio streams + httptools' response parser (already the edge's parser): aiohttp's
-import alone would cost each PoP server ~15 MB of the lean-PoP budget.
+The HTTP client is :mod:`core.http_client` (asyncio streams + httptools' parser, not aiohttp: its import
+alone would cost each PoP server ~15 MB of the lean-PoP budget).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httptools
-
+from core.clock import monotonic
+from core.http_client import HttpError, http_call
 from pop_agent.isolate import DeployError
 
 RETRY_DELAYS = (0.1, 0.2, 0.4)
 BACKOFF_MAX = 2.0
 POLL_WAIT = 20.0
 
-
-def now() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -92,142 +87,6 @@ class LocalStore:
         return out
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"HTTP {status}: {body[:200].decode(errors='replace')}")
-        self.status = status
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.body = bytearray()
-        self.headers: dict[str, str] = {}
-        self.done = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
-async def http_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send one HTTP/1.1 request and read its whole answer: status, headers (lower-case names), body.
-    Raises EOFError if the connection closes before the answer, OSError for what the connection does."""
-    writer.write(request)
-    await writer.drain()
-    sink = _Collect()
-    parser = httptools.HttpResponseParser(sink)
-    while not sink.done:
-        chunk = await reader.read(65536)
-        if not chunk:
-            raise EOFError("the connection closed before the answer")
-        parser.feed_data(chunk)
-    return parser.get_status_code(), sink.headers, bytes(sink.body)
-
-
-class NotConnected(ConnectionError):
-    """No TCP connection was made: nothing was sent (so the request certainly did not run)."""
-
-
-async def http_request(host: str, port: int, method: str, path: str, body: bytes = b"",
-                       headers: dict[str, str] | None = None, connect_s: float = 5.0,
-                       answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request on its own connection: status, headers (lower-case names), body. Raises
-    NotConnected when no connection was made within ``connect_s`` (nothing was sent), and
-    TimeoutError/EOFError/OSError when the answer did not come within ``answer_s`` (it may have run).
-    ``headers`` may set ``Host`` (default: ``host``)."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_s)
-    except (OSError, TimeoutError) as exc:
-        raise NotConnected(f"{host}:{port}: {exc!r}") from None
-    try:
-        head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **(headers or {})}.items())
-        request = (f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n"
-                   "Connection: close\r\n\r\n").encode() + body
-        return await asyncio.wait_for(http_exchange(reader, writer, request), answer_s)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-class KeepAlivePool:
-    """Idle keep-alive connections per ``(host, port)``, for a stream of requests to a few peers (the
-    spillover router's): no TCP handshake per request. ``request`` takes an idle connection or opens
-    one and gives it back after a whole answer that does not say ``connection: close``."""
-
-    def __init__(self, max_idle: int = 16) -> None:
-        self.max_idle = max_idle
-        self.idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-
-    async def request(self, host: str, port: int, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None, connect_s: float = 5.0,
-                      answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-        """Like :func:`http_request`. A reused connection that fails before any answer (the peer closed
-        it while idle) is replaced by a new one once, and only for GET and HEAD (safe to send twice).
-        Raises NotConnected when no connection could be made, TimeoutError/EOFError/OSError otherwise."""
-        head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **(headers or {})}.items())
-        request = f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-        idle = self.idle.setdefault((host, port), [])
-        while True:
-            reused = bool(idle)
-            if reused:
-                reader, writer = idle.pop()
-            else:
-                try:
-                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_s)
-                except (OSError, TimeoutError) as exc:
-                    raise NotConnected(f"{host}:{port}: {exc!r}") from None
-            try:
-                status, answer_headers, answer = await asyncio.wait_for(http_exchange(reader, writer, request),
-                                                                        answer_s)
-            except (EOFError, ConnectionResetError, BrokenPipeError):
-                writer.close()
-                if reused and method in ("GET", "HEAD"):
-                    continue
-                raise
-            except BaseException:
-                writer.close()
-                raise
-            if answer_headers.get("connection", "").lower() == "close" or len(idle) >= self.max_idle:
-                writer.close()
-            else:
-                idle.append((reader, writer))
-            return status, answer_headers, answer
-
-    def close(self) -> None:
-        for conns in self.idle.values():
-            for _reader, writer in conns:
-                with contextlib.suppress(RuntimeError):  # the loop already closed: so are its sockets
-                    writer.close()
-        self.idle.clear()
-
-
-async def http_call(host: str, port: int, method: str, path: str, token: str, body: Any = None,
-                    timeout: float = 5.0) -> bytes:
-    """One JSON request with the bearer ``token``; returns the body of a 2xx answer. Raises HttpError for
-    other statuses, OSError/TimeoutError when the server cannot be reached or does not answer."""
-
-    async def exchange() -> bytes:
-        data = b"" if body is None else json.dumps(body).encode()
-        try:
-            status, _headers, answer = await http_request(
-                host, port, method, path, data, {"Authorization": f"Bearer {token}",
-                                                 "Content-Type": "application/json"}, timeout, timeout)
-        except EOFError as exc:
-            raise ConnectionResetError(f"the control plane: {exc}") from None
-        if not 200 <= status < 300:
-            raise HttpError(status, answer)
-        return answer
-
-    return await asyncio.wait_for(exchange(), timeout)
-
-
 @dataclass
 class SyncState:
     """What the syncer last saw; written to ``sync.json`` for ``anylab deployments`` and tests."""
@@ -236,7 +95,7 @@ class SyncState:
     t_applied: float | None = None
     generation: int = -1
     reachable: bool | None = None
-    since: float = field(default_factory=now)
+    since: float = field(default_factory=monotonic)
     error: str | None = None
     fetch_attempts: int = 0
 
@@ -259,7 +118,7 @@ class Syncer:
     def _reachable(self, ok: bool) -> None:
         if self.state.reachable is not ok:
             # On disk first: whoever sees the new value in memory (another thread) finds it in sync.json too.
-            changed = replace(self.state, reachable=ok, since=now())
+            changed = replace(self.state, reachable=ok, since=monotonic())
             write_atomic(self.store.root / "sync.json", json.dumps(changed.__dict__).encode())
             self.state.reachable, self.state.since = ok, changed.since
 
@@ -297,7 +156,7 @@ class Syncer:
             return
         self.store.set_current(want)  # the new last-good set, before it serves
         self.install(deployments)
-        self.state.applied, self.state.t_applied, self.state.error = want, now(), None
+        self.state.applied, self.state.t_applied, self.state.error = want, monotonic(), None
         self._record()
 
     async def run(self) -> None:

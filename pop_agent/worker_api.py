@@ -15,11 +15,12 @@ import json
 import os
 import random
 import secrets
-import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from core.clock import monotonic
 
 
 class SubrequestLimitExceeded(Exception):
@@ -111,7 +112,7 @@ class Protection:
         from protect.guard import BreakerOpen
         from protect.limits import delays, deposit, withdraw
 
-        self.budget = deposit(self.budget, time.monotonic())
+        self.budget = deposit(self.budget, monotonic())
         waits = delays(operation, self.rng)
         for attempt in range(len(waits) + 1):
             try:
@@ -122,7 +123,7 @@ class Protection:
                 last: BaseException = exc
             if attempt == len(waits):
                 break
-            self.budget, allowed = withdraw(self.budget, time.monotonic())
+            self.budget, allowed = withdraw(self.budget, monotonic())
             if not allowed:
                 break
             await asyncio.sleep(waits[attempt])  # the design's backoff before the next try
@@ -148,7 +149,7 @@ class KvNamespace:
         """Through the KV breaker (the design's: 10 failures open it for 10 s) with the design's retries
         (reads twice at once, writes after 50/100/200 ms): no connection, no answer or a 5xx is a failure;
         a refusal (4xx) is an answer. Raises KvError (a refusal, or the breaker open), OSError/TimeoutError."""
-        from pop_agent.sync import http_request
+        from core.http_client import http_request
         from protect.guard import BreakerOpen
 
         data = b"" if body is None else json.dumps(body).encode()
@@ -239,7 +240,7 @@ class DurableObjectStub:
                     headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Response:
         """The object's answer, with ``x-do-owner``/``x-do-epoch`` saying who served it. Raises
         DurableObjectError when there is none."""
-        from pop_agent.sync import NotConnected, http_request
+        from core.http_client import NotConnected, http_request
 
         if isinstance(request, str):
             raw = body.encode() if isinstance(body, str) else bytes(body)
@@ -365,7 +366,7 @@ class _ServerError(Exception):
 
 
 async def _get(address: str, port: int, host: str, path: str, timeout: float) -> Response:
-    from pop_agent.sync import http_request
+    from core.http_client import http_request
 
     try:
         status, headers, body = await http_request(address, port, "GET", path, b"", {"Host": host}, timeout,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from core.clock import monotonic
 from protect.breaker import DESIGN, Call, Config, Result, State, step
 
 T = TypeVar("T")
@@ -29,7 +29,7 @@ class BreakerOpen(ConnectionError):
 
 
 class Breaker:
-    def __init__(self, name: str, cfg: Config, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, name: str, cfg: Config, clock: Callable[[], float] = monotonic,
                  is_failure: Callable[[BaseException], bool] = lambda exc: True) -> None:
         self.name, self.cfg, self.clock, self.is_failure = name, cfg, clock, is_failure
         self.state = State()

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kv import service
+from core.service import service_main
 
 MODES = ("normal", "slow", "errors")
 
@@ -94,4 +94,4 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    service.main(serve, __doc__ or "")
+    service_main(serve, __doc__ or "")

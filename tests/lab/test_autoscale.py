@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from core.wait import wait_for
 from lab.autoscaler import EVENTS
 from lab.overload import deploy_classes, overload
 from lab.priority_load import connections_for
 from lab.runtime import Lab, fib_nexthops, in_service
-from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 CAPACITY_RPS = 50.0

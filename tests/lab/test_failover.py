@@ -85,7 +85,7 @@ def test_speaker_crash_is_seen_at_once(lab: Lab) -> None:
 
 
 def test_bad_fault_requests_leave_the_lab_untouched(lab: Lab) -> None:
-    from lab.errors import UsageError
+    from core.errors import UsageError
 
     for args in (("meteor", "sjc"), ("drain", "nowhere"), ("link-down", "sjc")):
         with pytest.raises(UsageError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
+from core.clock import monotonic
+from core.wait import wait_for
 from health.agent import renew_period
 from kv.client import KvClient
 from lab.daemons import MIN_LEASE_S
 from lab.measurement import measure
 from lab.runtime import Lab
-from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 FOLDED = "pop-agent"
@@ -82,7 +82,7 @@ def test_a_hung_pop_agent_is_withdrawn_when_its_lease_runs_out(lab: Lab) -> None
     lease = next(float(e["lease_s"]) for e in reversed(api_events(lab, server)) if e["event"] == "agent-holds")
     renew = renew_period(lab.topo.spec.settings.profile.health.interval, lease)
     pid = pid_of(lab, server)
-    t_stop = time.clock_gettime(time.CLOCK_MONOTONIC)
+    t_stop = monotonic()
     os.kill(pid, signal.SIGSTOP)
     try:
         lost = wait_for(lambda: [e for e in api_events(lab, server)

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.wait import wait_for
 from lab.cli import status_data
 from lab.overload import level_of
 from lab.runtime import Lab
-from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 

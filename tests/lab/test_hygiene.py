@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 
-from lab import netns
-from lab.proc import is_same_process
+from core import netns
+from core.records import is_same_process
+from core.wait import wait_for
 from lab.runtime import RUN_ROOT, lab_names, run_dir_of
-from lab.wait import wait_for
 from tests.conftest import PROJECT, TOPOLOGIES
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from core.wait import wait_for
 from kv.client import KvClient
 from kv.store import KvError
 from lab.overload import level_of
 from lab.runtime import Lab
-from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 NS = "orders"

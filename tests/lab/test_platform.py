@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from control_plane.client import ControlPlaneError
+from core.errors import WaitTimeout
 from lab.cli import status_data
-from lab.errors import WaitTimeout
 from lab.runtime import Lab
 from tests.conftest import TOPOLOGIES
 

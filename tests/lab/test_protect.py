@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from core.clock import monotonic
+from core.wait import wait_for
 from lab.overload import (
     FETCH_HOST,
     FETCH_WORKER,
@@ -31,7 +32,6 @@ from lab.overload import (
     overload,
 )
 from lab.runtime import Lab
-from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 OPEN_S = 2.0
@@ -74,9 +74,9 @@ def test_origin_errors_open_the_breaker_at_the_threshold_and_half_open_closes_it
         assert breaker(lab)["mode"] == "open"
     finally:
         lab.restore("origin")
-    t_open = time.monotonic()
+    t_open = monotonic()
     refused = get(lab)
-    if time.monotonic() - t_open < OPEN_S:
+    if monotonic() - t_open < OPEN_S:
         assert refused[0] == 503  # still open: nothing reaches the origin before open_s
     wait_for(lambda: get(lab)[0] == 200, timeout=OPEN_S + 10, what="a half-open probe to succeed", interval=0.2)
     for _ in range(2):  # the other two successes of the success threshold

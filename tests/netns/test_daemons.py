@@ -16,11 +16,11 @@ import pytest
 from bgp.exabgp import ExaBgp
 from bgp.frr import established_peers, prepare_dir, router_daemons
 from bgp.routers import best_as_path, daemons_of
-from lab import netns
-from lab.daemon import NodeEnv
+from core import netns
+from core.daemon import NodeEnv
+from core.proc import ProcessGroup, recorded_procs
+from core.wait import wait_for
 from lab.model import load_topology
-from lab.proc import ProcessGroup, recorded_procs
-from lab.wait import wait_for
 from tests.conftest import TOPOLOGIES
 
 TOPO = load_topology(TOPOLOGIES / "two_pops.yaml")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import select
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import pytest
 
 from bgp.exabgp_api import Hold, request
 from bgp.exabgp_inproc import ThreadProcess
-from lab.wait import wait_for
+from core.clock import monotonic
+from core.wait import wait_for
 
 ROUTES = {"routes": [{"prefix": "198.51.100.0/24", "as_path": [65001]}]}
 
@@ -33,9 +33,9 @@ class Speaker:
 
     def next_line(self, timeout: float) -> str | None:
         """The API's next command, or None when none comes within ``timeout``."""
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
+            left = deadline - monotonic()
             if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
                 return None
             self.buffer += self.proc.stdout.read(4096) or b""
@@ -77,11 +77,11 @@ def test_a_silent_hold_withdraws_after_its_lease(speaker: Speaker) -> None:
     lease = 0.3
     hold = Hold(speaker.sock, lease_s=lease)
     hold.set("normal")
-    t_set = time.monotonic()
+    t_set = monotonic()
     assert (speaker.next_line(2.0) or "").startswith("announce")
     line = speaker.next_line(lease + 1.0)  # margin: a thread's wake-up on a loaded 2-core box
     assert line is not None and line.startswith("withdraw")
-    assert time.monotonic() - t_set >= lease
+    assert monotonic() - t_set >= lease
     hold.close()
 
 
@@ -92,8 +92,8 @@ def test_a_renewed_hold_keeps_the_routes(speaker: Speaker) -> None:
     hold = Hold(speaker.sock, lease_s=lease)
     hold.set("normal")
     assert (speaker.next_line(2.0) or "").startswith("announce")
-    end = time.monotonic() + 3 * lease
-    while time.monotonic() < end:
+    end = monotonic() + 3 * lease
+    while monotonic() < end:
         hold.alive()
         assert speaker.next_line(renew) is None  # nothing to tell ExaBGP while it is renewed
     assert hold.set("normal")["mode"] == "normal"  # requests still answered on the held connection

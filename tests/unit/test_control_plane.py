@@ -16,7 +16,7 @@ from aiohttp import web
 from control_plane.client import Client, ControlPlaneError
 from control_plane.server import make_app
 from control_plane.store import Pop, Store
-from lab.wait import wait_for
+from core.wait import wait_for
 from pop_agent.sync import LocalStore, Syncer
 
 POPS = [Pop("sjc", "na", ("sjc-s1", "sjc-s2")), Pop("fra", "eu", ("fra-s1",)), Pop("sin", "apac", ("sin-s1",))]

@@ -7,12 +7,12 @@ import asyncio
 import json
 import random
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from core.clock import monotonic
 from durable.directory_service import Directory
 from durable.directory_service import make_app as directory_app
 from durable.history import Definite, Recorder
@@ -129,9 +129,9 @@ def test_owner_crash_loses_no_acknowledged_write(tmp_path: Path) -> None:
             assert (await c.op("x", "write", i, hint="a"))["owner"] == "a"
         backup = c.directory.state.objects[c.env.REG.get(c.env.REG.id_from_name("x")).key].backup
         await c.crash("a")
-        t0 = time.monotonic()
+        t0 = monotonic()
         answer = await c.op("x", "read")
-        return [answer, backup], time.monotonic() - t0
+        return [answer, backup], monotonic() - t0
 
     [answer, backup], took = run(tmp_path, scenario)
     assert backup in ("b", "c")
@@ -181,14 +181,14 @@ def test_partitioned_owner_stops_serving_and_is_fenced_after_heal(tmp_path: Path
         key = c.env.REG.get(c.env.REG.id_from_name("y")).key
         backup = c.directory.state.objects[key].backup
         c.partition("a")
-        deadline = time.monotonic() + 2
-        while "a" in c.directory.state.live and time.monotonic() < deadline:
+        deadline = monotonic() + 2
+        while "a" in c.directory.state.live and monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert not c.hosts["a"].lease_ok()  # it stopped serving before the directory moved its objects
         moved = await c.op("y", "write", "new")
         c.heal("a")
-        deadline = time.monotonic() + 2
-        while c.hosts["a"].owned.get(key) and time.monotonic() < deadline:
+        deadline = monotonic() + 2
+        while c.hosts["a"].owned.get(key) and monotonic() < deadline:
             await asyncio.sleep(0.02)
         stale = c.hosts["a"].store(key)
         try:
@@ -218,8 +218,8 @@ def test_async_mode_answers_before_the_backup_has_it(tmp_path: Path) -> None:
             await c.op("z", "incr", 1, hint="b")
         key = c.env.REG.get(c.env.REG.id_from_name("z")).key
         backup = c.hosts[str(c.directory.state.objects[key].backup)]
-        deadline = time.monotonic() + 2
-        while backup.store(key).seq < 10 and time.monotonic() < deadline:
+        deadline = monotonic() + 2
+        while backup.store(key).seq < 10 and monotonic() < deadline:
             await asyncio.sleep(0.01)
         return c.hosts["b"].status(), backup.store(key).get("v")
 
@@ -276,11 +276,11 @@ def test_a_directory_cut_off_from_most_regions_fails_nobody_over(tmp_path: Path)
                    "renew_s": RENEW_S, "margin_s": MARGIN_S, "state": str(tmp_path / "d.json"),
                    "events": str(tmp_path / "e.jsonl")})
     d.where("reg/Register/x", "a")
-    long_ago = time.clock_gettime(time.CLOCK_MONOTONIC) - 10
+    long_ago = monotonic() - 10
     d.last_seen = {"a": long_ago, "b": long_ago, "c": d.last_seen["c"]}
     d.check_leases()  # only c renews: it is the directory that is cut off
     assert d.state.live == {"a", "b", "c"} and d.isolated
-    d.last_seen["b"] = time.clock_gettime(time.CLOCK_MONOTONIC)
+    d.last_seen["b"] = monotonic()
     d.check_leases()  # b and c renew, a does not: a is down
     assert d.state.live == {"b", "c"} and d.state.objects["reg/Register/x"].owner in ("b", "c")
 
@@ -291,8 +291,8 @@ def test_periodic_snapshots_reach_the_backup_and_trim_the_owners_log(tmp_path: P
             await c.op("s", "incr", 1, hint="a")
         key = c.env.REG.get(c.env.REG.id_from_name("s")).key
         owner = c.hosts["a"].store(key)
-        deadline = time.monotonic() + 3
-        while owner.log_since(0) and time.monotonic() < deadline:
+        deadline = monotonic() + 3
+        while owner.log_since(0) and monotonic() < deadline:
             await asyncio.sleep(0.02)
         backup = c.hosts[str(c.directory.state.objects[key].backup)].store(key)
         return [e["seq"] for e in owner.log_since(0)], backup.get("v"), backup.seq

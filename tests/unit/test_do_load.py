@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from core.errors import AnylabError
 from durable.history import Definite, Recorder, Served
 from lab import do_load
 from lab.durable_ops import key_of
-from lab.errors import LabError
 from pop_agent.worker_api import DurableObjectNamespace
 
 
@@ -81,7 +81,7 @@ def test_object_names_carry_the_run_and_hints_spread_over_regions() -> None:
 def test_keys_are_what_id_from_name_makes() -> None:
     ns = DurableObjectNamespace("reg", "Register")
     assert key_of("reg/Register", "lobby") == f"reg/Register/{ns.id_from_name('lobby').hex}"
-    with pytest.raises(LabError, match="SCRIPT/Class"):
+    with pytest.raises(AnylabError, match="SCRIPT/Class"):
         key_of("reg", "lobby")
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.clock import monotonic
 from durable.runtime import ObjectHost
 from durable.storage import Fenced, ObjectStore
 from pop_agent.worker_api import Request
@@ -24,7 +24,7 @@ class Counter:
 
     async def fetch(self, request: Request) -> Any:
         if request.url.endswith("/alarm"):
-            await self.state.storage.set_alarm(time.monotonic() + 0.05)
+            await self.state.storage.set_alarm(monotonic() + 0.05)
             return "set"
         n = (await self.state.storage.get("n") or 0) + 1
         await asyncio.sleep(0.001)

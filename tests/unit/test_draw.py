@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import AnylabError
 from lab.draw import draw
-from lab.errors import LabError
 from lab.model import load_topology
 from tests.conftest import TOPOLOGIES
 
@@ -20,5 +20,5 @@ def test_draw_formats(tmp_path: Path, suffix: str, magic: bytes) -> None:
 
 
 def test_draw_rejects_unknown_format(tmp_path: Path) -> None:
-    with pytest.raises(LabError, match=r"use a \.png, \.svg or \.mmd"):
+    with pytest.raises(AnylabError, match=r"use a \.png, \.svg or \.mmd"):
         draw(load_topology(TOPOLOGIES / "two_pops.yaml"), tmp_path / "x.gif")

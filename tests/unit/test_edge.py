@@ -7,12 +7,12 @@ import asyncio
 import http.client
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from core.clock import monotonic
 from pop_agent.edge import Deployment, Echo, Edge, HttpProtocol
 from pop_agent.isolate import DeployError, Zygote
 from pop_agent.worker_api import KvNamespace, Request, Response, binding
@@ -207,10 +207,10 @@ def test_a_spilled_request_is_served_by_the_peer_over_one_kept_alive_connection(
         busy.edge.capacity_rps, busy.edge.spill_port = 10.0, peer.port
         busy.edge.peers = [Peer("lax", "lax-s1", "127.0.0.1", 3)]
         peer.edge.pop, peer.edge.server = "lax", "lax-s1"
-        busy.edge.windows["P1"] = count(busy.edge.windows["P1"], time.monotonic(), 9)  # 90 % of 10/s
+        busy.edge.windows["P1"] = count(busy.edge.windows["P1"], monotonic(), 9)  # 90 % of 10/s
         answers = []
         for _ in range(3):
-            busy.edge.heard("127.0.0.1", (0.0, 0.0, 0.0, 0.0), time.monotonic())
+            busy.edge.heard("127.0.0.1", (0.0, 0.0, 0.0, 0.0), monotonic())
             answers.append(request(busy, "a.example"))
         assert [(status, body) for status, body, _r in answers] == [(200, b"hi GET /")] * 3
         assert {r.getheader("x-anylab-server") for _s, _b, r in answers} == {"lax/lax-s1"}
@@ -270,7 +270,7 @@ def test_echo_answers_plain_probes_without_json_and_load_polls_with_utilisation(
 
 def test_a_load_poll_is_answered_alike_on_the_fast_and_the_json_path() -> None:
     edge = Edge("sjc", "sjc-s1", Zygote(), capacity_rps=100.0)
-    now = time.monotonic()
+    now = monotonic()
     edge.windows["P1"] = count(edge.windows["P1"], now, 30)
     edge.windows["P3"] = count(edge.windows["P3"], now, 7)
     echo = Echo(edge)

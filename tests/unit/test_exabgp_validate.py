@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bgp.exabgp import ExaBgp
-from lab.daemon import NodeEnv
+from core.daemon import NodeEnv
+from core.proc import ProcessGroup
 from lab.model import load_topology
-from lab.proc import ProcessGroup
 from lab.runtime import validate_all
 from tests.conftest import TOPOLOGIES
 

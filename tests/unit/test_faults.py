@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.errors import UsageError
+from core.errors import UsageError
 from lab.faults import _nft_silence, plan
 from lab.model import load_topology
 from tests.conftest import TOPOLOGIES

@@ -7,9 +7,9 @@ import asyncio
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 
+from core.clock import monotonic
 from health.agent import Agent, AgentConfig
 
 TIMEOUT = 0.03
@@ -41,7 +41,7 @@ class FakeApi:
                 continue
             with conn:
                 req = json.loads(conn.makefile("rb").readline())
-                self.modes.append((time.monotonic(), req["mode"]))
+                self.modes.append((monotonic(), req["mode"]))
                 conn.sendall(b'{"ok": true}\n')
 
     def last(self) -> str | None:
@@ -59,12 +59,12 @@ async def service(port: int) -> asyncio.Server:
 
 
 async def until(pred: object, timeout: float) -> float:
-    t0 = time.monotonic()
+    t0 = monotonic()
     while not pred():  # type: ignore[operator]
-        if time.monotonic() - t0 > timeout:
+        if monotonic() - t0 > timeout:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.005)
-    return time.monotonic() - t0
+    return monotonic() - t0
 
 
 def test_agent_announces_withdraws_demotes_and_withdraws_on_exit(tmp_path: Path) -> None:

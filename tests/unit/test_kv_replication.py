@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from core.wait import wait_for
 from kv import master as kv_master
 from kv import replica as kv_replica
-from lab.wait import wait_for
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import TopologyError
+from core.errors import TopologyError
 from lab.model import build_topology, load_topology
 from tests.conftest import PROJECT, TOPOLOGIES
 
@@ -90,8 +90,8 @@ def test_sessions_follow_links() -> None:
 
 
 def test_unknown_node_lookup_is_a_lab_error() -> None:
-    from lab.errors import LabError
+    from core.errors import AnylabError
 
     topo = load_topology(TOPOLOGIES / "two_pops.yaml")
-    with pytest.raises(LabError, match="no PoP named 'nyc'; there are: sjc, lax"):
+    with pytest.raises(AnylabError, match="no PoP named 'nyc'; there are: sjc, lax"):
         topo.pop("nyc")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.errors import TopologyError
+from core.errors import TopologyError
 from lab.generate import stage
 from lab.model import build_topology, load_topology
 from lab.placement import place

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bgp.exabgp_api import ApiState, Route
-from lab.errors import TopologyError
+from core.errors import TopologyError
 from lab.model import build_topology
 from lab.profiles import NAMED, named
 

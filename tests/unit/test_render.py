@@ -11,11 +11,11 @@ import pytest
 from bgp.bird import Bird, BirdBfd
 from bgp.exabgp import ExaBgp
 from bgp.frr import router_daemons
-from lab.daemon import Daemon, NodeEnv
+from core.daemon import Daemon, NodeEnv
+from core.proc import ProcessGroup
 from lab.daemons import HealthAgent
 from lab.model import load_topology
 from lab.net import ip_batch
-from lab.proc import ProcessGroup
 from tests.conftest import TOPOLOGIES
 
 GOLDEN = Path(__file__).parent / "golden" / "two_pops"

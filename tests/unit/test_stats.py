@@ -1,6 +1,6 @@
 """The shared quantile."""
 
-from lab.stats import quantile
+from core.stats import quantile
 
 
 def test_quantile_by_rank() -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from bgp.exabgp_api import Route
-from lab.errors import LabError, WaitTimeout
-from lab.proc import ProcessGroup, recorded_procs
-from lab.wait import wait_for
+from core.clock import monotonic
+from core.errors import AnylabError, WaitTimeout
+from core.proc import ProcessGroup, recorded_procs
+from core.wait import wait_for
 
 
 def test_wait_for_returns_first_truthy_value() -> None:
@@ -21,17 +21,17 @@ def test_wait_for_returns_first_truthy_value() -> None:
 
 
 def test_wait_for_times_out_with_last_state() -> None:
-    t0 = time.monotonic()
+    t0 = monotonic()
     with pytest.raises(WaitTimeout, match="waiting for the moon; last state: 'not yet'"):
         wait_for(lambda: None, timeout=0.1, what="the moon", describe=lambda: "'not yet'")
-    assert time.monotonic() - t0 < 1.0
+    assert monotonic() - t0 < 1.0
 
 
 def test_wait_for_stops_at_once_on_lab_error() -> None:
     def probe() -> None:
-        raise LabError("dead", node="n", daemon="d")
+        raise AnylabError("dead", node="n", daemon="d")
 
-    with pytest.raises(LabError, match="n/d: dead"):
+    with pytest.raises(AnylabError, match="n/d: dead"):
         wait_for(probe, timeout=10, what="x")
 
 
@@ -50,9 +50,9 @@ def test_stop_escalates_to_kill(tmp_path: Path) -> None:
     proc = group.spawn([sys.executable, "-c", code], node="n", name="stubborn", stdin=subprocess.DEVNULL,
                        log=tmp_path / "out")
     wait_for(lambda: (tmp_path / "out").read_text().startswith("go"), timeout=10, what="start")
-    t0 = time.monotonic()
+    t0 = monotonic()
     proc.stop(timeout=0.2)
-    assert not proc.alive() and time.monotonic() - t0 < 5
+    assert not proc.alive() and monotonic() - t0 < 5
 
 
 @pytest.mark.parametrize(

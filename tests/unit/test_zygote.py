@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.proc import proc_starttime
-from lab.wait import socket_accepts, wait_for
-from lab.zygote import request_fork
+from core.records import proc_starttime
+from core.wait import socket_accepts, wait_for
+from core.zygote import request_fork
 from tests.conftest import PROJECT
 
 CHILD = "tests.unit.zygote_child"
@@ -21,7 +21,7 @@ CHILD = "tests.unit.zygote_child"
 @pytest.fixture
 def zygote(tmp_path: Path) -> Iterator[Path]:
     sock = tmp_path / "zygote.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "lab.zygote", "--socket", str(sock), "--preload", CHILD],
+    proc = subprocess.Popen([sys.executable, "-m", "core.zygote", "--socket", str(sock), "--preload", CHILD],
                             cwd=PROJECT)
     try:
         wait_for(lambda: socket_accepts(sock), timeout=30, what="the zygote")

@@ -9,7 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from lab.errors import LabError
+from core.errors import AnylabError
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -22,7 +22,7 @@ def netns_path(name: str) -> str:
 
 
 def add(name: str) -> str:
-    """Create an empty named namespace with ``lo`` up; returns its path. Raises LabError."""
+    """Create an empty named namespace with ``lo`` up; returns its path. Raises AnylabError."""
     ip("netns", "add", name)
     ip("-n", name, "link", "set", "lo", "up")
     return netns_path(name)
@@ -36,12 +36,12 @@ def attach(name: str, pid: int) -> str:
 
 def delete(name: str) -> None:
     """Remove a named namespace; it disappears once no process is left in it. One already gone (another
-    cleanup got there first) is not an error. Raises LabError."""
+    cleanup got there first) is not an error. Raises AnylabError."""
     if not (NETNS_DIR / name).exists():
         return
     try:
         ip("netns", "delete", name)
-    except LabError:
+    except AnylabError:
         if (NETNS_DIR / name).exists():
             raise
 
@@ -54,10 +54,10 @@ def names(prefix: str) -> list[str]:
 
 
 def ip(*args: str) -> None:
-    """One ``ip`` command; raises LabError with its error output."""
+    """One ``ip`` command; raises AnylabError with its error output."""
     res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        raise LabError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+        raise AnylabError(f"ip {' '.join(args)}: {res.stderr.strip()}")
 
 
 def enter_netns(netns: str) -> None:
@@ -76,7 +76,7 @@ def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.sock
     """A socket created inside the namespace at path ``netns``; the calling thread stays where it is.
 
     setns(2) moves only the calling thread, so a short-lived thread enters the namespace, creates the
-    socket (which belongs to that namespace for life) and ends. Raises LabError.
+    socket (which belongs to that namespace for life) and ends. Raises AnylabError.
     """
     result: list[socket.socket | BaseException] = []
 
@@ -92,5 +92,5 @@ def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.sock
     thread.join()
     got = result[0]
     if isinstance(got, BaseException):
-        raise LabError(f"cannot open a socket in {netns}: {got}")
+        raise AnylabError(f"cannot open a socket in {netns}: {got}")
     return got

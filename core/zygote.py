@@ -10,7 +10,7 @@ and data copy-on-write, which PSS divides between them.
 
 A child is an ordinary lab process: recorded in ``pids.jsonl`` and stopped by PID like any other. The
 zygote reaps it when it exits (it is the parent), so "gone" is seen at once. Run as
-``python -m lab.zygote --socket S --preload MOD[,MOD…]``; one JSON request per connection:
+``python -m core.zygote --socket S --preload MOD[,MOD…]``; one JSON request per connection:
 ``{"module": M, "args": [...], "netns": PATH, "log": PATH, "env": {...}|null, "pids": PATH|null,
 "record": {...}}`` → ``{"pid": N}`` or ``{"error": "..."}``.
 """
@@ -30,13 +30,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lab.netns import enter_netns, libc
-from lab.proc import proc_starttime, write_record
+from core.netns import enter_netns, libc
+from core.records import proc_starttime, write_record
 
 PR_SET_NAME = 15
-#: What the PoP servers run, imported before any fork.
-PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "pop_agent.agent", "exabgp.application.main",
-           "bgp.exabgp_inproc")
 
 
 def _reap(_signum: int, _frame: object) -> None:
@@ -146,7 +143,7 @@ def request_fork(path: Path, module: str, args: list[str], netns: str | None, lo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--socket", type=Path, required=True)
-    parser.add_argument("--preload", default=",".join(PRELOAD))
+    parser.add_argument("--preload", required=True, help="the modules to import before any fork, comma-separated")
     args = parser.parse_args()
     serve(args.socket, tuple(m for m in args.preload.split(",") if m))
 

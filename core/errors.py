@@ -1,10 +1,12 @@
-"""The one exception hierarchy of anylab: library code raises these, only ``__main__`` exits."""
+"""The one exception hierarchy of anylab, the lab's and the platform's alike: library code raises these,
+only ``__main__`` exits. The platform's own errors (KV, Durable Objects, deployments, the control
+plane's client) derive from :class:`AnylabError` in their packages; the lab's are below."""
 
 from __future__ import annotations
 
 
-class LabError(Exception):
-    """Any failure of the lab; the message names the node and daemon when there is one."""
+class AnylabError(Exception):
+    """Any failure anylab reports; the message names the node and daemon when there is one."""
 
     def __init__(self, message: str, *, node: str | None = None, daemon: str | None = None) -> None:
         self.node = node
@@ -13,7 +15,7 @@ class LabError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
-class TopologyError(LabError):
+class TopologyError(AnylabError):
     """A topology file is invalid: names the file, the path to the field, what is wrong and the fix."""
 
     def __init__(self, source: str, field: str, problem: str, fix: str) -> None:
@@ -24,14 +26,14 @@ class TopologyError(LabError):
         super().__init__(f"{source}: {field}: {problem}. Fix: {fix}")
 
 
-class WaitTimeout(LabError):
+class WaitTimeout(AnylabError):
     """A poll with a deadline ran out; the message carries the last state seen."""
 
 
-class DaemonError(LabError):
+class DaemonError(AnylabError):
     """A daemon failed to render, validate, start, become ready or stop."""
 
 
-class UsageError(LabError):
+class UsageError(AnylabError):
     """A command asked for something that does not exist or does not apply (exit status 2); the lab is
     left untouched."""

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lab.errors import LabError, WaitTimeout
+from core.clock import monotonic
+from core.errors import AnylabError, WaitTimeout
 
 T = TypeVar("T")
 
@@ -25,17 +26,17 @@ def wait_for(
 ) -> T:
     """Call ``probe`` until it returns something truthy, and return that.
 
-    A probe raising LabError ends the wait at once (that error propagates); other exceptions count
+    A probe raising AnylabError ends the wait at once (that error propagates); other exceptions count
     as "not yet".
     Raises WaitTimeout after ``timeout`` seconds, naming ``what`` and the last state seen
     (``describe()`` if given, else the probe's last result or exception).
     """
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     last: object = None
     while True:
         try:
             result = probe()
-        except LabError:
+        except AnylabError:
             raise  # the probe saw something that waiting will not fix
         except Exception as exc:  # a probe may fail while the thing comes up
             result, last = None, exc
@@ -43,7 +44,7 @@ def wait_for(
             last = result
         if result:
             return result
-        if time.monotonic() >= deadline:
+        if monotonic() >= deadline:
             state = describe() if describe else repr(last)
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}; last state: {state}",
                               node=node, daemon=daemon)

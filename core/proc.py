@@ -14,26 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from lab.errors import LabError
-
-PIDS_FILE = "pids.jsonl"
-
-
-def proc_starttime(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if
-    there is no such process or it is a zombie (dead, waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def is_same_process(pid: int, starttime: int) -> bool:
-    """True if ``pid`` is still the process that was recorded (guards against PID reuse)."""
-    return proc_starttime(pid) == starttime
+from core.clock import monotonic
+from core.errors import AnylabError
+from core.records import PIDS_FILE, is_same_process, proc_starttime, write_record
 
 
 @dataclass
@@ -54,7 +37,7 @@ class Proc:
         return is_same_process(self.pid, self.starttime)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """terminate → wait(timeout) → kill → wait. Raises LabError if it survives SIGKILL."""
+        """terminate → wait(timeout) → kill → wait. Raises AnylabError if it survives SIGKILL."""
         for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 5.0)):
             if not self.alive():
                 return
@@ -68,15 +51,15 @@ class Proc:
                     return
                 except subprocess.TimeoutExpired:
                     continue
-            deadline = time.monotonic() + wait
-            while self.alive() and time.monotonic() < deadline:
+            deadline = monotonic() + wait
+            while self.alive() and monotonic() < deadline:
                 time.sleep(0.01)  # not our child: poll /proc until it is gone or the deadline passes
         if self.alive():
-            raise LabError(f"process {self.pid} did not exit after SIGKILL", node=self.node, daemon=self.name)
+            raise AnylabError(f"process {self.pid} did not exit after SIGKILL", node=self.node, daemon=self.name)
 
 
     def kill(self) -> None:
-        """SIGKILL (a crash, as a fault injects it), then wait until it is gone. Raises LabError."""
+        """SIGKILL (a crash, as a fault injects it), then wait until it is gone. Raises AnylabError."""
         if self.alive():
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -85,19 +68,13 @@ class Proc:
         self.stop(timeout=0.0)
 
 
-def write_record(path: Path, record: dict[str, object]) -> None:
-    """Append one process record to a ``pids.jsonl`` (one short O_APPEND write: safe between processes)."""
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
 class ProcessGroup:
     """The processes of one lab, in start order, mirrored to ``run_dir/pids.jsonl``."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.procs: list[Proc] = []
-        #: The socket of the lab's fork server once it runs (see :mod:`lab.zygote`).
+        #: The socket of the lab's fork server once it runs (see :mod:`core.zygote`).
         self.zygote: Path | None = None
 
     def spawn(
@@ -113,7 +90,7 @@ class ProcessGroup:
     ) -> Proc:
         """Start ``argv`` (inside network namespace file ``netns`` if given) and record it.
 
-        stdout/stderr go to ``log`` (appended). Raises LabError if it cannot be started.
+        stdout/stderr go to ``log`` (appended). Raises AnylabError if it cannot be started.
         """
         full = ["nsenter", f"--net={netns}", "--", *argv] if netns else list(argv)
         out: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
@@ -121,7 +98,7 @@ class ProcessGroup:
             popen = subprocess.Popen(full, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True, close_fds=True)
         except OSError as exc:
-            raise LabError(f"cannot start {argv[0]}: {exc}", node=node, daemon=name) from exc
+            raise AnylabError(f"cannot start {argv[0]}: {exc}", node=node, daemon=name) from exc
         finally:
             if not isinstance(out, int):
                 out.close()
@@ -129,17 +106,17 @@ class ProcessGroup:
 
     def fork(self, module: str, args: Sequence[str], *, node: str, name: str, netns: str | None,
              log: Path, env: dict[str, str] | None = None) -> Proc:
-        """Have the lab's zygote (:mod:`lab.zygote`) fork ``module.main()`` with ``args`` into ``netns``
-        and record it. Raises LabError if there is no zygote or it cannot."""
+        """Have the lab's zygote (:mod:`core.zygote`) fork ``module.main()`` with ``args`` into ``netns``
+        and record it. Raises AnylabError if there is no zygote or it cannot."""
         if self.zygote is None:
-            raise LabError("no zygote is running to fork from", node=node, daemon=name)
-        from lab.zygote import request_fork
+            raise AnylabError("no zygote is running to fork from", node=node, daemon=name)
+        from core.zygote import request_fork
 
         record = {"node": node, "name": name, "signal": int(signal.SIGTERM)}
         try:
             pid = request_fork(self.zygote, module, list(args), netns, log, env, self.run_dir / PIDS_FILE, record)
         except (OSError, ValueError) as exc:
-            raise LabError(f"zygote cannot fork {module}: {exc}", node=node, daemon=name) from exc
+            raise AnylabError(f"zygote cannot fork {module}: {exc}", node=node, daemon=name) from exc
         # The zygote recorded it in pids.jsonl before answering: a child is never left unrecorded.
         return self.adopt(node, name, pid, record=False)
 
@@ -149,7 +126,7 @@ class ProcessGroup:
         ``pids.jsonl`` too unless ``record`` is False: the zygote wrote it there already)."""
         start = proc_starttime(pid)
         if start is None:
-            raise LabError(f"process {pid} exited at once", node=node, daemon=name)
+            raise AnylabError(f"process {pid} exited at once", node=node, daemon=name)
         proc = Proc(node, name, pid, start, popen, stop_signal)
         self.procs.append(proc)
         if record:
@@ -171,11 +148,11 @@ def stop_many(procs: list[Proc], errors: list[str], timeout: float = 5.0) -> Non
         if proc.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, proc.stop_signal)
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     for proc in procs:
         try:
-            proc.stop(timeout=max(0.0, deadline - time.monotonic()))
-        except LabError as exc:
+            proc.stop(timeout=max(0.0, deadline - monotonic()))
+        except AnylabError as exc:
             errors.append(str(exc))
 
 

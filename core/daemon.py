@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from lab.errors import DaemonError
-from lab.proc import Proc, ProcessGroup
-from lab.wait import wait_for
+from core.errors import DaemonError
+from core.proc import Proc, ProcessGroup
+from core.wait import wait_for
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Daemon(ABC):
 
     def fork_target(self) -> tuple[str, list[str]] | None:
         """(module, arguments) when the lab's zygote may fork this daemon instead of starting
-        ``argv()`` (:mod:`lab.zygote`): a ``forkable`` daemon run as ``python -m MODULE ARGS``.
+        ``argv()`` (:mod:`core.zygote`): a ``forkable`` daemon run as ``python -m MODULE ARGS``.
         None: always a new process."""
         argv = self.argv()
         if self.forkable and len(argv) >= 3 and argv[1] == "-m":
@@ -121,7 +121,7 @@ class Daemon(ABC):
                  daemon=self.name, describe=self.log_tail)
 
     def stop(self) -> None:
-        """terminate → wait → kill → wait; raises LabError if the process will not die."""
+        """terminate → wait → kill → wait; raises AnylabError if the process will not die."""
         if self.proc is not None:
             self.proc.stop()
 

@@ -1,0 +1,15 @@
+"""The lab's one clock: CLOCK_MONOTONIC, which every network namespace of the machine shares.
+
+Every figure anylab reports (probe send and receive times, the moment a fault is injected, a router's
+FIB change, a deploy's propagation, a DO call's invocation and completion) is read from this clock, so
+times taken in different processes and namespaces can be subtracted from each other.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def monotonic() -> float:
+    """Seconds on CLOCK_MONOTONIC (the same clock as :func:`time.monotonic` on Linux, named explicitly)."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
