@@ -22,9 +22,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from lab.measurement import measure  # noqa: E402
-from lab.model import load_topology  # noqa: E402
-from lab.placement import place  # noqa: E402
 from lab.runtime import Lab  # noqa: E402
+from model.load import load_topology  # noqa: E402
+from model.placement import place  # noqa: E402
 
 
 def one(topology: Path, hosts: int, scenario: str, target: str, repeat: int) -> dict[str, Any]:

@@ -34,11 +34,11 @@ sys.path.insert(0, str(PROJECT))
 
 from core.clock import monotonic  # noqa: E402
 from lab.footprint import by_daemon, sample  # noqa: E402
-from lab.generate import stage  # noqa: E402
-from lab.graph import predict_catchment  # noqa: E402
 from lab.measurement import measure  # noqa: E402
-from lab.model import build_topology  # noqa: E402
 from lab.runtime import Lab  # noqa: E402
+from model.generate import stage  # noqa: E402
+from model.graph import predict_catchment  # noqa: E402
+from model.load import build_topology  # noqa: E402
 
 #: PoPs per region → transits per region (6 regions).
 SHAPES = {5: 2, 17: 6, 50: 16}

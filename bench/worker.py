@@ -43,7 +43,7 @@ NETNS = "anylab-bench-worker"
 HELLO = "async def fetch(request, env, ctx):\n    return 'hello\\n'\n"
 BARE = """
 import sys
-from aiohttp import web
+from aiohttp import web  # noqa: E402
 if sys.argv[1] == "uvloop":
     import uvloop; uvloop.install()
 async def hello(request):

@@ -13,8 +13,9 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from core.daemon import Daemon, NodeEnv
-from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router, Server
-from lab.profiles import BfdSpec
+from model.constants import LOCAL_PREF, RELATION_COMMUNITY
+from model.profiles import BfdSpec
+from model.topology import Router, Server
 
 BIRD = "/usr/sbin/bird"
 BIRDC = "/usr/sbin/birdc"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bgp.exabgp_api import request
 from core.daemon import Daemon, NodeEnv
-from lab.model import Server
+from model.topology import Server
 
 
 def exabgp_bin(python: str) -> str:

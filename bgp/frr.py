@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 from core.daemon import Daemon, NodeEnv
 from core.wait import socket_accepts
-from lab.model import LOCAL_PREF, RELATION_COMMUNITY, Router
-from lab.profiles import BfdSpec
+from model.constants import LOCAL_PREF, RELATION_COMMUNITY
+from model.profiles import BfdSpec
+from model.topology import Router
 
 FRR_BIN = Path("/usr/lib/frr")
 VTYSH = "/usr/bin/vtysh"
@@ -123,7 +124,7 @@ _TO_UPSTREAM = "ANYLAB-TO-UPSTREAM"
 
 
 def _policy_lines() -> list[str]:
-    """Valley-free policy (see :mod:`lab.graph`): every route learned is tagged with what it was
+    """Valley-free policy (see :mod:`model.graph`): every route learned is tagged with what it was
     learned from (one community of :data:`RELATION_COMMUNITY`, replacing any other) and given that
     relation's local preference; to peers and providers only untagged (own) and customer routes go."""
     lines = []
@@ -157,7 +158,7 @@ class Bgpd(FrrDaemon):
             # eBGP announces nothing without a policy otherwise (RFC 8212 default in FRR).
             " no bgp ebgp-requires-policy",
             " no bgp network import-check",
-            # Deterministic choices, so the graph's catchment prediction matches (see lab.graph).
+            # Deterministic choices, so the graph's catchment prediction matches (see model.graph).
             " bgp deterministic-med",
             " bgp bestpath compare-routerid",
             f" timers bgp {t.keepalive} {t.hold}",

@@ -12,7 +12,7 @@ from pathlib import Path
 from bgp.bird import Bird, bird_as_paths, bird_best_as_path, bird_sessions, birdc
 from bgp.frr import established_peers, prepare_dir, router_daemons, vtysh_json
 from core.daemon import Daemon, NodeEnv
-from lab.model import Router
+from model.topology import Router
 
 
 def daemons_of(env: NodeEnv, router: Router) -> list[Daemon]:

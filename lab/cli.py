@@ -19,8 +19,6 @@ from core.records import is_same_process
 from core.wait import wait_for
 from lab import control
 from lab.faults import SCENARIOS, active_faults
-from lab.graph import predict_catchment
-from lab.model import Topology, load_topology
 from lab.runtime import (
     RUN_ROOT,
     cleanup,
@@ -34,6 +32,9 @@ from lab.runtime import (
     run_dir_of,
     topology_of,
 )
+from model.graph import predict_catchment
+from model.load import load_topology
+from model.topology import Topology
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"

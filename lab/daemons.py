@@ -17,9 +17,11 @@ from core import unix_http
 from core.daemon import Daemon, NodeEnv
 from core.netns import socket_in
 from core.timers import phase_of
-from lab.model import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT, LabSpec, Pop, Server, ServiceNode
-from lab.model import Client as ClientNode
-from lab.profiles import HEALTH_PORT
+from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
+from model.profiles import HEALTH_PORT
+from model.spec import LabSpec
+from model.topology import Client as ClientNode
+from model.topology import Pop, Server, ServiceNode
 
 #: What the PoP servers run, imported by the lab's zygote (:mod:`core.zygote`) before any fork.
 SERVER_PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "pop_agent.agent", "exabgp.application.main",

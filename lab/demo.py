@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from core.clock import monotonic
-from lab.graph import busiest_pop
 from lab.measure import Shift
 from lab.runtime import Lab
+from model.graph import busiest_pop
 
 
 def shift_table(title: str, shifts: dict[str, Shift]) -> Table:

@@ -7,8 +7,8 @@ from pathlib import Path
 import networkx as nx
 
 from core.errors import AnylabError
-from lab.graph import mermaid, to_graph
-from lab.model import Topology
+from model.graph import mermaid, to_graph
+from model.topology import Topology
 
 _COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2", "kv": "#b05a7a",
            "origin": "#7a7a7a"}

@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError
-from lab.model import LAB_SUPERNET, Topology
+from model.constants import LAB_SUPERNET
+from model.topology import Topology
 
 if TYPE_CHECKING:
     from lab.runtime import Lab

@@ -14,7 +14,7 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-from lab.model import Topology
+from model.topology import Topology
 
 NEIGH = Path("/proc/sys/net/ipv4/neigh/default")
 #: Descriptors the controller may hold per node, and beyond the nodes.

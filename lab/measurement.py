@@ -30,12 +30,12 @@ from core.errors import AnylabError, UsageError, WaitTimeout
 from core.wait import wait_for
 from lab import analysis, control
 from lab.faults import Plan, plan
-from lab.graph import predict_catchment
 from lab.http_load import read as read_http
 from lab.measure import Probe, read_probes
-from lab.model import Topology
 from lab.recorders import RouterRecorder
 from lab.runtime import observed_catchment, read_state, router_sessions, run_dir_of, set_probe_rate, topology_of
+from model.graph import predict_catchment
+from model.topology import Topology
 
 PROBE_TIMEOUT_S = 1.0  # lab.prober's default: a probe is written as lost only after this
 LINE_BYTES = 110  # a generous size of one probe line, to read just the tail that matters

@@ -19,8 +19,9 @@ from mininet.node import Node
 from core import netns
 from core.errors import AnylabError
 from core.proc import ProcessGroup
-from lab.model import LAB_SUPERNET, Topology
-from lab.placement import VNI_BASE, Placement
+from model.constants import LAB_SUPERNET
+from model.placement import VNI_BASE, Placement
+from model.topology import Topology
 
 #: Namespace suffixes of the placement prototype (an underscore: no node can be called that).
 HOST, UNDERLAY = "_host", "_underlay"

@@ -20,8 +20,8 @@ from core.errors import AnylabError
 from core.stats import quantile
 from lab.client_http import client_request
 from lab.http_load import read as read_records
-from lab.model import Topology
 from lab.priority_load import host_of
+from model.topology import Topology
 
 
 class LabLike(Protocol):

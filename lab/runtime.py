@@ -55,11 +55,12 @@ from lab.daemons import (
     Prober,
 )
 from lab.faults import Injector, plan
-from lab.graph import predict_catchment, predict_routes, spill_peers
 from lab.hostlimits import raise_limits
 from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
-from lab.model import Router, Topology, build_topology, load_topology
-from lab.placement import place
+from model.graph import predict_catchment, predict_routes, spill_peers
+from model.load import build_topology, load_topology
+from model.placement import place
+from model.topology import Router, Topology
 
 if TYPE_CHECKING:
     from lab.net import Network

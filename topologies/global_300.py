@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from a checkout
 
-from lab.generate import stage
+from model.generate import stage
 
 
 def topology(pops_per_region: int = 50, transits_per_region: int = 16) -> dict[str, Any]:

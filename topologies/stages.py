@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The design's scaling stages as topologies (see lab.generate for the shape and its AS relations).
+"""The design's scaling stages as topologies (see model.generate for the shape and its AS relations).
 
     anylab up topologies/stages.py                      # stage 2: 50 PoPs in one region
     python3 topologies/stages.py --stage 1 > s1.yaml    # print a stage's YAML
@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from a checkout
 
-from lab.generate import stage
+from model.generate import stage
 
 
 def topology() -> dict[str, Any]:

@@ -16,8 +16,8 @@ import pytest
 
 from lab.measure import last_answer
 from lab.measurement import measure
-from lab.model import load_topology
 from lab.runtime import Lab
+from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
 FAST = load_topology(TOPOLOGIES / "failover.yaml").spec.settings.profile

@@ -17,8 +17,8 @@ import pytest
 from core.netns import NETNS_DIR
 from core.wait import wait_for
 from lab.net import HOST, UNDERLAY
-from lab.placement import place
 from lab.runtime import Lab
+from model.placement import place
 from tests.conftest import TOPOLOGIES
 
 HOPS, BGPD_HOLD_S, ZEBRA_HOLD_S, MARGIN_S = 3, 0.05, 0.01, 1.0

@@ -1,4 +1,4 @@
-"""valley_free.yaml with real daemons, FRR and BIRD: the routers' policy does what lab.graph predicts.
+"""valley_free.yaml with real daemons, FRR and BIRD: the routers' policy does what model.graph predicts.
 
 ``Lab.up`` already waits until every router's best path has the predicted AS path (local preference
 by relation included); these tests add what only the daemons can show: which paths a router is

@@ -20,7 +20,7 @@ from core import netns
 from core.daemon import NodeEnv
 from core.proc import ProcessGroup, recorded_procs
 from core.wait import wait_for
-from lab.model import load_topology
+from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
 TOPO = load_topology(TOPOLOGIES / "two_pops.yaml")

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import AnylabError
 from lab.draw import draw
-from lab.model import load_topology
+from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
 

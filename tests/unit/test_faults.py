@@ -6,7 +6,7 @@ import pytest
 
 from core.errors import UsageError
 from lab.faults import _nft_silence, plan
-from lab.model import load_topology
+from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
 GLOBAL = load_topology(TOPOLOGIES / "global.yaml")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lab.generate import STAGES, Shape, generate, stage
-from lab.graph import predict_catchment, predict_routes
-from lab.model import build_topology, load_topology
+from model.generate import STAGES, Shape, generate, stage
+from model.graph import predict_catchment, predict_routes
+from model.load import build_topology, load_topology
 from tests.conftest import TOPOLOGIES
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from lab.graph import busiest_pop, exports, mermaid, predict_catchment, predict_routes
-from lab.model import build_topology, load_topology
+from model.graph import busiest_pop, exports, mermaid, predict_catchment, predict_routes
+from model.load import build_topology, load_topology
 from tests.conftest import TOPOLOGIES
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.generate import stage
 from lab.hostlimits import neighbour_entries, raise_limits, wanted
-from lab.model import build_topology
+from model.generate import stage
+from model.load import build_topology
 
 
 def test_neighbour_thresholds_are_raised_only_when_below(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import TopologyError
-from lab.model import build_topology, load_topology
+from model.load import build_topology, load_topology
 from tests.conftest import PROJECT, TOPOLOGIES
 
 MALFORMED = sorted((Path(__file__).parent / "malformed").glob("*.yaml"))

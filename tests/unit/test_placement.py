@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from core.errors import TopologyError
-from lab.generate import stage
-from lab.model import build_topology, load_topology
-from lab.placement import place
+from model.generate import stage
+from model.load import build_topology, load_topology
+from model.placement import place
 from tests.conftest import TOPOLOGIES
 
 

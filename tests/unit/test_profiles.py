@@ -8,8 +8,8 @@ import pytest
 
 from bgp.exabgp_api import ApiState, Route
 from core.errors import TopologyError
-from lab.model import build_topology
-from lab.profiles import NAMED, named
+from model.load import build_topology
+from model.profiles import NAMED, named
 
 
 def topo(settings: dict[str, Any] | None = None, router: dict[str, Any] | None = None,

@@ -14,8 +14,8 @@ from bgp.frr import router_daemons
 from core.daemon import Daemon, NodeEnv
 from core.proc import ProcessGroup
 from lab.daemons import HealthAgent
-from lab.model import load_topology
 from lab.net import ip_batch
+from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
 GOLDEN = Path(__file__).parent / "golden" / "two_pops"

@@ -5,7 +5,7 @@ The prediction replays BGP's decision process as the lab configures FRR (every s
 across AS boundaries):
 
 1. highest local preference: with link relations (``links[].relation``) a route from a customer
-   beats one from a peer, which beats one from a provider (:data:`lab.model.LOCAL_PREF`);
+   beats one from a peer, which beats one from a provider (:data:`model.constants.LOCAL_PREF`);
 2. shortest AS path;
 3. lowest MED, compared only between paths from the same neighbouring AS;
 4. lowest neighbour router-id, then lowest neighbour address.
@@ -27,7 +27,9 @@ from ipaddress import IPv4Address, IPv4Network
 import networkx as nx
 
 from core.errors import TopologyError
-from lab.model import DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF, Topology
+from model.constants import DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF
+from model.placement import place
+from model.topology import Topology
 
 IFNAMSIZ = 15
 
@@ -186,7 +188,6 @@ def check_topology(topo: Topology) -> None:
         raise TopologyError(src, "links", f"the network is not connected: {', '.join(island)} cannot reach "
                             f"{parts[-1][0]}", "add a link joining them to the rest")
     if spec.settings.hosts > 1:
-        from lab.placement import place
 
         place(topo, spec.settings.hosts)  # raises for more hosts than routers
     for i, pop in enumerate(topo.pops):

@@ -104,7 +104,7 @@ def generate(shape: Shape) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": shape.name,
         "description": (f"{len(pops)} PoPs, {len(routers)} routers in {len(regions)} regions, generated "
-                        f"(seed {shape.seed}) by lab.generate"),
+                        f"(seed {shape.seed}) by model.generate"),
     }
     if settings:
         out["settings"] = settings

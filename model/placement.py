@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from core.errors import TopologyError
-from lab.model import Interface, Topology
+from model.topology import Interface, Topology
 
 #: VXLAN network identifiers of the cut links start here (one per link).
 VNI_BASE = 1000

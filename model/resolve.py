@@ -1,0 +1,248 @@
+"""Resolution: a validated spec → the addressed model. Addresses and interfaces are assigned in
+declaration order (adding an entry at the end renumbers nothing), and the BGP sessions and their
+timer profiles derived."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from core.errors import TopologyError
+from model.constants import (
+    CLIENT_LINKS,
+    CONTROL_LINKS,
+    CONTROL_NODE,
+    CONTROL_PORT,
+    CORE_LINKS,
+    INVERSE_RELATION,
+    KV_LINKS,
+    KV_PORT,
+    ORIGIN_LINKS,
+    ORIGIN_PORT,
+    POP_LINKS,
+    ROUTER_LOOPBACKS,
+    SERVER_LOOPBACKS,
+)
+from model.profiles import Profile
+from model.spec import KvMasterSpec, OriginSpec, PopSpec, TopologySpec
+from model.topology import Client, Interface, Neighbor, Pop, Router, Server, ServiceNode, Topology
+
+
+def _host(net: IPv4Network, index: int, source: str, what: str) -> IPv4Address:
+    if index + 1 >= net.num_addresses - 1:
+        raise TopologyError(source, what, f"too many entries for the address pool {net}",
+                            "split the topology or give explicit addresses")
+    return net.network_address + index + 1
+
+
+def _p2p(net: IPv4Network, index: int, source: str, what: str) -> tuple[IPv4Interface, IPv4Interface]:
+    base = int(net.network_address) + 2 * index
+    if base + 1 > int(net.broadcast_address):
+        raise TopologyError(source, what, f"too many links for the address pool {net}",
+                            "split the topology or give explicit addresses")
+    return (IPv4Interface(f"{IPv4Address(base)}/31"), IPv4Interface(f"{IPv4Address(base + 1)}/31"))
+
+
+def _cross_refs(spec: TopologySpec, source: str) -> None:
+    regions = {r.name for r in spec.regions}
+    routers = {r.name for r in spec.routers}
+    pops = {p.name for p in spec.pops}
+
+    def need(value: str, known: set[str], field: str, kind: str) -> None:
+        if value not in known:
+            listing = ", ".join(sorted(known)) or "none defined"
+            raise TopologyError(source, field, f"unknown {kind} '{value}'", f"use one of: {listing}")
+
+    for i, r in enumerate(spec.routers):
+        need(r.region, regions, f"routers[{i}] ({r.name}).region", "region")
+    for i, link in enumerate(spec.links):
+        need(link.a, routers, f"links[{i}].a", "router")
+        need(link.b, routers, f"links[{i}].b", "router")
+        if link.a == link.b:
+            raise TopologyError(source, f"links[{i}]", f"links router '{link.a}' to itself",
+                                "connect two different routers")
+    related = [link.relation is not None for link in spec.links]
+    if any(related) and not all(related):
+        i = related.index(False)
+        raise TopologyError(source, f"links[{i}].relation", "is missing while other links have one",
+                            "give every router link a relation (provider, customer or peer), or none at all")
+    for i, p in enumerate(spec.pops):
+        need(p.region, regions, f"pops[{i}] ({p.name}).region", "region")
+        if not p.upstreams:
+            raise TopologyError(source, f"pops[{i}] ({p.name}).upstreams", "is empty",
+                                "name at least one router this PoP peers with")
+        for j, up in enumerate(p.upstreams):
+            need(up, routers, f"pops[{i}] ({p.name}).upstreams[{j}]", "router")
+        if len(set(p.upstreams)) != len(p.upstreams):
+            raise TopologyError(source, f"pops[{i}] ({p.name}).upstreams", "names a router twice",
+                                "list each upstream router once")
+    for i, c in enumerate(spec.clients):
+        need(c.region, regions, f"clients[{i}] ({c.name}).region", "region")
+        need(c.router, routers, f"clients[{i}] ({c.name}).router", "router")
+    if spec.control.router is not None:
+        need(spec.control.router, routers, "control.router", "router")
+    region_of = {r.name: r.region for r in spec.routers}
+    seen_regions: set[str] = set()
+    for i, k in enumerate(spec.kv_masters or ()):
+        need(k.region, regions, f"kv_masters[{i}] ({k.name}).region", "region")
+        need(k.router, routers, f"kv_masters[{i}] ({k.name}).router", "router")
+        if region_of[k.router] != k.region:
+            raise TopologyError(source, f"kv_masters[{i}] ({k.name}).router",
+                                f"router '{k.router}' is in region '{region_of[k.router]}', not '{k.region}'",
+                                "attach the master to a router of its region")
+        if k.region in seen_regions:
+            raise TopologyError(source, f"kv_masters[{i}] ({k.name}).region", f"region '{k.region}' has a master "
+                                "already", "give each region one KV master")
+        seen_regions.add(k.region)
+    for i, o in enumerate(spec.origins or ()):
+        need(o.router, routers, f"origins[{i}] ({o.name}).router", "router")
+    origin_names = [o.name for o in spec.origins or ()]
+    if len(set(origin_names)) != len(origin_names):
+        raise TopologyError(source, "origins", "two origins have the same name", "give each origin its own name")
+    for i, a in enumerate(spec.anycast):
+        if a.pops != "all":
+            for j, p_name in enumerate(a.pops):
+                need(p_name, pops, f"anycast[{i}].pops[{j}]", "PoP")
+
+
+
+
+def server_name(pop: str, index: int) -> str:
+    """PoP server node names: ``sjc-s1``, ``sjc-s2``… (1-based)."""
+    return f"{pop}-s{index + 1}"
+
+
+def resolve(spec: TopologySpec, source: str) -> Topology:
+    """Assign addresses and interfaces deterministically (declaration order) and derive the sessions.
+
+    Raises TopologyError for dangling references or exhausted address pools.
+    """
+    _cross_refs(spec, source)
+    intfs: dict[str, list[Interface]] = {}
+
+    def add_pair(a: str, b: str, addr_a: IPv4Interface, addr_b: IPv4Interface) -> None:
+        la, lb = intfs.setdefault(a, []), intfs.setdefault(b, [])
+        name_a, name_b = f"{a}-eth{len(la)}", f"{b}-eth{len(lb)}"
+        la.append(Interface(a, name_a, addr_a, b, name_b, addr_b))
+        lb.append(Interface(b, name_b, addr_b, a, name_a, addr_a))
+
+    for r in spec.routers:
+        intfs.setdefault(r.name, [])
+    for i, link in enumerate(spec.links):
+        pair = link.addresses or _p2p(CORE_LINKS, i, source, f"links[{i}]")
+        add_pair(link.a, link.b, pair[0], pair[1])
+
+    prefixes_of: dict[str, list[IPv4Network]] = {p.name: [] for p in spec.pops}
+    for a in spec.anycast:
+        for p_name in (prefixes_of if a.pops == "all" else a.pops):
+            prefixes_of[p_name].append(a.prefix)
+
+    host_subnets: dict[str, list[IPv4Network]] = {}
+    pop_link = 0
+    pops: list[Pop] = []
+    server_specs: list[tuple[PopSpec, int, str, IPv4Address]] = []
+    names_of: dict[str, list[str]] = {p.name: [] for p in spec.pops}
+    standby_of: dict[str, list[str]] = {p.name: [] for p in spec.pops}
+    # Servers in service first, then the standby ones of every PoP: giving a PoP room to scale into
+    # renumbers nothing that was there before.
+    slots = [(p, k) for p in spec.pops for k in range(p.servers)]
+    slots += [(p, k) for p in spec.pops for k in range(p.servers, p.max_servers or p.servers)]
+    for server_index, (p, k) in enumerate(slots):
+        s_name = server_name(p.name, k)
+        (names_of if k < p.servers else standby_of)[p.name].append(s_name)
+        router_id = _host(SERVER_LOOPBACKS, server_index, source, f"pops ({p.name}).servers")
+        server_specs.append((p, k, s_name, router_id))
+        for up in p.upstreams:
+            # Router end first so the router side takes the even (lower) address.
+            r_addr, s_addr = _p2p(POP_LINKS, pop_link, source, f"pops ({p.name})")
+            pop_link += 1
+            add_pair(up, s_name, r_addr, s_addr)
+            # The server's own traffic (syncing with the control plane) comes from this address.
+            host_subnets.setdefault(up, []).append(r_addr.network)
+    for p in spec.pops:
+        pops.append(Pop(p.name, p.region, p.asn, p.upstreams, tuple(names_of[p.name]), p.prepend, p.med,
+                        tuple(prefixes_of[p.name]), p.profile or spec.settings.profile,
+                        tuple(standby_of[p.name]), p.autoscale))
+
+    # The control node before the clients: adding a client at the end renumbers nothing.
+    control_router = spec.control.router or spec.routers[0].name
+    r_addr, c_addr = _p2p(CONTROL_LINKS, 0, source, "control")
+    add_pair(control_router, CONTROL_NODE, r_addr, c_addr)
+    host_subnets.setdefault(control_router, []).append(r_addr.network)
+    kv_specs = spec.kv_masters if spec.kv_masters is not None else tuple(
+        KvMasterSpec(name=f"kv-{reg.name}", region=reg.name, router=next(r.name for r in spec.routers
+                                                                          if r.region == reg.name))
+        for reg in spec.regions if any(r.region == reg.name for r in spec.routers))
+    for i, km in enumerate(kv_specs):
+        r_addr, k_addr = _p2p(KV_LINKS, i, source, f"kv_masters[{i}]")
+        add_pair(km.router, km.name, r_addr, k_addr)
+        host_subnets.setdefault(km.router, []).append(r_addr.network)
+    origin_specs = spec.origins if spec.origins is not None else (OriginSpec(name="origin", router=control_router),)
+    for i, o in enumerate(origin_specs):
+        r_addr, o_addr = _p2p(ORIGIN_LINKS, i, source, f"origins[{i}]")
+        add_pair(o.router, o.name, r_addr, o_addr)
+        host_subnets.setdefault(o.router, []).append(r_addr.network)
+    for i, c in enumerate(spec.clients):
+        r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
+        add_pair(c.router, c.name, r_addr, c_addr)
+        host_subnets.setdefault(c.router, []).append(r_addr.network)
+
+    asn_of: dict[str, int] = {r.name: r.asn for r in spec.routers}
+    rid_of: dict[str, IPv4Address] = {}
+    for i, r in enumerate(spec.routers):
+        rid_of[r.name] = r.loopback or _host(ROUTER_LOOPBACKS, i, source, f"routers[{i}]")
+    for p, _k, s_name, router_id in server_specs:
+        asn_of[s_name] = p.asn
+        rid_of[s_name] = router_id
+
+    profile_of: dict[str, Profile] = {r.name: r.profile or spec.settings.profile for r in spec.routers}
+    for p, _k, s_name, _rid in server_specs:
+        profile_of[s_name] = p.profile or spec.settings.profile
+    servers_set = {s_name for _p, _k, s_name, _rid in server_specs}
+
+    def session_profile(node: str, peer: str) -> Profile:
+        if node in servers_set or peer in servers_set:
+            return profile_of[node if node in servers_set else peer]
+        own, other = profile_of[node], profile_of[peer]
+        return own if other.bfd is not None else own.model_copy(update={"bfd": None})
+
+    relation_of: dict[tuple[str, str], str] = {}
+    if any(link.relation for link in spec.links):
+        for link in spec.links:
+            assert link.relation is not None  # all or none: checked by _cross_refs
+            relation_of[(link.b, link.a)] = link.relation
+            relation_of[(link.a, link.b)] = INVERSE_RELATION[link.relation]
+        for p, _k, s_name, _rid in server_specs:
+            for up in p.upstreams:
+                relation_of[(up, s_name)] = "customer"
+                relation_of[(s_name, up)] = "provider"
+
+    def neighbors(node: str) -> tuple[Neighbor, ...]:
+        out = []
+        for intf in intfs.get(node, []):
+            if intf.peer_node in asn_of:  # clients do not speak BGP
+                out.append(Neighbor(intf.peer_node, asn_of[intf.peer_node], intf.peer_address.ip,
+                                    intf.address.ip, intf.name, rid_of[intf.peer_node],
+                                    session_profile(node, intf.peer_node),
+                                    relation_of.get((node, intf.peer_node))))
+        return tuple(out)
+
+    routers = tuple(
+        Router(r.name, r.asn, r.region, r.kind, rid_of[r.name], tuple(intfs[r.name]), neighbors(r.name),
+               tuple(host_subnets.get(r.name, [])), profile_of[r.name])
+        for r in spec.routers
+    )
+    servers = tuple(
+        Server(s_name, p.name, k, p.asn, p.region, router_id, tuple(intfs[s_name]), neighbors(s_name),
+               tuple(prefixes_of[p.name]), p.prepend, p.med, profile_of[s_name], p.health_agent, k >= p.servers)
+        for p, k, s_name, router_id in server_specs
+    )
+    clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)
+    anycast = tuple(dict.fromkeys(a.prefix for a in spec.anycast))
+    region_of = {r.name: r.region for r in spec.routers}
+    control = ServiceNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
+                          CONTROL_PORT)
+    kv_masters = tuple(ServiceNode(km.name, km.region, km.router, intfs[km.name][0], KV_PORT) for km in kv_specs)
+    origins = tuple(ServiceNode(o.name, region_of[o.router], o.router, intfs[o.name][0], ORIGIN_PORT)
+                    for o in origin_specs)
+    return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
+                    origins)

@@ -1,0 +1,200 @@
+"""The resolved model: every node, interface, address and BGP session of a lab decided, as frozen
+dataclasses. What the network (Mininet) and the daemons' configs are built from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Protocol, TypeVar
+
+from core.errors import AnylabError
+from model.profiles import Profile
+from model.spec import AutoscaleSpec, TopologySpec
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One end of a veth pair, inside ``node``'s namespace."""
+
+    node: str
+    name: str
+    address: IPv4Interface
+    peer_node: str
+    peer_name: str
+    peer_address: IPv4Interface
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One eBGP session as seen from the local side."""
+
+    node: str
+    asn: int
+    address: IPv4Address
+    local_address: IPv4Address
+    interface: str
+    router_id: IPv4Address
+    #: The session's profile: the PoP's for a router–server session, else the local router's (BFD only
+    #: when both routers' profiles have it: BFD needs both ends).
+    profile: Profile
+    #: What the neighbour is to the local node (``customer``, ``peer``, ``provider``), None without
+    #: relations in the topology. A PoP server is its upstream routers' customer.
+    relation: str | None = None
+
+
+@dataclass(frozen=True)
+class Router:
+    name: str
+    asn: int
+    region: str
+    kind: str
+    loopback: IPv4Address
+    interfaces: tuple[Interface, ...]
+    neighbors: tuple[Neighbor, ...]
+    #: Subnets of attached PoP servers, clients and the control node, originated into BGP so answers
+    #: (and the PoPs' requests to the control plane) find their way.
+    host_subnets: tuple[IPv4Network, ...]
+    profile: Profile
+
+
+@dataclass(frozen=True)
+class Server:
+    """One PoP server: ExaBGP towards every upstream router, an edge worker on the anycast addresses."""
+
+    name: str
+    pop: str
+    index: int
+    asn: int
+    region: str
+    router_id: IPv4Address
+    interfaces: tuple[Interface, ...]
+    neighbors: tuple[Neighbor, ...]
+    prefixes: tuple[IPv4Network, ...]
+    prepend: int
+    med: int
+    profile: Profile
+    health_agent: str = "anylab"
+    #: Racked but not in service at start (brought up by ``anylab scale``).
+    standby: bool = False
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    region: str
+    router: str
+    interface: Interface
+
+
+@dataclass(frozen=True)
+class ServiceNode:
+    """A service's own node (the control plane, a KV master): one link to a router, reached by the PoPs
+    over the lab network."""
+
+    name: str
+    region: str
+    router: str
+    interface: Interface
+    port: int
+
+    @property
+    def address(self) -> IPv4Address:
+        return self.interface.address.ip
+
+
+@dataclass(frozen=True)
+class Pop:
+    name: str
+    region: str
+    asn: int
+    upstreams: tuple[str, ...]
+    servers: tuple[str, ...]
+    prepend: int
+    med: int
+    prefixes: tuple[IPv4Network, ...]
+    profile: Profile
+    #: Servers racked and cabled but out of service at start, in the order they are brought up.
+    standby: tuple[str, ...] = ()
+    autoscale: AutoscaleSpec | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A fully resolved lab: the single source every later stage reads."""
+
+    name: str
+    source: str
+    spec: TopologySpec
+    routers: tuple[Router, ...]
+    pops: tuple[Pop, ...]
+    servers: tuple[Server, ...]
+    clients: tuple[Client, ...]
+    anycast: tuple[IPv4Network, ...]
+    control: ServiceNode
+    kv_masters: tuple[ServiceNode, ...] = ()
+    origins: tuple[ServiceNode, ...] = ()
+
+    def node_names(self) -> list[str]:
+        return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
+                *(svc.name for svc in self.services())]
+
+    def services(self) -> tuple[ServiceNode, ...]:
+        return (self.control, *self.kv_masters, *self.origins)
+
+    def kv_master_of(self, region: str) -> ServiceNode:
+        """The KV master of ``region``; raises AnylabError if it has none."""
+        for k in self.kv_masters:
+            if k.region == region:
+                return k
+        raise AnylabError(f"region '{region}' has no KV master")
+
+    def router(self, name: str) -> Router:
+        """The router called ``name``; raises AnylabError listing the routers if there is none."""
+        return _named(self.routers, name, "router")
+
+    def pop(self, name: str) -> Pop:
+        """The PoP called ``name``; raises AnylabError listing the PoPs if there is none."""
+        return _named(self.pops, name, "PoP")
+
+    def server(self, name: str) -> Server:
+        """The PoP server called ``name``; raises AnylabError listing the servers if there is none."""
+        return _named(self.servers, name, "PoP server")
+
+    def interfaces(self) -> Iterator[Interface]:
+        for r in self.routers:
+            yield from r.interfaces
+        for s in self.servers:
+            yield from s.interfaces
+        for c in self.clients:
+            yield c.interface
+        for svc in self.services():
+            yield svc.interface
+
+    def links(self) -> list[tuple[Interface, Interface]]:
+        """Every veth pair once, as (lower end, higher end) in declaration order."""
+        by_key = {(i.node, i.name): i for i in self.interfaces()}
+        seen: set[tuple[str, str]] = set()
+        pairs = []
+        for intf in self.interfaces():
+            if (intf.node, intf.name) in seen:
+                continue
+            peer = by_key[(intf.peer_node, intf.peer_name)]
+            seen.update({(intf.node, intf.name), (peer.node, peer.name)})
+            pairs.append((intf, peer))
+        return pairs
+
+
+def _named(items: tuple[T, ...], name: str, kind: str) -> T:
+    for item in items:
+        if item.name == name:
+            return item
+    raise AnylabError(f"no {kind} named '{name}'; there are: {', '.join(i.name for i in items)}")
