@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark (not a test): the PoP platform's runtime and control plane.
 
-1. **Throughput per core.** The edge worker (front, zygote, isolates) pinned to CPU 0 serves a trivial
+1. **Throughput per core.** The edge worker (front, spawner, isolates) pinned to CPU 0 serves a trivial
    worker; ``wrk`` pinned to CPU 1 drives it over keep-alive connections. Beside it, a bare aiohttp
    hello-world on the same pinning (its default asyncio loop, and uvloop). Both run in a namespace of
    their own (``anylab-bench-worker``, loopback only) that is removed afterwards.
-2. **Cold start.** From a request's arrival to the handler running in a *new* isolate (zygote spawn,
+2. **Cold start.** From a request's arrival to the handler running in a *new* isolate (spawner spawn,
    code load, first call), ``--cold`` times; p50/p99.
 3. **Deploy propagation.** ``global.yaml`` up; ``--deploys`` deploys of a new version to every PoP, each
    timed from the control plane's commit to every one of the 12 PoP servers running it.
@@ -35,9 +35,9 @@ sys.path.insert(0, str(PROJECT))
 from control_plane.store import artifact_of  # noqa: E402
 from core.clock import monotonic  # noqa: E402
 from core.wait import wait_for  # noqa: E402
-from pop_agent.isolate import Limits, Zygote  # noqa: E402
 from pop_agent.sync import LocalStore  # noqa: E402
-from pop_agent.worker_api import Request  # noqa: E402
+from tenant.isolate import IsolateSpawner, Limits  # noqa: E402
+from tenant.worker_api import Request  # noqa: E402
 
 NETNS = "anylab-bench-worker"
 HELLO = "async def fetch(request, env, ctx):\n    return 'hello\\n'\n"
@@ -124,18 +124,18 @@ def throughput(seconds: float, connections: int) -> dict[str, Any]:
 def cold_start(samples: int, gap_s: float) -> dict[str, float]:
     """Request arrival → handler running in a new isolate, in ms, as the edge does it: the spawn in a
     worker thread, the first call on the edge's (uvloop) event loop. ``gap_s`` between cold starts: with
-    a gap the zygote's next spare is forked and warmed in time; without one (a burst) it is not."""
+    a gap the spawner's next spare is forked and warmed in time; without one (a burst) it is not."""
     import uvloop
 
-    zygote = Zygote()
-    zygote.start()
+    spawner = IsolateSpawner()
+    spawner.start()
     times: list[float] = []
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for i in range(samples):
             t0 = monotonic()
-            iso = await loop.run_in_executor(None, zygote.spawn, HELLO + f"# {i}\n", {}, Limits())
+            iso = await loop.run_in_executor(None, spawner.spawn, HELLO + f"# {i}\n", {}, Limits())
             result = await iso.acall(Request("GET", "/", {"host": "bench.example"}))
             assert result.t_handler is not None, result.response.body
             times.append((result.t_handler - t0) * 1000)
@@ -146,7 +146,7 @@ def cold_start(samples: int, gap_s: float) -> dict[str, float]:
     try:
         uvloop.run(run())
     finally:
-        zygote.stop()
+        spawner.stop()
     return {"p50_ms": round(percentile(times, 0.5), 2), "p99_ms": round(percentile(times, 0.99), 2),
             "samples": samples, "gap_s": gap_s}
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import AnylabError
-from pop_agent.edge import Deployment
-from pop_agent.isolate import DeployError, Limits
+from tenant.deployment import Deployment
+from tenant.isolate import DeployError, Limits
 
 HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

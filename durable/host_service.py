@@ -52,8 +52,8 @@ from core.service import run_service, service_main
 from core.stats import quantile
 from durable.runtime import ObjectHost
 from durable.storage import Fenced, ObjectStore
-from pop_agent.isolate import Limits, check_code
-from pop_agent.worker_api import Env, Request, Response
+from tenant.isolate import Limits, check_code
+from tenant.worker_api import Env, Request, Response
 
 SHIP_TIMEOUT_S = 0.5
 

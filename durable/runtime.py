@@ -5,7 +5,7 @@ Object code has the Workers shape::
 
     class Room:
         def __init__(self, state, env): ...
-        async def fetch(self, request): ...          # request: pop_agent.worker_api.Request
+        async def fetch(self, request): ...          # request: tenant.worker_api.Request
         async def alarm(self): ...                   # optional
 
 ``state.storage`` is the object's :class:`~durable.storage.ObjectStore` seen at the owner's epoch
@@ -30,7 +30,7 @@ from typing import Any
 
 from core.clock import monotonic
 from durable.storage import ObjectStore
-from pop_agent.worker_api import Request, Response, to_response
+from tenant.worker_api import Request, Response, to_response
 
 Ship = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 ALARM_RETRIES = 5

@@ -9,7 +9,7 @@ be reached (``definite``: the operation certainly did not happen).
 import json
 from typing import Any
 
-from pop_agent.worker_api import DurableObjectError, Request
+from tenant.worker_api import DurableObjectError, Request
 
 
 class Register:

@@ -11,7 +11,7 @@ from typing import Any
 from core import unix_http
 from core.errors import AnylabError
 from core.wait import wait_for
-from pop_agent.worker_api import DurableObjectNamespace
+from tenant.worker_api import DurableObjectNamespace
 
 
 def _get(sock: Path, url: str, what: str) -> dict[str, Any]:

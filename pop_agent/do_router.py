@@ -27,10 +27,10 @@ from urllib.parse import urlencode
 
 from core.clock import monotonic
 from core.http_client import NotConnected, http_request
-from pop_agent.worker_api import Request, Response
 from protect.breaker import DESIGN, Config
 from protect.guard import Breaker, BreakerOpen
 from protect.limits import Bucket, take
+from tenant.worker_api import Request, Response
 
 DO_ROUTER_PORT = 8102
 RETRYABLE = {"not_owner", "lease_expired", "fenced"}

@@ -4,7 +4,7 @@ deployment's pool of isolates.
 The fast path is a raw asyncio protocol with httptools' parser (the parser Node's http module uses),
 keep-alive and pipelining in order. Every response names the PoP and server that served it
 (``X-Anylab-Server``); an unknown host is a 404 saying so. A deployment's isolates come from the warm
-zygote on demand (up to ``max_isolates`` at once, one request at a time each) and idle ones beyond
+spawner on demand (up to ``max_isolates`` at once, one request at a time each) and idle ones beyond
 ``min_isolates`` are evicted after ``idle_s``. Installing a new set of deployments swaps the routing
 table in one assignment: a request is served wholly by the version it was routed to.
 
@@ -29,7 +29,7 @@ import math
 import signal
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -41,9 +41,7 @@ from core.clock import monotonic
 from core.http_client import KeepAlivePool, NotConnected
 from core.timers import SLACK_S, Flag, next_tick, phase_of
 from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
-from pop_agent.isolate import DeployError, Isolate, Limits, Result, Zygote, check_code
 from pop_agent.sync import LocalStore, Syncer
-from pop_agent.worker_api import Request, Response
 from protect.guard import configured
 from protect.levels import Level, Signals, level
 from protect.limits import (
@@ -61,6 +59,9 @@ from protect.limits import (
     spilled_to,
     take_all,
 )
+from tenant.deployment import Deployment
+from tenant.isolate import DeployError, Isolate, IsolateSpawner, Result
+from tenant.worker_api import Request, Response
 
 #: The header a spilled request carries to the PoP that takes it (never spilled again from there).
 SPILLED_FROM = "x-anylab-spilled-from"
@@ -77,62 +78,11 @@ PROTECT_HEARTBEAT_S = 5.0
 FULL = (1.0, 1.0, 1.0, 1.0)
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """One version of one worker, as the control plane hands it to a PoP."""
-
-    name: str
-    version: str
-    host: str
-    code: str
-    path_prefix: str = "/"
-    bindings: dict[str, Any] = field(default_factory=dict)
-    limits: Limits = field(default_factory=Limits)
-    min_isolates: int = 0
-    max_isolates: int = 4
-    idle_s: float = 300.0
-    #: The design's per-deployment rate limits (burst per second, sustained per minute) and the
-    #: deployment's traffic class (P0 never shed … P3 shed first).
-    rate_per_s: float = 10_000.0
-    rate_per_min: float = 100_000.0
-    priority: Priority = "P1"
-    #: The account it is billed to and limited as (by default the deployment's own name).
-    account: str = ""
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Deployment:
-        """Raises DeployError naming the field for anything malformed, and for code that cannot load."""
-        try:
-            dep = cls(name=str(data["name"]), version=str(data["version"]), host=str(data["host"]).lower(),
-                      code=str(data["code"]), path_prefix=str(data.get("path_prefix", "/")),
-                      bindings=dict(data.get("bindings", {})), limits=Limits(**data.get("limits", {})),
-                      min_isolates=int(data.get("min_isolates", 0)), max_isolates=int(data.get("max_isolates", 4)),
-                      idle_s=float(data.get("idle_s", 300.0)), rate_per_s=float(data.get("rate_per_s", 10_000.0)),
-                      rate_per_min=float(data.get("rate_per_min", 100_000.0)),
-                      priority=cast(Priority, str(data.get("priority", "P1"))),
-                      account=str(data.get("account") or data["name"]))
-        except KeyError as exc:
-            raise DeployError(f"deployment lacks the field {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise DeployError(f"malformed deployment: {exc}") from None
-        if not dep.path_prefix.startswith("/") or not 0 <= dep.min_isolates <= dep.max_isolates or dep.max_isolates < 1:
-            raise DeployError(f"{dep.name}: path_prefix must start with '/' and 0 ≤ min_isolates ≤ max_isolates ≥ 1")
-        if dep.priority not in PRIORITIES or dep.rate_per_s <= 0 or dep.rate_per_min <= 0:
-            raise DeployError(f"{dep.name}: priority is one of {', '.join(PRIORITIES)}; rates are positive")
-        check_code(dep.code, dep.limits)
-        for value in dep.bindings.values():  # a Durable Object class is the deployment's own by default
-            if isinstance(value, dict) and "durable_object" in value:
-                value.setdefault("script", dep.name)
-            if isinstance(value, dict) and "kv_namespace" in value:
-                value["account"] = dep.account  # the KV replica limits the account's reads and writes
-        return dep
-
-
 class Pool:
     """The isolates of one deployment version."""
 
-    def __init__(self, dep: Deployment, zygote: Zygote, executor: ThreadPoolExecutor) -> None:
-        self.dep, self.zygote, self.executor = dep, zygote, executor
+    def __init__(self, dep: Deployment, spawner: IsolateSpawner, executor: ThreadPoolExecutor) -> None:
+        self.dep, self.spawner, self.executor = dep, spawner, executor
         self.buckets = [Bucket(dep.rate_per_s, max(1.0, dep.rate_per_s)),
                         Bucket(dep.rate_per_min / 60.0, max(1.0, dep.rate_per_min))]
         self.idle: list[tuple[float, Isolate]] = []
@@ -151,7 +101,7 @@ class Pool:
                 return self.idle.pop()[1]
         try:
             self.cold_starts += 1
-            return await loop.run_in_executor(self.executor, self.zygote.spawn, self.dep.code, self.dep.bindings,
+            return await loop.run_in_executor(self.executor, self.spawner.spawn, self.dep.code, self.dep.bindings,
                                               self.dep.limits)
         except BaseException:
             async with self.freed:
@@ -194,11 +144,11 @@ class Pool:
 class Edge:
     """Routing table + pools; ``install`` swaps in a new set of deployments."""
 
-    def __init__(self, pop: str, server: str, zygote: Zygote, workers: int = 8,
+    def __init__(self, pop: str, server: str, spawner: IsolateSpawner, workers: int = 8,
                  protect_file: Path | None = None, capacity_rps: float = 5000.0, max_inflight: int = 64,
                  spill_threshold: float = 0.8, peers: Iterable[Peer] = (),
                  account_rps: float = 100_000.0, phase: float | None = None) -> None:
-        self.pop, self.server, self.zygote = pop, server, zygote
+        self.pop, self.server, self.spawner = pop, server, spawner
         #: True from the moment every listener is open until the edge closes; ``started`` is set then too.
         self.serving = False
         self.started = Flag()
@@ -263,7 +213,7 @@ class Edge:
         table: dict[str, list[tuple[str, Pool]]] = {}
         for dep in deployments:
             key = (dep.name, dep.version)
-            pools[key] = self.pools.get(key) or Pool(dep, self.zygote, self.executor)
+            pools[key] = self.pools.get(key) or Pool(dep, self.spawner, self.executor)
             table.setdefault(dep.host, []).append((dep.path_prefix, pools[key]))
         for routes in table.values():
             routes.sort(key=lambda r: len(r[0]), reverse=True)  # longest prefix first
@@ -728,14 +678,14 @@ def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
     if args.directory:
         address, _, dport = args.directory.rpartition(":")
         directory = (address, int(dport))
-    zygote = Zygote()
-    zygote.start()  # before any event loop or thread exists: the zygote is forked from a clean process
+    spawner = IsolateSpawner()
+    spawner.start()  # before any event loop or thread exists: the spawner is forked from a clean process
     try:
         store = LocalStore(args.deployments) if args.deployments else None
         protect_file = args.deployments.parent / "protect.json" if args.deployments else None
         peers = [Peer(**p) for p in json.loads(args.peers.read_text())] if args.peers else []
         account_limits = {k: float(v) for k, v in json.loads(args.account_limits).items()}
-        edge = Edge(args.pop, args.server, zygote, protect_file=protect_file, capacity_rps=args.capacity_rps,
+        edge = Edge(args.pop, args.server, spawner, protect_file=protect_file, capacity_rps=args.capacity_rps,
                     spill_threshold=args.spill_threshold, peers=peers,
                     account_rps=account_limits.get("requests_per_s", 100_000.0), phase=args.tick_phase)
 
@@ -761,7 +711,7 @@ def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
 
         uvloop.run(serving(None) if companion is None else together(companion))
     finally:
-        zygote.stop()
+        spawner.stop()
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 from core.clock import monotonic
 from core.http_client import HttpError, http_call
-from pop_agent.isolate import DeployError
+from tenant.deployment import Deployment
+from tenant.isolate import DeployError
 
 RETRY_DELAYS = (0.1, 0.2, 0.4)
 BACKOFF_MAX = 2.0
@@ -73,7 +74,6 @@ class LocalStore:
 
     def load(self, versions: dict[str, str]) -> list[Any]:
         """The Deployments for name → version; raises DeployError naming a missing or bad artifact."""
-        from pop_agent.edge import Deployment
 
         out = []
         for name, version in sorted(versions.items()):

@@ -22,7 +22,7 @@ from durable.linearizability import check
 from durable.storage import Fenced
 from pop_agent.do_router import DoRouter
 from pop_agent.edge import HttpProtocol
-from pop_agent.worker_api import DurableObjectNamespace, Request, Response
+from tenant.worker_api import DurableObjectNamespace, Request, Response
 
 CODE = (Path(__file__).parents[2] / "examples" / "do_register.py").read_text()
 LEASE_S, RENEW_S, MARGIN_S = 0.4, 0.05, 0.1

@@ -12,7 +12,7 @@ from core.errors import AnylabError
 from durable.history import Definite, Recorder, Served
 from lab import do_load
 from lab.durable_ops import key_of
-from pop_agent.worker_api import DurableObjectNamespace
+from tenant.worker_api import DurableObjectNamespace
 
 
 async def answer_with(status: int, body: bytes, port_box: list[int]) -> asyncio.Server:

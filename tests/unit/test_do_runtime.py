@@ -11,7 +11,7 @@ import pytest
 from core.clock import monotonic
 from durable.runtime import ObjectHost
 from durable.storage import Fenced, ObjectStore
-from pop_agent.worker_api import Request
+from tenant.worker_api import Request
 
 
 class Counter:

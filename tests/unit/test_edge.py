@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from core.clock import monotonic
-from pop_agent.edge import Deployment, Echo, Edge, HttpProtocol
-from pop_agent.isolate import DeployError, Zygote
-from pop_agent.worker_api import KvNamespace, Request, Response, binding
+from pop_agent.edge import Echo, Edge, HttpProtocol
 from protect.limits import Peer, count
+from tenant.deployment import Deployment
+from tenant.isolate import DeployError, IsolateSpawner
+from tenant.worker_api import KvNamespace, Request, Response, binding
 
 HELLO = "async def fetch(request, env, ctx):\n    return f'{env.GREETING} {request.method} {request.url}'\n"
 ECHO = "async def fetch(request, env, ctx):\n    return {'status': 201, 'body': request.body[::-1]}\n"
@@ -29,9 +30,9 @@ def dep(name: str, host: str, code: str, version: str = "v1", **kw: Any) -> Depl
 
 class Server:
     def __init__(self) -> None:
-        self.zygote = Zygote()
-        self.zygote.start()
-        self.edge = Edge("sjc", "sjc-s1", self.zygote)
+        self.spawner = IsolateSpawner()
+        self.spawner.start()
+        self.edge = Edge("sjc", "sjc-s1", self.spawner)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -67,7 +68,7 @@ class Server:
         self.thread.join(10)
         self.loop.close()
         self.edge.close()
-        self.zygote.stop()
+        self.spawner.stop()
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_malformed_deployments_are_refused(data: dict[str, Any], words: str) -> 
 
 
 def test_rate_limits_answer_429_with_retry_after_and_shedding_starts_at_p3() -> None:
-    edge = Edge("sjc", "sjc-s1", Zygote(), max_inflight=10)  # the zygote is never started: nothing is served
+    edge = Edge("sjc", "sjc-s1", IsolateSpawner(), max_inflight=10)  # the spawner is never started: nothing is served
     limited = dep("limited", "l.example", HELLO, rate_per_s=2, rate_per_min=600)
     preview = dep("preview", "p.example", HELLO, priority="P3")
     health = dep("health", "h.example", HELLO, priority="P0")
@@ -162,7 +163,7 @@ def test_rate_limits_answer_429_with_retry_after_and_shedding_starts_at_p3() -> 
 
 def test_above_the_spill_threshold_requests_go_to_the_nearest_peer_with_headroom() -> None:
     peers = [Peer("lax", "lax-s1", "10.0.0.2", 3), Peer("sea", "sea-s1", "10.0.0.3", 5)]
-    edge = Edge("sjc", "sjc-s1", Zygote(), capacity_rps=10, peers=peers)
+    edge = Edge("sjc", "sjc-s1", IsolateSpawner(), capacity_rps=10, peers=peers)
     edge.install([dep("paid", "a.example", HELLO), dep("health", "h.example", HELLO, priority="P0")])
     pools = {p.dep.name: p for p in edge.pools.values()}
     for i in range(8):  # 8 requests in the last second: 80 % of 10/s
@@ -183,7 +184,7 @@ def test_bad_priority_is_refused() -> None:
 
 
 def test_degradation_level_from_the_servers_signals(tmp_path: Any) -> None:
-    edge = Edge("sjc", "sjc-s1", Zygote(), max_inflight=10, protect_file=tmp_path / "protect.json")
+    edge = Edge("sjc", "sjc-s1", IsolateSpawner(), max_inflight=10, protect_file=tmp_path / "protect.json")
     prom = tmp_path / "kv.prom"
     prom.write_text('# HELP x\nanylab_kv_replica_lag_seconds{server="s"} 2.0\n'
                     'anylab_kv_queue_depth{server="s"} 0\nanylab_kv_master_reachable{server="s"} 1\n')
@@ -218,12 +219,12 @@ def test_a_spilled_request_is_served_by_the_peer_over_one_kept_alive_connection(
         assert busy.edge.counters["spilled_out"] == 3 and peer.edge.counters["spilled_in"] == 3
         assert len(busy.edge.spill_pool.idle[("127.0.0.1", peer.port)]) == 1  # one connection, kept
     finally:
-        peer.stop()  # first: its zygote, forked later, holds a copy of the busy zygote's control socket
+        peer.stop()  # first: its spawner, forked later, holds a copy of the busy spawner's control socket
         busy.stop()
 
 
 def test_the_deployments_of_one_account_share_its_request_limit() -> None:
-    edge = Edge("sjc", "sjc-s1", Zygote(), account_rps=3)
+    edge = Edge("sjc", "sjc-s1", IsolateSpawner(), account_rps=3)
     edge.install([dep("a", "a.example", HELLO, account="acme"), dep("b", "b.example", HELLO, account="acme"),
                   dep("c", "c.example", HELLO)])
     pools = {p.dep.name: p for p in edge.pools.values()}
@@ -257,7 +258,7 @@ class _Sent:
 
 
 def test_echo_answers_plain_probes_without_json_and_load_polls_with_utilisation() -> None:
-    echo = Echo(Edge("sjc", "sjc-s1", Zygote()))
+    echo = Echo(Edge("sjc", "sjc-s1", IsolateSpawner()))
     sent = _Sent()
     echo.connection_made(sent)  # type: ignore[arg-type]
     echo.datagram_received(json.dumps({"seq": 1234}).encode(), ("10.2.0.1", 5000))
@@ -269,7 +270,7 @@ def test_echo_answers_plain_probes_without_json_and_load_polls_with_utilisation(
 
 
 def test_a_load_poll_is_answered_alike_on_the_fast_and_the_json_path() -> None:
-    edge = Edge("sjc", "sjc-s1", Zygote(), capacity_rps=100.0)
+    edge = Edge("sjc", "sjc-s1", IsolateSpawner(), capacity_rps=100.0)
     now = monotonic()
     edge.windows["P1"] = count(edge.windows["P1"], now, 30)
     edge.windows["P3"] = count(edge.windows["P3"], now, 7)

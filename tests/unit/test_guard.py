@@ -83,7 +83,7 @@ def test_half_open_lets_exactly_one_probe_through_under_concurrency() -> None:
 def test_kv_calls_go_through_the_kv_breaker_with_the_designs_read_retries() -> None:
     import socket
 
-    from pop_agent.worker_api import KvError, KvNamespace
+    from tenant.worker_api import KvError, KvNamespace
 
     with socket.socket() as s:  # a port nobody listens on: every try is refused at once
         s.bind(("127.0.0.1", 0))

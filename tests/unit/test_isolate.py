@@ -1,4 +1,4 @@
-"""Isolates from a warm zygote: the handler shapes, and every hostile worker gets its documented error
+"""Isolates from a warm spawner: the handler shapes, and every hostile worker gets its documented error
 while a well-behaved deployment beside it keeps answering."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from core.clock import monotonic
-from pop_agent.isolate import DeployError, Isolate, Limits, Zygote
-from pop_agent.worker_api import Request
+from tenant.isolate import DeployError, Isolate, IsolateSpawner, Limits
+from tenant.worker_api import Request
 
 GOOD = '''
 async def fetch(request, env, ctx):
@@ -19,16 +19,16 @@ LIMITS = Limits()
 
 
 @pytest.fixture(scope="module")
-def zygote() -> Iterator[Zygote]:
-    z = Zygote()
+def spawner() -> Iterator[IsolateSpawner]:
+    z = IsolateSpawner()
     z.start()
     yield z
     z.stop()
 
 
 @pytest.fixture
-def good(zygote: Zygote) -> Iterator[Isolate]:
-    iso = zygote.spawn(GOOD, {"NAME": "sjc"}, LIMITS)
+def good(spawner: IsolateSpawner) -> Iterator[Isolate]:
+    iso = spawner.spawn(GOOD, {"NAME": "sjc"}, LIMITS)
     yield iso
     iso.kill()
 
@@ -44,8 +44,8 @@ def get(iso: Isolate, url: str = "http://a.example/x") -> tuple[int, bytes, str 
     ('return Response(b"raw", status=418)', 418, b"raw"),
     ("return request.method + ' ' + request.headers['host']", 200, b"GET a.example"),
 ])
-def test_handler_shapes(zygote: Zygote, body: str, status: int, content: bytes) -> None:
-    iso = zygote.spawn(f"async def fetch(request, env, ctx):\n    {body}\n", {}, LIMITS)
+def test_handler_shapes(spawner: IsolateSpawner, body: str, status: int, content: bytes) -> None:
+    iso = spawner.spawn(f"async def fetch(request, env, ctx):\n    {body}\n", {}, LIMITS)
     try:
         assert get(iso)[:2] == (status, content)
     finally:
@@ -68,9 +68,9 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("code", list(HOSTILE))
-def test_hostile_worker_gets_its_error_and_the_neighbour_keeps_serving(zygote: Zygote, good: Isolate,
+def test_hostile_worker_gets_its_error_and_the_neighbour_keeps_serving(spawner: IsolateSpawner, good: Isolate,
                                                                        code: str) -> None:
-    bad = zygote.spawn(HOSTILE[code], {}, LIMITS)
+    bad = spawner.spawn(HOSTILE[code], {}, LIMITS)
     t0 = monotonic()
     status, _, error = get(bad)
     took = monotonic() - t0
@@ -88,21 +88,21 @@ def test_hostile_worker_gets_its_error_and_the_neighbour_keeps_serving(zygote: Z
     ("raise ImportError('nope')\n", "loading raised ImportError: nope"),
     ("x = '" + "a" * (11 * 1024 * 1024) + "'\n", "the limit is 10 MB (code_size)"),
 ])
-def test_bad_code_is_refused_at_spawn(zygote: Zygote, code: str, words: str) -> None:
+def test_bad_code_is_refused_at_spawn(spawner: IsolateSpawner, code: str, words: str) -> None:
     with pytest.raises(DeployError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        zygote.spawn(code, {}, LIMITS)
+        spawner.spawn(code, {}, LIMITS)
 
 
-def test_wall_limit(zygote: Zygote) -> None:
-    slow = zygote.spawn("import asyncio\nasync def fetch(request, env, ctx):\n    await asyncio.sleep(5)\n",
+def test_wall_limit(spawner: IsolateSpawner) -> None:
+    slow = spawner.spawn("import asyncio\nasync def fetch(request, env, ctx):\n    await asyncio.sleep(5)\n",
                         {}, Limits(wall_s=0.3))
     assert get(slow)[2] == "wall_limit"
 
 
-def test_cold_start(zygote: Zygote) -> None:
+def test_cold_start(spawner: IsolateSpawner) -> None:
     """From the request's arrival (spawn asked) to the handler running in the new isolate."""
     t0 = monotonic()
-    iso = zygote.spawn(GOOD, {"NAME": "x"}, LIMITS)
+    iso = spawner.spawn(GOOD, {"NAME": "x"}, LIMITS)
     r = iso.call(Request("GET", "http://a/"))
     iso.kill()
     assert r.t_handler is not None

@@ -1,7 +1,10 @@
-"""Isolates: one OS process per deployment, forked from a warm zygote, held to the design's limits.
+"""Isolates: one OS process per deployment, forked from a warm spawner, held to the design's limits.
 
-- :class:`Zygote` is a process started once, with the runtime already imported. It keeps one forked
-  spare waiting; asked to spawn, it gives the spare the deployment's code, hands a socket connected to
+(The spawner is the edge worker's own fork server for tenant code; the lab's :mod:`core.zygote` forks
+the PoP servers' daemons and is unrelated.)
+
+- :class:`IsolateSpawner` is a process started once, with the runtime already imported. It keeps one
+  forked spare waiting; asked to spawn, it gives the spare the deployment's code, hands a socket connected to
   it back over its control socket (SCM_RIGHTS) and forks the next spare. The kernel reaps them.
 - An isolate compiles the deployment's code (errors are reported at spawn), caps its address space
   (``RLIMIT_AS``: its size at birth + the memory limit), then serves requests one at a time over its
@@ -33,7 +36,7 @@ import uvloop
 
 from core.clock import monotonic
 from core.errors import AnylabError
-from pop_agent.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
+from tenant.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -203,14 +206,14 @@ def spare_main(sock: socket.socket) -> None:
     try:
         header, code = recv_msg(sock)
     except EOFError:
-        return  # the zygote went away before it needed this spare
+        return  # the spawner went away before it needed this spare
     isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]), loop)
 
 
-# -- the zygote -----------------------------------------------------------------------------------
+# -- the spawner -----------------------------------------------------------------------------------
 
 
-class Zygote:
+class IsolateSpawner:
     """A warm process that forks isolates on request."""
 
     def __init__(self) -> None:
@@ -221,7 +224,7 @@ class Zygote:
     def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
-        if pid == 0:  # the zygote
+        if pid == 0:  # the spawner
             parent.close()
             try:
                 self._serve(child)
@@ -266,7 +269,7 @@ class Zygote:
     def spawn(self, code: str, bindings: dict[str, Any], limits: Limits) -> Isolate:
         """A new isolate running ``code``; raises DeployError if the code cannot load."""
         if self.ctrl is None:
-            raise AnylabError("the zygote is not running")
+            raise AnylabError("the spawner is not running")
         with self.lock:
             send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
             msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
@@ -285,7 +288,7 @@ class Zygote:
 
     def stop(self) -> None:
         if self.ctrl is not None:
-            self.ctrl.close()  # the zygote's loop ends on EOF
+            self.ctrl.close()  # the spawner's loop ends on EOF
             self.ctrl = None
         if self.pid:
             os.waitpid(self.pid, 0)
@@ -298,11 +301,6 @@ class Zygote:
 def _cpu_of_stat(stat: bytes) -> float:
     fields = stat.rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        return _cpu_of_stat(fh.read())
 
 
 @dataclass

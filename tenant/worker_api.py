@@ -21,6 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.clock import monotonic
+from core.http_client import NotConnected, http_request
+from protect.guard import Breaker, BreakerOpen, configured
+from protect.limits import RetryBudget, delays, deposit, withdraw
 
 
 class SubrequestLimitExceeded(Exception):
@@ -84,16 +87,12 @@ class Protection:
     origin and every KV call goes through :meth:`call`."""
 
     def __init__(self) -> None:
-        from protect.limits import RetryBudget
-
         self.breakers: dict[str, Any] = {}
         self.budget = RetryBudget()
         self.rng = random.Random()
 
     def breaker(self, name: str, dependency: str, is_failure: Any = None) -> Any:
         """The breaker ``name`` with ``dependency``'s settings (the lab's, else the design's)."""
-        from protect.guard import Breaker, configured
-
         if name not in self.breakers:
             self.breakers[name] = Breaker(name, configured(dependency),
                                           is_failure=is_failure or (lambda exc: True))
@@ -109,9 +108,6 @@ class Protection:
         """``await fn()`` through ``breaker``, retried on ``retry`` exceptions after the design's delays
         for ``operation`` (with jitter) while the retry budget allows. Raises BreakerOpen at once when the
         breaker refuses, else the last exception."""
-        from protect.guard import BreakerOpen
-        from protect.limits import delays, deposit, withdraw
-
         self.budget = deposit(self.budget, monotonic())
         waits = delays(operation, self.rng)
         for attempt in range(len(waits) + 1):
@@ -149,9 +145,6 @@ class KvNamespace:
         """Through the KV breaker (the design's: 10 failures open it for 10 s) with the design's retries
         (reads twice at once, writes after 50/100/200 ms): no connection, no answer or a 5xx is a failure;
         a refusal (4xx) is an answer. Raises KvError (a refusal, or the breaker open), OSError/TimeoutError."""
-        from core.http_client import http_request
-        from protect.guard import BreakerOpen
-
         data = b"" if body is None else json.dumps(body).encode()
 
         async def once() -> tuple[int, bytes]:
@@ -240,8 +233,6 @@ class DurableObjectStub:
                     headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Response:
         """The object's answer, with ``x-do-owner``/``x-do-epoch`` saying who served it. Raises
         DurableObjectError when there is none."""
-        from core.http_client import NotConnected, http_request
-
         if isinstance(request, str):
             raw = body.encode() if isinstance(body, str) else bytes(body)
             request = Request(method, request, dict(headers or {}), raw)
@@ -366,8 +357,6 @@ class _ServerError(Exception):
 
 
 async def _get(address: str, port: int, host: str, path: str, timeout: float) -> Response:
-    from core.http_client import http_request
-
     try:
         status, headers, body = await http_request(address, port, "GET", path, b"", {"Host": host}, timeout,
                                                    timeout)
