@@ -4,7 +4,7 @@
 Two labs, one after the other:
 
 - ``sync`` (the topology's default: an answer waits for the backup region): ``--failovers`` failovers
-  (region-down, owner host crash, owner cut off from the directory, in turn; see :mod:`lab.do_nemesis`)
+  (region-down, owner host crash, owner cut off from the directory, in turn; see :mod:`lab.load.do_nemesis`)
   while every client runs register and counter operations; the whole history is checked for
   linearizability and the acknowledged increments missing from the final counts are counted.
 - ``async`` (``settings.do_mode: async``: the answer leaves before the backup has the write, the
@@ -33,8 +33,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from core.stats import quantile  # noqa: E402
-from lab.do_nemesis import Nemesis, NemesisSpec  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.load.do_nemesis import Nemesis, NemesisSpec  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 
 TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 

@@ -25,8 +25,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from lab.measurement import measure  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.measure.runner import measure  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 from model.load import build_topology  # noqa: E402
 
 SCENARIOS = [("service-crash", "sjc"), ("server-silent", "sjc"), ("drain", "sjc"), ("speaker-crash", "sjc"),

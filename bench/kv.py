@@ -36,7 +36,7 @@ from core.clock import monotonic  # noqa: E402
 from core.wait import wait_for  # noqa: E402
 from kv.client import KvClient  # noqa: E402
 from kv.store import KvError  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 
 NS = "bench"
 

@@ -2,7 +2,7 @@
 """Benchmark (not a test): overload and the origin's circuit breaker on ``global.yaml``.
 
 One lab, every PoP server given ``--capacity`` requests/s (the design's per-PoP capacity scaled to a
-2-core box). A priority mix (P0 10 %, P1 40 %, P2 30 %, P3 20 %: :data:`lab.overload.DEFAULT_MIX`) at 1×,
+2-core box). A priority mix (P0 10 %, P1 40 %, P2 30 %, P3 20 %: :data:`lab.load.overload.DEFAULT_MIX`) at 1×,
 2× and 4× the capacity of the PoP that ``--client``'s region reaches, ``--duration`` s each, from the
 clients in its catchment; then ``origin-errors`` until the origin's breaker opens, and the time until
 half-open probes close it again (the design's breaker: 5 failures, 30 s open, 3 successes). Then a
@@ -32,8 +32,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from lab.overload import breaker_run, deploy_classes, overload  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.load.overload import breaker_run, deploy_classes, overload  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 
 TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 MULTIPLES = (1.0, 2.0, 4.0)

@@ -21,8 +21,8 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from lab.measurement import measure  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.measure.runner import measure  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 from model.load import load_topology  # noqa: E402
 from model.placement import place  # noqa: E402
 

@@ -33,9 +33,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from core.clock import monotonic  # noqa: E402
-from lab.footprint import by_daemon, sample  # noqa: E402
-from lab.measurement import measure  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.measure.runner import measure  # noqa: E402
+from lab.run.footprint import by_daemon, sample  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 from model.generate import stage  # noqa: E402
 from model.graph import predict_catchment  # noqa: E402
 from model.load import build_topology  # noqa: E402

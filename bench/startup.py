@@ -28,8 +28,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from core.clock import monotonic  # noqa: E402
-from lab.footprint import pss_now  # noqa: E402
-from lab.runtime import Lab  # noqa: E402
+from lab.run.footprint import pss_now  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 from model.graph import busiest_pop  # noqa: E402
 from model.load import build_topology, load_topology  # noqa: E402
 

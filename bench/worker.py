@@ -152,7 +152,7 @@ def cold_start(samples: int, gap_s: float) -> dict[str, float]:
 
 
 def propagation(deploys: int) -> dict[str, Any]:
-    from lab.runtime import Lab
+    from lab.run.lab import Lab
 
     worst, all_servers = [], []
     with Lab.from_file(PROJECT / "topologies" / "global.yaml", name="bworker") as lab:

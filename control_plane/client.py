@@ -1,6 +1,6 @@
 """The operator's side of the control plane API, over the Unix socket in the lab's run directory.
 
-Used by ``anylab deploy|deployments|rollback`` and :meth:`lab.runtime.Lab.deploy`. Every call returns
+Used by ``anylab deploy|deployments|rollback`` and :meth:`lab.run.lab.Lab.deploy`. Every call returns
 the decoded JSON reply or raises :class:`ControlPlaneError` with the API's reason (``status`` set) or,
 when nothing answers, a message that says the control plane is down and what still works.
 """

@@ -13,7 +13,7 @@ to the API process open as a dead-man's switch and renews it on its checks (:fun
 process dies or hangs, nobody is left to withdraw, so the API process does it when the connection closes
 or the lease runs out.
 
-Run as ``python -m health.agent --config D/health.json`` (written by :class:`lab.daemons.HealthAgent`).
+Run as ``python -m health.agent --config D/health.json`` (written by :class:`lab.run.launchers.HealthAgent`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A lab that outgrows one machine (``docs/scaling.md``) is cut into parts, one per host; a link inside a
 part stays a veth, a link between parts becomes a tunnel between the two hosts (Mininet's cluster mode
-uses GRE or SSH tunnels; here VXLAN). This module decides the cut; :mod:`lab.net` builds it, on one
+uses GRE or SSH tunnels; here VXLAN). This module decides the cut; :mod:`lab.run.net` builds it, on one
 machine, with each host's part behind its own "host" namespace and the tunnels between those: the
 same packets as across machines, so the figures can be compared with and without the cut.
 

@@ -14,7 +14,7 @@ lease runs out, and either way the API process withdraws (``agent-lost`` in ``ap
 On SIGTERM/SIGINT the agent withdraws first, then the KV replica and the edge stop.
 
 Run as ``python -m pop_agent.agent EDGE-ARGS --kv-config K [--health-config H]`` (EDGE-ARGS as
-:mod:`pop_agent.edge`'s; written by :class:`lab.daemons.PopAgent`).
+:mod:`pop_agent.edge`'s; written by :class:`lab.run.launchers.PopAgent`).
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from core.wait import wait_for
-from lab.autoscaler import EVENTS
-from lab.overload import deploy_classes, overload
-from lab.priority_load import connections_for
-from lab.runtime import Lab, fib_nexthops, in_service
+from lab.load.overload import deploy_classes, overload
+from lab.load.priority_load import connections_for
+from lab.run.autoscaler import EVENTS
+from lab.run.lab import Lab, fib_nexthops, in_service
 from tests.conftest import TOPOLOGIES
 
 CAPACITY_RPS = 50.0

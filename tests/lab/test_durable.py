@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lab.do_nemesis import Nemesis, NemesisSpec
-from lab.runtime import Lab
+from lab.load.do_nemesis import Nemesis, NemesisSpec
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 

@@ -1,5 +1,5 @@
 """Fault timing on real daemons, FRR and BIRD: each bound follows from the configured timers, with its
-margin written next to it (lab/measurement.py defines every figure).
+margin written next to it (lab/measure/runner.py defines every figure).
 
 failover.yaml, profile ``fast``: health checks every 50 ms (20 ms while falling), fall 2, timeout 30 ms
 → detection bound 0.10 s; BFD 50 ms × 3 between PoP servers and r2; BGP keepalive 1 s / hold 3 s.
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from lab.measure import last_answer
-from lab.measurement import measure
-from lab.runtime import Lab
+from lab.measure.runner import measure
+from lab.record.probes import last_answer
+from lab.run.lab import Lab
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 

@@ -24,9 +24,9 @@ from core.clock import monotonic
 from core.wait import wait_for
 from health.agent import renew_period
 from kv.client import KvClient
-from lab.daemons import MIN_LEASE_S
-from lab.measurement import measure
-from lab.runtime import Lab
+from lab.measure.runner import measure
+from lab.run.lab import Lab
+from lab.run.launchers import MIN_LEASE_S
 from tests.conftest import TOPOLOGIES
 
 FOLDED = "pop-agent"

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from core.wait import wait_for
-from lab.cli import status_data
-from lab.overload import level_of
-from lab.runtime import Lab
+from lab.cli.main import status_data
+from lab.load.overload import level_of
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 
@@ -50,7 +50,7 @@ def test_withdrawing_busiest_pop_moves_only_its_clients(lab: Lab) -> None:
 def test_region_down_leaves_other_regions_alone_and_restores(lab: Lab) -> None:
     """Every PoP server and router of eu silent: eu's clients lose everything (their own router is
     down), no other client loses a probe or moves, and after the restore the catchment is predicted."""
-    from lab.measurement import measure
+    from lab.measure.runner import measure
 
     result, _ = measure(lab, "region-down", "eu")
     (run,) = result["runs"]

@@ -11,12 +11,12 @@ import sys
 from core import netns
 from core.records import is_same_process
 from core.wait import wait_for
-from lab.runtime import RUN_ROOT, lab_names, run_dir_of
+from lab.run.lab import RUN_ROOT, lab_names, run_dir_of
 from tests.conftest import PROJECT, TOPOLOGIES
 
 
 def anylab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lab.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
                           cwd=PROJECT, timeout=300, check=False)
 
 
@@ -77,7 +77,8 @@ def test_ctrl_c_during_measure_restores_the_fault_and_keeps_the_lab() -> None:
         faults = run_dir_of(name) / "faults.json"
         # A shell running this suite in the background ignores SIGINT, and children inherit that: give the
         # measuring process the default disposition a terminal's Ctrl-C would meet.
-        proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "measure", "server-silent", "sjc", "--name", name],
+        proc = subprocess.Popen([sys.executable, "-m", "lab.cli.main", "measure", "server-silent", "sjc",
+                                 "--name", name],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_for(lambda: faults.exists() and "sjc" in faults.read_text(), timeout=60, what="the fault",

@@ -15,8 +15,8 @@ import pytest
 from core.wait import wait_for
 from kv.client import KvClient
 from kv.store import KvError
-from lab.overload import level_of
-from lab.runtime import Lab
+from lab.load.overload import level_of
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 NS = "orders"

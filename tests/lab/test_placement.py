@@ -16,8 +16,8 @@ import pytest
 
 from core.netns import NETNS_DIR
 from core.wait import wait_for
-from lab.net import HOST, UNDERLAY
-from lab.runtime import Lab
+from lab.run.lab import Lab
+from lab.run.net import HOST, UNDERLAY
 from model.placement import place
 from tests.conftest import TOPOLOGIES
 

@@ -12,8 +12,8 @@ import pytest
 
 from control_plane.client import ControlPlaneError
 from core.errors import WaitTimeout
-from lab.cli import status_data
-from lab.runtime import Lab
+from lab.cli.main import status_data
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 WORKER = "async def fetch(request, env, ctx):\n    return env.VERSION\n"
@@ -123,7 +123,7 @@ def test_http_load_sees_keepalive_connections_break_when_anycast_moves(lab: Lab)
     """A graceful drain of sjc: every keep-alive connection c1 had to sjc is reset by lax once its
     packets go there; users opening a connection per request move without (or with at most one, a
     connection caught in the switch) failure; afterwards lax serves both."""
-    from lab.measurement import HttpSpec, measure
+    from lab.measure.runner import HttpSpec, measure
 
     result, _ = measure(lab, "drain", "sjc", http=HttpSpec(rate=50, connections=2))
     (run,) = result["runs"]

@@ -21,7 +21,7 @@ import yaml
 
 from core.clock import monotonic
 from core.wait import wait_for
-from lab.overload import (
+from lab.load.overload import (
     FETCH_HOST,
     FETCH_WORKER,
     breaker_state,
@@ -31,7 +31,7 @@ from lab.overload import (
     origin_status,
     overload,
 )
-from lab.runtime import Lab
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 OPEN_S = 2.0

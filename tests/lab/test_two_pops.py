@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.client_http import client_request
-from lab.runtime import Lab
+from lab.load.client_http import client_request
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 BGPD_HOLD_S = 0.05

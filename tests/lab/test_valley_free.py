@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from bgp.routers import as_paths
-from lab.runtime import Lab
+from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
 
 #: A withdrawal crosses at most 4 routers here; FRR holds each update ~60 ms (bgpd + zebra), BIRD

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from lab import analysis
-from lab.analysis import client_result, first_decision_s, http_result, percentiles, probe_rate, router_results
-from lab.measure import Probe
-from lab.recorders import BgpMessage, FibChange, _tcp_payload, decode_bgp
+from lab.record import analysis
+from lab.record.analysis import client_result, first_decision_s, http_result, percentiles, probe_rate, router_results
+from lab.record.probes import Probe
+from lab.record.recorders import BgpMessage, FibChange, _tcp_payload, decode_bgp
 
 T0 = 100.0
 DT = 0.002
@@ -120,7 +120,7 @@ def test_updates_towards_the_faulted_server_are_not_detection() -> None:
     p = "203.0.113.1/32"
     bgp = [BgpMessage(T0 + 1.0, "r2", "r2-eth1", "out", "UPDATE", announced=(p,)),  # to the dead server
            BgpMessage(T0 + 2.9, "r2", "r2-eth0", "out", "UPDATE", withdrawn=(p,))]
-    from lab.analysis import first_update_s
+    from lab.record.analysis import first_update_s
 
     assert first_update_s(T0, bgp, {p}) == pytest.approx(1.0)
     assert first_update_s(T0, bgp, {p}, frozenset({("r2", "r2-eth1")})) == pytest.approx(2.9)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from core.errors import AnylabError
+from durable.client import key_of
 from durable.history import Definite, Recorder, Served
-from lab import do_load
-from lab.durable_ops import key_of
+from lab.load import do_load
 from tenant.worker_api import DurableObjectNamespace
 
 

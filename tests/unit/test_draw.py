@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import AnylabError
-from lab.draw import draw
+from lab.measure.draw import draw
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import UsageError
-from lab.faults import _nft_silence, plan
+from lab.faults.catalogue import _nft_silence, plan
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 

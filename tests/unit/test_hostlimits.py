@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.hostlimits import neighbour_entries, raise_limits, wanted
+from lab.run.hostlimits import neighbour_entries, raise_limits, wanted
 from model.generate import stage
 from model.load import build_topology
 

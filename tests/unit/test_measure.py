@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.measure import Probe, last_answer, parse_probes, read_probes, shift_after
+from lab.record.probes import Probe, last_answer, parse_probes, read_probes, shift_after
 
 
 def probes(spec: str, period: float = 0.01) -> list[Probe]:
@@ -63,7 +63,7 @@ def test_a_prober_asks_for_realtime_scheduling_and_says_what_it_got() -> None:
     import subprocess
     import sys
 
-    code = ("import os; from lab.prober import prioritise; got = prioritise(True); "
+    code = ("import os; from lab.record.prober import prioritise; got = prioritise(True); "
             "print(got, os.sched_getscheduler(0) == os.SCHED_FIFO, os.getpriority(os.PRIO_PROCESS, 0))")
     got, fifo, nice = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                      timeout=30).stdout.split()

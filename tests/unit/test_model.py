@@ -44,7 +44,7 @@ def test_shipped_topologies_load(name: str) -> None:
 
 def test_bad_topology_exits_2_and_names_file() -> None:
     bad = MALFORMED[0]
-    res = subprocess.run([sys.executable, "-m", "lab.cli", "graph", "-o", "/dev/null", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "lab.cli.main", "graph", "-o", "/dev/null", str(bad)],
                          capture_output=True, text=True, cwd=PROJECT, check=False)
     assert res.returncode == 2
     assert str(bad) in res.stderr and "Fix:" in res.stderr

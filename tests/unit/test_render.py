@@ -13,8 +13,8 @@ from bgp.exabgp import ExaBgp
 from bgp.frr import router_daemons
 from core.daemon import Daemon, NodeEnv
 from core.proc import ProcessGroup
-from lab.daemons import HealthAgent
-from lab.net import ip_batch
+from lab.run.launchers import HealthAgent
+from lab.run.net import ip_batch
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 

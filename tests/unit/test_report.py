@@ -6,9 +6,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lab.analysis import client_result
-from lab.measurement import Timeline
-from lab.report import plot, table
+from lab.measure.report import plot, table
+from lab.measure.runner import Timeline
+from lab.record.analysis import client_result
 from tests.unit.test_analysis import DT, T0, probes
 
 

@@ -2,7 +2,7 @@
 
 ``plan(topo, scenario, target)`` is pure: it checks the request and resolves the target into the servers,
 routers and links the fault touches, or raises UsageError (exit 2, nothing touched). ``Injector`` carries a
-plan out on a running :class:`~lab.runtime.Lab` and undoes it.
+plan out on a running :class:`~lab.run.lab.Lab` and undoes it.
 
 =============== ======================== =============================================================
 scenario        target                   fault (and restore)
@@ -49,7 +49,7 @@ from model.constants import LAB_SUPERNET
 from model.topology import Topology
 
 if TYPE_CHECKING:
-    from lab.runtime import Lab
+    from lab.run.lab import Lab
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "service-crash": ("server", "pop"),

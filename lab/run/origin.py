@@ -7,7 +7,7 @@ with failure modes the faults switch on over its Unix socket (never over the lab
 ``GET /*`` → 200 ``{"origin": NAME, "path": …, "n": request count}``; ``POST /admin/mode`` ``{mode,
 delay_s?, error_rate?}`` and ``GET /admin/status`` on the socket only.
 
-Run as ``python -m protect.origin --config FILE`` (``{name, listen: [address, port], socket}``).
+Run as ``python -m lab.run.origin --config FILE`` (``{name, listen: [address, port], socket}``).
 """
 
 from __future__ import annotations

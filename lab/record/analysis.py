@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lab.measure import Probe
-from lab.recorders import BgpMessage, FibChange
+from lab.record.probes import Probe
+from lab.record.recorders import BgpMessage, FibChange
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _latency_ms(records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 def http_result(records: Sequence[dict[str, Any]], t_fault: float,
                 since: float = -math.inf) -> dict[str, dict[str, Any]]:
-    """Per load mode (``ka`` keep-alive, ``nc`` new connection), from :mod:`lab.http_load` records sent
+    """Per load mode (``ka`` keep-alive, ``nc`` new connection), from :mod:`lab.load.http_load` records sent
     after ``since`` (the end of the load's warm-up: its connections and isolates made):
 
     - ``requests``, ``failed`` (an error or a status ≥ 500) after the fault, by ``errors`` kind;

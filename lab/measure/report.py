@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from lab.measurement import Timeline
+from lab.measure.runner import Timeline
 
 
 def _ms(value: float | None) -> str:

@@ -1,7 +1,7 @@
 """The thin I/O around :mod:`protect.autoscale`: once a second, for every PoP with ``autoscale`` in its
 topology entry, the mean utilisation and summed in-flight requests of its servers in service (from their
 ``protect.json``) are fed to the PoP's machine, and a :class:`protect.autoscale.Scale` action is carried
-out with :meth:`lab.runtime.Lab.scale`. Every sample that changes something and every scaling is a JSON
+out with :meth:`lab.run.lab.Lab.scale`. Every sample that changes something and every scaling is a JSON
 line in the run directory's ``autoscale-events.jsonl``.
 
 It runs as a thread of the process that holds the lab (the controller of ``anylab up``, or a test's
@@ -20,7 +20,7 @@ from core.errors import AnylabError
 from protect import autoscale
 
 if TYPE_CHECKING:
-    from lab.runtime import Lab
+    from lab.run.lab import Lab
 
 PERIOD_S = 1.0
 EVENTS = "autoscale-events.jsonl"
@@ -54,7 +54,7 @@ class Autoscaler:
 
     def sample(self, pop: str, t: float) -> autoscale.Sample:
         """The PoP's servers in service as their edges last wrote it (a server not written yet counts 0)."""
-        from lab.runtime import in_service
+        from lab.run.lab import in_service
 
         servers = in_service(self.lab.topo, self.lab.run_dir)[pop]
         utilisation, queue = [], 0.0

@@ -39,9 +39,12 @@ from core.errors import AnylabError, WaitTimeout
 from core.proc import ProcessGroup, recorded_procs, stop_many
 from core.records import is_same_process, proc_starttime
 from core.wait import socket_accepts, wait_for
-from lab import durable_ops
-from lab.autoscaler import Autoscaler
-from lab.daemons import (
+from durable import client as durable_ops
+from lab.faults.catalogue import Injector, plan
+from lab.record.probes import Probe, Shift, last_answer, read_probes, shift_after
+from lab.run.autoscaler import Autoscaler
+from lab.run.hostlimits import raise_limits
+from lab.run.launchers import (
     SERVER_PRELOAD,
     ControlPlane,
     DoDirectory,
@@ -54,16 +57,13 @@ from lab.daemons import (
     PopAgent,
     Prober,
 )
-from lab.faults import Injector, plan
-from lab.hostlimits import raise_limits
-from lab.measure import Probe, Shift, last_answer, read_probes, shift_after
 from model.graph import predict_catchment, predict_routes, spill_peers
 from model.load import build_topology, load_topology
 from model.placement import place
 from model.topology import Router, Topology
 
 if TYPE_CHECKING:
-    from lab.net import Network
+    from lab.run.net import Network
 
 RUN_ROOT = Path(os.environ.get("ANYLAB_RUN_ROOT", "/run/anylab"))
 NETNS_PREFIX = "anylab-"
@@ -141,7 +141,7 @@ class Lab:
         self.injector = Injector(self)
         self.control_plane: ControlPlane | None = None
         self.autoscaler: Autoscaler | None = None
-        #: What ``up`` changed on the host for this lab (see lab.hostlimits), shown by ``anylab up``.
+        #: What ``up`` changed on the host for this lab (see lab.run.hostlimits), shown by ``anylab up``.
         self.notes: list[str] = []
         self.scaling = threading.Lock()  # a scale by hand and one by the autoscaler, one after the other
 
@@ -243,7 +243,7 @@ class Lab:
             self.timings["validated"] = monotonic() - t0
             self.notes = raise_limits(self.topo)
             self.write_state("building")
-            from lab.net import Network  # the only place Mininet comes in
+            from lab.run.net import Network  # the only place Mininet comes in
 
             hosts = self.topo.spec.settings.hosts
             self.network = Network(self.topo, netns_prefix(self.name), self.run_dir, self.procs,
@@ -486,7 +486,7 @@ class Lab:
                 "fib_s": round(monotonic() - t0, 3)}
 
     def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
-        """Inject a fault from the catalogue (:mod:`lab.faults`); returns its CLOCK_MONOTONIC time.
+        """Inject a fault from the catalogue (:mod:`lab.faults.catalogue`); returns its CLOCK_MONOTONIC time.
         Raises UsageError for a bad request (nothing touched), AnylabError if injecting fails."""
         return self.injector.fail(plan(self.topo, scenario, target, count, period))
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import AnylabError, UsageError
 
 if TYPE_CHECKING:
-    from lab.runtime import Lab
+    from lab.run.lab import Lab
 
 SOCKET = "control.sock"
 

@@ -1,4 +1,4 @@
-"""Durable Object failovers under live traffic, checked: Jepsen-style clients (:mod:`lab.do_load`) in
+"""Durable Object failovers under live traffic, checked: Jepsen-style clients (:mod:`lab.load.do_load`) in
 every client namespace while a nemesis fails the region that owns the most objects (for region-down: not
 the control node's region, which holds the one-node directory; when no other region owns any, that turn
 goes to the next scenario), over and over, with
@@ -32,11 +32,11 @@ from core.clock import monotonic
 from core.errors import AnylabError
 from core.stats import quantile
 from core.wait import wait_for
+from durable import client as durable_ops
 from durable.history import load
 from durable.linearizability import check
-from lab import durable_ops
-from lab.do_load import objects
-from lab.measurement import Driver
+from lab.load.do_load import objects
+from lab.measure.runner import Driver
 
 WORKER, HOST = "reg", "reg.example"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "do_register.py"
@@ -90,7 +90,7 @@ class Nemesis:
 
     def _load_argv(self, client: str, duration: float, final: bool = False) -> list[str]:
         s = self.spec
-        argv = ["nsenter", f"--net={self.driver.netns[client]}", "--", sys.executable, "-m", "lab.do_load",
+        argv = ["nsenter", f"--net={self.driver.netns[client]}", "--", sys.executable, "-m", "lab.load.do_load",
                 "--target", str(self.topo.anycast[0].network_address), "--host", HOST,
                 "--out", str(self.history_file(client)), "--client", client, "--procs", str(s.procs),
                 "--rate", str(s.rate), "--registers", str(s.registers), "--counters", str(s.counters),

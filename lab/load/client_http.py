@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lab.overload import LabLike
+    from lab.load.overload import LabLike
 
 _CODE = """
 import http.client, json, sys

@@ -15,7 +15,7 @@ hint ``hints[i % n]`` so that every region owns some. An answer is:
 ``--final`` instead reads every object once (process ``final``) — the end of a run. The process ends by
 itself at ``--duration`` (or on SIGTERM).
 
-Run as ``python -m lab.do_load --target A --host H --out FILE --client NAME [--procs 2] [--rate 10]``.
+Run as ``python -m lab.load.do_load --target A --host H --out FILE --client NAME [--procs 2] [--rate 10]``.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class Network:
     def stop(self, errors: list[str]) -> None:
         """End the node shells and release their ptys; failures go to ``errors``.
 
-        The named namespaces are removed by ``lab.runtime.cleanup``, the one place that also cleans
+        The named namespaces are removed by ``lab.run.lab.cleanup``, the one place that also cleans
         after a crashed lab."""
         if self.net is not None:
             # Not Mininet's stop(): it deletes every link through the node shells, one command at a

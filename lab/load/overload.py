@@ -1,4 +1,4 @@
-"""Overload runs: a priority mix (:mod:`lab.priority_load`) at a multiple of a PoP's capacity, from the
+"""Overload runs: a priority mix (:mod:`lab.load.priority_load`) at a multiple of a PoP's capacity, from the
 clients in that PoP's catchment, and what each class got — served, shed, spilled to another PoP, p99.
 
     deploy_classes(lab)
@@ -18,15 +18,15 @@ from typing import Any, Protocol
 from core.clock import monotonic
 from core.errors import AnylabError
 from core.stats import quantile
-from lab.client_http import client_request
-from lab.http_load import read as read_records
-from lab.priority_load import host_of
+from lab.load.client_http import client_request
+from lab.load.http_load import read as read_records
+from lab.load.priority_load import host_of
 from model.topology import Topology
 
 
 class LabLike(Protocol):
-    """What an overload run needs of a lab: a :class:`lab.runtime.Lab` or one driven through its
-    controller (:class:`lab.measurement.RemoteLab`)."""
+    """What an overload run needs of a lab: a :class:`lab.run.lab.Lab` or one driven through its
+    controller (:class:`lab.measure.runner.RemoteLab`)."""
 
     topo: Topology
     netns: dict[str, str]
@@ -57,7 +57,7 @@ def deploy_classes(lab: LabLike) -> None:
 
 def pop_capacity(lab: LabLike, pop: str) -> float:
     """Requests per second ``pop`` takes on at 100 %: its servers in service × the per-server capacity."""
-    from lab.runtime import in_service
+    from lab.run.lab import in_service
 
     servers = in_service(lab.topo, lab.run_dir).get(pop)
     if not servers:
@@ -101,7 +101,7 @@ def overload(lab: LabLike, pop: str, multiple: float, duration: float, mix: dict
     for c in clients:
         out = lab.node_dir(c) / "priority-load.jsonl"
         out.unlink(missing_ok=True)
-        argv = ["nsenter", f"--net={lab.netns[c]}", "--", sys.executable, "-m", "lab.priority_load",
+        argv = ["nsenter", f"--net={lab.netns[c]}", "--", sys.executable, "-m", "lab.load.priority_load",
                 "--target", target, "--out", str(out), "--rate", f"{rate / len(clients):.3f}",
                 "--mix", ",".join(f"{k}={v}" for k, v in mix.items()), "--timeout", str(timeout),
                 "--duration", f"{duration:.1f}"]
@@ -182,7 +182,7 @@ FETCH_HOST = "fetcher.example"
 
 def client_get(lab: LabLike, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
     """One GET / from ``client`` through anycast with ``Host: host``: status and body (see
-    :func:`lab.client_http.client_request`)."""
+    :func:`lab.load.client_http.client_request`)."""
     status, _server, body = client_request(lab, client, host, "/", timeout)
     return status, body
 

@@ -17,9 +17,9 @@ from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
 from core.records import is_same_process
 from core.wait import wait_for
-from lab import control
-from lab.faults import SCENARIOS, active_faults
-from lab.runtime import (
+from lab.faults.catalogue import SCENARIOS, active_faults
+from lab.run import controller_socket as control
+from lab.run.lab import (
     RUN_ROOT,
     cleanup,
     cleanup_all,
@@ -89,7 +89,7 @@ def up(
     failed.unlink(missing_ok=True)
     log = RUN_ROOT / f"{name}.controller.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lab.controller", "--name", name,
+        proc = subprocess.Popen([sys.executable, "-m", "lab.run.controller", "--name", name,
                                  "--timeout", str(timeout), *(["--kind", kind] if kind else []),
                                  *(["--hosts", str(hosts)] if hosts else []), str(topology)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -243,7 +243,7 @@ def graph(
     name: NameOpt = "main",
 ) -> None:
     """Draw a topology (Mermaid text, or a PNG/SVG picture)."""
-    from lab.draw import draw
+    from lab.measure.draw import draw
 
     topo = load_topology(topology)
     colours: dict[str, str | None] | None = None
@@ -309,9 +309,9 @@ def measure(
     http_connections: Annotated[int, typer.Option(help="--http: keep-alive connections per client")] = 2,
 ) -> None:
     """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times."""
-    from lab import report
-    from lab.measurement import HttpSpec, RemoteLab
-    from lab.measurement import measure as run_measure
+    from lab.measure import report
+    from lab.measure.runner import HttpSpec, RemoteLab
+    from lab.measure.runner import measure as run_measure
 
     if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
         raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
@@ -590,10 +590,10 @@ def overload(
     server's level and counters afterwards."""
     from rich.table import Table
 
-    from lab.measurement import RemoteLab
-    from lab.overload import deploy_classes
-    from lab.overload import overload as run_overload
-    from lab.priority_load import parse_mix
+    from lab.load.overload import deploy_classes
+    from lab.load.overload import overload as run_overload
+    from lab.load.priority_load import parse_mix
+    from lab.measure.runner import RemoteLab
 
     if not (0.1 <= multiple <= 10 and 1 <= duration <= 120):
         raise UsageError("--multiple 0.1..10, --duration 1..120 s")
@@ -643,13 +643,13 @@ def do_(
     (phases of every failover, linearizability of the whole history, acknowledged writes lost)."""
     from rich.table import Table
 
-    from lab import durable_ops
+    from durable import client as durable_ops
 
     topo = topology_of(_running_state_usage(name))
     control_dir = run_dir_of(name) / topo.control.name
     if action == "nemesis":
-        from lab.do_nemesis import SCENARIOS, Nemesis, NemesisSpec, report
-        from lab.measurement import RemoteLab
+        from lab.load.do_nemesis import SCENARIOS, Nemesis, NemesisSpec, report
+        from lab.measure.runner import RemoteLab
 
         try:
             spec = NemesisSpec(failovers=failovers, scenarios=tuple(scenario or SCENARIOS))
@@ -740,7 +740,7 @@ def demo(
 ) -> None:
     """Up global.yaml; withdraw the busiest PoP, crash its service, silence its servers — each measured
     per client and restored; down."""
-    from lab.demo import run_demo
+    from lab.cli.demo import run_demo
 
     run_demo(topology, name, console, plot_dir)
 

@@ -9,7 +9,7 @@ records count). Every request is one JSON line in ``--out``: ``{"p": class, "t0"
 PoP server that spilled it, else ""), "err": null or an error kind}``. The process ends by itself at
 ``--duration`` (or on SIGTERM): a load never outlives its run.
 
-Run as ``python -m lab.priority_load --target A --out FILE --rate 200 --mix P0=0.1,P1=0.4,P2=0.3,P3=0.2``.
+Run as ``python -m lab.load.priority_load --target A --out FILE --rate 200 --mix P0=0.1,P1=0.4,P2=0.3,P3=0.2``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import httptools
 
 from core.clock import monotonic
 from core.http_client import http_exchange
-from lab.http_load import error_kind
+from lab.load.http_load import error_kind
 
 PER_CONNECTION_HZ = 20.0
 CLASS_HOST = "{}.load.example"  # P1 → p1.load.example

@@ -1,6 +1,6 @@
 """``anylab measure``: inject a fault, record everything on one clock, restore, repeat; report.
 
-Works on a :class:`~lab.runtime.Lab` in this process (tests, benchmarks) or on a lab run by a controller
+Works on a :class:`~lab.run.lab.Lab` in this process (tests, benchmarks) or on a lab run by a controller
 (:class:`RemoteLab`, the CLI): both can ``fail`` and ``restore`` and know their topology, run directory
 and namespaces. Each run:
 
@@ -10,7 +10,7 @@ and namespaces. Each run:
 4. waits until every client has settled: a full ``settle`` window of answers, none from a faulted
    server (clients behind a failed region's routers are left out), within a deadline derived from the
    profile's timers;
-5. stops recording, restores the fault, derives the figures (:mod:`lab.analysis`).
+5. stops recording, restores the fault, derives the figures (:mod:`lab.record.analysis`).
 
 An interruption (Ctrl-C) restores the fault and leaves the lab running.
 """
@@ -28,16 +28,17 @@ from typing import Any, Protocol
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError, WaitTimeout
 from core.wait import wait_for
-from lab import analysis, control
-from lab.faults import Plan, plan
-from lab.http_load import read as read_http
-from lab.measure import Probe, read_probes
-from lab.recorders import RouterRecorder
-from lab.runtime import observed_catchment, read_state, router_sessions, run_dir_of, set_probe_rate, topology_of
+from lab.faults.catalogue import Plan, plan
+from lab.load.http_load import read as read_http
+from lab.record import analysis
+from lab.record.probes import Probe, read_probes
+from lab.record.recorders import RouterRecorder
+from lab.run import controller_socket as control
+from lab.run.lab import observed_catchment, read_state, router_sessions, run_dir_of, set_probe_rate, topology_of
 from model.graph import predict_catchment
 from model.topology import Topology
 
-PROBE_TIMEOUT_S = 1.0  # lab.prober's default: a probe is written as lost only after this
+PROBE_TIMEOUT_S = 1.0  # lab.record.prober's default: a probe is written as lost only after this
 LINE_BYTES = 110  # a generous size of one probe line, to read just the tail that matters
 
 
@@ -222,7 +223,7 @@ def deploy_http_worker(driver: Driver) -> None:
 
 
 class HttpLoads:
-    """One :mod:`lab.http_load` process per client for the length of one run; stopped by PID, and
+    """One :mod:`lab.load.http_load` process per client for the length of one run; stopped by PID, and
     bounded by their own ``--duration`` if this process dies."""
 
     def __init__(self, driver: Driver, spec: HttpSpec, skip: set[str]) -> None:
@@ -237,7 +238,7 @@ class HttpLoads:
         target = str(self.driver.topo.anycast[0].network_address)
         for c in self.driver.topo.clients:
             self.path(c.name).unlink(missing_ok=True)
-            argv = ["nsenter", f"--net={self.driver.netns[c.name]}", "--", sys.executable, "-m", "lab.http_load",
+            argv = ["nsenter", f"--net={self.driver.netns[c.name]}", "--", sys.executable, "-m", "lab.load.http_load",
                     "--target", target, "--host", HTTP_HOST, "--out", str(self.path(c.name)),
                     "--rate", str(self.spec.rate), "--connections", str(self.spec.connections),
                     "--timeout", str(self.spec.timeout), "--duration", f"{duration:.1f}"]

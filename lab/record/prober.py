@@ -8,7 +8,7 @@ Every probe becomes one JSON line once answered or given up on (``timeout``)::
 Times are CLOCK_MONOTONIC seconds, the clock the controller stamps faults with, so shifts are
 measured on one clock. One connected socket (one flow, so ECMP keeps it on one path). The file is
 rotated to ``FILE.1`` past ``--max-bytes`` so a lab left up for days stays bounded.
-Run as ``python -m lab.prober --target A --out FILE [--rate HZ] [--idle-rate HZ]``; SIGTERM ends it. With
+Run as ``python -m lab.record.prober --target A --out FILE [--rate HZ] [--idle-rate HZ]``; SIGTERM ends it. With
 an idle rate it probes at that rate until SIGUSR1 (a measurement begins: ``--rate``) and again after
 SIGUSR2: at hundreds of PoPs, 1 kHz from every client all the time would take most of the machine.
 """

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from core.clock import monotonic
-from lab.measure import Shift
-from lab.runtime import Lab
+from lab.record.probes import Shift
+from lab.run.lab import Lab
 from model.graph import busiest_pop
 
 
@@ -31,7 +31,7 @@ def http_get(lab: Lab, client: str, host: str) -> str:
     """One GET to the anycast address from ``client``'s namespace: status, serving server and body."""
     import subprocess
 
-    from lab.client_http import client_request
+    from lab.load.client_http import client_request
 
     try:
         status, server, body = client_request(lab, client, host, timeout=5)
@@ -45,9 +45,9 @@ def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None 
     """Up, catchment, withdraw the busiest PoP and back; then its service crashes and its servers go
     silent, each measured and restored; two Durable Object failovers under load, checked; down.
     Timelines go to ``plot_dir`` if given. Raises AnylabError."""
-    from lab import report
-    from lab.cli import catchment_table
-    from lab.measurement import HttpSpec, measure
+    from lab.cli.main import catchment_table
+    from lab.measure import report
+    from lab.measure.runner import HttpSpec, measure
 
     t0 = monotonic()
     lab = Lab.from_file(topology, name)
@@ -87,8 +87,8 @@ def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None 
                 out = plot_dir / f"anylab-demo-{scenario}.png"
                 report.plot(result, timeline, out)
                 console.print(f"timeline: {out}")
-        from lab.do_nemesis import Nemesis, NemesisSpec
-        from lab.do_nemesis import report as do_report
+        from lab.load.do_nemesis import Nemesis, NemesisSpec
+        from lab.load.do_nemesis import report as do_report
 
         console.print("Durable Objects: registers and counters under load from every client while the owning "
                       "region's DO host crashes, then is cut off from the directory…")

@@ -11,7 +11,7 @@ Every request is one JSON line in ``--out``: ``{"m": "ka"|"nc", "c": connection 
 "reset"|"timeout"|"refused"|"eof"|"unreachable"|"other"}``. The process ends by itself at
 ``--duration`` (or on SIGTERM), so a load never outlives its measurement.
 
-Run as ``python -m lab.http_load --target A --host H --out FILE [--rate 50] [--connections 2]``.
+Run as ``python -m lab.load.http_load --target A --host H --out FILE [--rate 50] [--connections 2]``.
 """
 
 from __future__ import annotations

@@ -305,11 +305,11 @@ class DoHost(DoService):
 
 
 class Origin(PythonService):
-    """``protect.origin`` on an origin node: what workers fetch from; its failure mode is set by the
+    """``lab.run.origin`` on an origin node: what workers fetch from; its failure mode is set by the
     faults over ``origin.sock``."""
 
     name = "origin"
-    module = "protect.origin"
+    module = "lab.run.origin"
 
     def __init__(self, env: NodeEnv, node: ServiceNode) -> None:
         super().__init__(env)
@@ -418,7 +418,7 @@ class HealthAgent(PythonService):
 
 
 class Prober(Daemon):
-    """``lab.prober`` in a client namespace, probing the first anycast address."""
+    """``lab.record.prober`` in a client namespace, probing the first anycast address."""
 
     name = "prober"
 
@@ -443,7 +443,7 @@ class Prober(Daemon):
             raise self.error(f"probe rate {self.rate_hz} must be positive")
 
     def argv(self) -> list[str]:
-        return [self.env.python, "-m", "lab.prober", "--target", self.target, "--port", str(self.udp_port),
+        return [self.env.python, "-m", "lab.record.prober", "--target", self.target, "--port", str(self.udp_port),
                 "--rate", str(self.rate_hz), "--out", str(self.out),
                 *(["--idle-rate", str(self.idle_hz)] if self.idle_hz else [])]
 

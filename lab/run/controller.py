@@ -1,6 +1,6 @@
 """The process that holds a lab started by ``anylab up`` until ``anylab down`` (SIGTERM) or Ctrl-C.
 
-Run as ``python -m lab.controller --name NAME TOPOLOGY``; progress and failure are written to the lab's
+Run as ``python -m lab.run.controller --name NAME TOPOLOGY``; progress and failure are written to the lab's
 ``state.json`` (phase ``up`` or ``failed`` with the error) for the CLI to poll.
 """
 
@@ -13,8 +13,8 @@ import sys
 import threading
 
 from core.errors import AnylabError
-from lab import control
-from lab.runtime import RUN_ROOT, Lab
+from lab.run import controller_socket as control
+from lab.run.lab import RUN_ROOT, Lab
 
 
 def main() -> None:
