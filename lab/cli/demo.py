@@ -8,19 +8,20 @@ from rich.console import Console
 from rich.table import Table
 
 from core.clock import monotonic
-from lab.record.probes import Shift
+from lab.cli.tables import catchment_table
+from lab.record.analysis import ClientResult
 from lab.run.lab import Lab
 from model.graph import busiest_pop
 
 
-def shift_table(title: str, shifts: dict[str, Shift]) -> Table:
+def shift_table(title: str, shifts: dict[str, ClientResult]) -> Table:
     table = Table(title=title)
-    for col in ("client", "from", "to", "shift (ms)", "outage (ms)", "lost probes", "probes sent"):
+    for col in ("client", "from", "to", "shift (ms)", "gap (ms)", "lost probes", "probes sent"):
         table.add_column(col)
     for client, s in sorted(shifts.items()):
-        table.add_row(client, s.before or "-", s.after or "-",
+        table.add_row(client, s.from_pop or "-", s.to_pop or "-",
                       f"{s.shift_s * 1000:.1f}" if s.shift_s is not None else "did not move",
-                      f"{s.outage_s * 1000:.1f}" if s.outage_s is not None else "-", str(s.lost), str(s.sent))
+                      f"{s.gap_s * 1000:.1f}" if s.gap_s is not None else "-", str(s.lost), str(s.sent))
     return table
 
 
@@ -45,7 +46,6 @@ def run_demo(topology: Path, name: str, console: Console, plot_dir: Path | None 
     """Up, catchment, withdraw the busiest PoP and back; then its service crashes and its servers go
     silent, each measured and restored; two Durable Object failovers under load, checked; down.
     Timelines go to ``plot_dir`` if given. Raises AnylabError."""
-    from lab.cli.main import catchment_table
     from lab.measure import report
     from lab.measure.runner import HttpSpec, measure
 

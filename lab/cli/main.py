@@ -17,21 +17,12 @@ from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
 from core.records import is_same_process
 from core.wait import wait_for
+from lab.cli.tables import catchment_table
 from lab.faults.catalogue import SCENARIOS, active_faults
 from lab.run import controller_socket as control
-from lab.run.lab import (
-    RUN_ROOT,
-    cleanup,
-    cleanup_all,
-    daemons_alive,
-    in_service,
-    lab_names,
-    observed_catchment,
-    read_state,
-    router_sessions,
-    run_dir_of,
-    topology_of,
-)
+from lab.run.cleanup import cleanup, cleanup_all
+from lab.run.observe import daemons_alive, observed_catchment, router_sessions
+from lab.run.rundir import RUN_ROOT, in_service, lab_names, read_state, run_dir_of, topology_of
 from model.graph import predict_catchment
 from model.load import load_topology
 from model.topology import Topology
@@ -56,17 +47,6 @@ def _running_state(name: str) -> dict[str, Any]:
     if state is None:
         raise AnylabError(f"no lab named '{name}' is up (anylab up starts one)")
     return state
-
-
-def catchment_table(topo: Topology, observed: dict[str, str | None], predicted: dict[str, str]) -> Table:
-    table = Table(title=f"catchment of {topo.anycast[0]} in {topo.name}")
-    for col in ("client", "region", "router", "observed PoP", "predicted PoP", ""):
-        table.add_column(col)
-    for c in topo.clients:
-        obs, pred = observed.get(c.name), predicted.get(c.name)
-        mark = "[green]ok[/]" if obs == pred else "[red]differs[/]"
-        table.add_row(c.name, c.region, c.router, obs or "-", pred or "-", mark)
-    return table
 
 
 @app.command()
@@ -310,8 +290,9 @@ def measure(
 ) -> None:
     """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times."""
     from lab.measure import report
-    from lab.measure.runner import HttpSpec, RemoteLab
+    from lab.measure.runner import HttpSpec
     from lab.measure.runner import measure as run_measure
+    from lab.run.driver import RemoteLab
 
     if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
         raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
@@ -593,7 +574,7 @@ def overload(
     from lab.load.overload import deploy_classes
     from lab.load.overload import overload as run_overload
     from lab.load.priority_load import parse_mix
-    from lab.measure.runner import RemoteLab
+    from lab.run.driver import RemoteLab
 
     if not (0.1 <= multiple <= 10 and 1 <= duration <= 120):
         raise UsageError("--multiple 0.1..10, --duration 1..120 s")
@@ -649,7 +630,7 @@ def do_(
     control_dir = run_dir_of(name) / topo.control.name
     if action == "nemesis":
         from lab.load.do_nemesis import SCENARIOS, Nemesis, NemesisSpec, report
-        from lab.measure.runner import RemoteLab
+        from lab.run.driver import RemoteLab
 
         try:
             spec = NemesisSpec(failovers=failovers, scenarios=tuple(scenario or SCENARIOS))

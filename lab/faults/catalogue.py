@@ -41,15 +41,25 @@ import subprocess
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from core.clock import monotonic
+from core.daemon import Daemon
 from core.errors import AnylabError, UsageError
 from model.constants import LAB_SUPERNET
 from model.topology import Topology
 
-if TYPE_CHECKING:
-    from lab.run.lab import Lab
+
+class FaultTarget(Protocol):
+    """What injecting a fault needs of a running lab (:class:`lab.run.lab.Lab` is one): its topology, the
+    namespace file and directory of every node, its run directory and every node's daemons."""
+
+    topo: Topology
+    netns: dict[str, str]
+    run_dir: Path
+    daemons: dict[str, list[Daemon]]
+
+    def node_dir(self, node: str) -> Path: ...
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "service-crash": ("server", "pop"),
@@ -197,7 +207,7 @@ def _nft_cut(address: str) -> str:
 class Injector:
     """Carries out and undoes fault plans on a running lab; remembers what is failed (``faults.json``)."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: FaultTarget) -> None:
         self.lab = lab
         self.active: dict[str, Active] = {}
         self.lock = threading.Lock()

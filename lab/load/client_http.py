@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from lab.load.overload import LabLike
+from lab.run.driver import Driver
 
 _CODE = """
 import http.client, json, sys
@@ -21,7 +19,7 @@ print(json.dumps([r.status, r.getheader("x-anylab-server") or "", r.read().decod
 """
 
 
-def client_request(lab: LabLike, client: str, host: str, path: str = "/",
+def client_request(lab: Driver, client: str, host: str, path: str = "/",
                    timeout: float = 10.0) -> tuple[int, str, str]:
     """GET ``path`` with ``Host: host`` from ``client`` through anycast, on its own connection: status,
     the server that answered (X-Anylab-Server) and the body. Raises subprocess.CalledProcessError when

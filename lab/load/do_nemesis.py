@@ -36,7 +36,7 @@ from durable import client as durable_ops
 from durable.history import load
 from durable.linearizability import check
 from lab.load.do_load import objects
-from lab.measure.runner import Driver
+from lab.run.driver import Driver
 
 WORKER, HOST = "reg", "reg.example"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "do_register.py"

@@ -13,34 +13,18 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from core import unix_http
 from core.clock import monotonic
 from core.errors import AnylabError
 from core.stats import quantile
+from core.wait import wait_for
 from lab.load.client_http import client_request
 from lab.load.http_load import read as read_records
 from lab.load.priority_load import host_of
-from model.topology import Topology
-
-
-class LabLike(Protocol):
-    """What an overload run needs of a lab: a :class:`lab.run.lab.Lab` or one driven through its
-    controller (:class:`lab.measure.runner.RemoteLab`)."""
-
-    topo: Topology
-    netns: dict[str, str]
-    run_dir: Path
-
-    def node_dir(self, node: str) -> Path: ...
-
-    def catchment(self, after: float | None = None) -> dict[str, str | None]: ...
-
-    def deploy(self, name: str, host: str, code: str, **options: Any) -> Any: ...
-
-    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float: ...
-
-    def restore(self, target: str) -> float: ...
+from lab.run.driver import Driver
+from lab.run.rundir import in_service
 
 CLASSES = ("P0", "P1", "P2", "P3")
 #: The design's classes as a mix: health checks and auth (P0) are few, paid traffic (P1) the most.
@@ -48,17 +32,15 @@ DEFAULT_MIX = {"P0": 0.1, "P1": 0.4, "P2": 0.3, "P3": 0.2}
 CLASS_WORKER = "async def fetch(request, env, ctx):\n    return 'ok'\n"
 
 
-def deploy_classes(lab: LabLike) -> None:
+def deploy_classes(lab: Driver) -> None:
     """One trivial worker per class at ``pN.load.example`` with priority PN (the same content is the same
     version: deploying twice changes nothing). Raises ControlPlaneError."""
     for p in CLASSES:
         lab.deploy(f"load-{p.lower()}", host_of(p), CLASS_WORKER, priority=p)
 
 
-def pop_capacity(lab: LabLike, pop: str) -> float:
+def pop_capacity(lab: Driver, pop: str) -> float:
     """Requests per second ``pop`` takes on at 100 %: its servers in service × the per-server capacity."""
-    from lab.run.lab import in_service
-
     servers = in_service(lab.topo, lab.run_dir).get(pop)
     if not servers:
         raise AnylabError(f"no PoP named {pop!r}")
@@ -84,7 +66,7 @@ def summarise(records: list[dict[str, Any]], home: str) -> dict[str, dict[str, A
     return out
 
 
-def overload(lab: LabLike, pop: str, multiple: float, duration: float, mix: dict[str, float] | None = None,
+def overload(lab: Driver, pop: str, multiple: float, duration: float, mix: dict[str, float] | None = None,
              timeout: float = 2.0) -> dict[str, Any]:
     """Send ``multiple`` × ``pop``'s capacity for ``duration`` seconds from the clients whose catchment is
     ``pop`` (split evenly between them) and summarise what each class got. The loads stop by themselves
@@ -134,7 +116,7 @@ def overload(lab: LabLike, pop: str, multiple: float, duration: float, mix: dict
             "protect": {s.name: _protect(lab, s.name) for s in lab.topo.servers}}
 
 
-def _overload_events(lab: LabLike, pop: str, since: float | None) -> list[dict[str, Any]]:
+def _overload_events(lab: Driver, pop: str, since: float | None) -> list[dict[str, Any]]:
     """The health agents' ``overload-on``/``off`` decisions at ``pop`` since ``since`` (s after it)."""
     out = []
     for s in lab.topo.servers:
@@ -146,7 +128,7 @@ def _overload_events(lab: LabLike, pop: str, since: float | None) -> list[dict[s
     return sorted(out, key=lambda e: e["after_s"])
 
 
-def protect_of(lab: LabLike, server: str) -> dict[str, Any]:
+def protect_of(lab: Driver, server: str) -> dict[str, Any]:
     """What the server's edge worker last wrote to its ``protect.json`` (level, breakers, counters,
     utilisation, peers); empty when it has not written it yet or is replacing it."""
     try:
@@ -156,13 +138,13 @@ def protect_of(lab: LabLike, server: str) -> dict[str, Any]:
     return data
 
 
-def level_of(lab: LabLike, server: str) -> int | None:
+def level_of(lab: Driver, server: str) -> int | None:
     """The server's degradation level as it last wrote it (None: not written yet)."""
     level = protect_of(lab, server).get("level")
     return None if level is None else int(level)
 
 
-def _protect(lab: LabLike, server: str) -> dict[str, Any]:
+def _protect(lab: Driver, server: str) -> dict[str, Any]:
     data = protect_of(lab, server)
     return {k: data.get(k) for k in ("level", "utilisation", "counters")} if data else {}
 
@@ -180,23 +162,21 @@ async def fetch(request, env, ctx):
 FETCH_HOST = "fetcher.example"
 
 
-def client_get(lab: LabLike, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
+def client_get(lab: Driver, client: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
     """One GET / from ``client`` through anycast with ``Host: host``: status and body (see
     :func:`lab.load.client_http.client_request`)."""
     status, _server, body = client_request(lab, client, host, "/", timeout)
     return status, body
 
 
-def origin_status(lab: LabLike, origin: str = "origin") -> dict[str, Any]:
+def origin_status(lab: Driver, origin: str = "origin") -> dict[str, Any]:
     """The origin's counters (``served``, ``failed``) and mode, from its admin socket."""
-    from core import unix_http
-
     sock = lab.node_dir(origin) / "origin.sock"
     status: dict[str, Any] = json.loads(unix_http.request(str(sock), "GET", "/admin/status", timeout=5)[1])
     return status
 
 
-def breaker_state(lab: LabLike, key: str) -> dict[str, Any]:
+def breaker_state(lab: Driver, key: str) -> dict[str, Any]:
     """The breaker ``deployment/dependency`` as the edge workers last reported it (any server)."""
     states: dict[str, dict[str, Any]] = {}
     for s in lab.topo.servers:
@@ -204,12 +184,10 @@ def breaker_state(lab: LabLike, key: str) -> dict[str, Any]:
     return states.get(key, {})
 
 
-def breaker_run(lab: LabLike, client: str, timeout: float = 120.0) -> dict[str, Any]:
+def breaker_run(lab: Driver, client: str, timeout: float = 120.0) -> dict[str, Any]:
     """``origin-errors`` until the origin's breaker opens, then the origin restored at once: how many
     failures the origin saw when it opened, and how long from opening until half-open probes closed it
     again — against the configured threshold and open time. Raises WaitTimeout past ``timeout``."""
-    from core.wait import wait_for
-
     lab.deploy("fetcher", FETCH_HOST, FETCH_WORKER)
     before = origin_status(lab)["failed"]
     lab.fail("origin-errors", "origin")

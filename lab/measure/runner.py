@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError, WaitTimeout
@@ -33,60 +33,16 @@ from lab.load.http_load import read as read_http
 from lab.record import analysis
 from lab.record.probes import Probe, read_probes
 from lab.record.recorders import RouterRecorder
-from lab.run import controller_socket as control
-from lab.run.lab import observed_catchment, read_state, router_sessions, run_dir_of, set_probe_rate, topology_of
-from model.graph import predict_catchment
+from lab.run.baseline import wait_baseline
+from lab.run.driver import Driver
+from lab.run.observe import observed_catchment, set_probe_rate
 from model.topology import Topology
 
 PROBE_TIMEOUT_S = 1.0  # lab.record.prober's default: a probe is written as lost only after this
+#: How long a run waits for the lab's baseline (:func:`lab.run.baseline.wait_baseline`) before its fault.
+BASELINE_TIMEOUT_S = 60.0
 LINE_BYTES = 110  # a generous size of one probe line, to read just the tail that matters
 
-
-
-class Driver(Protocol):
-    topo: Topology
-    run_dir: Path
-    netns: dict[str, str]
-
-    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float: ...
-
-    def restore(self, target: str) -> float: ...
-
-
-class RemoteLab:
-    """A lab run by its controller (``anylab up``), driven through the control socket."""
-
-    def __init__(self, name: str) -> None:
-        state = read_state(name)
-        if state is None or state.get("phase") != "up":
-            raise UsageError(f"no lab named '{name}' is up; 'anylab up' starts one")
-        self.name = name
-        self.topo = topology_of(state)
-        self.run_dir = run_dir_of(name)
-        self.netns = {n: f"/run/netns/{state['netns_prefix']}{n}" for n in self.topo.node_names()}
-
-    def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
-        timeout = 60.0 + count * period
-        reply = control.call(self.run_dir, "fail", timeout, scenario=scenario, target=target, count=count,
-                             period=period)
-        return float(reply["t"])
-
-    def restore(self, target: str) -> float:
-        return float(control.call(self.run_dir, "restore", target=target)["t"])
-
-    def node_dir(self, node: str) -> Path:
-        return self.run_dir / node
-
-    def catchment(self, after: float | None = None) -> dict[str, str | None]:
-        return observed_catchment(self.topo, self.run_dir, after)
-
-    def deploy(self, name: str, host: str, code: str, **options: Any) -> Any:
-        """Upload and deploy a worker everywhere through the control plane and wait until every PoP
-        server runs it. Raises ControlPlaneError, WaitTimeout."""
-        from control_plane.client import Client
-
-        return Client(self.node_dir(self.topo.control.name)).release(name, {"code": code, "host": host,
-                                                                             **options})
 
 
 @dataclass
@@ -106,25 +62,6 @@ def _deadline_s(topo: Topology, p: Plan) -> float:
     profiles = [prof, *(r.profile for r in topo.routers), *(x.profile for x in topo.pops)]
     worst = max(pr.hold + pr.health.detection_bound + pr.mrai for pr in profiles)
     return worst + 15.0 + (p.count * p.period if p.scenario == "flap" else 0.0)
-
-
-def wait_baseline(driver: Driver, timeout: float = 60.0) -> None:
-    """Wait until every session is up and every client is answered by its predicted PoP (answers sent
-    after this call). Raises WaitTimeout naming the differences."""
-    topo, t0 = driver.topo, monotonic()
-    predicted = predict_catchment(topo)
-    problems: list[str] = []
-
-    def ok() -> bool:
-        problems.clear()
-        sessions = router_sessions(topo, driver.run_dir)
-        problems.extend(f"{s.router}: {', '.join(s.down)} down" for s in sessions if s.down)
-        seen = observed_catchment(topo, driver.run_dir, after=t0)
-        problems.extend(f"{c}: {seen.get(c)} (predicted {pop})" for c, pop in predicted.items() if seen.get(c) != pop)
-        return not problems
-
-    wait_for(ok, timeout=timeout, what="the predicted catchment", interval=0.05,
-             describe=lambda: "; ".join(problems[:6]))
 
 
 def _client_probes(driver: Driver, client: str, since: float) -> list[Probe]:
@@ -295,7 +232,7 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
     """:func:`measure_once` with the probers at their measuring rate since ``t_fast`` (the second of
     probes before the fault that the analysis reads is at that rate)."""
     topo = driver.topo
-    wait_baseline(driver)
+    wait_baseline(driver.topo, driver.run_dir, deadline=monotonic() + BASELINE_TIMEOUT_S)
     prefixes = {str(x) for x in topo.anycast}
     rec = RouterRecorder({r.name: driver.netns[r.name] for r in topo.routers}, list(topo.anycast))
     skip = {c.name for c in topo.clients if c.router in p.routers}
@@ -387,7 +324,7 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
         run, timeline = measure_once(driver, p, settle, i, http)
         runs.append(run)
     try:
-        wait_baseline(driver)
+        wait_baseline(driver.topo, driver.run_dir, deadline=monotonic() + BASELINE_TIMEOUT_S)
         restored_ok = True
     except AnylabError:
         restored_ok = False

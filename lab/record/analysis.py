@@ -2,13 +2,15 @@
 
 All times are CLOCK_MONOTONIC seconds; results are relative to the fault (``t_fault``).
 
-Per client, at server granularity (a fault on one server of a multi-server PoP moves flows to a sibling):
-``shift_s`` fault → first answer from a server other than the one serving before; ``gap_s`` last
-answer from the old server → first from the new one (what the client felt); ``lost`` probes sent after
-the fault and never answered; ``blackhole_s`` the longest run without answers; ``misroutes`` answers
-from a PoP that is neither the old nor the final one; ``flips`` changes of serving server after the
-fault. Cross-check: a gap should be about (lost + 1) probe intervals; a disagreement beyond one interval
-is reported in ``crosscheck``, not hidden.
+This is the one definition of what a fault did to a client (``anylab measure``, ``Lab.wait_shifted``, the
+demo, the benchmarks). Per client, at server granularity (a fault on one server of a multi-server PoP
+moves flows to a sibling) or, with ``by="pop"``, PoP granularity: ``shift_s`` fault → first answer from
+a server (PoP) other than the one serving before; ``gap_s`` last answer from the old one → first from
+the new one (what the client felt; equal to the probe interval when nothing was missed); ``lost``
+probes sent after the fault and never answered (to the end of the record); ``blackhole_s`` the longest
+run without answers; ``misroutes`` answers from a PoP that is neither the old nor the final one;
+``flips`` changes of serving server after the fault. Cross-check: a gap should be about (lost + 1)
+probe intervals; a disagreement beyond one interval is reported in ``crosscheck``, not hidden.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lab.record.probes import Probe
 from lab.record.recorders import BgpMessage, FibChange
@@ -26,6 +28,9 @@ from lab.record.recorders import BgpMessage, FibChange
 
 @dataclass(frozen=True)
 class ClientResult:
+    """What a fault at ``t_fault`` did to one client: the one definition of shift, gap and lost (see the
+    module docstring), at server or PoP granularity."""
+
     from_server: str | None
     to_server: str | None
     from_pop: str | None
@@ -43,32 +48,37 @@ class ClientResult:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def _pop_of(server: str | None) -> str | None:
-    return server.rsplit("-s", 1)[0] if server else None
+def _pop_of(p: Probe) -> str | None:
+    if p.pop is not None:
+        return p.pop
+    return p.server.rsplit("-s", 1)[0] if p.server else None
 
 
 def client_result(probes: Sequence[Probe], t_fault: float, interval: float,
-                  faulted: frozenset[str] = frozenset()) -> ClientResult:
+                  faulted: frozenset[str] = frozenset(), by: Literal["server", "pop"] = "server") -> ClientResult:
     """One client's experience of a fault at ``t_fault`` (``interval``: the probe period). The shift is
-    to a server outside ``faulted``: when a whole PoP drains, a client passing through a sibling that
-    has not demoted yet has not shifted (that detour counts as a flip)."""
+    to a server other than the one serving before (``by="pop"``: to another PoP) and outside
+    ``faulted``: when a whole PoP drains, a client passing through a sibling that has not demoted yet has
+    not shifted (that detour counts as a flip)."""
+    key: Callable[[Probe], str | None] = (lambda p: p.server) if by == "server" else _pop_of
     before = [p for p in probes if p.sent < t_fault and p.answered]
-    old = before[-1].server if before else None
-    last_old_recv = before[-1].recv if before else None
+    old_probe = before[-1] if before else None
+    old = key(old_probe) if old_probe else None
+    last_old_recv = old_probe.recv if old_probe else None
     after = [p for p in probes if p.sent >= t_fault]
     lost = sum(1 for p in after if not p.answered)
     answered = [p for p in after if p.answered]
-    final = answered[-1].server if answered else None
+    final_probe = answered[-1] if answered else None
     shift_s = gap_s = None
-    new: str | None = None
+    new_probe: Probe | None = None
     lost_before_shift = 0
     for p in after:
         if not p.answered:
             lost_before_shift += 1
             continue
         assert p.recv is not None
-        if p.server != old and p.server not in faulted:
-            new = p.server
+        if key(p) != old and p.server not in faulted:
+            new_probe = p
             shift_s = p.recv - t_fault
             gap_s = p.recv - last_old_recv if last_old_recv is not None else None
             break
@@ -76,7 +86,7 @@ def client_result(probes: Sequence[Probe], t_fault: float, interval: float,
     # Longest stretch of consecutive lost probes, as time between the answers around it.
     blackhole = 0.0
     run_start: float | None = None
-    prev_recv = before[-1].recv if before else t_fault
+    prev_recv = old_probe.recv if old_probe else t_fault
     for p in after:
         if p.answered:
             if run_start is not None and p.recv is not None and prev_recv is not None:
@@ -87,19 +97,22 @@ def client_result(probes: Sequence[Probe], t_fault: float, interval: float,
             run_start = p.sent
     if run_start is not None and after and prev_recv is not None:
         blackhole = max(blackhole, after[-1].sent - prev_recv)
-    pops = {_pop_of(old), _pop_of(final)}
-    misroutes = sum(1 for p in answered if _pop_of(p.server) not in pops)
-    flips = sum(1 for a, b in zip([old, *(p.server for p in answered)], (p.server for p in answered), strict=False)
-                if a != b)
+    pops = {_pop_of(old_probe) if old_probe else None, _pop_of(final_probe) if final_probe else None}
+    misroutes = sum(1 for p in answered if _pop_of(p) not in pops)
+    served = [old_probe.server if old_probe else None, *(p.server for p in answered)]
+    flips = sum(1 for a, b in itertools.pairwise(served) if a != b)
     check = None
     if gap_s is not None:
         expected = (lost_before_shift + 1) * interval
         if abs(gap_s - expected) > interval + 0.001:
             check = (f"gap {gap_s * 1000:.1f} ms but {lost_before_shift} probes lost "
                      f"(≈ {expected * 1000:.1f} ms at {interval * 1000:.1f} ms per probe)")
-    return ClientResult(old, new or (final if final != old else None), _pop_of(old),
-                        _pop_of(new) if new else _pop_of(final), shift_s, gap_s, lost, len(after),
-                        blackhole, misroutes, flips, check)
+    old_server = old_probe.server if old_probe else None
+    final = final_probe.server if final_probe else None
+    to_probe = new_probe or final_probe
+    return ClientResult(old_server, new_probe.server if new_probe else (final if final != old_server else None),
+                        _pop_of(old_probe) if old_probe else None, _pop_of(to_probe) if to_probe else None,
+                        shift_s, gap_s, lost, len(after), blackhole, misroutes, flips, check)
 
 
 def probe_rate(probes: Sequence[Probe], t0: float, t1: float) -> dict[str, float]:

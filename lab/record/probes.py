@@ -1,4 +1,5 @@
-"""Reading what the probers recorded, and what a fault did to each client (pure functions)."""
+"""Reading what the probers recorded: one :class:`Probe` per line of a client's ``probes.jsonl`` (what a
+fault did to the client is :mod:`lab.record.analysis`'s)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -62,46 +62,3 @@ def last_answer(probes: Sequence[Probe], after: float | None = None) -> Probe | 
         if p.answered and (after is None or p.sent >= after):
             return p
     return None
-
-
-@dataclass(frozen=True)
-class Shift:
-    """What a fault at ``t_fault`` did to one client.
-
-    ``shift_s``: from the fault to the first answer from another PoP (None if the client never moved).
-    ``outage_s``: from the last answer before the move to the first answer after it.
-    ``lost``: probes sent after the fault and never answered, up to the first answer from another PoP
-    (or to the end of the record if it never moved).
-    """
-
-    before: str | None
-    after: str | None
-    shift_s: float | None
-    outage_s: float | None
-    lost: int
-    sent: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "after": self.after, "shift_s": self.shift_s,
-                "outage_s": self.outage_s, "lost": self.lost, "sent": self.sent}
-
-
-def shift_after(probes: Sequence[Probe], t_fault: float) -> Shift:
-    """Measure one client's move away from the PoP it used at ``t_fault``."""
-    before_probe = last_answer([p for p in probes if p.sent < t_fault])
-    before = before_probe.pop if before_probe else None
-    last_old = before_probe.recv if before_probe else None
-    lost = sent = 0
-    for p in probes:
-        if p.sent < t_fault:
-            continue
-        sent += 1
-        if not p.answered:
-            lost += 1
-            continue
-        assert p.recv is not None
-        if p.pop != before:
-            outage = p.recv - last_old if last_old is not None else None
-            return Shift(before, p.pop, p.recv - t_fault, outage, lost, sent)
-        last_old = p.recv
-    return Shift(before, before, None, None, lost, sent)

@@ -13,20 +13,31 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from core.clock import monotonic
 from core.errors import AnylabError
+from lab.run.rundir import in_service
+from model.topology import Topology
 from protect import autoscale
 
-if TYPE_CHECKING:
-    from lab.run.lab import Lab
+
+class Scalable(Protocol):
+    """What the autoscaler needs of the lab it scales (:class:`lab.run.lab.Lab` is one)."""
+
+    topo: Topology
+    run_dir: Path
+
+    def node_dir(self, node: str) -> Path: ...
+
+    def scale(self, pop: str, servers: int, timeout: float = 60.0) -> dict[str, Any]: ...
 
 PERIOD_S = 1.0
 EVENTS = "autoscale-events.jsonl"
 
 
-def config_of(lab: Lab, pop: str) -> autoscale.Config | None:
+def config_of(lab: Scalable, pop: str) -> autoscale.Config | None:
     p = lab.topo.pop(pop)
     if p.autoscale is None:
         return None
@@ -35,7 +46,7 @@ def config_of(lab: Lab, pop: str) -> autoscale.Config | None:
 
 
 class Autoscaler:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Scalable) -> None:
         self.lab = lab
         self.configs = {p.name: cfg for p in lab.topo.pops if (cfg := config_of(lab, p.name)) is not None}
         self.states = {pop: autoscale.State() for pop in self.configs}
@@ -54,8 +65,6 @@ class Autoscaler:
 
     def sample(self, pop: str, t: float) -> autoscale.Sample:
         """The PoP's servers in service as their edges last wrote it (a server not written yet counts 0)."""
-        from lab.run.lab import in_service
-
         servers = in_service(self.lab.topo, self.lab.run_dir)[pop]
         utilisation, queue = [], 0.0
         for s in servers:

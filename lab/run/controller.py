@@ -14,7 +14,8 @@ import threading
 
 from core.errors import AnylabError
 from lab.run import controller_socket as control
-from lab.run.lab import RUN_ROOT, Lab
+from lab.run.lab import Lab
+from lab.run.rundir import RUN_ROOT
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ from core.wait import wait_for
 from lab.load.overload import deploy_classes, overload
 from lab.load.priority_load import connections_for
 from lab.run.autoscaler import EVENTS
-from lab.run.lab import Lab, fib_nexthops, in_service
+from lab.run.lab import Lab
+from lab.run.observe import fib_nexthops
+from lab.run.rundir import in_service
 from tests.conftest import TOPOLOGIES
 
 CAPACITY_RPS = 50.0

@@ -37,13 +37,13 @@ def test_withdrawing_busiest_pop_moves_only_its_clients(lab: Lab) -> None:
     before = lab.catchment()
     t = lab.withdraw("fra")
     shifts = lab.wait_shifted(["eu-c1", "eu-c2"], t)
-    assert {c: s.after for c, s in shifts.items()} == {"eu-c1": "ams", "eu-c2": "cdg"}
+    assert {c: s.to_pop for c, s in shifts.items()} == {"eu-c1": "ams", "eu-c2": "cdg"}
     after = lab.catchment(after=max(s.shift_s or 0 for s in shifts.values()) + t)
     assert {c: p for c, p in after.items() if not c.startswith("eu")} == \
         {c: p for c, p in before.items() if not c.startswith("eu")}
     t = lab.announce("fra")
     back = lab.wait_shifted(["eu-c1", "eu-c2"], t)
-    assert {c: s.after for c, s in back.items()} == {"eu-c1": "fra", "eu-c2": "fra"}
+    assert {c: s.to_pop for c, s in back.items()} == {"eu-c1": "fra", "eu-c2": "fra"}
     assert lab.catchment() == lab.predicted()
 
 

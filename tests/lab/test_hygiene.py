@@ -11,7 +11,7 @@ import sys
 from core import netns
 from core.records import is_same_process
 from core.wait import wait_for
-from lab.run.lab import RUN_ROOT, lab_names, run_dir_of
+from lab.run.rundir import RUN_ROOT, lab_names, run_dir_of
 from tests.conftest import PROJECT, TOPOLOGIES
 
 

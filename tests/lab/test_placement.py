@@ -67,5 +67,5 @@ def test_withdrawal_moves_clients_across_a_tunnel(lab: Lab) -> None:
         for pop in ("fra", *others):
             lab.announce(pop)
     for shift in shifts.values():
-        assert shift.after is not None and lab.topo.pop(shift.after).region != "eu"
+        assert shift.to_pop is not None and lab.topo.pop(shift.to_pop).region != "eu"
         assert shift.shift_s is not None and shift.shift_s < SHIFT_BOUND_S

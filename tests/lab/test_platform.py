@@ -102,7 +102,7 @@ def test_control_plane_cut_off_records_the_deploy_and_servers_take_it_when_back(
         assert get(lab) == (200, "old")
     finally:
         lab.restore("control")
-    client = lab.control()
+    client = lab.control_plane_api()
     placement = client.deployments()["workers"]["app"]["placement"]
     client.wait_applied("app", placement, 0.0, timeout=30)  # the syncers' backoff is ≤ 2 s, long polls ≤ 25 s
     assert get(lab) == (200, "new")

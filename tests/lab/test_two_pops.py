@@ -37,13 +37,13 @@ def test_client_reaches_preferred_pop(lab: Lab) -> None:
 def test_withdraw_moves_client_to_backup_and_back(lab: Lab) -> None:
     t = lab.withdraw("sjc")
     shift = lab.wait_shifted(["c1"], t)["c1"]
-    assert (shift.before, shift.after) == ("sjc", "lax")
+    assert (shift.from_pop, shift.to_pop) == ("sjc", "lax")
     assert shift.shift_s is not None and shift.shift_s < SHIFT_BOUND_S
     # sjc keeps answering until the route moves: a graceful withdrawal loses nothing.
     assert shift.lost == 0
     t = lab.announce("sjc")
     back = lab.wait_shifted(["c1"], t)["c1"]
-    assert (back.before, back.after) == ("lax", "sjc")
+    assert (back.from_pop, back.to_pop) == ("lax", "sjc")
     assert back.shift_s is not None and back.shift_s < SHIFT_BOUND_S
 
 

@@ -43,7 +43,7 @@ def test_peer_routes_never_go_up(lab: Lab) -> None:
     t = lab.withdraw("far")
     try:
         shift = lab.wait_shifted(["ca"], t)["ca"]
-        assert (shift.before, shift.after) == ("far", "near")
+        assert (shift.from_pop, shift.to_pop) == ("far", "near")
         assert shift.shift_s is not None and shift.shift_s < SHIFT_BOUND_S
         assert held(lab, "t1") == [(65020, 64601)]
         assert (65010, 65020, 64601) in held(lab, "c")

@@ -7,7 +7,7 @@ from pathlib import Path
 from bgp.exabgp import ExaBgp
 from core.daemon import NodeEnv
 from core.proc import ProcessGroup
-from lab.run.lab import validate_all
+from lab.run.starts import validate_all
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 

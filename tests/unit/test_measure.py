@@ -1,4 +1,4 @@
-"""Shift measurement from probe records, as a table of cases."""
+"""Reading probe records, and the shift by PoP (what ``Lab.wait_shifted`` reports), as a table of cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.record.probes import Probe, last_answer, parse_probes, read_probes, shift_after
+from lab.record.analysis import client_result
+from lab.record.probes import Probe, last_answer, parse_probes, read_probes
 
 
 def probes(spec: str, period: float = 0.01) -> list[Probe]:
@@ -17,22 +18,28 @@ def probes(spec: str, period: float = 0.01) -> list[Probe]:
 
 
 @pytest.mark.parametrize(
-    ("spec", "t_fault", "before", "after", "shift", "outage", "lost"),
+    ("spec", "t_fault", "before", "after", "shift", "gap", "lost"),
     [
         ("aaaabbbb", 0.035, "a", "b", 0.041 - 0.035, 0.010, 0),  # hitless move
         ("aaaa..bb", 0.035, "a", "b", 0.061 - 0.035, 0.030, 2),  # two probes lost
         ("aa..aabb", 0.015, "a", "b", 0.061 - 0.015, 0.010, 2),  # loss, back on a, then b
         ("aaaaaaaa", 0.035, "a", "a", None, None, 0),  # never moved
-        ("aaaa....", 0.035, "a", "a", None, None, 4),  # never moved, all lost
+        ("aaaa....", 0.035, "a", None, None, None, 4),  # never moved, all lost: no PoP after the fault
         ("....bbbb", 0.015, None, "b", 0.041 - 0.015, None, 2),  # no answer before the fault
     ],
 )
-def test_shift_after(spec: str, t_fault: float, before: str | None, after: str | None,
-                     shift: float | None, outage: float | None, lost: int) -> None:
-    s = shift_after(probes(spec), t_fault)
-    assert (s.before, s.after, s.lost) == (before, after, lost)
+def test_shift_by_pop(spec: str, t_fault: float, before: str | None, after: str | None,
+                      shift: float | None, gap: float | None, lost: int) -> None:
+    s = client_result(probes(spec), t_fault, 0.01, by="pop")
+    assert (s.from_pop, s.to_pop, s.lost) == (before, after, lost)
     assert s.shift_s == pytest.approx(shift) if shift is not None else s.shift_s is None
-    assert s.outage_s == pytest.approx(outage) if outage is not None else s.outage_s is None
+    assert s.gap_s == pytest.approx(gap) if gap is not None else s.gap_s is None
+
+
+def test_lost_counts_to_the_end_of_the_record() -> None:
+    """Lost probes after the move count too: the record's, not only those before the shift."""
+    s = client_result(probes("aaaabb.b"), 0.035, 0.01, by="pop")
+    assert (s.to_pop, s.lost, s.sent) == ("b", 1, 4)
 
 
 def test_last_answer_skips_lost_and_old() -> None:

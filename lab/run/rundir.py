@@ -1,0 +1,70 @@
+"""A lab's run directory and names, readable from any process: the controller's, the CLI's, a test's.
+
+Everything a lab makes is named after it: its run directory ``/run/anylab/<name>`` (``ANYLAB_RUN_ROOT``
+to move it), its namespaces ``anylab-<name>-<node>``. The run directory holds ``state.json`` (phase,
+topology, the controller's pid), ``in-service.json`` (PoP → servers in service), the process records
+(``pids.jsonl``) and one directory per node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from model.load import build_topology
+from model.topology import Topology
+
+RUN_ROOT = Path(os.environ.get("ANYLAB_RUN_ROOT", "/run/anylab"))
+NETNS_PREFIX = "anylab-"
+STATE_FILE = "state.json"
+#: PoP → its servers in service now (``anylab scale`` changes it); absent: the topology's ``servers``.
+IN_SERVICE_FILE = "in-service.json"
+LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,16}$")
+
+
+
+def run_dir_of(name: str) -> Path:
+    return RUN_ROOT / name
+
+
+def netns_prefix(name: str) -> str:
+    return f"{NETNS_PREFIX}{name}-"
+
+
+def read_state(name: str) -> dict[str, Any] | None:
+    path = run_dir_of(name) / STATE_FILE
+    if not run_dir_of(name).exists():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return {"name": name, "phase": "unknown"}
+
+
+def topology_of(state: dict[str, Any]) -> Topology:
+    """The topology a running lab was built from (as it was then, not as the file is now)."""
+    return build_topology(state["spec"], state.get("source", "<state>"))
+
+
+def lab_names() -> list[str]:
+    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir()) if RUN_ROOT.is_dir() else []
+
+
+def in_service(topo: Topology, run_dir: Path) -> dict[str, list[str]]:
+    """PoP → its servers in service now (the rest of its slots are racked but have no processes)."""
+    try:
+        data: dict[str, list[str]] = json.loads((run_dir / IN_SERVICE_FILE).read_text())
+        return data
+    except (OSError, ValueError):
+        return {p.name: list(p.servers) for p in topo.pops}
+
+
+def write_in_service(run_dir: Path, serving: dict[str, list[str]]) -> None:
+    """Replace ``in-service.json`` at once (a reader sees the old set or the new one)."""
+    tmp = run_dir / (IN_SERVICE_FILE + ".tmp")
+    tmp.write_text(json.dumps(serving))
+    tmp.replace(run_dir / IN_SERVICE_FILE)

@@ -1,0 +1,71 @@
+"""What runs where: every node's daemons for a topology, in the order they are started on the node (each
+waits only for what it names as a dependency). Routers get their kind's daemons (:mod:`bgp.routers`),
+the control node the control plane and the DO directory, each region's storage node its KV master and DO
+host, an origin node the origin, a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
+(or, ``server_process: folded``, ExaBGP and one pop agent), a client its prober."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bgp import routers as router_kinds
+from bgp.bird import BirdBfd
+from bgp.exabgp import ExaBgp
+from core.daemon import Daemon, NodeEnv
+from lab.run.launchers import (
+    ControlPlane,
+    DoDirectory,
+    DoHost,
+    EdgeWorker,
+    HealthAgent,
+    KvMaster,
+    KvReplica,
+    Origin,
+    PopAgent,
+    Prober,
+)
+from model.graph import spill_peers
+from model.topology import Topology
+
+
+def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, list[Daemon]]:
+    """Node → its daemons (made, not started; their node directories are created). ``env_of`` gives a
+    node's environment (namespace, directory, process group)."""
+    daemons: dict[str, list[Daemon]] = {}
+    t = topo.spec.settings
+    for r in topo.routers:
+        daemons[r.name] = router_kinds.daemons_of(env_of(r.name), r)
+    control = topo.control
+    env_of(control.name).dir.mkdir(parents=True, exist_ok=True)
+    control_plane = ControlPlane(env_of(control.name), control, topo.pops)
+    daemons[control.name] = [control_plane, DoDirectory(env_of(control.name), control, topo.kv_masters, t)]
+    pop_token = control_plane.token_files["pop"]
+    for km in topo.kv_masters:
+        env_of(km.name).dir.mkdir(parents=True, exist_ok=True)
+        peers = tuple(p for p in topo.kv_masters if p.name != km.name)
+        daemons[km.name] = [KvMaster(env_of(km.name), km, peers), DoHost(env_of(km.name), km, control, pop_token, t)]
+    for o in topo.origins:
+        env_of(o.name).dir.mkdir(parents=True, exist_ok=True)
+        daemons[o.name] = [Origin(env_of(o.name), o)]
+    for s in topo.servers:
+        env = env_of(s.name)
+        env.dir.mkdir(parents=True, exist_ok=True)
+        share = t.account_limits.share(sum(1 for x in topo.servers if x.pop == s.pop))
+        edge = EdgeWorker(env, s, t.probe_port, control, pop_token, topo.origins,
+                          {k: b.model_dump() for k, b in t.breakers.items()},
+                          spill_peers(topo, s.name, t.spillover_pops),
+                          t.server_capacity_rps, t.spillover_threshold, share)
+        kv = KvReplica(env, s, topo.kv_masters, t.kv_stale_after_s, share, t.kv_poll_s)
+        if t.server_process == "folded":
+            daemons[s.name] = [ExaBgp(env, s), PopAgent(env, edge, kv, s.health_agent == "anylab")]
+        else:
+            daemons[s.name] = [edge, ExaBgp(env, s), kv]
+        if any(n.profile.bfd for n in s.neighbors):
+            daemons[s.name].append(BirdBfd(env, s))
+        if s.health_agent == "anylab" and t.server_process == "split":
+            daemons[s.name].append(HealthAgent(env, s))
+    target = str(topo.anycast[0].network_address)
+    for c in topo.clients:
+        env_of(c.name).dir.mkdir(parents=True, exist_ok=True)
+        daemons[c.name] = [Prober(env_of(c.name), c, target, t.probe_rate_hz, t.probe_port, t.probe_idle_hz)]
+    return daemons
