@@ -12,6 +12,7 @@ import subprocess
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from bgp.kind import RouterKind, register
 from core.daemon import Daemon, NodeEnv
 from model.constants import LOCAL_PREF, RELATION_COMMUNITY
 from model.profiles import BfdSpec
@@ -192,3 +193,31 @@ def bird_as_paths(sock: Path, prefix: IPv4Network) -> list[tuple[int, ...]]:
     out = birdc(sock, f"show route for {prefix} all", check=False)
     return sorted(tuple(int(a) for a in line.split("BGP.as_path:", 1)[1].split())
                   for line in out.splitlines() if "BGP.as_path:" in line)
+
+
+@register
+class BirdKind(RouterKind):
+    """``kind: bird``: one BIRD 2 for BGP, BFD and the kernel; state through birdc."""
+
+    name = "bird"
+
+    def daemons(self, env: NodeEnv, router: Router) -> list[Daemon]:
+        env.dir.mkdir(parents=True, exist_ok=True)
+        return [Bird(env, router)]
+
+    def sessions(self, router_dir: Path, router: Router) -> dict[str, str]:
+        return bird_sessions(router_dir / "bird.ctl", router)
+
+    def bfd_peers(self, router_dir: Path) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for line in birdc(router_dir / "bird.ctl", "show bfd sessions").splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0].count(".") == 3:
+                seen[parts[0]] = parts[2].lower()
+        return seen
+
+    def best_as_path(self, router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:
+        return bird_best_as_path(router_dir / "bird.ctl", prefix)
+
+    def as_paths(self, router_dir: Path, prefix: IPv4Network) -> list[tuple[int, ...]]:
+        return bird_as_paths(router_dir / "bird.ctl", prefix)

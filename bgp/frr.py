@@ -10,9 +10,11 @@ import json
 import pwd
 import shutil
 import subprocess
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bgp.kind import RouterKind, register
 from core.daemon import Daemon, NodeEnv
 from core.wait import socket_accepts
 from model.constants import LOCAL_PREF, RELATION_COMMUNITY
@@ -212,3 +214,37 @@ def established_peers(router_dir: Path) -> dict[str, str]:
     summary = vtysh_json(router_dir, "show bgp summary json", daemon="bgpd") or {}
     peers = summary.get("ipv4Unicast", {}).get("peers", {})
     return {addr: str(info.get("state", "?")) for addr, info in peers.items()}
+
+
+@register
+class Frr(RouterKind):
+    """``kind: frr``: zebra, bfdd (where a session has BFD) and bgpd; state through vtysh."""
+
+    name = "frr"
+
+    def daemons(self, env: NodeEnv, router: Router) -> list[Daemon]:
+        prepare_dir(env.dir)  # the daemons drop privileges to frr:frr and write here
+        return list(router_daemons(env, router))
+
+    def sessions(self, router_dir: Path, router: Router) -> dict[str, str]:
+        return established_peers(router_dir)
+
+    def bfd_peers(self, router_dir: Path) -> dict[str, str]:
+        return {str(peer.get("peer")): str(peer.get("status", "?")).lower()
+                for peer in vtysh_json(router_dir, "show bfd peers json", daemon="bfdd") or []}
+
+    def _paths(self, router_dir: Path, prefix: IPv4Network) -> list[dict[str, Any]]:
+        data = vtysh_json(router_dir, f"show bgp ipv4 unicast {prefix} json", daemon="bgpd") or {}
+        paths: list[dict[str, Any]] = data.get("paths", [])
+        return paths
+
+    def best_as_path(self, router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:
+        for path in self._paths(router_dir, prefix):
+            if path.get("bestpath", {}).get("overall"):
+                text = str(path.get("aspath", {}).get("string", "")).strip()
+                return tuple(int(a) for a in text.split()) if text else ()
+        return None
+
+    def as_paths(self, router_dir: Path, prefix: IPv4Network) -> list[tuple[int, ...]]:
+        return sorted(tuple(int(a) for a in str(p.get("aspath", {}).get("string", "")).split())
+                      for p in self._paths(router_dir, prefix))

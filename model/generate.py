@@ -128,10 +128,6 @@ STAGES: dict[int, Shape] = {
     3: Shape("global-300", regions=6, transits_per_region=16, pops_per_region=50, clients_per_region=1,
              profile="scale", settings=dict(SCALE_SETTINGS)),
 }
-#: Servers per PoP in the design's stages (for docs/scaling.md and ``--design-servers``).
-DESIGN_SERVERS = {1: 4, 2: 4, 3: 10}
-
-
 def stage(number: int, **overrides: Any) -> dict[str, Any]:
     """Stage ``number`` (1–3) of the design, with ``overrides`` of :class:`Shape` fields."""
     if number not in STAGES:

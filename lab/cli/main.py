@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bgp.routers import kind_names
 from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
 from core.records import is_same_process
@@ -27,7 +28,7 @@ from model.graph import predict_catchment
 from model.load import load_topology
 from model.topology import Topology
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,8 +60,8 @@ def up(
                                                     "the multi-host prototype, docs/scaling.md)")] = None,
 ) -> None:
     """Start a lab and return once BGP has converged and every client gets answers."""
-    if kind not in (None, "frr", "bird"):
-        raise UsageError(f"--kind {kind}: use frr or bird")
+    if kind is not None and kind not in kind_names():
+        raise UsageError(f"--kind {kind}: use {' or '.join(kind_names())}")
     topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
     if read_state(name) is not None:
         raise AnylabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
@@ -728,12 +729,15 @@ def demo(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(ctx: typer.Context) -> None:
-    """ruff, mypy, then the whole test suite (extra arguments go to pytest)."""
+    """ruff, mypy, the import contract (lint-imports), then the whole test suite (extra arguments go to
+    pytest)."""
     py = sys.executable
     steps = [[py, "-m", "ruff", "check", "."], [py, "-m", "mypy", "."],
+             [str(Path(py).with_name("lint-imports")), "--no-cache"],
              [py, "-m", "pytest", "-q", "-ra", "tests", *ctx.args]]
     for argv in steps:
-        console.print(f"[bold]$ {' '.join(argv[2:])}[/]")
+        shown = argv[2:] if argv[0] == py else [Path(argv[0]).name, *argv[1:]]
+        console.print(f"[bold]$ {' '.join(shown)}[/]")
         res = subprocess.run(argv, cwd=PROJECT, check=False)
         if res.returncode != 0:
             raise typer.Exit(res.returncode)

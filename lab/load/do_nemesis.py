@@ -39,7 +39,7 @@ from lab.load.do_load import objects
 from lab.run.driver import Driver
 
 WORKER, HOST = "reg", "reg.example"
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "do_register.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "do_register.py"
 SCENARIOS = ("region-down", "do-crash", "do-cut")
 
 

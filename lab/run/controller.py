@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from bgp.routers import kind_names
 from core.errors import AnylabError
 from lab.run import controller_socket as control
 from lab.run.lab import Lab
@@ -22,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="main")
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--kind", choices=["frr", "bird"], default=None, help="make every router this kind")
+    parser.add_argument("--kind", choices=kind_names(), default=None, help="make every router this kind")
     parser.add_argument("--hosts", type=int, default=None, help="partition over N hosts")
     parser.add_argument("topology")
     args = parser.parse_args()

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from bgp import routers as router_kinds
-from core.errors import AnylabError
 from core.proc import recorded_procs
 from lab.record.probes import last_answer, read_probes
 from lab.run.rundir import in_service
@@ -29,23 +27,6 @@ class SessionState:
     up: int
     total: int
     down: tuple[str, ...]
-
-
-def fib_nexthops(netns_file: str, prefix: str) -> set[str]:
-    """The gateways of the kernel route to ``prefix`` in a router's namespace (empty: no route).
-    Raises AnylabError when ``ip`` cannot run there."""
-    try:
-        res = subprocess.run(["nsenter", f"--net={netns_file}", "--", "ip", "-j", "route", "show", prefix],
-                             capture_output=True, text=True, timeout=10, check=True)
-        routes = json.loads(res.stdout or "[]")
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise AnylabError(f"cannot read the route to {prefix}: {exc}") from exc
-    hops: set[str] = set()
-    for r in routes:
-        hops |= {h["gateway"] for h in r.get("nexthops", []) if "gateway" in h}
-        if "gateway" in r:
-            hops.add(r["gateway"])
-    return hops
 
 
 T = TypeVar("T")

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bgp import routers as router_kinds
 from control_plane.client import Client
 from core.clock import monotonic
 from core.daemon import Daemon
 from core.errors import UsageError
 from core.wait import wait_for
-from lab.run.observe import fib_nexthops, router_sessions
+from lab.run.observe import router_sessions
 from lab.run.rundir import in_service, write_in_service
 from lab.run.starts import start_daemons
 from model.topology import Topology
@@ -64,7 +65,7 @@ def scale_pop(topo: Topology, run_dir: Path, netns: dict[str, str], daemons: dic
 
     def fib() -> bool:
         for router, via in hops:
-            present = via in fib_nexthops(netns[router], prefix)
+            present = via in router_kinds.fib_nexthops(netns[router], topo.router(router), prefix)
             if present != bool(added):
                 return False
         return True

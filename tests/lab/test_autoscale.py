@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from bgp.routers import fib_nexthops
 from core.wait import wait_for
 from lab.load.overload import deploy_classes, overload
 from lab.load.priority_load import connections_for
 from lab.run.autoscaler import EVENTS
 from lab.run.lab import Lab
-from lab.run.observe import fib_nexthops
 from lab.run.rundir import in_service
 from tests.conftest import TOPOLOGIES
 
@@ -78,7 +78,7 @@ def test_scaling_by_hand_adds_a_server_to_the_ecmp_set_and_removes_it(lab: Lab) 
     up = lab.scale("sjc", 2)
     assert up["added"] == ["sjc-s2"] and up["servers"] == ["sjc-s1", "sjc-s2"]
     r2 = lab.topo.router("r2")
-    assert fib_nexthops(lab.netns["r2"], str(lab.topo.anycast[0])) == {str(n.address) for n in r2.neighbors
+    assert fib_nexthops(lab.netns["r2"], r2, str(lab.topo.anycast[0])) == {str(n.address) for n in r2.neighbors
                                                                        if n.node.startswith("sjc-")}
     # The new server synced its deployments from the control plane when it started.
     assert set(servers_answering(lab)) == {"sjc/sjc-s1", "sjc/sjc-s2"}

@@ -131,15 +131,24 @@ def test_an_acknowledged_write_is_on_two_regions_and_reaches_every_master_and_th
 
 
 def test_concurrent_writes_converge_on_every_master(cluster: Cluster) -> None:
+    """Writes to every master, interleaved: each is acknowledged, and every master ends on what was
+    written last to each key (last writer wins; the HLC follows the one clock the masters share here)."""
+    last: dict[str, str] = {}
     for i in range(20):
         for m in cluster.masters:
-            cluster.put(m, f"k{i % 5}", f"{m}-{i}")
+            key, value = f"k{i % 5}", f"{m}-{i}"
+            reply = cluster.put(m, key, value)
+            assert reply.get("committed") is True, f"{m}: {key}={value} not committed: {reply}"
+            last[key] = value
+    views: dict[str, dict[str, str | None]] = {}
 
-    def same() -> bool:
-        views = [[(cluster.get(m, f"k{j}") or {}).get("value") for j in range(5)] for m in cluster.masters]
-        return all(v == views[0] for v in views)
+    def converged() -> bool:
+        for m in cluster.masters:
+            views[m] = {k: (cluster.get(m, k) or {}).get("value") for k in last}
+        return all(view == last for view in views.values())
 
-    wait_for(same, timeout=15, what="every master to agree")
+    wait_for(converged, timeout=15, what="every master to return what was written last",
+             describe=lambda: f"written {last}, seen {views}")
 
 
 def test_level1_stale_reads_and_queued_writes_drain_in_order(cluster: Cluster) -> None:
