@@ -625,7 +625,7 @@ def do_(
     (phases of every failover, linearizability of the whole history, acknowledged writes lost)."""
     from rich.table import Table
 
-    from durable import client as durable_ops
+    from durable import client as do_client
 
     topo = topology_of(_running_state_usage(name))
     control_dir = run_dir_of(name) / topo.control.name
@@ -645,7 +645,7 @@ def do_(
         if not result["linearizable"] or result["acked_lost"]:
             raise typer.Exit(1)
         return
-    listing = durable_ops.directory(control_dir)
+    listing = do_client.directory(control_dir)
     if action == "list":
         if as_json:
             print(json.dumps(listing, indent=1))
@@ -662,13 +662,13 @@ def do_(
         raise UsageError("use: anylab do list | anylab do where SCRIPT/Class NAME | anylab do nemesis "
                          "[--failovers N] [--scenario S]…")
     try:
-        key = durable_ops.key_of(namespace, object_name)
+        key = do_client.key_of(namespace, object_name)
     except AnylabError as exc:
         raise UsageError(str(exc)) from None
     placed = listing["objects"].get(key)
     if placed is None:
         raise UsageError(f"{namespace} {object_name!r} ({key}) has not been called yet: it has no owner")
-    owner = durable_ops.host(run_dir_of(name) / topo.kv_master_of(placed["owner"]).name)
+    owner = do_client.host(run_dir_of(name) / topo.kv_master_of(placed["owner"]).name)
     detail = owner["objects"].get(key, {})
     reply = {"key": key, "owner": placed["owner"], "epoch": placed["epoch"], "backup": placed["backup"],
              "seq": detail.get("seq"), "backup_seeded": detail.get("seeded"), "mode": owner["mode"],

@@ -32,7 +32,7 @@ from core.clock import monotonic
 from core.errors import AnylabError
 from core.stats import quantile
 from core.wait import wait_for
-from durable import client as durable_ops
+from durable import client as do_client
 from durable.history import load
 from durable.linearizability import check
 from lab.load.do_load import objects
@@ -81,7 +81,7 @@ class Nemesis:
         self.run_id = secrets.token_hex(3)
         names = objects(spec.registers, spec.counters, self.regions, self.run_id)
         #: This run's objects, by directory key (earlier runs' objects are left out of everything).
-        self.keys = {durable_ops.key_of(f"{WORKER}/Register", n): n for n in names}
+        self.keys = {do_client.key_of(f"{WORKER}/Register", n): n for n in names}
 
     # -- load -------------------------------------------------------------------------------------
 
@@ -142,7 +142,7 @@ class Nemesis:
 
     def listing(self) -> dict[str, Any]:
         """The directory's listing of this run's objects."""
-        listing = durable_ops.directory(self.control_dir)
+        listing = do_client.directory(self.control_dir)
         listing["objects"] = {k: o for k, o in listing["objects"].items() if k in self.keys}
         return listing
 
@@ -187,7 +187,7 @@ class Nemesis:
                              interval=0.05)
         finally:
             t_restore = self.driver.restore(target)
-        durable_ops.wait_leases(self.control_dir, timeout=self.spec.phase_timeout)
+        do_client.wait_leases(self.control_dir, timeout=self.spec.phase_timeout)
         self.wait_served(t_restore)
         directory_events = [e for e in events(self.control_dir / "do-events.jsonl") if e["time"] >= t_fault]
         detect = next((e["time"] for e in directory_events if e["event"] == "region_down" and e["region"] == target),
@@ -211,7 +211,7 @@ class Nemesis:
         """Deploy the example worker, run the failovers under load, check the history. Raises
         WaitTimeout/AnylabError; every fault is restored and every load process stopped anyway."""
         s = self.spec
-        durable_ops.wait_leases(self.control_dir)
+        do_client.wait_leases(self.control_dir)
         Client(self.control_dir).release(WORKER, {"code": EXAMPLE.read_text(), "host": HOST,
                                                   "bindings": {"REG": {"durable_object": "Register"}}})
         t0 = monotonic()

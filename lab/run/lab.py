@@ -28,7 +28,7 @@ from core.errors import AnylabError
 from core.proc import ProcessGroup
 from core.records import proc_starttime
 from core.wait import wait_for
-from durable import client as durable_ops
+from durable import client as do_client
 from lab.faults.catalogue import Injector, plan
 from lab.record.analysis import ClientResult, client_result
 from lab.record.probes import Probe, read_probes
@@ -245,15 +245,15 @@ class Lab:
 
     def do_directory(self) -> dict[str, Any]:
         """The Durable Object directory's listing (regions, objects). Raises AnylabError."""
-        return durable_ops.directory(self.node_dir(self.topo.control.name))
+        return do_client.directory(self.node_dir(self.topo.control.name))
 
     def do_host(self, region: str) -> dict[str, Any]:
         """Region ``region``'s DO host status (lease, owned objects, lag). Raises AnylabError."""
-        return durable_ops.host(self.node_dir(self.topo.kv_master_of(region).name))
+        return do_client.host(self.node_dir(self.topo.kv_master_of(region).name))
 
     def wait_do_leases(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until every region's DO host holds a lease. Raises WaitTimeout."""
-        return durable_ops.wait_leases(self.node_dir(self.topo.control.name), timeout)
+        return do_client.wait_leases(self.node_dir(self.topo.control.name), timeout)
 
     def withdraw(self, pop: str) -> float:
         return self.set_announced(pop, False)
