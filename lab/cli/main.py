@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bgp.routers import kind_names
+from core import netns
 from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
 from core.records import is_same_process
@@ -23,7 +24,16 @@ from lab.faults.catalogue import SCENARIOS, active_faults
 from lab.run import controller_socket as control
 from lab.run.cleanup import cleanup, cleanup_all
 from lab.run.observe import daemons_alive, observed_catchment, router_sessions
-from lab.run.rundir import RUN_ROOT, in_service, lab_names, read_state, run_dir_of, topology_of
+from lab.run.rundir import (
+    RUN_ROOT,
+    check_name,
+    in_service,
+    lab_names,
+    netns_prefix,
+    read_state,
+    run_dir_of,
+    topology_of,
+)
 from model.graph import predict_catchment
 from model.load import load_topology
 from model.topology import Topology
@@ -35,7 +45,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="anylab: an anycast and BGP failover lab in network namespaces.")
 console = Console(width=None if sys.stdout.isatty() else 130)
 
-NameOpt = Annotated[str, typer.Option("--name", "-n", help="lab name (several labs may run at once)")]
+def _checked_name(name: str) -> str:
+    """Every command's ``--name``, checked before the command touches the disk (UsageError: exit 2)."""
+    return check_name(name)
+
+
+NameOpt = Annotated[str, typer.Option("--name", "-n", callback=_checked_name,
+                                      help="lab name: 1 to 16 lower-case letters and digits (labs run side by side)")]
 ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS))]
 TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region, router link a:b, or control")]
 CountOpt = Annotated[int, typer.Option(help="flap: down/up cycles")]
@@ -700,11 +716,13 @@ def down(
     all_: Annotated[bool, typer.Option("--all", help="every lab, and whatever crashed labs left")] = False,
 ) -> None:
     """Stop a lab: its processes (by PID), namespaces and run files."""
+    left: list[str] = []
     if all_:
-        errors = cleanup_all()
-        names = "every lab"
+        errors, left = cleanup_all()
+        names = "every lab of this run root"
     else:
-        if read_state(name) is None and not (RUN_ROOT / f"{name}.controller.log").exists():
+        if (read_state(name) is None and not (RUN_ROOT / f"{name}.controller.log").exists()
+                and not netns.names(netns_prefix(name))):
             console.print(f"no lab named '{name}' is up (labs: {', '.join(lab_names()) or 'none'})")
             return
         errors = cleanup(name)
@@ -712,6 +730,10 @@ def down(
     if errors:
         raise AnylabError("teardown finished with errors: " + "; ".join(errors))
     console.print(f"{names}: down, nothing left behind")
+    if left:
+        shown = ", ".join(left[:5]) + (" …" if len(left) > 5 else "")
+        console.print(f"left alone, no lab of {RUN_ROOT} owns them: {len(left)} namespace{'s' * (len(left) != 1)} "
+                      f"({shown}); 'anylab down --name NAME' removes lab NAME's")
 
 
 @app.command()

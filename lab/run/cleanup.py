@@ -12,7 +12,7 @@ from core.errors import AnylabError
 from core.proc import recorded_procs, stop_many
 from core.records import is_same_process
 from core.wait import wait_for
-from lab.run.rundir import NETNS_PREFIX, RUN_ROOT, lab_names, netns_prefix, read_state, run_dir_of
+from lab.run.rundir import LAB_NAME_RE, NETNS_PREFIX, RUN_ROOT, lab_names, netns_prefix, read_state, run_dir_of
 
 
 def cleanup(name: str, controller_timeout: float | None = None) -> list[str]:
@@ -45,17 +45,16 @@ def cleanup(name: str, controller_timeout: float | None = None) -> list[str]:
     return errors
 
 
-def cleanup_all() -> list[str]:
-    """``anylab down --all``: every lab's leftovers, and namespaces with the lab prefix but no lab."""
+def cleanup_all() -> tuple[list[str], list[str]]:
+    """``anylab down --all``: every lab this run root holds, with all it left (see :func:`cleanup`).
+    Returns the errors met and the namespaces with the lab prefix that belong to no lab found here —
+    another run root's, or a bench's in progress: those are listed, never deleted."""
     errors: list[str] = []
     for name in lab_names():
         errors += cleanup(name)
-    for ns in netns.names(NETNS_PREFIX):
-        try:
-            netns.delete(ns)
-        except AnylabError as exc:
-            errors.append(str(exc))
     for pattern in ("*.controller.log", "*.failed"):
         for leftover in RUN_ROOT.glob(pattern) if RUN_ROOT.is_dir() else []:
-            leftover.unlink(missing_ok=True)
-    return errors
+            lab = leftover.name.split(".", 1)[0]
+            if LAB_NAME_RE.fullmatch(lab) and not (RUN_ROOT / lab).exists():
+                leftover.unlink(missing_ok=True)
+    return errors, netns.names(NETNS_PREFIX)

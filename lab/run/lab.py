@@ -38,7 +38,7 @@ from lab.run.cleanup import cleanup
 from lab.run.hostlimits import raise_limits
 from lab.run.launchers import SERVER_PRELOAD, ControlPlane
 from lab.run.observe import SessionState, observed_catchment, router_sessions
-from lab.run.rundir import LAB_NAME_RE, STATE_FILE, netns_prefix, read_state, run_dir_of, write_in_service
+from lab.run.rundir import STATE_FILE, check_name, netns_prefix, read_state, run_dir_of, write_in_service
 from lab.run.scaling import scale_pop
 from lab.run.starts import start_daemons, start_zygote, validate_all
 from lab.run.wiring import daemons_of
@@ -55,9 +55,7 @@ class Lab:
     """One running lab. ``up()``/``down()`` or use it as a context manager."""
 
     def __init__(self, topo: Topology, name: str = "main") -> None:
-        if not LAB_NAME_RE.match(name):
-            # No dashes: the namespace prefix "anylab-<name>-" must not match another lab's.
-            raise AnylabError(f"bad lab name {name!r}: use 1 to 16 lower-case letters and digits")
+        check_name(name)  # raises UsageError: the name becomes a path and a namespace prefix
         self.topo = topo
         self.name = name
         self.run_dir = run_dir_of(name)

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from core.errors import UsageError
 from model.load import build_topology
 from model.topology import Topology
 
@@ -22,12 +23,22 @@ NETNS_PREFIX = "anylab-"
 STATE_FILE = "state.json"
 #: PoP → its servers in service now (``anylab scale`` changes it); absent: the topology's ``servers``.
 IN_SERVICE_FILE = "in-service.json"
+#: A lab name: no dashes (the namespace prefix "anylab-<name>-" must not match another lab's), no dots or
+#: slashes (it becomes a path under the run root).
 LAB_NAME_RE = re.compile(r"^[a-z0-9]{1,16}$")
 
 
+def check_name(name: str) -> str:
+    """``name`` if it is a lab name; raises UsageError (before anything touches the disk) otherwise."""
+    if not isinstance(name, str) or not LAB_NAME_RE.fullmatch(name):
+        raise UsageError(f"bad lab name {name!r}: use 1 to 16 lower-case letters and digits (e.g. --name lab1)")
+    return name
+
 
 def run_dir_of(name: str) -> Path:
-    return RUN_ROOT / name
+    """The run directory of lab ``name``; raises UsageError for a name that is not a lab name, so no path
+    is ever built from an unchecked one."""
+    return RUN_ROOT / check_name(name)
 
 
 def netns_prefix(name: str) -> str:
@@ -51,7 +62,10 @@ def topology_of(state: dict[str, Any]) -> Topology:
 
 
 def lab_names() -> list[str]:
-    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir()) if RUN_ROOT.is_dir() else []
+    """The labs the run root holds (directories with a lab's name; anything else there is not a lab's)."""
+    if not RUN_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir() and LAB_NAME_RE.fullmatch(p.name))
 
 
 def in_service(topo: Topology, run_dir: Path) -> dict[str, list[str]]:
