@@ -9,6 +9,7 @@ uniqueness, interface names) are :mod:`model.graph`'s and are run here too.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,77 @@ from model.resolve import resolve
 from model.spec import TopologySpec
 from model.topo_script import run_topology_script
 from model.topology import Topology
+
+#: Bounds on what validation reads, so a hostile file fails fast with one line instead of minutes and
+#: gigabytes: the file's size, how deep its lists and mappings nest, and how many of each entry it has
+#: (well above the design's Stage 3: 300 PoPs, 102 routers).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 32
+MAX_ENTRIES: Mapping[str, int] = {"regions": 64, "routers": 2000, "links": 20000, "pops": 2000, "clients": 2000,
+                                  "kv_masters": 64, "origins": 64, "anycast": 64}
+
+
+class _UniqueKeyLoader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
+    """libyaml's safe loader (the pure-Python one takes a minute for 30 MB), refusing a key given twice in
+    one mapping: YAML keeps the last silently, which dropped a whole ``routers:`` section."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and mappings nest (iteratively: a 20 000-deep list must not exhaust the stack)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                return level
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _read_text(path: Path, source: str) -> str:
+    """The file's text; raises TopologyError for what is not a readable, bounded, UTF-8 text file (a FIFO
+    or a device would block ``up``; a binary file is not a topology)."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise TopologyError(source, "(file)", f"cannot be read ({exc.strerror})",
+                            "give the path of an existing topology file, e.g. topologies/global.yaml") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise TopologyError(source, "(file)", "is not a regular file", "give the path of a topology file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise TopologyError(source, "(file)", f"is {info.st_size / 1e6:.1f} MB; a topology may be "
+                            f"{MAX_FILE_BYTES // (1024 * 1024)} MB at most", "split it, or generate it with a script")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TopologyError(source, "(file)", f"cannot be read ({exc.strerror})",
+                            "give the path of an existing topology file, e.g. topologies/global.yaml") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TopologyError(source, f"byte {exc.start}", "is not UTF-8 text (a binary file, or UTF-16?)",
+                            "save the topology as UTF-8 text") from None
+    if "\x00" in text:
+        raise TopologyError(source, f"byte {text.index(chr(0))}", "holds a NUL byte: not a text file",
+                            "save the topology as UTF-8 text")
+    return text
+
 
 _FIXES: Mapping[str, str] = {
     "missing": "add this field",
@@ -90,21 +162,21 @@ def load_topology(path: str | Path, router_kind: str | None = None, profile: Any
     """
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TopologyError(source, "(file)", f"cannot be read ({exc.strerror})",
-                            "give the path of an existing topology file, e.g. topologies/global.yaml") from exc
+    text = _read_text(path, source)
     if path.suffix == ".py":
-
         data = run_topology_script(path)
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a safe loader (libyaml's), see above
+        except RecursionError:
+            raise TopologyError(source, "(file)", f"nests deeper than {MAX_DEPTH} levels",
+                                "a topology is a few levels of mappings and lists") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
             problem = getattr(exc, "problem", None) or "not valid YAML"
+            if "given twice" in problem:
+                raise TopologyError(source, where, problem, "give each key once (merge the two)") from None
             raise TopologyError(source, where, f"YAML syntax error: {problem}",
                                 "fix the indentation or quoting there") from exc
     if router_kind is not None and isinstance(data, dict) and isinstance(data.get("routers"), list):
@@ -123,6 +195,14 @@ def build_topology(data: Any, source: str = "<dict>") -> Topology:
     if not isinstance(data, dict):
         raise TopologyError(source, "(top level)", "is not a mapping of fields",
                             "start the file with 'name:', 'regions:', 'routers:', 'pops:', 'clients:'")
+    if _depth(data) > MAX_DEPTH:
+        raise TopologyError(source, "(file)", f"nests deeper than {MAX_DEPTH} levels",
+                            "a topology is a few levels of mappings and lists")
+    for key, most in MAX_ENTRIES.items():
+        entries = data.get(key)
+        if isinstance(entries, list) and len(entries) > most:
+            raise TopologyError(source, key, f"has {len(entries)} entries; the lab takes {most} at most",
+                                "split the topology over several labs")
     try:
         spec = TopologySpec.model_validate(data)
     except ValidationError as exc:

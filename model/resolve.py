@@ -54,12 +54,18 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
 
     for i, r in enumerate(spec.routers):
         need(r.region, regions, f"routers[{i}] ({r.name}).region", "region")
+    linked: dict[frozenset[str], int] = {}
     for i, link in enumerate(spec.links):
         need(link.a, routers, f"links[{i}].a", "router")
         need(link.b, routers, f"links[{i}].b", "router")
         if link.a == link.b:
             raise TopologyError(source, f"links[{i}]", f"links router '{link.a}' to itself",
                                 "connect two different routers")
+        pair = frozenset((link.a, link.b))
+        if pair in linked:
+            raise TopologyError(source, f"links[{i}]", f"links {link.a} and {link.b} again (links[{linked[pair]}] "
+                                "already does; one eBGP session per pair)", "remove one of the two links")
+        linked[pair] = i
     related = [link.relation is not None for link in spec.links]
     if any(related) and not all(related):
         i = related.index(False)

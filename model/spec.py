@@ -4,9 +4,9 @@ is one section of the file; :mod:`model.load` turns what they reject into one li
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model.constants import DEFAULT_ANYCAST, NAME_RE, RESERVED_ASNS
 from model.profiles import DEFAULT_PROFILE, Profile, expand, named
@@ -14,6 +14,25 @@ from model.profiles import DEFAULT_PROFILE, Profile, expand, named
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false would pass as 1/0 where a number is wanted (``asn: true`` became AS 1)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            options = set(get_args(annotation)) or {annotation}
+            if bool not in options and options & {int, float}:
+                raise ValueError(f"{str(value).lower()} is not a number; give a number")
+        return value
+
+
+def _check_loopback(value: IPv4Address | None) -> IPv4Address | None:
+    if value is not None and (value.is_loopback or value.is_unspecified or value.is_multicast
+                              or value.is_link_local or value.is_reserved or value == IPv4Address("255.255.255.255")):
+        raise ValueError(f"{value} is not an address a router can use as its loopback; "
+                         "give a unicast address such as 10.255.0.9")
+    return value
 
 
 def _check_name(value: str) -> str:
@@ -50,6 +69,7 @@ class RouterSpec(_Spec):
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
+    _loopback = field_validator("loopback")(lambda cls, v: _check_loopback(v))
 
 
 class LinkSpec(_Spec):

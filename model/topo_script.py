@@ -2,35 +2,85 @@
 
 A script defines ``topology() -> dict`` returning the same structure as a YAML file; run directly,
 it prints that YAML (and ``anylab up topologies/x.py`` brings it up).
+
+A script is code: it runs in a child process of its own, bounded in time and output, and hands its
+topology back as JSON. A script that sleeps, reads a FIFO, exits or crashes costs the caller one clear
+TopologyError, never a hang, a silent exit or a traceback. (It still runs with the caller's privileges:
+``anylab up`` runs as root, so run only scripts you trust.)
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from core.errors import TopologyError
 
+#: How long a script may take to return its topology, and how much JSON it may hand back.
+SCRIPT_TIMEOUT_S = 30.0
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
-def run_topology_script(path: Path) -> Any:
-    """Import ``path`` and call its ``topology()``; raises TopologyError if that fails."""
-    spec = importlib.util.spec_from_file_location(f"anylab_topology_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise TopologyError(str(path), "(file)", "cannot be imported as a Python module",
-                            "give a .py file that defines topology()")
-    module = importlib.util.module_from_spec(spec)
+_RUNNER = """
+import importlib.util, json, sys
+path = sys.argv[1]
+def answer(obj):
+    sys.stdout.write(json.dumps(obj, default=str))
+    sys.stdout.flush()
+    sys.exit(0)
+spec = importlib.util.spec_from_file_location("anylab_topology_script", path)
+if spec is None or spec.loader is None:
+    answer({"where": "(file)", "problem": "cannot be imported as a Python module",
+            "fix": "give a .py file that defines topology()"})
+module = importlib.util.module_from_spec(spec)
+try:
+    spec.loader.exec_module(module)
+except BaseException as exc:
+    if isinstance(exc, SystemExit):
+        answer({"where": "(file)", "problem": f"called sys.exit({exc.code!r}) while being imported",
+                "fix": "define topology() and do not exit at import"})
+    answer({"where": "(file)", "problem": f"raised {type(exc).__name__}: {exc}",
+            "fix": "fix the script so that importing it works"})
+build = getattr(module, "topology", None)
+if not callable(build):
+    answer({"where": "topology()", "problem": "is not defined",
+            "fix": "define a function topology() returning the topology as a dict"})
+try:
+    data = build()
+except BaseException as exc:
+    answer({"where": "topology()", "problem": f"raised {type(exc).__name__}: {exc}",
+            "fix": "fix the script's topology() function"})
+answer({"topology": data})
+"""
+
+
+def run_topology_script(path: Path, timeout: float = SCRIPT_TIMEOUT_S) -> Any:
+    """Run ``path``'s ``topology()`` in a child process and return what it returned (as JSON gives it
+    back); raises TopologyError when the script fails, exits, hangs past ``timeout`` or says too much."""
+    source = str(path)
+    project = str(Path(__file__).resolve().parents[1])  # scripts import model.generate and friends
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)}
     try:
-        spec.loader.exec_module(module)
-        build = module.topology
-    except AttributeError as exc:
-        raise TopologyError(str(path), "topology()", "is not defined",
-                            "define a function topology() returning the topology as a dict") from exc
-    except Exception as exc:
-        raise TopologyError(str(path), "(file)", f"raised {type(exc).__name__}: {exc}",
-                            "fix the script so that importing it works") from exc
+        res = subprocess.run([sys.executable, "-c", _RUNNER, str(path.resolve())], stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise TopologyError(source, "topology()", f"did not return within {timeout:.0f} s",
+                            "make the script return its topology without waiting") from None
+    if len(res.stdout) > MAX_OUTPUT_BYTES:
+        raise TopologyError(source, "topology()", f"returned {len(res.stdout) / 1e6:.0f} MB of topology",
+                            "split the topology over several labs")
     try:
-        return build()
-    except Exception as exc:
-        raise TopologyError(str(path), "topology()", f"raised {type(exc).__name__}: {exc}",
-                            "fix the script's topology() function") from exc
+        reply = json.loads(res.stdout)
+    except ValueError:
+        last = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {res.returncode}"]
+        raise TopologyError(source, "(file)", f"ended without returning a topology ({last[0][:200]})",
+                            "run it with python3 to see why") from None
+    if not isinstance(reply, dict) or ("topology" not in reply and "problem" not in reply):
+        raise TopologyError(source, "(file)", "ended without returning a topology",
+                            "do not write to standard output while building the topology")
+    if "problem" in reply:
+        raise TopologyError(source, str(reply.get("where")), str(reply["problem"]), str(reply.get("fix")))
+    return reply["topology"]
