@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,10 +61,19 @@ PeriodOpt = Annotated[float, typer.Option(help="flap: seconds per cycle")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
 
 
+def _controller_alive(state: dict[str, Any]) -> bool:
+    pid, start = state.get("pid"), state.get("starttime")
+    return isinstance(pid, int) and isinstance(start, int) and is_same_process(pid, start)
+
+
 def _running_state(name: str) -> dict[str, Any]:
+    """Lab ``name``'s state; raises AnylabError when there is none or it cannot be read."""
     state = read_state(name)
     if state is None:
         raise AnylabError(f"no lab named '{name}' is up (anylab up starts one)")
+    if "spec" not in state:
+        raise AnylabError(f"lab '{name}' has no readable state (phase {state.get('phase')}); "
+                          f"'anylab down --name {name}' removes what it left")
     return state
 
 
@@ -79,7 +90,11 @@ def up(
     if kind is not None and kind not in kind_names():
         raise UsageError(f"--kind {kind}: use {' or '.join(kind_names())}")
     topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
-    if read_state(name) is not None:
+    existing = read_state(name)
+    if existing is not None:
+        if not _controller_alive(existing):
+            raise AnylabError(f"lab '{name}' was left by a controller that is gone (pid {existing.get('pid')}); "
+                              f"'anylab down --name {name}' removes what it left, then 'anylab up' again")
         raise AnylabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     failed = RUN_ROOT / f"{name}.failed"
@@ -134,7 +149,7 @@ def status_data(name: str) -> dict[str, Any]:
         "topology": topo.name,
         "source": state.get("source"),
         "phase": state.get("phase"),
-        "controller_alive": is_same_process(int(state.get("pid", 0)), int(state.get("starttime") or 0)),
+        "controller_alive": _controller_alive(state),
         "catchment": observed_catchment(topo, run_dir),
         "predicted": predict_catchment(topo),
         "sessions_up": sum(s.up for s in sessions),
@@ -185,6 +200,9 @@ def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json
     topo = topology_of(_running_state(name))
     console.print(f"lab [bold]{name}[/]: {data['topology']} ({data['source']}), phase {data['phase']}, "
                   f"BGP sessions {data['sessions_up']}/{data['sessions_total']} established")
+    if not data["controller_alive"]:
+        console.print(f"  [red]the controller that held this lab is gone: nothing restores faults or scales it; "
+                      f"'anylab down --name {name}' removes what it left[/]")
     for router, down in data["sessions_down"].items():
         console.print(f"  [red]{router}: down {', '.join(down)}[/]")
     dead = [f"{n}/{d}" for n, ds in data["daemons"].items() for d, ok in ds.items()
@@ -242,6 +260,10 @@ def graph(
     """Draw a topology (Mermaid text, or a PNG/SVG picture)."""
     from lab.measure.draw import draw
 
+    if output.suffix.lower() not in (".png", ".svg", ".mmd"):
+        raise UsageError(f"-o {output}: give a file ending in .png, .svg or .mmd")
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: the directory {output.parent} does not exist; create it first")
     topo = load_topology(topology)
     colours: dict[str, str | None] | None = None
     if catchment == "predicted":
@@ -387,6 +409,8 @@ def deploy(
         text = code.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {code}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{code}: byte {exc.start} is not UTF-8 text; a worker is a Python file") from None
     bindings: dict[str, Any] = dict(_pairs(var, "--var", "NAME=value"))
     bindings.update({k: {"kv_namespace": v} for k, v in _pairs(kv, "--kv", "BINDING=NAMESPACE")})
     for key, cls in _pairs(do, "--do", "BINDING=Class"):
@@ -765,8 +789,43 @@ def test(ctx: typer.Context) -> None:
             raise typer.Exit(res.returncode)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("anylab")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"anylab {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", is_flag=True, is_eager=True, callback=_print_version,
+                                          help="print anylab's version and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", is_flag=True,
+                                        help="on an unexpected error, print its traceback")] = False,
+) -> None:
+    """anylab: an anycast and BGP failover lab in network namespaces."""
+    if debug:
+        os.environ["ANYLAB_DEBUG"] = "1"
+
+
+def _crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error where the operator can find it; returns the path."""
+    directory = RUN_ROOT if os.access(RUN_ROOT if RUN_ROOT.exists() else RUN_ROOT.parent, os.W_OK) else Path("/tmp")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"cli-error-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
 def main() -> None:
-    """Entry point: exit 2 for bad topology input, 1 for other lab errors."""
+    """Entry point: exit 2 for bad input (nothing started), 1 for lab errors and for unexpected ones —
+    one line each; an unexpected error's traceback goes to a log file (``--debug`` prints it)."""
     try:
         app()
     except (TopologyError, UsageError) as exc:
@@ -774,6 +833,19 @@ def main() -> None:
         sys.exit(2)
     except AnylabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug, or something the lab did not expect: one line, the rest in a file
+        if os.environ.get("ANYLAB_DEBUG") or "--debug" in sys.argv:
+            traceback.print_exception(exc)
+        try:
+            where = f"the traceback is in {_crash_log(exc)}"
+        except OSError:
+            where = "run again with --debug for the traceback"
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+              f"({where})", file=sys.stderr)
         sys.exit(1)
 
 

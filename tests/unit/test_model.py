@@ -42,9 +42,9 @@ def test_shipped_topologies_load(name: str) -> None:
     assert topo.routers and topo.servers and topo.clients
 
 
-def test_bad_topology_exits_2_and_names_file() -> None:
+def test_bad_topology_exits_2_and_names_file(tmp_path: Path) -> None:
     bad = MALFORMED[0]
-    res = subprocess.run([sys.executable, "-m", "lab.cli.main", "graph", "-o", "/dev/null", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "lab.cli.main", "graph", "-o", str(tmp_path / "x.mmd"), str(bad)],
                          capture_output=True, text=True, cwd=PROJECT, check=False)
     assert res.returncode == 2
     assert str(bad) in res.stderr and "Fix:" in res.stderr

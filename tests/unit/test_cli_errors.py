@@ -1,0 +1,60 @@
+"""The command line answers every failure with one line: bad input exit 2 before anything starts, a lab
+error exit 1, and an unexpected error exit 1 with its traceback in a file (``--debug`` prints it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.cli import main as cli
+from tests.conftest import PROJECT, TOPOLOGIES
+
+
+def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lab.cli.main", *args], cwd=PROJECT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "ANYLAB_RUN_ROOT": str(root)}, check=False)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["graph", "-o", "/nonexistent/dir/x.mmd", str(TOPOLOGIES / "two_pops.yaml")],
+     "error: -o /nonexistent/dir/x.mmd: the directory /nonexistent/dir does not exist; create it first"),
+    (["graph", "-o", "x.txt"], "error: -o x.txt: give a file ending in .png, .svg or .mmd"),
+    (["deploy", "w", "BINARY"], "error: BINARY: byte 0 is not UTF-8 text; a worker is a Python file"),
+    (["up", "--kind", "gobgp"], "error: --kind gobgp: use bird or frr"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], line: str) -> None:
+    binary = tmp_path / "w.py"
+    binary.write_bytes(b"\xff\xfe\x00")
+    args = [str(binary) if a == "BINARY" else a for a in args]
+    res = anylab(*args, root=tmp_path / "root")
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [line.replace("BINARY", str(binary))]
+    assert not (tmp_path / "root").exists()
+
+
+def test_version(tmp_path: Path) -> None:
+    res = anylab("--version", root=tmp_path)
+    assert res.returncode == 0 and re.fullmatch(r"anylab \S+\n", res.stdout)
+
+
+def test_an_unexpected_error_is_one_line_with_its_traceback_in_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def boom() -> None:
+        raise RuntimeError("something the lab did not expect\nsecond line")
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.setattr(cli, "RUN_ROOT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["anylab", "status"])
+    monkeypatch.delenv("ANYLAB_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unexpected RuntimeError: something the lab did not expect (")
+    log = Path(re.findall(r"the traceback is in (\S+)\)", err[0])[0])
+    assert log.parent == tmp_path and "Traceback" in log.read_text() and "boom" in log.read_text()
