@@ -287,6 +287,8 @@ def fail(
     period: PeriodOpt = 1.0,
 ) -> None:
     """Inject a fault from the catalogue into a running lab (undo it with 'anylab restore')."""
+    if scenario not in SCENARIOS:  # the request first, the lab after
+        raise UsageError(f"unknown scenario {scenario!r}; use one of: {', '.join(SCENARIOS)}")
     _running_state_usage(name)
     reply = control.call(run_dir_of(name), "fail", scenario=scenario, target=target, count=count, period=period)
     console.print(f"{scenario} on {target}: injected at t={reply['t']:.6f} (CLOCK_MONOTONIC)"
@@ -525,13 +527,13 @@ def kv_(
     from kv.client import KvClient
     from kv.store import KvError
 
+    need_key = action in ("put", "get", "delete")
+    if action not in ("put", "get", "delete", "list") or (need_key and key is None) or \
+            (action == "put" and value is None):  # the request first, the lab after
+        raise UsageError("use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]")
     topo = topology_of(_running_state_usage(name))
     node = kv_node(topo, at)
     client = KvClient(run_dir_of(name) / node / "kv.sock")
-    need_key = action in ("put", "get", "delete")
-    if action not in ("put", "get", "delete", "list") or (need_key and key is None) or \
-            (action == "put" and value is None):
-        raise UsageError("use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]")
     try:
         if action == "put":
             assert key is not None and value is not None
@@ -732,6 +734,30 @@ def _running_state_usage(name: str) -> dict[str, Any]:
         raise UsageError(f"no lab named '{name}' is up (labs: {', '.join(lab_names()) or 'none'}); "
                          "'anylab up' starts one")
     return state
+
+
+@app.command(name="ls")
+def ls(as_json: Annotated[bool, typer.Option("--json", is_flag=True, help="as JSON")] = False) -> None:
+    """The labs of this run root: name, phase, topology, namespaces, whether their controller is alive."""
+    rows: list[dict[str, Any]] = []
+    for lab in lab_names():
+        state = read_state(lab) or {}
+        rows.append({"name": lab, "phase": state.get("phase"), "topology": state.get("topology"),
+                     "namespaces": len(netns.names(netns_prefix(lab))), "controller_alive": _controller_alive(state)})
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        console.print(f"no labs in {RUN_ROOT} ('anylab up' starts one)")
+        return
+    table = Table(title=f"labs in {RUN_ROOT}")
+    for col in ("name", "phase", "topology", "namespaces", "controller"):
+        table.add_column(col)
+    for r in rows:
+        gone = f"[red]gone[/] ('anylab down --name {r['name']}')"
+        table.add_row(str(r["name"]), str(r["phase"]), str(r["topology"] or "-"), str(r["namespaces"]),
+                      "alive" if r["controller_alive"] else gone)
+    console.print(table)
 
 
 @app.command()

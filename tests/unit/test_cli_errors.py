@@ -26,6 +26,12 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
     (["graph", "-o", "x.txt"], "error: -o x.txt: give a file ending in .png, .svg or .mmd"),
     (["deploy", "w", "BINARY"], "error: BINARY: byte 0 is not UTF-8 text; a worker is a Python file"),
     (["up", "--kind", "gobgp"], "error: --kind gobgp: use bird or frr"),
+    # the request is checked before the lab is looked up (no lab is up here)
+    (["fail", "nosuch", "sjc"], "error: unknown scenario 'nosuch'; use one of: service-crash, drain, speaker-crash, "
+     "server-silent, server-crash, link-down, pop-down, region-down, pops-down, flap, control-down, control-cut, "
+     "kv-master-crash, do-crash, do-cut, origin-down, origin-slow, origin-errors"),
+    (["kv", "frob", "ns"],
+     "error: use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], line: str) -> None:
     binary = tmp_path / "w.py"
@@ -35,6 +41,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], line:
     assert res.returncode == 2
     assert res.stderr.splitlines() == [line.replace("BINARY", str(binary))]
     assert not (tmp_path / "root").exists()
+
+
+def test_ls_without_labs(tmp_path: Path) -> None:
+    res = anylab("ls", root=tmp_path / "root")
+    assert res.returncode == 0 and "no labs in" in res.stdout
+    res = anylab("ls", "--json", root=tmp_path / "root")
+    assert res.returncode == 0 and res.stdout.strip() == "[]"
 
 
 def test_version(tmp_path: Path) -> None:
