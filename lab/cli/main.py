@@ -9,23 +9,20 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bgp.routers import kind_names
 from core import netns
 from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
 from core.records import is_same_process
 from core.wait import wait_for
-from lab.cli.tables import catchment_table
-from lab.faults.catalogue import SCENARIOS, active_faults
+from lab.faults.scenarios import SCENARIOS, active_faults
 from lab.run import controller_socket as control
 from lab.run.cleanup import cleanup, cleanup_all
-from lab.run.observe import daemons_alive, observed_catchment, router_sessions
 from lab.run.rundir import (
     RUN_ROOT,
     check_name,
@@ -36,9 +33,9 @@ from lab.run.rundir import (
     run_dir_of,
     topology_of,
 )
-from model.graph import predict_catchment
-from model.load import load_topology
-from model.topology import Topology
+
+if TYPE_CHECKING:
+    from model.topology import Topology
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
@@ -87,6 +84,12 @@ def up(
                                                     "the multi-host prototype, docs/scaling.md)")] = None,
 ) -> None:
     """Start a lab and return once BGP has converged and every client gets answers."""
+    from bgp.routers import kind_names
+    from lab.cli.tables import catchment_table
+    from lab.run.observe import observed_catchment
+    from model.graph import predict_catchment
+    from model.load import load_topology
+
     if kind is not None and kind not in kind_names():
         raise UsageError(f"--kind {kind}: use {' or '.join(kind_names())}")
     topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
@@ -139,6 +142,9 @@ def up(
 
 def status_data(name: str) -> dict[str, Any]:
     """The status of a running lab as JSON-ready data (see ``anylab status --json``)."""
+    from lab.run.observe import daemons_alive, observed_catchment, router_sessions
+    from model.graph import predict_catchment
+
     state = _running_state(name)
     topo = topology_of(state)
     run_dir = run_dir_of(name)
@@ -193,6 +199,8 @@ def _control_plane_status(directory: Path) -> dict[str, Any]:
 @app.command()
 def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Nodes, daemons alive, BGP sessions up, observed and predicted catchment."""
+    from lab.cli.tables import catchment_table
+
     data = status_data(name)
     if as_json:
         print(json.dumps(data, indent=1))
@@ -259,6 +267,9 @@ def graph(
 ) -> None:
     """Draw a topology (Mermaid text, or a PNG/SVG picture)."""
     from lab.measure.draw import draw
+    from lab.run.observe import observed_catchment
+    from model.graph import predict_catchment
+    from model.load import load_topology
 
     if output.suffix.lower() not in (".png", ".svg", ".mmd"):
         raise UsageError(f"-o {output}: give a file ending in .png, .svg or .mmd")

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 from core.clock import monotonic
 from core.daemon import Daemon
 from core.errors import AnylabError, UsageError
+from lab.faults.scenarios import FAULTS_FILE, SCENARIOS
 from model.constants import LAB_SUPERNET
 from model.topology import Topology
 
@@ -61,30 +62,9 @@ class FaultTarget(Protocol):
 
     def node_dir(self, node: str) -> Path: ...
 
-SCENARIOS: dict[str, tuple[str, ...]] = {
-    "service-crash": ("server", "pop"),
-    "drain": ("server", "pop"),
-    "speaker-crash": ("server", "pop"),
-    "server-silent": ("server", "pop"),
-    "server-crash": ("server", "pop"),
-    "link-down": ("link",),
-    "pop-down": ("pop",),
-    "region-down": ("region",),
-    "pops-down": ("region",),
-    "flap": ("server", "pop", "link"),
-    "control-down": ("control",),
-    "control-cut": ("control",),
-    "kv-master-crash": ("kv", "region"),
-    "do-crash": ("kv", "region"),
-    "do-cut": ("kv", "region"),
-    "origin-down": ("origin",),
-    "origin-slow": ("origin",),
-    "origin-errors": ("origin",),
-}
 #: The scenarios that touch only the region's storage node (KV master, DO host).
 STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut")
 NFT_TABLE = "anylab_fault"
-FAULTS_FILE = "faults.json"
 FLAP_MAX_COUNT = 100
 FLAP_MIN_PERIOD_S = 0.1
 
@@ -416,12 +396,3 @@ class Injector:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(path)
-
-
-def active_faults(run_dir: Path) -> dict[str, Any]:
-    """What a running lab has failed now (target → plan and time), as recorded by its Injector."""
-    try:
-        data: dict[str, Any] = json.loads((run_dir / FAULTS_FILE).read_text())
-        return data
-    except (OSError, ValueError):
-        return {}

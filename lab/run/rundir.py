@@ -12,11 +12,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UsageError
-from model.load import build_topology
-from model.topology import Topology
+
+if TYPE_CHECKING:
+    from model.topology import Topology
 
 RUN_ROOT = Path(os.environ.get("ANYLAB_RUN_ROOT", "/run/anylab"))
 NETNS_PREFIX = "anylab-"
@@ -58,6 +59,8 @@ def read_state(name: str) -> dict[str, Any] | None:
 
 def topology_of(state: dict[str, Any]) -> Topology:
     """The topology a running lab was built from (as it was then, not as the file is now)."""
+    from model.load import build_topology  # the model is dear to import; most callers of this module need none
+
     return build_topology(state["spec"], state.get("source", "<state>"))
 
 
