@@ -55,6 +55,7 @@ ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS))]
 TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region, router link a:b, or control")]
 CountOpt = Annotated[int, typer.Option(help="flap: down/up cycles")]
 PeriodOpt = Annotated[float, typer.Option(help="flap: seconds per cycle")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="print JSON instead of a table")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
 
 
@@ -197,7 +198,7 @@ def _control_plane_status(directory: Path) -> dict[str, Any]:
 
 
 @app.command()
-def status(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(name: NameOpt = "main", as_json: JsonOpt = False) -> None:
     """Nodes, daemons alive, BGP sessions up, observed and predicted catchment."""
     from lab.cli.tables import catchment_table
 
@@ -310,7 +311,7 @@ def fail(
 def restore(
     target: Annotated[str | None, typer.Argument(help="what 'anylab fail' broke")] = None,
     name: NameOpt = "main",
-    all_: Annotated[bool, typer.Option("--all", help="every fault of the lab")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="every fault of the lab", metavar="")] = False,
 ) -> None:
     """Undo a fault (or every fault with --all); the catchment returns to the prediction."""
     _running_state_usage(name)
@@ -336,7 +337,7 @@ def measure(
     count: CountOpt = 3,
     period: PeriodOpt = 1.0,
     http: Annotated[bool, typer.Option("--http", help="also HTTP load from every client (keep-alive and "
-                                       "new-connection users) through a deployed worker")] = False,
+                                       "new-connection users) through a deployed worker", metavar="")] = False,
     http_rate: Annotated[float, typer.Option(help="--http: requests/s per user")] = 50.0,
     http_connections: Annotated[int, typer.Option(help="--http: keep-alive connections per client")] = 2,
 ) -> None:
@@ -457,7 +458,7 @@ def rollback(
 
 
 @app.command()
-def deployments(name: NameOpt = "main", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def deployments(name: NameOpt = "main", as_json: JsonOpt = False) -> None:
     """Workers, the version each PoP should run, and what every PoP server reports running. With the
     control plane down: what each server serves from its disk."""
     from control_plane.client import ControlPlaneError
@@ -530,7 +531,7 @@ def kv_(
     prefix: Annotated[str, typer.Option(help="list: key prefix")] = "",
     limit: Annotated[int, typer.Option(help="list: at most this many (≤ 1000)")] = 1000,
     cursor: Annotated[str | None, typer.Option(help="list: go on from here")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
     name: NameOpt = "main",
 ) -> None:
     """Workers KV from the command line, at a PoP (its replica: writes go to the region's master) or at
@@ -587,7 +588,7 @@ def kv_(
 def scale(
     pop: Annotated[str, typer.Argument(help="the PoP")],
     servers: Annotated[int, typer.Option(help="servers in service wanted (1 … the PoP's max_servers)")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
     name: NameOpt = "main",
 ) -> None:
     """Bring POP to --servers servers in service: its next standby servers' processes start and announce
@@ -617,7 +618,7 @@ def overload(
     multiple: Annotated[float, typer.Option(help="the load as a multiple of the PoP's capacity (0.1..10)")] = 2.0,
     duration: Annotated[float, typer.Option(help="seconds (1..120); the load stops by itself")] = 15.0,
     mix: Annotated[str, typer.Option(help="shares per class, e.g. P0=0.1,P1=0.4,P2=0.3,P3=0.2")] = "",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
     name: NameOpt = "main",
 ) -> None:
     """A priority mix at a multiple of POP's capacity (settings.server_capacity_rps × its servers) from
@@ -662,10 +663,11 @@ def overload(
 @app.command(name="do")
 def do_(
     action: Annotated[str, typer.Argument(help="list, where, or nemesis")],
-    namespace: Annotated[str | None, typer.Argument(help="where: SCRIPT/Class, e.g. reg/Register")] = None,
+    namespace: Annotated[str | None, typer.Argument(metavar="[SCRIPT/CLASS]",
+                                                    help="where: the object's class, e.g. reg/Register")] = None,
     object_name: Annotated[str | None, typer.Argument(metavar="NAME", help="where: the object's name "
                                                       "(id_from_name)")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
     failovers: Annotated[int, typer.Option(help="nemesis: how many failovers (1..100)")] = 3,
     scenario: Annotated[list[str] | None, typer.Option("--scenario", help="nemesis: region-down, do-crash, "
                                                        "do-cut (repeatable; default all three in turn)")] = None,
@@ -680,6 +682,9 @@ def do_(
 
     from durable import client as do_client
 
+    if action not in ("list", "where", "nemesis") or (action == "where" and (namespace is None or object_name is None)):
+        raise UsageError("use: anylab do list | anylab do where SCRIPT/Class NAME | anylab do nemesis "
+                         "[--failovers N] [--scenario S]…")  # the request first, the lab after
     topo = topology_of(_running_state_usage(name))
     control_dir = run_dir_of(name) / topo.control.name
     if action == "nemesis":
@@ -711,9 +716,7 @@ def do_(
             objects.add_row(key, o["owner"], str(o["epoch"]), o["backup"] or "-", str(o.get("seq", "?")))
         console.print(regions, objects)
         return
-    if action != "where" or namespace is None or object_name is None:
-        raise UsageError("use: anylab do list | anylab do where SCRIPT/Class NAME | anylab do nemesis "
-                         "[--failovers N] [--scenario S]…")
+    assert namespace is not None and object_name is not None  # checked above
     try:
         key = do_client.key_of(namespace, object_name)
     except AnylabError as exc:
@@ -748,7 +751,7 @@ def _running_state_usage(name: str) -> dict[str, Any]:
 
 
 @app.command(name="ls")
-def ls(as_json: Annotated[bool, typer.Option("--json", is_flag=True, help="as JSON")] = False) -> None:
+def ls(as_json: Annotated[bool, typer.Option("--json", is_flag=True, help="as JSON", metavar="")] = False) -> None:
     """The labs of this run root: name, phase, topology, namespaces, whether their controller is alive."""
     rows: list[dict[str, Any]] = []
     for lab in lab_names():
@@ -774,7 +777,7 @@ def ls(as_json: Annotated[bool, typer.Option("--json", is_flag=True, help="as JS
 @app.command()
 def down(
     name: NameOpt = "main",
-    all_: Annotated[bool, typer.Option("--all", help="every lab, and whatever crashed labs left")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="every lab, and whatever crashed labs left", metavar="")] = False,
 ) -> None:
     """Stop a lab: its processes (by PID), namespaces and run files."""
     left: list[str] = []
@@ -842,9 +845,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _options(
     version: Annotated[bool, typer.Option("--version", is_flag=True, is_eager=True, callback=_print_version,
-                                          help="print anylab's version and exit")] = False,
+                                          help="print anylab's version and exit", metavar="")] = False,
     debug: Annotated[bool, typer.Option("--debug", is_flag=True,
-                                        help="on an unexpected error, print its traceback")] = False,
+                                        help="on an unexpected error, print its traceback", metavar="")] = False,
 ) -> None:
     """anylab: an anycast and BGP failover lab in network namespaces."""
     if debug:
@@ -863,8 +866,22 @@ def _crash_log(exc: BaseException) -> Path:
 def main() -> None:
     """Entry point: exit 2 for bad input (nothing started), 1 for lab errors and for unexpected ones —
     one line each; an unexpected error's traceback goes to a log file (``--debug`` prints it)."""
+    command = typer.main.get_command(app)
     try:
-        app()
+        # standalone_mode=False: click hands its usage errors here, to be one line like every other.
+        code = command.main(args=sys.argv[1:], prog_name="anylab", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's own click: a bad flag or argument, checked before anything runs
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as --help would print it
+            print(exc.format_message())
+            sys.exit(0)
+        if isinstance(exc, typer.Abort):
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
+        ctx = getattr(exc, "ctx", None)
+        path = ctx.command_path if ctx is not None else "anylab"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"error: {path}: {message} (see '{path} --help')", file=sys.stderr)
+        sys.exit(2)
     except (TopologyError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)  # plain: one line, never wrapped
         sys.exit(2)
@@ -884,6 +901,7 @@ def main() -> None:
         print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
               f"({where})", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from lab.cli import main as cli
 from tests.conftest import PROJECT, TOPOLOGIES
@@ -57,12 +58,19 @@ def test_version(tmp_path: Path) -> None:
 
 def test_an_unexpected_error_is_one_line_with_its_traceback_in_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    broken = typer.Typer()
+
+    @broken.command()
     def boom() -> None:
         raise RuntimeError("something the lab did not expect\nsecond line")
 
-    monkeypatch.setattr(cli, "app", boom)
+    @broken.command()
+    def other() -> None:
+        """A second command, so that 'boom' is a subcommand as in anylab."""
+
+    monkeypatch.setattr(cli, "app", broken)
     monkeypatch.setattr(cli, "RUN_ROOT", tmp_path)
-    monkeypatch.setattr(sys, "argv", ["anylab", "status"])
+    monkeypatch.setattr(sys, "argv", ["anylab", "boom"])
     monkeypatch.delenv("ANYLAB_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:
         cli.main()
