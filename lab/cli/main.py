@@ -314,13 +314,13 @@ def restore(
     all_: Annotated[bool, typer.Option("--all", help="every fault of the lab", metavar="")] = False,
 ) -> None:
     """Undo a fault (or every fault with --all); the catchment returns to the prediction."""
+    if not target and not all_:  # the request first, the lab after
+        raise UsageError("give the TARGET to restore, or --all")
     _running_state_usage(name)
     if all_:
         reply = control.call(run_dir_of(name), "restore_all")
         console.print(f"restored: {', '.join(reply['restored']) or 'nothing was failed'}")
         return
-    if not target:
-        raise UsageError("give the TARGET to restore, or --all")
     reply = control.call(run_dir_of(name), "restore", target=target)
     console.print(f"{target}: restored at t={reply['t']:.6f}")
 
@@ -347,8 +347,15 @@ def measure(
     from lab.measure.runner import measure as run_measure
     from lab.run.driver import RemoteLab
 
+    if scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {scenario!r}; use one of: {', '.join(SCENARIOS)}")
+    if not 1 <= repeat <= 1000:
+        raise UsageError(f"--repeat {repeat}: give 1 to 1000 runs")
     if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
         raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
+    for flag, path in (("--json", json_out), ("--plot", plot)):
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist; create it first")
     spec = HttpSpec(http_rate, http_connections) if http else None
     driver = RemoteLab(name)
     try:
