@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,7 +19,6 @@ from rich.table import Table
 from core import netns
 from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
-from core.records import is_same_process
 from core.wait import wait_for
 from lab.faults.scenarios import SCENARIOS, active_faults
 from lab.run import controller_socket as control
@@ -26,6 +26,7 @@ from lab.run.cleanup import cleanup, cleanup_all
 from lab.run.rundir import (
     RUN_ROOT,
     check_name,
+    controller_alive,
     in_service,
     lab_names,
     netns_prefix,
@@ -44,24 +45,29 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="anylab: an anycast and BGP failover lab in network namespaces.")
 console = Console(width=None if sys.stdout.isatty() else 130)
 
-def _checked_name(name: str) -> str:
-    """Every command's ``--name``, checked before the command touches the disk (UsageError: exit 2)."""
-    return check_name(name)
+def _checked_scenario(scenario: str) -> str:
+    """A scenario argument, checked before the command looks the lab up (UsageError: exit 2)."""
+    if scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {scenario!r}; use one of: {', '.join(SCENARIOS)}")
+    return scenario
 
 
-NameOpt = Annotated[str, typer.Option("--name", "-n", callback=_checked_name,
+def _output_dir(flag: str, path: Path | None) -> None:
+    """Raises UsageError when ``path`` (an output file a flag names) cannot be written for want of its
+    directory, before the command does its work."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist; create it first")
+
+
+#: Every command's --name is checked by its option, before the command touches the disk (exit 2).
+NameOpt = Annotated[str, typer.Option("--name", "-n", callback=check_name,
                                       help="lab name: 1 to 16 lower-case letters and digits (labs run side by side)")]
-ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS))]
+ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS), callback=_checked_scenario)]
 TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region, router link a:b, or control")]
 CountOpt = Annotated[int, typer.Option(help="flap: down/up cycles")]
 PeriodOpt = Annotated[float, typer.Option(help="flap: seconds per cycle")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="print JSON instead of a table")]
 KindOpt = Annotated[str | None, typer.Option("--kind", help="make every router this kind: frr or bird")]
-
-
-def _controller_alive(state: dict[str, Any]) -> bool:
-    pid, start = state.get("pid"), state.get("starttime")
-    return isinstance(pid, int) and isinstance(start, int) and is_same_process(pid, start)
 
 
 def _running_state(name: str) -> dict[str, Any]:
@@ -96,7 +102,7 @@ def up(
     topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
     existing = read_state(name)
     if existing is not None:
-        if not _controller_alive(existing):
+        if not controller_alive(existing):
             raise AnylabError(f"lab '{name}' was left by a controller that is gone (pid {existing.get('pid')}); "
                               f"'anylab down --name {name}' removes what it left, then 'anylab up' again")
         raise AnylabError(f"a lab named '{name}' is already up; 'anylab down --name {name}' first")
@@ -143,11 +149,15 @@ def up(
 
 def status_data(name: str) -> dict[str, Any]:
     """The status of a running lab as JSON-ready data (see ``anylab status --json``)."""
+    state = _running_state(name)
+    return _status(name, state, topology_of(state))
+
+
+def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
+    """:func:`status_data` for a state already read and its topology already rebuilt."""
     from lab.run.observe import daemons_alive, observed_catchment, router_sessions
     from model.graph import predict_catchment
 
-    state = _running_state(name)
-    topo = topology_of(state)
     run_dir = run_dir_of(name)
     sessions = router_sessions(topo, run_dir)
     alive = daemons_alive(run_dir)
@@ -156,7 +166,7 @@ def status_data(name: str) -> dict[str, Any]:
         "topology": topo.name,
         "source": state.get("source"),
         "phase": state.get("phase"),
-        "controller_alive": _controller_alive(state),
+        "controller_alive": controller_alive(state),
         "catchment": observed_catchment(topo, run_dir),
         "predicted": predict_catchment(topo),
         "sessions_up": sum(s.up for s in sessions),
@@ -202,11 +212,12 @@ def status(name: NameOpt = "main", as_json: JsonOpt = False) -> None:
     """Nodes, daemons alive, BGP sessions up, observed and predicted catchment."""
     from lab.cli.tables import catchment_table
 
-    data = status_data(name)
+    state = _running_state(name)
+    topo = topology_of(state)
+    data = _status(name, state, topo)
     if as_json:
         print(json.dumps(data, indent=1))
         return
-    topo = topology_of(_running_state(name))
     console.print(f"lab [bold]{name}[/]: {data['topology']} ({data['source']}), phase {data['phase']}, "
                   f"BGP sessions {data['sessions_up']}/{data['sessions_total']} established")
     if not data["controller_alive"]:
@@ -274,8 +285,7 @@ def graph(
 
     if output.suffix.lower() not in (".png", ".svg", ".mmd"):
         raise UsageError(f"-o {output}: give a file ending in .png, .svg or .mmd")
-    if not output.parent.is_dir():
-        raise UsageError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    _output_dir("-o", output)
     topo = load_topology(topology)
     colours: dict[str, str | None] | None = None
     if catchment == "predicted":
@@ -299,8 +309,6 @@ def fail(
     period: PeriodOpt = 1.0,
 ) -> None:
     """Inject a fault from the catalogue into a running lab (undo it with 'anylab restore')."""
-    if scenario not in SCENARIOS:  # the request first, the lab after
-        raise UsageError(f"unknown scenario {scenario!r}; use one of: {', '.join(SCENARIOS)}")
     _running_state_usage(name)
     reply = control.call(run_dir_of(name), "fail", scenario=scenario, target=target, count=count, period=period)
     console.print(f"{scenario} on {target}: injected at t={reply['t']:.6f} (CLOCK_MONOTONIC)"
@@ -347,15 +355,12 @@ def measure(
     from lab.measure.runner import measure as run_measure
     from lab.run.driver import RemoteLab
 
-    if scenario not in SCENARIOS:
-        raise UsageError(f"unknown scenario {scenario!r}; use one of: {', '.join(SCENARIOS)}")
     if not 1 <= repeat <= 1000:
         raise UsageError(f"--repeat {repeat}: give 1 to 1000 runs")
     if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
         raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
-    for flag, path in (("--json", json_out), ("--plot", plot)):
-        if path is not None and not path.parent.is_dir():
-            raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist; create it first")
+    _output_dir("--json", json_out)
+    _output_dir("--plot", plot)
     spec = HttpSpec(http_rate, http_connections) if http else None
     driver = RemoteLab(name)
     try:
@@ -758,13 +763,13 @@ def _running_state_usage(name: str) -> dict[str, Any]:
 
 
 @app.command(name="ls")
-def ls(as_json: Annotated[bool, typer.Option("--json", is_flag=True, help="as JSON", metavar="")] = False) -> None:
+def ls(as_json: JsonOpt = False) -> None:
     """The labs of this run root: name, phase, topology, namespaces, whether their controller is alive."""
     rows: list[dict[str, Any]] = []
     for lab in lab_names():
         state = read_state(lab) or {}
         rows.append({"name": lab, "phase": state.get("phase"), "topology": state.get("topology"),
-                     "namespaces": len(netns.names(netns_prefix(lab))), "controller_alive": _controller_alive(state)})
+                     "namespaces": len(netns.names(netns_prefix(lab))), "controller_alive": controller_alive(state)})
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -843,6 +848,10 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+#: --debug, as the option set it (a list: set from the callback, read in main).
+_debug = [False]
+
+
 def _print_version(value: bool) -> None:
     if value:
         console.print(f"anylab {_version()}")
@@ -857,17 +866,22 @@ def _options(
                                         help="on an unexpected error, print its traceback", metavar="")] = False,
 ) -> None:
     """anylab: an anycast and BGP failover lab in network namespaces."""
-    if debug:
-        os.environ["ANYLAB_DEBUG"] = "1"
+    _debug[0] = debug
 
 
 def _crash_log(exc: BaseException) -> Path:
-    """Write the traceback of an unexpected error where the operator can find it; returns the path."""
-    directory = RUN_ROOT if os.access(RUN_ROOT if RUN_ROOT.exists() else RUN_ROOT.parent, os.W_OK) else Path("/tmp")
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"cli-error-{os.getpid()}.log"
-    path.write_text("".join(traceback.format_exception(exc)))
-    return path
+    """Write the traceback of an unexpected error where the operator can find it (the run root, else the
+    temporary directory); returns the path. Raises OSError when neither can be written."""
+    text = "".join(traceback.format_exception(exc))
+    for directory in (RUN_ROOT, Path(tempfile.gettempdir())):
+        path = directory / f"cli-error-{os.getpid()}.log"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    raise OSError("no directory to write the traceback to")
 
 
 def main() -> None:
@@ -899,7 +913,7 @@ def main() -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # a bug, or something the lab did not expect: one line, the rest in a file
-        if os.environ.get("ANYLAB_DEBUG") or "--debug" in sys.argv:
+        if _debug[0]:
             traceback.print_exception(exc)
         try:
             where = f"the traceback is in {_crash_log(exc)}"

@@ -10,9 +10,17 @@ import shutil
 from core import netns
 from core.errors import AnylabError
 from core.proc import recorded_procs, stop_many
-from core.records import is_same_process
 from core.wait import wait_for
-from lab.run.rundir import LAB_NAME_RE, NETNS_PREFIX, RUN_ROOT, lab_names, netns_prefix, read_state, run_dir_of
+from lab.run.rundir import (
+    LAB_NAME_RE,
+    NETNS_PREFIX,
+    RUN_ROOT,
+    controller_alive,
+    lab_names,
+    netns_prefix,
+    read_state,
+    run_dir_of,
+)
 
 
 def cleanup(name: str, controller_timeout: float | None = None) -> list[str]:
@@ -24,11 +32,11 @@ def cleanup(name: str, controller_timeout: float | None = None) -> list[str]:
     state = read_state(name) or {}
     if controller_timeout is None:
         controller_timeout = 60.0 + 0.2 * len(netns.names(netns_prefix(name)))
-    pid, start = state.get("pid"), state.get("starttime")
-    if isinstance(pid, int) and isinstance(start, int) and pid != os.getpid() and is_same_process(pid, start):
+    pid = state.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and controller_alive(state):
         os.kill(pid, 15)
         try:
-            wait_for(lambda: not is_same_process(pid, start), timeout=controller_timeout,
+            wait_for(lambda: not controller_alive(state), timeout=controller_timeout,
                      what=f"controller {pid} to stop")
         except AnylabError as exc:
             errors.append(str(exc))

@@ -36,7 +36,7 @@ from lab.run.autoscaler import Autoscaler
 from lab.run.baseline import wait_baseline
 from lab.run.cleanup import cleanup
 from lab.run.hostlimits import raise_limits
-from lab.run.launchers import SERVER_PRELOAD, ControlPlane
+from lab.run.launchers import SERVER_PRELOAD
 from lab.run.observe import SessionState, observed_catchment, router_sessions
 from lab.run.rundir import STATE_FILE, check_name, netns_prefix, read_state, run_dir_of, write_in_service
 from lab.run.scaling import scale_pop
@@ -66,7 +66,6 @@ class Lab:
         self.netns = {n: netns.netns_path(netns_prefix(name) + n) for n in topo.node_names()}
         self.timings: dict[str, float] = {}
         self.injector = Injector(self)
-        self.control_plane: ControlPlane | None = None
         self.autoscaler: Autoscaler | None = None
         #: What ``up`` changed on the host for this lab (see lab.run.hostlimits), shown by ``anylab up``.
         self.notes: list[str] = []
@@ -115,15 +114,14 @@ class Lab:
         existing = read_state(self.name)
         if existing is not None:
             raise AnylabError(f"lab '{self.name}' already exists (phase {existing.get('phase')}); "
-                           f"run 'anylab down --name {self.name}' (or 'anylab down --all') first")
+                              f"run 'anylab down --name {self.name}' (or 'anylab down --all') first")
         if netns.names(netns_prefix(self.name)):
-            raise AnylabError(f"namespaces of lab '{self.name}' are left over; run 'anylab down --all'")
+            raise AnylabError(f"namespaces of lab '{self.name}' are left over; run 'anylab down --name {self.name}'")
         self.run_dir.mkdir(parents=True)
         try:
             write_in_service(self.run_dir, {p.name: list(p.servers) for p in self.topo.pops})
             self.write_state("validating")
             self.daemons = daemons_of(self.topo, self._env)
-            self.control_plane = next(d for d in self.daemons[self.topo.control.name] if isinstance(d, ControlPlane))
             errors = validate_all(list(self.all_daemons()))
             if errors:
                 raise AnylabError("configuration rejected, nothing started:\n  " + "\n  ".join(errors))

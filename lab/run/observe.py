@@ -1,6 +1,6 @@
 """Observing a running lab from any process (by its run directory and namespaces): every router's BGP
-sessions and BFD, a router's FIB, the catchment the probers see, which daemons are alive; and switching
-the probers between their idle and measuring rates."""
+sessions and BFD, the catchment the probers see, which daemons are alive; and switching the probers
+between their idle and measuring rates. (A router's FIB is its kind's to read: :mod:`bgp.routers`.)"""
 
 from __future__ import annotations
 

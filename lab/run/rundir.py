@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UsageError
+from core.records import is_same_process
 
 if TYPE_CHECKING:
     from model.topology import Topology
@@ -47,14 +48,21 @@ def netns_prefix(name: str) -> str:
 
 
 def read_state(name: str) -> dict[str, Any] | None:
-    path = run_dir_of(name) / STATE_FILE
-    if not run_dir_of(name).exists():
+    """Lab ``name``'s ``state.json`` (None: no such lab; phase "unknown": its state cannot be read)."""
+    run_dir = run_dir_of(name)
+    if not run_dir.exists():
         return None
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
         return data
     except (OSError, ValueError):
         return {"name": name, "phase": "unknown"}
+
+
+def controller_alive(state: dict[str, Any]) -> bool:
+    """Whether the controller that wrote ``state`` still runs (its pid and start time, not the pid alone)."""
+    pid, start = state.get("pid"), state.get("starttime")
+    return isinstance(pid, int) and isinstance(start, int) and is_same_process(pid, start)
 
 
 def topology_of(state: dict[str, Any]) -> Topology:
