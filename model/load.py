@@ -71,15 +71,12 @@ def _read_text(path: Path, source: str) -> str:
     or a device would block ``up``; a binary file is not a topology)."""
     try:
         info = path.stat()
-    except OSError as exc:
-        raise TopologyError(source, "(file)", f"cannot be read ({exc.strerror})",
-                            "give the path of an existing topology file, e.g. topologies/global.yaml") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise TopologyError(source, "(file)", "is not a regular file", "give the path of a topology file")
-    if info.st_size > MAX_FILE_BYTES:
-        raise TopologyError(source, "(file)", f"is {info.st_size / 1e6:.1f} MB; a topology may be "
-                            f"{MAX_FILE_BYTES // (1024 * 1024)} MB at most", "split it, or generate it with a script")
-    try:
+        if not stat.S_ISREG(info.st_mode):
+            raise TopologyError(source, "(file)", "is not a regular file", "give the path of a topology file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise TopologyError(source, "(file)", f"is {info.st_size / 1e6:.1f} MB; a topology may be "
+                                f"{MAX_FILE_BYTES // (1024 * 1024)} MB at most",
+                                "split it, or generate it with a script")
         raw = path.read_bytes()
     except OSError as exc:
         raise TopologyError(source, "(file)", f"cannot be read ({exc.strerror})",

@@ -11,13 +11,18 @@ TopologyError, never a hang, a silent exit or a traceback. (It still runs with t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.clock import monotonic
 from core.errors import TopologyError
 
 #: How long a script may take to return its topology, and how much JSON it may hand back.
@@ -57,25 +62,60 @@ answer({"topology": data})
 """
 
 
+def _run_bounded(argv: list[str], env: dict[str, str], timeout: float, source: str) -> tuple[bytes, bytes, int]:
+    """Run ``argv`` to its end and return its standard output, the tail of its standard error and its exit
+    status. Raises TopologyError past ``timeout`` or past MAX_OUTPUT_BYTES of output, so a script cannot
+    make the caller wait or buffer without bound. The script runs in a session of its own, and its whole
+    process group is killed when it is done, whatever it left running."""
+    with tempfile.TemporaryFile() as err, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                           stderr=err, env=env, start_new_session=True) as child:
+        assert child.stdout is not None
+        deadline = monotonic() + timeout
+        out = bytearray()
+        problem: tuple[str, str] | None = None
+        os.set_blocking(child.stdout.fileno(), False)
+        with selectors.DefaultSelector() as sel:
+            sel.register(child.stdout, selectors.EVENT_READ)
+            while problem is None:
+                left = deadline - monotonic()
+                if left <= 0:
+                    problem = (f"did not return within {timeout:.0f} s",
+                               "make the script return its topology without waiting")
+                elif sel.select(left):
+                    chunk = child.stdout.read(1 << 16)
+                    if not chunk:
+                        break  # every holder of its output has closed it: the script has ended
+                    out += chunk
+                    if len(out) > MAX_OUTPUT_BYTES:
+                        problem = (f"returned more than {MAX_OUTPUT_BYTES >> 20} MB of topology",
+                                   "split the topology over several labs")
+        if problem is None:
+            try:
+                status = child.wait(max(0.1, deadline - monotonic()))
+            except subprocess.TimeoutExpired:
+                problem = (f"did not return within {timeout:.0f} s",
+                           "make the script return its topology without waiting")
+        with contextlib.suppress(ProcessLookupError):  # whatever the script started goes with it
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        if problem is not None:
+            raise TopologyError(source, "topology()", *problem)
+        err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
+        return bytes(out), err.read(), status
+
+
 def run_topology_script(path: Path, timeout: float = SCRIPT_TIMEOUT_S) -> Any:
     """Run ``path``'s ``topology()`` in a child process and return what it returned (as JSON gives it
     back); raises TopologyError when the script fails, exits, hangs past ``timeout`` or says too much."""
     source = str(path)
     project = str(Path(__file__).resolve().parents[1])  # scripts import model.generate and friends
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)}
+    stdout, stderr, status = _run_bounded([sys.executable, "-c", _RUNNER, str(path.resolve())], env, timeout,
+                                          source)
     try:
-        res = subprocess.run([sys.executable, "-c", _RUNNER, str(path.resolve())], stdin=subprocess.DEVNULL,
-                             capture_output=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        raise TopologyError(source, "topology()", f"did not return within {timeout:.0f} s",
-                            "make the script return its topology without waiting") from None
-    if len(res.stdout) > MAX_OUTPUT_BYTES:
-        raise TopologyError(source, "topology()", f"returned {len(res.stdout) / 1e6:.0f} MB of topology",
-                            "split the topology over several labs")
-    try:
-        reply = json.loads(res.stdout)
+        reply = json.loads(stdout)
     except ValueError:
-        last = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {res.returncode}"]
+        last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {status}"]
         raise TopologyError(source, "(file)", f"ended without returning a topology ({last[0][:200]})",
                             "run it with python3 to see why") from None
     if not isinstance(reply, dict) or ("topology" not in reply and "problem" not in reply):

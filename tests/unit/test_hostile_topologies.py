@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from core.clock import monotonic
 from core.errors import TopologyError
 from model import load as load_module
+from model import topo_script
 from model.load import MAX_DEPTH, MAX_ENTRIES, MAX_FILE_BYTES, build_topology, load_topology
 from model.topo_script import run_topology_script
 from tests.conftest import TOPOLOGIES
@@ -65,7 +67,7 @@ def test_deep_nesting_is_bounded(tmp_path: Path) -> None:
     path.write_text("name: " + "[" * 20_000 + "]" * 20_000 + "\n")
     t0 = monotonic()
     refused(path, f"nests deeper than {MAX_DEPTH} levels")
-    assert monotonic() - t0 < 5.0
+    assert monotonic() - t0 < 5.0  # measured 1.6 s here (libyaml parses the 40 000 brackets); 3× margin
     deep: object = []
     for _ in range(MAX_DEPTH + 5):
         deep = [deep]
@@ -78,19 +80,21 @@ def test_too_many_entries_fail_before_validation() -> None:
     pops = [{"name": f"p{i}", "region": "na", "asn": 64601, "upstreams": ["r1"]} for i in range(100_000)]
     with pytest.raises(TopologyError, match=f"pops: has 100000 entries; the lab takes {MAX_ENTRIES['pops']} at most"):
         build_topology({"name": "x", "pops": pops})
-    assert monotonic() - t0 < 2.0
+    assert monotonic() - t0 < 2.0  # measured 0.5 s (most of it building the list); the issue's run took 145 s
 
 
-def test_libyaml_reads_a_large_file_fast(tmp_path: Path) -> None:
-    """The pure-Python loader took about two seconds per MB here; libyaml reads this ~2 MB file in well
-    under one."""
-    assert "CSafeLoader" in {c.__name__ for c in load_module._UniqueKeyLoader.__mro__}
-    path = tmp_path / "big.yaml"
-    base = (TOPOLOGIES / "two_pops.yaml").read_text()
-    path.write_text(base + "\n".join(f"# {'x' * 60}" for _ in range(30_000)) + "\n")
-    t0 = monotonic()
-    load_topology(path)
-    assert monotonic() - t0 < 1.5
+def test_libyaml_reads_a_large_file_fast() -> None:
+    """Side by side on one text: the loader the lab uses (libyaml's parser, PyYAML's constructor, the
+    duplicate-key check) against PyYAML's pure-Python one (which took a minute for 30 MB). Measured here
+    on this text: 1.68 s against 5.13 s for 20 000 entries (libyaml's own CSafeLoader 1.57 s); asked, on
+    5 000: at least twice as fast (measured 3.1×)."""
+    text = "x: [" + ", ".join(f"{{a: {i}, b: [1, 2, 3]}}" for i in range(5_000)) + "]\n"
+    times = {}
+    for loader in (yaml.SafeLoader, load_module._UniqueKeyLoader):
+        t0 = monotonic()
+        yaml.load(text, Loader=loader)
+        times[loader.__name__] = monotonic() - t0
+    assert times["_UniqueKeyLoader"] * 2 < times["SafeLoader"], times
 
 
 SCRIPTS = {
@@ -112,7 +116,35 @@ def test_a_topology_script_is_bounded(tmp_path: Path, case: str) -> None:
     with pytest.raises(TopologyError) as info:
         run_topology_script(path, timeout=2.0)
     assert words in str(info.value) and str(info.value).startswith(f"{path}: ")
-    assert time.monotonic() - t0 < 10.0
+    assert time.monotonic() - t0 < 10.0  # the 2 s timeout + an interpreter start (0.04 s here): 4× margin
+
+
+def test_a_script_that_floods_its_output_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topo_script, "MAX_OUTPUT_BYTES", 1 << 20)
+    path = tmp_path / "floods.py"
+    path.write_text("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n")
+    t0 = monotonic()
+    with pytest.raises(TopologyError, match="returned more than 1 MB of topology"):
+        run_topology_script(path, timeout=20.0)
+    assert monotonic() - t0 < 10.0  # bound: the 20 s timeout must not be what ended it
+
+
+def test_what_a_script_leaves_running_is_killed(tmp_path: Path) -> None:
+    """A child holding the script's output open would keep the read waiting: the timeout ends it, and
+    the script's process group goes with it."""
+    marker = tmp_path / "child.pid"
+    path = tmp_path / "forks.py"
+    path.write_text("import subprocess\n"
+                    f"p = subprocess.Popen(['sleep', '60'])\nopen({str(marker)!r}, 'w').write(str(p.pid))\n"
+                    "def topology():\n    return {}\n")
+    with pytest.raises(TopologyError, match="did not return within 2 s"):
+        run_topology_script(path, timeout=2.0)
+    pid = int(marker.read_text())
+    deadline = monotonic() + 5.0
+    while Path(f"/proc/{pid}").exists() and monotonic() < deadline:  # killed; its parent reaps it
+        time.sleep(0.05)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
 
 
 def test_a_script_that_reads_stdin_does_not_hang(tmp_path: Path) -> None:
