@@ -18,12 +18,34 @@ class AnylabError(Exception):
 class TopologyError(AnylabError):
     """A topology file is invalid: names the file, the path to the field, what is wrong and the fix."""
 
-    def __init__(self, source: str, field: str, problem: str, fix: str) -> None:
+    # How many further problems one error lists; the rest are counted, so a broken file cannot print
+    # thousands of lines.
+    MAX_LISTED = 20
+
+    def __init__(self, source: str, field: str, problem: str, fix: str,
+                 also: tuple[TopologyError, ...] = ()) -> None:
         self.source = source
         self.field = field
         self.problem = problem
         self.fix = fix
-        super().__init__(f"{source}: {field}: {problem}. Fix: {fix}")
+        self.also = also
+        lines = [f"{source}: {field}: {problem}. Fix: {fix}"]
+        lines += [f"  also {e.field}: {e.problem}. Fix: {e.fix}" for e in also[:self.MAX_LISTED]]
+        if len(also) > self.MAX_LISTED:
+            lines.append(f"  and {len(also) - self.MAX_LISTED} more problems")
+        super().__init__("\n".join(lines))
+
+    @classmethod
+    def of_all(cls, errors: list[TopologyError]) -> TopologyError:
+        """One error for several of one file: the first on the first line (so a script reading one line
+        gets it), every other on a line of its own below. ``errors`` must not be empty."""
+        first = errors[0]
+        return cls(first.source, first.field, first.problem, first.fix, tuple(errors[1:]))
+
+    @property
+    def count(self) -> int:
+        """How many problems this error reports."""
+        return 1 + len(self.also)
 
 
 class WaitTimeout(AnylabError):

@@ -97,13 +97,19 @@ def _field_of(topo: Topology, node: str) -> str:
 
 def check_topology(topo: Topology) -> None:
     """Raise TopologyError unless names, ASNs and addresses are unique, interface names fit the kernel's
-    15 characters, and routers, servers and clients form one connected network."""
+    15 characters, and routers, servers and clients form one connected network. Every problem found is
+    in the one error raised (see :meth:`TopologyError.of_all`)."""
     spec, src = topo.spec, topo.source
+    errors: list[TopologyError] = []
+
+    def fail(field: str, problem: str, fix: str) -> None:
+        errors.append(TopologyError(src, field, problem, fix))
+
     regions: set[str] = set()
     for i, region in enumerate(spec.regions):
         if region.name in regions:
-            raise TopologyError(src, f"regions[{i}].name", f"region '{region.name}' is defined twice",
-                                "define each region once")
+            fail(f"regions[{i}].name", f"region '{region.name}' is defined twice",
+                 "define each region once")
         regions.add(region.name)
     owner: dict[str, str] = {}
     sections = (("routers", [r.name for r in spec.routers]), ("pops", [p.name for p in spec.pops]),
@@ -111,42 +117,42 @@ def check_topology(topo: Topology) -> None:
     for section, names in sections:
         for i, name in enumerate(names):
             if name in owner:
-                raise TopologyError(src, f"{section}[{i}] ({name}).name",
-                                    f"name '{name}' is already used by {owner[name]}",
-                                    "give every router, PoP and client its own name")
+                fail(f"{section}[{i}] ({name}).name",
+                     f"name '{name}' is already used by {owner[name]}",
+                     "give every router, PoP and client its own name")
             if name in {svc.name for svc in topo.services()}:
-                raise TopologyError(src, f"{section}[{i}] ({name}).name",
-                                    f"name '{name}' is the control plane's, a KV master's or an origin's node",
-                                    "choose another name")
+                fail(f"{section}[{i}] ({name}).name",
+                     f"name '{name}' is the control plane's, a KV master's or an origin's node",
+                     "choose another name")
             owner[name] = f"{section}[{i}]"
     for s in topo.servers:
         if s.name in owner:
             i = [p.name for p in spec.pops].index(s.pop)
-            raise TopologyError(src, f"pops[{i}] ({s.pop}).name",
-                                f"its server node '{s.name}' clashes with {owner[s.name]}",
-                                "rename the PoP or the other node")
+            fail(f"pops[{i}] ({s.pop}).name",
+                 f"its server node '{s.name}' clashes with {owner[s.name]}",
+                 "rename the PoP or the other node")
 
     asn_owner: dict[int, str] = {}
     for i, r in enumerate(spec.routers):
         if r.asn in asn_owner:
-            raise TopologyError(src, f"routers[{i}] ({r.name}).asn",
-                                f"ASN {r.asn} is already used by {asn_owner[r.asn]}",
-                                "give every transit router its own ASN (the lab runs eBGP everywhere)")
+            fail(f"routers[{i}] ({r.name}).asn",
+                 f"ASN {r.asn} is already used by {asn_owner[r.asn]}",
+                 "give every transit router its own ASN (the lab runs eBGP everywhere)")
         asn_owner[r.asn] = f"router {r.name}"
     for i, p in enumerate(spec.pops):
         used_by = asn_owner.get(p.asn)
         if used_by is not None and used_by.startswith("router"):
-            raise TopologyError(src, f"pops[{i}] ({p.name}).asn",
-                                f"ASN {p.asn} is already used by {used_by}",
-                                "use an ASN no router uses (PoPs may share one ASN among themselves)")
+            fail(f"pops[{i}] ({p.name}).asn",
+                 f"ASN {p.asn} is already used by {used_by}",
+                 "use an ASN no router uses (PoPs may share one ASN among themselves)")
         asn_owner.setdefault(p.asn, f"PoP {p.name}")
 
     addr_owner: dict[IPv4Address, str] = {}
 
     def claim(addr: IPv4Address, who: str, field: str) -> None:
         if addr in addr_owner:
-            raise TopologyError(src, field, f"address {addr} is already used by {addr_owner[addr]}",
-                                "give a unique address or leave it out to have one assigned")
+            fail(field, f"address {addr} is already used by {addr_owner[addr]}",
+                 "give a unique address or leave it out to have one assigned")
         addr_owner[addr] = who
 
     for i, router in enumerate(topo.routers):
@@ -163,37 +169,43 @@ def check_topology(topo: Topology) -> None:
     for a, b in topo.links():
         net = a.address.network
         if net in nets:
-            raise TopologyError(src, link_field.get(frozenset((a.node, b.node)), _field_of(topo, a.node)),
-                                f"subnet {net} is used by two links ({nets[net]} and {a.node}-{b.node})",
-                                "give each link its own subnet")
+            fail(link_field.get(frozenset((a.node, b.node)), _field_of(topo, a.node)),
+                 f"subnet {net} is used by two links ({nets[net]} and {a.node}-{b.node})",
+                 "give each link its own subnet")
         nets[net] = f"{a.node}-{b.node}"
     for prefix in topo.anycast:
         for net in nets:
             if prefix.overlaps(net):
-                raise TopologyError(src, "anycast", f"prefix {prefix} overlaps link subnet {net}",
-                                    "use an anycast prefix outside 10.0.0.0/8, e.g. 203.0.113.1/32")
+                fail("anycast", f"prefix {prefix} overlaps link subnet {net}",
+                     "use an anycast prefix outside 10.0.0.0/8, e.g. 203.0.113.1/32")
 
+    too_long: set[str] = set()
     for intf in topo.interfaces():
-        if len(intf.name) > IFNAMSIZ:
+        if len(intf.name) > IFNAMSIZ and intf.node not in too_long:
+            too_long.add(intf.node)  # once per node: its first interface says what to shorten
             budget = IFNAMSIZ - len(intf.name) + len(intf.node)
             field = _field_of(topo, intf.node)
-            raise TopologyError(src, field, f"interface name '{intf.name}' is longer than {IFNAMSIZ} "
-                                "characters (the kernel's limit)",
-                                f"shorten the name so that node names are at most {budget} characters")
+            fail(field, f"interface name '{intf.name}' is longer than {IFNAMSIZ} "
+                 "characters (the kernel's limit)",
+                 f"shorten the name so that node names are at most {budget} characters")
 
     g = to_graph(topo)
     if not nx.is_connected(g):
         parts = sorted((sorted(c) for c in nx.connected_components(g)), key=len)
         island = parts[0]
-        raise TopologyError(src, "links", f"the network is not connected: {', '.join(island)} cannot reach "
-                            f"{parts[-1][0]}", "add a link joining them to the rest")
+        fail("links", f"the network is not connected: {', '.join(island)} cannot reach "
+             f"{parts[-1][0]}", "add a link joining them to the rest")
     if spec.settings.hosts > 1:
-
-        place(topo, spec.settings.hosts)  # raises for more hosts than routers
+        try:
+            place(topo, spec.settings.hosts)  # raises for more hosts than routers
+        except TopologyError as exc:
+            errors.append(exc)
     for i, pop in enumerate(topo.pops):
         if not pop.prefixes:
-            raise TopologyError(src, f"pops[{i}] ({pop.name})", "announces no anycast prefix",
-                                "list it under anycast[].pops or use 'pops: all'")
+            fail(f"pops[{i}] ({pop.name})", "announces no anycast prefix",
+                 "list it under anycast[].pops or use 'pops: all'")
+    if errors:
+        raise TopologyError.of_all(errors)
 
 
 @dataclass(frozen=True)

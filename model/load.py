@@ -131,8 +131,7 @@ def _describe(spec_data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
     return _field_path(loc)
 
 
-def _from_validation_error(source: str, data: Mapping[str, Any], exc: ValidationError) -> TopologyError:
-    err = exc.errors(include_url=False)[0]
+def _one_validation_error(source: str, data: Mapping[str, Any], err: Any) -> TopologyError:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic tags union members (e.g. 'tuple[...]', 'literal[...]') into loc; they are noise here.
     loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
@@ -147,6 +146,23 @@ def _from_validation_error(source: str, data: Mapping[str, Any], exc: Validation
     if etype == "extra_forbidden":
         return TopologyError(source, _describe(data, loc), "unknown field", _FIXES[etype])
     return TopologyError(source, _describe(data, loc), msg, _FIXES.get(etype, "correct the value"))
+
+
+def _from_validation_error(source: str, data: Mapping[str, Any], exc: ValidationError) -> TopologyError:
+    """All of pydantic's errors as one TopologyError, in file order, each field once (a value that fits
+    no member of a union is reported by every member: the first report is kept)."""
+    found: dict[str, TopologyError] = {}
+    errors = exc.errors(include_url=False)
+    inner = [tuple(e["loc"]) for e in errors]
+    for err in errors:
+        loc = tuple(err["loc"])
+        # pydantic counts a list's length after dropping the entries that failed: "at least 1 item,
+        # not 0" beside an entry's own error is a consequence, not a problem of its own.
+        if err["type"] == "too_short" and any(len(o) > len(loc) and o[:len(loc)] == loc for o in inner):
+            continue
+        one = _one_validation_error(source, data, err)
+        found.setdefault(one.field, one)
+    return TopologyError.of_all(list(found.values()))
 
 
 def load_topology(path: str | Path, router_kind: str | None = None, profile: Any = None,

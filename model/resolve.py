@@ -43,14 +43,22 @@ def _p2p(net: IPv4Network, index: int, source: str, what: str) -> tuple[IPv4Inte
 
 
 def _cross_refs(spec: TopologySpec, source: str) -> None:
+    """Every dangling reference and inconsistency of ``spec``, raised together as one TopologyError."""
+    errors: list[TopologyError] = []
+
+    def fail(field: str, problem: str, fix: str) -> None:
+        errors.append(TopologyError(source, field, problem, fix))
+
     regions = {r.name for r in spec.regions}
     routers = {r.name for r in spec.routers}
     pops = {p.name for p in spec.pops}
 
-    def need(value: str, known: set[str], field: str, kind: str) -> None:
+    def need(value: str, known: set[str], field: str, kind: str) -> bool:
         if value not in known:
             listing = ", ".join(sorted(known)) or "none defined"
-            raise TopologyError(source, field, f"unknown {kind} '{value}'", f"use one of: {listing}")
+            fail(field, f"unknown {kind} '{value}'", f"use one of: {listing}")
+            return False
+        return True
 
     for i, r in enumerate(spec.routers):
         need(r.region, regions, f"routers[{i}] ({r.name}).region", "region")
@@ -59,28 +67,28 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         need(link.a, routers, f"links[{i}].a", "router")
         need(link.b, routers, f"links[{i}].b", "router")
         if link.a == link.b:
-            raise TopologyError(source, f"links[{i}]", f"links router '{link.a}' to itself",
-                                "connect two different routers")
+            fail(f"links[{i}]", f"links router '{link.a}' to itself", "connect two different routers")
+            continue
         pair = frozenset((link.a, link.b))
         if pair in linked:
-            raise TopologyError(source, f"links[{i}]", f"links {link.a} and {link.b} again (links[{linked[pair]}] "
+            fail(f"links[{i}]", f"links {link.a} and {link.b} again (links[{linked[pair]}] "
                                 "already does; one eBGP session per pair)", "remove one of the two links")
         linked[pair] = i
     related = [link.relation is not None for link in spec.links]
     if any(related) and not all(related):
         i = related.index(False)
-        raise TopologyError(source, f"links[{i}].relation", "is missing while other links have one",
-                            "give every router link a relation (provider, customer or peer), or none at all")
+        fail(f"links[{i}].relation", "is missing while other links have one",
+             "give every router link a relation (provider, customer or peer), or none at all")
     for i, p in enumerate(spec.pops):
         need(p.region, regions, f"pops[{i}] ({p.name}).region", "region")
         if not p.upstreams:
-            raise TopologyError(source, f"pops[{i}] ({p.name}).upstreams", "is empty",
-                                "name at least one router this PoP peers with")
+            fail(f"pops[{i}] ({p.name}).upstreams", "is empty",
+             "name at least one router this PoP peers with")
         for j, up in enumerate(p.upstreams):
             need(up, routers, f"pops[{i}] ({p.name}).upstreams[{j}]", "router")
         if len(set(p.upstreams)) != len(p.upstreams):
-            raise TopologyError(source, f"pops[{i}] ({p.name}).upstreams", "names a router twice",
-                                "list each upstream router once")
+            fail(f"pops[{i}] ({p.name}).upstreams", "names a router twice",
+             "list each upstream router once")
     for i, c in enumerate(spec.clients):
         need(c.region, regions, f"clients[{i}] ({c.name}).region", "region")
         need(c.router, routers, f"clients[{i}] ({c.name}).router", "router")
@@ -90,26 +98,26 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
     seen_regions: set[str] = set()
     for i, k in enumerate(spec.kv_masters or ()):
         need(k.region, regions, f"kv_masters[{i}] ({k.name}).region", "region")
-        need(k.router, routers, f"kv_masters[{i}] ({k.name}).router", "router")
-        if region_of[k.router] != k.region:
-            raise TopologyError(source, f"kv_masters[{i}] ({k.name}).router",
+        if need(k.router, routers, f"kv_masters[{i}] ({k.name}).router", "router") and \
+                region_of[k.router] != k.region:
+            fail(f"kv_masters[{i}] ({k.name}).router",
                                 f"router '{k.router}' is in region '{region_of[k.router]}', not '{k.region}'",
                                 "attach the master to a router of its region")
         if k.region in seen_regions:
-            raise TopologyError(source, f"kv_masters[{i}] ({k.name}).region", f"region '{k.region}' has a master "
+            fail(f"kv_masters[{i}] ({k.name}).region", f"region '{k.region}' has a master "
                                 "already", "give each region one KV master")
         seen_regions.add(k.region)
     for i, o in enumerate(spec.origins or ()):
         need(o.router, routers, f"origins[{i}] ({o.name}).router", "router")
     origin_names = [o.name for o in spec.origins or ()]
     if len(set(origin_names)) != len(origin_names):
-        raise TopologyError(source, "origins", "two origins have the same name", "give each origin its own name")
+        fail("origins", "two origins have the same name", "give each origin its own name")
     for i, a in enumerate(spec.anycast):
         if a.pops != "all":
             for j, p_name in enumerate(a.pops):
                 need(p_name, pops, f"anycast[{i}].pops[{j}]", "PoP")
-
-
+    if errors:
+        raise TopologyError.of_all(errors)
 
 
 def server_name(pop: str, index: int) -> str:

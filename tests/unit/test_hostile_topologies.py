@@ -152,3 +152,57 @@ def test_a_script_that_reads_stdin_does_not_hang(tmp_path: Path) -> None:
     path.write_text("import sys\nsys.stdin.read()\ndef topology():\n    return {'name': 'x'}\n")
     with pytest.raises(TopologyError, match="regions: Field required"):  # stdin is empty: it returns
         load_topology(path)
+
+
+# --- All the problems of a file at once ------------------------------------------------------------
+
+
+def test_every_problem_of_each_stage_is_reported_together(tmp_path: Path) -> None:
+    """Reference problems (stage 2): five in one file, five lines, in file order."""
+    path = tmp_path / "many.yaml"
+    path.write_text((Path(__file__).parent / "malformed" / "36_many_problems.yaml").read_text())
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    lines = str(info.value).splitlines()
+    assert info.value.count == 5
+    assert lines[0] == f"{path}: routers[0] (r1).region: unknown region 'eu'. Fix: use one of: na"
+    assert [ln.split(":")[0] for ln in lines[1:]] == [
+        "  also links[0].b", "  also links[1]", "  also pops[0] (sjc).upstreams[0]", "  also clients[0] (c1).router"]
+
+
+def test_field_problems_are_reported_together_without_knock_on_ones() -> None:
+    """Field problems (stage 1): each bad field once; a list's 'at least 1 item' that only follows from
+    its entries failing is not a problem of its own."""
+    data = yaml.safe_load((TOPOLOGIES / "two_pops.yaml").read_text())
+    data["routers"] = [{**data["routers"][0], "asn": -5, "colour": "red"}]
+    data["clients"] = [{k: v for k, v in data["clients"][0].items() if k != "router"}]
+    with pytest.raises(TopologyError) as info:
+        build_topology(data, "t.yaml")
+    fields = [info.value.field, *(e.field for e in info.value.also)]
+    assert fields == [f"routers[0] ({data['routers'][0]['name']}).asn",
+                      f"routers[0] ({data['routers'][0]['name']}).colour",
+                      f"clients[0] ({data['clients'][0]['name']}).router"]
+    assert "at least 1 item" not in str(info.value)
+
+
+def test_graph_problems_are_reported_together() -> None:
+    """Graph problems (stage 3): a duplicate ASN and a duplicate loopback, both."""
+    data = yaml.safe_load((TOPOLOGIES / "two_pops.yaml").read_text())
+    r0, r1 = data["routers"][0], data["routers"][1]
+    data["routers"][1] = {**r1, "asn": r0["asn"], "loopback": "10.255.9.9"}
+    data["routers"][0] = {**r0, "loopback": "10.255.9.9"}
+    with pytest.raises(TopologyError) as info:
+        build_topology(data, "t.yaml")
+    assert info.value.count >= 2
+    assert "ASN" in str(info.value) and "address 10.255.9.9 is already used" in str(info.value)
+
+
+def test_a_file_with_hundreds_of_problems_prints_a_bounded_list() -> None:
+    data = yaml.safe_load((TOPOLOGIES / "two_pops.yaml").read_text())
+    data["clients"] = [{**data["clients"][0], "name": f"c{i}", "router": "nowhere"} for i in range(300)]
+    with pytest.raises(TopologyError) as info:
+        build_topology(data, "t.yaml")
+    lines = str(info.value).splitlines()
+    assert info.value.count == 300
+    assert len(lines) == 1 + TopologyError.MAX_LISTED + 1
+    assert lines[-1] == f"  and {300 - 1 - TopologyError.MAX_LISTED} more problems"

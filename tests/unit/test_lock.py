@@ -7,6 +7,7 @@ purpose (a missing hash, a range, a package left out, a version drifted) to show
 from __future__ import annotations
 
 import re
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -94,7 +95,10 @@ def check_lock(text: str, installed: dict[str, str], declared: list[Requirement]
 
 
 def installed_distributions() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    """What pip installed into the venv: its site-packages only (sys.path may also hold, e.g.,
+    setuptools' vendored copies once something imported setuptools)."""
+    dirs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=dirs)}
 
 
 def test_the_lock_is_complete_hashed_and_is_the_venv() -> None:
