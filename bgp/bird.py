@@ -200,6 +200,10 @@ class BirdKind(RouterKind):
     """``kind: bird``: one BIRD 2 for BGP, BFD and the kernel; state through birdc."""
 
     name = "bird"
+    cli = "birdc"
+
+    def cli_argv(self, router_dir: Path, args: list[str]) -> list[str]:
+        return [BIRDC, "-s", str(router_dir / "bird.ctl"), *args]
 
     def daemons(self, env: NodeEnv, router: Router) -> list[Daemon]:
         env.dir.mkdir(parents=True, exist_ok=True)

@@ -343,8 +343,18 @@ class Hold:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--ask", choices=("status", "show neighbor"),
+                        help="ask the running API process of --dir (anylab exec SERVER -- exabgpcli …) and exit")
     args = parser.parse_args()
-    ApiProcess(args.dir).run()
+    if args.ask is None:
+        ApiProcess(args.dir).run()
+        return
+    try:
+        status = request(args.dir / "api.sock", "status")
+    except (OSError, ValueError) as exc:
+        print(f"error: the ExaBGP API process of {args.dir.name} does not answer: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(status if args.ask == "status" else status.get("neighbors"), indent=1))
 
 
 if __name__ == "__main__":

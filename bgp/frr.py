@@ -25,6 +25,7 @@ FRR_BIN = Path("/usr/lib/frr")
 VTYSH = "/usr/bin/vtysh"
 #: How a dry run reports a config error (lib/vty.c: "<error> on config line N: <line>").
 _CONFIG_ERROR = "on config line"
+_UNREADABLE = "can't open configuration file"
 
 
 def prepare_dir(path: Path) -> None:
@@ -72,7 +73,8 @@ class FrrDaemon(Daemon):
     def validate(self) -> None:
         """``<daemon> -C``: FRR exits 0 even on errors, so its output is scanned for config errors."""
         out = self.run_check([*self.common_args(), "-C"], "dry run (-C)")
-        bad = [line for line in out.splitlines() if _CONFIG_ERROR in line]
+        # It also exits 0 when it cannot read the file at all (as user frr): that is no dry run.
+        bad = [line for line in out.splitlines() if _CONFIG_ERROR in line or _UNREADABLE in line]
         if bad:
             raise self.error(f"dry run (-C) rejected {self.path('.conf')}: {' | '.join(bad)}")
 
@@ -221,6 +223,10 @@ class Frr(RouterKind):
     """``kind: frr``: zebra, bfdd (where a session has BFD) and bgpd; state through vtysh."""
 
     name = "frr"
+    cli = "vtysh"
+
+    def cli_argv(self, router_dir: Path, args: list[str]) -> list[str]:
+        return [VTYSH, "--vty_socket", str(router_dir), *args]
 
     def daemons(self, env: NodeEnv, router: Router) -> list[Daemon]:
         prepare_dir(env.dir)  # the daemons drop privileges to frr:frr and write here

@@ -28,6 +28,13 @@ class RouterKind(ABC):
     #: The name a topology gives the kind (``kind: NAME``, ``--kind NAME``).
     name: ClassVar[str]
 
+    #: The suite's own command-line client, as an operator types it (``anylab exec r1 -- vtysh …``).
+    cli: ClassVar[str]
+
+    @abstractmethod
+    def cli_argv(self, router_dir: Path, args: list[str]) -> list[str]:
+        """The argv that runs :attr:`cli` with ``args`` against this router's daemons (not the host's)."""
+
     @abstractmethod
     def daemons(self, env: NodeEnv, router: Router) -> list[Daemon]:
         """The router's daemons in start order; creates its directory as the suite needs it."""

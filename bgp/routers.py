@@ -20,6 +20,11 @@ def kind_names() -> list[str]:
     return sorted(KINDS)
 
 
+def clis() -> dict[str, RouterKind]:
+    """Each suite's command-line client (``vtysh``, ``birdc``) → its kind."""
+    return {kind.cli: kind for kind in KINDS.values()}
+
+
 def kind_of(router: Router) -> RouterKind:
     """The router's kind; raises AnylabError for a kind nobody registered."""
     try:

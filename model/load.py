@@ -18,7 +18,6 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import TopologyError
-from model.graph import check_topology
 from model.resolve import resolve
 from model.spec import TopologySpec
 from model.topo_script import run_topology_script
@@ -216,10 +215,19 @@ def build_topology(data: Any, source: str = "<dict>") -> Topology:
         if isinstance(entries, list) and len(entries) > most:
             raise TopologyError(source, key, f"has {len(entries)} entries; the lab takes {most} at most",
                                 "split the topology over several labs")
+    from model.graph import check_topology  # networkx: 0.2 s to import, only for the graph checks
+
+    topo = rebuild_topology(data, source)
+    check_topology(topo)
+    return topo
+
+
+def rebuild_topology(data: Mapping[str, Any], source: str) -> Topology:
+    """The topology of a spec that passed :func:`build_topology` before (a running lab's state): its
+    fields validated and references resolved again (the state is read from disk), the graph checks not
+    repeated. Raises TopologyError as :func:`build_topology` does."""
     try:
         spec = TopologySpec.model_validate(data)
     except ValidationError as exc:
         raise _from_validation_error(source, data, exc) from None
-    topo = resolve(spec, source)
-    check_topology(topo)
-    return topo
+    return resolve(spec, source)

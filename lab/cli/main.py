@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from core import netns
 from core.clock import monotonic
@@ -30,6 +34,7 @@ from lab.run.rundir import (
     in_service,
     lab_names,
     netns_prefix,
+    node_index,
     read_state,
     run_dir_of,
     topology_of,
@@ -41,8 +46,10 @@ if TYPE_CHECKING:
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="anylab: an anycast and BGP failover lab in network namespaces.")
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="anylab: an anycast and BGP failover lab in network namespaces.",
+                  epilog="Start with: anylab up; anylab status; anylab exec r1 -- vtysh -c 'show bgp summary'; "
+                         "anylab measure withdraw sjc-s1; anylab down. Logs: /run/anylab/NAME.controller.log.")
 console = Console(width=None if sys.stdout.isatty() else 130)
 
 def _checked_scenario(scenario: str) -> str:
@@ -57,6 +64,55 @@ def _output_dir(flag: str, path: Path | None) -> None:
     directory, before the command does its work."""
     if path is not None and not path.parent.is_dir():
         raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist; create it first")
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[None]:
+    """Say that a long step runs: a spinner on a terminal, else a line on stderr when it starts and one
+    when it ends (a log or CI shows where the time went)."""
+    if console.is_terminal:
+        with console.status(f"{what}…"):
+            yield
+        return
+    t0 = monotonic()
+    print(f"{what}…", file=sys.stderr, flush=True)
+    yield
+    print(f"{what}: done in {monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def _root_warnings(topo: Topology, path: Path) -> list[str]:
+    """What in a topology runs as root with the operator's trust: a topology script, command checks."""
+    out = []
+    if path.suffix == ".py":
+        out.append(f"{path} is a Python script: it ran as root (in a child, 30 s at most) to make the topology; "
+                   "run only scripts you trust")
+    commands = sorted({pop.name for pop in topo.pops for c in pop.profile.health.checks if c.kind == "command"})
+    if commands:
+        out.append(f"health checks of kind 'command' run as root in the PoP servers of {', '.join(commands)}")
+    return out
+
+
+def _budget(topo: Topology, force: bool) -> str | None:
+    """The estimate's warning, if any; raises UsageError (nothing started) when the lab will not fit in
+    the memory this machine has available, unless ``force``."""
+    from model.budget import estimate, verdict
+
+    need = estimate(topo)
+    refusal, warning = verdict(need, _available_memory(), os.cpu_count() or 1)
+    if refusal is not None and not force:
+        raise UsageError(f"{topo.name} {refusal}; --force starts it anyway")
+    return refusal or warning
+
+
+def _available_memory() -> float:
+    """MemAvailable in bytes (/proc/meminfo); infinite where it cannot be read (nothing to refuse on)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("inf")
 
 
 #: Every command's --name is checked by its option, before the command touches the disk (exit 2).
@@ -89,8 +145,14 @@ def up(
     kind: KindOpt = None,
     hosts: Annotated[int | None, typer.Option(help="partition over N hosts (VXLAN between them; "
                                                     "the multi-host prototype, docs/scaling.md)")] = None,
+    force: Annotated[bool, typer.Option("--force", metavar="",
+                                        help="start even when the estimate says it will not fit in memory")] = False,
 ) -> None:
-    """Start a lab and return once BGP has converged and every client gets answers."""
+    """Start a lab and return once BGP has converged and every client gets answers.
+
+    Examples: 'anylab up' (topologies/global.yaml); 'anylab up topologies/two_pops.yaml --name t2 --kind bird'.
+    The phases (validating, building, starting, converging) are printed as they pass when the output is not a
+    terminal; the controller's log is /run/anylab/NAME.controller.log."""
     from bgp.routers import kind_names
     from lab.cli.tables import catchment_table
     from lab.run.observe import observed_catchment
@@ -100,6 +162,7 @@ def up(
     if kind is not None and kind not in kind_names():
         raise UsageError(f"--kind {kind}: use {' or '.join(kind_names())}")
     topo = load_topology(topology, kind, hosts=hosts)  # bad input: exit 2 before anything starts
+    budget_note = _budget(topo, force)
     existing = read_state(name)
     if existing is not None:
         if not controller_alive(existing):
@@ -116,8 +179,12 @@ def up(
                                  *(["--hosts", str(hosts)] if hosts else []), str(topology)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=PROJECT)
+    for warning in [*_root_warnings(topo, topology), *([budget_note] if budget_note else [])]:
+        print(f"warning: {warning}", file=sys.stderr)
     t0 = monotonic()
-    with console.status(f"bringing up {topo.name} ({len(topo.node_names())} nodes)…"):
+    what = f"bringing up {topo.name} ({len(topo.node_names())} nodes)"
+    with console.status(f"{what}…") as spinner:
+        seen = [""]
 
         def settled() -> str | None:
             if failed.exists():
@@ -125,7 +192,14 @@ def up(
             if proc.poll() is not None:
                 return "exited"
             state = read_state(name) or {}
-            return "up" if state.get("phase") == "up" else None
+            phase = str(state.get("phase") or "starting the controller")
+            if phase != seen[0]:  # progress: on a terminal in the spinner, else one line per phase
+                seen[0] = phase
+                if console.is_terminal:
+                    spinner.update(f"{what}: {phase}…")
+                else:
+                    print(f"up: {phase} ({monotonic() - t0:.1f} s)", flush=True)
+            return "up" if phase == "up" else None
 
         try:
             outcome = wait_for(settled, timeout=timeout + 60, what="the lab to come up",
@@ -156,9 +230,13 @@ def status_data(name: str) -> dict[str, Any]:
 def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
     """:func:`status_data` for a state already read and its topology already rebuilt."""
     from lab.run.observe import daemons_alive, observed_catchment, router_sessions
-    from model.graph import predict_catchment
 
     run_dir = run_dir_of(name)
+    predicted = state.get("predicted")
+    if not isinstance(predicted, dict):  # a lab brought up before the state kept it
+        from model.graph import predict_catchment
+
+        predicted = predict_catchment(topo)
     sessions = router_sessions(topo, run_dir)
     alive = daemons_alive(run_dir)
     return {
@@ -168,7 +246,7 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
         "phase": state.get("phase"),
         "controller_alive": controller_alive(state),
         "catchment": observed_catchment(topo, run_dir),
-        "predicted": predict_catchment(topo),
+        "predicted": predicted,
         "sessions_up": sum(s.up for s in sessions),
         "sessions_total": sum(s.total for s in sessions),
         "sessions_down": {s.router: list(s.down) for s in sessions if s.down},
@@ -208,15 +286,64 @@ def _control_plane_status(directory: Path) -> dict[str, Any]:
 
 
 @app.command()
-def status(name: NameOpt = "main", as_json: JsonOpt = False) -> None:
-    """Nodes, daemons alive, BGP sessions up, observed and predicted catchment."""
-    from lab.cli.tables import catchment_table
+def status(
+    name: NameOpt = "main",
+    as_json: JsonOpt = False,
+    watch: Annotated[float | None, typer.Option("--watch", "-w", metavar="SECONDS",
+                                                help="redraw every SECONDS (0.2..60) until Ctrl-C or --count")] = None,
+    count: Annotated[int | None, typer.Option(help="--watch: stop after this many redraws (1..100000)")] = None,
+) -> None:
+    """Nodes, daemons alive, BGP sessions up, observed and predicted catchment.
 
+    Examples: 'anylab status'; 'anylab status --json | jq .catchment'; 'anylab status --watch 1'
+    (with --json: one JSON document a line)."""
+    if watch is not None and not 0.2 <= watch <= 60:
+        raise UsageError(f"--watch {watch:g}: give 0.2 to 60 seconds")
+    if count is not None and (watch is None or not 1 <= count <= 100_000):
+        raise UsageError("--count goes with --watch: 1 to 100000 redraws")
     state = _running_state(name)
     topo = topology_of(state)
+    if watch is None:
+        _print_status(name, state, topo, as_json)
+        return
+    from rich.live import Live
+
+    drawn = 0
+    deadline = monotonic()
+    with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal and not as_json \
+            else _NoLive() as live:
+        while count is None or drawn < count:
+            state = _running_state(name)
+            if live is None:
+                _print_status(name, state, topo, as_json, lines=True)
+            else:
+                with console.capture() as captured:
+                    _print_status(name, state, topo, as_json)
+                live.update(Text.from_ansi(captured.get()), refresh=True)
+            drawn += 1
+            deadline += watch
+            if count is not None and drawn >= count:
+                break
+            time.sleep(max(0.0, deadline - monotonic()))  # the redraw period itself, not a wait for a state
+
+
+class _NoLive:
+    """``with`` stand-in for rich's Live when the output is not a terminal: each redraw is printed."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _print_status(name: str, state: dict[str, Any], topo: Topology, as_json: bool, lines: bool = False) -> None:
+    """Print the status; as JSON (with ``lines``, one compact document per line: JSON Lines)."""
+    from lab.cli.tables import catchment_table
+
     data = _status(name, state, topo)
     if as_json:
-        print(json.dumps(data, indent=1))
+        print(json.dumps(data, indent=None if lines else 1), flush=True)
         return
     console.print(f"lab [bold]{name}[/]: {data['topology']} ({data['source']}), phase {data['phase']}, "
                   f"BGP sessions {data['sessions_up']}/{data['sessions_total']} established")
@@ -252,21 +379,151 @@ def status(name: NameOpt = "main", as_json: JsonOpt = False) -> None:
 
 @app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec_(
-    node: Annotated[str, typer.Argument(help="node name, e.g. r1, sjc-s1, c1")],
+    node: Annotated[str, typer.Argument(metavar="NODES", help="a node (r1), several (r1,r2), a pattern ('sjc-s*') "
+                                        "or a group: routers, servers, clients, services, all")],
     command: Annotated[list[str], typer.Argument(help="command and arguments (after --)")],
     name: NameOpt = "main",
 ) -> None:
-    """Run a command inside a node's namespace (vtysh is pointed at that router's daemons)."""
+    """Run a command inside nodes' namespaces, one node after the other.
+
+    vtysh (FRR) and birdc (BIRD) are pointed at that router's own daemons, exabgpcli (status, show
+    neighbor) at a PoP server's ExaBGP. With several nodes each output is headed by its node, stdin is
+    closed, and the exit status is the worst one.
+
+    Examples: anylab exec r1 -- vtysh -c 'show bgp summary'; anylab exec routers -- ip route;
+    anylab exec 'sjc-s*' -- exabgpcli status; anylab exec c1 -- ping -c 3 203.0.113.1"""
+    from lab.cli.nodes import node_argv, select_nodes
+
     state = _running_state(name)
     topo = topology_of(state)
+    nodes = select_nodes(topo, node)
+    argvs = {n: node_argv(topo, run_dir_of(name), n, list(command)) for n in nodes}  # all checked, then run
+    worst = 0
+    failed: list[str] = []
+    for n, argv in argvs.items():
+        if len(nodes) > 1:
+            print(f"── {n} ──", flush=True)
+        netns_file = f"/run/netns/{state['netns_prefix']}{n}"
+        stdin = None if len(nodes) == 1 else subprocess.DEVNULL
+        res = subprocess.run(["nsenter", f"--net={netns_file}", "--", *argv], stdin=stdin, check=False)
+        if res.returncode != 0:
+            failed.append(f"{n} {res.returncode}")
+            worst = max(worst, res.returncode if res.returncode > 0 else 128 - res.returncode)
+    if len(nodes) > 1 and failed:
+        print(f"exit status: {', '.join(failed)} ({len(nodes) - len(failed)} of {len(nodes)} nodes 0)",
+              file=sys.stderr)
+    raise typer.Exit(worst)
+
+
+@app.command()
+def capture(
+    node: Annotated[str, typer.Argument(help="the node, e.g. r1")],
+    interface: Annotated[str, typer.Argument(help="its interface, e.g. r1-eth0 ('anylab exec r1 -- ip -br link')")],
+    write: Annotated[str, typer.Option("--write", "-w", metavar="FILE",
+                                       help="the pcap file to write, or - for stdout (| wireshark -k -i -)")],
+    count: Annotated[int, typer.Option("--count", "-c", help="stop after this many packets (1..1000000)")] = 10_000,
+    duration: Annotated[float, typer.Option(help="stop after this many seconds (at most 3600)")] = 30.0,
+    bpf: Annotated[str | None, typer.Option("--filter", "-f", help="a tcpdump filter, e.g. 'tcp port 179'")] = None,
+    name: NameOpt = "main",
+) -> None:
+    """Capture packets on a node's interface to a pcap file for Wireshark.
+
+    tcpdump in the node's namespace, until --count packets or --duration seconds, whichever comes first.
+
+    Examples: anylab capture r1 r1-eth0 -w /tmp/bgp.pcap -f 'tcp port 179' --duration 60;
+    anylab capture c1 c1-eth0 -w - | wireshark -k -i -"""
+    from lab.run.capture import CaptureSpec, check_filter
+    from lab.run.capture import capture as run_capture
+
+    CaptureSpec("", interface, write, count, duration, bpf).check()  # the request first, the lab after
+    state = _running_state_usage(name)
+    topo = topology_of(state)
     if node not in topo.node_names():
-        raise AnylabError(f"no node '{node}' in lab '{name}'; nodes: {', '.join(topo.node_names())}")
-    argv = list(command)
-    if argv and argv[0] == "vtysh" and node in {r.name for r in topo.routers}:
-        argv = ["vtysh", "--vty_socket", str(run_dir_of(name) / node), *argv[1:]]
-    netns = f"/run/netns/{state['netns_prefix']}{node}"
-    res = subprocess.run(["nsenter", f"--net={netns}", "--", *argv], check=False)
-    raise typer.Exit(res.returncode)
+        raise UsageError(f"no node '{node}' in lab '{name}'; nodes: {', '.join(topo.node_names())}")
+    own = [i.name for i in topo.interfaces() if i.node == node]
+    if interface not in (*own, "any", "lo"):
+        raise UsageError(f"{node} has no interface '{interface}'; it has: {', '.join([*own, 'lo', 'any'])}")
+    spec = CaptureSpec(f"/run/netns/{state['netns_prefix']}{node}", interface, write, count, duration, bpf)
+    check_filter(spec)  # compiled in the node's namespace: needs the lab
+    if write != "-":
+        print(f"capturing on {node} {interface} into {write} (at most {count} packets, {duration:g} s; Ctrl-C stops)",
+              file=sys.stderr)
+    packets = run_capture(spec)
+    print(f"{packets} packets captured on {node} {interface}" + (f" into {write}" if write != "-" else ""),
+          file=sys.stderr)
+
+
+@app.command()
+def validate(
+    topology: Annotated[Path, typer.Argument(help="topology file (.yaml or .py)")] = DEFAULT_TOPOLOGY,
+    kind: KindOpt = None,
+    show_configs: Annotated[bool, typer.Option("--show-configs", metavar="",
+                                               help="print every daemon's rendered configuration")] = False,
+    nodes: Annotated[str | None, typer.Option("--nodes", help="with --show-configs or --configs: only these nodes "
+                                              "(as for exec: r1,r2, 'sjc-s*', routers …)")] = None,
+    configs: Annotated[Path | None, typer.Option("--configs", metavar="DIR",
+                                                 help="write the configurations into DIR (new or empty)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="",
+                                          help="also dry-run every daemon on its configuration (vtysh -C, "
+                                               "bird -p, exabgp validate …), as up does first")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a topology without starting it; show, write or dry-run its daemons' configurations.
+
+    The model's checks, the estimate of memory and CPU, what runs as root; optionally every daemon's
+    configuration, shown, written, dry-run. Exit 2 if anything is wrong.
+
+    Examples: anylab validate topologies/two_pops.yaml; anylab validate --show-configs --nodes r1;
+    anylab validate topologies/global.yaml --dry-run"""
+    from bgp.routers import kind_names
+    from lab.cli.nodes import select_nodes
+    from lab.run.dryrun import render_configs
+    from model.budget import estimate, verdict
+    from model.load import load_topology
+
+    if kind is not None and kind not in kind_names():
+        raise UsageError(f"--kind {kind}: use {' or '.join(kind_names())}")
+    if configs is not None and (configs.exists() and (not configs.is_dir() or any(configs.iterdir()))):
+        raise UsageError(f"--configs {configs}: give a new or empty directory")
+    if configs is not None:
+        _output_dir("--configs", configs)
+    if nodes is not None and not (show_configs or configs):
+        raise UsageError("--nodes goes with --show-configs or --configs")
+    topo = load_topology(topology, kind)
+    chosen = select_nodes(topo, nodes) if nodes is not None else topo.node_names()
+    need = estimate(topo)
+    refusal, warning = verdict(need, _available_memory(), os.cpu_count() or 1)
+    result: dict[str, Any] = {
+        "topology": topo.name, "source": str(topology), "nodes": len(topo.node_names()),
+        "routers": {k: sum(1 for r in topo.routers if r.kind == k) for k in kind_names()},
+        "pops": len(topo.pops), "servers": len(topo.servers), "clients": len(topo.clients),
+        "estimate": {"memory_gb": round(need.memory / 1e9, 2), "idle_cores": round(need.cpu, 3)},
+        "fits": refusal is None, "warnings": [*_root_warnings(topo, topology), *filter(None, [refusal, warning])],
+    }
+    if show_configs or configs is not None or dry_run:
+        rendered, errors = render_configs(topo, chosen, configs, dry_run)
+        result["configs"] = {f"{n}/{p}": len(t) for n, files in rendered.items() for p, t in files.items()}
+        result["dry_run_errors"] = errors
+        if show_configs and not as_json:
+            for n, files in rendered.items():
+                for path, text in files.items():
+                    print(f"### {n}/{path}\n{text.rstrip()}\n")
+    if as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        routers = ", ".join(f"{v} {k}" for k, v in result["routers"].items() if v)
+        console.print(f"{topology}: topology {topo.name} is valid: {result['nodes']} nodes ({routers} routers, "
+                      f"{result['pops']} PoPs, {result['servers']} servers, {result['clients']} clients); "
+                      f"{need.describe()}", soft_wrap=True)
+        for w in result["warnings"]:
+            console.print(f"[yellow]warning: {w}[/]", soft_wrap=True)
+        if "configs" in result:
+            where = f" into {configs}" if configs is not None else ""
+            console.print(f"{len(result['configs'])} configuration files rendered{where}"
+                          + (f"; dry run: {'all accepted' if not result['dry_run_errors'] else 'REJECTED'}"
+                             if dry_run else ""))
+    if result.get("dry_run_errors"):
+        raise UsageError("configuration rejected by its daemon: " + "; ".join(result["dry_run_errors"]))
 
 
 @app.command()
@@ -364,7 +621,7 @@ def measure(
     spec = HttpSpec(http_rate, http_connections) if http else None
     driver = RemoteLab(name)
     try:
-        with console.status(f"measuring {scenario} on {target} ({repeat} run(s))…"):
+        with _progress(f"measuring {scenario} on {target} ({repeat} run(s))"):
             result, timeline = run_measure(driver, scenario, target, repeat, count, period, settle, spec)
     except KeyboardInterrupt:
         restored = control.call(driver.run_dir, "restore_all")["restored"]
@@ -518,17 +775,22 @@ def _read_json(path: Path) -> Any:
         return {}
 
 
-def kv_node(topo: Topology, at: str | None) -> str:
-    """The node ``--at`` names: a KV master, a PoP server, or a PoP (its first server); default the first
-    PoP's first server. Raises UsageError listing what would do."""
+def kv_node(state: dict[str, Any], at: str | None) -> str:
+    """The node ``--at`` names in the lab of ``state``: a KV master, a PoP server, or a PoP (its first
+    server); default the first PoP's first server. Raises UsageError listing what would do."""
+    index = state.get("nodes")
+    if not isinstance(index, dict):  # a lab brought up before the index existed
+        index = node_index(topology_of(state))
+    servers: dict[str, list[str]] = index["servers"]
+    masters: list[str] = index["kv_masters"]
     if at is None:
-        return topo.servers[0].name
-    if at in {k.name for k in topo.kv_masters} | {s.name for s in topo.servers}:
+        return next(iter(servers.values()))[0]
+    if at in masters or any(at in names for names in servers.values()):
         return at
-    if at in {p.name for p in topo.pops}:
-        return topo.pop(at).servers[0]
+    if at in servers:
+        return servers[at][0]
     raise UsageError(f"--at {at}: give a PoP, a PoP server or a KV master "
-                     f"({', '.join([p.name for p in topo.pops][:4] + [k.name for k in topo.kv_masters])}, …)")
+                     f"({', '.join(list(servers)[:4] + masters)}, …)")
 
 
 @app.command(name="kv")
@@ -555,8 +817,7 @@ def kv_(
     if action not in ("put", "get", "delete", "list") or (need_key and key is None) or \
             (action == "put" and value is None):  # the request first, the lab after
         raise UsageError("use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]")
-    topo = topology_of(_running_state_usage(name))
-    node = kv_node(topo, at)
+    node = kv_node(_running_state_usage(name), at)
     client = KvClient(run_dir_of(name) / node / "kv.sock")
     try:
         if action == "put":
@@ -596,7 +857,7 @@ def kv_(
                       + (f" (also on {reply['replicated_to']})" if reply.get("replicated_to") else ""))
 
 
-@app.command()
+@app.command(short_help="Bring a PoP to N servers in service (standby servers start or stop).")
 def scale(
     pop: Annotated[str, typer.Argument(help="the PoP")],
     servers: Annotated[int, typer.Option(help="servers in service wanted (1 … the PoP's max_servers)")],
@@ -624,7 +885,7 @@ def scale(
                   + ", ".join(steps))
 
 
-@app.command()
+@app.command(short_help="Load a PoP past its capacity with a priority mix: shed, spilled, served.")
 def overload(
     pop: Annotated[str, typer.Argument(help="the PoP to overload (its catchment's clients send the load)")],
     multiple: Annotated[float, typer.Option(help="the load as a multiple of the PoP's capacity (0.1..10)")] = 2.0,
@@ -652,8 +913,9 @@ def overload(
     lab = RemoteLab(name)
     if pop not in {p.name for p in lab.topo.pops}:
         raise UsageError(f"no PoP named {pop!r}; the lab has {', '.join(p.name for p in lab.topo.pops)}")
-    deploy_classes(lab)
-    result = run_overload(lab, pop, multiple, duration, shares)
+    with _progress(f"overload: {multiple:g}× {pop}'s capacity for {duration:g} s"):
+        deploy_classes(lab)
+        result = run_overload(lab, pop, multiple, duration, shares)
     if as_json:
         print(json.dumps(result, indent=1))
         return
@@ -672,7 +934,7 @@ def overload(
     console.print(table, f"spilled to other PoPs: {result['spilled_share']:.0%} of what was served", servers)
 
 
-@app.command(name="do")
+@app.command(name="do", short_help="Durable Objects: where each object lives, and the failover nemesis.")
 def do_(
     action: Annotated[str, typer.Argument(help="list, where, or nemesis")],
     namespace: Annotated[str | None, typer.Argument(metavar="[SCRIPT/CLASS]",
@@ -708,7 +970,8 @@ def do_(
             spec.check()
         except AnylabError as exc:
             raise UsageError(str(exc)) from None
-        result = Nemesis(RemoteLab(name), spec).run()
+        with _progress(f"do nemesis: {spec.failovers} failover(s) of {', '.join(spec.scenarios)}"):
+            result = Nemesis(RemoteLab(name), spec).run()
         if out is not None:
             out.write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1) if as_json else report(result))
@@ -812,7 +1075,7 @@ def down(
                       f"({shown}); 'anylab down --name NAME' removes lab NAME's")
 
 
-@app.command()
+@app.command(short_help="The demo: up, three failures measured per client and restored, down.")
 def demo(
     topology: Annotated[Path, typer.Argument()] = DEFAULT_TOPOLOGY,
     name: NameOpt = "demo",
@@ -842,6 +1105,8 @@ def test(ctx: typer.Context) -> None:
 
 
 def _version() -> str:
+    import importlib.metadata  # 30-40 ms: only for --version
+
     try:
         return importlib.metadata.version("anylab")
     except importlib.metadata.PackageNotFoundError:
@@ -884,10 +1149,25 @@ def _crash_log(exc: BaseException) -> Path:
     raise OSError("no directory to write the traceback to")
 
 
+def _bare_flags(command: Any) -> None:
+    """Show every flag of ``command`` and its subcommands without a ``<bool>`` type: the ones typer adds
+    (--help, --install-completion, --show-completion) as the lab's own already are."""
+    help_option = command.get_help_option(command.context_class(command))
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        if sub.short_help is None and sub.help:  # the command list shows one sentence of each
+            first = " ".join(sub.help.split("\n\n")[0].split())
+            sub.short_help = re.split(r"(?<=\.)\s", first, maxsplit=1)[0]
+        _bare_flags(sub)
+
+
 def main() -> None:
     """Entry point: exit 2 for bad input (nothing started), 1 for lab errors and for unexpected ones —
     one line each; an unexpected error's traceback goes to a log file (``--debug`` prints it)."""
     command = typer.main.get_command(app)
+    _bare_flags(command)
     try:
         # standalone_mode=False: click hands its usage errors here, to be one line like every other.
         code = command.main(args=sys.argv[1:], prog_name="anylab", standalone_mode=False)

@@ -38,7 +38,15 @@ from lab.run.cleanup import cleanup
 from lab.run.hostlimits import raise_limits
 from lab.run.launchers import SERVER_PRELOAD
 from lab.run.observe import SessionState, observed_catchment, router_sessions
-from lab.run.rundir import STATE_FILE, check_name, netns_prefix, read_state, run_dir_of, write_in_service
+from lab.run.rundir import (
+    STATE_FILE,
+    check_name,
+    netns_prefix,
+    node_index,
+    read_state,
+    run_dir_of,
+    write_in_service,
+)
 from lab.run.scaling import scale_pop
 from lab.run.starts import start_daemons, start_zygote, validate_all
 from lab.run.wiring import daemons_of
@@ -101,7 +109,9 @@ class Lab:
         state = {"name": self.name, "topology": self.topo.name, "source": self.topo.source,
                  "spec": self.topo.spec.model_dump(mode="json"), "phase": phase, "pid": os.getpid(),
                  "starttime": proc_starttime(os.getpid()), "netns_prefix": netns_prefix(self.name),
-                 "timings": self.timings, "notes": self.notes, **extra}
+                 "timings": self.timings, "notes": self.notes, "nodes": node_index(self.topo),
+                 # The prediction is fixed for the topology; kept so that `status` need not import networkx.
+                 "predicted": self.predicted(), **extra}
         tmp = self.run_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.run_dir / STATE_FILE)

@@ -59,6 +59,10 @@ def test_a_third_kind_is_one_class(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     class Fake(RouterKind):
         name = "fake"
+        cli = "fakec"
+
+        def cli_argv(self, router_dir: Path, args: list[str]) -> list[str]:
+            return ["fakec", str(router_dir), *args]
 
         def daemons(self, env: NodeEnv, router: Router) -> list[Daemon]:
             seen.append(f"daemons {router.name}")

@@ -1,0 +1,80 @@
+"""What a topology will cost to run, before it runs: memory and idle CPU from the budgets measured per
+process (docs/scaling.md, "Measured budgets", bench/scale.py on 2026-11-27), so that ``anylab up`` can
+say a lab will not fit before it starts one.
+
+The figures are PSS, idle (probes at their idle rate, no requests): a lab under load needs more CPU, not
+much more memory. Calibration against bench/scale.py's six labs (README's "Scale, measured"): memory within
+4 % at 30, 102 and 300 PoPs, BIRD and FRR; idle CPU within 12 %. tests/unit/test_budget.py holds both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.topology import Topology
+
+MB = 1e6
+#: Per PoP server, by settings.server_process: (PSS bytes, idle CPU in cores).
+SERVER = {"folded": (29 * MB, 0.0018), "split": (38 * MB, 0.0040)}
+#: Per router, by kind: (PSS bytes, idle CPU in cores); bfdd adds its share per BFD session.
+ROUTER = {"bird": (1.2 * MB, 0.0005), "frr": (23 * MB, 0.0005)}
+BFD_SESSION_CPU = 0.0014
+#: A client's prober (idle rate) and a service node's daemons (control plane, KV master + DO host, origin):
+#: not broken out by bench/scale.py; bounded from its totals (the whole lab less servers and routers,
+#: 0.2–0.3 GB at 300 PoPs with 30 clients and 8 service nodes).
+CLIENT = (12 * MB, 0.002)
+SERVICE = (25 * MB, 0.002)
+#: The controller, the zygote, the recorders and the lab's pollers: one set per lab (the CPU is the
+#: intercept of bench/scale.py's idle lab CPU against its server count: 0.23, 0.41, 0.80 cores at 30, 102, 300).
+LAB = (90 * MB, 0.15)
+#: The share of a machine's available memory and of its cores a lab may plan for (docs/scaling.md,
+#: "How many machines": memory to 70 %, idle CPU to 50 %, the rest is headroom for measuring).
+MEMORY_SHARE = 0.7
+CPU_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A lab's planned memory (bytes) and idle CPU (cores), and what they were made of."""
+
+    memory: float
+    cpu: float
+    servers: int
+    routers: int
+
+    def describe(self) -> str:
+        return (f"≈ {self.memory / 1e9:.1f} GB and {self.cpu:.2f} cores idle for {self.servers} PoP server(s) "
+                f"and {self.routers} router(s)")
+
+
+def estimate(topo: Topology) -> Estimate:
+    """The measured budgets summed over the topology's nodes (standby servers are not running)."""
+    process = topo.spec.settings.server_process
+    active = [s for s in topo.servers if not s.standby]
+    memory, cpu = LAB
+    memory += len(active) * SERVER[process][0]
+    cpu += len(active) * SERVER[process][1]
+    for r in topo.routers:
+        memory += ROUTER.get(r.kind, ROUTER["frr"])[0]
+        cpu += ROUTER.get(r.kind, ROUTER["frr"])[1]
+        cpu += BFD_SESSION_CPU * sum(1 for n in r.neighbors if n.profile.bfd is not None)
+    memory += len(topo.clients) * CLIENT[0] + len(topo.services()) * SERVICE[0]
+    cpu += len(topo.clients) * CLIENT[1] + len(topo.services()) * SERVICE[1]
+    return Estimate(memory, cpu, len(active), len(topo.routers))
+
+
+def verdict(need: Estimate, available_memory: float, cores: int) -> tuple[str | None, str | None]:
+    """(refusal, warning) for running ``need`` on a machine with ``available_memory`` bytes free and
+    ``cores`` CPUs: a refusal when the memory alone is more than the machine has free, a warning when it
+    is past the planning share of memory or of CPU (the lab would run, measurements would suffer)."""
+    if need.memory > available_memory:
+        return (f"needs {need.describe()}; this machine has {available_memory / 1e9:.1f} GB available "
+                "(split the topology over machines, docs/scaling.md, or fewer PoPs)"), None
+    worries = []
+    if need.memory > MEMORY_SHARE * available_memory:
+        worries.append(f"more than {MEMORY_SHARE:.0%} of the {available_memory / 1e9:.1f} GB available")
+    if need.cpu > CPU_SHARE * cores:
+        worries.append(f"more than {CPU_SHARE:.0%} of {cores} cores idle")
+    if worries:
+        return None, f"this lab needs {need.describe()}: {' and '.join(worries)}; measurements may suffer"
+    return None, None
