@@ -49,7 +49,7 @@ DEFAULT_TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="anylab: an anycast and BGP failover lab in network namespaces.",
                   epilog="Start with: anylab up; anylab status; anylab exec r1 -- vtysh -c 'show bgp summary'; "
-                         "anylab measure withdraw sjc-s1; anylab down. Logs: /run/anylab/NAME.controller.log.")
+                         "anylab measure drain sjc; anylab down. Logs: /run/anylab/NAME.controller.log.")
 console = Console(width=None if sys.stdout.isatty() else 130)
 
 def _checked_scenario(scenario: str) -> str:
@@ -59,10 +59,14 @@ def _checked_scenario(scenario: str) -> str:
     return scenario
 
 
+#: An output file of "-": standard output.
+STDOUT = Path("-")
+
+
 def _output_dir(flag: str, path: Path | None) -> None:
     """Raises UsageError when ``path`` (an output file a flag names) cannot be written for want of its
-    directory, before the command does its work."""
-    if path is not None and not path.parent.is_dir():
+    directory, before the command does its work ("-", stdout, always can)."""
+    if path is not None and path != STDOUT and not path.parent.is_dir():
         raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist; create it first")
 
 
@@ -596,7 +600,11 @@ def measure(
     target: TargetArg,
     name: NameOpt = "main",
     repeat: Annotated[int, typer.Option(help="runs (each waits for the predicted catchment first)")] = 1,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", metavar="FILE",
+                                                  help="write the result as JSON here (- : stdout, no table)")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", metavar="FILE",
+                                                 help="write a row per run and client as CSV here (- : stdout, "
+                                                      "no table)")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the last run's timeline PNG here")] = None,
     settle: Annotated[float, typer.Option(help="seconds of clean answers that end a run")] = 0.5,
     count: CountOpt = 3,
@@ -606,7 +614,10 @@ def measure(
     http_rate: Annotated[float, typer.Option(help="--http: requests/s per user")] = 50.0,
     http_connections: Annotated[int, typer.Option(help="--http: keep-alive connections per client")] = 2,
 ) -> None:
-    """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times."""
+    """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times.
+
+    Examples: anylab measure drain sjc; anylab measure service-crash sjc-s1 --repeat 5 --json r.json;
+    anylab measure pops-down eu --csv - > shifts.csv"""
     from lab.measure import report
     from lab.measure.runner import HttpSpec
     from lab.measure.runner import measure as run_measure
@@ -616,7 +627,10 @@ def measure(
         raise UsageError(f"--repeat {repeat}: give 1 to 1000 runs")
     if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
         raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
+    if json_out == STDOUT and csv_out == STDOUT:
+        raise UsageError("--json - and --csv -: only one of them can go to stdout")
     _output_dir("--json", json_out)
+    _output_dir("--csv", csv_out)
     _output_dir("--plot", plot)
     spec = HttpSpec(http_rate, http_connections) if http else None
     driver = RemoteLab(name)
@@ -628,16 +642,21 @@ def measure(
         console.print(f"interrupted: restored {', '.join(restored) or 'nothing (no fault was active)'}; "
                       f"lab '{name}' is still up")
         raise typer.Exit(130) from None
-    console.print(report.table(result))
+    to_stdout = STDOUT in (json_out, csv_out)
+    shown = Console(stderr=True) if to_stdout else console  # stdout carries the data alone
+    shown.print(report.table(result))
     http_table = report.http_table(result)
     if http_table is not None:
-        console.print(http_table)
+        shown.print(http_table)
     for run in result["runs"]:
         for line in run["crosscheck"]:
-            console.print(f"[yellow]cross-check run {run['run']}: {line}[/]")
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=1))
-        console.print(f"wrote {json_out}")
+            shown.print(f"[yellow]cross-check run {run['run']}: {line}[/]")
+    for path, text in ((json_out, json.dumps(result, indent=1) + "\n"), (csv_out, report.csv_text(result))):
+        if path == STDOUT:
+            sys.stdout.write(text)
+        elif path is not None:
+            path.write_text(text)
+            shown.print(f"wrote {path}")
     if plot and timeline is not None:
         report.plot(result, timeline, plot)
         console.print(f"wrote {plot}")

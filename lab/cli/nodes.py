@@ -80,7 +80,7 @@ def node_argv(topo: Topology, run_dir: Path, node: str, argv: list[str]) -> list
         question = " ".join(argv[1:]) or "status"
         if question not in EXABGP_COMMANDS:
             raise UsageError(f"exabgpcli {question!r}: the lab's ExaBGP API answers {' and '.join(EXABGP_COMMANDS)} "
-                             "(announce and withdraw are faults: 'anylab fail withdraw SERVER')")
+                             "(a withdrawal is a fault: 'anylab fail drain SERVER')")
         return [sys.executable, "-m", "bgp.exabgp_api", "--dir", str(run_dir / node), "--ask", question]
     return list(argv)
 

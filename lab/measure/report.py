@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,27 @@ def table(result: dict[str, Any]) -> Table:
                  f"routers; path changes at one router ≤ {summary.get('path_changes_max', 0)}; UPDATEs ≤ "
                  f"{summary.get('peak_updates_per_s', 0)}/s; catchment restored: {result['catchment_restored']}")
     return t
+
+
+#: The columns of :func:`csv_text`, one row per run and client (times in seconds, empty when none).
+CSV_COLUMNS = ("scenario", "target", "topology", "router_kind", "run", "detect_s", "first_fib_s",
+               "network_convergence_s", "client", "from_server", "to_server", "shift_s", "gap_s", "lost", "flips")
+
+
+def csv_text(result: dict[str, Any]) -> str:
+    """The rows of :func:`table` as CSV (header first), for a spreadsheet or a script."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in result["runs"]:
+        for name, c in r["clients"].items():
+            writer.writerow({"scenario": result["scenario"], "target": result["target"],
+                             "topology": result["topology"], "router_kind": result["router_kind"], "run": r["run"],
+                             "detect_s": r["detect_s"], "first_fib_s": r["first_fib_s"],
+                             "network_convergence_s": r["network_convergence_s"], "client": name,
+                             "from_server": c["from_server"], "to_server": c["to_server"], "shift_s": c["shift_s"],
+                             "gap_s": c["gap_s"], "lost": c["lost"], "flips": c["flips"]})
+    return out.getvalue()
 
 
 def http_table(result: dict[str, Any]) -> Table | None:

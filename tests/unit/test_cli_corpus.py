@@ -94,6 +94,8 @@ def cases() -> dict[str, list[str]]:
         "validate bad nodes": ["validate", GOOD, "--show-configs", "--nodes", "r9"],
         "validate empty nodes": ["validate", GOOD, "--show-configs", "--nodes", ","],
         "up force type": ["up", "--force", "yes", GOOD],
+        "measure csv dir": ["measure", "drain", "sjc", "--csv", "@/no/such/r.csv"],
+        "measure two stdouts": ["measure", "drain", "sjc", "--csv", "-", "--json", "-"],
     }
     out.update({f"flag {k}": v for k, v in flags.items()})
     return out

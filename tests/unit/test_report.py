@@ -35,3 +35,16 @@ def test_timeline_png(tmp_path: Path) -> None:
                         [(T0 + 0.004, "sjc-s1: withdrawn")], T0 + 0.02)
     plot(result(), timeline, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_csv_has_a_row_per_run_and_client() -> None:
+    import csv
+    import io
+
+    from lab.measure.report import CSV_COLUMNS, csv_text
+
+    rows = list(csv.DictReader(io.StringIO(csv_text(result()))))
+    assert len(rows) == 1 and tuple(rows[0]) == CSV_COLUMNS
+    row = rows[0]
+    assert (row["client"], row["from_server"], row["to_server"]) == ("c1", "sjc-s1", "lax-s1")
+    assert float(row["shift_s"]) == 0.0085 and row["scenario"] == "service-crash"
