@@ -3,8 +3,9 @@ process (docs/scaling.md, "Measured budgets", bench/scale.py on 2026-11-27), so 
 say a lab will not fit before it starts one.
 
 The figures are PSS, idle (probes at their idle rate, no requests): a lab under load needs more CPU, not
-much more memory. Calibration against bench/scale.py's six labs (README's "Scale, measured"): memory within
-4 % at 30, 102 and 300 PoPs, BIRD and FRR; idle CPU within 12 %. tests/unit/test_budget.py holds both.
+much more memory. Calibration against bench/scale.py's six labs (docs/results.md, "Scale"): memory within
+6 % at 30, 102 and 300 PoPs, BIRD and FRR (over rather than under at the smaller sizes), idle CPU within
+12 %; against bench/startup.py's three split labs, memory within 3 %. tests/unit/test_budget.py holds them.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from dataclasses import dataclass
 from model.topology import Topology
 
 MB = 1e6
-#: Per PoP server, by settings.server_process: (PSS bytes, idle CPU in cores).
-SERVER = {"folded": (29 * MB, 0.0018), "split": (38 * MB, 0.0040)}
+#: Per PoP server, by settings.server_process: (PSS bytes, idle CPU in cores); split measured by
+#: bench/startup.py on global.yaml and regions.py (2026-12-03: 40–41 MB).
+SERVER = {"folded": (29 * MB, 0.0018), "split": (41 * MB, 0.0040)}
 #: Per router, by kind: (PSS bytes, idle CPU in cores); bfdd adds its share per BFD session.
 ROUTER = {"bird": (1.2 * MB, 0.0005), "frr": (23 * MB, 0.0005)}
 BFD_SESSION_CPU = 0.0014
-#: A client's prober (idle rate) and a service node's daemons (control plane, KV master + DO host, origin):
-#: not broken out by bench/scale.py; bounded from its totals (the whole lab less servers and routers,
-#: 0.2–0.3 GB at 300 PoPs with 30 clients and 8 service nodes).
-CLIENT = (12 * MB, 0.002)
-SERVICE = (25 * MB, 0.002)
+#: A client's prober and a service node's daemons (control plane + DO directory, KV master + DO host,
+#: origin): bench/startup.py (2026-12-03) measured 9 MB a client, 49–52 MB a service node.
+CLIENT = (10 * MB, 0.002)
+SERVICE = (50 * MB, 0.002)
 #: The controller, the zygote, the recorders and the lab's pollers: one set per lab (the CPU is the
 #: intercept of bench/scale.py's idle lab CPU against its server count: 0.23, 0.41, 0.80 cores at 30, 102, 300).
-LAB = (90 * MB, 0.15)
+LAB = (10 * MB, 0.15)
 #: The share of a machine's available memory and of its cores a lab may plan for (docs/scaling.md,
 #: "How many machines": memory to 70 %, idle CPU to 50 %, the rest is headroom for measuring).
 MEMORY_SHARE = 0.7

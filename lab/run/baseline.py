@@ -67,3 +67,32 @@ def wait_baseline(topo: Topology, run_dir: Path, deadline: float) -> None:
     wait_for(clients_answered, timeout=max(1.0, deadline - monotonic()),
              what="answers at every client from its predicted PoP", interval=0.02,
              describe=lambda: "; ".join(missing[:6]))
+
+
+def wait_platform_level_zero(topo: Topology, run_dir: Path, deadline: float) -> None:
+    """Wait until every PoP server in service reports degradation level 0 (its ``protect.json``): right
+    after its start a server is at level 1 until its KV replica has reached the region's master, and a
+    lab handed over in that state reads as degraded in ``anylab status``. Raises WaitTimeout naming the
+    servers still degraded and why when ``deadline`` (CLOCK_MONOTONIC) passes."""
+    import json
+
+    from lab.run.rundir import in_service
+
+    missing: list[str] = []
+
+    def level_zero() -> bool:
+        missing.clear()
+        for servers in in_service(topo, run_dir).values():
+            for server in servers:
+                try:
+                    report = json.loads((run_dir / server / "protect.json").read_text())
+                except (OSError, ValueError):
+                    missing.append(f"{server}: no protect.json yet")
+                    continue
+                if report.get("level"):
+                    why = "; ".join(str(v) for v in (report.get("reasons") or {}).values())
+                    missing.append(f"{server}: level {report['level']} ({why})")
+        return not missing
+
+    wait_for(level_zero, timeout=max(1.0, deadline - monotonic()), what="every PoP server at degradation level 0",
+             interval=0.05, describe=lambda: "; ".join(missing[:6]))

@@ -33,7 +33,7 @@ from lab.faults.catalogue import Injector, plan
 from lab.record.analysis import ClientResult, client_result
 from lab.record.probes import Probe, read_probes
 from lab.run.autoscaler import Autoscaler
-from lab.run.baseline import wait_baseline
+from lab.run.baseline import wait_baseline, wait_platform_level_zero
 from lab.run.cleanup import cleanup
 from lab.run.hostlimits import raise_limits
 from lab.run.launchers import SERVER_PRELOAD
@@ -153,6 +153,8 @@ class Lab:
             wait_baseline(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
             self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
+            wait_platform_level_zero(self.topo, self.run_dir, deadline=t0 + timeout)
+            self.timings["platform_ready"] = monotonic() - t0
             self.autoscaler = Autoscaler(self)
             self.autoscaler.start()
             self.write_state("up")

@@ -6,7 +6,8 @@ import pytest
 
 from model.budget import Estimate, estimate, verdict
 from model.generate import stage
-from model.load import build_topology
+from model.load import build_topology, load_topology
+from tests.conftest import TOPOLOGIES
 
 # bench/scale.py, 2026-11-27 (README, "Scale, measured"): PoPs, kind → lab PSS (GB), idle CPU (cores).
 MEASURED = {(30, "bird"): (1.3, 0.23), (30, "frr"): (1.7, 0.24), (102, "bird"): (3.3, 0.41),
@@ -23,11 +24,21 @@ def _stage3(pops: int, kind: str) -> Estimate:
 
 @pytest.mark.parametrize(("pops", "kind"), sorted(MEASURED))
 def test_the_estimate_is_within_its_stated_error_of_the_measurement(pops: int, kind: str) -> None:
-    """Memory within 5 %, idle CPU within 15 % (the module states 4 % and 12 %, measured)."""
+    """Memory within 7 %, idle CPU within 15 % (the module states 6 % and 12 %, measured)."""
     got = _stage3(pops, kind)
     memory_gb, cpu = MEASURED[(pops, kind)]
-    assert got.memory / 1e9 == pytest.approx(memory_gb, rel=0.05)
+    assert got.memory / 1e9 == pytest.approx(memory_gb, rel=0.07)
     assert got.cpu == pytest.approx(cpu, rel=0.15)
+
+
+# bench/startup.py --runs 3, 2026-12-03 (docs/results.md): the split labs' PSS summed over node kinds, MB.
+STARTUP = {"two_pops.yaml": 323.8, "global.yaml": 924.3, "regions.py": 1653.7}
+
+
+@pytest.mark.parametrize("name", sorted(STARTUP))
+def test_the_estimate_of_the_shipped_topologies_is_within_4_percent(name: str) -> None:
+    got = estimate(load_topology(TOPOLOGIES / name))
+    assert got.memory / 1e6 == pytest.approx(STARTUP[name], rel=0.04)
 
 
 def test_fifteen_hundred_servers_do_not_fit_this_machine() -> None:
