@@ -538,7 +538,10 @@ def graph(
         help="colour clients by the PoP serving them: 'predicted', or 'observed' in the running lab --name")] = None,
     name: NameOpt = "main",
 ) -> None:
-    """Draw a topology (Mermaid text, or a PNG/SVG picture)."""
+    """Draw a topology (Mermaid text, or a PNG/SVG picture).
+
+    Examples: anylab graph -o /tmp/global.png; anylab graph -o /tmp/t.mmd topologies/two_pops.yaml
+    --catchment predicted"""
     from lab.measure.draw import draw
     from lab.run.observe import observed_catchment
     from model.graph import predict_catchment
@@ -569,7 +572,10 @@ def fail(
     count: CountOpt = 3,
     period: PeriodOpt = 1.0,
 ) -> None:
-    """Inject a fault from the catalogue into a running lab (undo it with 'anylab restore')."""
+    """Inject a fault from the catalogue into a running lab (undo it with 'anylab restore').
+
+    Examples: anylab fail service-crash sjc-s1; anylab fail region-down eu; anylab fail link-down r1:r2;
+    anylab fail flap sjc --count 5 --period 2"""
     _running_state_usage(name)
     reply = control.call(run_dir_of(name), "fail", scenario=scenario, target=target, count=count, period=period)
     console.print(f"{scenario} on {target}: injected at t={reply['t']:.6f} (CLOCK_MONOTONIC)"
@@ -582,7 +588,9 @@ def restore(
     name: NameOpt = "main",
     all_: Annotated[bool, typer.Option("--all", help="every fault of the lab", metavar="")] = False,
 ) -> None:
-    """Undo a fault (or every fault with --all); the catchment returns to the prediction."""
+    """Undo a fault (or every fault with --all); the catchment returns to the prediction.
+
+    Examples: anylab restore sjc-s1; anylab restore --all"""
     if not target and not all_:  # the request first, the lab after
         raise UsageError("give the TARGET to restore, or --all")
     _running_state_usage(name)
@@ -706,7 +714,10 @@ def deploy(
     timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
 ) -> None:
     """Upload a worker to the control plane as a content-hashed version and deploy it (every PoP, or
-    --pop/--region); waits until every PoP server runs it and prints the propagation time."""
+    --pop/--region); waits until every PoP server runs it and prints the propagation time.
+
+    Examples: anylab deploy hello examples/hello.py; anylab deploy reg examples/do_register.py --do REG=Register;
+    anylab deploy canary examples/hello.py --region eu --var GREETING=hi"""
     try:
         text = code.read_text(encoding="utf-8")
     except OSError as exc:
@@ -738,7 +749,9 @@ def rollback(
     name: NameOpt = "main",
     timeout: Annotated[float, typer.Option(help="seconds to wait for every PoP server")] = 30.0,
 ) -> None:
-    """Put the worker back where it was before its last deploy (not deployed, before the first)."""
+    """Put the worker back where it was before its last deploy (not deployed, before the first).
+
+    Example: anylab rollback hello"""
     done = _control_client(topology_of(_running_state_usage(name)), name).roll_back(worker, timeout)
     where = ", ".join(f"{p}={v}" for p, v in sorted(done.placement.items())) or "nowhere (removed)"
     console.print(f"{worker} rolled back: {where}")
@@ -828,7 +841,10 @@ def kv_(
     name: NameOpt = "main",
 ) -> None:
     """Workers KV from the command line, at a PoP (its replica: writes go to the region's master) or at
-    a master. 'get' prints the bare value, or nothing and exits 1 when the key is absent."""
+    a master. 'get' prints the bare value, or nothing and exits 1 when the key is absent.
+
+    Examples: anylab kv put users alice '{"plan": "pro"}' --ttl 60; anylab kv get users alice --at fra;
+    anylab kv list users --prefix a --json; anylab kv get users alice --at kv-eu"""
     from kv.client import KvClient
     from kv.store import KvError
 
@@ -1046,7 +1062,9 @@ def _running_state_usage(name: str) -> dict[str, Any]:
 
 @app.command(name="ls")
 def ls(as_json: JsonOpt = False) -> None:
-    """The labs of this run root: name, phase, topology, namespaces, whether their controller is alive."""
+    """The labs of this run root: name, phase, topology, namespaces, whether their controller is alive.
+
+    Examples: anylab ls; anylab ls --json"""
     rows: list[dict[str, Any]] = []
     for lab in lab_names():
         state = read_state(lab) or {}
@@ -1073,7 +1091,9 @@ def down(
     name: NameOpt = "main",
     all_: Annotated[bool, typer.Option("--all", help="every lab, and whatever crashed labs left", metavar="")] = False,
 ) -> None:
-    """Stop a lab: its processes (by PID), namespaces and run files."""
+    """Stop a lab: its processes (by PID), namespaces and run files.
+
+    Examples: anylab down; anylab down --name t1; anylab down --all (every lab of this run root)"""
     left: list[str] = []
     if all_:
         errors, left = cleanup_all()

@@ -112,3 +112,30 @@ def test_the_dry_run_accepts_and_can_reject(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(Bgpd, "render_config", broken)
     _, errors = render_configs(TOPO, ["r1"], None, dry_run=True)
     assert len(errors) == 1 and errors[0].startswith("r1/bgpd: ") and "No such command" in errors[0]
+
+
+def test_what_runs_as_root_is_said() -> None:
+    from lab.cli.main import _root_warnings
+
+    assert _root_warnings(TOPO, TOPOLOGIES / "two_pops.yaml") == []
+    script = load_topology(TOPOLOGIES / "regions.py")
+    assert _root_warnings(script, TOPOLOGIES / "regions.py")[0].endswith("run only scripts you trust")
+    data = {"name": "cmd", "regions": [{"name": "na"}], "routers": [{"name": "r1", "asn": 65001, "region": "na"}],
+            "pops": [{"name": "sjc", "asn": 64601, "region": "na", "upstreams": ["r1"],
+                      "profile": {"base": "fast", "health": {"checks": [{"kind": "command", "argv": ["true"]}]}}}],
+            "clients": [{"name": "c1", "region": "na", "router": "r1"}]}
+    from model.load import build_topology
+
+    warned = _root_warnings(build_topology(data, "t.yaml"), Path("t.yaml"))
+    assert warned == ["health checks of kind 'command' run as root in the PoP servers of sjc"]
+
+
+def test_a_lab_that_cannot_fit_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.cli import main
+
+    monkeypatch.setattr(main, "_available_memory", lambda: 0.2e9)
+    with pytest.raises(UsageError, match=r"two-pops needs ≈ 0\.3 GB .* 0\.2 GB available .*; --force starts it"):
+        main._budget(TOPO, force=False)
+    assert "0.2 GB available" in str(main._budget(TOPO, force=True))
+    monkeypatch.setattr(main, "_available_memory", lambda: 100e9)
+    assert main._budget(TOPO, force=False) is None
