@@ -110,7 +110,8 @@ def run_topology_script(path: Path, timeout: float = SCRIPT_TIMEOUT_S) -> Any:
     source = str(path)
     project = str(Path(__file__).resolve().parents[1])  # scripts import model.generate and friends
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)}
-    stdout, stderr, status = _run_bounded([sys.executable, "-c", _RUNNER, str(path.resolve())], env, timeout,
+    # -B: importing the script writes no __pycache__ beside it (validating leaves nothing behind).
+    stdout, stderr, status = _run_bounded([sys.executable, "-B", "-c", _RUNNER, str(path.resolve())], env, timeout,
                                           source)
     try:
         reply = json.loads(stdout)
