@@ -14,6 +14,21 @@ LOGICAL_BITS = 16
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 
 
+#: How far ahead of a master's wall clock a peer's timestamp may be, in ms. The lab's nodes share one
+#: machine's clock (their HLCs differ by what a request takes); NTP keeps real machines within tens of
+#: ms; 5 s leaves room for a loaded host. A timestamp past it is refused: accepted, one entry stamped near
+#: 2^63 would push the clock so far ahead that no later local write could ever win (or fit in SQLite).
+MAX_AHEAD_MS = 5_000
+#: Timestamps are stored in SQLite's signed 64-bit INTEGER.
+MAX_HLC = (1 << 63) - 1
+
+
+def admissible(remote: int, now_ms: int, max_ahead_ms: int = MAX_AHEAD_MS) -> bool:
+    """Whether a timestamp from a peer may be taken: not negative, storable, and at most
+    ``max_ahead_ms`` ahead of the local wall clock ``now_ms``."""
+    return 0 <= remote <= MAX_HLC and physical_ms(remote) <= now_ms + max_ahead_ms
+
+
 def pack(ms: int, logical: int) -> int:
     return (ms << LOGICAL_BITS) | logical
 

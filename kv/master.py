@@ -42,7 +42,7 @@ from aiohttp import web
 from core.clock import monotonic
 from core.service import run_service, service_main
 from kv import service
-from kv.hlc import Clock
+from kv.hlc import MAX_AHEAD_MS, Clock, admissible, physical_ms
 from kv.service import body, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
@@ -76,6 +76,8 @@ class Master:
         self.cursors: dict[str, dict[str, int]] = (json.loads(self.cursor_file.read_text())
                                                    if self.cursor_file.exists() else {})
         self.clock = Clock()
+        #: What peers sent that was refused, by reason (issue 19: validate what peers send).
+        self.refused: dict[str, int] = {"future_hlc": 0}
         self.changed = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         self.peer_state: dict[str, dict[str, Any]] = {}
@@ -163,9 +165,19 @@ class Master:
     # -- replication -----------------------------------------------------------------------------
 
     async def replicate(self, request: web.Request) -> web.Response:
+        """A peer's entries, applied; raises KvError (400, counted in ``status``'s ``refused``) for any
+        entry whose HLC is not admissible (:func:`kv.hlc.admissible`), applying none of them."""
         data = await body(request)
         ns = check_namespace(str(data.get("ns", "")))
         entries = [Entry.from_json(e) for e in data.get("entries", [])]
+        now_ms = int(now() * 1000)
+        bad = [e for e in entries if not admissible(e.hlc, now_ms)]
+        if bad:
+            self.refused["future_hlc"] += len(bad)
+            ahead = (physical_ms(bad[0].hlc) - now_ms) / 1000
+            key = bad[0].key.decode(errors="replace")
+            raise KvError(f"entry {key!r} has HLC {bad[0].hlc}, {ahead:.0f} s ahead of this master's clock "
+                          f"(at most {MAX_AHEAD_MS / 1000:g} s): refused, nothing applied", 400)
         for e in entries:
             self.clock = self.clock.observe(e.hlc, int(now() * 1000))
         await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
@@ -184,7 +196,7 @@ class Master:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"node": self.node, "region": self.region, "seqs": self.store.seqs(),
-                                  "peers": self.peer_state})
+                                  "peers": self.peer_state, "refused": self.refused})
 
     async def pull(self, peer: dict[str, Any]) -> None:
         """Follow one peer master's changes for ever: the anti-entropy that makes every master converge,
@@ -208,12 +220,18 @@ class Master:
             self.peer_state[name] = {"reachable": True, "seqs": reply.get("seqs", {})}
             cursor = dict(since)
             for ns, raw in reply.get("changes", {}).items():
-                entries = [Entry.from_json(e) for e in raw]
+                pulled = [Entry.from_json(e) for e in raw]
+                now_ms = int(now() * 1000)
+                # A peer's entry stamped too far ahead is skipped (and counted), never applied: the cursor
+                # still moves past it, so it is not asked for again.
+                entries = [e for e in pulled if admissible(e.hlc, now_ms)]
+                self.refused["future_hlc"] += len(pulled) - len(entries)
                 for e in entries:
                     self.clock = self.clock.observe(e.hlc, int(now() * 1000))
                 if entries:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
-                    cursor[ns] = max(e.seq for e in entries)
+                if pulled:
+                    cursor[ns] = max(e.seq for e in pulled)
             if cursor != since:
                 self.cursors[name] = cursor
                 tmp = self.cursor_file.with_suffix(".tmp")

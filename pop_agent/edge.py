@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ from protect.limits import (
     take_all,
 )
 from tenant.deployment import Deployment
+from tenant.egress import Egress, origins_of
 from tenant.isolate import DeployError, Isolate, IsolateSpawner, Result
 from tenant.worker_api import Request, Response
 
@@ -83,6 +85,8 @@ class Pool:
 
     def __init__(self, dep: Deployment, spawner: IsolateSpawner, executor: ThreadPoolExecutor) -> None:
         self.dep, self.spawner, self.executor = dep, spawner, executor
+        #: Where this deployment's sandboxed isolates may send requests (tenant.egress).
+        self.egress = Egress.of(dep.name, dep.account, dep.bindings, origins_of(os.environ.get("ANYLAB_HOSTS", "")))
         self.buckets = [Bucket(dep.rate_per_s, max(1.0, dep.rate_per_s)),
                         Bucket(dep.rate_per_min / 60.0, max(1.0, dep.rate_per_min))]
         self.idle: list[tuple[float, Isolate]] = []
@@ -101,8 +105,10 @@ class Pool:
                 return self.idle.pop()[1]
         try:
             self.cold_starts += 1
-            return await loop.run_in_executor(self.executor, self.spawner.spawn, self.dep.code, self.dep.bindings,
-                                              self.dep.limits)
+            iso = await loop.run_in_executor(self.executor, self.spawner.spawn, self.dep.code, self.dep.bindings,
+                                             self.dep.limits, self.dep.name)
+            iso.egress = self.egress
+            return iso
         except BaseException:
             async with self.freed:
                 self.busy -= 1
@@ -654,6 +660,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--unicast", help="this server's own lab address: spilled requests and load reports")
     parser.add_argument("--peers", type=Path, help="JSON: the servers of the nearest other PoPs to spill to")
     parser.add_argument("--capacity-rps", type=float, default=5000.0, help="requests/s at 100 %% utilisation")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="tenant code without its sandbox: bench/worker.py's reference run only")
     parser.add_argument("--spill-threshold", type=float, default=0.8, help="utilisation from which to spill")
     parser.add_argument("--account-limits", default="{}", help="JSON: this server's share of the per-account "
                         "limits (requests_per_s, do_requests_per_s)")
@@ -678,7 +686,7 @@ def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
     if args.directory:
         address, _, dport = args.directory.rpartition(":")
         directory = (address, int(dport))
-    spawner = IsolateSpawner()
+    spawner = IsolateSpawner(sandboxed=not getattr(args, "no_sandbox", False))
     spawner.start()  # before any event loop or thread exists: the spawner is forked from a clean process
     try:
         store = LocalStore(args.deployments) if args.deployments else None

@@ -16,7 +16,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${ANYLAB_VENV:-$here/.venv}
 apt_packages=(frr frr-pythontools bird2 mininet nftables iproute2 iputils-ping procps util-linux
-              python3-venv python3-dev gcc net-tools ethtool psmisc curl wrk tcpdump)
+              python3-venv python3-dev gcc net-tools ethtool psmisc curl wrk tcpdump python3-seccomp)
 
 log() { printf 'anylab setup: %s\n' "$*" >&2; }
 
@@ -73,10 +73,12 @@ install_venv() {
   "${pip[@]}" --require-hashes -r "$here/requirements.lock"
   # The project itself: no dependencies (all are above), built with the venv's own setuptools.
   "${pip[@]}" --no-deps --no-build-isolation -e "$here"
-  # Expose only Debian's mininet package to the venv, not the whole system site-packages.
+  # Expose only Debian's mininet package and libseccomp's binding (the isolates' filter, tenant/sandbox.py)
+  # to the venv, not the whole system site-packages.
   local site
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   ln -sfn /usr/lib/python3/dist-packages/mininet "$site/mininet"
+  ln -sfn /usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so "$site/seccomp.cpython-311-x86_64-linux-gnu.so"
   venv_wanted >"$venv/.anylab-stamp"
 }
 

@@ -51,9 +51,12 @@ class Deployment:
         if dep.priority not in PRIORITIES or dep.rate_per_s <= 0 or dep.rate_per_min <= 0:
             raise DeployError(f"{dep.name}: priority is one of {', '.join(PRIORITIES)}; rates are positive")
         check_code(dep.code, dep.limits)
-        for value in dep.bindings.values():  # a Durable Object class is the deployment's own by default
+        for name, value in dep.bindings.items():  # a Durable Object class is the deployment's own
             if isinstance(value, dict) and "durable_object" in value:
                 value.setdefault("script", dep.name)
+                if value["script"] != dep.name:  # the edge would refuse its calls anyway (tenant.egress)
+                    raise DeployError(f"{dep.name}: binding {name} names class {value['durable_object']} of "
+                                      f"worker {value['script']!r}; a deployment binds its own classes only")
             if isinstance(value, dict) and "kv_namespace" in value:
                 value["account"] = dep.account  # the KV replica limits the account's reads and writes
         return dep

@@ -29,6 +29,7 @@ import socket
 import struct
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,7 +37,19 @@ import uvloop
 
 from core.clock import monotonic
 from core.errors import AnylabError
-from tenant.worker_api import Ctx, Env, Request, Response, SubrequestLimitExceeded, to_response
+from core.http_client import NotConnected, http_request
+from tenant import sandbox
+from tenant.egress import Egress
+from tenant.worker_api import (
+    Ctx,
+    Env,
+    Request,
+    Response,
+    SubrequestLimitExceeded,
+    SubrequestRefused,
+    set_outbound,
+    to_response,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -102,9 +115,11 @@ def _vm_size(pid: int | str = "self") -> int:
 
 
 def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limits: Limits,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, vm_size: Callable[[], int] = _vm_size,
+                 through_edge: bool = False) -> None:
     """Run in the forked child: load the code, get ready to serve, report, then serve until the socket
-    closes."""
+    closes. ``vm_size`` reads the process's size (a sandboxed isolate has no /proc of its own); with
+    ``through_edge`` (a sandboxed isolate: no network of its own) every subrequest goes to the edge."""
     try:
         namespace: dict[str, Any] = {"__name__": "worker", "Response": Response}
         exec(check_code(code, limits), namespace)
@@ -117,10 +132,12 @@ def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limit
     except Exception as exc:  # the module's own top-level code failed
         send_msg(sock, {"ok": False, "error": f"loading raised {type(exc).__name__}: {exc} (load_error)"})
         return
-    budget = _vm_size() + limits.memory_mb * 1024 * 1024
+    budget = vm_size() + limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
     sock.setblocking(False)
     serving = _Serve(handler, Env(bindings, limits.subrequests), limits)
+    if through_edge:
+        set_outbound(serving.subrequest)
     loop.run_until_complete(loop.create_unix_connection(lambda: serving, sock=sock))
     serving.send({"ok": True})  # ready: the first request is not kept waiting for any set-up
     loop.run_forever()  # until the supervisor closes the socket
@@ -135,6 +152,9 @@ class _Serve(asyncio.Protocol):
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.background: set[asyncio.Future[Any]] = set()
+        #: Subrequests sent to the edge, by number, waiting for its reply.
+        self.pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self.numbered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -151,6 +171,11 @@ class _Serve(asyncio.Protocol):
             header = json.loads(bytes(self.buf[8:8 + hlen]))
             body = bytes(self.buf[8 + hlen:8 + hlen + blen])
             del self.buf[:8 + hlen + blen]
+            if "sub_reply" in header:  # the edge's answer to one of this isolate's subrequests
+                waiting = self.pending.pop(int(header["sub_reply"]), None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((header, body))
+                continue
             task = asyncio.ensure_future(self.serve(header, body))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
@@ -159,6 +184,33 @@ class _Serve(asyncio.Protocol):
         head = json.dumps(header).encode()
         assert self.transport is not None
         self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
+
+    async def subrequest(self, host: str, port: int, method: str, path: str, body: bytes = b"",
+                         headers: dict[str, str] | None = None, connect_s: float = 5.0,
+                         answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+        """A request made by the edge on this isolate's behalf (:func:`tenant.worker_api.set_outbound`):
+        raises SubrequestRefused for a destination the edge refuses, and NotConnected / TimeoutError /
+        ConnectionResetError as the HTTP client would."""
+        self.numbered += 1
+        number = self.numbered
+        waiting = asyncio.get_running_loop().create_future()
+        self.pending[number] = waiting
+        self.send({"sub": number, "host": host, "port": port, "method": method, "path": path,
+                   "headers": headers or {}, "connect_s": connect_s, "answer_s": answer_s}, body)
+        try:
+            reply, data = await asyncio.wait_for(waiting, connect_s + answer_s + 1.0)
+        finally:
+            self.pending.pop(number, None)
+        error, detail = reply.get("error"), str(reply.get("detail", ""))
+        if error == "refused":
+            raise SubrequestRefused(detail)
+        if error == "not_connected":
+            raise NotConnected(detail)
+        if error == "timeout":
+            raise TimeoutError(detail)
+        if error:
+            raise ConnectionResetError(detail)
+        return int(reply["status"]), dict(reply.get("headers") or {}), data
 
     async def serve(self, header: dict[str, Any], body: bytes) -> None:
         t_start = monotonic()
@@ -198,8 +250,17 @@ def _warm_up(loop: asyncio.AbstractEventLoop) -> None:
     traceback.format_exception_only(ValueError, ValueError("warm"))
 
 
-def spare_main(sock: socket.socket) -> None:
-    """A forked spare: make its event loop, wait for the deployment it is to run, then be its isolate."""
+def spare_main(sock: socket.socket, sandboxed: bool) -> None:
+    """A forked spare: enter its sandbox (:mod:`tenant.sandbox`, the part that needs no deployment), make
+    its event loop, wait for the deployment it is to run, take the deployment's identity, then be its
+    isolate. A sandbox that cannot be made is a refused deployment: tenant code never runs outside it."""
+    prepared: sandbox.Prepared | None = None
+    failed = ""
+    if sandboxed:
+        try:
+            prepared = sandbox.prepare(sock)
+        except sandbox.SandboxError as exc:
+            failed = str(exc)
     loop = uvloop.new_event_loop()  # paid before a request needs it
     asyncio.set_event_loop(loop)
     _warm_up(loop)
@@ -207,7 +268,16 @@ def spare_main(sock: socket.socket) -> None:
         header, code = recv_msg(sock)
     except EOFError:
         return  # the spawner went away before it needed this spare
-    isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]), loop)
+    if prepared is not None:
+        try:
+            sandbox.enter(prepared, str(header.get("tenant") or "anonymous"))
+        except sandbox.SandboxError as exc:
+            failed = str(exc)
+    if failed:
+        send_msg(sock, {"ok": False, "error": f"{failed} (sandbox_error)"})
+        return
+    isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]), loop,
+                 prepared.vm_size if prepared is not None else _vm_size, through_edge=prepared is not None)
 
 
 # -- the spawner -----------------------------------------------------------------------------------
@@ -216,7 +286,10 @@ def spare_main(sock: socket.socket) -> None:
 class IsolateSpawner:
     """A warm process that forks isolates on request."""
 
-    def __init__(self) -> None:
+    def __init__(self, sandboxed: bool = True) -> None:
+        #: Tenant code in a sandbox (tenant.sandbox). False only for the benchmark's reference run and the
+        #: test that shows what the sandbox stops.
+        self.sandboxed = sandboxed
         self.ctrl: socket.socket | None = None
         self.pid = 0
         self.lock = threading.Lock()  # spawns come from several threads; one exchange at a time
@@ -227,14 +300,14 @@ class IsolateSpawner:
         if pid == 0:  # the spawner
             parent.close()
             try:
-                self._serve(child)
+                self._serve(child, self.sandboxed)
             finally:
                 os._exit(0)
         child.close()
         self.ctrl, self.pid = parent, pid
 
     @staticmethod
-    def _fork_spare(ctrl: socket.socket) -> tuple[int, socket.socket]:
+    def _fork_spare(ctrl: socket.socket, sandboxed: bool) -> tuple[int, socket.socket]:
         """Fork an isolate-to-be that waits for its code: the fork is paid before a request needs it."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
@@ -243,18 +316,18 @@ class IsolateSpawner:
             theirs.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
-                spare_main(mine)
+                spare_main(mine, sandboxed)
             finally:
                 os._exit(0)
         mine.close()
         return pid, theirs
 
     @classmethod
-    def _serve(cls, ctrl: socket.socket) -> None:
+    def _serve(cls, ctrl: socket.socket, sandboxed: bool) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # isolates are reaped by the kernel
         gc.freeze()  # the collector leaves the inherited heap alone: no copy-on-write faults from it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        spare = cls._fork_spare(ctrl)
+        spare = cls._fork_spare(ctrl, sandboxed)
         while True:
             try:
                 header, code = recv_msg(ctrl)
@@ -264,14 +337,15 @@ class IsolateSpawner:
             send_msg(sock, header, code)  # the spare's assignment
             socket.send_fds(ctrl, [json.dumps({"pid": pid}).encode()], [sock.fileno()])
             sock.close()
-            spare = cls._fork_spare(ctrl)  # after the answer: off the request's path
+            spare = cls._fork_spare(ctrl, sandboxed)  # after the answer: off the request's path
 
-    def spawn(self, code: str, bindings: dict[str, Any], limits: Limits) -> Isolate:
-        """A new isolate running ``code``; raises DeployError if the code cannot load."""
+    def spawn(self, code: str, bindings: dict[str, Any], limits: Limits, tenant: str = "anonymous") -> Isolate:
+        """A new isolate running ``code`` as ``tenant`` (the deployment: its uid in the sandbox); raises
+        DeployError if the code cannot load or the sandbox cannot be made."""
         if self.ctrl is None:
             raise AnylabError("the spawner is not running")
         with self.lock:
-            send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__}, code.encode())
+            send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__, "tenant": tenant}, code.encode())
             msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
         sock = socket.socket(fileno=fds[0])
         pid = int(json.loads(msg)["pid"])
@@ -313,36 +387,83 @@ class Result:
 
 
 class _Channel(asyncio.Protocol):
-    """The supervisor's end of an isolate's socket: frames in, one pending answer at a time."""
+    """The supervisor's end of an isolate's socket: the answer to the pending request, and the isolate's
+    subrequests, which it makes for it when ``egress`` allows them (refused otherwise, and counted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, egress: Egress | None) -> None:
         self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.egress = egress
+        self.refused = 0
+        self.tasks: set[asyncio.Future[Any]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) < 8:
+        while len(self.buf) >= 8:
+            hlen, blen = struct.unpack_from("!II", self.buf)
+            if len(self.buf) < 8 + hlen + blen:
+                return
+            try:
+                header = json.loads(bytes(self.buf[8:8 + hlen]))
+            except ValueError as exc:
+                if self.waiter is not None and not self.waiter.done():
+                    self.waiter.set_exception(exc)
+                del self.buf[:8 + hlen + blen]
+                continue
+            body = bytes(self.buf[8 + hlen:8 + hlen + blen])
+            del self.buf[:8 + hlen + blen]
+            if isinstance(header, dict) and "sub" in header:
+                task = asyncio.ensure_future(self._subrequest(header, body))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result((header, body))
+
+    def _reply(self, header: dict[str, Any], body: bytes = b"") -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            head = json.dumps(header).encode()
+            self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
+
+    async def _subrequest(self, sub: dict[str, Any], body: bytes) -> None:
+        number = sub.get("sub")
+        try:
+            host, port, method, path = str(sub["host"]), int(sub["port"]), str(sub["method"]), str(sub["path"])
+            headers = {str(k): str(v) for k, v in dict(sub.get("headers") or {}).items()}
+            connect_s = min(float(sub.get("connect_s", 5.0)), 30.0)
+            answer_s = min(float(sub.get("answer_s", 30.0)), 60.0)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.refused += 1
+            self._reply({"sub_reply": number, "error": "refused", "detail": f"malformed subrequest: {exc}"})
             return
-        hlen, blen = struct.unpack_from("!II", self.buf)
-        if len(self.buf) < 8 + hlen + blen or self.waiter is None or self.waiter.done():
+        refusal, headers = (("no egress for this isolate", headers) if self.egress is None
+                            else self.egress.check(host, port, method, path, headers, body))
+        if refusal is not None:
+            self.refused += 1
+            self._reply({"sub_reply": number, "error": "refused", "detail": refusal})
             return
         try:
-            header = json.loads(bytes(self.buf[8:8 + hlen]))
-        except ValueError as exc:
-            self.waiter.set_exception(exc)
+            status, answer_headers, answer = await http_request(host, port, method, path, body, headers, connect_s,
+                                                                answer_s)
+        except NotConnected as exc:
+            self._reply({"sub_reply": number, "error": "not_connected", "detail": str(exc)})
+        except TimeoutError as exc:
+            self._reply({"sub_reply": number, "error": "timeout", "detail": repr(exc)})
+        except (OSError, EOFError, ValueError) as exc:
+            self._reply({"sub_reply": number, "error": "failed", "detail": repr(exc)})
         else:
-            self.waiter.set_result((header, bytes(self.buf[8 + hlen:8 + hlen + blen])))
-        del self.buf[:8 + hlen + blen]
+            self._reply({"sub_reply": number, "status": status, "headers": answer_headers}, answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(EOFError("isolate closed its socket"))
+        for task in self.tasks:
+            task.cancel()
 
 
 class Isolate:
@@ -355,6 +476,8 @@ class Isolate:
 
     def __init__(self, pid: int, sock: socket.socket, limits: Limits) -> None:
         self.pid, self.sock, self.limits = pid, sock, limits
+        #: Where this isolate's subrequests may go (the edge sets it from the deployment); None: nowhere.
+        self.egress: Egress | None = None
         self.dead = False
         self.verdict: str | None = None
         self.detail = ""
@@ -423,7 +546,7 @@ class Isolate:
             return self._fail("isolate_crashed", 503, "this isolate is gone")
         loop = asyncio.get_running_loop()
         if self._channel is None:
-            _t, self._channel = await loop.create_unix_connection(_Channel, sock=self.sock)
+            _t, self._channel = await loop.create_unix_connection(lambda: _Channel(self.egress), sock=self.sock)
         channel = self._channel
         t0 = monotonic()
         try:

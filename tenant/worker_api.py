@@ -15,7 +15,7 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +24,31 @@ from core.clock import monotonic
 from core.http_client import NotConnected, http_request
 from protect.guard import Breaker, BreakerOpen, configured
 from protect.limits import RetryBudget, delays, deposit, withdraw
+
+#: How worker code's network calls leave the isolate: ``(host, port, method, path, body, headers, connect_s,
+#: answer_s) -> (status, headers, body)``, raising as :func:`core.http_client.http_request` does. By default
+#: that client; in a sandboxed isolate, which has no network of its own, a call over its channel to the
+#: edge, which checks the destination against the deployment and makes it (:func:`set_outbound`).
+Outbound = Callable[[str, int, str, str, bytes, "dict[str, str] | None", float, float],
+                    Awaitable[tuple[int, dict[str, str], bytes]]]
+_outbound: list[Outbound] = [http_request]
+
+
+def set_outbound(call: Outbound) -> None:
+    """Route every later subrequest, KV and Durable Object call of this process through ``call``."""
+    _outbound[0] = call
+
+
+async def outbound(host: str, port: int, method: str, path: str, body: bytes = b"",
+                   headers: dict[str, str] | None = None, connect_s: float = 5.0,
+                   answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """One request out of the isolate, the way :func:`set_outbound` chose."""
+    return await _outbound[0](host, port, method, path, body, headers, connect_s, answer_s)
+
+
+class SubrequestRefused(Exception):
+    """Raised in the worker when the edge refuses a destination (the lab's internal services, another
+    deployment's KV namespace or Durable Object class): not a failure of the destination, so no retry."""
 
 
 class SubrequestLimitExceeded(Exception):
@@ -148,7 +173,7 @@ class KvNamespace:
         data = b"" if body is None else json.dumps(body).encode()
 
         async def once() -> tuple[int, bytes]:
-            status, _headers, raw = await http_request("127.0.0.1", self.port, method,
+            status, _headers, raw = await outbound("127.0.0.1", self.port, method,
                                                        f"/v1/kv/{self.namespace}/{path}", data,
                                                        {"Content-Type": "application/json",
                                                         "X-Anylab-Account": self.account}, 5.0, 30.0)
@@ -240,7 +265,7 @@ class DurableObjectStub:
             "method": request.method, "url": request.url, "headers": dict(request.headers),
             "body": base64.b64encode(request.body).decode()}}).encode()
         try:
-            status, _h, raw_reply = await http_request("127.0.0.1", self.port, "POST", "/v1/do", call,
+            status, _h, raw_reply = await outbound("127.0.0.1", self.port, "POST", "/v1/do", call,
                                                        {"Content-Type": "application/json"}, 1.0, timeout)
         except NotConnected as exc:
             raise DurableObjectError("no_router", True, str(exc)) from None
@@ -358,7 +383,7 @@ class _ServerError(Exception):
 
 async def _get(address: str, port: int, host: str, path: str, timeout: float) -> Response:
     try:
-        status, headers, body = await http_request(address, port, "GET", path, b"", {"Host": host}, timeout,
+        status, headers, body = await outbound(address, port, "GET", path, b"", {"Host": host}, timeout,
                                                    timeout)
     except EOFError as exc:  # for worker code, an origin that hung up is a connection error like the others
         raise ConnectionResetError(f"{host}: {exc}") from None

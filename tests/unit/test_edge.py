@@ -134,6 +134,8 @@ def test_new_version_is_switched_to_atomically(srv: Server) -> None:
 @pytest.mark.parametrize(("data", "words"), [
     ({"name": "x", "version": "1", "host": "h"}, "lacks the field 'code'"),
     ({"name": "x", "version": "1", "host": "h", "code": "def (", "max_isolates": 2}, "syntax error"),
+    ({"name": "x", "version": "1", "host": "h", "code": "async def fetch(r, e, c):\n    return 1\n",
+      "bindings": {"D": {"durable_object": "Register", "script": "reg"}}}, "binds its own classes only"),
     ({"name": "x", "version": "1", "host": "h", "code": HELLO, "path_prefix": "api"}, "must start with '/'"),
 ])
 def test_malformed_deployments_are_refused(data: dict[str, Any], words: str) -> None:

@@ -205,3 +205,24 @@ def test_a_workers_account_is_limited_in_kv_reads_and_writes_per_second(cluster:
     assert reads[:3] == [200] * 3 and reads[3] == 429  # reads have their own bucket
     assert status("put", "other") == 200  # another account is not affected
     assert cluster.put("sjc-s1", "op", "x")["committed"]  # nor the operator (no account)
+
+
+def test_a_poisoned_hlc_is_refused_and_later_writes_commit(cluster: Cluster) -> None:
+    """Issue 19: an entry stamped near 2^63 (it once overflowed the master's clock, and every later write
+    there was 'accepted, queued' and never committed) is refused with its reason and counted; a write
+    after it commits. The bound holds for pulled entries too (kv.hlc.admissible)."""
+    from kv.hlc import MAX_AHEAD_MS, admissible, pack
+
+    poison = {"key": base64.b64encode(b"p").decode(), "value": base64.b64encode(b"x").decode(),
+              "metadata": None, "expiration": None, "hlc": (1 << 63) - 5, "node": "kv-evil", "deleted": False, "seq": 1}
+    got = call(cluster.url("kv-na", "/v1/replicate"), {"ns": "ns", "entries": [poison]})
+    assert got is not None and got[0] == 400 and "ahead of this master's clock" in json.dumps(got[1])
+    status = call(cluster.url("kv-na", "/v1/status"))
+    assert status is not None and status[1]["refused"]["future_hlc"] == 1
+    assert cluster.get("kv-na", "p") is None
+    reply = cluster.put("kv-na", "k", "after")
+    assert reply["committed"] is True
+    now_ms = 1_800_000_000_000
+    assert admissible(pack(now_ms + MAX_AHEAD_MS, 0), now_ms) and not admissible(pack(now_ms + MAX_AHEAD_MS + 1, 0),
+                                                                                  now_ms)
+    assert not admissible(-1, now_ms) and not admissible(1 << 63, now_ms)
