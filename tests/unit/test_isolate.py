@@ -18,14 +18,6 @@ async def fetch(request, env, ctx):
 LIMITS = Limits()
 
 
-@pytest.fixture(scope="module")
-def spawner() -> Iterator[IsolateSpawner]:
-    z = IsolateSpawner()
-    z.start()
-    yield z
-    z.stop()
-
-
 @pytest.fixture
 def good(spawner: IsolateSpawner) -> Iterator[Isolate]:
     iso = spawner.spawn(GOOD, {"NAME": "sjc"}, LIMITS)

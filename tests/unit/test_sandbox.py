@@ -84,14 +84,6 @@ def secret() -> Iterator[Path]:
     Path("/x").unlink(missing_ok=True)  # the reference run's write
 
 
-@pytest.fixture(scope="module")
-def spawner() -> Iterator[IsolateSpawner]:
-    z = IsolateSpawner()
-    z.start()
-    yield z
-    z.stop()
-
-
 def answer(spawner: IsolateSpawner, code: str, tenant: str) -> str:
     iso = spawner.spawn(code, {}, Limits(), tenant)
     try:
