@@ -85,8 +85,10 @@ class Pool:
 
     def __init__(self, dep: Deployment, spawner: IsolateSpawner, executor: ThreadPoolExecutor) -> None:
         self.dep, self.spawner, self.executor = dep, spawner, executor
-        #: Where this deployment's sandboxed isolates may send requests (tenant.egress).
+        #: Where this deployment's sandboxed isolates may send requests (tenant.egress), and how many of
+        #: their requests the edge refused.
         self.egress = Egress.of(dep.name, dep.account, dep.bindings, origins_of(os.environ.get("ANYLAB_HOSTS", "")))
+        self.egress_refused = 0
         self.buckets = [Bucket(dep.rate_per_s, max(1.0, dep.rate_per_s)),
                         Bucket(dep.rate_per_min / 60.0, max(1.0, dep.rate_per_min))]
         self.idle: list[tuple[float, Isolate]] = []
@@ -107,13 +109,16 @@ class Pool:
             self.cold_starts += 1
             iso = await loop.run_in_executor(self.executor, self.spawner.spawn, self.dep.code, self.dep.bindings,
                                              self.dep.limits, self.dep.name)
-            iso.egress = self.egress
+            iso.egress, iso.on_refused = self.egress, self._refused
             return iso
         except BaseException:
             async with self.freed:
                 self.busy -= 1
                 self.freed.notify()
             raise
+
+    def _refused(self) -> None:
+        self.egress_refused += 1
 
     async def call(self, req: Request) -> Result:
         iso = await self._acquire()
@@ -377,7 +382,8 @@ class Edge:
             breakers.update(report())
         peers: list[dict[str, Any]] = [{"server": p.server, "utilisation": [round(u, 3) for u in p.utilisation],
                                         "silent": now - p.heard_at > PEER_SILENT_S} for p in self.peers]
-        content = {"breakers": breakers, "counters": dict(self.counters),
+        counters = {**self.counters, "egress_refused": sum(p.egress_refused for p in self.pools.values())}
+        content = {"breakers": breakers, "counters": counters,
                    "level": self.level.level, "reasons": self.level.reasons,
                    "inflight": self.inflight, "utilisation": round(self.utilisation(now), 3),
                    "capacity_rps": self.capacity_rps, "max_inflight": self.max_inflight, "peers": peers}

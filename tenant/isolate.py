@@ -390,7 +390,8 @@ class _Channel(asyncio.Protocol):
     """The supervisor's end of an isolate's socket: the answer to the pending request, and the isolate's
     subrequests, which it makes for it when ``egress`` allows them (refused otherwise, and counted)."""
 
-    def __init__(self, egress: Egress | None) -> None:
+    def __init__(self, egress: Egress | None, on_refused: Callable[[], None] | None = None) -> None:
+        self.on_refused = on_refused
         self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
         self.transport: asyncio.Transport | None = None
@@ -429,6 +430,12 @@ class _Channel(asyncio.Protocol):
             head = json.dumps(header).encode()
             self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
 
+    def _refuse(self, number: Any, why: str) -> None:
+        self.refused += 1
+        if self.on_refused is not None:
+            self.on_refused()
+        self._reply({"sub_reply": number, "error": "refused", "detail": why})
+
     async def _subrequest(self, sub: dict[str, Any], body: bytes) -> None:
         number = sub.get("sub")
         try:
@@ -437,14 +444,12 @@ class _Channel(asyncio.Protocol):
             connect_s = min(float(sub.get("connect_s", 5.0)), 30.0)
             answer_s = min(float(sub.get("answer_s", 30.0)), 60.0)
         except (KeyError, TypeError, ValueError) as exc:
-            self.refused += 1
-            self._reply({"sub_reply": number, "error": "refused", "detail": f"malformed subrequest: {exc}"})
+            self._refuse(number, f"malformed subrequest: {exc}")
             return
         refusal, headers = (("no egress for this isolate", headers) if self.egress is None
                             else self.egress.check(host, port, method, path, headers, body))
         if refusal is not None:
-            self.refused += 1
-            self._reply({"sub_reply": number, "error": "refused", "detail": refusal})
+            self._refuse(number, refusal)
             return
         try:
             status, answer_headers, answer = await http_request(host, port, method, path, body, headers, connect_s,
@@ -477,7 +482,9 @@ class Isolate:
     def __init__(self, pid: int, sock: socket.socket, limits: Limits) -> None:
         self.pid, self.sock, self.limits = pid, sock, limits
         #: Where this isolate's subrequests may go (the edge sets it from the deployment); None: nowhere.
+        #: ``on_refused`` is called for each one refused (the edge counts them).
         self.egress: Egress | None = None
+        self.on_refused: Callable[[], None] | None = None
         self.dead = False
         self.verdict: str | None = None
         self.detail = ""
@@ -546,7 +553,8 @@ class Isolate:
             return self._fail("isolate_crashed", 503, "this isolate is gone")
         loop = asyncio.get_running_loop()
         if self._channel is None:
-            _t, self._channel = await loop.create_unix_connection(lambda: _Channel(self.egress), sock=self.sock)
+            _t, self._channel = await loop.create_unix_connection(lambda: _Channel(self.egress, self.on_refused),
+                                                                  sock=self.sock)
         channel = self._channel
         t0 = monotonic()
         try:

@@ -12,6 +12,7 @@ import pytest
 
 from control_plane.client import ControlPlaneError
 from core.errors import WaitTimeout
+from core.wait import wait_for
 from lab.cli.main import status_data
 from lab.run.lab import Lab
 from tests.conftest import TOPOLOGIES
@@ -141,6 +142,9 @@ HOSTILE = {
     "bomb": ("async def fetch(request, env, ctx):\n    return str(len(bytearray(256 << 20)))\n", 503,
              "memory_limit"),
     "raiser": ("async def fetch(request, env, ctx):\n    raise ValueError('boom')\n", 500, "worker_exception"),
+    # The control plane's node, straight from worker code: the edge refuses it (tenant.egress) and counts it.
+    "snoop": ("async def fetch(request, env, ctx):\n    return (await env.fetch('http://10.3.0.1:8000/')).body\n",
+              500, "worker_exception"),
     # 60 subrequests to the lab's origin (a destination the edge allows): the 51st is over the limit.
     "storm": ("async def fetch(request, env, ctx):\n    for _ in range(60):\n"
               "        await env.fetch('http://origin/')\n", 500, "subrequest_limit"),
@@ -167,3 +171,7 @@ def test_hostile_workers_get_their_documented_error_and_a_neighbour_keeps_answer
     for name, (_code, status, error) in HOSTILE.items():
         assert got[f"{name}.example"][:2] == [status, error], (name, got[f"{name}.example"])
     assert got["app.example"] == [200, None, "good"]
+    assert "SubrequestRefused" in str(got["snoop.example"]) and "is not an origin" in str(got["snoop.example"])
+    server = lab.topo.pop(str(lab.catchment()["c1"]).split("|")[0]).servers[0]  # the one c1 reaches
+    wait_for(lambda: json.loads((lab.node_dir(server) / "protect.json").read_text())["counters"]["egress_refused"]
+             >= 1, timeout=5, what=f"{server}'s protect.json to count the refusal")
