@@ -19,6 +19,8 @@ from typing import Any
 KV_PORT = 8101
 DO_PORT = 8102
 LOCAL = "127.0.0.1"
+#: The replica's calls worker code makes (tenant.worker_api.KvNamespace).
+KV_CALLS = frozenset({("POST", "get"), ("POST", "put"), ("POST", "delete"), ("GET", "list")})
 
 
 def origins_of(hosts: str) -> frozenset[tuple[str, int]]:
@@ -58,9 +60,11 @@ class Egress:
         if (host, port) in self.origins:
             return None, headers
         if host == LOCAL and port == KV_PORT:
-            parts = path.split("/")
-            if len(parts) < 5 or parts[:3] != ["", "v1", "kv"]:
-                return f"KV path {path!r} is not a KV call", headers
+            # Exactly /v1/kv/NS/OP[?query] with a bound NS and a known OP: no dot segments, no encodings,
+            # nothing the replica's router would read differently from this check.
+            parts = path.split("?", 1)[0].split("/")
+            if len(parts) != 5 or parts[:3] != ["", "v1", "kv"] or (method, parts[4]) not in KV_CALLS:
+                return f"{method} {path!r} is not a KV call", headers
             if parts[3] not in self.kv_namespaces:
                 return f"KV namespace {parts[3]!r} is not bound to this deployment", headers
             rest = {k: v for k, v in headers.items() if k.lower() != "x-anylab-account"}

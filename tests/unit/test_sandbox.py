@@ -219,6 +219,10 @@ def test_an_origin_is_reached_through_the_edge_and_internal_services_are_refused
     ("127.0.0.1", 8101, "POST", "/v1/kv/mine/get", b"{}", None),
     ("127.0.0.1", 8101, "POST", "/v1/kv/theirs/get", b"{}", "KV namespace 'theirs' is not bound"),
     ("127.0.0.1", 8101, "GET", "/v1/status", b"", "is not a KV call"),
+    ("127.0.0.1", 8101, "GET", "/v1/kv/mine/list?prefix=a", b"", None),
+    ("127.0.0.1", 8101, "POST", "/v1/kv/mine/../theirs/get", b"{}", "is not a KV call"),  # dot segments
+    ("127.0.0.1", 8101, "POST", "/v1/kv/mine/batch", b"{}", "is not a KV call"),
+    ("127.0.0.1", 8101, "POST", "/v1/kv/mi%6Ee/get", b"{}", "'mi%6Ee' is not bound"),
     ("127.0.0.1", 8102, "POST", "/v1/do", b'{"key": "w/Counter/ab"}', None),
     ("127.0.0.1", 8102, "POST", "/v1/do", b'{"key": "other/Counter/ab"}', "class other/Counter is not bound"),
     ("127.0.0.1", 8102, "POST", "/v1/do", b'{"nokey": 1}', "without a key"),
