@@ -52,6 +52,8 @@ from tenant.worker_api import (
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The largest frame header the supervisor takes from an isolate (a request's or answer's JSON head).
+MAX_HEADER = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -390,14 +392,16 @@ class _Channel(asyncio.Protocol):
     """The supervisor's end of an isolate's socket: the answer to the pending request, and the isolate's
     subrequests, which it makes for it when ``egress`` allows them (refused otherwise, and counted)."""
 
-    def __init__(self, egress: Egress | None, on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(self, egress: Egress | None, limits: Limits, on_refused: Callable[[], None] | None = None) -> None:
         self.on_refused = on_refused
         self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        self.egress = egress
-        self.refused = 0
+        self.egress, self.limits = egress, limits
+        #: Subrequests since the current call began: the limit is kept here, not only in the isolate's
+        #: own Env, which tenant code could bypass by writing frames to its channel itself.
+        self.subrequests = 0
         self.tasks: set[asyncio.Future[Any]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -407,6 +411,15 @@ class _Channel(asyncio.Protocol):
         self.buf += data
         while len(self.buf) >= 8:
             hlen, blen = struct.unpack_from("!II", self.buf)
+            if hlen > MAX_HEADER or blen > self.limits.memory_mb * 1024 * 1024:
+                # More than the isolate could hold: a broken or hostile isolate. Its socket is closed
+                # (the call fails as isolate_crashed) rather than buffering what it claims to send.
+                self.buf.clear()
+                if self.waiter is not None and not self.waiter.done():
+                    self.waiter.set_exception(ValueError(f"a frame of {hlen} + {blen} bytes"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
             if len(self.buf) < 8 + hlen + blen:
                 return
             try:
@@ -431,7 +444,6 @@ class _Channel(asyncio.Protocol):
             self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
 
     def _refuse(self, number: Any, why: str) -> None:
-        self.refused += 1
         if self.on_refused is not None:
             self.on_refused()
         self._reply({"sub_reply": number, "error": "refused", "detail": why})
@@ -445,6 +457,10 @@ class _Channel(asyncio.Protocol):
             answer_s = min(float(sub.get("answer_s", 30.0)), 60.0)
         except (KeyError, TypeError, ValueError) as exc:
             self._refuse(number, f"malformed subrequest: {exc}")
+            return
+        self.subrequests += 1
+        if self.subrequests > self.limits.subrequests:
+            self._refuse(number, f"subrequest limit of {self.limits.subrequests} per request reached")
             return
         refusal, headers = (("no egress for this isolate", headers) if self.egress is None
                             else self.egress.check(host, port, method, path, headers, body))
@@ -553,8 +569,8 @@ class Isolate:
             return self._fail("isolate_crashed", 503, "this isolate is gone")
         loop = asyncio.get_running_loop()
         if self._channel is None:
-            _t, self._channel = await loop.create_unix_connection(lambda: _Channel(self.egress, self.on_refused),
-                                                                  sock=self.sock)
+            _t, self._channel = await loop.create_unix_connection(
+                lambda: _Channel(self.egress, self.limits, self.on_refused), sock=self.sock)
         channel = self._channel
         t0 = monotonic()
         try:
@@ -567,6 +583,7 @@ class Isolate:
             if channel.lost or channel.transport is None:
                 raise EOFError("isolate closed its socket")
             channel.waiter = loop.create_future()
+            channel.subrequests = 0
             head = json.dumps({"method": req.method, "url": req.url, "headers": dict(req.headers)}).encode()
             channel.transport.write(struct.pack("!II", len(head), len(req.body)) + head + req.body)
             header, body = await channel.waiter

@@ -237,3 +237,54 @@ def test_egress_rules(host: str, port: int, method: str, path: str, body: bytes,
     assert (got is None) if refusal is None else (got is not None and refusal in got), got
     if port == 8101 and refusal is None:
         assert headers["X-Anylab-Account"] == "acct-w"  # the edge says whose account, not the worker
+
+
+RAW = '''
+import os, stat, struct, json, asyncio
+async def fetch(request, env, ctx):
+    fds = []
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                fds.append(fd)
+        except OSError:
+            pass
+    for fd in fds:
+        {body}
+    await asyncio.sleep(5)
+    return "not stopped"
+'''
+
+
+def test_a_frame_larger_than_the_isolate_could_hold_ends_it_at_once(spawner: IsolateSpawner) -> None:
+    """The supervisor does not buffer what an isolate claims it will send: without the bound this call
+    waited out the 30 s wall limit (wall_limit); with it the isolate is gone at once."""
+    from core.clock import monotonic
+
+    iso = spawner.spawn(RAW.replace("{body}", "os.write(fd, struct.pack('!II', 1 << 31, 0))"), {}, Limits(), "raw")
+    t0 = monotonic()
+    try:
+        result = iso.call(Request("GET", "/", {"host": "raw.example"}, b""))
+    finally:
+        iso.kill()
+    assert result.error == "isolate_crashed" and monotonic() - t0 < 4.0  # the worker sleeps 5 s after writing
+
+
+def test_the_subrequest_limit_holds_for_frames_written_by_hand(spawner: IsolateSpawner, origin: int) -> None:
+    """60 subrequest frames written straight to the channel (past the isolate's own Env count): the edge
+    makes 50 (Limits().subrequests) and refuses the rest."""
+    from tenant.egress import Egress
+
+    body = ("for i in range(60):\n"
+            "            head = json.dumps({'sub': 1000 + i, 'host': '127.0.0.1', 'port': PORT, 'method': 'GET', "
+            "'path': '/', 'headers': {}}).encode()\n"
+            "            os.write(fd, struct.pack('!II', len(head), 0) + head)").replace("PORT", str(origin))
+    iso = spawner.spawn(RAW.replace("{body}", body), {}, Limits(wall_s=3.0), "raw")
+    counted: list[int] = []
+    iso.egress = Egress.of("raw", "raw", {}, frozenset({("127.0.0.1", origin)}))
+    iso.on_refused = lambda: counted.append(1)
+    try:
+        iso.call(Request("GET", "/", {"host": "raw.example"}, b""))
+    finally:
+        iso.kill()
+    assert len(counted) == 60 - Limits().subrequests
