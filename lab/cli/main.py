@@ -41,6 +41,7 @@ from lab.run.rundir import (
 )
 
 if TYPE_CHECKING:
+    from model.budget import Estimate
     from model.topology import Topology
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -96,13 +97,18 @@ def _root_warnings(topo: Topology, path: Path) -> list[str]:
     return out
 
 
-def _budget(topo: Topology, force: bool) -> str | None:
-    """The estimate's warning, if any; raises UsageError (nothing started) when the lab will not fit in
-    the memory this machine has available, unless ``force``."""
+def _fit(topo: Topology) -> tuple[Estimate, str | None, str | None]:
+    """The topology's estimate on this machine: (estimate, refusal, warning), see model.budget.verdict."""
     from model.budget import estimate, verdict
 
     need = estimate(topo)
-    refusal, warning = verdict(need, _available_memory(), os.cpu_count() or 1)
+    return (need, *verdict(need, _available_memory(), os.cpu_count() or 1))
+
+
+def _budget(topo: Topology, force: bool) -> str | None:
+    """The estimate's warning, if any; raises UsageError (nothing started) when the lab will not fit in
+    the memory this machine has available, unless ``force``."""
+    _need, refusal, warning = _fit(topo)
     if refusal is not None and not force:
         raise UsageError(f"{topo.name} {refusal}; --force starts it anyway")
     return refusal or warning
@@ -315,7 +321,7 @@ def status(
     drawn = 0
     deadline = monotonic()
     with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal and not as_json \
-            else _NoLive() as live:
+            else contextlib.nullcontext() as live:
         while count is None or drawn < count:
             state = _running_state(name)
             if live is None:
@@ -329,16 +335,6 @@ def status(
             if count is not None and drawn >= count:
                 break
             time.sleep(max(0.0, deadline - monotonic()))  # the redraw period itself, not a wait for a state
-
-
-class _NoLive:
-    """``with`` stand-in for rich's Live when the output is not a terminal: each redraw is printed."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _print_status(name: str, state: dict[str, Any], topo: Topology, as_json: bool, lines: bool = False) -> None:
@@ -407,7 +403,7 @@ def exec_(
     for n, argv in argvs.items():
         if len(nodes) > 1:
             print(f"── {n} ──", flush=True)
-        netns_file = f"/run/netns/{state['netns_prefix']}{n}"
+        netns_file = netns.netns_path(f"{state['netns_prefix']}{n}")
         stdin = None if len(nodes) == 1 else subprocess.DEVNULL
         res = subprocess.run(["nsenter", f"--net={netns_file}", "--", *argv], stdin=stdin, check=False)
         if res.returncode != 0:
@@ -447,7 +443,7 @@ def capture(
     own = [i.name for i in topo.interfaces() if i.node == node]
     if interface not in (*own, "any", "lo"):
         raise UsageError(f"{node} has no interface '{interface}'; it has: {', '.join([*own, 'lo', 'any'])}")
-    spec = CaptureSpec(f"/run/netns/{state['netns_prefix']}{node}", interface, write, count, duration, bpf)
+    spec = CaptureSpec(netns.netns_path(f"{state['netns_prefix']}{node}"), interface, write, count, duration, bpf)
     check_filter(spec)  # compiled in the node's namespace: needs the lab
     if write != "-":
         print(f"capturing on {node} {interface} into {write} (at most {count} packets, {duration:g} s; Ctrl-C stops)",
@@ -482,7 +478,6 @@ def validate(
     from bgp.routers import kind_names
     from lab.cli.nodes import select_nodes
     from lab.run.dryrun import render_configs
-    from model.budget import estimate, verdict
     from model.load import load_topology
 
     if kind is not None and kind not in kind_names():
@@ -495,8 +490,7 @@ def validate(
         raise UsageError("--nodes goes with --show-configs or --configs")
     topo = load_topology(topology, kind)
     chosen = select_nodes(topo, nodes) if nodes is not None else topo.node_names()
-    need = estimate(topo)
-    refusal, warning = verdict(need, _available_memory(), os.cpu_count() or 1)
+    need, refusal, warning = _fit(topo)
     result: dict[str, Any] = {
         "topology": topo.name, "source": str(topology), "nodes": len(topo.node_names()),
         "routers": {k: sum(1 for r in topo.routers if r.kind == k) for k in kind_names()},
