@@ -19,7 +19,6 @@ from core.wait import wait_for
 
 SOCKET = "api.sock"
 ADMIN_TOKEN = "admin.token"
-POP_TOKEN = "pop.token"
 
 
 @dataclass(frozen=True)

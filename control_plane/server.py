@@ -1,9 +1,11 @@
 """The control plane's HTTP API (aiohttp), on the lab network for the PoPs and on a Unix socket in the
 lab's run directory for the operator (the lab is never bridged to the root namespace).
 
-Every request carries ``Authorization: Bearer <token>``. The *admin* token may do everything; the
-*pop* token only what a PoP agent does (``/v1/sync``, ``/v1/artifacts``). No or a wrong token → 401, the
-pop token on an admin call → 403, a malformed request → 400 with the reason, as JSON ``{"error": …}``.
+The operator's requests carry ``Authorization: Bearer <admin token>``, which may do everything. What a PoP
+server (``/v1/sync``, ``/v1/artifacts``) or a DO host (``/v1/artifacts``) asks is signed by it instead
+(:mod:`core.peer_auth`: its own key, no replay); ``/v1/sync`` only for the server that signed. No or a
+wrong credential → 401 (counted: ``GET /v1/status``), a peer on an admin call → 403, a malformed request →
+400 with the reason, as JSON ``{"error": …}``.
 
 ==========================================  =====================================================
 ``POST /v1/workers/{name}``                 upload ``{code, host, path_prefix?, bindings?, limits?,
@@ -39,16 +41,22 @@ from typing import Any
 
 from aiohttp import web
 
-from control_plane.store import ApiError, BadRequest, Pop, Store
+from control_plane.store import ApiError, BadRequest, Forbidden, Pop, Store
+from core import peer_auth
 from core.clock import monotonic
+from core.peer_auth import PeerAuthError, Verifier
+from core.service import PEER, refusal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 32 * 1024 * 1024  # above the 10 MB code limit, so an oversized worker gets our reason, not a 413
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 TOKENS: web.AppKey[dict[str, str]] = web.AppKey("tokens", dict)
+VERIFIER: web.AppKey[Verifier] = web.AppKey("verifier", Verifier)
 SERVERS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("servers", dict)
 CHANGED: web.AppKey[asyncio.Condition] = web.AppKey("changed", asyncio.Condition)
 POP_PATHS = ("/v1/sync", "/v1/artifacts/")
+#: Who may call which of them (signed): the PoP servers both, the DO hosts fetch code.
+PEER_POLICY = peer_auth.prefix_policy({"POST /v1/sync": ("pop",), "GET /v1/artifacts/": ("pop", "do-host")})
 
 
 
@@ -58,14 +66,20 @@ def error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token check first (401/403), then the handler; ApiError becomes its status with the reason."""
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    tokens = request.app[TOKENS]
-    role = next((r for r, tok in tokens.items() if given and hmac.compare_digest(given, tok)), None)
-    if role is None:
-        return error(401, "missing or wrong token (Authorization: Bearer …)")
-    if role != "admin" and not request.path.startswith(POP_PATHS):
-        return error(403, f"the {role} token may only sync and fetch artifacts")
+    """Credentials first (401/403), then the handler; ApiError becomes its status with the reason."""
+    if peer_auth.HEADER in request.headers:
+        try:
+            request[PEER] = request.app[VERIFIER].check(
+                request.method, request.raw_path, request.headers.get(peer_auth.HEADER), await request.read(),
+                roles=PEER_POLICY(request.method, request.path))
+        except PeerAuthError as exc:
+            return refusal(exc)
+    else:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not (given and hmac.compare_digest(given, request.app[TOKENS]["admin"])):
+            request.app[VERIFIER].refused["bad_token"] += 1
+            return error(401, "missing or wrong token (Authorization: Bearer …)")
+        request[PEER] = ("admin", "")
     try:
         return await handler(request)
     except ApiError as exc:
@@ -140,6 +154,9 @@ async def sync(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or body.get("pop") not in store.pops:
         raise BadRequest(f"give the server's 'pop' (one of {', '.join(sorted(store.pops))}) and 'server'")
     server = str(body.get("server"))
+    role, name = request[PEER]
+    if role == "pop" and name != server:
+        raise Forbidden(f"server {name} may report only for itself, not for {server!r}")
     request.app[SERVERS][server] = {"pop": body["pop"], "applied": body.get("applied", {}),
                                     "t_applied": body.get("t_applied"), "error": body.get("error"),
                                     "t_seen": monotonic()}
@@ -166,15 +183,23 @@ async def pop_servers(request: web.Request) -> web.Response:
     return web.json_response({"pop": pop, "servers": servers})
 
 
+async def status(request: web.Request) -> web.Response:
+    """``GET /v1/status`` (admin): the credentials refused, by reason."""
+    return web.json_response({"auth_refused": request.app[VERIFIER].refused})
+
+
 async def artifact(request: web.Request) -> web.Response:
     data = request.app[STORE].artifact(request.match_info["version"])
     return web.Response(body=data, content_type="application/json")
 
 
-def make_app(store: Store, tokens: dict[str, str]) -> web.Application:
-    """The API over ``store``; ``tokens`` maps role (``admin``, ``pop``) to token."""
+def make_app(store: Store, tokens: dict[str, str], verifier: Verifier) -> web.Application:
+    """The API over ``store``; ``tokens["admin"]`` is the operator's token, ``verifier`` checks the peers."""
     app = web.Application(middlewares=[auth_and_errors], client_max_size=MAX_BODY)
     app[STORE], app[TOKENS], app[SERVERS], app[CHANGED] = store, tokens, {}, asyncio.Condition()
+    app[VERIFIER] = verifier
+    verifier.refused.setdefault("bad_token", 0)  # the operator's token, wrong or missing
+    app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/workers/{name}", upload)
     app.router.add_get("/v1/workers/{name}", worker)
     app.router.add_post("/v1/deployments/{name}", deploy)
@@ -186,20 +211,22 @@ def make_app(store: Store, tokens: dict[str, str]) -> web.Application:
     return app
 
 
-def load_config(path: Path) -> tuple[Store, dict[str, str], dict[str, Any]]:
-    """Read the config the lab renders: ``{state_dir, listen: [addr, port], socket, tokens: {role: file},
-    pops: [{name, region, servers}]}``. Raises KeyError/ValueError/OSError on a bad one."""
+def load_config(path: Path) -> tuple[Store, dict[str, str], Verifier, dict[str, Any]]:
+    """Read the config the lab renders: ``{state_dir, listen: [addr, port], socket, tokens: {admin: file},
+    auth: {accept: {role: file}}, pops: [{name, region, servers}]}``. Raises KeyError/ValueError/OSError on
+    a bad one."""
     cfg = json.loads(path.read_text())
     pops = [Pop(p["name"], p["region"], tuple(p["servers"])) for p in cfg["pops"]]
     tokens = {role: Path(f).read_text().strip() for role, f in cfg["tokens"].items()}
-    if not all(tokens.values()):
-        raise ValueError("a token file is empty")
-    return Store(Path(cfg["state_dir"]), pops), tokens, cfg
+    if not tokens.get("admin"):
+        raise ValueError("the admin token file is empty or not given")
+    addr, port = cfg["listen"]
+    return Store(Path(cfg["state_dir"]), pops), tokens, Verifier.load(cfg["auth"], f"{addr}:{port}"), cfg
 
 
 async def serve(path: Path) -> None:
-    store, tokens, cfg = load_config(path)
-    runner = web.AppRunner(make_app(store, tokens), access_log=None, handle_signals=True)
+    store, tokens, verifier, cfg = load_config(path)
+    runner = web.AppRunner(make_app(store, tokens, verifier), access_log=None, handle_signals=True)
     await runner.setup()
     addr, port = cfg["listen"]
     Path(cfg["socket"]).unlink(missing_ok=True)

@@ -40,6 +40,10 @@ class BadRequest(ApiError):
     status = 400
 
 
+class Forbidden(ApiError):
+    status = 403
+
+
 class NotFound(ApiError):
     status = 404
 
@@ -107,22 +111,33 @@ class Store:
         self.history: dict[str, list[dict[str, str]]] = {}
         #: version → (name, sha256)
         self.versions: dict[str, tuple[str, str]] = {}
+        #: KV namespace → the account whose worker bound it first: no other account's worker may bind it.
+        self.namespaces: dict[str, str] = {}
         state = root / "state.json"
         if state.exists():
             saved = json.loads(state.read_text())
             self.generation = int(saved["generation"])
             self.history = {k: [dict(p) for p in v] for k, v in saved["history"].items()}
             self.versions = {k: (v[0], v[1]) for k, v in saved["versions"].items()}
+            self.namespaces = {str(k): str(v) for k, v in saved.get("namespaces", {}).items()}
 
     def _save(self) -> None:
         tmp = self.root / "state.json.tmp"
         tmp.write_text(json.dumps({"generation": self.generation, "history": self.history,
-                                   "versions": self.versions}))
+                                   "versions": self.versions, "namespaces": self.namespaces}))
         tmp.replace(self.root / "state.json")
 
     def upload(self, name: str, upload: Any) -> dict[str, Any]:
         """Store an upload as an immutable version; returns ``{name, version, sha256, bytes, new}``."""
         version, sha, data = artifact_of(name, upload)
+        account = str(upload.get("account") or name)
+        bound = {str(v["kv_namespace"]) for v in upload.get("bindings", {}).values()
+                 if isinstance(v, dict) and "kv_namespace" in v}
+        for ns in sorted(bound):
+            owner = self.namespaces.get(ns, account)
+            if owner != account:
+                raise BadRequest(f"KV namespace {ns!r} belongs to account {owner!r}: a worker of account "
+                                 f"{account!r} may not bind it")
         path = self.root / "artifacts" / f"{version}.json"
         new = version not in self.versions
         if new:
@@ -130,6 +145,7 @@ class Store:
             tmp.write_bytes(data)
             tmp.replace(path)
             self.versions[version] = (name, sha)
+            self.namespaces.update(dict.fromkeys(bound - set(self.namespaces), account))
             self._save()
         return {"name": name, "version": version, "sha256": sha, "bytes": len(data), "new": new}
 

@@ -13,3 +13,9 @@ import time
 def monotonic() -> float:
     """Seconds on CLOCK_MONOTONIC (the same clock as :func:`time.monotonic` on Linux, named explicitly)."""
     return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def wall() -> float:
+    """Seconds since the epoch (CLOCK_REALTIME). Never for a figure: only for what must agree across
+    machines — the time in a signed request (:mod:`core.peer_auth`), a KV entry's hybrid logical clock."""
+    return time.time()

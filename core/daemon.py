@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from abc import ABC, abstractmethod
@@ -24,6 +25,16 @@ class NodeEnv:
     dir: Path
     procs: ProcessGroup
     python: str = sys.executable
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte (a file left by an earlier run too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 class Daemon(ABC):
@@ -55,8 +66,16 @@ class Daemon(ABC):
     def render_config(self) -> dict[Path, str]:
         """The files this daemon needs, by path; pure (no I/O). Raises DaemonError on bad input."""
 
+    def secrets(self) -> dict[Path, str]:
+        """The secret files this daemon needs (tokens, peer keys), by path; pure. Written mode 0600 by
+        :meth:`write_config`, never shown by a dry run. None by default."""
+        return {}
+
     def write_config(self) -> None:
-        """Render and write the config files (the node directory must exist)."""
+        """Write the secret files (readable by root only, from the first byte), then render and write the
+        config files (the node directory must exist)."""
+        for path, text in self.secrets().items():
+            write_private(path, text)
         for path, text in self.render_config().items():
             path.write_text(text)
 

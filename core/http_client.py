@@ -2,8 +2,8 @@
 
 Used where aiohttp would be too dear: its import alone costs a PoP server ~15 MB of the lean-PoP budget,
 and the lab's load generators send thousands of requests a second from small processes. One request per
-connection (:func:`http_request`), a pool of kept-alive connections (:class:`KeepAlivePool`), one JSON
-call with a bearer token (:func:`http_call`), and the exchange on a connection the caller holds
+connection (:func:`http_request`), a pool of kept-alive connections (:class:`KeepAlivePool`), one signed
+JSON call (:func:`http_call`), and the exchange on a connection the caller holds
 (:func:`http_exchange`).
 """
 
@@ -15,6 +15,8 @@ import json
 from typing import Any
 
 import httptools
+
+from core.peer_auth import Signer
 
 
 class HttpError(Exception):
@@ -133,17 +135,17 @@ class KeepAlivePool:
         self.idle.clear()
 
 
-async def http_call(host: str, port: int, method: str, path: str, token: str, body: Any = None,
+async def http_call(host: str, port: int, method: str, path: str, signer: Signer, body: Any = None,
                     timeout: float = 5.0) -> bytes:
-    """One JSON request with the bearer ``token``; returns the body of a 2xx answer. Raises HttpError for
-    other statuses, OSError/TimeoutError when the server cannot be reached or does not answer."""
+    """One JSON request signed by ``signer`` (:mod:`core.peer_auth`); returns the body of a 2xx answer.
+    Raises HttpError for other statuses, OSError/TimeoutError when the server cannot be reached or does
+    not answer."""
 
     async def exchange() -> bytes:
         data = b"" if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **signer.headers(method, f"{host}:{port}", path, data)}
         try:
-            status, _headers, answer = await http_request(
-                host, port, method, path, data, {"Authorization": f"Bearer {token}",
-                                                 "Content-Type": "application/json"}, timeout, timeout)
+            status, _headers, answer = await http_request(host, port, method, path, data, headers, timeout, timeout)
         except EOFError as exc:
             raise ConnectionResetError(f"the control plane: {exc}") from None
         if not 200 <= status < 300:

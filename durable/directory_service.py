@@ -32,10 +32,16 @@ from typing import Any
 
 from aiohttp import web
 
+from core import peer_auth
 from core.clock import monotonic
-from core.service import run_service, service_main
+from core.peer_auth import Verifier
+from core.service import PEER, peer_middleware, run_service, service_main
 from durable import directory
 from durable.directory import Place, Placement, RegionDown, RegionUp
+
+#: Who may call what on the lab network (``do.sock`` is the operator's): hosts renew their own region's
+#: lease, the PoPs' routers ask where objects are.
+DIRECTORY_POLICY = peer_auth.prefix_policy({"POST /v1/lease": ("do-host",), "GET /v1/where": ("do-router",)})
 
 
 class Directory:
@@ -57,6 +63,9 @@ class Directory:
         #: Bumped each time a region comes back: the routers' circuit breakers are per incarnation of an
         #: owner (one opened against a host that failed says nothing about the host that returned).
         self.incarnation = dict.fromkeys(self.regions, 0)
+        self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
+        #: Authenticated requests refused, by reason (a host renewing another region's lease).
+        self.refused = {"other_region": 0}
 
     def _load(self) -> directory.State:
         state = directory.initial(list(self.regions))
@@ -136,7 +145,8 @@ class Directory:
         reported: dict[str, Any] = {}
         for region_objects in self.reports.values():
             reported.update(region_objects)
-        return {"lease_s": self.lease_s, "margin_s": self.margin_s,
+        return {"lease_s": self.lease_s, "margin_s": self.margin_s, "auth_refused": self.verifier.refused,
+                "refused": self.refused,
                 "regions": {r: {"live": r in self.state.live, "last_renewal_s": round(now - self.last_seen[r], 3)}
                             for r in self.regions},
                 "objects": {k: {"owner": p.owner, "epoch": p.epoch, "backup": p.backup,
@@ -152,11 +162,21 @@ def make_app(d: Directory) -> web.Application:
     """The directory's HTTP API."""
 
     async def lease(request: web.Request) -> web.Response:
-        data = await request.json()
         try:
-            return web.json_response(d.renew(str(data["region"]), dict(data.get("objects", {}))))
+            data = await request.json()
+            region, objects = str(data["region"]), dict(data.get("objects", {}))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
+        role, name = request[PEER]
+        if role == "do-host" and name != region:
+            d.refused["other_region"] += 1
+            return web.json_response({"error": "other_region",
+                                      "detail": f"the host of {name} may renew only its own lease, not {region}'s"},
+                                     status=403)
+        try:
+            return web.json_response(d.renew(region, objects))
         except KeyError:
-            return web.json_response({"error": f"unknown region {data.get('region')!r}"}, status=400)
+            return web.json_response({"error": f"unknown region {region!r}"}, status=400)
 
     async def where(request: web.Request) -> web.Response:
         key = request.query.get("key", "")
@@ -170,7 +190,7 @@ def make_app(d: Directory) -> web.Application:
     async def objects(request: web.Request) -> web.Response:
         return web.json_response(d.listing())
 
-    app = web.Application()
+    app = web.Application(middlewares=[peer_middleware(d.verifier, DIRECTORY_POLICY)])
     app.router.add_post("/v1/lease", lease)
     app.router.add_get("/v1/where", where)
     app.router.add_get("/v1/objects", objects)

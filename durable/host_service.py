@@ -46,9 +46,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from core import peer_auth
 from core.clock import monotonic
 from core.errors import AnylabError
-from core.service import run_service, service_main
+from core.peer_auth import Signer, Verifier
+from core.service import PEER, peer_middleware, run_service, service_main, signed_call
 from core.stats import quantile
 from durable.runtime import ObjectHost
 from durable.storage import Fenced, ObjectStore
@@ -56,6 +58,15 @@ from tenant.isolate import Limits, check_code
 from tenant.worker_api import Env, Request, Response
 
 SHIP_TIMEOUT_S = 0.5
+#: The largest request a host takes (413 beyond): a snapshot of one object, with room.
+MAX_BODY = 64 * 1024 * 1024
+#: Who may call what on the lab network (``do.sock`` is the operator's): the PoPs' routers run calls, the
+#: other regions' hosts ship and seed.
+HOST_POLICY = peer_auth.prefix_policy({
+    "POST /v1/call": ("do-router",),
+    "POST /v1/replicate": ("do-host",),
+    "POST /v1/install": ("do-host",),
+})
 
 
 class ShipError(AnylabError):
@@ -91,7 +102,10 @@ class Host:
         (self.data_dir / "objects").mkdir(parents=True, exist_ok=True)
         self.directory = tuple(cfg["directory"])
         self.control = tuple(cfg["control"])
-        self.token = Path(cfg["token_file"]).read_text().strip() if cfg.get("token_file") else ""
+        self.signer = Signer.load(cfg["auth"])
+        self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
+        #: What authenticated peers sent that was refused, by reason.
+        self.refused: dict[str, int] = {"epoch_not_issued": 0, "not_owner": 0}
         self.mode = str(cfg.get("mode", "sync"))
         self.renew_s = float(cfg.get("renew_s", 0.1))
         self.snapshot_s = float(cfg.get("snapshot_s", 3600.0))
@@ -153,10 +167,36 @@ class Host:
 
     async def _post(self, address: tuple[str, int], path: str, body: dict[str, Any],
                     timeout: float) -> tuple[int, dict[str, Any]]:
-        assert self.session is not None
-        async with self.session.post(f"http://{address[0]}:{address[1]}{path}", json=body,
-                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            return resp.status, await resp.json(content_type=None)
+        """A signed POST; raises aiohttp.ClientError/TimeoutError, ValueError for an answer not JSON."""
+        status, reply = await signed_call(self.session, self.signer, "POST", address[0], address[1], path, body,
+                                          timeout)
+        if not isinstance(reply, dict):
+            raise ValueError(f"HTTP {status} without a JSON answer")
+        return status, reply
+
+    async def check_sender(self, key: str, sender: tuple[str, str], epoch: int) -> web.Response | None:
+        """Whether host ``sender`` may ship or seed ``key`` at ``epoch``: None if so, else the refusal.
+        Epochs move forward only through the directory: one newer than the directory's placement (asked
+        again once) is refused (``epoch_not_issued``, counted); at the placement's epoch only its owner may
+        send (``not_owner``); an older epoch is answered ``fenced`` by the store, as before."""
+        role, region = sender
+        if role == "operator":
+            return None
+        placement = self.placements.get(key)
+        if placement is None or placement[1] < epoch or (placement[1] == epoch and placement[0] != region):
+            await self.renew()
+            placement = self.placements.get(key)
+        current = placement[1] if placement else 0
+        if epoch > current:
+            self.refused["epoch_not_issued"] += 1
+            return web.json_response({"error": "epoch_not_issued", "epoch": current,
+                                      "detail": f"the directory has {key} at epoch {current}, not {epoch}"},
+                                     status=409)
+        if placement is not None and epoch == current and placement[0] != region:
+            self.refused["not_owner"] += 1
+            return web.json_response({"error": "not_owner", "owner": placement[0],
+                                      "detail": f"{region} does not own {key} at epoch {epoch}"}, status=403)
+        return None
 
     # -- lease -------------------------------------------------------------------------------------
 
@@ -305,9 +345,12 @@ class Host:
     async def _fetch_code(self, version: str) -> dict[str, Any]:
         assert self.session is not None
         url = f"http://{self.control[0]}:{self.control[1]}/v1/artifacts/{version}"
+        if not version.replace("-", "").isalnum():
+            raise Refused(400, "bad_version", True, detail="a version is letters, digits and '-'")
+        target = f"/v1/artifacts/{version}"
+        headers = self.signer.headers("GET", f"{self.control[0]}:{self.control[1]}", target, b"")
         try:
-            async with self.session.get(url, headers={"Authorization": f"Bearer {self.token}"},
-                                        timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+            async with self.session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
                 if resp.status != 200:
                     raise Refused(502, "code_unavailable", True, detail=f"the control plane answered {resp.status}")
                 artifact: dict[str, Any] = json.loads(await resp.read())
@@ -354,6 +397,7 @@ class Host:
         ship_lag = [lag for _version, runtime in self.runtimes.values() for lag in runtime.ship_lag]
         return {"region": self.region, "mode": self.mode, "lease_ok": self.lease_ok(),
                 "lease_left_s": round(self.lease_until - monotonic(), 3), "owned": len(self.owned),
+                "auth_refused": self.verifier.refused, "refused": self.refused,
                 "copies": len(self.stores), "unprotected_writes": self.unprotected,
                 "ship_lag_s": {"p50": quantile(ship_lag, 0.5), "p99": quantile(ship_lag, 0.99),
                                "max": max(ship_lag, default=None)},
@@ -376,9 +420,17 @@ def make_app(host: Host) -> web.Application:
             return web.json_response({"error": "bad_request", "definite": True, "detail": str(exc)}, status=400)
 
     async def replicate(request: web.Request) -> web.Response:
-        data = await request.json()
-        store = host.store(str(data["key"]))
-        entries = list(data["entries"])
+        try:
+            data = await request.json()
+            key, entries = str(data["key"]), list(data["entries"])
+            key_parts(key)
+            epoch = max((int(e["epoch"]) for e in entries), default=0)
+        except (KeyError, ValueError, TypeError) as exc:
+            return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
+        refusal = await host.check_sender(key, request[PEER], epoch)
+        if refusal is not None:
+            return refusal
+        store = host.store(key)
         if entries and int(entries[0]["epoch"]) < store.epoch:
             return web.json_response({"error": "fenced", "epoch": store.epoch}, status=409)
         if not store.follows(entries):
@@ -391,16 +443,25 @@ def make_app(host: Host) -> web.Application:
             return web.json_response({"error": "need_snapshot", "seq": store.seq}, status=409)
 
     async def install(request: web.Request) -> web.Response:
-        data = await request.json()
         try:
-            return web.json_response({"seq": host.store(str(data["key"])).install(data["snapshot"])})
+            data = await request.json()
+            key, snapshot = str(data["key"]), dict(data["snapshot"])
+            key_parts(key)
+            epoch, _seq, _data = int(snapshot["epoch"]), int(snapshot["seq"]), dict(snapshot["data"])
+        except (KeyError, ValueError, TypeError) as exc:
+            return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
+        refusal = await host.check_sender(key, request[PEER], epoch)
+        if refusal is not None:
+            return refusal
+        try:
+            return web.json_response({"seq": host.store(key).install(snapshot)})
         except Fenced:
             return web.json_response({"error": "fenced"}, status=409)
 
     async def status(request: web.Request) -> web.Response:
         return web.json_response(host.status())
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[peer_middleware(host.verifier, HOST_POLICY)])
     app.router.add_post("/v1/call", call)
     app.router.add_post("/v1/replicate", replicate)
     app.router.add_post("/v1/install", install)

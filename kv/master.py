@@ -35,12 +35,15 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
 
+from core import peer_auth
 from core.clock import monotonic
-from core.service import run_service, service_main
+from core.peer_auth import Signer, Verifier
+from core.service import peer_middleware, run_service, service_main, signed_call
 from kv import service
 from kv.hlc import MAX_AHEAD_MS, Clock, admissible, physical_ms
 from kv.service import body, now, value_of
@@ -48,6 +51,15 @@ from kv.store import Entry, KvError, Store, check_key, check_namespace, check_pu
 
 CHANGES_WAIT_MAX = 25.0
 BATCH = 500
+#: Who may call what on the lab network (the operator's ``kv.sock`` is not asked): peer masters replicate
+#: and pull; the replicas write, read what their copy cannot and follow.
+MASTER_POLICY = peer_auth.prefix_policy({
+    "POST /v1/replicate": ("kv-master",),
+    "GET /v1/changes": ("kv-master", "kv-replica"),
+    "POST /v1/kv/": ("kv-replica",),
+    "GET /v1/kv/": ("kv-replica",),
+    "GET /v1/status": ("kv-master", "kv-replica"),
+})
 
 
 def changes_since(store: Store, since: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
@@ -76,6 +88,8 @@ class Master:
         self.cursors: dict[str, dict[str, int]] = (json.loads(self.cursor_file.read_text())
                                                    if self.cursor_file.exists() else {})
         self.clock = Clock()
+        self.signer = Signer.load(cfg["auth"])
+        self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
         #: What peers sent that was refused, by reason (issue 19: validate what peers send).
         self.refused: dict[str, int] = {"future_hlc": 0}
         self.changed = asyncio.Event()
@@ -103,12 +117,11 @@ class Master:
             return {**done, "replicated_to": None}
         for peer in list(self.peers):
             try:
-                assert self.session is not None
-                async with self.session.post(f"http://{peer['address']}:{peer['port']}/v1/replicate",
-                                             json={"ns": ns, "entries": [e.to_json() for e in entries]},
-                                             timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
-                    if resp.status == 200:
-                        return {**done, "replicated_to": peer["name"]}
+                payload = {"ns": ns, "entries": [e.to_json() for e in entries]}
+                status, _reply = await signed_call(self.session, self.signer, "POST", peer["address"], peer["port"],
+                                                   "/v1/replicate", payload, timeout=1.0)
+                if status == 200:
+                    return {**done, "replicated_to": peer["name"]}
             except (aiohttp.ClientError, TimeoutError):
                 pass
             # A peer that did not confirm goes last, so that one outage costs one timeout, not one per
@@ -196,7 +209,8 @@ class Master:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"node": self.node, "region": self.region, "seqs": self.store.seqs(),
-                                  "peers": self.peer_state, "refused": self.refused})
+                                  "peers": self.peer_state, "refused": self.refused,
+                                  "auth_refused": self.verifier.refused})
 
     async def pull(self, peer: dict[str, Any]) -> None:
         """Follow one peer master's changes for ever: the anti-entropy that makes every master converge,
@@ -205,12 +219,14 @@ class Master:
         backoff = 0.1
         while True:
             since = self.cursors.get(name, {})
-            url = f"http://{peer['address']}:{peer['port']}/v1/changes"
+            target = "/v1/changes?" + urlencode({"since": json.dumps(since), "wait": "2"})
             try:
-                assert self.session is not None
-                async with self.session.get(url, params={"since": json.dumps(since), "wait": "2"},
-                                            timeout=aiohttp.ClientTimeout(total=3.5)) as resp:
-                    reply = await resp.json()
+                status, reply = await signed_call(self.session, self.signer, "GET", peer["address"], peer["port"],
+                                                  target, timeout=3.5)
+                if status != 200 or not isinstance(reply, dict):
+                    # A refusal (a peer of another lab, a key it does not take) is an outage, not an empty
+                    # answer: asking again at once would spin.
+                    raise ValueError(f"HTTP {status}: {reply}")
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 self.peer_state[name] = {"reachable": False, "error": str(exc) or type(exc).__name__}
                 await asyncio.sleep(backoff)  # the peer is down: try again, less often
@@ -253,7 +269,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
 
     app = service.make_app(master, {("POST", "/v1/kv/{ns}/batch"): master.batch,
                                     ("POST", "/v1/replicate"): master.replicate,
-                                    ("GET", "/v1/changes"): master.changes}, now)
+                                    ("GET", "/v1/changes"): master.changes}, now,
+                           (peer_middleware(master.verifier, MASTER_POLICY),))
     await run_service(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 
 

@@ -32,12 +32,14 @@ import math
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
 
 from core.clock import monotonic
-from core.service import run_service, service_main
+from core.peer_auth import Signer
+from core.service import is_operator, run_service, service_main, signed_call
 from kv import service
 from kv.service import body, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
@@ -58,6 +60,7 @@ class Replica:
         self.master: dict[str, Any] = cfg["master"]
         self.masters: list[dict[str, Any]] = list(cfg.get("masters", [self.master]))
         self.stale_after = float(cfg.get("stale_after_s", 300.0))
+        self.signer = Signer.load(cfg["auth"])
         #: How long a long poll of the master waits for news: an idle replica asks this often, and
         #: notices a silent master this long (plus 1 s) after it fell silent.
         self.poll_wait = float(cfg.get("poll_wait_s", POLL_WAIT))
@@ -84,6 +87,7 @@ class Replica:
         self.read_rps = float(limits.get("kv_reads_per_s", 50_000.0))
         self.write_rps = float(limits.get("kv_writes_per_s", 1_000.0))
         self.accounts: dict[str, tuple[Bucket, Bucket]] = {}
+        self.refused_no_account = 0
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -123,15 +127,19 @@ class Replica:
 
     # -- talking to the master -------------------------------------------------------------------
 
-    def url(self, master: dict[str, Any], path: str) -> str:
-        return f"http://{master['address']}:{master['port']}{path}"
+    async def to_master(self, master: dict[str, Any], method: str, target: str, data: Any,
+                        timeout: float) -> tuple[int, dict[str, Any]]:
+        """One signed request to ``master``: status and JSON answer; raises aiohttp.ClientError/TimeoutError
+        when it does not answer, ValueError when the answer is not a JSON object."""
+        status, reply = await signed_call(self.session, self.signer, method, master["address"], master["port"],
+                                          target, data, timeout)
+        if not isinstance(reply, dict):
+            raise ValueError(f"HTTP {status} without a JSON answer")
+        return status, reply
 
     async def send(self, ns: str, op: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One try at the master; raises aiohttp.ClientError/TimeoutError when it does not answer."""
-        assert self.session is not None
-        async with self.session.post(self.url(self.master, f"/v1/kv/{ns}/{op}"), json=data,
-                                     timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S)) as resp:
-            return resp.status, await resp.json()
+        return await self.to_master(self.master, "POST", f"/v1/kv/{ns}/{op}", data, ATTEMPT_TIMEOUT_S)
 
     async def forward(self, ns: str, op: str, data: dict[str, Any]) -> dict[str, Any]:
         if self.depth():
@@ -189,10 +197,9 @@ class Replica:
             rows = rows[:same.index(False)] if False in same else rows  # one namespace per batch
             ops = [{**json.loads(r[3]), "op": r[2]} for r in rows]
             try:
-                assert self.session is not None
-                async with self.session.post(self.url(self.master, f"/v1/kv/{ns}/batch"), json={"ops": ops},
-                                             timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
-                    status, reply = resp.status, await resp.json()
+                status, reply = await self.to_master(self.master, "POST", f"/v1/kv/{ns}/batch", {"ops": ops}, 2.0)
+                if status in (401, 403):  # the master did not look at the writes: keep them, as for an outage
+                    raise ValueError(f"HTTP {status}: {reply.get('error')}")
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 self.reachable = False
                 await asyncio.sleep(0.2)  # the master is still away: try again soon
@@ -213,12 +220,11 @@ class Replica:
     async def follow(self) -> None:
         backoff = 0.1
         while True:
+            target = "/v1/changes?" + urlencode({"since": json.dumps(self.cursors), "wait": str(self.poll_wait)})
             try:
-                assert self.session is not None
-                async with self.session.get(self.url(self.master, "/v1/changes"),
-                                            params={"since": json.dumps(self.cursors), "wait": str(self.poll_wait)},
-                                            timeout=aiohttp.ClientTimeout(total=self.poll_wait + 1.0)) as resp:
-                    reply = await resp.json()
+                status, reply = await self.to_master(self.master, "GET", target, None, self.poll_wait + 1.0)
+                if status != 200:  # refused (say, a key the master does not take): an outage, not news
+                    raise ValueError(f"HTTP {status}: {reply.get('error')}")
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 self.reachable = self.caught_up = False
                 self.write_metrics()
@@ -248,9 +254,15 @@ class Replica:
     @web.middleware
     async def account_limits(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """429 when the calling worker's account (``X-Anylab-Account``) is over its KV reads or writes
-        per second here; calls without an account (the operator's) are not limited."""
+        per second here. On 127.0.0.1 (the edge, for its workers) the account is required: a call without
+        one is refused (400), so no call escapes the limits; the operator's calls on ``kv.sock`` are not
+        limited."""
         account = request.headers.get("X-Anylab-Account")
         op = request.path.rsplit("/", 1)[-1]
+        if not account and not is_operator(request) and request.path.startswith("/v1/kv/"):
+            self.refused_no_account += 1
+            return web.json_response({"error": "X-Anylab-Account is required: every worker's KV call counts "
+                                               "against its account's limits"}, status=400)
         if account and request.path.startswith("/v1/kv/"):
             reads, writes = self.accounts.get(account) or (Bucket(self.read_rps, max(1.0, self.read_rps)),
                                                            Bucket(self.write_rps, max(1.0, self.write_rps)))
@@ -293,12 +305,10 @@ class Replica:
                                   "expiration": e.expiration, "stale": self.stale()})
 
     async def read_elsewhere(self, ns: str, data: dict[str, Any]) -> web.Response:
-        assert self.session is not None
         for master in self.masters[:2]:
             try:
-                async with self.session.post(self.url(master, f"/v1/kv/{ns}/get"), json=data,
-                                             timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
-                    return web.json_response(await resp.json(), status=resp.status)
+                status, reply = await self.to_master(master, "POST", f"/v1/kv/{ns}/get", data, 1.0)
+                return web.json_response(reply, status=status)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
         raise KvError("the local copy and two masters could not answer the read", 503)
@@ -306,7 +316,7 @@ class Replica:
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"server": self.server, "master": self.master["name"], "reachable": self.reachable,
                                   "lag_s": self.lag(), "stale": self.stale(), "queue": self.depth(),
-                                  "seqs": self.cursors})
+                                  "seqs": self.cursors, "refused": {"no_account": self.refused_no_account}})
 
 
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:

@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from core.clock import wall
 from kv.store import KvError, Store, check_namespace
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def now() -> float:
-    return time.time()
+    return wall()
 
 
 async def body(request: web.Request) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 
 from core.clock import monotonic
 from core.http_client import NotConnected, http_request
+from core.peer_auth import Signer
 from protect.breaker import DESIGN, Config
 from protect.guard import Breaker, BreakerOpen
 from protect.limits import Bucket, take
@@ -44,22 +45,24 @@ def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(json.dumps(body).encode(), status, {"content-type": "application/json"})
 
 
-async def _exchange(address: str, port: int, method: str, path: str, body: bytes, connect_s: float,
-                    answer_s: float) -> tuple[int, bytes]:
-    """A JSON request: status and body (see :func:`core.http_client.http_request` for what it raises)."""
-    status, _headers, answer = await http_request(address, port, method, path, body,
-                                                  {"Content-Type": "application/json"}, connect_s, answer_s)
+async def _exchange(signer: Signer, address: str, port: int, method: str, path: str, body: bytes,
+                    connect_s: float, answer_s: float) -> tuple[int, bytes]:
+    """A signed JSON request: status and body (see :func:`core.http_client.http_request` for what it
+    raises)."""
+    headers = {"Content-Type": "application/json", **signer.headers(method, f"{address}:{port}", path, body)}
+    status, _headers, answer = await http_request(address, port, method, path, body, headers, connect_s, answer_s)
     return status, answer
 
 
 class DoRouter:
     """Routes stub calls for the edge; ``version_of(script)`` is the version this PoP runs."""
 
-    def __init__(self, directory: tuple[str, int], version_of: Callable[[str], str | None],
-                 deadline_s: float = 3.0, connect_s: float = 0.3, answer_s: float = 2.5, watch_s: float = 0.25,
+    def __init__(self, directory: tuple[str, int], version_of: Callable[[str], str | None], signer: Signer,
+                 classes_of: Callable[[str], frozenset[str]], deadline_s: float = 3.0, connect_s: float = 0.3,
+                 answer_s: float = 2.5, watch_s: float = 0.25,
                  breaker: Config | None = None, account_of: Callable[[str], str] = lambda script: script,
                  account_rps: float = 5000.0) -> None:
-        self.directory, self.version_of = directory, version_of
+        self.directory, self.version_of, self.signer, self.classes_of = directory, version_of, signer, classes_of
         self.deadline_s, self.connect_s, self.answer_s, self.watch_s = deadline_s, connect_s, answer_s, watch_s
         self.cache: dict[str, dict[str, Any]] = {}
         self.breaker_config = breaker or DESIGN["do"]
@@ -89,7 +92,8 @@ class DoRouter:
     async def _where(self, key: str, hint: str | None) -> dict[str, Any]:
         query = urlencode({"key": key, **({"hint": hint} if hint else {})})
         try:
-            status, body = await _exchange(*self.directory, "GET", f"/v1/where?{query}", b"", self.connect_s, 1.0)
+            status, body = await _exchange(self.signer, *self.directory, "GET", f"/v1/where?{query}", b"",
+                                           self.connect_s, 1.0)
         except (OSError, TimeoutError, EOFError):
             # Cut off from the directory too: it is this PoP that is isolated, and what its calls to the
             # owners saw says nothing about them. Their breakers start closed again, or they would refuse
@@ -107,8 +111,8 @@ class DoRouter:
         ``watch_s`` whether the object moved on — then the old owner's answer cannot come any more (it
         is fenced or gone) and waiting for it would only hold the caller. Raises OwnerChanged then, and
         what :func:`_exchange` raises otherwise."""
-        call = asyncio.ensure_future(_exchange(place["address"], int(place["port"]), "POST", "/v1/call", body,
-                                               self.connect_s, self.answer_s))
+        call = asyncio.ensure_future(_exchange(self.signer, place["address"], int(place["port"]), "POST",
+                                               "/v1/call", body, self.connect_s, self.answer_s))
         watch = asyncio.ensure_future(self._moved(key, hint, int(place["epoch"])))
         try:
             await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -133,13 +137,18 @@ class DoRouter:
         try:
             data = json.loads(req.body)
             key, hint, request = str(data["key"]), data.get("hint"), data["request"]
-            script = key.split("/")[0]
+            script, cls, oid = key.split("/")
+            if not (script and cls.isidentifier() and oid):
+                raise ValueError(f"key {key!r} is not script/Class/id")
         except (ValueError, KeyError, TypeError) as exc:
             return _json(400, {"error": "bad_request", "definite": True, "detail": str(exc)})
         version = self.version_of(script)
         if version is None:
             return _json(404, {"error": "no_such_script", "definite": True,
                                "detail": f"this PoP runs no version of {script}"})
+        if cls not in self.classes_of(script):
+            return _json(404, {"error": "no_such_class", "definite": True,
+                               "detail": f"{script} declares no Durable Object class {cls}"})
         account = self.account_of(script)
         bucket = self.accounts.get(account) or Bucket(self.account_rps, max(1.0, self.account_rps))
         self.accounts[account], ok, wait = take(bucket, monotonic())

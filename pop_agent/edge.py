@@ -12,11 +12,12 @@ In the lab the same process answers the probers' UDP probes on the anycast addre
 ``{"pop", "server", "seq"}``) and the health agent's ``GET /healthz`` on ``127.0.0.1:--health-port``, so
 when it dies, everything the server serves dies with it. ``--deployments DIR`` is the server's store
 (:class:`pop_agent.sync.LocalStore`): its last good set is served from the start, SIGHUP reloads it, and
-with ``--control ADDRESS:PORT --token-file F`` a :class:`pop_agent.sync.Syncer` keeps it in step with the
-control plane.
+with ``--control ADDRESS:PORT --auth F`` a :class:`pop_agent.sync.Syncer` keeps it in step with the
+control plane (its requests signed with the server's ``pop`` key of ``F``; the DO router's with its
+``do-router`` key: :mod:`core.peer_auth`).
 
 Run as ``python -m pop_agent.edge --pop P --server S --address A [--address B] --deployments DIR
-[--control A:P --token-file F]``.
+[--control A:P --auth F]``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import uvloop
 
 from core.clock import monotonic
 from core.http_client import KeepAlivePool, NotConnected
+from core.peer_auth import Signer
 from core.timers import SLACK_S, Flag, next_tick, phase_of
 from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
 from pop_agent.sync import LocalStore, Syncer
@@ -237,6 +239,14 @@ class Edge:
     def account_of(self, name: str) -> str:
         """The account worker ``name`` belongs to (its own name when this server does not run it)."""
         return next((pool.dep.account for (n, _v), pool in self.pools.items() if n == name), name)
+
+    def classes_of(self, name: str) -> frozenset[str]:
+        """The Durable Object classes worker ``name``'s deployment here declares as its own (bindings)."""
+        pool = next((pool for (n, _v), pool in self.pools.items() if n == name), None)
+        if pool is None:
+            return frozenset()
+        return frozenset(str(v["durable_object"]) for v in pool.dep.bindings.values()
+                         if isinstance(v, dict) and "durable_object" in v and v.get("script", name) == name)
 
     def version_of(self, name: str) -> str | None:
         """The version of worker ``name`` this server runs (None: none)."""
@@ -593,12 +603,12 @@ def reload(edge: Edge, store: LocalStore) -> None:
 
 
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
-                store: LocalStore | None, control: tuple[str, int, str] | None = None,
-                directory: tuple[str, int] | None = None, unicast: str | None = None,
+                store: LocalStore | None, control: tuple[str, int, Signer] | None = None,
+                directory: tuple[str, int, Signer] | None = None, unicast: str | None = None,
                 account_limits: dict[str, float] | None = None, stop: Flag | None = None) -> None:
     """Serve until SIGTERM/SIGINT — or, given ``stop``, until it is set (the signals are then the
     caller's). With ``store``, start from its last good set (SIGHUP reloads it); with
-    ``control`` (address, port, token) also keep it in sync with the control plane; with ``unicast`` (the
+    ``control`` (address, port, signer) also keep it in sync with the control plane; with ``unicast`` (the
     server's own lab address) also take requests other PoPs spill here and watch the edge's peers."""
     loop = asyncio.get_running_loop()
     account_limits = account_limits or {}
@@ -612,7 +622,7 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         loop.add_signal_handler(signal.SIGHUP, reload, edge, store)
         reload(edge, store)
         if control is not None:
-            syncer = Syncer(store, edge.install, host=control[0], port=control[1], token=control[2],
+            syncer = Syncer(store, edge.install, host=control[0], port=control[1], signer=control[2],
                             pop=edge.pop, server=edge.server)
             tasks.append(asyncio.create_task(syncer.run()))
     closers: list[asyncio.BaseTransport | asyncio.Server] = []
@@ -629,7 +639,8 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         tasks.append(asyncio.create_task(watch.run()))
     closers.append(await asyncio.start_server(healthz, "127.0.0.1", health_port))
     if directory is not None:
-        router = DoRouter(directory, edge.version_of, breaker=configured("do"), account_of=edge.account_of,
+        router = DoRouter(directory[:2], edge.version_of, breaker=configured("do"), account_of=edge.account_of,
+                          signer=directory[2], classes_of=edge.classes_of,
                           account_rps=account_limits.get("do_requests_per_s", 5000.0))
         edge.reporters.append(router.breaker_report)
         closers.append(await loop.create_server(lambda: HttpProtocol(router), "127.0.0.1", DO_ROUTER_PORT))
@@ -661,7 +672,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--health-port", type=int, default=8080)
     parser.add_argument("--deployments", type=Path, help="this server's store of deployments (last good set)")
     parser.add_argument("--control", help="the control plane's ADDRESS:PORT to sync with")
-    parser.add_argument("--token-file", type=Path, help="the PoP token for the control plane")
+    parser.add_argument("--auth", type=Path, help="JSON: this server's signing keys, {pop: {as, key_file}, "
+                        "do-router: {as, key_file}} (core.peer_auth)")
     parser.add_argument("--directory", help="the Durable Object directory's ADDRESS:PORT (runs the DO router)")
     parser.add_argument("--unicast", help="this server's own lab address: spilled requests and load reports")
     parser.add_argument("--peers", type=Path, help="JSON: the servers of the nearest other PoPs to spill to")
@@ -684,14 +696,15 @@ Companion = Callable[[Edge, Flag], Coroutine[Any, Any, None]]
 def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
     """Run the edge worker of ``args`` (:func:`parser`) until SIGTERM/SIGINT, with ``companion`` in the
     same event loop when given. Raises OSError if a file it names cannot be read."""
+    auth = json.loads(args.auth.read_text()) if args.auth else {}
     control = None
     if args.control:
         address, _, cport = args.control.rpartition(":")
-        control = (address, int(cport), args.token_file.read_text().strip())
+        control = (address, int(cport), Signer.load(auth["pop"]))
     directory = None
     if args.directory:
         address, _, dport = args.directory.rpartition(":")
-        directory = (address, int(dport))
+        directory = (address, int(dport), Signer.load(auth["do-router"]))
     spawner = IsolateSpawner(sandboxed=not getattr(args, "no_sandbox", False))
     spawner.start()  # before any event loop or thread exists: the spawner is forked from a clean process
     try:

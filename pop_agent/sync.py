@@ -27,6 +27,7 @@ from typing import Any
 
 from core.clock import monotonic
 from core.http_client import HttpError, http_call
+from core.peer_auth import Signer
 from tenant.deployment import Deployment
 from tenant.isolate import DeployError
 
@@ -104,10 +105,10 @@ class Syncer:
     """Keeps ``install`` fed with the set the control plane wants for this PoP."""
 
     def __init__(self, store: LocalStore, install: Callable[[list[Any]], None], *, host: str, port: int,
-                 token: str, pop: str, server: str, poll_wait: float = POLL_WAIT,
+                 signer: Signer, pop: str, server: str, poll_wait: float = POLL_WAIT,
                  retry_delays: Iterable[float] = RETRY_DELAYS) -> None:
         self.store, self.install = store, install
-        self.host, self.port, self.token, self.pop, self.server = host, port, token, pop, server
+        self.host, self.port, self.signer, self.pop, self.server = host, port, signer, pop, server
         self.poll_wait = poll_wait
         self.retry_delays = tuple(retry_delays)
         self.state = SyncState(applied=store.current())
@@ -131,7 +132,7 @@ class Syncer:
                 await asyncio.sleep(delay)  # the design's backoff between code-fetch retries
             self.state.fetch_attempts += 1
             try:
-                data = await http_call(self.host, self.port, "GET", f"/v1/artifacts/{version}", self.token)
+                data = await http_call(self.host, self.port, "GET", f"/v1/artifacts/{version}", self.signer)
                 self.store.put(version, sha256, data)
                 return
             except (DeployError, HttpError, OSError, TimeoutError) as exc:
@@ -170,7 +171,7 @@ class Syncer:
                       # Right after a failure, an answer at once: that it is reachable again is news.
                       "wait": 0.0 if self.state.reachable is False else self.poll_wait}
             try:
-                reply = json.loads(await http_call(self.host, self.port, "POST", "/v1/sync", self.token, report,
+                reply = json.loads(await http_call(self.host, self.port, "POST", "/v1/sync", self.signer, report,
                                                    timeout=self.poll_wait + 5.0))
                 desired, generation = list(reply["deployments"]), int(reply["generation"])
             except (HttpError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:

@@ -7,21 +7,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from core.daemon import Daemon, NodeEnv
+from core.daemon import NodeEnv
 from core.errors import AnylabError
 from core.proc import ProcessGroup
 from lab.run.starts import validate_all
 from lab.run.wiring import daemons_of
 from model.topology import Topology
 
-#: What --show-configs prints instead of a secret (the control plane's tokens: fresh random ones here,
-#: never the running lab's).
-SECRET = "(a secret token: written with mode 0600, not shown)"
-
-
-def _secrets(daemon: Daemon) -> set[Path]:
-    files = getattr(daemon, "token_files", None)
-    return set(files.values()) if isinstance(files, dict) else set()
+#: What --show-configs prints instead of a secret (tokens and peer keys: fresh random ones here, never
+#: the running lab's).
+SECRET = "(a secret: written with mode 0600, not shown)"
 
 
 def render_configs(topo: Topology, nodes: list[str], directory: Path | None,
@@ -48,14 +43,13 @@ def render_configs(topo: Topology, nodes: list[str], directory: Path | None,
         chosen = [d for n in nodes for d in made.get(n, [])]
         rendered: dict[str, dict[str, str]] = {n: {} for n in nodes}
         for d in chosen:
-            secrets = _secrets(d)
             try:
-                files = d.render_config()
+                files = {**d.render_config(), **dict.fromkeys(d.secrets(), SECRET)}
             except AnylabError as exc:
                 raise AnylabError(f"{d.node}/{d.name}: cannot render its configuration: {exc}") from exc
             for path, text in files.items():
                 shown = path.relative_to(root / d.node) if path.is_relative_to(root / d.node) else path
-                rendered[d.node][str(shown)] = SECRET if path in secrets else text
+                rendered[d.node][str(shown)] = text
         errors: list[str] = []
         if dry_run:
             errors = validate_all(chosen)  # writes every file, then each daemon checks its own

@@ -12,10 +12,11 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from control_plane.client import ADMIN_TOKEN, POP_TOKEN, SOCKET, Client, ControlPlaneError
+from control_plane.client import ADMIN_TOKEN, SOCKET, Client, ControlPlaneError
 from core import unix_http
 from core.daemon import Daemon, NodeEnv
 from core.netns import socket_in
+from core.peer_auth import PeerKeys
 from core.timers import phase_of
 from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
 from model.profiles import HEALTH_PORT
@@ -35,7 +36,7 @@ class EdgeWorker(Daemon):
     name = "edge"
     forkable = True
 
-    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, pop_token: Path,
+    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, keys: PeerKeys,
                  origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None,
                  peers: list[dict[str, object]] | None = None, capacity_rps: float = 5000.0,
                  spill_threshold: float = 0.8, account_limits: dict[str, float] | None = None) -> None:
@@ -46,7 +47,7 @@ class EdgeWorker(Daemon):
         self.server = server
         self.udp_port = udp_port
         self.control = control
-        self.pop_token = pop_token
+        self.keys = keys
         self.origins = origins
         self.breakers = breakers or {}
 
@@ -60,8 +61,21 @@ class EdgeWorker(Daemon):
     def deployments(self) -> Path:
         return self.env.dir / "deployments"
 
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        """The edge's signing keys (``pop`` for the control plane, ``do-router`` for the DO services)."""
+        blocks: dict[str, object] = {}
+        files: dict[Path, str] = {}
+        for role in ("pop", "do-router"):
+            blocks[role], more = self.keys.auth_config(self.path("-"), f"{role}/{self.server.name}")
+            files.update(more)
+        return blocks, files
+
+    def secrets(self) -> dict[Path, str]:
+        return self.auth()[1]
+
     def render_config(self) -> dict[Path, str]:
-        return {self.path("-peers.json"): json.dumps(self.peers, indent=1)}
+        return {self.path("-peers.json"): json.dumps(self.peers, indent=1),
+                self.path("-auth.json"): json.dumps(self.auth()[0], indent=1)}
 
     def validate(self) -> None:
         if not self.server.prefixes:
@@ -71,7 +85,7 @@ class EdgeWorker(Daemon):
         argv = [self.env.python, "-m", "pop_agent.edge", "--pop", self.server.pop, "--server", self.server.name,
                 "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT),
                 "--deployments", str(self.deployments),
-                "--control", f"{self.control.address}:{self.control.port}", "--token-file", str(self.pop_token),
+                "--control", f"{self.control.address}:{self.control.port}", "--auth", str(self.path("-auth.json")),
                 "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}",
                 "--unicast", str(self.server.interfaces[0].address.ip), "--peers", str(self.path("-peers.json")),
                 "--capacity-rps", str(self.capacity_rps), "--spill-threshold", str(self.spill_threshold),
@@ -107,6 +121,13 @@ class PythonService(Daemon):
     def config(self) -> dict[str, object]:
         """The JSON config the module reads."""
 
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        """Its ``auth`` config block and key files (:mod:`core.peer_auth`); none by default."""
+        return {}, {}
+
+    def secrets(self) -> dict[Path, str]:
+        return self.auth()[1]
+
     def render_config(self) -> dict[Path, str]:
         return {self.path(".json"): json.dumps(self.config(), indent=1)}
 
@@ -121,33 +142,24 @@ class ControlPlane(PythonService):
     name = "control-plane"
     module = "control_plane.server"
 
-    def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...]) -> None:
+    def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...], keys: PeerKeys) -> None:
         super().__init__(env)
         self.control = node
         self.pops = pops
-        self.tokens = {"admin": secrets.token_urlsafe(24), "pop": secrets.token_urlsafe(24)}
+        self.keys = keys
+        self.tokens = {"admin": secrets.token_urlsafe(24)}
 
-    @property
-    def token_files(self) -> dict[str, Path]:
-        return {"admin": self.env.dir / ADMIN_TOKEN, "pop": self.env.dir / POP_TOKEN}
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), None, ("pop", "do-host"))
+
+    def secrets(self) -> dict[Path, str]:
+        return {self.env.dir / ADMIN_TOKEN: self.tokens["admin"] + "\n", **self.auth()[1]}
 
     def config(self) -> dict[str, object]:
         return {"state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / SOCKET),
                 "listen": [str(self.control.address), self.control.port],
-                "tokens": {role: str(f) for role, f in self.token_files.items()},
+                "tokens": {"admin": str(self.env.dir / ADMIN_TOKEN)}, "auth": self.auth()[0],
                 "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in self.pops]}
-
-    def render_config(self) -> dict[Path, str]:
-        files = super().render_config()
-        files.update({f: self.tokens[role] + "\n" for role, f in self.token_files.items()})
-        return files
-
-    def write_config(self) -> None:
-        self.env.dir.mkdir(parents=True, exist_ok=True)
-        for f in self.token_files.values():  # secrets: readable by root only, from the first byte
-            f.touch(mode=0o600)
-            os.chmod(f, 0o600)
-        super().write_config()
 
     def validate(self) -> None:
         from control_plane.server import load_config
@@ -176,10 +188,14 @@ class KvMaster(PythonService):
     name = "kv-master"
     module = "kv.master"
 
-    def __init__(self, env: NodeEnv, node: ServiceNode, peers: tuple[ServiceNode, ...]) -> None:
+    def __init__(self, env: NodeEnv, node: ServiceNode, peers: tuple[ServiceNode, ...], keys: PeerKeys) -> None:
         super().__init__(env)
         self.service = node
         self.peers = peers
+        self.keys = keys
+
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), f"kv-master/{self.service.name}", ("kv-master", "kv-replica"))
 
     @property
     def socket(self) -> Path:
@@ -188,7 +204,8 @@ class KvMaster(PythonService):
     def config(self) -> dict[str, object]:
         return {"node": self.service.name, "region": self.service.region, "data_dir": str(self.env.dir / "kv"),
                 "socket": str(self.socket), "listen": [str(self.service.address), self.service.port],
-                "peers": [{"name": p.name, "address": str(p.address), "port": p.port} for p in self.peers]}
+                "peers": [{"name": p.name, "address": str(p.address), "port": p.port} for p in self.peers],
+                "auth": self.auth()[0]}
 
     def validate(self) -> None:
         if self.service.port <= 0:
@@ -207,9 +224,10 @@ class KvReplica(PythonService):
     module = "kv.replica"
 
     def __init__(self, env: NodeEnv, server: Server, masters: tuple[ServiceNode, ...], stale_after_s: float,
-                 account_limits: dict[str, float] | None = None, poll_s: float = 2.0) -> None:
+                 keys: PeerKeys, account_limits: dict[str, float] | None = None, poll_s: float = 2.0) -> None:
         super().__init__(env)
         self.server = server
+        self.keys = keys
         self.poll_s = poll_s
         # Its own region's master first: that one it follows and writes to; the others serve reads
         # the local copy cannot.
@@ -230,7 +248,10 @@ class KvReplica(PythonService):
                 "masters": [ref(m) for m in self.masters], "stale_after_s": self.stale_after_s,
                 "poll_wait_s": self.poll_s,
                 "metrics": str(self.env.dir / "kv.prom"), "events": str(self.env.dir / "kv-events.jsonl"),
-                "account_limits": self.account_limits}
+                "account_limits": self.account_limits, "auth": self.auth()[0]}
+
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), f"kv-replica/{self.server.name}")
 
     def validate(self) -> None:
         if not self.masters or self.masters[0].region != self.server.region:
@@ -263,16 +284,20 @@ class DoDirectory(DoService):
     name = "do-directory"
     module = "durable.directory_service"
 
-    def __init__(self, env: NodeEnv, node: ServiceNode, hosts: tuple[ServiceNode, ...], settings: LabSpec) -> None:
+    def __init__(self, env: NodeEnv, node: ServiceNode, hosts: tuple[ServiceNode, ...], settings: LabSpec,
+                 keys: PeerKeys) -> None:
         super().__init__(env)
-        self.service, self.hosts, self.settings = node, hosts, settings
+        self.service, self.hosts, self.settings, self.keys = node, hosts, settings, keys
+
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), None, ("do-host", "do-router"))
 
     def config(self) -> dict[str, object]:
         s = self.settings
         return {"listen": [str(self.service.address), DO_DIRECTORY_PORT], "socket": str(self.socket),
                 "state": str(self.env.dir / "do-placements.json"), "events": str(self.events),
                 "regions": {h.region: [str(h.address), DO_HOST_PORT] for h in self.hosts},
-                "lease_s": s.do_lease_s, "renew_s": s.do_renew_s, "margin_s": s.do_margin_s}
+                "lease_s": s.do_lease_s, "renew_s": s.do_renew_s, "margin_s": s.do_margin_s, "auth": self.auth()[0]}
 
     def validate(self) -> None:
         if len({h.region for h in self.hosts}) != len(self.hosts):
@@ -286,17 +311,20 @@ class DoHost(DoService):
     name = "do-host"
     module = "durable.host_service"
 
-    def __init__(self, env: NodeEnv, node: ServiceNode, control: ServiceNode, pop_token: Path,
+    def __init__(self, env: NodeEnv, node: ServiceNode, control: ServiceNode, keys: PeerKeys,
                  settings: LabSpec) -> None:
         super().__init__(env)
-        self.service, self.control, self.pop_token, self.settings = node, control, pop_token, settings
+        self.service, self.control, self.keys, self.settings = node, control, keys, settings
+
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), f"do-host/{self.service.region}", ("do-router", "do-host"))
 
     def config(self) -> dict[str, object]:
         s = self.settings
         return {"region": self.service.region, "listen": [str(self.service.address), DO_HOST_PORT],
                 "socket": str(self.socket), "data_dir": str(self.env.dir / "do"), "events": str(self.events),
                 "directory": [str(self.control.address), DO_DIRECTORY_PORT],
-                "control": [str(self.control.address), self.control.port], "token_file": str(self.pop_token),
+                "control": [str(self.control.address), self.control.port], "auth": self.auth()[0],
                 "mode": s.do_mode, "renew_s": s.do_renew_s, "snapshot_s": s.do_snapshot_s}
 
     def validate(self) -> None:
@@ -481,6 +509,9 @@ class PopAgent(Daemon):
 
     def render_config(self) -> dict[Path, str]:
         return {path: text for part in self.parts for path, text in part.render_config().items()}
+
+    def secrets(self) -> dict[Path, str]:
+        return {path: text for part in self.parts for path, text in part.secrets().items()}
 
     def validate(self) -> None:
         for part in self.parts:

@@ -12,6 +12,7 @@ from bgp import routers as router_kinds
 from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from core.daemon import Daemon, NodeEnv
+from core.peer_auth import PeerKeys
 from lab.run.launchers import (
     ControlPlane,
     DoDirectory,
@@ -37,13 +38,13 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
         daemons[r.name] = router_kinds.daemons_of(env_of(r.name), r)
     control = topo.control
     env_of(control.name).dir.mkdir(parents=True, exist_ok=True)
-    control_plane = ControlPlane(env_of(control.name), control, topo.pops)
-    daemons[control.name] = [control_plane, DoDirectory(env_of(control.name), control, topo.kv_masters, t)]
-    pop_token = control_plane.token_files["pop"]
+    keys = PeerKeys.make()  # this lab's: its internal services take only each other's signed requests
+    control_plane = ControlPlane(env_of(control.name), control, topo.pops, keys)
+    daemons[control.name] = [control_plane, DoDirectory(env_of(control.name), control, topo.kv_masters, t, keys)]
     for km in topo.kv_masters:
         env_of(km.name).dir.mkdir(parents=True, exist_ok=True)
         peers = tuple(p for p in topo.kv_masters if p.name != km.name)
-        daemons[km.name] = [KvMaster(env_of(km.name), km, peers), DoHost(env_of(km.name), km, control, pop_token, t)]
+        daemons[km.name] = [KvMaster(env_of(km.name), km, peers, keys), DoHost(env_of(km.name), km, control, keys, t)]
     for o in topo.origins:
         env_of(o.name).dir.mkdir(parents=True, exist_ok=True)
         daemons[o.name] = [Origin(env_of(o.name), o)]
@@ -51,11 +52,11 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
         env = env_of(s.name)
         env.dir.mkdir(parents=True, exist_ok=True)
         share = t.account_limits.share(sum(1 for x in topo.servers if x.pop == s.pop))
-        edge = EdgeWorker(env, s, t.probe_port, control, pop_token, topo.origins,
+        edge = EdgeWorker(env, s, t.probe_port, control, keys, topo.origins,
                           {k: b.model_dump() for k, b in t.breakers.items()},
                           spill_peers(topo, s.name, t.spillover_pops),
                           t.server_capacity_rps, t.spillover_threshold, share)
-        kv = KvReplica(env, s, topo.kv_masters, t.kv_stale_after_s, share, t.kv_poll_s)
+        kv = KvReplica(env, s, topo.kv_masters, t.kv_stale_after_s, keys, share, t.kv_poll_s)
         if t.server_process == "folded":
             daemons[s.name] = [ExaBgp(env, s), PopAgent(env, edge, kv, s.health_agent == "anylab")]
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import threading
 from collections.abc import Iterator
@@ -16,11 +17,14 @@ from aiohttp import web
 from control_plane.client import Client, ControlPlaneError
 from control_plane.server import make_app
 from control_plane.store import Pop, Store
+from core.peer_auth import PeerKeys, Verifier
 from core.wait import wait_for
 from pop_agent.sync import LocalStore, Syncer
+from tests.unit.peers import signer
 
 POPS = [Pop("sjc", "na", ("sjc-s1", "sjc-s2")), Pop("fra", "eu", ("fra-s1",)), Pop("sin", "apac", ("sin-s1",))]
-TOKENS = {"admin": "admin-secret", "pop": "pop-secret"}
+TOKENS = {"admin": "admin-secret"}
+KEYS = PeerKeys.make()
 HELLO = "async def fetch(request, env, ctx):\n    return 'hello ' + env.WHO\n"
 
 
@@ -38,11 +42,14 @@ class ControlPlane:
         started = threading.Event()
 
         async def setup() -> None:
-            self.runner = web.AppRunner(make_app(Store(self.root / "state", POPS), TOKENS), access_log=None)
+            self.verifier = Verifier(dict(KEYS.secrets), "")
+            self.runner = web.AppRunner(make_app(Store(self.root / "state", POPS), TOKENS, self.verifier),
+                                        access_log=None)
             await self.runner.setup()
             site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.verifier.authority = f"127.0.0.1:{self.port}"  # the port is known once the site listens
             await web.UnixSite(self.runner, str(self.root / "api.sock")).start()
             started.set()
 
@@ -86,11 +93,64 @@ def test_upload_is_content_hashed_and_immutable(cp: ControlPlane) -> None:
     assert len(first["version"]) == 12
 
 
-@pytest.mark.parametrize(("token", "status"), [("", 401), ("wrong", 401), (TOKENS["pop"], 403)])
+@pytest.mark.parametrize(("token", "status"), [("", 401), ("wrong", 401)])
 def test_tokens_are_checked(cp: ControlPlane, token: str, status: int) -> None:
     with pytest.raises(ControlPlaneError) as err:
         client(cp, token).upload("hello", {"code": HELLO, "host": "h.example"})
     assert err.value.status == status
+
+
+def _raw(cp: ControlPlane, method: str, target: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", cp.port, timeout=5)
+    try:
+        conn.request(method, target, body=body, headers={"Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_what_a_pop_asks_must_be_signed_by_that_server_once(cp: ControlPlane) -> None:
+    """Issue 19: the PoP paths take a server's signed request — not unsigned, not another lab's key, not
+    the same request twice, not one changed on the way, not one server reporting for another; a peer on
+    an admin path is 403. Every refusal is counted (``GET /v1/status``) and a good request still works."""
+    report = json.dumps({"server": "sjc-s1", "pop": "sjc", "wait": 0}).encode()
+    me, other_lab = signer(KEYS, "pop/sjc-s1"), signer(PeerKeys.make(), "pop/sjc-s1")
+    authority = f"127.0.0.1:{cp.port}"
+    good = me.headers("POST", authority, "/v1/sync", report)
+    assert _raw(cp, "POST", "/v1/sync", report, good)[0] == 200
+    tampered = report.replace(b'"wait": 0', b'"wait": 9')
+    cases = {
+        "missing": (report, {}, 401),
+        "bad_signature": (report, other_lab.headers("POST", authority, "/v1/sync", report), 401),
+        "replayed": (report, good, 401),
+        "tampered": (tampered, me.headers("POST", authority, "/v1/sync", report), 401),
+        "stale": (report, me.headers("POST", authority, "/v1/sync", report, t_ms=1_000), 401),
+        "other server": (json.dumps({"server": "sjc-s2", "pop": "sjc"}).encode(),
+                         me.headers("POST", authority, "/v1/sync",
+                                    json.dumps({"server": "sjc-s2", "pop": "sjc"}).encode()), 403),
+    }
+    for what, (body, headers, status) in cases.items():
+        got, answer = _raw(cp, "POST", "/v1/sync", body, headers)
+        assert got == status, f"{what}: {got} {answer[:200]!r}"
+    admin_path = me.headers("GET", authority, "/v1/deployments", b"")
+    assert _raw(cp, "GET", "/v1/deployments", b"", admin_path)[0] == 403
+    refused = client(cp).call("GET", "/v1/status")["auth_refused"]
+    assert refused["missing"] == 0 and refused["bad_token"] == 1  # no header: taken as the operator's, no token
+    assert refused["bad_signature"] == 2 and refused["replayed"] == 1 and refused["stale"] == 1
+    assert refused["not_allowed"] == 1
+    again = me.headers("POST", authority, "/v1/sync", report)
+    assert _raw(cp, "POST", "/v1/sync", report, again)[0] == 200
+
+
+def test_a_kv_namespace_is_bound_by_one_account_only(cp: ControlPlane) -> None:
+    c = client(cp)
+    mine = {"code": HELLO, "host": "a.example", "account": "acme", "bindings": {"KV": {"kv_namespace": "acme-data"}}}
+    c.upload("a", mine)
+    c.upload("b", {**mine, "host": "b.example"})  # the same account may bind it again
+    with pytest.raises(ControlPlaneError) as err:
+        c.upload("evil", {**mine, "host": "e.example", "account": "mallory"})
+    assert err.value.status == 400 and "belongs to account 'acme'" in str(err.value)
 
 
 @pytest.mark.parametrize(("upload", "words"), [
@@ -177,7 +237,7 @@ class Installed:
 
 def run_syncer(cp: ControlPlane, store: LocalStore, installed: Installed, **kw: Any) -> tuple[Syncer, Any]:
     """A syncer for sjc-s1 on its own loop in a thread; returns it and a stop function."""
-    syncer = Syncer(store, installed, host="127.0.0.1", port=cp.port, token=TOKENS["pop"], pop="sjc",
+    syncer = Syncer(store, installed, host="127.0.0.1", port=cp.port, signer=signer(KEYS, "pop/sjc-s1"), pop="sjc",
                     server="sjc-s1", poll_wait=1.0, **kw)
     loop = asyncio.new_event_loop()
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from core.clock import monotonic
+from core.peer_auth import PeerKeys
 from durable.directory_service import Directory
 from durable.directory_service import make_app as directory_app
 from durable.history import Definite, Recorder
@@ -23,6 +24,9 @@ from durable.storage import Fenced
 from pop_agent.do_router import DoRouter
 from pop_agent.edge import HttpProtocol
 from tenant.worker_api import DurableObjectNamespace, Request, Response
+from tests.unit.peers import auth_block, signer
+
+KEYS = PeerKeys.make()
 
 CODE = (Path(__file__).parents[2] / "examples" / "do_register.py").read_text()
 LEASE_S, RENEW_S, MARGIN_S = 0.4, 0.05, 0.1
@@ -58,6 +62,9 @@ class Cluster:
 
     async def start(self) -> None:
         self.directory = Directory({"regions": {r: ["127.0.0.1", p] for r, p in self.ports.items()},
+                                    "listen": ["127.0.0.1", self.dport],
+                                    "auth": auth_block(KEYS, self.tmp / "keys" / "dir-", None,
+                                                       ("do-host", "do-router")),
                                     "lease_s": LEASE_S, "renew_s": RENEW_S, "margin_s": MARGIN_S,
                                     "state": str(self.tmp / "directory.json"),
                                     "events": str(self.tmp / "directory-events.jsonl")})
@@ -65,12 +72,15 @@ class Cluster:
         self.tasks["directory"] = [asyncio.create_task(self.directory.watch())]
         for r in self.regions:
             await self.start_host(r)
-        router = self.router = DoRouter(("127.0.0.1", self.dport), lambda script: "v1")
+        router = self.router = DoRouter(("127.0.0.1", self.dport), lambda script: "v1",
+                                        signer(KEYS, "do-router/pop-s1"), lambda script: frozenset({"Register"}))
         self.router_server = await asyncio.get_running_loop().create_server(
             lambda: HttpProtocol(router), "127.0.0.1", self.rport)
 
     async def start_host(self, r: str) -> None:
         host = Host({"region": r, "data_dir": str(self.tmp / r), "directory": ["127.0.0.1", self.dport],
+                     "listen": ["127.0.0.1", self.ports[r]],
+                     "auth": auth_block(KEYS, self.tmp / "keys" / f"{r}-", f"do-host/{r}", ("do-router", "do-host")),
                      "control": ["127.0.0.1", 9], "mode": self.mode, "renew_s": RENEW_S,
                      "snapshot_s": self.snapshot_s,
                      "events": str(self.tmp / f"{r}-events.jsonl")})
@@ -274,7 +284,8 @@ def test_history_across_an_owner_crash_is_linearizable(tmp_path: Path) -> None:
 def test_a_directory_cut_off_from_most_regions_fails_nobody_over(tmp_path: Path) -> None:
     d = Directory({"regions": {r: ["127.0.0.1", 1] for r in ("a", "b", "c")}, "lease_s": LEASE_S,
                    "renew_s": RENEW_S, "margin_s": MARGIN_S, "state": str(tmp_path / "d.json"),
-                   "events": str(tmp_path / "e.jsonl")})
+                   "events": str(tmp_path / "e.jsonl"), "listen": ["127.0.0.1", 1],
+                   "auth": auth_block(KEYS, tmp_path / "dir-", None, ("do-host",))})
     d.where("reg/Register/x", "a")
     long_ago = monotonic() - 10
     d.last_seen = {"a": long_ago, "b": long_ago, "c": d.last_seen["c"]}
@@ -299,3 +310,78 @@ def test_periodic_snapshots_reach_the_backup_and_trim_the_owners_log(tmp_path: P
 
     log, at_backup, seq = run(tmp_path, scenario, snapshot_s=0.2)
     assert log == [] and at_backup == 5 and seq == 5
+
+
+def test_the_do_services_take_only_their_peers_and_epochs_only_from_the_directory(tmp_path: Path) -> None:
+    """Issue 19: every internal DO endpoint refuses a request unsigned, signed with another lab's key,
+    replayed, changed on the way or from a role the route does not take; an authenticated host cannot
+    install an epoch the directory never issued (it once fenced any object), seed an object it does not
+    own, or renew another region's lease; an oversized body is 413. Each refusal is counted, and the
+    object keeps answering with what was written."""
+    import aiohttp
+
+    async def scenario(c: Cluster) -> tuple[dict[str, int], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        assert (await c.op("x", "write", 1, hint="a"))["owner"] == "a"
+        key = c.env.REG.get(c.env.REG.id_from_name("x")).key
+        backup = c.directory.state.objects[key].backup
+        assert backup is not None
+        third = ({"a", "b", "c"} - {"a", backup}).pop()
+        other_lab = PeerKeys.make()
+        got: dict[str, int] = {}
+        async with aiohttp.ClientSession() as session:
+
+            async def send(what: str, port: int, path: str, payload: Any, peer: str | None,
+                           keys: PeerKeys = KEYS, headers: dict[str, str] | None = None,
+                           sign_body: bytes | None = None) -> dict[str, str]:
+                body = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
+                signed = {} if peer is None else signer(keys, peer).headers(
+                    "POST", f"127.0.0.1:{port}", path, body if sign_body is None else sign_body)
+                sent = headers if headers is not None else signed
+                async with session.post(f"http://127.0.0.1:{port}{path}", data=body,
+                                        headers={"Content-Type": "application/json", **sent}) as resp:
+                    got[what] = resp.status
+                    if resp.status != 413:
+                        got[what + ":" + str((await resp.json(content_type=None)).get("reason")
+                                             or (await resp.json(content_type=None)).get("error"))] = 1
+                return signed
+
+            forged = {"key": key, "snapshot": {"seq": 99, "epoch": 1000, "data": {"value": 666}}}
+            now_epoch = {"key": key, "snapshot": {"seq": 99, "epoch": 1, "data": {"value": 666}}}
+            hb = c.ports[backup]
+            await send("unsigned", hb, "/v1/install", forged, None)
+            await send("other lab", hb, "/v1/install", forged, "do-host/a", keys=other_lab)
+            await send("tampered", hb, "/v1/install", forged, "do-host/a", sign_body=b"{}")
+            await send("router installs", hb, "/v1/install", forged, "do-router/pop-s1")
+            await send("epoch never issued", hb, "/v1/install", forged, "do-host/a")
+            await send("not the owner", hb, "/v1/install", now_epoch, f"do-host/{third}")
+            await send("ship not the owner", hb, "/v1/replicate",
+                       {"key": key, "entries": [{"seq": 50, "epoch": 1, "ops": [["put", "value", 666]]}]},
+                       f"do-host/{third}")
+            lease = {"region": "a", "objects": {}}
+            await send("other region's lease", c.dport, "/v1/lease", lease, "do-host/b")
+            first = await send("lease", c.dport, "/v1/lease", lease, "do-host/a")
+            await send("replayed lease", c.dport, "/v1/lease", lease, None, headers=first)
+            await send("router renews", c.dport, "/v1/lease", lease, "do-router/pop-s1")
+            await send("oversized lease", c.dport, "/v1/lease", b"x" * (2 * 1024 * 1024), "do-host/a")
+            await send("oversized install", hb, "/v1/install", b"x" * (65 * 1024 * 1024), "do-host/a")
+            call = {"key": key, "epoch": 1, "version": "v1", "request": {"method": "POST", "url": "/", "headers": {},
+                                                                        "body": ""}}
+            await send("host runs a call", c.ports["a"], "/v1/call", call, "do-host/b")
+        after = await c.op("x", "read")
+        return got, after, c.hosts[backup].status(), c.directory.listing()
+
+    got, after, backup_status, listing = run(tmp_path, scenario)
+    expect = {"unsigned": 401, "other lab": 401, "tampered": 401, "router installs": 403,
+              "epoch never issued": 409, "not the owner": 403, "ship not the owner": 403,
+              "other region's lease": 403, "lease": 200, "replayed lease": 401, "router renews": 403,
+              "oversized lease": 413, "oversized install": 413, "host runs a call": 403}
+    assert {k: v for k, v in got.items() if ":" not in k} == expect
+    for reason in ("unsigned:missing", "other lab:bad_signature", "tampered:bad_signature",
+                   "router installs:not_allowed", "epoch never issued:epoch_not_issued",
+                   "not the owner:not_owner", "other region's lease:other_region", "replayed lease:replayed"):
+        assert reason in got, (reason, got)
+    assert after == {"status": 200, "value": 1, "owner": "a", "epoch": 1}  # nothing forged took
+    refused = backup_status["auth_refused"]
+    assert refused["missing"] == 1 and refused["bad_signature"] == 2 and refused["not_allowed"] == 1
+    assert backup_status["refused"] == {"epoch_not_issued": 1, "not_owner": 2}
+    assert listing["auth_refused"]["replayed"] == 1 and listing["refused"]["other_region"] == 1

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from core.clock import monotonic
+from core.peer_auth import PeerKeys
 from pop_agent.edge import Echo, Edge, HttpProtocol
 from protect.limits import Peer, count
 from tenant.deployment import Deployment
 from tenant.isolate import DeployError, IsolateSpawner
 from tenant.worker_api import KvNamespace, Request, Response, binding
+from tests.unit.peers import signer
 
 HELLO = "async def fetch(request, env, ctx):\n    return f'{env.GREETING} {request.method} {request.url}'\n"
 ECHO = "async def fetch(request, env, ctx):\n    return {'status': 201, 'body': request.body[::-1]}\n"
@@ -242,13 +244,27 @@ def test_the_deployments_of_one_account_share_its_request_limit() -> None:
 def test_the_do_router_limits_an_accounts_do_requests() -> None:
     from pop_agent.do_router import DoRouter
 
-    router = DoRouter(("127.0.0.1", 9), lambda script: "v1", deadline_s=0.05, account_rps=1.0)
+    router = DoRouter(("127.0.0.1", 9), lambda script: "v1", signer(PeerKeys.make(), "do-router/s"),
+                      lambda script: frozenset({"R"}), deadline_s=0.05, account_rps=1.0)
     call = json.dumps({"key": "reg/R/x", "request": {}}).encode()
 
     async def two() -> list[int]:
         return [(await router.handle(Request("POST", "/v1/do", {}, call))).status for _ in range(2)]
 
     assert asyncio.run(two()) == [503, 429]  # the first got through to (no) directory; the second is over 1/s
+
+
+@pytest.mark.parametrize(("key", "error"), [("reg/Other/x", "no_such_class"), ("reg/R", "bad_request"),
+                                            ("reg/not a class/x", "bad_request"), ("nope/R/x", "no_such_script")])
+def test_the_do_router_takes_only_a_class_the_script_declares(key: str, error: str) -> None:
+    """Issue 19: the router runs an object only of a class its script's deployment declares, whatever
+    reached it (the edge's egress check is the first line, this the second)."""
+    from pop_agent.do_router import DoRouter
+
+    router = DoRouter(("127.0.0.1", 9), lambda script: "v1" if script == "reg" else None,
+                      signer(PeerKeys.make(), "do-router/s"), lambda script: frozenset({"R"}), deadline_s=0.05)
+    answer = asyncio.run(router.handle(Request("POST", "/v1/do", {}, json.dumps({"key": key, "request": {}}).encode())))
+    assert answer.status in (400, 404) and json.loads(answer.body)["error"] == error
 
 
 class _Sent:

@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,12 @@ from typing import Any
 
 import pytest
 
+from core.peer_auth import PeerKeys, Signer
 from core.wait import wait_for
 from kv import master as kv_master
 from kv import replica as kv_replica
+from kv.client import KvClient
+from tests.unit.peers import auth_block, signer
 
 
 def free_port() -> int:
@@ -63,10 +67,22 @@ class Service:
         self.thread.join(10)
 
 
-def call(url: str, data: dict[str, Any] | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]] | None:
-    req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+KEYS = PeerKeys.make()
+#: The test speaks as a replica to the masters (as a peer master for /v1/replicate).
+AS_REPLICA, AS_MASTER = signer(KEYS, "kv-replica/tester"), signer(KEYS, "kv-master/tester")
+
+
+def call(url: str, data: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+         as_peer: Signer | None = None) -> tuple[int, dict[str, Any]] | None:
+    """One request, signed as ``as_peer`` (default: a replica; a peer master for /v1/replicate)."""
+    body = b"" if data is None else json.dumps(data).encode()
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    peer = as_peer or (AS_MASTER if parts.path == "/v1/replicate" else AS_REPLICA)
+    method = "GET" if data is None else "POST"
+    req = urllib.request.Request(url, data=None if data is None else body, method=method,
+                                 headers={"Content-Type": "application/json",
+                                          **peer.headers(method, parts.netloc, target, body), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -85,6 +101,7 @@ class Cluster:
         for n in names:
             cfg = {"node": n, "region": n[3:], "data_dir": str(root / n), "socket": str(root / f"{n}.sock"),
                    "listen": ["127.0.0.1", self.ports[n]],
+                   "auth": auth_block(KEYS, root / "keys" / f"{n}-", f"kv-master/{n}", ("kv-master", "kv-replica")),
                    "peers": [{"name": p, "address": "127.0.0.1", "port": self.ports[p]} for p in names if p != n]}
             self.masters[n] = Service(kv_master, cfg)
         na = {"name": "kv-na", "address": "127.0.0.1", "port": self.ports["kv-na"]}
@@ -93,17 +110,24 @@ class Cluster:
             "listen": ["127.0.0.1", self.ports["sjc-s1"]], "master": na, "stale_after_s": 1.0,
             "masters": [na, {"name": "kv-eu", "address": "127.0.0.1", "port": self.ports["kv-eu"]}],
             "metrics": str(root / "kv.prom"), "events": str(root / "kv-events.jsonl"),
-            "account_limits": {"kv_reads_per_s": 3, "kv_writes_per_s": 2}})
+            "account_limits": {"kv_reads_per_s": 3, "kv_writes_per_s": 2},
+            "auth": auth_block(KEYS, root / "keys" / "sjc-s1-", "kv-replica/sjc-s1")})
 
     def url(self, node: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[node]}{path}"
 
     def put(self, node: str, key: str, value: str, ns: str = "ns") -> dict[str, Any]:
+        """A put on a master as a replica would send it; on the replica as the operator (its socket)."""
+        if node == "sjc-s1":
+            return KvClient(self.root / "sjc-s1.sock").put(ns, key, value.encode())
         got = call(self.url(node, f"/v1/kv/{ns}/put"), {"key": key, "value": base64.b64encode(value.encode()).decode()})
         assert got is not None
         return got[1]
 
     def get(self, node: str, key: str, ns: str = "ns") -> dict[str, Any] | None:
+        if node == "sjc-s1":
+            reply = KvClient(self.root / "sjc-s1.sock").get(ns, key)
+            return None if reply is None else {**reply, "value": reply["value"].decode()}
         got = call(self.url(node, f"/v1/kv/{ns}/get"), {"key": key})
         if got is None or got[0] == 404:
             return None
@@ -204,7 +228,9 @@ def test_a_workers_account_is_limited_in_kv_reads_and_writes_per_second(cluster:
     reads = [status("get", "acme") for _ in range(4)]
     assert reads[:3] == [200] * 3 and reads[3] == 429  # reads have their own bucket
     assert status("put", "other") == 200  # another account is not affected
-    assert cluster.put("sjc-s1", "op", "x")["committed"]  # nor the operator (no account)
+    assert cluster.put("sjc-s1", "op", "x")["committed"]  # nor the operator (no account, on its socket)
+    got = call(cluster.url("sjc-s1", "/v1/kv/ns/get"), {"key": "k"})  # on 127.0.0.1 the account is required
+    assert got is not None and got[0] == 400 and "X-Anylab-Account is required" in got[1]["error"]
 
 
 def test_a_poisoned_hlc_is_refused_and_later_writes_commit(cluster: Cluster) -> None:
