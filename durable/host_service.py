@@ -177,7 +177,7 @@ class Host:
     async def check_sender(self, key: str, sender: tuple[str, str], epoch: int) -> web.Response | None:
         """Whether host ``sender`` may ship or seed ``key`` at ``epoch``: None if so, else the refusal.
         Epochs move forward only through the directory: one newer than the directory's placement (asked
-        again once) is refused (``epoch_not_issued``, counted); at the placement's epoch only its owner may
+        again once), or any for an object it has not placed, is refused (``epoch_not_issued``, counted); at the placement's epoch only its owner may
         send (``not_owner``); an older epoch is answered ``fenced`` by the store, as before."""
         role, region = sender
         if role == "operator":
@@ -187,7 +187,7 @@ class Host:
             await self.renew()
             placement = self.placements.get(key)
         current = placement[1] if placement else 0
-        if epoch > current:
+        if placement is None or epoch > current:  # not placed at all: no epoch of it was ever issued
             self.refused["epoch_not_issued"] += 1
             return web.json_response({"error": "epoch_not_issued", "epoch": current,
                                       "detail": f"the directory has {key} at epoch {current}, not {epoch}"},

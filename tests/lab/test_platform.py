@@ -175,3 +175,98 @@ def test_hostile_workers_get_their_documented_error_and_a_neighbour_keeps_answer
     server = lab.topo.pop(str(lab.catchment()["c1"]).split("|")[0]).servers[0]  # the one c1 reaches
     wait_for(lambda: json.loads((lab.node_dir(server) / "protect.json").read_text())["counters"]["egress_refused"]
              >= 1, timeout=5, what=f"{server}'s protect.json to count the refusal")
+
+
+#: Sends the requests of argv[1] (JSON: [name, address, port, method, target, body (base64), headers])
+#: from the node it runs in, in order, printing {name: [status, reason or error]}.
+RAW = """
+import base64, http.client, json, sys
+out = {}
+for name, address, port, method, target, body, headers in json.loads(sys.argv[1]):
+    c = http.client.HTTPConnection(address, port, timeout=5)
+    c.request(method, target, body=base64.b64decode(body), headers={"Content-Type": "application/json", **headers})
+    r = c.getresponse()
+    raw = r.read()
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = {}
+    out[name] = [r.status, answer.get("reason") or answer.get("error")]
+print(json.dumps(out))
+"""
+
+
+def test_every_internal_endpoint_refuses_what_its_peers_did_not_sign_and_keeps_serving(lab: Lab) -> None:
+    """Issue 19, from a PoP server's namespace (what a compromised server or a stray process there could
+    send): every internal endpoint of the KV master, the DO host and directory and the control plane's
+    PoP paths refuses a request without credentials, signed with another lab's keys, changed after it
+    was signed, or replayed — each counted by the service — and everything keeps serving afterwards."""
+    import base64
+
+    from core.peer_auth import PeerKeys, Signer, node_key, read_secret
+    from kv.client import KvClient
+    from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT
+
+    master, control = lab.topo.kv_masters[0], lab.topo.control
+    region = master.region
+
+    def key_of(node: str, file: str, peer: str) -> Signer:  # a real peer's own key, read as root
+        return Signer(peer, read_secret(lab.node_dir(node) / file))
+
+    server = lab.topo.pops[0].servers[0]
+    replica = key_of(server, "kv-replica-peer-kv-replica.key", f"kv-replica/{server}")
+    endpoints = [  # (service, address, port, method, target, body, a peer that may call it)
+        ("kv replicate", str(master.address), master.port, "POST", "/v1/replicate", {"ns": "t", "entries": []},
+         key_of(master.name, "kv-master-peer-kv-master.key", f"kv-master/{master.name}")),
+        ("kv changes", str(master.address), master.port, "GET", "/v1/changes?since=%7B%7D&wait=0", None, replica),
+        ("kv put", str(master.address), master.port, "POST", "/v1/kv/t/put", {"key": "probe", "value": ""}, replica),
+        ("do call", str(master.address), DO_HOST_PORT, "POST", "/v1/call", {"key": "x"},
+         key_of(server, "edge-peer-do-router.key", f"do-router/{server}")),
+        ("do install", str(master.address), DO_HOST_PORT, "POST", "/v1/install",
+         {"key": "t/C/x", "snapshot": {"seq": 9, "epoch": 1000, "data": {}}},
+         key_of(master.name, "do-host-peer-do-host.key", f"do-host/{region}")),
+        ("do replicate", str(master.address), DO_HOST_PORT, "POST", "/v1/replicate", {"key": "t/C/x", "entries": []},
+         key_of(master.name, "do-host-peer-do-host.key", f"do-host/{region}")),
+        ("do lease", str(control.address), DO_DIRECTORY_PORT, "POST", "/v1/lease", {"region": region, "objects": {}},
+         key_of(master.name, "do-host-peer-do-host.key", f"do-host/{region}")),
+        ("do where", str(control.address), DO_DIRECTORY_PORT, "GET", "/v1/where", None,
+         key_of(server, "edge-peer-do-router.key", f"do-router/{server}")),
+        ("cp artifact", str(control.address), control.port, "GET", "/v1/artifacts/0123456789ab", None,
+         key_of(server, "edge-peer-pop.key", f"pop/{server}")),
+    ]
+    other_lab = PeerKeys.make()
+    requests = []
+    for name, address, port, method, target, payload, peer in endpoints:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        authority = f"{address}:{port}"
+        role, node = peer.peer.split("/", 1)
+        stranger = Signer(peer.peer, node_key(other_lab.secrets[role], node))  # the same name, another lab
+        good = peer.headers(method, authority, target, body)
+        changed = body + b" " if body else b"{}"
+        for case, sent, headers in (("unsigned", body, {}),
+                                    ("other lab", body, stranger.headers(method, authority, target, body)),
+                                    ("changed", changed, peer.headers(method, authority, target, body)),
+                                    ("first", body, good), ("replayed", body, good)):
+            requests.append([f"{name}: {case}", address, port, method, target,
+                             base64.b64encode(sent).decode(), headers])
+    got = json.loads(in_node(lab, server, RAW, json.dumps(requests), timeout=60))
+    expect_reason = {"unsigned": "missing", "other lab": "bad_signature", "changed": "bad_signature",
+                     "replayed": "replayed"}
+    for name, *_ in endpoints:
+        for case, reason in expect_reason.items():
+            status, why = got[f"{name}: {case}"]
+            if name == "cp artifact" and case == "unsigned":  # no peer header: taken as the operator's, no token
+                assert status == 401, (name, case, got)
+                continue
+            assert (status, why) == (401, reason), (name, case, got[f"{name}: {case}"])
+        assert got[f"{name}: first"][0] != 401, (name, got[f"{name}: first"])  # a peer's own request is taken
+    # Counted by each service, and each keeps serving.
+    master_status = KvClient(lab.node_dir(master.name) / "kv.sock").status()
+    assert master_status["auth_refused"]["missing"] >= 3 and master_status["auth_refused"]["replayed"] >= 3
+    assert lab.do_host(region)["auth_refused"]["bad_signature"] >= 6
+    assert lab.do_directory()["auth_refused"]["replayed"] >= 2
+    assert lab.control_plane_api().call("GET", "/v1/status")["auth_refused"]["bad_signature"] >= 2
+    assert KvClient(lab.node_dir(master.name) / "kv.sock").put("t", "after", b"ok")["committed"]
+    deploy(lab, "after-the-corpus")
+    assert get(lab) == (200, "after-the-corpus")
+    assert lab.wait_do_leases(timeout=10)
