@@ -177,8 +177,9 @@ class Host:
     async def check_sender(self, key: str, sender: tuple[str, str], epoch: int) -> web.Response | None:
         """Whether host ``sender`` may ship or seed ``key`` at ``epoch``: None if so, else the refusal.
         Epochs move forward only through the directory: one newer than the directory's placement (asked
-        again once), or any for an object it has not placed, is refused (``epoch_not_issued``, counted); at the placement's epoch only its owner may
-        send (``not_owner``); an older epoch is answered ``fenced`` by the store, as before."""
+        again once), or any for an object it has not placed, is refused (``epoch_not_issued``, counted);
+        at the placement's epoch only its owner may send (``not_owner``); an older epoch is answered
+        ``fenced`` by the store, as before."""
         role, region = sender
         if role == "operator":
             return None

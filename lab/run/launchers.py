@@ -137,7 +137,8 @@ class PythonService(Daemon):
 
 class ControlPlane(PythonService):
     """``control_plane.server`` on the control node: the deploy API for the PoPs (lab network) and the
-    operator (``api.sock`` in its directory), with an admin and a PoP token made for this lab."""
+    operator (``api.sock`` in its directory), with an admin token made for this lab (the PoPs and DO
+    hosts sign their requests instead)."""
 
     name = "control-plane"
     module = "control_plane.server"
