@@ -6,13 +6,14 @@ this region owns and keeps the copies of those it backs up.
   owns, at that epoch. A call carrying a newer epoch makes it renew at once (a promotion it has not
   heard of yet).
 - **Owner**: an object's code is the deployment's (fetched from the control plane by version, like a PoP
-  does); events go through :class:`durable.runtime.ObjectHost` (input and output gates). The output gate
-  ships the object's new log entries to its backup (``/v1/replicate``); a backup that has another
-  epoch's history or a gap gets a snapshot first (``/v1/install``). ``sync``: the answer waits for the
-  backup (retrying for ``ship_deadline_s``, following the directory when it names a new backup);
-  ``async``: it does not (the lag is measured). When the directory names a new backup, it is seeded with
-  a snapshot at once; every ``snapshot_s`` the backup gets a fresh snapshot and the log before it is
-  dropped.
+  does), run in a sandboxed isolate of the object's own (:class:`durable.runtime.IsolatedClass`: the
+  deployment's uid, no network, no file of the host; its storage calls come back here) — the host never runs
+  tenant code itself; events go through :class:`durable.runtime.ObjectHost` (input and output gates). The
+  output gate ships the object's new log entries to its backup (``/v1/replicate``); a backup that has
+  another epoch's history or a gap gets a snapshot first (``/v1/install``). ``sync``: the answer waits for
+  the backup (retrying for ``ship_deadline_s``, following the directory when it names a new backup);
+  ``async``: it does not (the lag is measured). When the directory names a new backup, it is seeded with a
+  snapshot at once; every ``snapshot_s`` the backup gets a fresh snapshot and the log before it is dropped.
 - **Promotion**: when the directory's answer makes this region the owner at a new epoch, the local copy
   (kept current by the shipped log: a hot standby, so there is no log left to replay) is fenced at the
   new epoch and served from then on. **Fencing**: a copy this host owned before and no longer owns is
@@ -35,9 +36,11 @@ Decisions are JSON lines in ``events`` (CLOCK_MONOTONIC ``time``): ``promote``, 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -52,10 +55,10 @@ from core.errors import AnylabError
 from core.peer_auth import Signer, Verifier
 from core.service import PEER, peer_middleware, run_service, service_main, signed_call
 from core.stats import quantile
-from durable.runtime import ObjectHost
+from durable.runtime import IsolatedClass, ObjectHost
 from durable.storage import Fenced, ObjectStore
-from tenant.isolate import Limits, check_code
-from tenant.worker_api import Env, Request, Response
+from tenant.isolate import DeployError, Isolate, IsolateSpawner, Limits, check_code
+from tenant.worker_api import Request
 
 SHIP_TIMEOUT_S = 0.5
 #: The largest request a host takes (413 beyond): a snapshot of one object, with room.
@@ -96,7 +99,10 @@ def key_parts(key: str) -> tuple[str, str, str]:
 class Host:
     """One region's DO host; all on one event loop."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], spawner: IsolateSpawner | None = None) -> None:
+        #: Where the objects' code runs: a sandboxed isolate per object (tenant.isolate); None: nowhere —
+        #: a host without one refuses every call (the host never runs tenant code itself).
+        self.spawner = spawner
         self.region = str(cfg["region"])
         self.data_dir = Path(cfg["data_dir"])
         (self.data_dir / "objects").mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,9 @@ class Host:
     async def close(self) -> None:
         for task in list(self.tasks):
             task.cancel()
+        for _version, runtime in self.runtimes.values():
+            for object_id in list(runtime.objects):
+                runtime.drop(object_id)  # kills its isolate
         if self.session is not None:
             await self.session.close()
         for store in self.stores.values():
@@ -333,13 +342,26 @@ class Host:
             artifact = self.code[version] = await self._fetch_code(version)
         if artifact.get("name") != script:
             raise Refused(400, "bad_version", True, detail=f"version {version} is not a version of {script}")
-        namespace: dict[str, Any] = {"__name__": "durable_object", "Response": Response}
-        exec(check_code(artifact["code"], Limits()), namespace)
-        cls = namespace.get(cls_name)
-        if not isinstance(cls, type):
+        code, spawner = str(artifact["code"]), self.spawner
+        try:
+            limits = Limits(**(artifact.get("limits") or {}))
+            tree = ast.parse(check_code(code, limits) and code)  # compiled and read, never run here
+        except (DeployError, TypeError, SyntaxError) as exc:
+            raise Refused(400, "load_error", True, detail=str(exc)) from None
+        if not any(isinstance(n, ast.ClassDef) and n.name == cls_name for n in tree.body):
             raise Refused(400, "no_such_class", True, detail=f"{script} {version} defines no class {cls_name}")
+        if spawner is None:
+            raise Refused(503, "no_isolates", True, detail="this host runs no isolates")
         bindings = {k: v for k, v in artifact.get("bindings", {}).items() if not isinstance(v, dict)}
-        host = ObjectHost(self.store, cls, Env(bindings, 50), lambda k: self.owned[k], self.ship, self.mode)
+
+        async def spawn() -> Isolate:
+            t0 = monotonic()
+            isolate = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: spawner.spawn(code, bindings, limits, tenant=script, do_class=cls_name))
+            self._event({"event": "isolate", "class": f"{script}/{cls_name}", "spawn_s": round(monotonic() - t0, 6)})
+            return isolate
+
+        host = ObjectHost(self.store, IsolatedClass(spawn), None, lambda k: self.owned[k], self.ship, self.mode)
         self.runtimes[(script, cls_name)] = (version, host)
         return host
 
@@ -383,6 +405,8 @@ class Host:
             raise Refused(409, "fenced", True, detail=str(exc)) from None
         except ShipError as exc:
             raise Refused(503, "backup_unreachable", False, detail=str(exc)) from None
+        except DeployError as exc:  # no isolate could be made for it: nothing ran
+            raise Refused(400, "load_error", True, detail=str(exc)) from None
         except Exception as exc:  # the object's own code failed; what it wrote before stays
             raise Refused(500, "object_error", False, detail=f"{type(exc).__name__}: {exc}") from None
         if not wrote and not self.lease_ok():
@@ -470,12 +494,23 @@ def make_app(host: Host) -> web.Application:
     return app
 
 
-async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
-    """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
-    host = Host(cfg)
+async def serve(cfg: dict[str, Any], handle_signals: bool = True, spawner: IsolateSpawner | None = None) -> None:
+    """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``), the objects in ``spawner``'s
+    isolates."""
+    host = Host(cfg, spawner)
     host.open()
     await run_service(make_app(host), cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
 
 
+def main() -> None:
+    """The objects' isolates come from a spawner forked before any event loop or thread exists."""
+    spawner = IsolateSpawner(sandboxed=True)
+    spawner.start()
+    try:
+        service_main(functools.partial(serve, spawner=spawner), __doc__ or "")
+    finally:
+        spawner.stop()
+
+
 if __name__ == "__main__":
-    service_main(serve, __doc__ or "")
+    main()

@@ -10,6 +10,9 @@ Object code has the Workers shape::
 
 ``state.storage`` is the object's :class:`~durable.storage.ObjectStore` seen at the owner's epoch
 (``get/put/delete/list``, ``transaction()``), plus ``set_alarm(at)``/``get_alarm()``/``delete_alarm()``.
+On a host the class runs in a sandboxed isolate per object (:class:`IsolatedClass`); there the storage is
+:class:`tenant.isolate.ObjectStorage`, every call made by the host, and ``transaction()`` is ``async with``
+(``await tx.get``). A plain class (the unit tests of the gates) runs in-process.
 
 - **Input gate**: an object handles one event (a fetch or its alarm) at a time, in arrival order.
 - **Output gate**: after the event, what it wrote is shipped to the backup by ``ship`` (the host's
@@ -29,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from core.clock import monotonic
-from durable.storage import ObjectStore
+from durable.storage import Fenced, ObjectStore
+from tenant.isolate import Isolate, StorageRefused
 from tenant.worker_api import Request, Response, to_response
 
 Ship = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
@@ -87,7 +91,7 @@ class Live:
 class ObjectHost:
     """The objects one node owns. ``cls`` is the object class from the deployment's code."""
 
-    def __init__(self, open_store: Callable[[str], ObjectStore] | Path, cls: type, env: Any,
+    def __init__(self, open_store: Callable[[str], ObjectStore] | Path, cls: Callable[[State, Any], Any], env: Any,
                  epoch_of: Callable[[str], int], ship: Ship, mode: str = "sync") -> None:
         if mode not in ("sync", "async"):
             raise ValueError(f"mode {mode!r}: sync or async")
@@ -125,8 +129,11 @@ class ObjectHost:
 
     def drop(self, object_id: str) -> None:
         """Forget the object's instance (its owner or epoch changed): the next event makes a new one at
-        the epoch ``epoch_of`` says; its alarm is cancelled."""
-        self.objects.pop(object_id, None)
+        the epoch ``epoch_of`` says; its alarm is cancelled (and an isolated object's isolate killed)."""
+        live = self.objects.pop(object_id, None)
+        close = getattr(live.instance, "close", None) if live is not None else None
+        if close is not None:
+            close()
         task = self._alarm_tasks.pop(object_id, None)
         if task is not None:
             task.cancel()
@@ -188,3 +195,90 @@ class ObjectHost:
                 self.alarms.setdefault(object_id, at)
                 await asyncio.sleep(delay)  # the retry backoff
                 delay *= 2
+
+
+class ObjectFailed(Exception):
+    """The object's code failed in its isolate (its error code and detail): what it wrote stays."""
+
+
+class IsolatedClass:
+    """A Durable Object class whose objects each run in a sandboxed isolate of their own
+    (:class:`tenant.isolate.IsolateSpawner`, ``do_class``): called like the class, ``(state, env)``, it
+    makes an :class:`IsolatedObject`. The host never runs the class's code itself."""
+
+    def __init__(self, spawn: Callable[[], Awaitable[Isolate]]) -> None:
+        self.spawn = spawn
+
+    def __call__(self, state: State, env: Any) -> IsolatedObject:
+        return IsolatedObject(self.spawn, state)
+
+
+class IsolatedObject:
+    """One Durable Object in its isolate: events go to the isolate, its storage calls come back here and
+    are made on ``state.storage`` (the owner's store at its epoch). An isolate that died (a limit, a
+    crash) is replaced at the next event; the object's in-memory fields go with it, its storage stays."""
+
+    def __init__(self, spawn: Callable[[], Awaitable[Isolate]], state: State) -> None:
+        self.spawn, self.state = spawn, state
+        self.isolate: Isolate | None = None
+        self.fenced: Fenced | None = None
+
+    async def _event(self, request: Request, alarm: bool) -> Response:
+        """Raises Fenced (a write was refused: this host no longer owns the object), ObjectFailed, and
+        DeployError when no isolate could be made."""
+        if self.isolate is None or self.isolate.dead:
+            self.isolate = await self.spawn()
+            self.isolate.on_store = self._store
+        self.fenced = None
+        result = await self.isolate.acall(request, {"id": self.state.id, **({"alarm": True} if alarm else {})})
+        if self.fenced is not None:
+            raise self.fenced
+        if result.error is not None:
+            raise ObjectFailed(f"{result.error}: {result.response.body[:300].decode(errors='replace')}")
+        return result.response
+
+    async def fetch(self, request: Request) -> Response:
+        return await self._event(request, False)
+
+    async def alarm(self) -> None:
+        await self._event(Request("POST", "/alarm", {}, b""), True)
+
+    def close(self) -> None:
+        if self.isolate is not None:
+            self.isolate.kill()
+
+    async def _store(self, call: dict[str, Any]) -> Any:
+        """One storage call of the object's code (:class:`tenant.isolate.ObjectStorage`); raises
+        StorageRefused with the reason the code is told."""
+        storage, op = self.state.storage, call.get("op")
+        try:
+            if op == "get":
+                return await storage.get(str(call["key"]))
+            if op == "put":
+                await storage.put(str(call["key"]), call.get("value"))
+                return None
+            if op == "delete":
+                await storage.delete(str(call["key"]))
+                return None
+            if op == "list":
+                return await storage.list(str(call.get("prefix", "")))
+            if op == "commit":
+                with storage.transaction() as tx:
+                    for kind, key, value in call["ops"]:
+                        if kind == "put":
+                            tx.put(str(key), value)
+                        else:
+                            tx.delete(str(key))
+                return None
+            if op == "set_alarm":
+                at = call.get("at")
+                await (storage.delete_alarm() if at is None else storage.set_alarm(float(at)))
+                return None
+            if op == "get_alarm":
+                return await storage.get_alarm()
+        except Fenced as exc:
+            self.fenced = exc
+            raise StorageRefused("fenced: this host no longer owns the object") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageRefused(f"bad storage call: {exc!r}") from None
+        raise StorageRefused(f"unknown storage operation {op!r}")

@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -55,6 +55,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: The largest frame header the supervisor takes from an isolate (a request's or answer's JSON head).
 MAX_HEADER = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
+#: Makes one storage operation of a Durable Object's isolate (its frame's fields) and returns the value;
+#: raises StorageRefused with the reason the isolate is told.
+Store = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class StorageRefused(Exception):
+    """A storage operation the host will not make (the reason goes back to the isolate)."""
 
 
 @dataclass(frozen=True)
@@ -118,15 +125,20 @@ def _vm_size(pid: int | str = "self") -> int:
 
 def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limits: Limits,
                  loop: asyncio.AbstractEventLoop, vm_size: Callable[[], int] = _vm_size,
-                 through_edge: bool = False) -> None:
+                 through_edge: bool = False, do_class: str | None = None) -> None:
     """Run in the forked child: load the code, get ready to serve, report, then serve until the socket
     closes. ``vm_size`` reads the process's size (a sandboxed isolate has no /proc of its own); with
-    ``through_edge`` (a sandboxed isolate: no network of its own) every subrequest goes to the edge."""
+    ``through_edge`` (a sandboxed isolate: no network of its own) every subrequest goes to the edge. With
+    ``do_class`` the isolate runs one Durable Object of that class (:class:`ObjectState`) instead of the
+    deployment's ``fetch``."""
     try:
-        namespace: dict[str, Any] = {"__name__": "worker", "Response": Response}
+        namespace: dict[str, Any] = {"__name__": "worker" if do_class is None else "durable_object",
+                                     "Response": Response}
         exec(check_code(code, limits), namespace)
-        handler = namespace.get("fetch")
-        if not asyncio.iscoroutinefunction(handler):
+        handler = namespace.get("fetch") if do_class is None else namespace.get(do_class)
+        if do_class is not None and not isinstance(handler, type):
+            raise DeployError(f"the code defines no class {do_class} (no_such_class)")
+        if do_class is None and not asyncio.iscoroutinefunction(handler):
             raise DeployError("the code defines no 'async def fetch(request, env, ctx)' (load_error)")
     except DeployError as exc:
         send_msg(sock, {"ok": False, "error": str(exc)})
@@ -137,7 +149,7 @@ def isolate_main(sock: socket.socket, code: str, bindings: dict[str, Any], limit
     budget = vm_size() + limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
     sock.setblocking(False)
-    serving = _Serve(handler, Env(bindings, limits.subrequests), limits)
+    serving = _Serve(handler, Env(bindings, limits.subrequests), limits, do_class is not None)
     if through_edge:
         set_outbound(serving.subrequest)
     loop.run_until_complete(loop.create_unix_connection(lambda: serving, sock=sock))
@@ -149,8 +161,11 @@ class _Serve(asyncio.Protocol):
     """The isolate's side of its socket: one event loop for the isolate's life, a task per request
     (a loop per request, as ``run_until_complete`` makes, costs more than the handler)."""
 
-    def __init__(self, handler: Any, env: Env, limits: Limits) -> None:
+    def __init__(self, handler: Any, env: Env, limits: Limits, durable: bool = False) -> None:
         self.handler, self.env, self.limits = handler, env, limits
+        #: A Durable Object's isolate: ``handler`` is its class, ``instance`` the object once made.
+        self.durable = durable
+        self.instance: Any = None
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.background: set[asyncio.Future[Any]] = set()
@@ -173,8 +188,8 @@ class _Serve(asyncio.Protocol):
             header = json.loads(bytes(self.buf[8:8 + hlen]))
             body = bytes(self.buf[8 + hlen:8 + hlen + blen])
             del self.buf[:8 + hlen + blen]
-            if "sub_reply" in header:  # the edge's answer to one of this isolate's subrequests
-                waiting = self.pending.pop(int(header["sub_reply"]), None)
+            if "sub_reply" in header or "store_reply" in header:  # an answer to this isolate's own request
+                waiting = self.pending.pop(int(header.get("sub_reply", header.get("store_reply", 0))), None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result((header, body))
                 continue
@@ -214,13 +229,37 @@ class _Serve(asyncio.Protocol):
             raise ConnectionResetError(detail)
         return int(reply["status"]), dict(reply.get("headers") or {}), data
 
+    async def store(self, op: str, **args: Any) -> Any:
+        """One storage operation of this isolate's Durable Object, made by its host; raises StorageError
+        with the host's reason (``fenced``: this host no longer owns the object)."""
+        self.numbered += 1
+        number = self.numbered
+        waiting = asyncio.get_running_loop().create_future()
+        self.pending[number] = waiting
+        self.send({"store": number, "op": op, **args})
+        try:
+            reply, _data = await waiting
+        finally:
+            self.pending.pop(number, None)
+        if reply.get("error"):
+            raise StorageError(str(reply["error"]))
+        return reply.get("value")
+
     async def serve(self, header: dict[str, Any], body: bytes) -> None:
         t_start = monotonic()
         self.env.reset()
         ctx = Ctx()
         req = Request(header["method"], header["url"], header.get("headers", {}), body)
         try:
-            resp = to_response(await self.handler(req, self.env, ctx))
+            if self.durable:
+                if self.instance is None:
+                    do = dict(header.get("do") or {})
+                    self.instance = self.handler(ObjectState(str(do.get("id", "")), ObjectStorage(self)), self.env)
+                result = await (self.instance.alarm() if (header.get("do") or {}).get("alarm")
+                                else self.instance.fetch(req))
+                resp = to_response("" if result is None else result)
+            else:
+                resp = to_response(await self.handler(req, self.env, ctx))
             extra = {"breakers": self.env.breaker_report()} if self.env.protection.breakers else {}
             self.send({"ok": True, **resp.as_dict(), "t_handler": t_start, **extra}, resp.body)
         except MemoryError:
@@ -236,6 +275,82 @@ class _Serve(asyncio.Protocol):
             task = asyncio.ensure_future(asyncio.wait(ctx.pending, timeout=self.limits.wall_s))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
+
+
+class StorageError(Exception):
+    """A Durable Object's storage operation its host refused (``fenced``: no longer the owner)."""
+
+
+class ObjectStorage:
+    """``state.storage`` of a Durable Object in its isolate: every operation is made by the object's host
+    (its SQLite store at the owner's epoch) over the isolate's channel."""
+
+    def __init__(self, serve: _Serve) -> None:
+        self._serve = serve
+
+    async def get(self, key: str) -> Any:
+        return await self._serve.store("get", key=str(key))
+
+    async def put(self, key: str, value: Any) -> None:
+        json.dumps(value)  # refuse here what cannot be stored
+        await self._serve.store("put", key=str(key), value=value)
+
+    async def delete(self, key: str) -> None:
+        await self._serve.store("delete", key=str(key))
+
+    async def list(self, prefix: str = "") -> dict[str, Any]:
+        return dict(await self._serve.store("list", prefix=str(prefix)) or {})
+
+    def transaction(self) -> ObjectTransaction:
+        """``async with storage.transaction() as tx``: ``await tx.get``, ``tx.put``, ``tx.delete``, all
+        committed at once when the block ends without an exception (nothing, otherwise)."""
+        return ObjectTransaction(self)
+
+    async def set_alarm(self, at_monotonic: float) -> None:
+        await self._serve.store("set_alarm", at=float(at_monotonic))
+
+    async def get_alarm(self) -> float | None:
+        at = await self._serve.store("get_alarm")
+        return None if at is None else float(at)
+
+    async def delete_alarm(self) -> None:
+        await self._serve.store("set_alarm", at=None)
+
+
+class ObjectTransaction:
+    """Writes collected inside ``storage.transaction()``; reads see them."""
+
+    def __init__(self, storage: ObjectStorage) -> None:
+        self.storage = storage
+        self.ops: list[tuple[str, str, Any]] = []
+
+    async def __aenter__(self) -> ObjectTransaction:
+        return self
+
+    async def __aexit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if et is None and self.ops:
+            await self.storage._serve.store("commit", ops=self.ops)
+
+    async def get(self, key: str) -> Any:
+        for op, k, v in reversed(self.ops):
+            if k == key:
+                return v if op == "put" else None
+        return await self.storage.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        json.dumps(value)
+        self.ops.append(("put", str(key), value))
+
+    def delete(self, key: str) -> None:
+        self.ops.append(("delete", str(key), None))
+
+
+@dataclass
+class ObjectState:
+    """``state`` of a Durable Object: its id and storage."""
+
+    id: str
+    storage: ObjectStorage
 
 
 _WARM_UP = "async def fetch(request, env, ctx):\n    return Response('warm', 200, {'a': 'b'})\n"
@@ -279,7 +394,8 @@ def spare_main(sock: socket.socket, sandboxed: bool) -> None:
         send_msg(sock, {"ok": False, "error": f"{failed} (sandbox_error)"})
         return
     isolate_main(sock, code.decode(), header["bindings"], Limits(**header["limits"]), loop,
-                 prepared.vm_size if prepared is not None else _vm_size, through_edge=prepared is not None)
+                 prepared.vm_size if prepared is not None else _vm_size, through_edge=prepared is not None,
+                 do_class=header.get("do_class"))
 
 
 # -- the spawner -----------------------------------------------------------------------------------
@@ -341,13 +457,16 @@ class IsolateSpawner:
             sock.close()
             spare = cls._fork_spare(ctrl, sandboxed)  # after the answer: off the request's path
 
-    def spawn(self, code: str, bindings: dict[str, Any], limits: Limits, tenant: str = "anonymous") -> Isolate:
-        """A new isolate running ``code`` as ``tenant`` (the deployment: its uid in the sandbox); raises
-        DeployError if the code cannot load or the sandbox cannot be made."""
+    def spawn(self, code: str, bindings: dict[str, Any], limits: Limits, tenant: str = "anonymous",
+              do_class: str | None = None) -> Isolate:
+        """A new isolate running ``code`` as ``tenant`` (the deployment: its uid in the sandbox) — its
+        ``fetch``, or with ``do_class`` one Durable Object of that class; raises DeployError if the code
+        cannot load or the sandbox cannot be made."""
         if self.ctrl is None:
             raise AnylabError("the spawner is not running")
         with self.lock:
-            send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__, "tenant": tenant}, code.encode())
+            send_msg(self.ctrl, {"bindings": bindings, "limits": limits.__dict__, "tenant": tenant,
+                                 "do_class": do_class}, code.encode())
             msg, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1024, 1)
         sock = socket.socket(fileno=fds[0])
         pid = int(json.loads(msg)["pid"])
@@ -392,8 +511,9 @@ class _Channel(asyncio.Protocol):
     """The supervisor's end of an isolate's socket: the answer to the pending request, and the isolate's
     subrequests, which it makes for it when ``egress`` allows them (refused otherwise, and counted)."""
 
-    def __init__(self, egress: Egress | None, limits: Limits, on_refused: Callable[[], None] | None = None) -> None:
-        self.on_refused = on_refused
+    def __init__(self, egress: Egress | None, limits: Limits, on_refused: Callable[[], None] | None = None,
+                 on_store: Store | None = None) -> None:
+        self.on_refused, self.on_store = on_refused, on_store
         self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
         self.transport: asyncio.Transport | None = None
@@ -435,6 +555,10 @@ class _Channel(asyncio.Protocol):
                 task = asyncio.ensure_future(self._subrequest(header, body))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+            elif isinstance(header, dict) and "store" in header:
+                task = asyncio.ensure_future(self._store(header))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
             elif self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result((header, body))
 
@@ -447,6 +571,19 @@ class _Channel(asyncio.Protocol):
         if self.on_refused is not None:
             self.on_refused()
         self._reply({"sub_reply": number, "error": "refused", "detail": why})
+
+    async def _store(self, header: dict[str, Any]) -> None:
+        """A Durable Object's storage operation, made by ``on_store`` (none: refused)."""
+        number = header.get("store")
+        try:
+            value = None if self.on_store is None else await self.on_store(header)
+        except StorageRefused as exc:
+            self._reply({"store_reply": number, "error": str(exc)})
+            return
+        if self.on_store is None:
+            self._reply({"store_reply": number, "error": "this isolate has no storage"})
+            return
+        self._reply({"store_reply": number, "value": value})
 
     async def _subrequest(self, sub: dict[str, Any], body: bytes) -> None:
         number = sub.get("sub")
@@ -501,6 +638,8 @@ class Isolate:
         #: ``on_refused`` is called for each one refused (the edge counts them).
         self.egress: Egress | None = None
         self.on_refused: Callable[[], None] | None = None
+        #: A Durable Object's isolate: makes its storage operations (the host sets it).
+        self.on_store: Store | None = None
         self.dead = False
         self.verdict: str | None = None
         self.detail = ""
@@ -563,14 +702,15 @@ class Isolate:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
-    async def acall(self, req: Request) -> Result:
-        """Serve one request within the limits; never raises for what the worker does."""
+    async def acall(self, req: Request, do: dict[str, Any] | None = None) -> Result:
+        """Serve one request within the limits (``do``: the Durable Object event, ``{id, alarm?}``); never
+        raises for what the worker does."""
         if self.dead:
             return self._fail("isolate_crashed", 503, "this isolate is gone")
         loop = asyncio.get_running_loop()
         if self._channel is None:
             _t, self._channel = await loop.create_unix_connection(
-                lambda: _Channel(self.egress, self.limits, self.on_refused), sock=self.sock)
+                lambda: _Channel(self.egress, self.limits, self.on_refused, self.on_store), sock=self.sock)
         channel = self._channel
         t0 = monotonic()
         try:
@@ -584,7 +724,8 @@ class Isolate:
                 raise EOFError("isolate closed its socket")
             channel.waiter = loop.create_future()
             channel.subrequests = 0
-            head = json.dumps({"method": req.method, "url": req.url, "headers": dict(req.headers)}).encode()
+            head = json.dumps({"method": req.method, "url": req.url, "headers": dict(req.headers),
+                               **({"do": do} if do is not None else {})}).encode()
             channel.transport.write(struct.pack("!II", len(head), len(req.body)) + head + req.body)
             header, body = await channel.waiter
         except (EOFError, OSError, ValueError):

@@ -7,9 +7,11 @@ import asyncio
 import json
 import random
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from core.clock import monotonic
@@ -23,13 +25,56 @@ from durable.linearizability import check
 from durable.storage import Fenced
 from pop_agent.do_router import DoRouter
 from pop_agent.edge import HttpProtocol
+from tenant.isolate import IsolateSpawner
 from tenant.worker_api import DurableObjectNamespace, Request, Response
 from tests.unit.peers import auth_block, signer
 
 KEYS = PeerKeys.make()
+#: Where the hosts run the objects' code: the sandboxed spawner of this module (tests.unit.conftest).
+SPAWNERS: list[IsolateSpawner] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _isolates(spawner: IsolateSpawner) -> Iterator[None]:
+    SPAWNERS.append(spawner)
+    yield
+    SPAWNERS.clear()
 
 CODE = (Path(__file__).parents[2] / "examples" / "do_register.py").read_text()
 LEASE_S, RENEW_S, MARGIN_S = 0.4, 0.05, 0.1
+#: A hostile Durable Object class: what its code can reach from its host.
+SNOOP = """
+
+class Snoop:
+    def __init__(self, state, env):
+        self.storage = state.storage
+
+    async def fetch(self, request):
+        import json, os, socket
+        out = {}
+        for path in json.loads(request.body)["paths"]:
+            try:
+                open(path, "rb").read()
+                out[path] = "read"
+            except OSError as exc:
+                out[path] = type(exc).__name__
+        try:
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            out["raw socket"] = "opened"
+        except OSError as exc:
+            out["raw socket"] = type(exc).__name__
+        try:
+            os.kill(1, 0)
+            out["signal"] = "sent"
+        except OSError as exc:
+            out["signal"] = type(exc).__name__
+        out["uid"] = os.getuid()
+        await self.storage.put("n", (await self.storage.get("n") or 0) + 1)
+        async with self.storage.transaction() as tx:
+            tx.put("m", await tx.get("n"))
+        out["stored"] = [await self.storage.get("n"), await self.storage.get("m")]
+        return json.dumps(out)
+"""
 
 
 def free_port() -> int:
@@ -73,7 +118,8 @@ class Cluster:
         for r in self.regions:
             await self.start_host(r)
         router = self.router = DoRouter(("127.0.0.1", self.dport), lambda script: "v1",
-                                        signer(KEYS, "do-router/pop-s1"), lambda script: frozenset({"Register"}))
+                                        signer(KEYS, "do-router/pop-s1"),
+                                        lambda script: frozenset({"Register", "Snoop"}))
         self.router_server = await asyncio.get_running_loop().create_server(
             lambda: HttpProtocol(router), "127.0.0.1", self.rport)
 
@@ -83,9 +129,9 @@ class Cluster:
                      "auth": auth_block(KEYS, self.tmp / "keys" / f"{r}-", f"do-host/{r}", ("do-router", "do-host")),
                      "control": ["127.0.0.1", 9], "mode": self.mode, "renew_s": RENEW_S,
                      "snapshot_s": self.snapshot_s,
-                     "events": str(self.tmp / f"{r}-events.jsonl")})
+                     "events": str(self.tmp / f"{r}-events.jsonl")}, SPAWNERS[0])
         host.open()
-        host.code["v1"] = {"name": "reg", "code": CODE}
+        host.code["v1"] = {"name": "reg", "code": CODE + SNOOP}
         self.hosts[r] = host
         await self._site(r, host_app(host), self.ports[r])
         self.tasks[r] = [asyncio.create_task(host.keep_lease()), asyncio.create_task(host.snapshots())]
@@ -95,6 +141,9 @@ class Cluster:
         for t in self.tasks.pop(r):
             t.cancel()
         await self.runners.pop(r).cleanup()
+        for _version, runtime in self.hosts[r].runtimes.values():  # its isolates die with it (PDEATHSIG)
+            for object_id in list(runtime.objects):
+                runtime.drop(object_id)
 
     def partition(self, r: str) -> None:
         """Cut the host off from the directory only: PoPs and peers still reach it."""
@@ -385,3 +434,27 @@ def test_the_do_services_take_only_their_peers_and_epochs_only_from_the_director
     assert refused["missing"] == 1 and refused["bad_signature"] == 2 and refused["not_allowed"] == 1
     assert backup_status["refused"] == {"epoch_not_issued": 1, "not_owner": 2}
     assert listing["auth_refused"]["replayed"] == 1 and listing["refused"]["other_region"] == 1
+
+
+def test_a_durable_objects_code_runs_in_a_sandbox_of_its_own(tmp_path: Path) -> None:
+    """Issue 19: an object's class runs in a sandboxed isolate, not in its host: it cannot read the host's
+    files (another object's database, the directory's state, a secret beside them), open a raw socket or
+    signal a process outside, runs as its deployment's uid, and still has its storage (through the host,
+    transactions too); a neighbour object keeps answering."""
+    secret = tmp_path / "secret.key"
+    secret.write_text("do not read")
+
+    async def scenario(c: Cluster) -> tuple[dict[str, Any], dict[str, Any]]:
+        assert (await c.op("x", "write", 7, hint="a"))["owner"] == "a"
+        snoop = DurableObjectNamespace("reg", "Snoop", c.rport)
+        stub = snoop.get(snoop.id_from_name("s"), location_hint="a")
+        paths = [str(secret), str(tmp_path / "directory.json"), "/etc/shadow",
+                 str(next((tmp_path / "a" / "objects").glob("*.db")))]
+        answer = await stub.fetch(Request("POST", "/", {}, json.dumps({"paths": paths}).encode()))
+        return json.loads(answer.body), await c.op("x", "read")
+
+    seen, neighbour = run(tmp_path, scenario)
+    assert all(seen[p] in ("FileNotFoundError", "PermissionError") for p in seen if p.startswith("/")), seen
+    assert seen["raw socket"] == "PermissionError" and seen["signal"] == "PermissionError", seen
+    assert seen["uid"] >= 100000 and seen["stored"] == [1, 1], seen
+    assert neighbour == {"status": 200, "value": 7, "owner": "a", "epoch": 1}
