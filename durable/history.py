@@ -54,7 +54,7 @@ class Recorder:
             self._emit({"time": monotonic(), "process": process, "type": "fail", "f": f, "key": key,
                         "value": None, "error": str(exc)})
             return None
-        except (TimeoutError, OSError, EOFError) as exc:
+        except Exception as exc:  # a timeout, a reset, an answer it cannot read: the outcome is unknown
             self._emit({"time": monotonic(), "process": process, "type": "info", "f": f, "key": key,
                         "value": None, "error": type(exc).__name__})
             return None

@@ -55,7 +55,7 @@ from core.errors import AnylabError
 from core.peer_auth import Signer, Verifier
 from core.service import PEER, peer_middleware, run_service, service_main, signed_call
 from core.stats import quantile
-from durable.runtime import IsolatedClass, ObjectHost
+from durable.runtime import FencedAfterCommit, IsolatedClass, ObjectHost
 from durable.storage import Fenced, ObjectStore
 from tenant.isolate import DeployError, Isolate, IsolateSpawner, Limits, check_code
 from tenant.worker_api import Request
@@ -401,6 +401,8 @@ class Host:
                           base64.b64decode(raw.get("body", "")))
         try:
             response, wrote = await runtime.call(key, request)
+        except FencedAfterCommit as exc:  # it wrote here first: it may surface if this host owns it again
+            raise Refused(409, "fenced", False, detail=str(exc)) from None
         except Fenced as exc:
             raise Refused(409, "fenced", True, detail=str(exc)) from None
         except ShipError as exc:
@@ -412,6 +414,12 @@ class Host:
         if not wrote and not self.lease_ok():
             # A read that finished after the lease ran out may have missed a new owner's write.
             raise Refused(503, "lease_expired", True)
+        if self.owned.get(key) != epoch:
+            # The object moved while the call ran: a read may have missed the new owner's writes (it is
+            # refused, and certainly had no effect); a write happened here, at an epoch no longer current.
+            if wrote:
+                raise Refused(503, "owner_changed", False, detail=f"{key} moved past epoch {epoch} during the call")
+            raise Refused(421, "not_owner", True, owner=self.placements.get(key, (None,))[0], epoch=epoch)
         if (key, epoch) not in self.served:
             self.served.add((key, epoch))
             self._event({"event": "first_served", "key": key, "epoch": epoch})

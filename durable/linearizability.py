@@ -73,12 +73,17 @@ MODELS: dict[str, Step] = {"register": register, "counter": counter}
 
 def operations(history: Iterable[dict[str, Any]]) -> list[Op]:
     """Pair invocations with their completions, per process; drop failed ones. An invocation with no
-    completion counts as indeterminate. Raises ValueError for a completion without an invocation."""
+    completion counts as indeterminate. Raises ValueError for a malformed history: a completion without an
+    invocation, or a second invocation on a process whose first has not completed (a Jepsen process runs
+    one operation at a time; replacing the first would silently drop an operation that may have happened)."""
     pending: dict[Any, tuple[int, dict[str, Any]]] = {}
     ops: list[Op] = []
     for i, ev in enumerate(history):
         proc, kind = ev["process"], ev["type"]
         if kind == "invoke":
+            if proc in pending:
+                raise ValueError(f"event {i}: invoke on process {proc!r} while its invoke at event "
+                                 f"{pending[proc][0]} has not completed")
             pending[proc] = (i, ev)
             continue
         if proc not in pending:

@@ -146,13 +146,25 @@ class ObjectHost:
             self.ship_failures += 1
 
     async def _event(self, object_id: str, run: Callable[[Any], Awaitable[Any]]) -> tuple[Any, bool]:
+        """One event through both gates: (its result, whether it wrote). Raises Fenced when nothing of it
+        was written, FencedAfterCommit when some of it was (then it may or may not survive)."""
         live = self._live(object_id)
         async with live.gate:  # input gate: one event at a time
             seq0 = live.store.seq
-            result = await run(live.instance)
+            try:
+                result = await run(live.instance)
+            except Fenced as exc:
+                if live.store.seq != seq0:  # an earlier write of this event committed before the fence
+                    raise FencedAfterCommit(str(exc)) from None
+                raise
             wrote = live.store.seq != seq0
             if self.mode == "sync":
-                await self._ship(object_id, live)  # output gate: durable at the backup first
+                try:
+                    await self._ship(object_id, live)  # output gate: durable at the backup first
+                except Fenced as exc:
+                    if wrote:  # committed here, refused by a backup at a newer epoch: not "did not happen"
+                        raise FencedAfterCommit(str(exc)) from None
+                    raise
             else:
                 task = asyncio.create_task(self._ship_later(object_id, live))
                 self.background.add(task)
@@ -195,6 +207,11 @@ class ObjectHost:
                 self.alarms.setdefault(object_id, at)
                 await asyncio.sleep(delay)  # the retry backoff
                 delay *= 2
+
+
+class FencedAfterCommit(Exception):
+    """An event's write committed on this host, and then this host turned out not to own the object any
+    more (a later write fenced, or the backup is at a newer epoch): the write may or may not survive."""
 
 
 class ObjectFailed(Exception):

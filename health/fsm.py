@@ -169,7 +169,10 @@ def _next_health(config: Config, health: Health, count: int, ok: bool) -> tuple[
             count = count + 1
             return ("down", 0) if count >= config.fall else ("init", count)
         return "down", 0
-    count = count + 1 if health in ("rising", "init") else 1
+    # ``init`` counts only failures (towards ``fall``): like ExaBGP's healthcheck (INIT → RISING with one
+    # pass), a pass after them starts the climb at one — counting on from the failures made a server up
+    # after a single pass with rise=2.
+    count = count + 1 if health == "rising" else 1
     return ("up", 0) if count >= config.rise else ("rising", count)
 
 

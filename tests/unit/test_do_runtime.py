@@ -116,3 +116,26 @@ def test_a_fenced_owner_cannot_write(tmp_path: Path) -> None:
 
     with pytest.raises(Fenced, match="no longer current"):
         asyncio.run(main())
+
+
+class FencedBackup(Backup):
+    async def ship(self, object_id: str, entries: list[dict[str, Any]]) -> None:
+        raise Fenced("the backup is at a newer epoch")
+
+
+def test_a_write_committed_before_the_backup_fenced_it_is_not_a_definite_failure(tmp_path: Path) -> None:
+    """Issue 20: the owner commits, then the backup refuses the shipment (it is at a newer epoch). That
+    write is in the old owner's store, so it must not be reported as certainly not done (Fenced); a read
+    fenced the same way is (FencedAfterCommit is for writes only)."""
+    from durable.runtime import FencedAfterCommit
+
+    h = host(tmp_path, FencedBackup(tmp_path / "backup"))
+    with pytest.raises(FencedAfterCommit):
+        asyncio.run(h.fetch("room", Request("GET", "/")))  # Counter writes n
+
+    class Reader(Counter):
+        async def fetch(self, request: Request) -> Any:
+            return str(await self.state.storage.get("n"))
+
+    reader = ObjectHost(tmp_path / "owner2", Reader, {}, lambda oid: 1, FencedBackup(tmp_path / "b2").ship, "sync")
+    asyncio.run(reader.fetch("room", Request("GET", "/")))  # nothing to ship: answered

@@ -56,6 +56,11 @@ def run(config: Config, script: str, state: State | None = None) -> tuple[State,
         (Config(rise=3, fall=2), "++-", "down", "withdrawn", ["", "", ""]),
         # failing from the start: init → down, never announced
         (Config(rise=2, fall=2), "--", "down", "withdrawn", ["", ""]),
+        # issue 20: a failure, then a pass, in init is not up with rise=2 (the pass starts the climb at
+        # one, as ExaBGP's healthcheck's INIT → RISING); a second pass is
+        (Config(rise=2, fall=3), "-+", "rising", "withdrawn", ["", ""]),
+        (Config(rise=2, fall=3), "-++", "up", "normal", ["", "", "N"]),
+        (Config(rise=3, fall=3), "--+", "rising", "withdrawn", ["", "", ""]),
         # on_down=demoted: down sends the demoted route instead of withdrawing (make-before-break)
         (Config(rise=1, fall=1, on_down="demoted"), "+-", "down", "demoted", ["N", "M"]),
         (Config(rise=1, fall=1, on_down="demoted"), "+-+", "up", "normal", ["N", "M", "N"]),

@@ -126,3 +126,23 @@ def test_counter_search_agrees_with_the_general_one_and_scales_with_timeouts() -
     assert counter_linearizable(many) is True
     many.append(Op(200, 200, "read", "c", None, 5, 80.0, 80.5, True))  # the count went back down
     assert counter_linearizable(many) is False
+
+
+def test_a_second_invoke_on_a_busy_process_is_refused_not_rewritten() -> None:
+    """Issue 20: a process runs one operation at a time; a history with a second invoke before the first
+    completed is malformed (replacing the first dropped an operation that may have happened)."""
+    with pytest.raises(ValueError, match="has not completed"):
+        operations(h((0, 1, "invoke", "write", 1), (1, 1, "invoke", "write", 2), (2, 1, "ok", "write", 2)))
+
+
+def test_acked_lost_counts_from_the_largest_acknowledged_total() -> None:
+    """Issue 20: an increment that ended ``info`` but took effect made up for a lost acknowledged one when
+    ``ok`` increments were counted against the final value; the largest acknowledged total does not."""
+    from lab.load.do_nemesis import acked_lost
+
+    counters = [{"key": "c1", "f": "incr", "type": t, "value": v}
+                for t, v in (("invoke", 1), ("ok", 1), ("invoke", 1), ("info", None), ("invoke", 1), ("ok", 3))]
+    assert acked_lost(counters, {"c1": 2}) == 1  # the acknowledged third increment is gone
+    assert acked_lost(counters, {"c1": 3}) == 0
+    oks = sum(1 for e in counters if e["type"] == "ok")
+    assert max(0, oks - 2) == 0  # the old count: two ok increments, final 2, nothing seen lost
