@@ -70,6 +70,18 @@ def changes_since(store: Store, since: dict[str, int]) -> dict[str, list[dict[st
     return out
 
 
+#: How far back a replica's ``accepted_at`` is taken (a write queued longer is checked as of this).
+ACCEPTED_MAX_AGE_S = 7 * 86400.0
+
+
+def accepted_at(raw: Any, now_s: float) -> float:
+    """When a queued write was accepted, as the replica says, within [now − ACCEPTED_MAX_AGE_S, now];
+    ``now_s`` if it says nothing usable."""
+    if not isinstance(raw, int | float) or isinstance(raw, bool) or raw != raw:
+        return now_s
+    return min(now_s, max(now_s - ACCEPTED_MAX_AGE_S, float(raw)))
+
+
 def parse_since(raw: str | None) -> dict[str, int]:
     try:
         since = json.loads(raw or "{}")
@@ -131,8 +143,9 @@ class Master:
         raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
                       "and will reach the other masters when they are back)", 503)
 
-    def entry_of(self, op: str, data: dict[str, Any]) -> Entry:
-        """A client's put or delete as a stamped version; raises KvError naming what is wrong."""
+    def entry_of(self, op: str, data: dict[str, Any], at: float | None = None) -> Entry:
+        """A client's put or delete as a stamped version, its expiration checked as of ``at`` (when the
+        write was accepted; default now); raises KvError naming what is wrong."""
         key = data.get("key")
         if not isinstance(key, str):
             raise KvError("'key' must be a string")
@@ -142,7 +155,7 @@ class Master:
             raise KvError(f"unknown op {op!r}: put or delete")
         value = value_of(data)
         raw, meta, exp = check_put(key, value, data.get("metadata"), data.get("expiration"),
-                                   data.get("expiration_ttl"), now())
+                                   data.get("expiration_ttl"), now() if at is None else at)
         return Entry(raw, value, meta, exp, self.stamp(), self.node)
 
     async def put(self, request: web.Request) -> web.Response:
@@ -154,13 +167,31 @@ class Master:
         return web.json_response(await self.write(ns, [self.entry_of("delete", await body(request))]))
 
     async def batch(self, request: web.Request) -> web.Response:
-        """``{"ops": [{"op": "put"|"delete", key, …}]}``: applied in order and acknowledged together (a
-        replica draining its queue); any malformed op refuses the whole batch (400)."""
+        """``{"ops": [{"op": "put"|"delete", key, …, accepted_at?}]}``: a replica draining its queue. Each
+        op is checked on its own (an expiration as of ``accepted_at``, the wall time the replica accepted
+        it, at most :data:`ACCEPTED_MAX_AGE_S` back) and the good ones applied in order and acknowledged
+        together; ``results`` says per op ``{ok}`` or ``{ok: false, error, status}`` — one bad op no
+        longer refuses the others. 503 (with ``results``) when no peer confirmed."""
         ns = check_namespace(request.match_info["ns"])
         ops = (await body(request)).get("ops")
         if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) for o in ops):
             raise KvError("'ops' must be a non-empty list of objects")
-        return web.json_response(await self.write(ns, [self.entry_of(str(o.get("op")), o) for o in ops]))
+        entries: list[Entry] = []
+        results: list[dict[str, Any]] = []
+        t = now()
+        for o in ops:
+            try:
+                at = accepted_at(o.get("accepted_at"), t)
+                entries.append(self.entry_of(str(o.get("op")), o, at))
+                results.append({"ok": True})
+            except KvError as exc:
+                results.append({"ok": False, "error": str(exc), "status": exc.status})
+        if not entries:
+            return web.json_response({"committed": False, "results": results})
+        try:
+            return web.json_response({**await self.write(ns, entries), "results": results})
+        except KvError as exc:
+            return web.json_response({"error": str(exc), "results": results}, status=exc.status)
 
     async def get(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])

@@ -174,8 +174,9 @@ class Replica:
         return self.enqueue(ns, op, data, f"master unreachable: {last}")
 
     def enqueue(self, ns: str, op: str, data: dict[str, Any], why: str) -> dict[str, Any]:
+        # When it was accepted goes with it: its expiration is checked as of then, not when it drains.
         cur = self.queue.execute("INSERT INTO queue (ns, op, body, t) VALUES (?, ?, ?, ?)",
-                                 (ns, op, json.dumps(data), monotonic()))
+                                 (ns, op, json.dumps({**data, "accepted_at": now()}), monotonic()))
         self.queued.set()
         self.event(event="queued", id=cur.lastrowid, ns=ns, op=op, key=data.get("key"), why=why)
         self.write_metrics()
@@ -184,9 +185,10 @@ class Replica:
     async def drain(self) -> None:
         """Send queued writes in order once the master answers — up to ``DRAIN_BATCH`` of one namespace
         in one call, acknowledged together; never gives up on a write the master could still take."""
+        limit = DRAIN_BATCH
         while True:
             rows = self.queue.execute("SELECT id, ns, op, body FROM queue ORDER BY id LIMIT ?",
-                                      (DRAIN_BATCH,)).fetchall()
+                                      (limit,)).fetchall()
             if not rows:
                 self.queued.clear()
                 self.write_metrics()
@@ -205,13 +207,30 @@ class Replica:
                 await asyncio.sleep(0.2)  # the master is still away: try again soon
                 continue
             self.reachable = True
-            outcome = "committed" if status == 200 else ("accepted" if status == 503 else f"refused {status}")
+            if status == 413 and limit > 1:  # too much in one body: smaller batches, nothing dropped
+                limit = max(1, limit // 2)
+                continue
+            if status not in (200, 503):
+                # The master did not take the batch as a whole (it checks each op on its own, so this is
+                # not about one write): keep every write and try again later — never drop an accepted one.
+                self.event(event="drain_refused", ns=ns, status=status, error=reply.get("error"), count=len(rows))
+                await asyncio.sleep(1.0)  # the retry backoff of a refused batch
+                continue
+            limit = DRAIN_BATCH
+            given = reply.get("results")
+            results: list[Any] = given if isinstance(given, list) and len(given) == len(rows) else \
+                [{"ok": True}] * len(rows)
             self.queue.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(rows))})", [r[0] for r in rows])
-            for r, op in zip(rows, ops, strict=True):
-                self.event(event="drained", id=r[0], ns=ns, op=r[2], key=op.get("key"), outcome=outcome,
-                           error=reply.get("error"))
-                self.outcomes[r[0]] = {"committed": status == 200, "replicated_to": reply.get("replicated_to"),
-                                       "detail": reply.get("error")}
+            for r, op, raw_result in zip(rows, ops, results, strict=True):
+                result = raw_result if isinstance(raw_result, dict) else {"ok": False, "error": "no result"}
+                ok = bool(result.get("ok"))
+                outcome = ("committed" if status == 200 else "accepted") if ok else f"refused {result.get('status')}"
+                error = reply.get("error") if ok else result.get("error")
+                # A write the master refused for what it holds is reported (here and to a waiting writer),
+                # not silently lost.
+                self.event(event="drained", id=r[0], ns=ns, op=r[2], key=op.get("key"), outcome=outcome, error=error)
+                self.outcomes[r[0]] = {"committed": ok and status == 200, "replicated_to": reply.get("replicated_to"),
+                                       "detail": error, **({} if ok else {"refused": True})}
             while len(self.outcomes) > 10000:  # only the writers waiting right now need them
                 del self.outcomes[next(iter(self.outcomes))]
             async with self.drained:

@@ -259,3 +259,40 @@ def test_a_poisoned_hlc_is_refused_and_later_writes_commit(cluster: Cluster) -> 
     assert admissible(pack(now_ms + MAX_AHEAD_MS, 0), now_ms) and not admissible(pack(now_ms + MAX_AHEAD_MS + 1, 0),
                                                                                   now_ms)
     assert not admissible(-1, now_ms) and not admissible(1 << 63, now_ms)
+
+
+def test_queued_writes_are_never_dropped_a_batch_at_a_time(cluster: Cluster) -> None:
+    """Issue 20: with the replica's master away, five puts and one with an absolute expiration 1.5 s ahead
+    are queued; the expiration has passed when the master returns. Each op is checked as of when it was
+    accepted and on its own: all six commit (the expiring one stored, and expired by now); a malformed op
+    put in the queue by hand is reported refused without taking the others with it. (On the main before
+    this, the whole batch of six was refused and deleted.)"""
+    import sqlite3
+    import time
+
+    cluster.masters["kv-na"].stop()
+    client = KvClient(cluster.root / "sjc-s1.sock")
+    assert client.put("ns", "probe", b"x")["committed"] is False  # the master is away: queued
+    for i in range(5):
+        assert client.put("ns", f"q{i}", b"v")["committed"] is False
+    assert client.put("ns", "soon", b"gone", expiration=time.time() + 1.5)["committed"] is False
+    queue = sqlite3.connect(cluster.root / "sjc-s1" / "queue.sqlite")
+    queue.execute("INSERT INTO queue (ns, op, body, t) VALUES ('ns', 'put', ?, 0)",
+                  (json.dumps({"key": "", "value": "!"}),))
+    queue.commit()
+    queue.close()
+    time.sleep(2.0)  # the expiration passes while queued (what is waited for is the clock, not an event)
+    cluster.masters["kv-na"].start()
+
+    def drained() -> list[dict[str, Any]]:
+        events = [json.loads(line) for line in (cluster.root / "kv-events.jsonl").read_text().splitlines()]
+        return [e for e in events if e["event"] == "drained"]
+
+    wait_for(lambda: len(drained()) == 8, timeout=15, what="all eight drained",
+             describe=lambda: str(drained()))
+    outcomes = {e["key"]: e["outcome"] for e in drained()}
+    assert [outcomes[k] for k in ("probe", "q0", "q1", "q2", "q3", "q4", "soon")] == ["committed"] * 7, outcomes
+    assert outcomes[""].startswith("refused"), outcomes
+    for i in range(5):
+        assert (cluster.get("kv-eu", f"q{i}") or {}).get("value") == "v"
+    assert cluster.get("kv-na", "soon") is None  # stored, and expired since
