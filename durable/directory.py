@@ -6,9 +6,13 @@ and which region holds its backup.
 - :class:`Place` — a first call for an object: owner = the location hint if it names a live region, else
   a stable hash of the object id over the live regions (sorted); backup = another stable hash over the
   other live regions (so a failed region's objects spread over the rest).
-- :class:`RegionDown` — every object owned there moves to its backup with ``epoch + 1`` (the fence: the
-  old owner's storage refuses that object's writes from then on); objects whose backup was there get a
-  new backup. Actions say what the I/O layer must do: ``promote`` (restore snapshot + replay log on the
+- :class:`Seeded` — the owner reports that the object's backup holds a copy (the owner's lease renewal:
+  ``shipped_to``); until then the backup is not *seeded*.
+- :class:`RegionDown` — every object owned there whose backup is seeded moves to it with ``epoch + 1``
+  (the fence: the old owner's storage refuses that object's writes from then on); one whose backup was
+  never seeded stays unavailable until its region returns (promoting a backup without a copy would
+  serve an empty object and lose every acknowledged write); objects whose backup was there get a new
+  backup. Actions say what the I/O layer must do: ``promote`` (restore snapshot + replay log on the
   new owner), ``fence`` (tell the old owner's store the new epoch, when it is reachable again),
   ``reseed`` (ship the whole object to a new backup), ``route`` (update the PoPs' DO routers).
 - :class:`RegionUp` — the region is live again: it takes new objects, and objects left without a live
@@ -27,6 +31,8 @@ class Placement:
     owner: str
     epoch: int
     backup: str | None
+    #: The backup holds a copy (the owner said so); a new backup starts unseeded.
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,14 @@ class RegionDown:
 @dataclass(frozen=True)
 class RegionUp:
     region: str
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """The owner of ``object_id`` reports that ``backup`` holds a copy of it."""
+
+    object_id: str
+    backup: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,11 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
         backup = _backup_for(event.object_id, owner, live)
         objects = {**state.objects, event.object_id: Placement(owner, 1, backup)}
         return replace(state, objects=objects), [Action("route", event.object_id, owner, 1)]
+    if isinstance(event, Seeded):
+        p = state.objects.get(event.object_id)
+        if p is None or p.seeded or p.backup != event.backup:
+            return state, []  # not this object's current backup (a report from before a reseed)
+        return replace(state, objects={**state.objects, event.object_id: replace(p, seeded=True)}), []
     if isinstance(event, RegionDown | RegionUp) and event.region not in state.regions:
         raise ValueError(f"unknown region {event.region!r}; there are: {', '.join(state.regions)}")
     if isinstance(event, RegionUp):
@@ -104,7 +123,7 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
         for oid, p in sorted(state.objects.items()):
             if p.owner in live and (p.backup is None or p.backup not in live):
                 backup = _backup_for(oid, p.owner, live)
-                objects[oid] = replace(p, backup=backup)
+                objects[oid] = replace(p, backup=backup, seeded=False)
                 if backup is not None:
                     up_actions.append(Action("reseed", oid, backup, p.epoch))
         return replace(state, live=frozenset(live), objects=objects), up_actions
@@ -114,8 +133,8 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
         actions: list[Action] = []
         for oid, p in sorted(state.objects.items()):
             if p.owner == event.region:
-                if p.backup is None or p.backup not in live:
-                    continue  # nowhere to go: unavailable until the region returns
+                if p.backup is None or p.backup not in live or not p.seeded:
+                    continue  # nowhere to go (no live backup with a copy): unavailable until it returns
                 epoch = p.epoch + 1
                 backup = _backup_for(oid, p.backup, live)
                 objects[oid] = Placement(p.backup, epoch, backup)
@@ -125,7 +144,7 @@ def step(state: State, event: Any) -> tuple[State, list[Action]]:
                     actions.append(Action("reseed", oid, backup, epoch))
             elif p.backup == event.region:
                 backup = _backup_for(oid, p.owner, live)
-                objects[oid] = replace(p, backup=backup)
+                objects[oid] = replace(p, backup=backup, seeded=False)
                 if backup is not None:
                     actions.append(Action("reseed", oid, backup, p.epoch))
         return replace(state, live=frozenset(live), objects=objects), actions

@@ -37,7 +37,7 @@ from core.clock import monotonic
 from core.peer_auth import Verifier
 from core.service import PEER, peer_middleware, run_service, service_main
 from durable import directory
-from durable.directory import Place, Placement, RegionDown, RegionUp
+from durable.directory import Place, Placement, RegionDown, RegionUp, Seeded
 
 #: Who may call what on the lab network (``do.sock`` is the operator's): hosts renew their own region's
 #: lease, the PoPs' routers ask where objects are.
@@ -71,13 +71,14 @@ class Directory:
         state = directory.initial(list(self.regions))
         if self.state_file.exists():
             saved = json.loads(self.state_file.read_text())
-            objects = {k: Placement(o, e, b) for k, (o, e, b) in saved["objects"].items()}
+            objects = {k: Placement(o, e, b, bool(rest and rest[0]))
+                       for k, (o, e, b, *rest) in saved["objects"].items()}
             state = directory.State(state.regions, frozenset(saved["live"]) & set(self.regions), objects)
         return state
 
     def _save(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        objects = {k: [p.owner, p.epoch, p.backup] for k, p in self.state.objects.items()}
+        objects = {k: [p.owner, p.epoch, p.backup, p.seeded] for k, p in self.state.objects.items()}
         tmp.write_text(json.dumps({"live": sorted(self.state.live), "objects": objects}))
         tmp.replace(self.state_file)
 
@@ -96,6 +97,11 @@ class Directory:
             raise KeyError(region)
         self.last_seen[region] = monotonic()
         self.reports[region] = objects
+        for key, report in objects.items():  # the owner's word that the backup holds a copy
+            p = self.state.objects.get(key)
+            shipped = report.get("shipped_to") if isinstance(report, dict) else None
+            if p is not None and p.owner == region and not p.seeded and shipped == p.backup and shipped:
+                self._step(Seeded(key, str(shipped)))
         if region not in self.state.live:
             self.incarnation[region] += 1
             reseeds = self._step(RegionUp(region))

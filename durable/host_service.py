@@ -286,7 +286,11 @@ class Host:
             raise Fenced(f"{backup} refused the snapshot of {key}: this host is no longer its owner")
         if status != 200:
             return None
-        self.seeded[key] = backup
+        if self.seeded.get(key) != backup:
+            self.seeded[key] = backup
+            # Tell the directory now, not at the next renewal: it promotes only a backup it knows holds a
+            # copy, and a write acknowledged after this must not wait a renewal period to count.
+            await self.renew()
         return int(snapshot["seq"])
 
     async def ship(self, key: str, entries: list[dict[str, Any]]) -> None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from durable.directory import Action, Place, Placement, RegionDown, RegionUp, initial, step
+from durable.directory import Action, Place, Placement, RegionDown, RegionUp, Seeded, State, initial, step
 
 REGIONS = ["apac", "eu", "na"]
+
+
+def seeded(s: State, oid: str = "room-1") -> State:
+    """The owner's report that the object's current backup holds its copy."""
+    backup = s.objects[oid].backup
+    return step(s, Seeded(oid, backup))[0] if backup is not None else s
 
 
 def test_placement_follows_the_hint_else_a_stable_hash() -> None:
@@ -22,28 +28,28 @@ def test_placement_follows_the_hint_else_a_stable_hash() -> None:
 @pytest.mark.parametrize(("down", "expect", "kinds"), [
     # The owner's region fails: the backup owns it at the next epoch; the old owner is fenced.
     ("eu", Placement("na", 2, "apac"), ["promote", "fence", "route", "reseed"]),
-    # The backup's region fails: a new backup, same owner and epoch.
+    # The backup's region fails: a new backup (not seeded yet), same owner and epoch.
     ("na", Placement("eu", 1, "apac"), ["reseed"]),
     # Another region: nothing to do.
-    ("apac", Placement("eu", 1, "na"), []),
+    ("apac", Placement("eu", 1, "na", seeded=True), []),
 ])
 def test_region_down(down: str, expect: Placement, kinds: list[str]) -> None:
     s, _ = step(initial(REGIONS), Place("room-1", hint="eu"))
-    s, acts = step(s, RegionDown(down))
+    s, acts = step(seeded(s), RegionDown(down))
     assert s.objects["room-1"] == expect and [a.kind for a in acts] == kinds
     assert all(a.epoch == expect.epoch for a in acts)
 
 
 def test_two_failovers_and_no_way_back_without_another() -> None:
     s, _ = step(initial(REGIONS), Place("room-1", hint="eu"))
-    s, _ = step(s, RegionDown("eu"))
-    s, _ = step(s, RegionDown("na"))
+    s, _ = step(seeded(s), RegionDown("eu"))
+    s, _ = step(seeded(s), RegionDown("na"))
     assert s.objects["room-1"] == Placement("apac", 3, None)  # the last region: no backup left
     s, acts = step(s, RegionUp("eu"))
     # Owners do not move back; the object gets a backup again, seeded from its owner.
     assert s.objects["room-1"] == Placement("apac", 3, "eu")
     assert acts == [Action("reseed", "room-1", "eu", 3)]
-    s, acts = step(s, RegionDown("apac"))
+    s, acts = step(seeded(s), RegionDown("apac"))
     assert s.objects["room-1"] == Placement("eu", 4, None)  # to the re-seeded backup
     s, acts = step(s, RegionDown("eu"))
     assert s.objects["room-1"] == Placement("eu", 4, None) and acts == []  # nowhere to go: unavailable
@@ -56,3 +62,16 @@ def test_bad_events() -> None:
     s, _ = step(s, RegionDown("na"))
     with pytest.raises(ValueError, match="no live region"):
         step(s, Place("x"))
+
+
+def test_a_backup_that_never_got_a_copy_is_not_promoted() -> None:
+    """Issue 20: the owner's region fails before its backup confirmed a copy: promoting it would serve an
+    empty object (every acknowledged write lost), so the object waits for its region; a report naming an
+    earlier backup does not count for the current one."""
+    s, _ = step(initial(REGIONS), Place("room-1", hint="eu"))
+    down, acts = step(s, RegionDown("eu"))
+    assert down.objects["room-1"] == Placement("eu", 1, "na") and acts == []  # unavailable, not moved
+    stale, _ = step(s, Seeded("room-1", "apac"))  # not its backup
+    assert not stale.objects["room-1"].seeded
+    s, acts = step(seeded(s), RegionDown("eu"))
+    assert s.objects["room-1"].owner == "na" and "promote" in [a.kind for a in acts]

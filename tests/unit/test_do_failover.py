@@ -336,6 +336,8 @@ def test_a_directory_cut_off_from_most_regions_fails_nobody_over(tmp_path: Path)
                    "events": str(tmp_path / "e.jsonl"), "listen": ["127.0.0.1", 1],
                    "auth": auth_block(KEYS, tmp_path / "dir-", None, ("do-host",))})
     d.where("reg/Register/x", "a")
+    backup = d.state.objects["reg/Register/x"].backup
+    d.renew("a", {"reg/Register/x": {"seq": 0, "shipped_to": backup}})  # the owner: its backup has a copy
     long_ago = monotonic() - 10
     d.last_seen = {"a": long_ago, "b": long_ago, "c": d.last_seen["c"]}
     d.check_leases()  # only c renews: it is the directory that is cut off
