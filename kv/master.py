@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 from pathlib import Path
@@ -50,6 +51,7 @@ from kv.service import body, now, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 CHANGES_WAIT_MAX = 25.0
+STAMPED_MAX = 100_000
 BATCH = 500
 #: Who may call what on the lab network (the operator's ``kv.sock`` is not asked): peer masters replicate
 #: and pull; the replicas write, read what their copy cannot and follow.
@@ -100,6 +102,9 @@ class Master:
         self.cursors: dict[str, dict[str, int]] = (json.loads(self.cursor_file.read_text())
                                                    if self.cursor_file.exists() else {})
         self.clock = Clock()
+        #: Writes by id, stamped once (:meth:`entry_of`): the most recent STAMPED_MAX, in memory (a
+        #: restarted master stamps a retried write anew).
+        self.stamped: collections.OrderedDict[str, tuple[str, Entry]] = collections.OrderedDict()
         self.signer = Signer.load(cfg["auth"])
         self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
         #: What peers sent that was refused, by reason (issue 19: validate what peers send).
@@ -143,9 +148,26 @@ class Master:
         raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
                       "and will reach the other masters when they are back)", 503)
 
-    def entry_of(self, op: str, data: dict[str, Any], at: float | None = None) -> Entry:
+    def entry_of(self, ns: str, op: str, data: dict[str, Any], at: float | None = None) -> Entry:
         """A client's put or delete as a stamped version, its expiration checked as of ``at`` (when the
-        write was accepted; default now); raises KvError naming what is wrong."""
+        write was accepted; default now); raises KvError naming what is wrong. A write that carries a
+        ``write_id`` (a replica's, kept through its retries and its queue) is stamped once: when it comes
+        again it is the same version, so applying it again changes nothing — a retry after a slow peer had
+        been applied two to four times, each with a fresh HLC."""
+        raw_id = data.get("write_id")
+        wid = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 else None
+        known = self.stamped.get(wid) if wid is not None else None
+        if wid is not None and known is not None and known[0] == ns:
+            self.stamped.move_to_end(wid)
+            return known[1]
+        entry = self._entry_of(op, data, at)
+        if wid is not None:
+            self.stamped[wid] = (ns, entry)
+            while len(self.stamped) > STAMPED_MAX:
+                self.stamped.popitem(last=False)
+        return entry
+
+    def _entry_of(self, op: str, data: dict[str, Any], at: float | None) -> Entry:
         key = data.get("key")
         if not isinstance(key, str):
             raise KvError("'key' must be a string")
@@ -160,11 +182,11 @@ class Master:
 
     async def put(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
-        return web.json_response(await self.write(ns, [self.entry_of("put", await body(request))]))
+        return web.json_response(await self.write(ns, [self.entry_of(ns, "put", await body(request))]))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
-        return web.json_response(await self.write(ns, [self.entry_of("delete", await body(request))]))
+        return web.json_response(await self.write(ns, [self.entry_of(ns, "delete", await body(request))]))
 
     async def batch(self, request: web.Request) -> web.Response:
         """``{"ops": [{"op": "put"|"delete", key, …, accepted_at?}]}``: a replica draining its queue. Each
@@ -182,7 +204,7 @@ class Master:
         for o in ops:
             try:
                 at = accepted_at(o.get("accepted_at"), t)
-                entries.append(self.entry_of(str(o.get("op")), o, at))
+                entries.append(self.entry_of(ns, str(o.get("op")), o, at))
                 results.append({"ok": True})
             except KvError as exc:
                 results.append({"ok": False, "error": str(exc), "status": exc.status})

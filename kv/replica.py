@@ -13,6 +13,8 @@ Local API (127.0.0.1, and a Unix socket in the server's run directory for ``anyl
   (SQLite) and the answer is ``accepted: true, committed: false``; while the queue is not empty every new
   write joins it, and a drainer sends them in order once the master answers. A master answering 503 (it
   has the write, no peer confirmed) → ``accepted``, not queued: the master passes it on.
+- **Write ids**: every write gets one here, kept through the retries and the queue; the master stamps a
+  write once by its id (:meth:`kv.master.Master.entry_of`), so a retry is never a second version.
 - **Following**: long polls of the master's ``/v1/changes`` from the last sequence numbers seen (kept on
   disk), so a restarted or cut-off replica catches up with what it missed, never by a full copy.
 - **Lag** (seconds since the replica was last known caught up; 0 while it is) and the queue depth are
@@ -30,6 +32,7 @@ import contextlib
 import json
 import math
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -301,13 +304,13 @@ class Replica:
         data = await body(request)
         check_put(str(data.get("key", "")), value_of(data), data.get("metadata"), data.get("expiration"),
                   data.get("expiration_ttl"), now())  # refuse here what the master would refuse
-        return web.json_response(await self.forward(ns, "put", data))
+        return web.json_response(await self.forward(ns, "put", {**data, "write_id": uuid.uuid4().hex}))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
         data = await body(request)
         check_key(str(data.get("key", "")))
-        return web.json_response(await self.forward(ns, "delete", data))
+        return web.json_response(await self.forward(ns, "delete", {**data, "write_id": uuid.uuid4().hex}))
 
     async def get(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])

@@ -296,3 +296,18 @@ def test_queued_writes_are_never_dropped_a_batch_at_a_time(cluster: Cluster) -> 
     for i in range(5):
         assert (cluster.get("kv-eu", f"q{i}") or {}).get("value") == "v"
     assert cluster.get("kv-na", "soon") is None  # stored, and expired since
+
+
+def test_a_write_sent_again_with_its_id_is_stamped_once(cluster: Cluster) -> None:
+    """Issue 20: a replica's retry (or its queue's drain) of a write carries the write's id; the master
+    stamps it once, so the second time it is the same version (the same HLC) and applying it again
+    changes nothing — each retry had been a new version with a fresh HLC."""
+    body = {"key": "once", "value": base64.b64encode(b"v").decode(), "write_id": "w-1"}
+    first = call(cluster.url("kv-na", "/v1/kv/ns/put"), body)
+    again = call(cluster.url("kv-na", "/v1/kv/ns/put"), body)
+    assert first is not None and again is not None and first[0] == again[0] == 200
+    assert first[1]["hlc"] == again[1]["hlc"]
+    other = call(cluster.url("kv-na", "/v1/kv/ns/put"), {**body, "write_id": "w-2"})
+    assert other is not None and other[1]["hlc"] > first[1]["hlc"]  # another write: a new version
+    seqs = KvClient(cluster.root / "kv-na.sock").status()["seqs"]
+    assert seqs["ns"] == 2  # two versions stored, not three
