@@ -197,6 +197,8 @@ class Prepared:
     pid: int
     filter: Any
     statm: int
+    #: The spawner: the isolate dies with it (its parent-death signal).
+    parent: int = 0
 
     def vm_size(self) -> int:
         """The process's virtual memory size in bytes, now."""
@@ -211,7 +213,7 @@ def prepare(channel: socket.socket) -> Prepared:
         statm = os.open("/proc/self/statm", os.O_RDONLY)
         _enter_root(readable_paths())
         _refuse_io_uring()
-        return Prepared(os.getpid(), _build_filter(os.getpid()), statm)
+        return Prepared(os.getpid(), _build_filter(os.getpid()), statm, os.getppid())
     except OSError as exc:
         raise SandboxError(f"sandbox: {exc}") from exc
 
@@ -224,6 +226,11 @@ def enter(prepared: Prepared, deployment: str) -> None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+        # The kernel clears the parent-death signal when the uid changes: set it again, and go now if the
+        # parent (the spawner) is already gone — else a spinning isolate outlived a killed edge.
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+        if os.getppid() != prepared.parent:
+            os._exit(0)
         for limit, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, 64)):
             resource.setrlimit(limit, (value, value))
         _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "PR_SET_DUMPABLE")

@@ -288,3 +288,47 @@ def test_the_subrequest_limit_holds_for_frames_written_by_hand(spawner: IsolateS
     finally:
         iso.kill()
     assert len(counted) == 60 - Limits().subrequests
+
+
+SPINNER_SUPERVISOR = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from tenant.isolate import IsolateSpawner, Limits, send_msg
+z = IsolateSpawner(sandboxed=sys.argv[2] == "1")
+z.start()
+iso = z.spawn("async def fetch(request, env, ctx):\\n    while True:\\n        pass\\n", {},
+              Limits(cpu_ms=600000, wall_s=600.0), "spinner")
+send_msg(iso.sock, {"method": "GET", "url": "/", "headers": {}})  # it spins from now on
+print(iso.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_spinning_isolate_dies_with_its_supervisor() -> None:
+    """Issue 20: an isolate whose request spins (no CPU limit left to kill it) does not outlive a
+    SIGKILLed supervisor (the edge): the spawner sees its control socket close and exits, and the
+    isolate's parent-death signal kills it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    project = str(Path(__file__).resolve().parents[2])
+    supervisor = subprocess.Popen([sys.executable, "-c", SPINNER_SUPERVISOR, project, "1"], stdout=subprocess.PIPE,
+                                  text=True)
+    try:
+        assert supervisor.stdout is not None
+        pid = int(supervisor.stdout.readline())
+        os.kill(pid, 0)  # spinning
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(10)
+        deadline = time.monotonic() + 5.0
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # polled, with a deadline: the kernel delivers the signal at its pace
+        alive = Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        if alive:
+            os.kill(pid, signal.SIGKILL)  # the test's own cleanup of what it started
+        assert not alive, f"isolate {pid} outlived its supervisor"
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
