@@ -15,6 +15,15 @@ import math
 import zlib
 
 
+def detection_bound(interval: float, fast_interval: float, fall: int, timeout: float) -> float:
+    """The health agent's worst case from a failure to the down decision, its checks on a cadence from
+    each check's start (:mod:`health.agent`): the first failing check starts at most one ``interval`` (or
+    one ``timeout``, if the check before it hung) after the failure; each of the ``fall − 1`` further ones
+    ``fast_interval`` after the one before started — or when it timed out, if it hung; the last takes up
+    to ``timeout``. The one definition, for the agent's config and the topology's profiles."""
+    return max(interval, timeout) + (fall - 1) * max(fast_interval, timeout) + timeout
+
+
 class Flag:
     """An event for one event loop: ``set``, ``clear``, ``is_set``, ``wait`` like :class:`asyncio.Event`,
     plus :meth:`pause`. Set it from the loop's thread (a signal handler added with the loop's

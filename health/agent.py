@@ -133,6 +133,8 @@ class Agent:
         self.counters = Counters()
         self.log_file = open(config.events, "a", buffering=1)  # noqa: SIM115
         self.next_check = 0.0
+        #: When the last check started: the next one is due a delay after it.
+        self.check_started: float | None = None
         self.next_tick: float | None = None
         self.unsent: str | None = None  # a mode the API process has not accepted yet
         self.hook_tasks: set[asyncio.Task[None]] = set()
@@ -220,7 +222,9 @@ class Agent:
                                 "announced": action.announced, "detail": action.detail,
                                 "server": self.config.server})
             elif isinstance(action, fsm.ScheduleCheck):
-                self.next_check = now + action.delay
+                # From the check's start, not its result: a fixed cadence, so a hung check costs its
+                # timeout once (the detection bound is a worst case), not its timeout plus the delay.
+                self.next_check = (self.check_started if self.check_started is not None else now) + action.delay
                 if self.phase is not None and action.delay > 0:
                     # The grid point nearest the due time: within half a delay of it either way.
                     self.next_check = next_tick(self.next_check - action.delay / 2, action.delay, self.phase)
@@ -305,6 +309,7 @@ class Agent:
                 self.step(fsm.Tick(max(now, tick)))
             if now + SLACK_S >= self.next_check:
                 self.next_check = float("inf")  # the machine schedules the next one
+                self.check_started = monotonic()
                 outcome = await run_checks(self.checks, self.config.combine)
                 self.counters.last_check_s = outcome.duration
                 if outcome.ok:

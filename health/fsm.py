@@ -5,8 +5,10 @@ an action for the thin I/O layer to carry out. Semantics (ExaBGP healthcheck's, 
 
 - Health: ``init`` → ``rising``/``falling`` → ``up``/``down``. ``rise`` consecutive passes make a server
   up, ``fall`` consecutive failures make it down; while rising or falling the agent checks at
-  ``fast_interval``, otherwise at ``interval``. So detection is bounded by
-  ``fast_interval × (fall − 1) + interval + timeout`` from the first failed check's start.
+  ``fast_interval``, otherwise at ``interval``, counted from each check's start (a fixed cadence: a hung
+  check costs its timeout, not its timeout plus the interval). So detection is bounded by
+  ``max(interval, timeout) + (fall − 1) × max(fast_interval, timeout) + timeout``
+  (:meth:`Config.detection_bound`).
 - Announcement, derived from health and the drain file: ``normal`` when up; when down ``withdrawn`` or
   ``demoted`` (``on_down``); while the drain file exists, at least ``drain_mode`` (demoted or
   withdrawn) — the worse of the two wins, so a failed server is never announced because it drains.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Literal
+
+from core.timers import detection_bound
 
 Health = Literal["init", "rising", "up", "falling", "down", "exit"]
 Announcement = Literal["normal", "demoted", "withdrawn"]
@@ -55,8 +59,9 @@ class Config:
             raise ValueError("interval, fast_interval and timeout must be positive, debounce ≥ 0")
 
     def detection_bound(self) -> float:
-        """Worst case from a failure to the down decision, when checks were passing before."""
-        return self.interval + self.fast_interval * (self.fall - 1) + self.timeout
+        """Worst case from a failure to the down decision (:func:`core.timers.detection_bound`), a hung
+        check counted at its timeout."""
+        return detection_bound(self.interval, self.fast_interval, self.fall, self.timeout)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ class Log:
 
 @dataclass(frozen=True)
 class ScheduleCheck:
-    """Run the next check ``delay`` seconds from now."""
+    """Run the next check ``delay`` seconds after the last one started (at once if that has passed)."""
 
     delay: float
 

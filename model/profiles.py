@@ -17,7 +17,8 @@ scale       3 / 9 s      none       0           1 s / 0.1 s / 2 / 2 / 0.3 s     
 ``seed`` reproduces the design document's failover timeline (health check detects in 5 s); ``internet``
 is FRR's "traditional" timers (60/180 s), the eBGP MRAI RFC 4271 suggests (30 s, still many vendors'
 default; FRR 8.4's own is 0) and ExaBGP healthcheck's defaults; ``fast`` is what the lab tunes for: BFD
-between PoP servers and their upstreams and a health decision ≤ 100 ms; ``scale`` keeps a lab of
+between PoP servers and their upstreams and a health decision ≤ 110 ms (a hung check counted at its
+timeout); ``scale`` keeps a lab of
 hundreds of PoPs within its idle budget (≤ 0.2 % of a core per server): no BFD (measured: FRR's bfdd
 takes ≈ 0.14 % of a core per session at 300 ms, ≈ 900 sessions at 300 PoPs), so a silent failure is
 found by the hold timer (6–9 s) as on the Internet; a health check runs once a second and decides
@@ -29,6 +30,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.timers import detection_bound
 
 ProfileName = Literal["seed", "internet", "datacenter", "fast", "scale"]
 DEFAULT_PROFILE: ProfileName = "fast"
@@ -121,10 +124,8 @@ class HealthSpec(_Spec):
 
     @property
     def detection_bound(self) -> float:
-        """Worst case from a failure to the down decision: the failing check may start up to one
-        ``interval`` after the failure, then ``fall − 1`` more checks at ``fast_interval``, the last one
-        taking up to ``timeout``."""
-        return self.interval + self.fast_interval * (self.fall - 1) + self.timeout
+        """Worst case from a failure to the down decision (:func:`core.timers.detection_bound`)."""
+        return detection_bound(self.interval, self.fast_interval, self.fall, self.timeout)
 
 
 class Profile(_Spec):

@@ -2,7 +2,7 @@
 margin written next to it (lab/measure/runner.py defines every figure).
 
 failover.yaml, profile ``fast``: health checks every 50 ms (20 ms while falling), fall 2, timeout 30 ms
-→ detection bound 0.10 s; BFD 50 ms × 3 between PoP servers and r2; BGP keepalive 1 s / hold 3 s.
+→ detection bound 0.11 s; BFD 50 ms × 3 between PoP servers and r2; BGP keepalive 1 s / hold 3 s.
 A withdrawal reaches the clients' router r1 through two bgpd hops; FRR holds each update ~50 ms
 (hard-coded in bgpd) + 10 ms in zebra, BIRD ~0.2 ms — both inside the 0.3 s margins below.
 """
@@ -22,7 +22,7 @@ from tests.conftest import TOPOLOGIES
 
 FAST = load_topology(TOPOLOGIES / "failover.yaml").spec.settings.profile
 assert FAST.bfd is not None
-DETECTION_S = FAST.health.detection_bound  # 0.10 s
+DETECTION_S = FAST.health.detection_bound  # 0.11 s
 BFD_S = FAST.bfd.detect_s  # 0.15 s
 MARGIN_S = 0.3  # two relaying hops (≤ 0.12 s on FRR) and scheduling on a busy 2-core machine
 

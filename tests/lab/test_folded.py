@@ -3,7 +3,7 @@ one pop agent process, and the ExaBGP API's dead-man's switch stands in for the 
 outlives the edge. failover.yaml (profile ``fast``) with FRR.
 
 Bounds: a killed process's connection is closed by the kernel at once, so the withdrawal is no later than
-a separate agent's detection bound (DETECTION_S, 0.10 s). A hung process is withdrawn when its lease runs
+a separate agent's detection bound (DETECTION_S, 0.11 s). A hung process is withdrawn when its lease runs
 out: lease = max(1 s, fall × interval + timeout) = 1 s here, checked by the API's select wake-up; the
 margin is scheduling on a busy 2-core machine.
 """

@@ -111,3 +111,52 @@ def test_agent_announces_withdraws_demotes_and_withdraws_on_exit(tmp_path: Path)
     assert 'anylab_health_announced{server="sjc-s1",pop="sjc",mode="withdrawn"} 1' in metrics
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "stop" and all("t" in e for e in events)
+
+
+def test_a_hung_check_costs_its_timeout_once_checks_keep_their_cadence(tmp_path: Path) -> None:
+    """Issue 20: checks run on a cadence from each one's start, so a check that hangs costs its timeout,
+    not its timeout plus the fast interval after it; from the first failed check to the down decision it
+    is (fall − 1) × max(fast_interval, timeout) — 0.4 s here, where the next check counted from the result
+    took (fall − 1) × (fast_interval + timeout) = 0.6 s — and detection stays within the bound."""
+    api = FakeApi(tmp_path / "api.sock")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fsm_cfg = {"rise": 1, "fall": 3, "interval": 0.3, "fast_interval": 0.1, "timeout": 0.2,
+               "on_down": "withdrawn", "drain_mode": "demoted", "debounce": 0.0}
+    config = AgentConfig.from_json({
+        "server": "sjc-s1", "pop": "sjc", "fsm": fsm_cfg,
+        "checks": [{"kind": "http", "url": f"http://127.0.0.1:{port}/healthz", "status": 200, "body": "ok"}],
+        "api_socket": str(tmp_path / "api.sock"), "drain_file": str(tmp_path / "drain"),
+        "events": str(tmp_path / "events.jsonl"), "metrics": str(tmp_path / "health.prom"),
+        "state": str(tmp_path / "state.json"),
+    })
+    hung = asyncio.Event()
+
+    async def scenario() -> float:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            if hung.is_set():
+                await asyncio.sleep(5)  # accepted, never answered: the check times out
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\nok\n")
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", port)
+        agent = Agent(config)
+        task = asyncio.ensure_future(agent.run())
+        await until(lambda: api.last() == "normal", 3.0)
+        hung.set()
+        took = await until(lambda: api.last() == "withdrawn", 5.0)
+        agent.stopping.set()
+        await task
+        srv.close()
+        return took
+
+    took = asyncio.run(scenario())
+    api.stop.set()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    falling = next(e["t"] for e in events if e["health"] == "falling")
+    down = next(e["t"] for e in events if e["health"] == "down")
+    assert down - falling <= 2 * 0.2 + 0.08, (down - falling, events)  # 80 ms for a test process's turns
+    assert took <= config.fsm.detection_bound() + 0.08

@@ -114,7 +114,8 @@ def test_hooks_and_log_on_health_change_only() -> None:
 
 
 def test_detection_bound() -> None:
-    assert Config(interval=0.05, fast_interval=0.02, fall=2, timeout=0.03).detection_bound() == pytest.approx(0.1)
+    assert Config(interval=0.05, fast_interval=0.02, fall=2, timeout=0.03).detection_bound() == pytest.approx(0.11)
+    assert Config(interval=0.3, fast_interval=0.1, fall=3, timeout=0.2).detection_bound() == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("bad", [{"rise": 0}, {"fall": 0}, {"interval": 0}, {"debounce": -1}])

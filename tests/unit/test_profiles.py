@@ -25,9 +25,9 @@ def test_every_named_profile_is_valid(name: str) -> None:
     assert named(name).name == name
 
 
-def test_fast_profile_detects_within_100_ms() -> None:
-    fast = named("fast")
-    assert fast.health.detection_bound <= 0.100
+def test_fast_profile_detects_within_110_ms() -> None:
+    fast = named("fast")  # 50 ms + one 30 ms hung check + the last one's 30 ms timeout
+    assert fast.health.detection_bound == pytest.approx(0.110)
     assert fast.bfd is not None and fast.bfd.detect_s == pytest.approx(0.15)
 
 
