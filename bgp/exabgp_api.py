@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from core.clock import monotonic
 
@@ -67,6 +67,9 @@ class Route:
 
 
 MODES = ("normal", "demoted", "withdrawn")
+#: How long a client may take to send its request line, and how long that line may be.
+CLIENT_S = 2.0
+MAX_LINE = 65536
 #: What a holder sends to renew its lease (exactly this line: it is not parsed, so a keepalive costs little).
 ALIVE = b'{"cmd": "alive"}\n'
 
@@ -122,6 +125,8 @@ class ApiProcess:
         self.held = b""
         self.lease_s = 0.0
         self.deadline = float("inf")
+        #: Clients whose request line has not all come yet: what came, and when they are given up.
+        self.clients: dict[socket.socket, tuple[bytearray, float]] = {}
 
     def log(self, event: str, **extra: Any) -> None:
         self.events.write(json.dumps({"t": monotonic(), "event": event, **extra}) + "\n")
@@ -199,10 +204,45 @@ class ApiProcess:
             self.apply()
 
     def on_accept(self, conn: socket.socket, sel: selectors.BaseSelector) -> None:
-        """One request, one answer, closed — unless it is a ``hold``: then the connection is kept."""
-        conn.settimeout(2.0)
+        """A new client: its request is read as it comes, never blocking the loop — a client that stalled
+        mid-line held the loop for seconds, and the holder's lease ran out meanwhile."""
+        conn.setblocking(False)
+        self.clients[conn] = (bytearray(), monotonic() + CLIENT_S)
+        sel.register(conn, selectors.EVENT_READ, "client")
+
+    def drop_client(self, conn: socket.socket, sel: selectors.BaseSelector) -> None:
+        sel.unregister(conn)
+        self.clients.pop(conn, None)
+        conn.close()
+
+    def on_client(self, conn: socket.socket, sel: selectors.BaseSelector) -> None:
+        """More of a client's request; once its line is whole, :meth:`on_line`."""
+        buf, _deadline = self.clients[conn]
         try:
-            line = conn.makefile("rb").readline()
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data or len(buf) + len(data) > MAX_LINE:
+            self.drop_client(conn, sel)
+            return
+        buf += data
+        if b"\n" in buf:
+            sel.unregister(conn)
+            self.clients.pop(conn, None)
+            line, rest = bytes(buf).split(b"\n", 1)
+            self.on_line(conn, line + b"\n", sel, rest)
+
+    def expire_clients(self, sel: selectors.BaseSelector) -> None:
+        now = monotonic()
+        for conn in [c for c, (_b, deadline) in self.clients.items() if deadline <= now]:
+            self.drop_client(conn, sel)
+
+    def on_line(self, conn: socket.socket, line: bytes, sel: selectors.BaseSelector, rest: bytes = b"") -> None:
+        """One request, one answer, closed — unless it is a ``hold``: then the connection is kept (with
+        ``rest``, what came after the line, as the start of its next requests)."""
+        try:
             try:
                 req = json.loads(line or b"{}")
             except json.JSONDecodeError:
@@ -217,8 +257,7 @@ class ApiProcess:
                     sel.unregister(self.holder)
                     self.holder.close()
                 conn.sendall(json.dumps({"ok": True, **self.state.status()}).encode() + b"\n")
-                conn.setblocking(False)
-                self.holder, self.held, self.lease_s = conn, b"", lease
+                self.holder, self.held, self.lease_s = conn, rest, lease
                 self.deadline = monotonic() + lease
                 sel.register(conn, selectors.EVENT_READ, "holder")
                 self.log("agent-holds", lease_s=lease)
@@ -264,7 +303,9 @@ class ApiProcess:
             self.apply(force=True)
         try:
             while True:
-                wait = None if self.holder is None else max(0.0, self.deadline - monotonic())
+                due = min([self.deadline if self.holder is not None else float("inf"),
+                           *(deadline for _b, deadline in self.clients.values())])
+                wait = None if due == float("inf") else max(0.0, due - monotonic())
                 for key, _ in sel.select(wait):
                     if key.data == "stdin":
                         line = self.stdin.readline()
@@ -274,9 +315,12 @@ class ApiProcess:
                         self.on_exabgp_line(line)
                     elif key.data == "holder":
                         self.on_holder(sel)
+                    elif key.data == "client":
+                        self.on_client(cast(socket.socket, key.fileobj), sel)
                     else:
                         conn, _ = server.accept()
                         self.on_accept(conn, sel)
+                self.expire_clients(sel)
                 if self.holder is not None and monotonic() >= self.deadline:
                     sel.unregister(self.holder)
                     self.lost(f"silent for {self.lease_s:g} s")

@@ -174,3 +174,30 @@ def test_renewals_ride_on_checks_and_come_twice_a_lease(interval: float, lease: 
     from health.agent import renew_period
 
     assert renew_period(interval, lease) == pytest.approx(period)
+
+
+def test_a_stalled_client_does_not_stop_the_api_or_cost_the_holder_its_lease(speaker: Speaker) -> None:
+    """Issue 20: a client that connects and sends nothing (or half a line) used to hold the API's loop for
+    its 2 s timeout; the holder's renewals went unread and its 0.3 s lease ran out, withdrawing a healthy
+    server (``agent-lost``). Each client is now read without blocking the loop."""
+    import socket
+    import time
+
+    hold = Hold(speaker.sock, lease_s=0.3)
+    hold.set("normal")
+    assert (speaker.next_line(2.0) or "").startswith("announce route 198.51.100.0/24")
+    stalled = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    try:
+        for s in stalled:
+            s.connect(str(speaker.sock))
+        stalled[0].sendall(b'{"cmd": "sta')  # half a request, never finished
+        t0 = monotonic()
+        while monotonic() - t0 < 1.5:
+            hold.alive()
+            time.sleep(0.1)  # the holder's own renewal period
+        assert request(speaker.sock, "status", timeout=1.0)["ok"]  # others are still answered meanwhile
+    finally:
+        for s in stalled:
+            s.close()
+    assert not [e for e in speaker.events() if e["event"] == "agent-lost"], speaker.events()
+    hold.close()
