@@ -35,16 +35,22 @@ def test_history_is_linearizable_and_nothing_acknowledged_is_lost(result: dict[s
     assert result["ops"] > 300
 
 
+def directory_events(lab: Lab) -> list[dict[str, Any]]:
+    """The DO directory's decisions (do-events.jsonl on the control node)."""
+    path = lab.node_dir(lab.topo.control.name) / "do-events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def spawn_s(lab: Lab, regions: list[str], t0: float, t1: float) -> float:
-    """The longest isolate start the hosts of ``regions`` reported between ``t0`` and ``t1`` (0: none)."""
-    longest = 0.0
+    """The isolate starts the hosts of ``regions`` reported between ``t0`` and ``t1``, added up per host
+    and the largest of those sums: a host's spawner starts one isolate at a time, so the moved objects'
+    first calls wait for each other's starts (0: none)."""
+    per_host = []
     for region in regions:
         events = lab.node_dir(lab.topo.kv_master_of(region).name) / "do-events.jsonl"
-        for line in events.read_text().splitlines():
-            e = json.loads(line)
-            if e["event"] == "isolate" and t0 <= e["time"] <= t1:
-                longest = max(longest, float(e["spawn_s"]))
-    return longest
+        per_host.append(sum(float(e["spawn_s"]) for e in map(json.loads, events.read_text().splitlines())
+                            if e["event"] == "isolate" and t0 <= e["time"] <= t1))
+    return max(per_host, default=0.0)
 
 
 def test_every_failover_is_served_by_the_new_owner_within_the_timers(lab: Lab, result: dict[str, Any]) -> None:
@@ -53,8 +59,9 @@ def test_every_failover_is_served_by_the_new_owner_within_the_timers(lab: Lab, r
     # check tick, renew/2, later); the new owner hears of it on its next renewal (≤ renew) or from the
     # first call with the new epoch; the routers retry every 50 ms. 0.5 s of margin for a call through
     # the lab on a busy 2-core machine.
-    # The new owner then starts the object's sandboxed isolate (its first event spawns it): that start, as
-    # the host measured it (its "isolate" events during the failover), comes on top.
+    # The new owner then starts the moved objects' sandboxed isolates (each object's first event spawns
+    # one, one at a time): those starts, as the host measured them (its "isolate" events during the
+    # failover), come on top.
     bound = s.do_lease_s + s.do_margin_s + s.do_renew_s * 1.5 + 0.05 + 0.5
     for run in result["runs"]:
         phases = run["phases_s"]
@@ -62,9 +69,16 @@ def test_every_failover_is_served_by_the_new_owner_within_the_timers(lab: Lab, r
         spawn = spawn_s(lab, run["to"], run["t_fault"], run["t_fault"] + phases["first_served"])
         assert phases["first_served"] <= bound + spawn, (run["scenario"], run["region"], run["moved"], phases,
                                                          spawn)
-        # Detection: lease + margin after the last renewal (at most one check tick, renew/2, late); 0.5 s of
-        # margin for region-down's nftables on seven nodes and a busy machine.
-        assert phases["detect"] <= s.do_lease_s + s.do_margin_s + s.do_renew_s / 2 + 0.5, phases
+        # Detection, the timers' part: the directory declares the region down lease + margin after the last
+        # renewal it got, at most one check tick (renew/2) late — 0.1 s for its loop on a busy machine.
+        tick = s.do_lease_s + s.do_margin_s + s.do_renew_s / 2
+        downs = [e for e in directory_events(lab) if e["event"] == "region_down" and e["region"] == run["region"]
+                 and e["time"] >= run["t_fault"]]
+        assert downs and downs[0]["silent_s"] <= tick + 0.1, (run["scenario"], run["region"], downs[:1])
+        # End to end from the fault, the cut's own time on top (nftables on the region's nodes, a renewal
+        # already on its way): 1.0 s of margin — 0.5 s was exceeded twice in one day (1.86 and 1.89 s) on
+        # this 2-core machine under the nemesis's load, with the directory's own decision on time.
+        assert phases["detect"] <= tick + 1.0, phases
     assert bound <= 2.0  # the issue's goal for the default timers
 
 
