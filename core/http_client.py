@@ -135,6 +135,14 @@ class KeepAlivePool:
         self.idle.clear()
 
 
+async def signed_request(signer: Signer, host: str, port: int, method: str, path: str, body: bytes = b"",
+                         connect_s: float = 5.0, answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """:func:`http_request` of a JSON body, signed by ``signer`` (:mod:`core.peer_auth`) for ``host:port``;
+    raises what it raises."""
+    headers = {"Content-Type": "application/json", **signer.headers(method, f"{host}:{port}", path, body)}
+    return await http_request(host, port, method, path, body, headers, connect_s, answer_s)
+
+
 async def http_call(host: str, port: int, method: str, path: str, signer: Signer, body: Any = None,
                     timeout: float = 5.0) -> bytes:
     """One JSON request signed by ``signer`` (:mod:`core.peer_auth`); returns the body of a 2xx answer.
@@ -143,9 +151,8 @@ async def http_call(host: str, port: int, method: str, path: str, signer: Signer
 
     async def exchange() -> bytes:
         data = b"" if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", **signer.headers(method, f"{host}:{port}", path, data)}
         try:
-            status, _headers, answer = await http_request(host, port, method, path, data, headers, timeout, timeout)
+            status, _headers, answer = await signed_request(signer, host, port, method, path, data, timeout, timeout)
         except EOFError as exc:
             raise ConnectionResetError(f"the control plane: {exc}") from None
         if not 200 <= status < 300:

@@ -140,8 +140,7 @@ class Host:
         for task in list(self.tasks):
             task.cancel()
         for _version, runtime in self.runtimes.values():
-            for object_id in list(runtime.objects):
-                runtime.drop(object_id)  # kills its isolate
+            runtime.close()  # kills the objects' isolates
         if self.session is not None:
             await self.session.close()
         for store in self.stores.values():
@@ -349,7 +348,8 @@ class Host:
         code, spawner = str(artifact["code"]), self.spawner
         try:
             limits = Limits(**(artifact.get("limits") or {}))
-            tree = ast.parse(check_code(code, limits) and code)  # compiled and read, never run here
+            check_code(code, limits)  # size and syntax, with the messages a worker's upload gets
+            tree = ast.parse(code)  # read for its classes, never run here
         except (DeployError, TypeError, SyntaxError) as exc:
             raise Refused(400, "load_error", True, detail=str(exc)) from None
         if not any(isinstance(n, ast.ClassDef) and n.name == cls_name for n in tree.body):
@@ -370,20 +370,16 @@ class Host:
         return host
 
     async def _fetch_code(self, version: str) -> dict[str, Any]:
-        assert self.session is not None
-        url = f"http://{self.control[0]}:{self.control[1]}/v1/artifacts/{version}"
         if not version.replace("-", "").isalnum():
             raise Refused(400, "bad_version", True, detail="a version is letters, digits and '-'")
-        target = f"/v1/artifacts/{version}"
-        headers = self.signer.headers("GET", f"{self.control[0]}:{self.control[1]}", target, b"")
         try:
-            async with self.session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
-                if resp.status != 200:
-                    raise Refused(502, "code_unavailable", True, detail=f"the control plane answered {resp.status}")
-                artifact: dict[str, Any] = json.loads(await resp.read())
-                return artifact
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            status, artifact = await signed_call(self.session, self.signer, "GET", self.control[0], self.control[1],
+                                                 f"/v1/artifacts/{version}", timeout=2.0)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise Refused(502, "code_unavailable", True, detail=f"the control plane: {exc!r}") from None
+        if status != 200 or not isinstance(artifact, dict):
+            raise Refused(502, "code_unavailable", True, detail=f"the control plane answered {status}")
+        return artifact
 
     async def call(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run one stub call; raises Refused saying whether anything may have taken effect."""

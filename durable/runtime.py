@@ -138,6 +138,11 @@ class ObjectHost:
         if task is not None:
             task.cancel()
 
+    def close(self) -> None:
+        """Drop every object (their isolates die): the host is going away."""
+        for object_id in list(self.objects):
+            self.drop(object_id)
+
     async def _ship_later(self, object_id: str, live: Live) -> None:
         """Async mode's shipping: a failure is counted (the next event ships what is left)."""
         try:

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from core.clock import monotonic
-from core.http_client import NotConnected, http_request
+from core.http_client import NotConnected, signed_request
 from core.peer_auth import Signer
 from protect.breaker import DESIGN, Config
 from protect.guard import Breaker, BreakerOpen
@@ -49,8 +49,7 @@ async def _exchange(signer: Signer, address: str, port: int, method: str, path: 
                     connect_s: float, answer_s: float) -> tuple[int, bytes]:
     """A signed JSON request: status and body (see :func:`core.http_client.http_request` for what it
     raises)."""
-    headers = {"Content-Type": "application/json", **signer.headers(method, f"{address}:{port}", path, body)}
-    status, _headers, answer = await http_request(address, port, method, path, body, headers, connect_s, answer_s)
+    status, _headers, answer = await signed_request(signer, address, port, method, path, body, connect_s, answer_s)
     return status, answer
 
 

@@ -202,22 +202,29 @@ class _Serve(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(struct.pack("!II", len(head), len(body)) + head + body)
 
+    async def ask(self, kind: str, fields: dict[str, Any], body: bytes = b"",
+                  timeout: float | None = None) -> tuple[dict[str, Any], bytes]:
+        """One numbered request of this isolate to its supervisor (``kind``: ``sub`` or ``store``) and its
+        answer (``sub_reply`` / ``store_reply`` with the same number); raises TimeoutError past ``timeout``."""
+        self.numbered += 1
+        number = self.numbered
+        waiting = asyncio.get_running_loop().create_future()
+        self.pending[number] = waiting
+        self.send({kind: number, **fields}, body)
+        try:
+            return await asyncio.wait_for(waiting, timeout)
+        finally:
+            self.pending.pop(number, None)
+
     async def subrequest(self, host: str, port: int, method: str, path: str, body: bytes = b"",
                          headers: dict[str, str] | None = None, connect_s: float = 5.0,
                          answer_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
         """A request made by the edge on this isolate's behalf (:func:`tenant.worker_api.set_outbound`):
         raises SubrequestRefused for a destination the edge refuses, and NotConnected / TimeoutError /
         ConnectionResetError as the HTTP client would."""
-        self.numbered += 1
-        number = self.numbered
-        waiting = asyncio.get_running_loop().create_future()
-        self.pending[number] = waiting
-        self.send({"sub": number, "host": host, "port": port, "method": method, "path": path,
-                   "headers": headers or {}, "connect_s": connect_s, "answer_s": answer_s}, body)
-        try:
-            reply, data = await asyncio.wait_for(waiting, connect_s + answer_s + 1.0)
-        finally:
-            self.pending.pop(number, None)
+        reply, data = await self.ask("sub", {"host": host, "port": port, "method": method, "path": path,
+                                             "headers": headers or {}, "connect_s": connect_s, "answer_s": answer_s},
+                                     body, connect_s + answer_s + 1.0)
         error, detail = reply.get("error"), str(reply.get("detail", ""))
         if error == "refused":
             raise SubrequestRefused(detail)
@@ -232,15 +239,7 @@ class _Serve(asyncio.Protocol):
     async def store(self, op: str, **args: Any) -> Any:
         """One storage operation of this isolate's Durable Object, made by its host; raises StorageError
         with the host's reason (``fenced``: this host no longer owns the object)."""
-        self.numbered += 1
-        number = self.numbered
-        waiting = asyncio.get_running_loop().create_future()
-        self.pending[number] = waiting
-        self.send({"store": number, "op": op, **args})
-        try:
-            reply, _data = await waiting
-        finally:
-            self.pending.pop(number, None)
+        reply, _data = await self.ask("store", {"op": op, **args})
         if reply.get("error"):
             raise StorageError(str(reply["error"]))
         return reply.get("value")
@@ -576,14 +575,11 @@ class _Channel(asyncio.Protocol):
         """A Durable Object's storage operation, made by ``on_store`` (none: refused)."""
         number = header.get("store")
         try:
-            value = None if self.on_store is None else await self.on_store(header)
+            if self.on_store is None:
+                raise StorageRefused("this isolate has no storage")
+            self._reply({"store_reply": number, "value": await self.on_store(header)})
         except StorageRefused as exc:
             self._reply({"store_reply": number, "error": str(exc)})
-            return
-        if self.on_store is None:
-            self._reply({"store_reply": number, "error": "this isolate has no storage"})
-            return
-        self._reply({"store_reply": number, "value": value})
 
     async def _subrequest(self, sub: dict[str, Any], body: bytes) -> None:
         number = sub.get("sub")

@@ -142,8 +142,7 @@ class Cluster:
             t.cancel()
         await self.runners.pop(r).cleanup()
         for _version, runtime in self.hosts[r].runtimes.values():  # its isolates die with it (PDEATHSIG)
-            for object_id in list(runtime.objects):
-                runtime.drop(object_id)
+            runtime.close()
 
     def partition(self, r: str) -> None:
         """Cut the host off from the directory only: PoPs and peers still reach it."""
