@@ -66,9 +66,6 @@ def test_every_failover_is_served_by_the_new_owner_within_the_timers(lab: Lab, r
     for run in result["runs"]:
         phases = run["phases_s"]
         assert run["moved"] >= 1, run
-        spawn = spawn_s(lab, run["to"], run["t_fault"], run["t_fault"] + phases["first_served"])
-        assert phases["first_served"] <= bound + spawn, (run["scenario"], run["region"], run["moved"], phases,
-                                                         spawn)
         # Detection, the timers' part: the directory declares the region down lease + margin after the last
         # renewal it got, at most one check tick (renew/2) late — 0.1 s for its loop on a busy machine.
         tick = s.do_lease_s + s.do_margin_s + s.do_renew_s / 2
@@ -79,6 +76,9 @@ def test_every_failover_is_served_by_the_new_owner_within_the_timers(lab: Lab, r
         # already on its way): 1.0 s of margin — 0.5 s was exceeded twice in one day (1.86 and 1.89 s) on
         # this 2-core machine under the nemesis's load; the check above now tells the timers' part apart.
         assert phases["detect"] <= tick + 1.0, phases
+        spawn = spawn_s(lab, run["to"], run["t_fault"], run["t_fault"] + phases["first_served"])
+        assert phases["first_served"] <= bound + spawn, (run["scenario"], run["region"], run["moved"], phases,
+                                                         spawn)
     assert bound <= 2.0  # the issue's goal for the default timers
 
 
