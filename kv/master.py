@@ -12,9 +12,10 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
 ``POST /v1/kv/{ns}/get``                       ``{key}`` → ``{value, metadata, expiration}`` or 404
 ``GET  /v1/kv/{ns}/list?prefix&limit&cursor``  Workers KV's list
 ``POST /v1/replicate``                         ``{ns, entries}`` from a peer master: applied, on disk
-``GET  /v1/changes?since={json}&wait=S``       ``{node, seqs, changes: {ns: [entries]}}``: what changed
-                                               after the caller's per-namespace sequence numbers;
-                                               waits up to S s for something to change
+``GET  /v1/changes?since={json}&of=I&wait=S`` ``{node, incarnation, seqs, changes: {ns: [entries]}}``:
+                                               what changed after the caller's per-namespace sequence
+                                               numbers of incarnation I (another, or none: from the
+                                               start); waits up to S s for something to change
 =============================================  ==================================================
 
 A write is acknowledged (``committed: true``) only when it is on this master's disk (SQLite
@@ -36,7 +37,6 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -47,7 +47,7 @@ from core.peer_auth import Signer, Verifier
 from core.service import peer_middleware, run_service, service_main, signed_call
 from kv import service
 from kv.hlc import MAX_AHEAD_MS, Clock, admissible, physical_ms
-from kv.service import body, now, value_of
+from kv.service import Cursor, body, now, save_json, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 CHANGES_WAIT_MAX = 25.0
@@ -99,8 +99,9 @@ class Master:
         self.store = Store(Path(cfg["data_dir"]), durable=True)
         self.peers: list[dict[str, Any]] = list(cfg.get("peers", []))
         self.cursor_file = Path(cfg["data_dir"]) / "cursors.json"
-        self.cursors: dict[str, dict[str, int]] = (json.loads(self.cursor_file.read_text())
-                                                   if self.cursor_file.exists() else {})
+        saved = json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else {}
+        #: Peer master → how far its change stream was read.
+        self.cursors: dict[str, Cursor] = {str(k): Cursor.from_json(v) for k, v in saved.items()}
         self.clock = Clock()
         #: Writes by id, stamped once (:meth:`entry_of`): the most recent STAMPED_MAX, in memory (a
         #: restarted master stamps a retried write anew).
@@ -251,14 +252,21 @@ class Master:
         return web.json_response({"ok": True})
 
     async def changes(self, request: web.Request) -> web.Response:
+        """What changed since the caller's cursor. A cursor of another incarnation of this store (it lost
+        its disk since: its sequence numbers began again) is taken as none — everything from the start,
+        which LWW makes harmless to apply again; without that a follower would skip every write until the
+        new sequence passed its old cursor."""
         since = parse_since(request.query.get("since"))
+        if request.query.get("of") != self.store.incarnation:
+            since = {}
         wait = min(max(float(request.query.get("wait", "0")), 0.0), CHANGES_WAIT_MAX)
         out = changes_since(self.store, since)
         if not out and wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), wait)
             out = changes_since(self.store, since)
-        return web.json_response({"node": self.node, "seqs": self.store.seqs(), "changes": out, "t": monotonic()})
+        return web.json_response({"node": self.node, "incarnation": self.store.incarnation, "seqs": self.store.seqs(),
+                                  "changes": out, "t": monotonic()})
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"node": self.node, "region": self.region, "seqs": self.store.seqs(),
@@ -271,11 +279,10 @@ class Master:
         name = peer["name"]
         backoff = 0.1
         while True:
-            since = self.cursors.get(name, {})
-            target = "/v1/changes?" + urlencode({"since": json.dumps(since), "wait": "2"})
+            cursor = self.cursors.setdefault(name, Cursor())
             try:
                 status, reply = await signed_call(self.session, self.signer, "GET", peer["address"], peer["port"],
-                                                  target, timeout=3.5)
+                                                  cursor.target(2.0), timeout=3.5)
                 if status != 200 or not isinstance(reply, dict):
                     # A refusal (a peer of another lab, a key it does not take) is an outage, not an empty
                     # answer: asking again at once would spin.
@@ -287,7 +294,7 @@ class Master:
                 continue
             backoff = 0.1
             self.peer_state[name] = {"reachable": True, "seqs": reply.get("seqs", {})}
-            cursor = dict(since)
+            pulled_to: dict[str, int] = {}
             for ns, raw in reply.get("changes", {}).items():
                 pulled = [Entry.from_json(e) for e in raw]
                 now_ms = int(now() * 1000)
@@ -300,12 +307,9 @@ class Master:
                 if entries:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
                 if pulled:
-                    cursor[ns] = max(e.seq for e in pulled)
-            if cursor != since:
-                self.cursors[name] = cursor
-                tmp = self.cursor_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.cursors))
-                tmp.replace(self.cursor_file)
+                    pulled_to[ns] = max(e.seq for e in pulled)
+            if cursor.take(reply, pulled_to):
+                save_json(self.cursor_file, {k: c.to_json() for k, c in self.cursors.items()})
                 self.notify()
 
 

@@ -35,7 +35,6 @@ import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -44,7 +43,7 @@ from core.clock import monotonic
 from core.peer_auth import Signer
 from core.service import is_operator, run_service, service_main, signed_call
 from kv import service
-from kv.service import body, now, value_of
+from kv.service import Cursor, body, now, save_json, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 from protect.limits import Bucket, take
 
@@ -72,7 +71,7 @@ class Replica:
         self.events = Path(cfg["events"])
         self.applied_log = Path(cfg["events"]).with_name("kv-applied.jsonl")
         self.cursor_file = data / "cursors.json"
-        self.cursors: dict[str, int] = json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else {}
+        self.cursor = Cursor.from_json(json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else None)
         self.queue = sqlite3.connect(data / "queue.sqlite", check_same_thread=False, isolation_level=None)
         self.queue.execute("PRAGMA journal_mode=WAL")
         self.queue.execute("PRAGMA synchronous=FULL")  # an accepted write survives a crash
@@ -242,9 +241,9 @@ class Replica:
     async def follow(self) -> None:
         backoff = 0.1
         while True:
-            target = "/v1/changes?" + urlencode({"since": json.dumps(self.cursors), "wait": str(self.poll_wait)})
             try:
-                status, reply = await self.to_master(self.master, "GET", target, None, self.poll_wait + 1.0)
+                status, reply = await self.to_master(self.master, "GET", self.cursor.target(self.poll_wait), None,
+                                                     self.poll_wait + 1.0)
                 if status != 200:  # refused (say, a key the master does not take): an outage, not news
                     raise ValueError(f"HTTP {status}: {reply.get('error')}")
             except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -254,19 +253,18 @@ class Replica:
                 backoff = min(backoff * 2, 0.5)
                 continue
             backoff = 0.1
+            pulled_to: dict[str, int] = {}
             for ns, raw in reply.get("changes", {}).items():
                 entries = [Entry.from_json(e) for e in raw]
                 if entries:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
-                    self.cursors[ns] = max(e.seq for e in entries)
+                    pulled_to[ns] = max(e.seq for e in entries)
                     self.applied(ns, entries)
-            if reply.get("changes"):
-                tmp = self.cursor_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.cursors))
-                tmp.replace(self.cursor_file)
+            if self.cursor.take(reply, pulled_to):
+                save_json(self.cursor_file, self.cursor.to_json())
             seqs = reply.get("seqs", {})
             self.reachable = True
-            self.caught_up = all(self.cursors.get(ns, 0) >= seq for ns, seq in seqs.items())
+            self.caught_up = all(self.cursor.seqs.get(ns, 0) >= seq for ns, seq in seqs.items())
             if self.caught_up:
                 self.t_ok = monotonic()
             self.write_metrics()
@@ -338,7 +336,7 @@ class Replica:
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"server": self.server, "master": self.master["name"], "reachable": self.reachable,
                                   "lag_s": self.lag(), "stale": self.stale(), "queue": self.depth(),
-                                  "seqs": self.cursors, "refused": {"no_account": self.refused_no_account}})
+                                  "seqs": self.cursor.seqs, "refused": {"no_account": self.refused_no_account}})
 
 
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -46,6 +50,51 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": str(exc)}, status=exc.status)
 
 
+
+
+@dataclass
+class Cursor:
+    """How far a follower has read a master's change stream: per-namespace sequence numbers of one
+    incarnation of the master's store (:attr:`kv.store.Store.incarnation`; None: not known yet)."""
+
+    of: str | None = None
+    seqs: dict[str, int] = field(default_factory=dict)
+
+    def target(self, wait: float) -> str:
+        """The ``/v1/changes`` request for what comes after this cursor, waiting up to ``wait`` s."""
+        query = {"since": json.dumps(self.seqs), "wait": str(wait), **({"of": self.of} if self.of else {})}
+        return "/v1/changes?" + urlencode(query)
+
+    def take(self, reply: dict[str, Any], pulled: dict[str, int]) -> bool:
+        """Move past an answer: its incarnation (another one than ours: what we had counted is void) and
+        ``pulled`` (namespace → the last sequence number received); returns whether anything moved."""
+        of = reply.get("incarnation")
+        of = of if isinstance(of, str) else None
+        seqs = dict(self.seqs) if of == self.of else {}
+        seqs.update(pulled)
+        moved = (of, seqs) != (self.of, self.seqs)
+        self.of, self.seqs = of, seqs
+        return moved
+
+    def to_json(self) -> dict[str, Any]:
+        return {"of": self.of, "seqs": self.seqs}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Cursor:
+        """A cursor as :meth:`to_json` wrote it; a file from before incarnations (bare sequence numbers)
+        or anything else unreadable is the start (everything is read again: LWW makes that harmless)."""
+        if isinstance(data, dict) and isinstance(data.get("seqs"), dict):
+            of = data.get("of")
+            return cls(of if isinstance(of, str) else None,
+                       {str(k): int(v) for k, v in data["seqs"].items() if isinstance(v, int)})
+        return cls()
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON at once (a reader sees the old file or the new one)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
 
 
 class ClientApi(Protocol):

@@ -22,6 +22,7 @@ import json
 import re
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,12 +140,22 @@ def decode_cursor(cursor: str) -> bytes:
 
 
 class Store:
-    """The namespaces of one node under ``root``. Thread-safe (one lock: SQLite calls are short)."""
+    """The namespaces of one node under ``root``. Thread-safe (one lock: SQLite calls are short).
+
+    ``incarnation`` names this copy of the data: made with the first database under ``root`` and kept
+    with it, so a store whose disk was lost comes back under a new one. Its sequence numbers start again
+    from 0, and a follower's cursor for the old incarnation means nothing for the new one."""
 
     def __init__(self, root: Path, durable: bool) -> None:
         self.root = root
         self.durable = durable
         root.mkdir(parents=True, exist_ok=True)
+        marker = root / "incarnation"
+        if not marker.exists() or not any(root.glob("*.db")):  # no data: whatever was followed is gone
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(uuid.uuid4().hex)
+            tmp.replace(marker)
+        self.incarnation = marker.read_text().strip()
         self.lock = threading.RLock()
         self._db: dict[str, sqlite3.Connection] = {}
         self._seq: dict[str, int] = {}

@@ -311,3 +311,28 @@ def test_a_write_sent_again_with_its_id_is_stamped_once(cluster: Cluster) -> Non
     assert other is not None and other[1]["hlc"] > first[1]["hlc"]  # another write: a new version
     seqs = KvClient(cluster.root / "kv-na.sock").status()["seqs"]
     assert seqs["ns"] == 2  # two versions stored, not three
+
+
+def test_a_master_that_lost_its_disk_is_followed_again_from_the_start(cluster: Cluster) -> None:
+    """Issue 20: kv-na's disk is gone while the other masters are away; it comes back empty, its sequence
+    numbers begin again, and the writes it takes then (on its disk, not yet acknowledged) reach the
+    replica and, once back, the other masters — whose cursors point past those numbers. On the main
+    before, both skipped every write until kv-na's new sequence passed their old cursors."""
+    import shutil
+
+    for i in range(20):
+        assert cluster.put("kv-na", f"old{i}", "v")["committed"] is True
+    wait_for(lambda: cluster.get("sjc-s1", "old19") is not None, timeout=10, what="the replica to follow")
+    wait_for(lambda: cluster.get("kv-ap", "old19") is not None, timeout=10, what="kv-ap to pull")
+    for name in ("kv-eu", "kv-ap", "kv-na"):
+        cluster.masters[name].stop()
+    shutil.rmtree(cluster.root / "kv-na")
+    cluster.masters["kv-na"].start()
+    got = call(cluster.url("kv-na", "/v1/kv/ns/put"), {"key": "new", "value": base64.b64encode(b"n").decode()})
+    assert got is not None and got[0] == 503  # on kv-na's disk, no other region to confirm it
+    wait_for(lambda: cluster.get("sjc-s1", "new") is not None, timeout=10, what="the replica to get the new write")
+    for name in ("kv-eu", "kv-ap"):
+        cluster.masters[name].start()
+    wait_for(lambda: all(cluster.get(n, "new") is not None for n in ("kv-eu", "kv-ap")), timeout=10,
+             what="kv-eu and kv-ap to pull the new write")
+    wait_for(lambda: cluster.get("kv-na", "old19") is not None, timeout=10, what="kv-na rebuilt from its peers")
