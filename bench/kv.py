@@ -16,6 +16,21 @@ until every PoP server has every write (bounded), and reports:
 
     sudo .venv/bin/python bench/kv.py [--seconds 20] [--rate 20] [--kill eu]
 
+``--nemesis wipe`` destroys instead: the writer's own region's storage node is cut off from the other
+regions' (``storage-partition``) at a quarter of the run, so its master is the one that would acknowledge;
+at half the run that master's disk is deleted (``kv-master-wipe``) and it comes back empty at once, still
+cut off; the partition heals at three quarters. Then every acknowledged write is looked for on the masters
+that were never wiped (their own disks, not the wiped one's, and without waiting for it to be rebuilt):
+``acked_lost`` counts those that are on none of them, ``acked_missing`` those not yet on all of them after a
+bounded wait. ``accepted`` writes (not acknowledged) that did not survive are counted apart
+(``accepted_lost``): the design promises nothing for them, but the bench says how many.
+
+``--weaken`` runs the same against a master weakened behind the test-only switch (``ANYLAB_WEAKEN=kv``:
+acknowledge after its own fsync): its losses are the proof that ``acked_lost: 0`` could have come out
+otherwise. ``--both`` runs the weakened lab and then the real one and prints both, side by side.
+
+    sudo .venv/bin/python bench/kv.py --nemesis wipe --both [--seconds 40] [--rate 60]
+
 Prints one JSON document on stdout.
 """
 
@@ -23,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -37,6 +53,7 @@ from core.wait import wait_for  # noqa: E402
 from kv.client import KvClient  # noqa: E402
 from kv.store import KvError  # noqa: E402
 from lab.run.lab import Lab  # noqa: E402
+from lab.run.launchers import WEAKEN_ENV  # noqa: E402
 
 NS = "bench"
 
@@ -140,14 +157,113 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
         }
 
 
+def keys_on(lab: Lab, master: str) -> set[str]:
+    """Every live key of the bench's namespace on one master (its own disk, through its socket)."""
+    client = KvClient(lab.node_dir(master) / "kv.sock", timeout=10)
+    out: set[str] = set()
+    cursor: str | None = None
+    while True:
+        page = client.list(NS, cursor=cursor)
+        out.update(k["name"] for k in page["keys"])
+        cursor = page.get("cursor")
+        if page.get("list_complete") or not cursor:
+            return out
+
+
+def run_wipe(seconds: float, rate: float, writer_pop: str, weaken: bool) -> dict[str, Any]:
+    """The destructive run (see the module's text); ``weaken``: against the test-only weakened master."""
+    if weaken:
+        os.environ[WEAKEN_ENV] = "kv"
+    else:
+        os.environ.pop(WEAKEN_ENV, None)
+    try:
+        with Lab.from_file(PROJECT / "topologies" / "global.yaml", name="bkvwipe") as lab:
+            server = lab.topo.pop(writer_pop).servers[0]
+            region = lab.topo.server(server).region
+            (master,) = [k.name for k in lab.topo.kv_masters if k.region == region]
+            survivors = [k.name for k in lab.topo.kv_masters if k.name != master]
+            writer = KvClient(lab.node_dir(server) / "kv.sock", timeout=10)
+            replies: dict[str, dict[str, Any]] = {}
+            marks: dict[str, float] = {}
+            errors: list[str] = []
+            t0 = monotonic()
+
+            def nemesis() -> None:
+                # The schedule, on the run's clock: cut at 1/4, wipe (back at once, empty) at 1/2, heal at 3/4.
+                try:
+                    time.sleep(seconds / 4)
+                    marks["partition"] = lab.fail("storage-partition", region) - t0
+                    time.sleep(seconds / 4)
+                    marks["wipe"] = lab.fail("kv-master-wipe", master) - t0
+                    marks["back_empty"] = lab.restore(master) - t0
+                    time.sleep(max(0.0, t0 + 3 * seconds / 4 - monotonic()))
+                    marks["heal"] = lab.restore(region) - t0
+                except Exception as exc:  # reported in the JSON, never a hung bench
+                    errors.append(str(exc))
+
+            chaos = threading.Thread(target=nemesis)
+            chaos.start()
+            i = 0
+            while monotonic() - t0 < seconds:
+                key = f"k{i:06d}"
+                try:
+                    replies[key] = writer.put(NS, key, str(i).encode())
+                except KvError as exc:
+                    replies[key] = {"error": str(exc)}
+                i += 1
+                time.sleep(max(0.0, t0 + i / rate - monotonic()))  # the writer's pace
+            chaos.join()
+            acked = {k for k, r in replies.items() if r.get("committed") is True}
+            accepted = {k for k, r in replies.items() if r.get("accepted") and not r.get("committed")}
+            seen: dict[str, set[str]] = {}
+
+            def everywhere() -> bool:
+                for m in survivors:
+                    seen[m] = keys_on(lab, m)
+                return all(acked <= seen[m] for m in survivors)
+
+            try:
+                wait_for(everywhere, timeout=30, what="every acknowledged write on every master never wiped",
+                         interval=0.5)
+            except Exception as exc:  # the count below says what is missing
+                errors.append(str(exc))
+            anywhere = set().union(*seen.values()) if seen else set()
+            lost = sorted(acked - anywhere)
+            return {
+                "weakened": weaken, "writer": server, "acking_master": master, "survivors": survivors,
+                "seconds": seconds, "rate_hz": rate, "marks_s": {k: round(v, 3) for k, v in marks.items()},
+                "writes": len(replies), "acked": len(acked), "accepted": len(accepted),
+                "refused": sum("error" in r for r in replies.values()),
+                "acked_lost": len(lost), "acked_lost_first": lost[:10],
+                "acked_missing": sum(1 for k in acked if any(k not in seen.get(m, set()) for m in survivors)),
+                "accepted_lost": len(accepted - anywhere), "errors": errors,
+            }
+    finally:
+        os.environ.pop(WEAKEN_ENV, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=None, help="20 (region-down), 40 (wipe)")
+    parser.add_argument("--rate", type=float, default=None, help="writes per second: 20 (region-down), 60 (wipe)")
     parser.add_argument("--kill", default="eu")
     parser.add_argument("--writer", default="sjc", help="the writer's PoP")
+    parser.add_argument("--nemesis", choices=("region-down", "wipe"), default="region-down")
+    parser.add_argument("--weaken", action="store_true", help="wipe: against the test-only weakened master")
+    parser.add_argument("--both", action="store_true", help="wipe: the weakened run, then the real one")
     args = parser.parse_args()
-    print(json.dumps(run(args.seconds, args.rate, args.kill, args.writer), indent=1))
+    if args.nemesis == "region-down":
+        if args.weaken or args.both:
+            parser.error("--weaken and --both go with --nemesis wipe")
+        print(json.dumps(run(args.seconds or 20.0, args.rate or 20.0, args.kill, args.writer), indent=1))
+        return
+    seconds, rate = args.seconds or 40.0, args.rate or 60.0
+    if not (5 <= seconds <= 600 and 1 <= rate <= 500):
+        parser.error("--seconds 5..600 and --rate 1..500 (the run is bounded)")
+    runs = [True, False] if args.both else [args.weaken]
+    results = [run_wipe(seconds, rate, args.writer, weaken) for weaken in runs]
+    print(json.dumps({"nemesis": "wipe", "topology": "global", "runs": results,
+                      "goals": {"acked_lost": 0, "acked_min": 1000}}, indent=1))
 
 
 if __name__ == "__main__":

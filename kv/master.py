@@ -25,6 +25,12 @@ write is not acknowledged (it stays here and reaches the others through their pu
 peers (a one-region lab) acknowledges after its own fsync, with ``replicated_to: null``. Errors are
 ``{"error": …}`` with the status.
 
+Two things only the operator's socket takes (a fault's tools, never a peer): ``POST /v1/clock
+{"offset_s": S}`` moves the physical input of this master's HLC by S seconds (a clock jump, without
+touching the host's clock), and the test-only weakening ``"weaken": "ack-one-fsync"`` in the config
+(set by the lab from ``ANYLAB_WEAKEN``, for proving that a bench can fail) acknowledges after this master's
+own fsync, as a master without peers would.
+
 Run as ``python -m kv.master --config FILE``.
 """
 
@@ -44,7 +50,7 @@ from aiohttp import web
 from core import peer_auth
 from core.clock import monotonic
 from core.peer_auth import Signer, Verifier
-from core.service import peer_middleware, run_service, service_main, signed_call
+from core.service import is_operator, peer_middleware, run_service, service_main, signed_call
 from kv import service
 from kv.hlc import MAX_AHEAD_MS, Clock, admissible, physical_ms
 from kv.service import Cursor, body, now, save_json, value_of
@@ -53,6 +59,10 @@ from kv.store import Entry, KvError, Store, check_key, check_namespace, check_pu
 CHANGES_WAIT_MAX = 25.0
 STAMPED_MAX = 100_000
 BATCH = 500
+#: The test-only weakening of the ack (``weaken`` in the config): after one fsync, not two regions'.
+WEAK_ACK = "ack-one-fsync"
+#: How far a clock jump may move a master's HLC input (a day: far past any bound it is meant to cross).
+MAX_CLOCK_OFFSET_S = 86_400.0
 #: Who may call what on the lab network (the operator's ``kv.sock`` is not asked): peer masters replicate
 #: and pull; the replicas write, read what their copy cannot and follow.
 MASTER_POLICY = peer_auth.prefix_policy({
@@ -103,6 +113,10 @@ class Master:
         #: Peer master → how far its change stream was read.
         self.cursors: dict[str, Cursor] = {str(k): Cursor.from_json(v) for k, v in saved.items()}
         self.clock = Clock()
+        #: Seconds added to the wall clock for this master's HLC (a clock-jump fault; 0 otherwise).
+        self.clock_offset_s = 0.0
+        #: Test-only: acknowledge after this master's own fsync (the bench's proof that it can fail).
+        self.ack_one_fsync = cfg.get("weaken") == WEAK_ACK
         #: Writes by id, stamped once (:meth:`entry_of`): the most recent STAMPED_MAX, in memory (a
         #: restarted master stamps a retried write anew).
         self.stamped: collections.OrderedDict[str, tuple[str, Entry]] = collections.OrderedDict()
@@ -114,9 +128,24 @@ class Master:
         self.session: aiohttp.ClientSession | None = None
         self.peer_state: dict[str, dict[str, Any]] = {}
 
+    def now_ms(self) -> int:
+        """The physical input of this master's HLC: the wall clock, moved by a clock-jump fault."""
+        return int((now() + self.clock_offset_s) * 1000)
+
     def stamp(self) -> int:
-        self.clock, hlc = self.clock.tick(int(now() * 1000))
+        self.clock, hlc = self.clock.tick(self.now_ms())
         return hlc
+
+    async def set_clock(self, request: web.Request) -> web.Response:
+        """The operator's clock jump: ``{"offset_s": S}`` with |S| ≤ :data:`MAX_CLOCK_OFFSET_S`; raises
+        KvError (403 from a peer, 400 for a bad offset)."""
+        if not is_operator(request):
+            raise KvError("the clock is the operator's (the master's socket)", 403)
+        raw = (await body(request)).get("offset_s")
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not abs(raw) <= MAX_CLOCK_OFFSET_S:
+            raise KvError(f"offset_s must be a number of seconds within ±{MAX_CLOCK_OFFSET_S:g}")
+        self.clock_offset_s = float(raw)
+        return web.json_response({"offset_s": self.clock_offset_s, "hlc": self.clock.last})
 
     def notify(self) -> None:
         self.changed.set()
@@ -131,7 +160,7 @@ class Master:
         self.notify()
         last = entries[-1]
         done = {"committed": True, "hlc": last.hlc, "node": last.node, "count": len(entries)}
-        if not self.peers:  # a one-region lab: there is no other region to wait for
+        if not self.peers or self.ack_one_fsync:  # a one-region lab: there is no other region to wait for
             return {**done, "replicated_to": None}
         for peer in list(self.peers):
             try:
@@ -237,7 +266,7 @@ class Master:
         data = await body(request)
         ns = check_namespace(str(data.get("ns", "")))
         entries = [Entry.from_json(e) for e in data.get("entries", [])]
-        now_ms = int(now() * 1000)
+        now_ms = self.now_ms()
         bad = [e for e in entries if not admissible(e.hlc, now_ms)]
         if bad:
             self.refused["future_hlc"] += len(bad)
@@ -246,7 +275,7 @@ class Master:
             raise KvError(f"entry {key!r} has HLC {bad[0].hlc}, {ahead:.0f} s ahead of this master's clock "
                           f"(at most {MAX_AHEAD_MS / 1000:g} s): refused, nothing applied", 400)
         for e in entries:
-            self.clock = self.clock.observe(e.hlc, int(now() * 1000))
+            self.clock = self.clock.observe(e.hlc, self.now_ms())
         await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
         self.notify()
         return web.json_response({"ok": True})
@@ -297,13 +326,13 @@ class Master:
             pulled_to: dict[str, int] = {}
             for ns, raw in reply.get("changes", {}).items():
                 pulled = [Entry.from_json(e) for e in raw]
-                now_ms = int(now() * 1000)
+                now_ms = self.now_ms()
                 # A peer's entry stamped too far ahead is skipped (and counted), never applied: the cursor
                 # still moves past it, so it is not asked for again.
                 entries = [e for e in pulled if admissible(e.hlc, now_ms)]
                 self.refused["future_hlc"] += len(pulled) - len(entries)
                 for e in entries:
-                    self.clock = self.clock.observe(e.hlc, int(now() * 1000))
+                    self.clock = self.clock.observe(e.hlc, self.now_ms())
                 if entries:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
                 if pulled:
@@ -326,7 +355,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
 
     app = service.make_app(master, {("POST", "/v1/kv/{ns}/batch"): master.batch,
                                     ("POST", "/v1/replicate"): master.replicate,
-                                    ("GET", "/v1/changes"): master.changes}, now,
+                                    ("GET", "/v1/changes"): master.changes,
+                                    ("POST", "/v1/clock"): master.set_clock}, now,
                            (peer_middleware(master.verifier, MASTER_POLICY),))
     await run_service(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 

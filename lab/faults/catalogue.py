@@ -28,6 +28,16 @@ do-crash        KV node or region        SIGKILL the region's Durable Object hos
 do-cut          KV node or region        a partition: nftables drops the region's storage node's
                                          traffic with the control node (the DO directory) only; PoPs
                                          and the other regions still reach its DO host (delete table)
+storage-partition KV node or region      nftables drops the storage node's traffic with every other
+                                         region's storage node: its KV master cannot confirm a write
+                                         nor pull, its DO host cannot ship; its PoPs and the control
+                                         node still reach it (delete table)
+kv-master-wipe  KV node or region        SIGKILL the KV master and delete its disk (restart it empty:
+                                         it is rebuilt from the other masters)
+do-host-wipe    KV node or region        SIGKILL the DO host and delete its disk (restart it empty)
+clock-ahead     KV node or region        the KV master's HLC takes its wall time CLOCK_JUMP_S ahead
+                                         (the host's clock is not touched) (back to 0)
+clock-behind    KV node or region        the same, CLOCK_JUMP_S behind (back to 0)
 origin-down     origin                   SIGKILL the origin server (restart it)
 origin-slow     origin                   the origin answers after 2 s (back to normal)
 origin-errors   origin                   the origin answers 500 to every request (back to normal)
@@ -37,6 +47,7 @@ origin-errors   origin                   the origin answers 500 to every request
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 from dataclasses import asdict, dataclass
@@ -46,6 +57,8 @@ from typing import Any, Protocol
 from core.clock import monotonic
 from core.daemon import Daemon
 from core.errors import AnylabError, UsageError
+from kv.client import KvClient
+from kv.store import KvError
 from lab.faults.scenarios import FAULTS_FILE, SCENARIOS
 from model.constants import LAB_SUPERNET
 from model.topology import Topology
@@ -63,7 +76,11 @@ class FaultTarget(Protocol):
     def node_dir(self, node: str) -> Path: ...
 
 #: The scenarios that touch only the region's storage node (KV master, DO host).
-STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut")
+STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut", "storage-partition", "kv-master-wipe", "do-host-wipe",
+                "clock-ahead", "clock-behind")
+#: How far clock-ahead and clock-behind move a KV master's HLC input: past the 5 s a peer's timestamp may
+#: be ahead (kv.hlc.MAX_AHEAD_MS), so that the bound is crossed, not only approached.
+CLOCK_JUMP_S = 30.0
 NFT_TABLE = "anylab_fault"
 FLAP_MAX_COUNT = 100
 FLAP_MIN_PERIOD_S = 0.1
@@ -176,11 +193,11 @@ def _nft_silence(forwarding: bool) -> str:
     return f"table inet {NFT_TABLE} {{\n{body}}}\n"
 
 
-def _nft_cut(address: str) -> str:
-    """An nftables table dropping the node's packets to and from one address (a partition)."""
+def _nft_cut(*addresses: str) -> str:
+    """An nftables table dropping the node's packets to and from the given addresses (a partition)."""
     chains = [("input", "saddr"), ("output", "daddr")]
     body = "".join(f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
-                   f"ip {match} {address} drop; }}\n" for hook, match in chains)
+                   f"ip {match} {{ {', '.join(addresses)} }} drop; }}\n" for hook, match in chains)
     return f"table inet {NFT_TABLE} {{\n{body}}}\n"
 
 
@@ -222,6 +239,23 @@ class Injector:
         d = self._daemon(node, name)
         if d.proc is not None:
             d.proc.kill()
+
+    def _wipe(self, node: str, name: str) -> None:
+        """SIGKILL the storage daemon ``name`` and delete its data directory: the disk is gone."""
+        d = self._daemon(node, name)
+        self._kill(node, name)
+        data = Path(d.data_dir)
+        if data.parent != self.lab.node_dir(node):  # never delete outside the node's own run directory
+            raise AnylabError(f"{name}'s data directory {data} is not in the node's run directory", node=node)
+        shutil.rmtree(data, ignore_errors=True)
+
+    def _clock(self, node: str, offset_s: float) -> None:
+        """Move the KV master's HLC input by ``offset_s`` (on its operator socket)."""
+        try:
+            KvClient(self._daemon(node, "kv-master").socket, timeout=5).call("POST", "/v1/clock",
+                                                                          {"offset_s": offset_s})
+        except KvError as exc:
+            raise AnylabError(f"the KV master's clock: {exc}", node=node) from None
 
     def _restart(self, server: str, names: list[str]) -> None:
         for d in self.lab.daemons[server]:
@@ -302,6 +336,16 @@ class Injector:
         elif sc == "do-cut":
             for h in p.hosts:
                 self._run(h, ["nft", "-f", "-"], _nft_cut(str(self.lab.topo.control.address)))
+        elif sc == "storage-partition":
+            for h in p.hosts:
+                others = [str(k.address) for k in self.lab.topo.kv_masters if k.name != h]
+                self._run(h, ["nft", "-f", "-"], _nft_cut(*others))
+        elif sc in ("kv-master-wipe", "do-host-wipe"):
+            for h in p.hosts:
+                self._wipe(h, "kv-master" if sc == "kv-master-wipe" else "do-host")
+        elif sc in ("clock-ahead", "clock-behind"):
+            for h in p.hosts:
+                self._clock(h, CLOCK_JUMP_S if sc == "clock-ahead" else -CLOCK_JUMP_S)
         elif sc == "origin-down":
             for h in p.hosts:
                 self._kill(h, "origin")
@@ -377,11 +421,15 @@ class Injector:
         elif sc == "control-down":
             for h in p.hosts:
                 attempt(self._restart, h, ["control-plane"])
-        elif sc in ("control-cut", "do-cut"):
+        elif sc in ("control-cut", "do-cut", "storage-partition"):
             for h in p.hosts:
                 attempt(self._silence, h, False)
-        elif sc in ("kv-master-crash", "do-crash", "origin-down"):
-            name = {"kv-master-crash": "kv-master", "do-crash": "do-host", "origin-down": "origin"}[sc]
+        elif sc in ("clock-ahead", "clock-behind"):
+            for h in p.hosts:
+                attempt(self._clock, h, 0.0)
+        elif sc in ("kv-master-crash", "do-crash", "origin-down", "kv-master-wipe", "do-host-wipe"):
+            name = {"kv-master-crash": "kv-master", "do-crash": "do-host", "origin-down": "origin",
+                    "kv-master-wipe": "kv-master", "do-host-wipe": "do-host"}[sc]
             for h in p.hosts:
                 attempt(self._restart, h, [name])
         elif sc in ("origin-slow", "origin-errors"):

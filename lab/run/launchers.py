@@ -18,6 +18,7 @@ from core.daemon import Daemon, NodeEnv
 from core.netns import socket_in
 from core.peer_auth import PeerKeys
 from core.timers import phase_of
+from kv.master import WEAK_ACK
 from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
 from model.profiles import HEALTH_PORT
 from model.spec import LabSpec
@@ -182,6 +183,16 @@ class ControlPlane(PythonService):
         return True
 
 
+#: The test-only switch that weakens a service so that a bench can show it fail: ``ANYLAB_WEAKEN=kv`` (a
+#: KV master acknowledges after its own fsync). Never set by the lab itself.
+WEAKEN_ENV = "ANYLAB_WEAKEN"
+
+
+def weakened(service: str, how: str) -> dict[str, str]:
+    """``{"weaken": how}`` for the config of ``service`` when ``ANYLAB_WEAKEN`` names it, else nothing."""
+    return {"weaken": how} if service in os.environ.get(WEAKEN_ENV, "").split(",") else {}
+
+
 class KvMaster(PythonService):
     """``kv.master`` on a region's KV node: writes durable here and on another region's master before
     the ack, pulls from every other master, streams to the region's replicas."""
@@ -203,10 +214,15 @@ class KvMaster(PythonService):
         return self.env.dir / "kv.sock"
 
     def config(self) -> dict[str, object]:
-        return {"node": self.service.name, "region": self.service.region, "data_dir": str(self.env.dir / "kv"),
+        return {"node": self.service.name, "region": self.service.region, "data_dir": str(self.data_dir),
                 "socket": str(self.socket), "listen": [str(self.service.address), self.service.port],
                 "peers": [{"name": p.name, "address": str(p.address), "port": p.port} for p in self.peers],
-                "auth": self.auth()[0]}
+                "auth": self.auth()[0], **weakened("kv", WEAK_ACK)}
+
+    @property
+    def data_dir(self) -> Path:
+        """Everything the master keeps on disk (what ``kv-master-wipe`` takes away)."""
+        return self.env.dir / "kv"
 
     def validate(self) -> None:
         if self.service.port <= 0:
@@ -320,10 +336,15 @@ class DoHost(DoService):
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
         return self.keys.auth_config(self.path("-"), f"do-host/{self.service.region}", ("do-router", "do-host"))
 
+    @property
+    def data_dir(self) -> Path:
+        """Everything the host keeps on disk (what ``do-host-wipe`` takes away)."""
+        return self.env.dir / "do"
+
     def config(self) -> dict[str, object]:
         s = self.settings
         return {"region": self.service.region, "listen": [str(self.service.address), DO_HOST_PORT],
-                "socket": str(self.socket), "data_dir": str(self.env.dir / "do"), "events": str(self.events),
+                "socket": str(self.socket), "data_dir": str(self.data_dir), "events": str(self.events),
                 "directory": [str(self.control.address), DO_DIRECTORY_PORT],
                 "control": [str(self.control.address), self.control.port], "auth": self.auth()[0],
                 "mode": s.do_mode, "renew_s": s.do_renew_s, "snapshot_s": s.do_snapshot_s}

@@ -30,7 +30,8 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
     # the request is checked before the lab is looked up (no lab is up here)
     (["fail", "nosuch", "sjc"], "error: unknown scenario 'nosuch'; use one of: service-crash, drain, speaker-crash, "
      "server-silent, server-crash, link-down, pop-down, region-down, pops-down, flap, control-down, control-cut, "
-     "kv-master-crash, do-crash, do-cut, origin-down, origin-slow, origin-errors"),
+     "kv-master-crash, do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, clock-ahead, clock-behind, "
+     "origin-down, origin-slow, origin-errors"),
     (["kv", "frob", "ns"],
      "error: use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]"),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import UsageError
-from lab.faults.catalogue import _nft_silence, plan
+from lab.faults.catalogue import _nft_cut, _nft_silence, plan
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
@@ -27,6 +27,11 @@ FAILOVER = load_topology(TOPOLOGIES / "failover.yaml")
     (GLOBAL, "kv-master-crash", "kv-na", (), (), ()),
     (GLOBAL, "do-crash", "eu", (), (), ()),
     (GLOBAL, "do-cut", "kv-na", (), (), ()),
+    (GLOBAL, "storage-partition", "eu", (), (), ()),
+    (GLOBAL, "kv-master-wipe", "kv-na", (), (), ()),
+    (GLOBAL, "do-host-wipe", "eu", (), (), ()),
+    (GLOBAL, "clock-ahead", "kv-na", (), (), ()),
+    (GLOBAL, "clock-behind", "eu", (), (), ()),
 ])
 def test_plans(topo: object, scenario: str, target: str, servers: tuple[str, ...], routers: tuple[str, ...],
                links: tuple[tuple[str, str], ...]) -> None:
@@ -64,3 +69,8 @@ def test_silence_keeps_loopback() -> None:
     rules = _nft_silence(forwarding=True)
     assert rules.count('!= "lo" drop') == 3 and "hook forward" in rules
     assert "hook forward" not in _nft_silence(forwarding=False)
+
+
+def test_a_partition_drops_every_address_named_both_ways() -> None:
+    rules = _nft_cut("10.0.0.1", "10.0.0.2")
+    assert rules.count("{ 10.0.0.1, 10.0.0.2 } drop") == 2 and "ip saddr" in rules and "ip daddr" in rules
