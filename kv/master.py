@@ -8,7 +8,8 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
 ``POST /v1/kv/{ns}/put``                       ``{key, value, metadata?, expiration?,
                                                expiration_ttl?}`` → ``{committed, hlc, replicated_to}``
 ``POST /v1/kv/{ns}/delete``                    ``{key}`` → the same (a tombstone)
-``POST /v1/kv/{ns}/batch``                     ``{ops: [{op: put|delete, …}]}``: in order, one ack
+``POST /v1/kv/{ns}/batch``                     ``{ops: [{op: put|delete, …, accepted_at?, hlc?,
+                                               node?}]}``: in order, one ack, results per op
 ``POST /v1/kv/{ns}/get``                       ``{key}`` → ``{value, metadata, expiration}`` or 404
 ``GET  /v1/kv/{ns}/list?prefix&limit&cursor``  Workers KV's list
 ``POST /v1/replicate``                         ``{ns, entries}`` from a peer master: applied, on disk
@@ -201,22 +202,50 @@ class Master:
         key = data.get("key")
         if not isinstance(key, str):
             raise KvError("'key' must be a string")
+        hlc, node = self.stamp_of(data)
         if op == "delete":
-            return Entry(check_key(key), b"", None, None, self.stamp(), self.node, deleted=True)
+            return Entry(check_key(key), b"", None, None, hlc, node, deleted=True)
         if op != "put":
             raise KvError(f"unknown op {op!r}: put or delete")
         value = value_of(data)
         raw, meta, exp = check_put(key, value, data.get("metadata"), data.get("expiration"),
                                    data.get("expiration_ttl"), now() if at is None else at)
-        return Entry(raw, value, meta, exp, self.stamp(), self.node)
+        return Entry(raw, value, meta, exp, hlc, node)
+
+    def stamp_of(self, data: dict[str, Any]) -> tuple[int, str]:
+        """The version of a write: the stamp it carries — given when it was first stamped (by this or a
+        wiped master, or by the replica that queued it when it accepted it), so that a write drained late
+        still orders by when it was accepted, and one sent again after a wipe is the same version — else a
+        new one of this master's. A carried stamp must be admissible (:func:`kv.hlc.admissible`); raises
+        KvError (400) otherwise."""
+        hlc, node = data.get("hlc"), data.get("node")
+        if hlc is None and node is None:
+            return self.stamp(), self.node
+        if not isinstance(hlc, int) or isinstance(hlc, bool) or not isinstance(node, str) or not 0 < len(node) <= 64:
+            raise KvError("a stamped write carries 'hlc' (an integer) and 'node' (1–64 characters)")
+        if not admissible(hlc, self.now_ms()):
+            self.refused["future_hlc"] += 1
+            raise KvError(f"the write's HLC {hlc} is more than {MAX_AHEAD_MS / 1000:g} s ahead of this master's clock")
+        self.clock = self.clock.observe(hlc, self.now_ms())
+        return hlc, node
+
+    async def unconfirmed(self, ns: str, entry: Entry) -> web.Response:
+        """A single write stored here: acknowledged, or 503 carrying the version it was stored as (so that
+        the replica can keep it and send the same version again, even to this master after a wipe)."""
+        try:
+            return web.json_response(await self.write(ns, [entry]))
+        except KvError as exc:
+            if exc.status != 503:
+                raise
+            return web.json_response({"error": str(exc), "hlc": entry.hlc, "node": entry.node}, status=503)
 
     async def put(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
-        return web.json_response(await self.write(ns, [self.entry_of(ns, "put", await body(request))]))
+        return await self.unconfirmed(ns, self.entry_of(ns, "put", await body(request)))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns = check_namespace(request.match_info["ns"])
-        return web.json_response(await self.write(ns, [self.entry_of(ns, "delete", await body(request))]))
+        return await self.unconfirmed(ns, self.entry_of(ns, "delete", await body(request)))
 
     async def batch(self, request: web.Request) -> web.Response:
         """``{"ops": [{"op": "put"|"delete", key, …, accepted_at?}]}``: a replica draining its queue. Each

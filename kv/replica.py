@@ -12,7 +12,12 @@ Local API (127.0.0.1, and a Unix socket in the server's run directory for ``anyl
   regions' masters) → ``committed: true``. Master unreachable → the write goes to a durable local queue
   (SQLite) and the answer is ``accepted: true, committed: false``; while the queue is not empty every new
   write joins it, and a drainer sends them in order once the master answers. A master answering 503 (it
-  has the write, no peer confirmed) → ``accepted``, not queued: the master passes it on.
+  has the write, no peer confirmed) → ``accepted`` and queued too, with the version the master gave it:
+  the master's copy alone is one disk, and the queue sends the same version again until a write is
+  confirmed (a master that lost its disk meanwhile takes it as it was).
+- **Stamps**: a queued write is stamped here when it is accepted (this replica's HLC, which follows every
+  version it takes from the master), so that draining it late does not order it after writes acknowledged
+  since, elsewhere; the master keeps the stamp a write carries.
 - **Write ids**: every write gets one here, kept through the retries and the queue; the master stamps a
   write once by its id (:meth:`kv.master.Master.entry_of`), so a retry is never a second version.
 - **Following**: long polls of the master's ``/v1/changes`` from the last sequence numbers seen (kept on
@@ -43,6 +48,7 @@ from core.clock import monotonic
 from core.peer_auth import Signer
 from core.service import is_operator, run_service, service_main, signed_call
 from kv import service
+from kv.hlc import Clock, admissible
 from kv.service import Cursor, body, now, save_json, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 from protect.limits import Bucket, take
@@ -52,6 +58,8 @@ DRAIN_BATCH = 200
 QUEUE_WAIT_S = 2.0
 POLL_WAIT = 2.0
 ATTEMPT_TIMEOUT_S = 0.5
+#: How soon a batch the master stored but no other region confirmed (503) is sent again.
+UNCONFIRMED_RETRY_S = 0.5
 
 
 class Replica:
@@ -71,6 +79,8 @@ class Replica:
         self.events = Path(cfg["events"])
         self.applied_log = Path(cfg["events"]).with_name("kv-applied.jsonl")
         self.cursor_file = data / "cursors.json"
+        #: Stamps the writes this replica queues (kv.hlc), after every version it has taken from the master.
+        self.clock = Clock()
         self.cursor = Cursor.from_json(json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else None)
         self.queue = sqlite3.connect(data / "queue.sqlite", check_same_thread=False, isolation_level=None)
         self.queue.execute("PRAGMA journal_mode=WAL")
@@ -168,15 +178,20 @@ class Replica:
                 last = str(exc) or type(exc).__name__
                 continue
             self.reachable = True
-            if status == 503:  # on the master, not confirmed by a peer: it will pass it on
-                return {"committed": False, "accepted": True, "queued": 0, "detail": reply.get("error")}
+            if status == 503:  # on the master's disk alone: kept here, as the version it was stored as
+                stamp = {"hlc": reply["hlc"], "node": reply["node"]} if "hlc" in reply and "node" in reply else {}
+                return self.enqueue(ns, op, {**data, **stamp}, f"not confirmed by another region: {reply.get('error')}")
             if status >= 400:
                 raise KvError(str(reply.get("error")), status)
             return {**reply, "accepted": True}
         return self.enqueue(ns, op, data, f"master unreachable: {last}")
 
     def enqueue(self, ns: str, op: str, data: dict[str, Any], why: str) -> dict[str, Any]:
-        # When it was accepted goes with it: its expiration is checked as of then, not when it drains.
+        # When it was accepted goes with it: its expiration is checked as of then, not when it drains, and
+        # its version is stamped now (unless the master already stamped it).
+        if "hlc" not in data:
+            self.clock, hlc = self.clock.tick(int(now() * 1000))
+            data = {**data, "hlc": hlc, "node": self.server}
         cur = self.queue.execute("INSERT INTO queue (ns, op, body, t) VALUES (?, ?, ?, ?)",
                                  (ns, op, json.dumps({**data, "accepted_at": now()}), monotonic()))
         self.queued.set()
@@ -222,17 +237,26 @@ class Replica:
             given = reply.get("results")
             results: list[Any] = given if isinstance(given, list) and len(given) == len(rows) else \
                 [{"ok": True}] * len(rows)
-            self.queue.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(rows))})", [r[0] for r in rows])
-            for r, op, raw_result in zip(rows, ops, results, strict=True):
+            oks = [isinstance(r, dict) and bool(r.get("ok")) for r in results]
+            # Confirmed (200), or refused for what the master holds: done. On the master's disk alone (503):
+            # kept, and sent again (the same version) until another region confirms it.
+            done = [r for r, ok in zip(rows, oks, strict=True) if status == 200 or not ok]
+            if done:
+                self.queue.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(done))})", [r[0] for r in done])
+            for r, op, raw_result, ok in zip(rows, ops, results, oks, strict=True):
+                if status != 200 and ok:
+                    continue
                 result = raw_result if isinstance(raw_result, dict) else {"ok": False, "error": "no result"}
-                ok = bool(result.get("ok"))
-                outcome = ("committed" if status == 200 else "accepted") if ok else f"refused {result.get('status')}"
+                outcome = "committed" if ok else f"refused {result.get('status')}"
                 error = reply.get("error") if ok else result.get("error")
                 # A write the master refused for what it holds is reported (here and to a waiting writer),
                 # not silently lost.
                 self.event(event="drained", id=r[0], ns=ns, op=r[2], key=op.get("key"), outcome=outcome, error=error)
-                self.outcomes[r[0]] = {"committed": ok and status == 200, "replicated_to": reply.get("replicated_to"),
+                self.outcomes[r[0]] = {"committed": ok, "replicated_to": reply.get("replicated_to"),
                                        "detail": error, **({} if ok else {"refused": True})}
+            if status == 503:
+                self.event(event="drain_unconfirmed", ns=ns, count=len(rows) - len(done), error=reply.get("error"))
+                await asyncio.sleep(UNCONFIRMED_RETRY_S)
             while len(self.outcomes) > 10000:  # only the writers waiting right now need them
                 del self.outcomes[next(iter(self.outcomes))]
             async with self.drained:
@@ -260,6 +284,10 @@ class Replica:
                     await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
                     pulled_to[ns] = max(e.seq for e in entries)
                     self.applied(ns, entries)
+                    now_ms = int(now() * 1000)
+                    seen = [e.hlc for e in entries if admissible(e.hlc, now_ms)]
+                    if seen:
+                        self.clock = self.clock.observe(max(seen), now_ms)
             if self.cursor.take(reply, pulled_to):
                 save_json(self.cursor_file, self.cursor.to_json())
             seqs = reply.get("seqs", {})

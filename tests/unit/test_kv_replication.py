@@ -336,3 +336,45 @@ def test_a_master_that_lost_its_disk_is_followed_again_from_the_start(cluster: C
     wait_for(lambda: all(cluster.get(n, "new") is not None for n in ("kv-eu", "kv-ap")), timeout=10,
              what="kv-eu and kv-ap to pull the new write")
     wait_for(lambda: cluster.get("kv-na", "old19") is not None, timeout=10, what="kv-na rebuilt from its peers")
+
+
+def test_a_queued_write_orders_by_when_it_was_accepted(cluster: Cluster) -> None:
+    """Issue 20: a write queued at the replica (its master away) and a write to the same key acknowledged
+    after it by another region: once the queue drains, every master holds the later one. On the main
+    before, the queued write was stamped when it drained and overwrote the one acknowledged after it."""
+    cluster.masters["kv-na"].stop()
+    assert cluster.put("sjc-s1", "k", "queued first")["committed"] is False
+    assert cluster.put("kv-eu", "k", "acknowledged after")["committed"] is True
+    cluster.masters["kv-na"].start()
+
+    def drained() -> list[str]:
+        events = [json.loads(line) for line in (cluster.root / "kv-events.jsonl").read_text().splitlines()]
+        return [e["outcome"] for e in events if e["event"] == "drained"]
+
+    wait_for(lambda: drained() == ["committed"], timeout=15, what="the queued write drained")
+    def values() -> dict[str, Any]:
+        return {m: (cluster.get(m, "k") or {}).get("value") for m in cluster.masters}
+
+    wait_for(lambda: set(values().values()) == {"acknowledged after"}, timeout=10,
+             what="every master to hold the write acknowledged last", describe=lambda: str(values()))
+
+
+def test_a_write_on_its_master_alone_survives_that_masters_disk(cluster: Cluster) -> None:
+    """Issue 20: with no other region to confirm it, a write is on its master's disk alone (503: accepted,
+    not acknowledged); that disk is then lost. The replica kept the write, with the version the master gave
+    it, and sends it again: once another region is back it commits, the same version. On the main before,
+    the replica let go of it on the 503 and the write was gone with the disk."""
+    import shutil
+
+    cluster.masters["kv-eu"].stop()
+    cluster.masters["kv-ap"].stop()
+    reply = cluster.put("sjc-s1", "only-here", "v")
+    assert reply["committed"] is False and reply["accepted"] is True
+    cluster.masters["kv-na"].stop()
+    shutil.rmtree(cluster.root / "kv-na")
+    cluster.masters["kv-na"].start()
+    cluster.masters["kv-eu"].start()
+    wait_for(lambda: (cluster.get("kv-eu", "only-here") or {}).get("value") == "v", timeout=15,
+             what="the write on kv-eu after kv-na lost its disk")
+    events = [json.loads(line) for line in (cluster.root / "kv-events.jsonl").read_text().splitlines()]
+    assert [e["outcome"] for e in events if e["event"] == "drained"] == ["committed"]
