@@ -29,7 +29,7 @@ bounded wait. ``accepted`` writes (not acknowledged) that did not survive are co
 acknowledge after its own fsync): its losses are the proof that ``acked_lost: 0`` could have come out
 otherwise. ``--both`` runs the weakened lab and then the real one and prints both, side by side.
 
-    sudo .venv/bin/python bench/kv.py --nemesis wipe --both [--seconds 40] [--rate 60]
+    sudo .venv/bin/python bench/kv.py --nemesis wipe --both [--seconds 40] [--rate 100] [--writers 4]
 
 Prints one JSON document on stdout.
 """
@@ -170,7 +170,7 @@ def keys_on(lab: Lab, master: str) -> set[str]:
             return out
 
 
-def run_wipe(seconds: float, rate: float, writer_pop: str, weaken: bool) -> dict[str, Any]:
+def run_wipe(seconds: float, rate: float, writers: int, writer_pop: str, weaken: bool) -> dict[str, Any]:
     """The destructive run (see the module's text); ``weaken``: against the test-only weakened master."""
     if weaken:
         os.environ[WEAKEN_ENV] = "kv"
@@ -203,16 +203,38 @@ def run_wipe(seconds: float, rate: float, writer_pop: str, weaken: bool) -> dict
 
             chaos = threading.Thread(target=nemesis)
             chaos.start()
-            i = 0
-            while monotonic() - t0 < seconds:
-                key = f"k{i:06d}"
-                try:
-                    replies[key] = writer.put(NS, key, str(i).encode())
-                except KvError as exc:
-                    replies[key] = {"error": str(exc)}
-                i += 1
-                time.sleep(max(0.0, t0 + i / rate - monotonic()))  # the writer's pace
+            timing: dict[str, tuple[float, float]] = {}
+
+            def write(w: int) -> None:
+                # One of ``writers`` threads, each at rate / writers, through the same replica.
+                client = KvClient(writer.socket, timeout=10)
+                i = 0
+                while monotonic() - t0 < seconds:
+                    key = f"w{w}-{i:06d}"
+                    t_start = monotonic()
+                    try:
+                        replies[key] = client.put(NS, key, str(i).encode())
+                    except KvError as exc:
+                        replies[key] = {"error": str(exc)}
+                    timing[key] = (t_start - t0, monotonic() - t_start)
+                    i += 1
+                    time.sleep(max(0.0, t0 + i * writers / rate - monotonic()))  # this writer's pace
+
+            threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
             chaos.join()
+            bounds = [("before", 0.0), ("partitioned", marks.get("partition", seconds)),
+                      ("wiped", marks.get("back_empty", seconds)), ("healed", marks.get("heal", seconds))]
+            phases: dict[str, dict[str, Any]] = {}
+            for n, (name, start) in enumerate(bounds):
+                end = bounds[n + 1][1] if n + 1 < len(bounds) else seconds + 1e9
+                ks = [k for k, (ts, _d) in timing.items() if start <= ts < end]
+                phases[name] = {"writes": len(ks), "acked": sum(replies[k].get("committed") is True for k in ks),
+                                "put_ms_p50": pct([timing[k][1] * 1000 for k in ks], 0.5),
+                                "put_ms_max": round(max((timing[k][1] * 1000 for k in ks), default=0.0), 1)}
             acked = {k for k, r in replies.items() if r.get("committed") is True}
             accepted = {k for k, r in replies.items() if r.get("accepted") and not r.get("committed")}
             seen: dict[str, set[str]] = {}
@@ -231,9 +253,10 @@ def run_wipe(seconds: float, rate: float, writer_pop: str, weaken: bool) -> dict
             lost = sorted(acked - anywhere)
             return {
                 "weakened": weaken, "writer": server, "acking_master": master, "survivors": survivors,
-                "seconds": seconds, "rate_hz": rate, "marks_s": {k: round(v, 3) for k, v in marks.items()},
+                "seconds": seconds, "rate_hz": rate, "writers": writers,
+                "marks_s": {k: round(v, 3) for k, v in marks.items()},
                 "writes": len(replies), "acked": len(acked), "accepted": len(accepted),
-                "refused": sum("error" in r for r in replies.values()),
+                "refused": sum("error" in r for r in replies.values()), "phases": phases,
                 "acked_lost": len(lost), "acked_lost_first": lost[:10],
                 "acked_missing": sum(1 for k in acked if any(k not in seen.get(m, set()) for m in survivors)),
                 "accepted_lost": len(accepted - anywhere), "errors": errors,
@@ -245,23 +268,24 @@ def run_wipe(seconds: float, rate: float, writer_pop: str, weaken: bool) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="20 (region-down), 40 (wipe)")
-    parser.add_argument("--rate", type=float, default=None, help="writes per second: 20 (region-down), 60 (wipe)")
+    parser.add_argument("--rate", type=float, default=None, help="writes per second: 20 (region-down), 100 (wipe)")
     parser.add_argument("--kill", default="eu")
     parser.add_argument("--writer", default="sjc", help="the writer's PoP")
     parser.add_argument("--nemesis", choices=("region-down", "wipe"), default="region-down")
     parser.add_argument("--weaken", action="store_true", help="wipe: against the test-only weakened master")
     parser.add_argument("--both", action="store_true", help="wipe: the weakened run, then the real one")
+    parser.add_argument("--writers", type=int, default=4, help="wipe: concurrent writers at the one PoP server")
     args = parser.parse_args()
     if args.nemesis == "region-down":
         if args.weaken or args.both:
             parser.error("--weaken and --both go with --nemesis wipe")
         print(json.dumps(run(args.seconds or 20.0, args.rate or 20.0, args.kill, args.writer), indent=1))
         return
-    seconds, rate = args.seconds or 40.0, args.rate or 60.0
-    if not (5 <= seconds <= 600 and 1 <= rate <= 500):
-        parser.error("--seconds 5..600 and --rate 1..500 (the run is bounded)")
+    seconds, rate = args.seconds or 40.0, args.rate or 100.0
+    if not (5 <= seconds <= 600 and 1 <= rate <= 500 and 1 <= args.writers <= 16):
+        parser.error("--seconds 5..600, --rate 1..500 and --writers 1..16 (the run is bounded)")
     runs = [True, False] if args.both else [args.weaken]
-    results = [run_wipe(seconds, rate, args.writer, weaken) for weaken in runs]
+    results = [run_wipe(seconds, rate, args.writers, args.writer, weaken) for weaken in runs]
     print(json.dumps({"nemesis": "wipe", "topology": "global", "runs": results,
                       "goals": {"acked_lost": 0, "acked_min": 1000}}, indent=1))
 
