@@ -3,7 +3,9 @@ every client namespace while a nemesis fails the region that owns the most objec
 the control node's region, which holds the one-node directory; when no other region owns any, that turn
 goes to the next scenario), over and over, with
 ``region-down``, ``do-crash`` (the owner's host killed) and ``do-cut`` (the owner cut off from the
-directory, still reachable by PoPs: a partition that heals).
+directory, still reachable by PoPs: a partition that heals) — and, asked for by name, ``do-host-wipe``
+(the owner's host killed and its disk deleted: it comes back empty, and whatever it held as a backup for
+other regions is gone too).
 
 Per failover, on the one CLOCK_MONOTONIC clock, relative to the fault: ``detect`` (the directory declares
 the region down), ``promote`` (the first backup took an object over), ``route`` (the first PoP router
@@ -41,6 +43,8 @@ from lab.run.driver import Driver
 WORKER, HOST = "reg", "reg.example"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "do_register.py"
 SCENARIOS = ("region-down", "do-crash", "do-cut")
+#: Every scenario a run may ask for (the destructive one only by name).
+ALL_SCENARIOS = (*SCENARIOS, "do-host-wipe")
 
 
 def acked_lost(counters: list[dict[str, Any]], finals: dict[Any, Any]) -> int:
@@ -73,8 +77,8 @@ class NemesisSpec:
 
     def check(self) -> None:
         """Raises AnylabError for a spec outside the lab's bounds (load and fault tests stop by themselves)."""
-        if not 1 <= self.failovers <= 100 or not self.scenarios or set(self.scenarios) - set(SCENARIOS):
-            raise AnylabError(f"failovers 1..100 of {', '.join(SCENARIOS)}")
+        if not 1 <= self.failovers <= 100 or not self.scenarios or set(self.scenarios) - set(ALL_SCENARIOS):
+            raise AnylabError(f"failovers 1..100 of {', '.join(ALL_SCENARIOS)}")
         if not (1 <= self.procs <= 16 and 0 < self.rate <= 100 and self.registers + self.counters >= 1):
             raise AnylabError("procs 1..16, rate ≤ 100 op/s, at least one object")
 
