@@ -16,6 +16,7 @@ from typing import IO
 
 from core.clock import monotonic
 from core.errors import AnylabError
+from core.netns import libc
 from core.records import PIDS_FILE, is_same_process, proc_starttime, write_record
 
 
@@ -138,6 +139,35 @@ class ProcessGroup:
         """Stop every process (see :func:`stop_many`); failures are appended to ``errors``."""
         stop_many(list(reversed(self.procs)), errors)
         self.procs.clear()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it exits (kept across exec). Only
+    a call into the C library here: the child of a threaded parent may not import or allocate much."""
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(126)  # a tool that could outlive its caller is not started at all
+
+
+def start_tool(run_dir: Path, argv: Sequence[str], *, node: str, name: str, netns: str,
+               stderr: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Start a lab tool's process for the caller (a load generator in a client's namespace ``netns``): it
+    dies with the caller's thread (``PR_SET_PDEATHSIG``, so a SIGKILLed ``measure`` takes its load with it)
+    and is recorded in ``run_dir``'s ``pids.jsonl`` (so ``anylab down`` stops it whatever happened). The
+    caller waits for it or stops it. Raises AnylabError if it cannot be started."""
+    try:
+        popen = subprocess.Popen(["nsenter", f"--net={netns}", "--", *argv], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=stderr, close_fds=True,
+                                 preexec_fn=_die_with_parent)
+    except OSError as exc:
+        raise AnylabError(f"cannot start {argv[0]}: {exc}", node=node, daemon=name) from exc
+    start = proc_starttime(popen.pid)
+    if start is not None:  # gone already: nothing left to stop
+        write_record(run_dir / PIDS_FILE, {"node": node, "name": name, "pid": popen.pid, "starttime": start,
+                                           "signal": int(signal.SIGTERM)})
+    return popen
 
 
 def stop_many(procs: list[Proc], errors: list[str], timeout: float = 5.0) -> None:

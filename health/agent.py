@@ -8,10 +8,10 @@ keeps a Prometheus textfile and a state file current. SIGTERM/SIGINT withdraw an
 If the API process cannot be reached (the speaker crashed) the wanted mode is re-sent on every
 following step until it is accepted, so a restarted speaker converges to the agent's decision.
 
-With ``lease_s`` (the agent folded into the edge's process, :mod:`pop_agent.agent`) it holds its connection
-to the API process open as a dead-man's switch and renews it on its checks (:func:`renew_period`): if the
-process dies or hangs, nobody is left to withdraw, so the API process does it when the connection closes
-or the lease runs out.
+With ``lease_s`` (as the lab runs it: a process of its own, or folded into the edge's by
+:mod:`pop_agent.agent`) it holds its connection to the API process open as a dead-man's switch and renews
+it on its checks (:func:`renew_period`): if the agent dies or hangs, nobody is left to withdraw, so the API
+process does it when the connection closes or the lease runs out.
 
 Run as ``python -m health.agent --config D/health.json`` (written by :class:`lab.run.launchers.HealthAgent`).
 """
@@ -100,7 +100,7 @@ class Counters:
 
 
 def renew_period(interval: float, lease: float) -> float:
-    """How often a folded agent renews its lease: every k-th check interval (so that renewals ride on the
+    """How often an agent renews its lease: every k-th check interval (so that renewals ride on the
     checks' wake-ups), at least twice per lease."""
     if interval > lease / 2:
         return lease / 2

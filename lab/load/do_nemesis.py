@@ -32,6 +32,7 @@ from typing import Any
 from control_plane.client import Client
 from core.clock import monotonic
 from core.errors import AnylabError
+from core.proc import start_tool
 from core.stats import quantile
 from core.wait import wait_for
 from durable import client as do_client
@@ -107,7 +108,7 @@ class Nemesis:
 
     def _load_argv(self, client: str, duration: float, final: bool = False) -> list[str]:
         s = self.spec
-        argv = ["nsenter", f"--net={self.driver.netns[client]}", "--", sys.executable, "-m", "lab.load.do_load",
+        argv = [sys.executable, "-m", "lab.load.do_load",
                 "--target", str(self.topo.anycast[0].network_address), "--host", HOST,
                 "--out", str(self.history_file(client)), "--client", client, "--procs", str(s.procs),
                 "--rate", str(s.rate), "--registers", str(s.registers), "--counters", str(s.counters),
@@ -118,8 +119,8 @@ class Nemesis:
     def start_load(self, duration: float) -> None:
         for c in self.topo.clients:
             self.history_file(c.name).unlink(missing_ok=True)
-            self.procs[c.name] = subprocess.Popen(self._load_argv(c.name, duration), stdin=subprocess.DEVNULL,
-                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs[c.name] = start_tool(self.driver.run_dir, self._load_argv(c.name, duration), node=c.name,
+                                            name="do-load", netns=self.driver.netns[c.name])
 
     def stop_load(self) -> None:
         for proc in self.procs.values():
@@ -243,8 +244,13 @@ class Nemesis:
         finally:
             self.stop_load()
         final_client = self.topo.clients[0].name
-        subprocess.run(self._load_argv(final_client, 60, final=True), check=False, timeout=120,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        final = start_tool(self.driver.run_dir, self._load_argv(final_client, 60, final=True), node=final_client,
+                           name="do-load", netns=self.driver.netns[final_client])
+        try:
+            final.wait(120)
+        except subprocess.TimeoutExpired:
+            final.kill()
+            final.wait()
         result = self.summary(runs)
         (self.driver.run_dir / "do-nemesis.json").write_text(json.dumps(result, indent=1))
         return result

@@ -18,6 +18,7 @@ from typing import Any
 from core import unix_http
 from core.clock import monotonic
 from core.errors import AnylabError
+from core.proc import start_tool
 from core.stats import quantile
 from core.wait import wait_for
 from lab.load.client_http import client_request
@@ -83,12 +84,12 @@ def overload(lab: Driver, pop: str, multiple: float, duration: float, mix: dict[
     for c in clients:
         out = lab.node_dir(c) / "priority-load.jsonl"
         out.unlink(missing_ok=True)
-        argv = ["nsenter", f"--net={lab.netns[c]}", "--", sys.executable, "-m", "lab.load.priority_load",
+        argv = [sys.executable, "-m", "lab.load.priority_load",
                 "--target", target, "--out", str(out), "--rate", f"{rate / len(clients):.3f}",
                 "--mix", ",".join(f"{k}={v}" for k, v in mix.items()), "--timeout", str(timeout),
                 "--duration", f"{duration:.1f}"]
-        procs[c] = (subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE), out)
+        procs[c] = (start_tool(lab.run_dir, argv, node=c, name="priority-load", netns=lab.netns[c],
+                               stderr=subprocess.PIPE), out)
     errors = []
     for c, (proc, _out) in procs.items():
         try:

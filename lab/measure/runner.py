@@ -27,6 +27,7 @@ from typing import Any
 
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError, WaitTimeout
+from core.proc import start_tool
 from core.wait import wait_for
 from lab.faults.catalogue import Plan, plan
 from lab.load.http_load import read as read_http
@@ -175,12 +176,12 @@ class HttpLoads:
         target = str(self.driver.topo.anycast[0].network_address)
         for c in self.driver.topo.clients:
             self.path(c.name).unlink(missing_ok=True)
-            argv = ["nsenter", f"--net={self.driver.netns[c.name]}", "--", sys.executable, "-m", "lab.load.http_load",
+            argv = [sys.executable, "-m", "lab.load.http_load",
                     "--target", target, "--host", HTTP_HOST, "--out", str(self.path(c.name)),
                     "--rate", str(self.spec.rate), "--connections", str(self.spec.connections),
                     "--timeout", str(self.spec.timeout), "--duration", f"{duration:.1f}"]
-            self.procs[c.name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.DEVNULL)
+            self.procs[c.name] = start_tool(self.driver.run_dir, argv, node=c.name, name="http-load",
+                                            netns=self.driver.netns[c.name])
 
     def wait_served(self, since: float, count: int, timeout: float, clients: list[str] | None = None) -> None:
         """Until every client (not skipped) has ``count`` good answers in each mode sent after ``since``."""

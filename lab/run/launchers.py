@@ -405,6 +405,19 @@ def _answers(path: Path, url: str) -> bool:
         return False
 
 
+#: The shortest lease of a health agent's dead-man's switch: one busy event loop (a burst of requests,
+#: a collection) can go quiet for a few hundred milliseconds, and a shorter lease would withdraw a healthy
+#: server then.
+MIN_LEASE_S = 1.0
+
+
+def agent_lease(server: Server) -> float:
+    """The lease a server's health agent holds the ExaBGP API with: ``fall × interval + timeout`` (what
+    failing checks would have taken), at least :data:`MIN_LEASE_S`."""
+    h = server.profile.health
+    return max(MIN_LEASE_S, h.fall * h.interval + h.timeout)
+
+
 class HealthAgent(PythonService):
     """``health.agent``: checks the local service and tells the ExaBGP API process what to announce."""
 
@@ -413,11 +426,12 @@ class HealthAgent(PythonService):
     module = "health.agent"
     dependencies = ("edge", "exabgp")
 
-    def __init__(self, env: NodeEnv, server: Server, lease_s: float | None = None) -> None:
+    def __init__(self, env: NodeEnv, server: Server) -> None:
         super().__init__(env)
         self.server = server
-        #: The dead-man's switch's lease (the agent folded into the edge's process), else None.
-        self.lease_s = lease_s
+        #: The dead-man's switch's lease (:func:`agent_lease`): the agent holds the ExaBGP API with it, so
+        #: that a dead or hung agent — a process of its own, or folded into the edge's — is withdrawn.
+        self.lease_s = agent_lease(server)
 
     def config(self) -> dict[str, object]:
         h, d = self.server.profile.health, self.env.dir
@@ -433,7 +447,7 @@ class HealthAgent(PythonService):
             **({"overload": {"overload_above": h.overload.above, "overload_after": h.overload.after_s,
                              "restore_below": h.overload.below, "restore_after": h.overload.restore_after_s},
                 "protect": str(d / "protect.json")} if h.overload is not None else {}),
-            **({"lease_s": self.lease_s} if self.lease_s is not None else {}),
+            "lease_s": self.lease_s,
         }
 
     @property
@@ -501,18 +515,14 @@ class Prober(Daemon):
         return self.out.exists()
 
 
-#: The shortest lease of a folded agent's dead-man's switch: one busy event loop (a burst of requests,
-#: a collection) can go quiet for a few hundred milliseconds, and a shorter lease would withdraw a healthy
-#: server then.
-MIN_LEASE_S = 1.0
 
 
 class PopAgent(Daemon):
     """``pop_agent.agent``: the edge worker, its KV replica and (with ``health_agent: anylab``) its health
     agent as one process (``settings.server_process: folded``). The parts' configs and files are those of
-    :class:`EdgeWorker`, :class:`KvReplica` and :class:`HealthAgent`; the agent holds the ExaBGP API with a
-    lease of ``fall × interval + timeout`` (at least :data:`MIN_LEASE_S`), so that a dead or hung process
-    is withdrawn as a failing check would have been."""
+    :class:`EdgeWorker`, :class:`KvReplica` and :class:`HealthAgent`; the agent holds the ExaBGP API with
+    its lease (:func:`agent_lease`), so that a dead or hung process is withdrawn as a failing check would
+    have been."""
 
     name = "pop-agent"
     forkable = True
@@ -521,9 +531,7 @@ class PopAgent(Daemon):
     def __init__(self, env: NodeEnv, edge: EdgeWorker, kv: KvReplica, health: bool) -> None:
         super().__init__(env)
         self.edge, self.kv = edge, kv
-        h = edge.server.profile.health
-        self.health = HealthAgent(env, edge.server, max(MIN_LEASE_S, h.fall * h.interval + h.timeout)) \
-            if health else None
+        self.health = HealthAgent(env, edge.server) if health else None
 
     @property
     def parts(self) -> tuple[Daemon, ...]:

@@ -9,11 +9,17 @@ A withdrawal reaches the clients' router r1 through two bgpd hops; FRR holds eac
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from core.clock import monotonic
+from core.wait import wait_for
+from health.agent import renew_period
 from lab.measure.runner import measure
 from lab.record.probes import last_answer
 from lab.run.lab import Lab
@@ -144,3 +150,59 @@ def test_flap_ends_restored(lab: Lab) -> None:
     (run,) = result["runs"]
     assert all(c["lost"] == 0 for c in run["clients"].values())
     assert result["catchment_restored"] and lab.injector.active == {}
+
+
+def health_events(lab: Lab, server: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (lab.node_dir(server) / "health-events.jsonl").read_text().splitlines()]
+
+
+def pid_of(lab: Lab, server: str, daemon: str) -> int:
+    (d,) = [d for d in lab.daemons[server] if d.name == daemon]
+    assert d.proc is not None
+    return d.proc.pid
+
+
+def test_a_hung_service_is_withdrawn_within_the_detection_bound(lab: Lab) -> None:
+    """Issue 20: the edge worker stopped (SIGSTOP: it accepts nothing, answers nothing) — every check hangs
+    to its timeout; the down decision comes within the detection bound, which counts a hung check at its
+    timeout (core.timers.detection_bound), plus the agent's own scheduling."""
+    server = "sjc-s1"
+    pid = pid_of(lab, server, "edge")
+    t_stop = monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        down = wait_for(lambda: [e for e in health_events(lab, server) if e["health"] == "down" and e["t"] >= t_stop],
+                        timeout=5.0, what="the agent to decide down", interval=0.02)
+        assert down[0]["t"] - t_stop <= DETECTION_S + 0.05, down[0]  # 50 ms: the agent's own scheduling
+        assert down[0]["announced"] == "withdrawn"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: lab.exabgp(server).api("status")["mode"] == "normal", timeout=10.0,
+             what="the resumed server to be announced again", interval=0.05)
+
+
+def test_a_hung_health_agent_is_withdrawn_when_its_lease_runs_out(lab: Lab) -> None:
+    """Issue 20: the split server's health agent holds the ExaBGP API with a lease (a dead-man's switch, as
+    the folded one does); stopped, it renews nothing and the API withdraws when the lease runs out — before,
+    a dead or hung agent left its server announced for good. Resumed, it holds again."""
+    server = "sjc-s2"
+
+    def events() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in (lab.node_dir(server) / "api-events.jsonl").read_text().splitlines()]
+
+    lease = next(float(e["lease_s"]) for e in reversed(events()) if e["event"] == "agent-holds")
+    renew = renew_period(FAST.health.interval, lease)
+    pid = pid_of(lab, server, "health")
+    t_stop = monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        lost = wait_for(lambda: [e for e in events() if e["event"] == "agent-lost" and float(e["t"]) >= t_stop],
+                        timeout=lease + 5.0, what="the API to give up on a stopped agent", interval=0.05)
+        took = float(lost[0]["t"]) - t_stop
+        # The lease runs from the last renewal, at most one renewal period before the stop.
+        assert lease - renew <= took <= lease + MARGIN_S and str(lost[0]["why"]).startswith("silent")
+        assert lab.exabgp(server).api("status")["mode"] == "withdrawn"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: lab.exabgp(server).api("status")["mode"] == "normal", timeout=10.0,
+             what="the resumed agent to announce again", interval=0.05)
