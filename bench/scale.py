@@ -9,7 +9,8 @@ region in a full mesh of peers, regional transits, 1 server per PoP, one client 
   (and its phases);
 - ``pss_mb_per_pop``: the PSS of one PoP server's processes (ExaBGP with its API, edge worker and its
   isolate zygote, health agent, KV replica), mean over the servers; ``lab_pss_gb`` the whole lab;
-- ``idle_cpu_pct``: one PoP server's processes, % of one core, mean over the servers, probes at 10 Hz;
+- ``idle_cpu_pct``: one PoP server's processes, % of one core, mean over the servers of the PoPs no
+  client's probes reach (the predicted catchment's are left out: they answer the 10 Hz probes);
   ``lab_idle_cpu_pct`` the whole lab (of 200 % on this 2-core box);
 - ``region_down``: ``anylab measure pops-down eu`` (every PoP of a region silent; its routers and users
   stay and move to other regions): global convergence (the last FIB change of any router), the routers'

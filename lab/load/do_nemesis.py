@@ -218,6 +218,7 @@ class Nemesis:
             return None if t is None else round(t - t_fault, 4)
 
         return {"scenario": scenario, "region": target, "moved": len(placed), "took_s": round(monotonic() - t_fault, 2),
+                "moved_from": before,
                 "to": sorted({p["owner"] for p in placed.values()}), "t_fault": t_fault,
                 "phases_s": {"detect": rel(detect), "promote": rel(min(promotes, default=None)),
                              "route": rel(min(routes, default=None)), "first_served": rel(min(first.values())),

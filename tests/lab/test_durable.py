@@ -83,12 +83,27 @@ def test_every_failover_is_served_by_the_new_owner_within_the_timers(lab: Lab, r
 
 
 def test_a_partitioned_owner_is_fenced_when_it_heals(lab: Lab, result: dict[str, Any]) -> None:
+    """The owner cut off from the directory is fenced once the partition heals, and a write sent to it at
+    the epoch it owned — as a router that had not heard of the move would — is refused as certainly not
+    done (issue 20: this counted "fenced" lines without ever trying a write on the old owner)."""
+    import base64
+
+    from core import unix_http
+
     cuts = [r for r in result["runs"] if r["scenario"] == "do-cut"]
     assert cuts
     for run in cuts:
         host_dir = lab.node_dir(lab.topo.kv_master_of(run["region"]).name)
         fenced = [line for line in (host_dir / "do-events.jsonl").read_text().splitlines() if '"fenced"' in line]
         assert len(fenced) >= run["moved"], run
+        for key, epoch in run["moved_from"].items():
+            call = {"key": key, "epoch": epoch, "version": "any",
+                    "request": {"method": "POST", "url": "/incr", "headers": {},
+                                "body": base64.b64encode(b"1").decode()}}
+            status, body = unix_http.request(str(host_dir / "do.sock"), "POST", "/v1/call", json.dumps(call).encode(),
+                                             {"Content-Type": "application/json"}, timeout=10.0)
+            reply = json.loads(body)
+            assert (status, reply["error"], reply["definite"]) == (421, "not_owner", True), (key, epoch, reply)
 
 
 def test_every_object_has_a_live_owner_and_a_backup_afterwards(lab: Lab, result: dict[str, Any]) -> None:
