@@ -25,11 +25,20 @@ that were never wiped (their own disks, not the wiped one's, and without waiting
 bounded wait. ``accepted`` writes (not acknowledged) that did not survive are counted apart
 (``accepted_lost``): the design promises nothing for them, but the bench says how many.
 
+``--nemesis clock`` jumps a master's clock instead (its HLC's physical input, on its operator socket; the
+host's clock is not touched): one writer alternates between sjc-s1 (region na) and fra-s1 (region eu)
+over a few keys, each put after the one before was answered, so that "acknowledged later" is a real
+order. kv-na's clock goes 30 s ahead at a quarter of the run, back and then 30 s behind at half, back at
+three quarters; the bench then waits (bounded) for both writers' queues to drain and reads every key on
+every master: ``acked_overwritten`` counts keys whose final value is a write that was answered before
+the last acknowledged write to that key, ``diverged`` keys on which the masters disagree.
+
 ``--weaken`` runs the same against a master weakened behind the test-only switch (``ANYLAB_WEAKEN=kv``:
 acknowledge after its own fsync): its losses are the proof that ``acked_lost: 0`` could have come out
 otherwise. ``--both`` runs the weakened lab and then the real one and prints both, side by side.
 
     sudo .venv/bin/python bench/kv.py --nemesis wipe --both [--seconds 40] [--rate 100] [--writers 4]
+    sudo .venv/bin/python bench/kv.py --nemesis clock [--seconds 40] [--rate 20] [--keys 20]
 
 Prints one JSON document on stdout.
 """
@@ -265,13 +274,97 @@ def run_wipe(seconds: float, rate: float, writers: int, writer_pop: str, weaken:
         os.environ.pop(WEAKEN_ENV, None)
 
 
+def run_clock(seconds: float, rate: float, keys: int) -> dict[str, Any]:
+    """The clock-jump run (see the module's text)."""
+    with Lab.from_file(PROJECT / "topologies" / "global.yaml", name="bkvclock") as lab:
+        writers = {pop: KvClient(lab.node_dir(lab.topo.pop(pop).servers[0]) / "kv.sock", timeout=10)
+                   for pop in ("sjc", "fra")}
+        masters = [k.name for k in lab.topo.kv_masters]
+        log: list[dict[str, Any]] = []  # every put, in the order they were made (each after the last answer)
+        marks: dict[str, float] = {}
+        errors: list[str] = []
+        t0 = monotonic()
+
+        def nemesis() -> None:
+            try:
+                time.sleep(seconds / 4)
+                marks["ahead"] = lab.fail("clock-ahead", "kv-na") - t0
+                time.sleep(seconds / 4)
+                lab.restore("kv-na")
+                marks["behind"] = lab.fail("clock-behind", "kv-na") - t0
+                time.sleep(max(0.0, t0 + 3 * seconds / 4 - monotonic()))
+                marks["back"] = lab.restore("kv-na") - t0
+            except Exception as exc:  # reported in the JSON, never a hung bench
+                errors.append(str(exc))
+
+        chaos = threading.Thread(target=nemesis)
+        chaos.start()
+        i = 0
+        while monotonic() - t0 < seconds:
+            pop = ("sjc", "fra")[i % 2]
+            key, value = f"c{(i // 2) % keys}", f"{i}"
+            try:
+                reply = writers[pop].put(NS, key, value.encode())
+            except KvError as exc:
+                reply = {"error": str(exc)}
+            log.append({"i": i, "pop": pop, "key": key, "value": value, "t": monotonic() - t0,
+                        "acked": reply.get("committed") is True,
+                        "accepted": bool(reply.get("accepted")) and reply.get("committed") is not True})
+            i += 1
+            time.sleep(max(0.0, t0 + i / rate - monotonic()))
+        chaos.join()
+
+        def drained() -> bool:
+            return all(w.status()["queue"] == 0 for w in writers.values())
+
+        try:  # a write stamped 30 s ahead is refused by the peers until real time catches up with it
+            wait_for(drained, timeout=60, what="both writers' queues to drain", interval=0.5)
+        except Exception as exc:
+            errors.append(str(exc))
+        finals: dict[str, dict[str, str | None]] = {}
+
+        def settled() -> bool:
+            for k in {e["key"] for e in log}:
+                got = {m: KvClient(lab.node_dir(m) / "kv.sock", timeout=10).get(NS, k) for m in masters}
+                finals[k] = {m: (g["value"].decode() if g else None) for m, g in got.items()}
+            return all(len(set(v.values())) == 1 for v in finals.values())
+
+        try:
+            wait_for(settled, timeout=30, what="every master to hold the same value of every key", interval=0.5)
+        except Exception as exc:
+            errors.append(str(exc))
+        overwritten = []
+        for k, values in finals.items():
+            acked = [e for e in log if e["key"] == k and e["acked"]]
+            if not acked:
+                continue
+            last = acked[-1]
+            for m, v in values.items():
+                writer_of = next((e for e in log if e["key"] == k and e["value"] == v), None)
+                if writer_of is None or writer_of["i"] < last["i"]:
+                    overwritten.append({"key": k, "master": m, "final": v, "last_acked": last["value"],
+                                        "final_written_at_s": round(writer_of["t"], 2) if writer_of else None})
+        return {
+            "nemesis": "clock", "seconds": seconds, "rate_hz": rate, "keys": keys, "jump_s": 30.0,
+            "marks_s": {k: round(v, 3) for k, v in marks.items()},
+            "writes": len(log), "acked": sum(e["acked"] for e in log), "accepted": sum(e["accepted"] for e in log),
+            "acked_by_pop": {p: sum(e["acked"] for e in log if e["pop"] == p) for p in ("sjc", "fra")},
+            "acked_overwritten": len({o["key"] for o in overwritten}), "overwritten": overwritten[:10],
+            "diverged": sum(1 for v in finals.values() if len(set(v.values())) > 1),
+            "refused_future_hlc": {m: KvClient(lab.node_dir(m) / "kv.sock").status()["refused"]["future_hlc"]
+                                   for m in masters},
+            "errors": errors,
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="20 (region-down), 40 (wipe)")
     parser.add_argument("--rate", type=float, default=None, help="writes per second: 20 (region-down), 100 (wipe)")
     parser.add_argument("--kill", default="eu")
     parser.add_argument("--writer", default="sjc", help="the writer's PoP")
-    parser.add_argument("--nemesis", choices=("region-down", "wipe"), default="region-down")
+    parser.add_argument("--nemesis", choices=("region-down", "wipe", "clock"), default="region-down")
+    parser.add_argument("--keys", type=int, default=20, help="clock: how many keys the writer cycles through")
     parser.add_argument("--weaken", action="store_true", help="wipe: against the test-only weakened master")
     parser.add_argument("--both", action="store_true", help="wipe: the weakened run, then the real one")
     parser.add_argument("--writers", type=int, default=4, help="wipe: concurrent writers at the one PoP server")
@@ -280,6 +373,12 @@ def main() -> None:
         if args.weaken or args.both:
             parser.error("--weaken and --both go with --nemesis wipe")
         print(json.dumps(run(args.seconds or 20.0, args.rate or 20.0, args.kill, args.writer), indent=1))
+        return
+    if args.nemesis == "clock":
+        seconds, rate = args.seconds or 40.0, args.rate or 20.0
+        if not (5 <= seconds <= 600 and 1 <= rate <= 200 and 1 <= args.keys <= 1000):
+            parser.error("--seconds 5..600, --rate 1..200 and --keys 1..1000 (the run is bounded)")
+        print(json.dumps(run_clock(seconds, rate, args.keys), indent=1))
         return
     seconds, rate = args.seconds or 40.0, args.rate or 100.0
     if not (5 <= seconds <= 600 and 1 <= rate <= 500 and 1 <= args.writers <= 16):

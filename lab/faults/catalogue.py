@@ -2,7 +2,8 @@
 
 ``plan(topo, scenario, target)`` is pure: it checks the request and resolves the target into the servers,
 routers and links the fault touches, or raises UsageError (exit 2, nothing touched). ``Injector`` carries a
-plan out on a running :class:`~lab.run.lab.Lab` and undoes it.
+plan out on a running :class:`~lab.run.lab.Lab` and undoes it, through the scenario's entry in
+:data:`FAULTS` (one :class:`Fault` a scenario, looked up by name).
 
 =============== ======================== =============================================================
 scenario        target                   fault (and restore)
@@ -50,6 +51,7 @@ import json
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -297,61 +299,7 @@ class Injector:
             return t
 
     def _inject(self, p: Plan) -> None:
-        sc = p.scenario
-        if sc == "service-crash":
-            for s in p.servers:
-                self._kill(s, self._edge(s))
-        elif sc == "drain":
-            for s in p.servers:
-                (self.lab.node_dir(s) / "drain").write_text("anylab drain\n")
-        elif sc == "speaker-crash":
-            for s in p.servers:
-                self._kill(s, "exabgp")
-        elif sc in ("server-silent", "pop-down", "pops-down", "region-down"):
-            for s in (*p.hosts, *p.servers):  # the storage node first: its DO host's failover clock starts
-                self._silence(s, True)
-            for r in p.routers:
-                self._silence(r, True, forwarding=True)
-        elif sc == "server-crash":
-            for s in p.servers:
-                for d in reversed(self.lab.daemons[s]):
-                    self._kill(s, d.name)
-            self._links(p, up=False)
-        elif sc == "link-down":
-            self._links(p, up=False)
-        elif sc == "flap":
-            self._flap(p)
-        elif sc == "control-down":
-            for h in p.hosts:
-                self._kill(h, "control-plane")
-        elif sc == "control-cut":
-            for h in p.hosts:
-                self._silence(h, True)
-        elif sc == "kv-master-crash":
-            for h in p.hosts:
-                self._kill(h, "kv-master")
-        elif sc == "do-crash":
-            for h in p.hosts:
-                self._kill(h, "do-host")
-        elif sc == "do-cut":
-            for h in p.hosts:
-                self._run(h, ["nft", "-f", "-"], _nft_cut(str(self.lab.topo.control.address)))
-        elif sc == "storage-partition":
-            for h in p.hosts:
-                others = [str(k.address) for k in self.lab.topo.kv_masters if k.name != h]
-                self._run(h, ["nft", "-f", "-"], _nft_cut(*others))
-        elif sc in ("kv-master-wipe", "do-host-wipe"):
-            for h in p.hosts:
-                self._wipe(h, "kv-master" if sc == "kv-master-wipe" else "do-host")
-        elif sc in ("clock-ahead", "clock-behind"):
-            for h in p.hosts:
-                self._clock(h, CLOCK_JUMP_S if sc == "clock-ahead" else -CLOCK_JUMP_S)
-        elif sc == "origin-down":
-            for h in p.hosts:
-                self._kill(h, "origin")
-        elif sc in ("origin-slow", "origin-errors"):
-            for h in p.hosts:
-                self._daemon(h, "origin").set_mode("slow" if sc == "origin-slow" else "errors")
+        FAULTS[p.scenario].inject(self, p)
 
     def _flap(self, p: Plan) -> None:
         """``count`` carrier down/up cycles, each half a period; ends with the links up."""
@@ -393,48 +341,17 @@ class Injector:
         return done
 
     def _undo(self, p: Plan, best_effort: bool = False) -> None:
+        """Undo ``p``, every step tried even when one before failed; raises AnylabError naming every
+        failure (unless ``best_effort``: undoing a fault that failed half-way)."""
         errors: list[str] = []
 
-        def attempt(fn: Any, *args: Any, **kw: Any) -> None:
+        def attempt(fn: Callable[..., None], *args: Any, **kw: Any) -> None:
             try:
                 fn(*args, **kw)
             except AnylabError as exc:
                 errors.append(str(exc))
 
-        sc = p.scenario
-        if sc == "service-crash":
-            for s in p.servers:
-                attempt(self._restart, s, [self._edge(s)])
-        elif sc == "drain":
-            for s in p.servers:
-                (self.lab.node_dir(s) / "drain").unlink(missing_ok=True)
-        elif sc == "speaker-crash":
-            for s in p.servers:
-                attempt(self._restart, s, ["exabgp"])
-        elif sc in ("server-silent", "pop-down", "pops-down", "region-down"):
-            for node in (*p.servers, *p.routers, *p.hosts):
-                attempt(self._silence, node, False)
-        elif sc in ("server-crash", "link-down"):
-            attempt(self._links, p, up=True)
-            for s in p.servers:
-                attempt(self._restart, s, [d.name for d in self.lab.daemons[s]])
-        elif sc == "control-down":
-            for h in p.hosts:
-                attempt(self._restart, h, ["control-plane"])
-        elif sc in ("control-cut", "do-cut", "storage-partition"):
-            for h in p.hosts:
-                attempt(self._silence, h, False)
-        elif sc in ("clock-ahead", "clock-behind"):
-            for h in p.hosts:
-                attempt(self._clock, h, 0.0)
-        elif sc in ("kv-master-crash", "do-crash", "origin-down", "kv-master-wipe", "do-host-wipe"):
-            name = {"kv-master-crash": "kv-master", "do-crash": "do-host", "origin-down": "origin",
-                    "kv-master-wipe": "kv-master", "do-host-wipe": "do-host"}[sc]
-            for h in p.hosts:
-                attempt(self._restart, h, [name])
-        elif sc in ("origin-slow", "origin-errors"):
-            for h in p.hosts:
-                attempt(lambda node: self._daemon(node, "origin").set_mode("normal"), h)
+        FAULTS[p.scenario].undo(self, p, attempt)
         if errors and not best_effort:
             raise AnylabError(f"restore of {p.scenario} on {p.target}: " + "; ".join(errors))
 
@@ -444,3 +361,158 @@ class Injector:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(path)
+
+
+# -- the catalogue: one entry a scenario -------------------------------------------------------------
+
+#: Runs one step of an undo and keeps its error for the report (an undo goes on past a failed step).
+Attempt = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scenario of the catalogue: how it is carried out on its plan, and how it is undone."""
+
+    inject: Callable[[Injector, Plan], None]
+    undo: Callable[[Injector, Plan, Attempt], None]
+
+
+Step = Callable[["Injector", str], None]
+
+
+def _each(nodes: Callable[[Plan], tuple[str, ...]], step: Step) -> Callable[[Injector, Plan], None]:
+    """Do ``step`` on each of the plan's ``nodes`` (its hosts or its servers)."""
+    def run(inj: Injector, p: Plan) -> None:
+        for node in nodes(p):
+            step(inj, node)
+    return run
+
+
+def _each_undo(nodes: Callable[[Plan], tuple[str, ...]], step: Step) -> Callable[[Injector, Plan, Attempt], None]:
+    """Undo ``step`` on each of the plan's ``nodes``, going on past a node that fails."""
+    def run(inj: Injector, p: Plan, attempt: Attempt) -> None:
+        for node in nodes(p):
+            attempt(step, inj, node)
+    return run
+
+
+def _hosts(p: Plan) -> tuple[str, ...]:
+    return p.hosts
+
+
+def _servers(p: Plan) -> tuple[str, ...]:
+    return p.servers
+
+
+def _on_hosts(inject: Step, undo: Step) -> Fault:
+    return Fault(_each(_hosts, inject), _each_undo(_hosts, undo))
+
+
+def _nothing(_inj: Injector, _p: Plan, _attempt: Attempt) -> None:
+    """The undo of a fault that ends restored (a flap)."""
+
+
+def _restart(name: str) -> Step:
+    return lambda inj, node: inj._restart(node, [name])
+
+
+def _kill_daemon(name: str) -> Fault:
+    """SIGKILL daemon ``name`` on the plan's hosts; restore restarts it."""
+    return _on_hosts(lambda inj, h: inj._kill(h, name), _restart(name))
+
+
+def _wipe_daemon(name: str) -> Fault:
+    """SIGKILL daemon ``name`` on the plan's hosts and delete its disk; restore starts it empty."""
+    return _on_hosts(lambda inj, h: inj._wipe(h, name), _restart(name))
+
+
+def _kill_on_servers(name_of: Callable[[Injector, str], str]) -> Fault:
+    """SIGKILL one daemon of each of the plan's servers; restore restarts it."""
+    return Fault(_each(_servers, lambda inj, s: inj._kill(s, name_of(inj, s))),
+                 _each_undo(_servers, lambda inj, s: inj._restart(s, [name_of(inj, s)])))
+
+
+def _silence_all(inj: Injector, p: Plan) -> None:
+    for s in (*p.hosts, *p.servers):  # the storage node first: its DO host's failover clock starts
+        inj._silence(s, True)
+    for r in p.routers:
+        inj._silence(r, True, forwarding=True)
+
+
+def _unsilence_all(inj: Injector, p: Plan, attempt: Attempt) -> None:
+    for node in (*p.servers, *p.routers, *p.hosts):
+        attempt(inj._silence, node, False)
+
+
+def _unsilence(inj: Injector, node: str) -> None:
+    """Delete the fault's table on ``node`` (a silence or a cut)."""
+    inj._silence(node, False)
+
+
+def _cut_hosts(addresses: Callable[[Injector, str], list[str]]) -> Fault:
+    """On each host, drop what goes to or comes from ``addresses(inj, host)``; restore deletes the table."""
+    return _on_hosts(lambda inj, h: inj._run(h, ["nft", "-f", "-"], _nft_cut(*addresses(inj, h))), _unsilence)
+
+
+def _drain(inj: Injector, server: str) -> None:
+    (inj.lab.node_dir(server) / "drain").write_text("anylab drain\n")
+
+
+def _undrain(inj: Injector, server: str) -> None:
+    (inj.lab.node_dir(server) / "drain").unlink(missing_ok=True)
+
+
+def _crash_servers(inj: Injector, p: Plan) -> None:
+    for s in p.servers:
+        for d in reversed(inj.lab.daemons[s]):
+            inj._kill(s, d.name)
+    inj._links(p, up=False)
+
+
+def _links_back(inj: Injector, p: Plan, attempt: Attempt) -> None:
+    """Links up, routes back, and (for a server crash) every daemon of the plan's servers restarted."""
+    attempt(inj._links, p, up=True)
+    for s in p.servers:
+        attempt(inj._restart, s, [d.name for d in inj.lab.daemons[s]])
+
+
+def _clock(sign: float) -> Fault:
+    """The KV master's HLC input ``sign`` × CLOCK_JUMP_S away from its wall clock; restore sets it back."""
+    return _on_hosts(lambda inj, h: inj._clock(h, sign * CLOCK_JUMP_S), lambda inj, h: inj._clock(h, 0.0))
+
+
+def _origin_mode(mode: str) -> Fault:
+    """The origin answers in ``mode`` (slow, errors); restore puts it back to normal."""
+    return _on_hosts(lambda inj, h: inj._daemon(h, "origin").set_mode(mode),
+                     lambda inj, h: inj._daemon(h, "origin").set_mode("normal"))
+
+
+_SILENCE = Fault(_silence_all, _unsilence_all)
+
+#: Scenario → how it is done and undone; its names are :data:`lab.faults.scenarios.SCENARIOS`' (a test
+#: keeps the two equal: the command line reads those without loading this module).
+FAULTS: dict[str, Fault] = {
+    "service-crash": _kill_on_servers(lambda inj, s: inj._edge(s)),
+    "drain": Fault(_each(_servers, _drain), _each_undo(_servers, _undrain)),
+    "speaker-crash": _kill_on_servers(lambda _inj, _s: "exabgp"),
+    "server-silent": _SILENCE,
+    "server-crash": Fault(_crash_servers, _links_back),
+    "link-down": Fault(lambda inj, p: inj._links(p, up=False), _links_back),
+    "pop-down": _SILENCE,
+    "region-down": _SILENCE,
+    "pops-down": _SILENCE,
+    "flap": Fault(lambda inj, p: inj._flap(p), _nothing),
+    "control-down": _kill_daemon("control-plane"),
+    "control-cut": _on_hosts(lambda inj, h: inj._silence(h, True), _unsilence),
+    "kv-master-crash": _kill_daemon("kv-master"),
+    "do-crash": _kill_daemon("do-host"),
+    "do-cut": _cut_hosts(lambda inj, _h: [str(inj.lab.topo.control.address)]),
+    "storage-partition": _cut_hosts(lambda inj, h: [str(k.address) for k in inj.lab.topo.kv_masters if k.name != h]),
+    "kv-master-wipe": _wipe_daemon("kv-master"),
+    "do-host-wipe": _wipe_daemon("do-host"),
+    "clock-ahead": _clock(+1.0),
+    "clock-behind": _clock(-1.0),
+    "origin-down": _kill_daemon("origin"),
+    "origin-slow": _origin_mode("slow"),
+    "origin-errors": _origin_mode("errors"),
+}

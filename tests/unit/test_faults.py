@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.errors import UsageError
-from lab.faults.catalogue import _nft_cut, _nft_silence, plan
+from lab.faults.catalogue import FAULTS, _nft_cut, _nft_silence, plan
+from lab.faults.scenarios import SCENARIOS
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
 
@@ -74,3 +75,8 @@ def test_silence_keeps_loopback() -> None:
 def test_a_partition_drops_every_address_named_both_ways() -> None:
     rules = _nft_cut("10.0.0.1", "10.0.0.2")
     assert rules.count("{ 10.0.0.1, 10.0.0.2 } drop") == 2 and "ip saddr" in rules and "ip daddr" in rules
+
+
+def test_every_scenario_has_one_entry_in_the_catalogue() -> None:
+    """The command line reads the names from lab.faults.scenarios without loading the catalogue."""
+    assert list(FAULTS) == list(SCENARIOS)
