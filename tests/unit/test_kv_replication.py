@@ -23,6 +23,7 @@ from core.wait import wait_for
 from kv import master as kv_master
 from kv import replica as kv_replica
 from kv.client import KvClient
+from kv.store import KvError
 from tests.unit.peers import auth_block, signer
 
 
@@ -378,3 +379,21 @@ def test_a_write_on_its_master_alone_survives_that_masters_disk(cluster: Cluster
              what="the write on kv-eu after kv-na lost its disk")
     events = [json.loads(line) for line in (cluster.root / "kv-events.jsonl").read_text().splitlines()]
     assert [e["outcome"] for e in events if e["event"] == "drained"] == ["committed"]
+
+
+def test_a_clock_jump_moves_the_masters_hlc_and_only_the_operator_may(cluster: Cluster) -> None:
+    """The clock-ahead/clock-behind faults' mechanism: on its operator socket a master's HLC input moves
+    (the host's clock does not); 30 s ahead, what it stamps is past the 5 s its peers take, so a write there
+    is not acknowledged (they refuse it and count it). Over the network the clock is nobody's: 403."""
+    operator = KvClient(cluster.root / "kv-na.sock")
+    assert operator.call("POST", "/v1/clock", {"offset_s": 30})["offset_s"] == 30.0
+    got = call(cluster.url("kv-na", "/v1/kv/ns/put"), {"key": "ahead", "value": ""})
+    assert got is not None and got[0] == 503
+    assert KvClient(cluster.root / "kv-eu.sock").status()["refused"]["future_hlc"] >= 1
+    for bad in (True, "30", 86_401, float("nan")):
+        with pytest.raises(KvError) as err:
+            operator.call("POST", "/v1/clock", {"offset_s": bad})
+        assert err.value.status == 400
+    peer = call(cluster.url("kv-na", "/v1/clock"), {"offset_s": 0}, as_peer=AS_MASTER)
+    assert peer is not None and peer[0] == 403
+    assert operator.call("POST", "/v1/clock", {"offset_s": 0})["offset_s"] == 0.0
