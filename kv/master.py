@@ -19,10 +19,11 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
                                                start); waits up to S s for something to change
 =============================================  ==================================================
 
-A write is acknowledged (``committed: true``) only when it is on this master's disk (SQLite
-``synchronous=FULL``) *and* a peer master in another region answered ``/v1/replicate`` — peers are tried
-in the configured order, a peer that failed moved to the back. If none does, the answer is 503 and the
-write is not acknowledged (it stays here and reaches the others through their pulls). A master without
+A write is acknowledged (``committed: true``) only when a peer master in another region answered
+``/v1/replicate`` *and* it is on this master's disk (SQLite ``synchronous=FULL``) — peers are tried in the
+configured order, a peer that failed moved to the back. If none answers, the answer is 503 and the write
+is not acknowledged (it is stored here and reaches the others through their pulls). If a peer refuses it
+as stamped too far ahead of its clock, this master's own clock is off: 409, and it is stored nowhere. A master without
 peers (a one-region lab) acknowledges after its own fsync, with ``replicated_to: null``. Errors are
 ``{"error": …}`` with the status.
 
@@ -124,7 +125,7 @@ class Master:
         self.signer = Signer.load(cfg["auth"])
         self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
         #: What peers sent that was refused, by reason (issue 19: validate what peers send).
-        self.refused: dict[str, int] = {"future_hlc": 0}
+        self.refused: dict[str, int] = {"future_hlc": 0, "clock_ahead": 0}
         self.changed = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         self.peer_state: dict[str, dict[str, Any]] = {}
@@ -154,28 +155,42 @@ class Master:
 
     # -- client writes ---------------------------------------------------------------------------
 
-    async def write(self, ns: str, entries: list[Entry]) -> dict[str, Any]:
-        """Store ``entries`` (in order, one transaction, fsync'd) and have a peer in another region store
-        them too; raises KvError 503 when no peer confirms (then nothing is acknowledged)."""
+    async def apply(self, ns: str, entries: list[Entry]) -> None:
+        """Store ``entries`` here (in order, one transaction, fsync'd) and wake the long polls."""
         await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
         self.notify()
+
+    async def write(self, ns: str, entries: list[Entry]) -> dict[str, Any]:
+        """Have a peer in another region store ``entries``, then store them here: acknowledged when both
+        have. Raises KvError 503 when no peer answers (the entries are stored here all the same, and reach
+        the others through their pulls: not acknowledged), 409 when a peer refuses them as stamped too far
+        ahead of its clock — this master's clock is off, and the entries are stored nowhere: kept here,
+        they would be skipped by every puller and could, once time caught up with them, overwrite writes
+        acknowledged after them."""
         last = entries[-1]
         done = {"committed": True, "hlc": last.hlc, "node": last.node, "count": len(entries)}
         if not self.peers or self.ack_one_fsync:  # a one-region lab: there is no other region to wait for
+            await self.apply(ns, entries)
             return {**done, "replicated_to": None}
         for peer in list(self.peers):
             try:
                 payload = {"ns": ns, "entries": [e.to_json() for e in entries]}
-                status, _reply = await signed_call(self.session, self.signer, "POST", peer["address"], peer["port"],
-                                                   "/v1/replicate", payload, timeout=1.0)
+                status, reply = await signed_call(self.session, self.signer, "POST", peer["address"], peer["port"],
+                                                  "/v1/replicate", payload, timeout=1.0)
                 if status == 200:
+                    await self.apply(ns, entries)
                     return {**done, "replicated_to": peer["name"]}
+                if status == 400 and isinstance(reply, dict) and reply.get("reason") == "future_hlc":
+                    self.refused["clock_ahead"] += len(entries)
+                    raise KvError(f"{peer['name']} refused the write as stamped too far ahead of its clock: this "
+                                  "master's clock is ahead of its peers'; nothing was stored", 409)
             except (aiohttp.ClientError, TimeoutError):
                 pass
             # A peer that did not confirm goes last, so that one outage costs one timeout, not one per
             # write; it comes forward again when the others fail.
             self.peers.remove(peer)
             self.peers.append(peer)
+        await self.apply(ns, entries)
         raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
                       "and will reach the other masters when they are back)", 503)
 
@@ -290,8 +305,8 @@ class Master:
     # -- replication -----------------------------------------------------------------------------
 
     async def replicate(self, request: web.Request) -> web.Response:
-        """A peer's entries, applied; raises KvError (400, counted in ``status``'s ``refused``) for any
-        entry whose HLC is not admissible (:func:`kv.hlc.admissible`), applying none of them."""
+        """A peer's entries, applied; 400 with ``reason: future_hlc`` (counted in ``status``'s ``refused``)
+        for any entry whose HLC is not admissible (:func:`kv.hlc.admissible`), applying none of them."""
         data = await body(request)
         ns = check_namespace(str(data.get("ns", "")))
         entries = [Entry.from_json(e) for e in data.get("entries", [])]
@@ -301,12 +316,12 @@ class Master:
             self.refused["future_hlc"] += len(bad)
             ahead = (physical_ms(bad[0].hlc) - now_ms) / 1000
             key = bad[0].key.decode(errors="replace")
-            raise KvError(f"entry {key!r} has HLC {bad[0].hlc}, {ahead:.0f} s ahead of this master's clock "
-                          f"(at most {MAX_AHEAD_MS / 1000:g} s): refused, nothing applied", 400)
+            return web.json_response({"error": f"entry {key!r} has HLC {bad[0].hlc}, {ahead:.0f} s ahead of this "
+                                               f"master's clock (at most {MAX_AHEAD_MS / 1000:g} s): refused, "
+                                               "nothing applied", "reason": "future_hlc"}, status=400)
         for e in entries:
             self.clock = self.clock.observe(e.hlc, self.now_ms())
-        await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
-        self.notify()
+        await self.apply(ns, entries)
         return web.json_response({"ok": True})
 
     async def changes(self, request: web.Request) -> web.Response:

@@ -383,13 +383,17 @@ def test_a_write_on_its_master_alone_survives_that_masters_disk(cluster: Cluster
 
 def test_a_clock_jump_moves_the_masters_hlc_and_only_the_operator_may(cluster: Cluster) -> None:
     """The clock-ahead/clock-behind faults' mechanism: on its operator socket a master's HLC input moves
-    (the host's clock does not); 30 s ahead, what it stamps is past the 5 s its peers take, so a write there
-    is not acknowledged (they refuse it and count it). Over the network the clock is nobody's: 403."""
+    (the host's clock does not); 30 s ahead, what it stamps is past the 5 s its peers take: they refuse it
+    (and count it), and the write is refused (409) and stored nowhere — on the main before, it was kept on
+    kv-na (503, accepted), skipped by every puller, and could later overwrite writes acknowledged after it.
+    Over the network the clock is nobody's: 403."""
     operator = KvClient(cluster.root / "kv-na.sock")
     assert operator.call("POST", "/v1/clock", {"offset_s": 30})["offset_s"] == 30.0
     got = call(cluster.url("kv-na", "/v1/kv/ns/put"), {"key": "ahead", "value": ""})
-    assert got is not None and got[0] == 503
+    assert got is not None and got[0] == 409 and "clock is ahead" in got[1]["error"], got
+    assert cluster.get("kv-na", "ahead") is None
     assert KvClient(cluster.root / "kv-eu.sock").status()["refused"]["future_hlc"] >= 1
+    assert operator.status()["refused"]["clock_ahead"] == 1
     for bad in (True, "30", 86_401, float("nan")):
         with pytest.raises(KvError) as err:
             operator.call("POST", "/v1/clock", {"offset_s": bad})
