@@ -80,9 +80,9 @@ def main() -> None:
         "async_rpo_s": {"p50_of_hosts": quantile([lag["p50"] for lag in lags], 0.5),
                         "p99_max": max((lag["p99"] for lag in lags), default=None),
                         "max": max((lag["max"] for lag in lags), default=None)},
+        "verdicts": sync["verdicts"],
         "async": {k: async_result[k] for k in ("ops", "acked_lost", "final_reads", "linearizable", "failovers",
-                                               "failover_s",
-                                               "phases_s", "outcomes")},
+                                               "failover_s", "phases_s", "outcomes", "verdicts")},
         "runs": [{k: r[k] for k in ("scenario", "region", "moved", "phases_s")} for r in sync["runs"]],
     }
     print(json.dumps(out, indent=1))

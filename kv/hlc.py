@@ -29,6 +29,17 @@ def admissible(remote: int, now_ms: int, max_ahead_ms: int = MAX_AHEAD_MS) -> bo
     return 0 <= remote <= MAX_HLC and physical_ms(remote) <= now_ms + max_ahead_ms
 
 
+#: How far ahead a peer's timestamp may be and still be waited for rather than thrown away: a clock that
+#: jumped this far is a clock to be mended; past it (or past MAX_HLC) the timestamp is garbage.
+MAX_WAIT_AHEAD_MS = 3_600_000
+
+
+def worth_waiting(remote: int, now_ms: int) -> bool:
+    """Whether a timestamp that is not :func:`admissible` now may become so as the local clock goes on
+    (at most :data:`MAX_WAIT_AHEAD_MS` ahead, storable): then it is held, not dropped."""
+    return 0 <= remote <= MAX_HLC and physical_ms(remote) <= now_ms + MAX_WAIT_AHEAD_MS
+
+
 def pack(ms: int, logical: int) -> int:
     return (ms << LOGICAL_BITS) | logical
 

@@ -54,13 +54,15 @@ from core.clock import monotonic
 from core.peer_auth import Signer, Verifier
 from core.service import is_operator, peer_middleware, run_service, service_main, signed_call
 from kv import service
-from kv.hlc import MAX_AHEAD_MS, Clock, admissible, physical_ms
+from kv.hlc import MAX_AHEAD_MS, Clock, admissible, physical_ms, worth_waiting
 from kv.service import Cursor, body, now, save_json, value_of
 from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
 
 CHANGES_WAIT_MAX = 25.0
 STAMPED_MAX = 100_000
 BATCH = 500
+#: How soon a peer's change stream is asked again while an entry of it waits for this clock to catch up.
+HELD_RETRY_S = 1.0
 #: The test-only weakening of the ack (``weaken`` in the config): after one fsync, not two regions'.
 WEAK_ACK = "ack-one-fsync"
 #: How far a clock jump may move a master's HLC input (a day: far past any bound it is meant to cross).
@@ -125,7 +127,7 @@ class Master:
         self.signer = Signer.load(cfg["auth"])
         self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
         #: What peers sent that was refused, by reason (issue 19: validate what peers send).
-        self.refused: dict[str, int] = {"future_hlc": 0, "clock_ahead": 0}
+        self.refused: dict[str, int] = {"future_hlc": 0, "clock_skew": 0, "held_future": 0}
         self.changed = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         self.peer_state: dict[str, dict[str, Any]] = {}
@@ -162,16 +164,18 @@ class Master:
 
     async def write(self, ns: str, entries: list[Entry]) -> dict[str, Any]:
         """Have a peer in another region store ``entries``, then store them here: acknowledged when both
-        have. Raises KvError 503 when no peer answers (the entries are stored here all the same, and reach
-        the others through their pulls: not acknowledged), 409 when a peer refuses them as stamped too far
-        ahead of its clock — this master's clock is off, and the entries are stored nowhere: kept here,
-        they would be skipped by every puller and could, once time caught up with them, overwrite writes
-        acknowledged after them."""
+        have. A peer refusing them as stamped too far ahead of its clock is tried past like one that does
+        not answer. Raises KvError 503 when no peer confirms (the entries are stored here all the same, and
+        reach the others through their pulls: not acknowledged) — but 409 when one of them refused them for
+        the clock: this master's clock or that peer's is off, and the entries are stored nowhere (kept here,
+        they would reach that peer only once time caught up with them, and could then overwrite writes
+        acknowledged after them)."""
         last = entries[-1]
         done = {"committed": True, "hlc": last.hlc, "node": last.node, "count": len(entries)}
         if not self.peers or self.ack_one_fsync:  # a one-region lab: there is no other region to wait for
             await self.apply(ns, entries)
             return {**done, "replicated_to": None}
+        skewed: list[str] = []
         for peer in list(self.peers):
             try:
                 payload = {"ns": ns, "entries": [e.to_json() for e in entries]}
@@ -181,15 +185,18 @@ class Master:
                     await self.apply(ns, entries)
                     return {**done, "replicated_to": peer["name"]}
                 if status == 400 and isinstance(reply, dict) and reply.get("reason") == "future_hlc":
-                    self.refused["clock_ahead"] += len(entries)
-                    raise KvError(f"{peer['name']} refused the write as stamped too far ahead of its clock: this "
-                                  "master's clock is ahead of its peers'; nothing was stored", 409)
+                    skewed.append(peer["name"])
             except (aiohttp.ClientError, TimeoutError):
                 pass
             # A peer that did not confirm goes last, so that one outage costs one timeout, not one per
             # write; it comes forward again when the others fail.
             self.peers.remove(peer)
             self.peers.append(peer)
+        if skewed:
+            self.refused["clock_skew"] += len(entries)
+            raise KvError(f"refused as stamped too far ahead of the clock of {', '.join(skewed)}, and no other "
+                          f"region confirmed it: this master's clock and its peers' disagree by more than "
+                          f"{MAX_AHEAD_MS / 1000:g} s; nothing was stored", 409)
         await self.apply(ns, entries)
         raise KvError("no other region's master confirmed the write: it is not acknowledged (it is kept here "
                       "and will reach the other masters when they are back)", 503)
@@ -368,22 +375,33 @@ class Master:
             backoff = 0.1
             self.peer_state[name] = {"reachable": True, "seqs": reply.get("seqs", {})}
             pulled_to: dict[str, int] = {}
+            held = False
             for ns, raw in reply.get("changes", {}).items():
                 pulled = [Entry.from_json(e) for e in raw]
                 now_ms = self.now_ms()
-                # A peer's entry stamped too far ahead is skipped (and counted), never applied: the cursor
-                # still moves past it, so it is not asked for again.
-                entries = [e for e in pulled if admissible(e.hlc, now_ms)]
-                self.refused["future_hlc"] += len(pulled) - len(entries)
+                # An entry stamped too far ahead of this clock is not applied. If time may still catch up
+                # with it (a clock off by less than MAX_WAIT_AHEAD_MS) the cursor stops before it and it is
+                # asked for again later — skipping it lost it for good. Garbage (further ahead, or past
+                # 2^63) is skipped and counted: the cursor moves past it.
+                first_held = next((i for i, e in enumerate(pulled) if not admissible(e.hlc, now_ms)
+                                   and worth_waiting(e.hlc, now_ms)), len(pulled))
+                if first_held < len(pulled):
+                    held = True
+                    self.refused["held_future"] += 1
+                taken = pulled[:first_held]
+                entries = [e for e in taken if admissible(e.hlc, now_ms)]
+                self.refused["future_hlc"] += len(taken) - len(entries)
                 for e in entries:
                     self.clock = self.clock.observe(e.hlc, self.now_ms())
                 if entries:
-                    await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, entries)
-                if pulled:
-                    pulled_to[ns] = max(e.seq for e in pulled)
+                    await self.apply(ns, entries)
+                if taken:
+                    pulled_to[ns] = max(e.seq for e in taken)
             if cursor.take(reply, pulled_to):
                 save_json(self.cursor_file, {k: c.to_json() for k, c in self.cursors.items()})
                 self.notify()
+            if held:
+                await asyncio.sleep(HELD_RETRY_S)  # asked again at once, the held entry would come back at once
 
 
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
