@@ -26,12 +26,14 @@ bounded wait. ``accepted`` writes (not acknowledged) that did not survive are co
 (``accepted_lost``): the design promises nothing for them, but the bench says how many.
 
 ``--nemesis clock`` jumps a master's clock instead (its HLC's physical input, on its operator socket; the
-host's clock is not touched): one writer alternates between sjc-s1 (region na) and fra-s1 (region eu)
-over a few keys, each put after the one before was answered, so that "acknowledged later" is a real
-order. kv-na's clock goes 30 s ahead at a quarter of the run, back and then 30 s behind at half, back at
-three quarters; the bench then waits (bounded) for both writers' queues to drain and reads every key on
-every master: ``acked_overwritten`` counts keys whose final value is a write that was answered before
-the last acknowledged write to that key, ``diverged`` keys on which the masters disagree.
+host's clock is not touched): one writer alternates between sjc-s1 (region na) and fra-s1 (region eu) over a
+few keys, each put after the one before was answered, so that "acknowledged later" is a real order, and puts
+a key of its own after each (never written again: nothing hides its loss). kv-na's clock goes 30 s ahead at
+a quarter of the run, back and then 30 s behind at half, back at three quarters; the bench then waits
+(bounded) for both writers' queues to drain and reads every key on every master: ``acked_overwritten``
+counts keys whose final value is a write that was answered before the last acknowledged write to that key,
+``diverged`` keys on which the masters disagree, ``acked_missing`` acknowledged own keys some master does
+not have.
 
 ``--weaken`` runs the same against a master weakened behind the test-only switch (``ANYLAB_WEAKEN=kv``:
 acknowledge after its own fsync): its losses are the proof that ``acked_lost: 0`` could have come out
@@ -281,6 +283,7 @@ def run_clock(seconds: float, rate: float, keys: int) -> dict[str, Any]:
                    for pop in ("sjc", "fra")}
         masters = [k.name for k in lab.topo.kv_masters]
         log: list[dict[str, Any]] = []  # every put, in the order they were made (each after the last answer)
+        own: dict[str, bool] = {}  # a key written once → acknowledged
         marks: dict[str, float] = {}
         errors: list[str] = []
         t0 = monotonic()
@@ -310,6 +313,10 @@ def run_clock(seconds: float, rate: float, keys: int) -> dict[str, Any]:
             log.append({"i": i, "pop": pop, "key": key, "value": value, "t": monotonic() - t0,
                         "acked": reply.get("committed") is True,
                         "accepted": bool(reply.get("accepted")) and reply.get("committed") is not True})
+            try:
+                own[f"u{i:06d}"] = writers[pop].put(NS, f"u{i:06d}", value.encode()).get("committed") is True
+            except KvError:
+                own[f"u{i:06d}"] = False
             i += 1
             time.sleep(max(0.0, t0 + i / rate - monotonic()))
         chaos.join()
@@ -333,6 +340,18 @@ def run_clock(seconds: float, rate: float, keys: int) -> dict[str, Any]:
             wait_for(settled, timeout=30, what="every master to hold the same value of every key", interval=0.5)
         except Exception as exc:
             errors.append(str(exc))
+        acked_own = {k for k, ok in own.items() if ok}
+        holding: dict[str, set[str]] = {}
+
+        def own_everywhere() -> bool:
+            for m in masters:
+                holding[m] = {k for k in keys_on(lab, m) if k.startswith("u")}
+            return all(acked_own <= held for held in holding.values())
+
+        try:
+            wait_for(own_everywhere, timeout=30, what="every acknowledged own key on every master", interval=0.5)
+        except Exception as exc:
+            errors.append(str(exc))
         overwritten = []
         for k, values in finals.items():
             acked = [e for e in log if e["key"] == k and e["acked"]]
@@ -351,6 +370,8 @@ def run_clock(seconds: float, rate: float, keys: int) -> dict[str, Any]:
             "acked_by_pop": {p: sum(e["acked"] for e in log if e["pop"] == p) for p in ("sjc", "fra")},
             "acked_overwritten": len({o["key"] for o in overwritten}), "overwritten": overwritten[:10],
             "diverged": sum(1 for v in finals.values() if len(set(v.values())) > 1),
+            "own_keys": len(own), "own_acked": len(acked_own),
+            "acked_missing": {m: len(acked_own - holding.get(m, set())) for m in masters},
             "refused_future_hlc": {m: KvClient(lab.node_dir(m) / "kv.sock").status()["refused"]["future_hlc"]
                                    for m in masters},
             "errors": errors,
