@@ -973,7 +973,8 @@ def do_(
     as_json: JsonOpt = False,
     failovers: Annotated[int, typer.Option(help="nemesis: how many failovers (1..100)")] = 3,
     scenario: Annotated[list[str] | None, typer.Option("--scenario", help="nemesis: region-down, do-crash, "
-                                                       "do-cut (repeatable; default all three in turn)")] = None,
+                                                       "do-cut, do-host-wipe (repeatable; default the first three "
+                                                       "in turn)")] = None,
     out: Annotated[Path | None, typer.Option(help="nemesis: write the whole result as JSON here")] = None,
     name: NameOpt = "main",
 ) -> None:
