@@ -53,6 +53,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,25 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
         }
 
 
+def on_schedule(t0: float, seconds: float, steps: list[tuple[float, str, Callable[[], float]]],
+                marks: dict[str, float], errors: list[str]) -> threading.Thread:
+    """A started thread doing each step at its share of the run (``t0 + share × seconds``, in order), the time
+    each returned (relative to ``t0``) in ``marks``; a failing step is put in ``errors`` and ends the schedule
+    (never a hung bench)."""
+
+    def run() -> None:
+        try:
+            for share, name, step in steps:
+                time.sleep(max(0.0, t0 + share * seconds - monotonic()))
+                marks[name] = step() - t0
+        except Exception as exc:  # reported in the JSON
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def keys_on(lab: Lab, master: str) -> set[str]:
     """Every live key of the bench's namespace on one master (its own disk, through its socket)."""
     client = KvClient(lab.node_dir(master) / "kv.sock", timeout=10)
@@ -199,21 +219,12 @@ def run_wipe(seconds: float, rate: float, writers: int, writer_pop: str, weaken:
             errors: list[str] = []
             t0 = monotonic()
 
-            def nemesis() -> None:
-                # The schedule, on the run's clock: cut at 1/4, wipe (back at once, empty) at 1/2, heal at 3/4.
-                try:
-                    time.sleep(seconds / 4)
-                    marks["partition"] = lab.fail("storage-partition", region) - t0
-                    time.sleep(seconds / 4)
-                    marks["wipe"] = lab.fail("kv-master-wipe", master) - t0
-                    marks["back_empty"] = lab.restore(master) - t0
-                    time.sleep(max(0.0, t0 + 3 * seconds / 4 - monotonic()))
-                    marks["heal"] = lab.restore(region) - t0
-                except Exception as exc:  # reported in the JSON, never a hung bench
-                    errors.append(str(exc))
-
-            chaos = threading.Thread(target=nemesis)
-            chaos.start()
+            # The schedule, on the run's clock: cut at 1/4, wipe (back at once, empty) at 1/2, heal at 3/4.
+            chaos = on_schedule(t0, seconds, [
+                (1 / 4, "partition", lambda: lab.fail("storage-partition", region)),
+                (1 / 2, "wipe", lambda: lab.fail("kv-master-wipe", master)),
+                (1 / 2, "back_empty", lambda: lab.restore(master)),
+                (3 / 4, "heal", lambda: lab.restore(region))], marks, errors)
             timing: dict[str, tuple[float, float]] = {}
 
             def write(w: int) -> None:
@@ -288,20 +299,11 @@ def run_clock(seconds: float, rate: float, keys: int) -> dict[str, Any]:
         errors: list[str] = []
         t0 = monotonic()
 
-        def nemesis() -> None:
-            try:
-                time.sleep(seconds / 4)
-                marks["ahead"] = lab.fail("clock-ahead", "kv-na") - t0
-                time.sleep(seconds / 4)
-                lab.restore("kv-na")
-                marks["behind"] = lab.fail("clock-behind", "kv-na") - t0
-                time.sleep(max(0.0, t0 + 3 * seconds / 4 - monotonic()))
-                marks["back"] = lab.restore("kv-na") - t0
-            except Exception as exc:  # reported in the JSON, never a hung bench
-                errors.append(str(exc))
-
-        chaos = threading.Thread(target=nemesis)
-        chaos.start()
+        chaos = on_schedule(t0, seconds, [
+            (1 / 4, "ahead", lambda: lab.fail("clock-ahead", "kv-na")),
+            (1 / 2, "undone", lambda: lab.restore("kv-na")),
+            (1 / 2, "behind", lambda: lab.fail("clock-behind", "kv-na")),
+            (3 / 4, "back", lambda: lab.restore("kv-na"))], marks, errors)
         i = 0
         while monotonic() - t0 < seconds:
             pop = ("sjc", "fra")[i % 2]

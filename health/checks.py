@@ -8,6 +8,9 @@ aiohttp's import alone would cost a good part of the per-server memory budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -70,7 +73,9 @@ class TcpCheck:
 
 @dataclass(frozen=True)
 class CommandCheck:
-    """Passes when ``argv`` exits 0; killed at the timeout."""
+    """Passes when ``argv`` exits 0. It runs in a process group of its own, killed whole at the timeout
+    (killing the direct child alone left a shell's children running). The group is killed while its leader
+    still lives, so its id cannot have been reused."""
 
     argv: tuple[str, ...]
     timeout: float = 1.0
@@ -78,11 +83,12 @@ class CommandCheck:
     async def probe(self) -> str | None:
         proc = await asyncio.create_subprocess_exec(*self.argv, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.DEVNULL)
+                                                    stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         try:
             code = await proc.wait()
         except asyncio.CancelledError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its group: the pid is the group's id (a new session)
             await proc.wait()
             raise
         return None if code == 0 else f"exit status {code}"

@@ -19,12 +19,12 @@ import pytest
 
 from core.clock import monotonic
 from core.wait import wait_for
-from health.agent import renew_period
 from lab.measure.runner import measure
 from lab.record.probes import last_answer
 from lab.run.lab import Lab
 from model.load import load_topology
 from tests.conftest import TOPOLOGIES
+from tests.lab.dead_man import stopped_holder_is_withdrawn
 
 FAST = load_topology(TOPOLOGIES / "failover.yaml").spec.settings.profile
 assert FAST.bfd is not None
@@ -185,24 +185,4 @@ def test_a_hung_health_agent_is_withdrawn_when_its_lease_runs_out(lab: Lab) -> N
     """Issue 20: the split server's health agent holds the ExaBGP API with a lease (a dead-man's switch, as
     the folded one does); stopped, it renews nothing and the API withdraws when the lease runs out — before,
     a dead or hung agent left its server announced for good. Resumed, it holds again."""
-    server = "sjc-s2"
-
-    def events() -> list[dict[str, Any]]:
-        return [json.loads(x) for x in (lab.node_dir(server) / "api-events.jsonl").read_text().splitlines()]
-
-    lease = next(float(e["lease_s"]) for e in reversed(events()) if e["event"] == "agent-holds")
-    renew = renew_period(FAST.health.interval, lease)
-    pid = pid_of(lab, server, "health")
-    t_stop = monotonic()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        lost = wait_for(lambda: [e for e in events() if e["event"] == "agent-lost" and float(e["t"]) >= t_stop],
-                        timeout=lease + 5.0, what="the API to give up on a stopped agent", interval=0.05)
-        took = float(lost[0]["t"]) - t_stop
-        # The lease runs from the last renewal, at most one renewal period before the stop.
-        assert lease - renew <= took <= lease + MARGIN_S and str(lost[0]["why"]).startswith("silent")
-        assert lab.exabgp(server).api("status")["mode"] == "withdrawn"
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    wait_for(lambda: lab.exabgp(server).api("status")["mode"] == "normal", timeout=10.0,
-             what="the resumed agent to announce again", interval=0.05)
+    stopped_holder_is_withdrawn(lab, "sjc-s2", pid_of(lab, "sjc-s2", "health"), MARGIN_S)

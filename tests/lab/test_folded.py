@@ -10,24 +10,19 @@ margin is scheduling on a busy 2-core machine.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from core.clock import monotonic
 from core.wait import wait_for
-from health.agent import renew_period
 from kv.client import KvClient
 from lab.measure.runner import measure
 from lab.run.lab import Lab
 from lab.run.launchers import MIN_LEASE_S
 from tests.conftest import TOPOLOGIES
+from tests.lab.dead_man import api_events, stopped_holder_is_withdrawn
 
 FOLDED = "pop-agent"
 MARGIN_S = 0.5
@@ -41,11 +36,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     path.write_text(yaml.safe_dump(spec))
     with Lab.from_file(path, name="tfold", router_kind="frr") as up:
         yield up
-
-
-def api_events(lab: Lab, server: str) -> list[dict[str, Any]]:
-    lines = (lab.node_dir(server) / "api-events.jsonl").read_text().splitlines()
-    return [json.loads(x) for x in lines]
 
 
 def pid_of(lab: Lab, server: str) -> int:
@@ -78,25 +68,7 @@ def test_a_killed_pop_agent_is_withdrawn_by_the_dead_mans_switch(lab: Lab) -> No
 
 
 def test_a_hung_pop_agent_is_withdrawn_when_its_lease_runs_out(lab: Lab) -> None:
-    server = "sjc-s1"
-    lease = next(float(e["lease_s"]) for e in reversed(api_events(lab, server)) if e["event"] == "agent-holds")
-    renew = renew_period(lab.topo.spec.settings.profile.health.interval, lease)
-    pid = pid_of(lab, server)
-    t_stop = monotonic()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        lost = wait_for(lambda: [e for e in api_events(lab, server)
-                                 if e["event"] == "agent-lost" and float(e["t"]) >= t_stop],
-                        timeout=lease + 5.0, what="the API to give up on a stopped agent", interval=0.05)
-        took = float(lost[0]["t"]) - t_stop
-        # The lease runs from the last renewal, at most one renewal period before the stop.
-        assert lease - renew <= took <= lease + MARGIN_S and str(lost[0]["why"]).startswith("silent")
-        assert lab.exabgp(server).api("status")["mode"] == "withdrawn"
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    # Resumed, it holds again and, its checks passing all along, asks for the route back.
-    wait_for(lambda: lab.exabgp(server).api("status")["mode"] == "normal", timeout=10.0,
-             what="the resumed agent to announce again", interval=0.05)
+    stopped_holder_is_withdrawn(lab, "sjc-s1", pid_of(lab, "sjc-s1"), MARGIN_S)
 
 
 def test_drain_demotes_the_folded_server(lab: Lab) -> None:

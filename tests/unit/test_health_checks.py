@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from core.records import proc_starttime
+from core.wait import wait_for
 from health.checks import CommandCheck, HttpCheck, TcpCheck, run_check, run_checks
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -96,3 +99,18 @@ def test_combined_all_and_any() -> None:
 def test_rejects_non_http_url() -> None:
     out = asyncio.run(run_check(HttpCheck("ftp://x/")))
     assert not out.ok and "only http://" in out.detail
+
+
+def test_a_command_check_that_times_out_takes_its_children_with_it(tmp_path: Path) -> None:
+    """Issue 20: at the timeout the check's whole process group is killed; killing its direct child alone
+    left what a shell had started running (the test fails with proc.kill())."""
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+
+    async def go() -> None:
+        out = await run_check(CommandCheck(("sh", "-c", script), timeout=0.5))
+        assert not out.ok and out.detail == "timed out after 500 ms"
+
+    asyncio.run(go())
+    child = int(pidfile.read_text())
+    wait_for(lambda: proc_starttime(child) is None, timeout=5.0, what="the check's own child to be gone")
