@@ -49,16 +49,22 @@ ALL_SCENARIOS = (*SCENARIOS, "do-host-wipe")
 
 
 def acked_lost(counters: list[dict[str, Any]], finals: dict[Any, Any]) -> int:
-    """Acknowledged increments lost: per counter read at the end, how far its final value is below the
-    largest total an ``ok`` increment answered (each answers the total it made). Counting ``ok``
+    """Acknowledged increments lost. Each ``ok`` increment answers the total it made, so without a loss
+    every acknowledged total of a counter is different: a loss of k that the counter climbs past again
+    shows as k totals acknowledged twice; one it does not climb past shows as the final value below the
+    largest acknowledged total. The count is both (per counter read at the end). Counting ``ok``
     increments against the final value instead let increments that ended ``info`` but took effect hide
-    lost ones. A lower bound: a lost increment that a later unacknowledged one made up for shows only in
-    the linearizability check."""
-    top: dict[Any, int] = {}
+    lost ones. What values cannot show: a loss exactly made up for by ``info`` increments that took
+    effect (the linearizability check may)."""
+    totals: dict[Any, list[int]] = {}
     for e in counters:
         if e["type"] == "ok" and e["f"] == "incr" and e.get("value") is not None:
-            top[e["key"]] = max(top.get(e["key"], 0), int(e["value"]))
-    return sum(max(0, total - int(finals.get(k) or 0)) for k, total in top.items() if k in finals)
+            totals.setdefault(e["key"], []).append(int(e["value"]))
+    lost = 0
+    for k, seen in totals.items():
+        if k in finals:
+            lost += len(seen) - len(set(seen)) + max(0, max(seen) - int(finals.get(k) or 0))
+    return lost
 
 
 @dataclass(frozen=True)

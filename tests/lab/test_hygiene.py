@@ -92,3 +92,23 @@ def test_ctrl_c_during_measure_restores_the_fault_and_keeps_the_lab() -> None:
         assert json.loads(status.stdout)["phase"] == "up" and json.loads(status.stdout)["faults"] == {}
     finally:
         assert anylab("down", "--name", name).returncode == 0
+
+
+def test_a_sigkilled_measure_takes_its_load_with_it_and_down_leaves_nothing() -> None:
+    """Issue 20: the HTTP users `measure --http` starts are recorded and die with it; before, a SIGKILLed
+    measure left them running, unrecorded, for their whole run."""
+    from core.proc import recorded_procs
+
+    name = "tkill"
+    assert anylab("up", str(TOPOLOGIES / "two_pops.yaml"), "--name", name).returncode == 0
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "lab.cli.main", "measure", "server-silent", "sjc", "--http",
+                                 "--name", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=PROJECT)
+        loads = wait_for(lambda: [p for p in recorded_procs(run_dir_of(name)) if p.name == "http-load"], timeout=60,
+                         what="the HTTP users to be recorded", interval=0.05)
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: not any(p.alive() for p in loads), timeout=5.0, what="the HTTP users to die with measure")
+    finally:
+        assert anylab("down", "--name", name).returncode == 0
+    assert netns.names(f"anylab-{name}-") == [] and not run_dir_of(name).exists()

@@ -146,3 +146,14 @@ def test_acked_lost_counts_from_the_largest_acknowledged_total() -> None:
     assert acked_lost(counters, {"c1": 3}) == 0
     oks = sum(1 for e in counters if e["type"] == "ok")
     assert max(0, oks - 2) == 0  # the old count: two ok increments, final 2, nothing seen lost
+
+
+def test_acked_lost_counts_a_loss_the_counter_climbed_past_again() -> None:
+    """A failover lost the acknowledged totals 11 and 12 (the new owner had 10) and the counter climbed
+    past them: the largest total alone saw nothing lost; the totals acknowledged twice show both."""
+    from lab.load.do_nemesis import acked_lost
+
+    counters = [{"key": "c1", "f": "incr", "type": "ok", "value": v} for v in (*range(1, 13), 11, 12, 13)]
+    assert acked_lost(counters, {"c1": 13}) == 2
+    assert acked_lost(counters, {"c1": 12}) == 3  # and one more, gone at the end
+    assert acked_lost([{"key": "c1", "f": "incr", "type": "ok", "value": v} for v in range(1, 6)], {"c1": 5}) == 0
