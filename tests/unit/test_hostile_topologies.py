@@ -87,13 +87,16 @@ def test_libyaml_reads_a_large_file_fast() -> None:
     """Side by side on one text: the loader the lab uses (libyaml's parser, PyYAML's constructor, the
     duplicate-key check) against PyYAML's pure-Python one (which took a minute for 30 MB). Measured here
     on this text: 1.68 s against 5.13 s for 20 000 entries (libyaml's own CSafeLoader 1.57 s); asked, on
-    5 000: at least twice as fast (measured 3.1×)."""
+    5 000: at least twice as fast (measured 3.1×), each the best of three runs taken in turn — one run each
+    came out at 1.998× twice in the full suite, on a machine still deleting a lab's namespaces."""
     text = "x: [" + ", ".join(f"{{a: {i}, b: [1, 2, 3]}}" for i in range(5_000)) + "]\n"
-    times = {}
-    for loader in (yaml.SafeLoader, load_module._UniqueKeyLoader):
-        t0 = monotonic()
-        yaml.load(text, Loader=loader)
-        times[loader.__name__] = monotonic() - t0
+    times: dict[str, float] = {}
+    for _ in range(3):
+        for loader in (yaml.SafeLoader, load_module._UniqueKeyLoader):
+            t0 = monotonic()
+            yaml.load(text, Loader=loader)
+            took = monotonic() - t0
+            times[loader.__name__] = min(times.get(loader.__name__, took), took)
     assert times["_UniqueKeyLoader"] * 2 < times["SafeLoader"], times
 
 
