@@ -2,8 +2,10 @@
 
 Deploy: ``anylab deploy reg examples/do_register.py --do REG=Register``; then from a client:
 ``POST /do/NAME[?hint=REGION]`` with ``{"f": "read"|"write"|"cas"|"incr", "value": …}`` →
-``{"value": …, "owner": REGION, "epoch": N}``; 503 ``{"error", "definite"}`` when the object could not
-be reached (``definite``: the operation certainly did not happen).
+``{"value": …, "version": N, "owner": REGION, "epoch": N}``; 503 ``{"error", "definite"}`` when the
+object could not be reached (``definite``: the operation certainly did not happen). ``version`` counts the
+changes the object has made (each write, successful cas or increment adds one), as the object sees it
+now: two acknowledged changes never share one unless a change was lost.
 """
 
 import json
@@ -21,21 +23,24 @@ class Register:
     async def fetch(self, request: Request) -> Any:
         op = json.loads(request.body or b"{}")
         f, arg = op.get("f"), op.get("value")
+        # The value and its version in one key: one put changes both, or neither.
+        state = await self.storage.get("s") or {"v": None, "n": 0}
+        value, version = state["v"], state["n"]
         if f == "read":
-            return json.dumps(await self.storage.get("v"))
+            return json.dumps({"result": value, "version": version})
         if f == "write":
-            await self.storage.put("v", arg)
-            return "null"
-        if f == "cas":
-            if await self.storage.get("v") != arg[0]:
-                return "false"
-            await self.storage.put("v", arg[1])
-            return "true"
-        if f == "incr":
-            total = (await self.storage.get("v") or 0) + arg
-            await self.storage.put("v", total)
-            return json.dumps(total)
-        return {"status": 400, "body": f"unknown operation {f!r}\n"}
+            result, new = None, arg
+        elif f == "cas":
+            if value != arg[0]:
+                return json.dumps({"result": False, "version": version})
+            result, new = True, arg[1]
+        elif f == "incr":
+            new = (value or 0) + arg
+            result = new
+        else:
+            return {"status": 400, "body": f"unknown operation {f!r}\n"}
+        await self.storage.put("s", {"v": new, "n": version + 1})
+        return json.dumps({"result": result, "version": version + 1})
 
 
 async def fetch(request: Request, env: Any, ctx: Any) -> Any:
@@ -50,6 +55,7 @@ async def fetch(request: Request, env: Any, ctx: Any) -> Any:
                 "body": json.dumps({"error": str(exc), "definite": exc.definite})}
     if answer.status != 200:
         return answer
+    done = json.loads(answer.body)
     return {"status": 200, "headers": {"content-type": "application/json"},
-            "body": json.dumps({"value": json.loads(answer.body), "owner": answer.headers["x-do-owner"],
-                                "epoch": int(answer.headers["x-do-epoch"])})}
+            "body": json.dumps({"value": done["result"], "version": done["version"],
+                                "owner": answer.headers["x-do-owner"], "epoch": int(answer.headers["x-do-epoch"])})}

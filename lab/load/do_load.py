@@ -63,7 +63,7 @@ async def call(target: str, host: str, name: str, hint: str | None, f: str, valu
     except ValueError:
         reply = {}
     if status == 200:
-        return Served(reply["value"], owner=reply.get("owner"), epoch=reply.get("epoch"))
+        return Served(reply["value"], owner=reply.get("owner"), epoch=reply.get("epoch"), version=reply.get("version"))
     if status == 404 or (isinstance(reply, dict) and reply.get("definite") is True):
         raise Definite(f"HTTP {status}: {reply.get('error') if isinstance(reply, dict) else answer[:80]!r}")
     raise Unknown(f"HTTP {status}: {answer[:120]!r}")

@@ -48,20 +48,26 @@ SCENARIOS = ("region-down", "do-crash", "do-cut")
 ALL_SCENARIOS = (*SCENARIOS, "do-host-wipe")
 
 
-def acked_lost(counters: list[dict[str, Any]], finals: dict[Any, Any]) -> int:
-    """Acknowledged increments lost. Each ``ok`` increment answers the total it made, so without a loss
-    every acknowledged total of a counter is different: a loss of k that the counter climbs past again
-    shows as k totals acknowledged twice; one it does not climb past shows as the final value below the
-    largest acknowledged total. The count is both (per counter read at the end). Counting ``ok``
-    increments against the final value instead let increments that ended ``info`` but took effect hide
-    lost ones. What values cannot show: a loss exactly made up for by ``info`` increments that took
-    effect (the linearizability check may)."""
-    totals: dict[Any, list[int]] = {}
-    for e in counters:
-        if e["type"] == "ok" and e["f"] == "incr" and e.get("value") is not None:
-            totals.setdefault(e["key"], []).append(int(e["value"]))
+#: The operations that change an object (a cas only when it answered true).
+CHANGES = ("incr", "write", "cas")
+
+
+def acked_lost(history: list[dict[str, Any]], finals: dict[Any, Any]) -> int:
+    """Acknowledged changes lost, per object read at the end (``finals``: object → the version that read
+    answered). Each ``ok`` change answers the version it made (``examples/do_register.py``: every write,
+    successful cas and increment adds one), so without a loss no two acknowledged changes of an object
+    share a version: a loss of k that the object climbs past again shows as k versions acknowledged twice,
+    one it does not climb past as the final version below the largest acknowledged one; the count is both.
+    What versions cannot show: a loss exactly made up for by changes that ended ``info`` but took effect
+    (the linearizability check may). Counting ``ok`` changes against the final state instead let those
+    hide lost ones."""
+    versions: dict[Any, list[int]] = {}
+    for e in history:
+        changed = e["f"] in CHANGES and (e["f"] != "cas" or e.get("value") is True)
+        if e["type"] == "ok" and changed and isinstance(e.get("version"), int):
+            versions.setdefault(e["key"], []).append(int(e["version"]))
     lost = 0
-    for k, seen in totals.items():
+    for k, seen in versions.items():
         if k in finals:
             lost += len(seen) - len(set(seen)) + max(0, max(seen) - int(finals.get(k) or 0))
     return lost
@@ -269,7 +275,9 @@ class Nemesis:
         counters = [e for e in history if str(e["key"]).startswith("c")]
         verdicts = {"registers": check(registers, "register"), "counters": check(counters, "counter")}
         finals = {e["key"]: e["value"] for e in history if e["process"] == "final" and e["type"] == "ok"}
-        lost = acked_lost(counters, finals)
+        versions = {e["key"]: e.get("version") for e in history if e["process"] == "final" and e["type"] == "ok"}
+        lost = acked_lost(history, versions)
+        lost_by = {"registers": acked_lost(registers, versions), "counters": acked_lost(counters, versions)}
         region_of = {c.name: c.region for c in self.topo.clients}
         local: list[float] = []
         remote: list[float] = []
@@ -288,7 +296,7 @@ class Nemesis:
                   for p in ("detect", "promote", "route", "first_served", "all_served")}
         kinds = Counter(e["type"] for e in history if e["process"] != "final")
         return {
-            "ops": kinds["ok"], "outcomes": dict(kinds), "acked_lost": lost,
+            "ops": kinds["ok"], "outcomes": dict(kinds), "acked_lost": lost, "acked_lost_by": lost_by,
             "final_reads": len(finals), "linearizable": all(v.linearizable for v in verdicts.values()),
             "verdicts": {k: v.explain() for k, v in verdicts.items()},
             "failovers": len(runs),

@@ -193,7 +193,7 @@ def test_owner_crash_loses_no_acknowledged_write(tmp_path: Path) -> None:
 
     [answer, backup], took = run(tmp_path, scenario)
     assert backup in ("b", "c")
-    assert answer == {"status": 200, "value": 20, "owner": backup, "epoch": 2}
+    assert answer == {"status": 200, "value": 20, "version": 20, "owner": backup, "epoch": 2}
     # The router waits out the lease (0.4 s) and the margin (0.1 s), then retries every 0.05 s; 0.5 s of
     # margin for the new owner's renewal (0.05 s), the directory's check tick and a busy loopback.
     assert took < LEASE_S + MARGIN_S + 0.5
@@ -279,10 +279,10 @@ def test_async_mode_answers_before_the_backup_has_it(tmp_path: Path) -> None:
         deadline = monotonic() + 2
         while backup.store(key).seq < 10 and monotonic() < deadline:
             await asyncio.sleep(0.01)
-        return c.hosts["b"].status(), backup.store(key).get("v")
+        return c.hosts["b"].status(), backup.store(key).get("s")
 
     status, at_backup = run(tmp_path, scenario, mode="async")
-    assert status["mode"] == "async" and at_backup == 10
+    assert status["mode"] == "async" and at_backup == {"v": 10, "n": 10}
 
 
 def test_history_across_an_owner_crash_is_linearizable(tmp_path: Path) -> None:
@@ -358,10 +358,10 @@ def test_periodic_snapshots_reach_the_backup_and_trim_the_owners_log(tmp_path: P
         while owner.log_since(0) and monotonic() < deadline:
             await asyncio.sleep(0.02)
         backup = c.hosts[str(c.directory.state.objects[key].backup)].store(key)
-        return [e["seq"] for e in owner.log_since(0)], backup.get("v"), backup.seq
+        return [e["seq"] for e in owner.log_since(0)], backup.get("s"), backup.seq
 
     log, at_backup, seq = run(tmp_path, scenario, snapshot_s=0.2)
-    assert log == [] and at_backup == 5 and seq == 5
+    assert log == [] and at_backup == {"v": 5, "n": 5} and seq == 5
 
 
 def test_the_do_services_take_only_their_peers_and_epochs_only_from_the_directory(tmp_path: Path) -> None:
@@ -432,7 +432,7 @@ def test_the_do_services_take_only_their_peers_and_epochs_only_from_the_director
                    "router installs:not_allowed", "epoch never issued:epoch_not_issued",
                    "not the owner:not_owner", "other region's lease:other_region", "replayed lease:replayed"):
         assert reason in got, (reason, got)
-    assert after == {"status": 200, "value": 1, "owner": "a", "epoch": 1}  # nothing forged took
+    assert after == {"status": 200, "value": 1, "version": 1, "owner": "a", "epoch": 1}  # nothing forged took
     refused = backup_status["auth_refused"]
     assert refused["missing"] == 1 and refused["bad_signature"] == 2 and refused["not_allowed"] == 1
     assert backup_status["refused"] == {"epoch_not_issued": 1, "not_owner": 2}
@@ -460,4 +460,4 @@ def test_a_durable_objects_code_runs_in_a_sandbox_of_its_own(tmp_path: Path) -> 
     assert all(seen[p] in ("FileNotFoundError", "PermissionError") for p in seen if p.startswith("/")), seen
     assert seen["raw socket"] == "PermissionError" and seen["signal"] == "PermissionError", seen
     assert seen["uid"] >= 100000 and seen["stored"] == [1, 1], seen
-    assert neighbour == {"status": 200, "value": 7, "owner": "a", "epoch": 1}
+    assert neighbour == {"status": 200, "value": 7, "version": 1, "owner": "a", "epoch": 1}

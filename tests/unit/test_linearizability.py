@@ -140,7 +140,7 @@ def test_acked_lost_counts_from_the_largest_acknowledged_total() -> None:
     ``ok`` increments were counted against the final value; the largest acknowledged total does not."""
     from lab.load.do_nemesis import acked_lost
 
-    counters = [{"key": "c1", "f": "incr", "type": t, "value": v}
+    counters = [{"key": "c1", "f": "incr", "type": t, "value": v, "version": v}
                 for t, v in (("invoke", 1), ("ok", 1), ("invoke", 1), ("info", None), ("invoke", 1), ("ok", 3))]
     assert acked_lost(counters, {"c1": 2}) == 1  # the acknowledged third increment is gone
     assert acked_lost(counters, {"c1": 3}) == 0
@@ -148,12 +148,19 @@ def test_acked_lost_counts_from_the_largest_acknowledged_total() -> None:
     assert max(0, oks - 2) == 0  # the old count: two ok increments, final 2, nothing seen lost
 
 
-def test_acked_lost_counts_a_loss_the_counter_climbed_past_again() -> None:
-    """A failover lost the acknowledged totals 11 and 12 (the new owner had 10) and the counter climbed
-    past them: the largest total alone saw nothing lost; the totals acknowledged twice show both."""
+def test_acked_lost_counts_a_loss_the_object_climbed_past_again() -> None:
+    """A failover lost the acknowledged versions 11 and 12 (the new owner had 10) and the object climbed
+    past them: the largest version alone saw nothing lost; the versions acknowledged twice show both. The
+    same for a register's writes and successful cas (a failed cas changed nothing, whatever it says)."""
     from lab.load.do_nemesis import acked_lost
 
-    counters = [{"key": "c1", "f": "incr", "type": "ok", "value": v} for v in (*range(1, 13), 11, 12, 13)]
-    assert acked_lost(counters, {"c1": 13}) == 2
-    assert acked_lost(counters, {"c1": 12}) == 3  # and one more, gone at the end
-    assert acked_lost([{"key": "c1", "f": "incr", "type": "ok", "value": v} for v in range(1, 6)], {"c1": 5}) == 0
+    def ok(f: str, value: object, version: int) -> dict[str, object]:
+        return {"key": "k", "f": f, "type": "ok", "value": value, "version": version}
+
+    counters = [ok("incr", v, v) for v in (*range(1, 13), 11, 12, 13)]
+    assert acked_lost(counters, {"k": 13}) == 2
+    assert acked_lost(counters, {"k": 12}) == 3  # and one more, gone at the end
+    assert acked_lost([ok("incr", v, v) for v in range(1, 6)], {"k": 5}) == 0
+    register = [ok("write", 3, 1), ok("cas", True, 2), ok("read", 4, 2), ok("cas", False, 2), ok("write", 1, 2)]
+    assert acked_lost(register, {"k": 2}) == 1  # version 2 acknowledged twice: the cas was lost
+    assert acked_lost(register[:4], {"k": 2}) == 0
