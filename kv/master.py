@@ -252,10 +252,11 @@ class Master:
         return hlc, node
 
     async def unconfirmed(self, ns: str, entry: Entry) -> web.Response:
-        """A single write stored here: acknowledged, or 503 carrying the version it was stored as (so that
-        the replica can keep it and send the same version again, even to this master after a wipe)."""
+        """A single write stored here: acknowledged (with its absolute expiration, so that the replica can
+        store the same version at once), or 503 carrying the version it was stored as (so that the replica
+        can keep it and send the same version again, even to this master after a wipe)."""
         try:
-            return web.json_response(await self.write(ns, [entry]))
+            return web.json_response({**await self.write(ns, [entry]), "expiration": entry.expiration})
         except KvError as exc:
             if exc.status != 503:
                 raise

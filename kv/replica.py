@@ -183,8 +183,27 @@ class Replica:
                 return self.enqueue(ns, op, {**data, **stamp}, f"not confirmed by another region: {reply.get('error')}")
             if status >= 400:
                 raise KvError(str(reply.get("error")), status)
+            if reply.get("committed") is True:
+                await self.own_copy(ns, op, data, reply)
             return {**reply, "accepted": True}
         return self.enqueue(ns, op, data, f"master unreachable: {last}")
+
+    async def own_copy(self, ns: str, op: str, data: dict[str, Any], reply: dict[str, Any]) -> None:
+        """Store an acknowledged write here as the master stored it (its stamp, its expiration), so that a
+        read on this server right after it sees it: the master's change stream brings the same version a
+        moment later (and LWW keeps one). Without this a worker's read after its own write raced the
+        stream. A reply that does not say the version is left to the stream."""
+        hlc, node = reply.get("hlc"), reply.get("node")
+        if not isinstance(hlc, int) or not isinstance(node, str):
+            return
+        key = check_key(str(data.get("key", "")))
+        if op == "delete":
+            entry = Entry(key, b"", None, None, hlc, node, deleted=True)
+        else:
+            meta = data.get("metadata")
+            entry = Entry(key, value_of(data), None if meta is None else json.dumps(meta, separators=(",", ":")),
+                          reply.get("expiration"), hlc, node)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, [entry])
 
     def enqueue(self, ns: str, op: str, data: dict[str, Any], why: str) -> dict[str, Any]:
         # When it was accepted goes with it: its expiration is checked as of then, not when it drains, and

@@ -423,3 +423,19 @@ def test_a_master_whose_clock_is_behind_waits_for_what_it_cannot_take_yet(cluste
     eu.call("POST", "/v1/clock", {"offset_s": 0})
     wait_for(lambda: (cluster.get("kv-eu", "late") or {}).get("value") == "v", timeout=10,
              what="kv-eu to take the held write once its clock is mended")
+
+
+def test_a_write_acknowledged_through_the_replica_is_read_there_at_once(cluster: Cluster) -> None:
+    """Read-your-writes on one server: the replica stores an acknowledged write as the master did (stamp,
+    expiration, metadata) before it answers, instead of waiting for the master's change stream — a
+    worker's read right after its put had raced the stream (seen in a lab test once the master wrote to
+    its peer first)."""
+    for i in range(20):
+        reply = KvClient(cluster.root / "sjc-s1.sock").put("ns", f"ryw{i}", str(i).encode(), metadata={"i": i},
+                                                             expiration_ttl=60)
+        assert reply["committed"] is True
+        got = KvClient(cluster.root / "sjc-s1.sock").get("ns", f"ryw{i}")
+        assert got is not None and got["value"] == str(i).encode() and got["metadata"] == {"i": i}, (i, got)
+    mine = KvClient(cluster.root / "sjc-s1.sock").get("ns", "ryw0")
+    theirs = cluster.get("kv-na", "ryw0")
+    assert mine is not None and theirs is not None and mine["expiration"] == theirs["expiration"]
