@@ -73,7 +73,8 @@ def main() -> None:
     lags = [h["ship_lag_s"] for h in hosts.values() if h["ship_lag_s"]["max"] is not None]
     out = {
         "topology": "global.yaml", "mode": "sync", "scenarios": list(scenarios),
-        "ops": sync["ops"], "acked_lost": sync["acked_lost"], "final_reads": sync["final_reads"],
+        "ops": sync["ops"], "acked_lost": sync["acked_lost"], "acked_lost_by": sync["acked_lost_by"],
+        "final_reads": sync["final_reads"],
         "linearizable": sync["linearizable"],
         "failovers": sync["failovers"], "failover_s": sync["failover_s"], "phases_s": sync["phases_s"],
         "call_ms": sync["call_ms"], "outcomes": sync["outcomes"],
@@ -81,7 +82,8 @@ def main() -> None:
                         "p99_max": max((lag["p99"] for lag in lags), default=None),
                         "max": max((lag["max"] for lag in lags), default=None)},
         "verdicts": sync["verdicts"],
-        "async": {k: async_result[k] for k in ("ops", "acked_lost", "final_reads", "linearizable", "failovers",
+        "async": {k: async_result[k] for k in ("ops", "acked_lost", "acked_lost_by", "final_reads", "linearizable",
+                                               "failovers",
                                                "failover_s", "phases_s", "outcomes", "verdicts")},
         "runs": [{k: r[k] for k in ("scenario", "region", "moved", "phases_s")} for r in sync["runs"]],
     }
