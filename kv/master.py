@@ -21,9 +21,9 @@ HTTP API (aiohttp; JSON bodies; keys are strings, values base64 in ``value``):
 
 A write is acknowledged (``committed: true``) only when a peer master in another region answered
 ``/v1/replicate`` *and* it is on this master's disk (SQLite ``synchronous=FULL``) — peers are tried in the
-configured order, a peer that failed moved to the back. If none answers, the answer is 503 and the write
-is not acknowledged (it is stored here and reaches the others through their pulls). If a peer refuses it
-as stamped too far ahead of its clock, this master's own clock is off: 409, and it is stored nowhere. A master without
+configured order, a peer that failed moved to the back. If none confirms, the answer is 503 and the write
+is not acknowledged (it is stored here and reaches the others through their pulls) — unless a peer refused
+it as stamped too far ahead of its clock: then 409, and it is stored nowhere. A master without
 peers (a one-region lab) acknowledges after its own fsync, with ``replicated_to: null``. Errors are
 ``{"error": …}`` with the status.
 

@@ -50,7 +50,7 @@ from core.service import is_operator, run_service, service_main, signed_call
 from kv import service
 from kv.hlc import Clock, admissible
 from kv.service import Cursor, body, now, save_json, value_of
-from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put
+from kv.store import Entry, KvError, Store, check_key, check_namespace, check_put, metadata_text
 from protect.limits import Bucket, take
 
 WRITE_RETRIES = (0.05, 0.1, 0.2)
@@ -200,9 +200,7 @@ class Replica:
         if op == "delete":
             entry = Entry(key, b"", None, None, hlc, node, deleted=True)
         else:
-            meta = data.get("metadata")
-            entry = Entry(key, value_of(data), None if meta is None else json.dumps(meta, separators=(",", ":")),
-                          reply.get("expiration"), hlc, node)
+            entry = Entry(key, value_of(data), metadata_text(data.get("metadata")), reply.get("expiration"), hlc, node)
         await asyncio.get_running_loop().run_in_executor(None, self.store.apply, ns, [entry])
 
     def enqueue(self, ns: str, op: str, data: dict[str, Any], why: str) -> dict[str, Any]:

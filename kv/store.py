@@ -105,18 +105,22 @@ def check_key(key: str) -> bytes:
     return raw
 
 
+def metadata_text(metadata: Any) -> str | None:
+    """A key's metadata as it is stored: compact JSON (None: none). One spelling, so that the replica's copy
+    of an acknowledged write is the master's to the byte."""
+    return None if metadata is None else json.dumps(metadata, separators=(",", ":"))
+
+
 def check_put(key: str, value: bytes, metadata: Any, expiration: float | None, expiration_ttl: float | None,
               now: float) -> tuple[bytes, str | None, float | None]:
     """Validate a put; returns the key bytes, the metadata as JSON text and the absolute expiration."""
     raw = check_key(key)
     if len(value) > MAX_VALUE:
         raise KvError(f"the value is {len(value)} bytes; the limit is {MAX_VALUE} (25 MiB, value_size)", 413)
-    meta = None
-    if metadata is not None:
-        meta = json.dumps(metadata, separators=(",", ":"))
-        if len(meta.encode()) > MAX_METADATA:
-            raise KvError(f"metadata is {len(meta.encode())} bytes of JSON; the limit is {MAX_METADATA} "
-                          "(metadata_size)")
+    meta = metadata_text(metadata)
+    if meta is not None and len(meta.encode()) > MAX_METADATA:
+        raise KvError(f"metadata is {len(meta.encode())} bytes of JSON; the limit is {MAX_METADATA} "
+                      "(metadata_size)")
     if expiration is not None and expiration_ttl is not None:
         raise KvError("give expiration or expiration_ttl, not both")
     if expiration_ttl is not None:
