@@ -97,16 +97,10 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
         replies: dict[str, tuple[float, float, dict[str, Any]]] = {}
         t0 = monotonic()
         killed: dict[str, float] = {}
-
-        def faults() -> None:
-            # The schedule of the run, on its own clock: down at 1/3, back at 2/3.
-            time.sleep(seconds / 3)
-            killed["down"] = lab.fail("region-down", kill)
-            time.sleep(seconds / 3)
-            killed["up"] = lab.restore(kill)
-
-        chaos = threading.Thread(target=faults)
-        chaos.start()
+        errors: list[str] = []
+        # The schedule of the run, on its own clock: down at 1/3, back at 2/3 (times relative to t0).
+        chaos = on_schedule(t0, seconds, [(1 / 3, "down", lambda: lab.fail("region-down", kill)),
+                                          (2 / 3, "up", lambda: lab.restore(kill))], killed, errors)
         i = 0
         while monotonic() - t0 < seconds:
             key = f"k{i:06d}"
@@ -160,7 +154,8 @@ def run(seconds: float, rate: float, kill: str, writer_pop: str) -> dict[str, An
             "refused": sum("error" in r for _s, _e, r in replies.values()), "acked_lost": len(lost),
             "propagation_s": {"p50": pct(propagation, 0.5), "p99": pct(propagation, 0.99),
                               "max": round(max(propagation), 4) if propagation else None, "n": len(propagation)},
-            "killed_region_catch_up_s": round(catch_up - killed["up"], 3) if catch_up and "up" in killed else None,
+            "killed_region_catch_up_s": round(catch_up - (t0 + killed["up"]), 3) if catch_up and "up" in killed
+            else None, "errors": errors,
             "accepted_to_committed_s": {"p50": pct(queued, 0.5), "max": round(max(queued), 3) if queued else None,
                                         "n": len(queued)},
             "read_local_ms": {"p50": pct(reads, 0.5), "p99": pct(reads, 0.99)},
