@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -41,6 +40,7 @@ from core.proc import Proc, ProcessGroup  # noqa: E402
 from core.stats import quantile  # noqa: E402
 from core.wait import socket_accepts, wait_for  # noqa: E402
 from lab.links import apply  # noqa: E402
+from lab.links.calibrate import wilson  # noqa: E402
 from lab.links.control import relay_request  # noqa: E402
 from lab.run.rundir import RUN_ROOT, netns_prefix  # noqa: E402
 
@@ -55,16 +55,6 @@ GOAL_P50_MS, GOAL_P99_MS, GOAL_BW = 0.5, 2.0, 0.05
 def started(path: Path) -> bool:
     """Whether a tool writing to ``path`` said it is ready."""
     return path.exists() and b"ready" in path.read_bytes()
-
-
-def wilson(k: int, n: int, z: float = 2.5758) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion k/n (z = 2.576: 99 %)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def cpu_s(pid: int) -> float:

@@ -22,9 +22,10 @@ from model.constants import (
     ROUTER_LOOPBACKS,
     SERVER_LOOPBACKS,
 )
+from model.geo import propagation_ms, where
 from model.profiles import Profile
-from model.spec import KvMasterSpec, OriginSpec, PopSpec, TopologySpec
-from model.topology import Client, Interface, Neighbor, Pop, Router, Server, ServiceNode, Topology
+from model.spec import KvMasterSpec, Location, OriginSpec, PopSpec, ShapeFields, TopologySpec
+from model.topology import Client, Interface, Neighbor, Pop, Router, Server, ServiceNode, Shape, Topology
 
 
 def _host(net: IPv4Network, index: int, source: str, what: str) -> IPv4Address:
@@ -125,6 +126,19 @@ def server_name(pop: str, index: int) -> str:
     return f"{pop}-s{index + 1}"
 
 
+def shape_of(fields: ShapeFields | None, a: Location | None, b: Location | None, route_factor: float) -> Shape | None:
+    """A link's shape: what ``fields`` say, its delay (if not given) from the ends' locations when both
+    have one; None if the link does nothing (a bare veth)."""
+    f = fields or ShapeFields()
+    delay, derived = f.delay, False
+    if delay is None and a is not None and b is not None:
+        delay = propagation_ms(where(a), where(b), route_factor)
+        derived = True
+    shape = Shape(delay or 0.0, f.jitter, f.jitter_distribution, f.loss, f.loss_burst, f.bandwidth, f.queue,
+                  from_distance=derived and bool(delay))
+    return None if shape.bare() else shape
+
+
 def resolve(spec: TopologySpec, source: str) -> Topology:
     """Assign addresses and interfaces deterministically (declaration order) and derive the sessions.
 
@@ -133,17 +147,19 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     _cross_refs(spec, source)
     intfs: dict[str, list[Interface]] = {}
 
-    def add_pair(a: str, b: str, addr_a: IPv4Interface, addr_b: IPv4Interface) -> None:
+    def add_pair(a: str, b: str, addr_a: IPv4Interface, addr_b: IPv4Interface, shape: Shape | None = None) -> None:
         la, lb = intfs.setdefault(a, []), intfs.setdefault(b, [])
         name_a, name_b = f"{a}-eth{len(la)}", f"{b}-eth{len(lb)}"
-        la.append(Interface(a, name_a, addr_a, b, name_b, addr_b))
-        lb.append(Interface(b, name_b, addr_b, a, name_a, addr_a))
+        la.append(Interface(a, name_a, addr_a, b, name_b, addr_b, shape))
+        lb.append(Interface(b, name_b, addr_b, a, name_a, addr_a, shape))
 
+    located = {r.name: r.location for r in spec.routers}
+    factor = spec.settings.route_factor
     for r in spec.routers:
         intfs.setdefault(r.name, [])
     for i, link in enumerate(spec.links):
         pair = link.addresses or _p2p(CORE_LINKS, i, source, f"links[{i}]")
-        add_pair(link.a, link.b, pair[0], pair[1])
+        add_pair(link.a, link.b, pair[0], pair[1], shape_of(link, located[link.a], located[link.b], factor))
 
     prefixes_of: dict[str, list[IPv4Network]] = {p.name: [] for p in spec.pops}
     for a in spec.anycast:
@@ -169,7 +185,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
             # Router end first so the router side takes the even (lower) address.
             r_addr, s_addr = _p2p(POP_LINKS, pop_link, source, f"pops ({p.name})")
             pop_link += 1
-            add_pair(up, s_name, r_addr, s_addr)
+            add_pair(up, s_name, r_addr, s_addr, shape_of(p.access, located[up], p.location, factor))
             # The server's own traffic (syncing with the control plane) comes from this address.
             host_subnets.setdefault(up, []).append(r_addr.network)
     for p in spec.pops:
@@ -197,7 +213,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         host_subnets.setdefault(o.router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
-        add_pair(c.router, c.name, r_addr, c_addr)
+        add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
         host_subnets.setdefault(c.router, []).append(r_addr.network)
 
     asn_of: dict[str, int] = {r.name: r.asn for r in spec.routers}

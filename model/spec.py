@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model.constants import DEFAULT_ANYCAST, NAME_RE, RESERVED_ASNS
+from model.geo import where
 from model.profiles import DEFAULT_PROFILE, Profile, expand, named
 
 
@@ -50,6 +51,44 @@ def _check_asn(value: int) -> int:
     return value
 
 
+def _check_location(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) and (len(value) != 2 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+        raise ValueError("a location is a city code or [latitude, longitude]")
+    return where(value if isinstance(value, str) else tuple(value)) and value
+
+
+#: A place: a city code of :data:`model.geo.CITIES` or [latitude, longitude].
+Location = str | tuple[float, float]
+
+
+class ShapeFields(_Spec):
+    """What a link does to packets, each direction alike (:mod:`lab.links`). Nothing set: a bare veth."""
+
+    #: One-way delay (ms); unset: derived from the ends' locations if both have one, else none.
+    delay: float | None = Field(None, ge=0.0, le=5000.0)
+    #: Jitter (ms) added to each packet's delay, drawn ``uniform`` on ±jitter or ``normal`` with σ =
+    #: jitter; a link never reorders (a packet waits for the one ahead of it).
+    jitter: float = Field(0.0, ge=0.0, le=1000.0)
+    jitter_distribution: Literal["uniform", "normal"] = "uniform"
+    #: Packets lost (%); with ``loss_burst`` > 1 in runs of that mean length (Gilbert model).
+    loss: float = Field(0.0, ge=0.0, lt=100.0)
+    loss_burst: float = Field(1.0, ge=1.0, le=1000.0)
+    #: Rate limit (Mbit/s, HTB) and its queue (packets; default 1000, Linux's txqueuelen).
+    bandwidth: float | None = Field(None, gt=0.0, le=100_000.0)
+    queue: int | None = Field(None, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShapeFields:
+        if self.loss_burst > 1.0 and self.loss == 0.0:
+            raise ValueError("loss_burst needs a loss: set loss (%) or drop loss_burst")
+        if self.queue is not None and self.bandwidth is None:
+            raise ValueError("queue is the rate limit's queue: set bandwidth (Mbit/s) or drop queue")
+        return self
+
+
 class RegionSpec(_Spec):
     name: str
 
@@ -64,15 +103,18 @@ class RouterSpec(_Spec):
     loopback: IPv4Address | None = None
     #: This router's profile (timers, BFD, MRAI) if not the topology's.
     profile: Profile | None = None
+    #: Where it is (a city code or [lat, lon]): links between located ends get their delay from distance.
+    location: Location | None = None
 
     _profile = field_validator("profile", mode="before")(lambda cls, v: None if v is None else expand(v))
+    _location = field_validator("location", mode="before")(lambda cls, v: _check_location(v))
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
     _loopback = field_validator("loopback")(lambda cls, v: _check_loopback(v))
 
 
-class LinkSpec(_Spec):
+class LinkSpec(ShapeFields):
     a: str
     b: str
     addresses: tuple[IPv4Interface, IPv4Interface] | None = None
@@ -132,7 +174,11 @@ class PopSpec(_Spec):
     #: Who decides what a server announces: anylab's health agent, or ExaBGP's bundled healthcheck
     #: (for comparison; it has no demotion on drain beyond its metrics and no sub-second timeout).
     health_agent: Literal["anylab", "exabgp"] = "anylab"
+    #: Where the PoP is, and what each server's links to its upstreams do (delay from distance if unset).
+    location: Location | None = None
+    access: ShapeFields | None = None
 
+    _location = field_validator("location", mode="before")(lambda cls, v: _check_location(v))
     _name = field_validator("name")(lambda cls, v: _check_name(v))
     _asn = field_validator("asn")(lambda cls, v: _check_asn(v))
     _profile = field_validator("profile", mode="before")(lambda cls, v: None if v is None else expand(v))
@@ -151,7 +197,11 @@ class ClientSpec(_Spec):
     name: str
     region: str
     router: str
+    #: Where the client is, and what its link to its router does (delay from distance if unset).
+    location: Location | None = None
+    access: ShapeFields | None = None
 
+    _location = field_validator("location", mode="before")(lambda cls, v: _check_location(v))
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 
 
@@ -260,6 +310,8 @@ class LabSpec(_Spec):
     server_capacity_rps: float = Field(5000.0, gt=0.0, le=1_000_000.0)
     spillover_threshold: float = Field(0.8, gt=0.0, le=1.0)
     spillover_pops: int = Field(3, ge=0, le=64)
+    #: How much longer than the great circle a fibre route is, for delays derived from locations.
+    route_factor: float = Field(1.0, ge=1.0, le=5.0)
     #: Per-account limits (a deployment's ``account``, by default its own name).
     account_limits: AccountLimitsSpec = AccountLimitsSpec()
 

@@ -22,6 +22,30 @@ T = TypeVar("T", bound=_Named)
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a link does to packets, each direction alike (see :class:`model.spec.ShapeFields`)."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    jitter_distribution: str = "uniform"
+    loss_pct: float = 0.0
+    loss_burst: float = 1.0
+    bandwidth_mbit: float | None = None
+    queue: int | None = None
+    #: The delay came from the ends' locations (great-circle distance), not from the file.
+    from_distance: bool = False
+
+    def bare(self) -> bool:
+        """Nothing to do: a plain veth."""
+        return (self.delay_ms == 0.0 and self.jitter_ms == 0.0 and self.loss_pct == 0.0
+                and self.bandwidth_mbit is None)
+
+    def relayed(self) -> bool:
+        """Needs the user-space relay (delay, jitter, bursty loss); else the kernel alone does it."""
+        return self.delay_ms > 0.0 or self.jitter_ms > 0.0 or (self.loss_pct > 0.0 and self.loss_burst > 1.0)
+
+
+@dataclass(frozen=True)
 class Interface:
     """One end of a veth pair, inside ``node``'s namespace."""
 
@@ -31,6 +55,8 @@ class Interface:
     peer_node: str
     peer_name: str
     peer_address: IPv4Interface
+    #: What the link does to packets (both ends carry the same); None: a bare veth.
+    shape: Shape | None = None
 
 
 @dataclass(frozen=True)

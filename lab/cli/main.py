@@ -268,7 +268,18 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
         "control_plane": _control_plane_status(run_dir / topo.control.name),
         "protect": _protect(run_dir, [s.name for s in topo.servers]),
         "in_service": in_service(topo, run_dir),
+        "links": _links_status(topo, run_dir),
     }
+
+
+def _links_status(topo: Topology, run_dir: Path) -> dict[str, Any]:
+    """Each shaped link's shape now and its calibration (what it achieved when last measured)."""
+    from lab.links.plan import shape_json
+    from lab.links.state import Links, calibration_summary
+
+    shapes = Links(topo, {}, run_dir).shapes()
+    return {"shapes": {k: shape_json(v) for k, v in shapes.items() if v is not None},
+            "calibration": calibration_summary(run_dir)}
 
 
 def _protect(run_dir: Path, servers: list[str]) -> dict[str, dict[str, Any]]:
@@ -374,6 +385,16 @@ def _print_status(name: str, state: dict[str, Any], topo: Topology, as_json: boo
             serving = data["in_service"].get(pop.name, [])
             console.print(f"  {pop.name}: {len(serving)} of {len(pop.servers) + len(pop.standby)} servers in service"
                           + (" (autoscaled)" if pop.autoscale else ""))
+    cal = data["links"]["calibration"]
+    for key, shape in data["links"]["shapes"].items():
+        got = cal["links"].get(key, {})
+        seen = "; ".join(f"{d} p50 {got[d]['p50_ms']:.2f} / p99 {got[d]['p99_ms']:.2f} ms, lost {got[d]['loss_pct']} %"
+                         for d in ("out", "in") if "p50_ms" in got.get(d, {}))
+        console.print(f"  link {key}: delay {shape['delay_ms']:g} ms"
+                      + (f" ±{shape['jitter_ms']:g}" if shape["jitter_ms"] else "")
+                      + (f", loss {shape['loss_pct']:g} %" if shape["loss_pct"] else "")
+                      + (f", {shape['bandwidth_mbit']:g} Mbit/s" if shape["bandwidth_mbit"] else "")
+                      + (f" — measured {seen}" if seen else " — not calibrated"))
     console.print(catchment_table(topo, data["catchment"], data["predicted"]))
 
 
@@ -574,6 +595,65 @@ def fail(
     reply = control.call(run_dir_of(name), "fail", scenario=scenario, target=target, count=count, period=period)
     console.print(f"{scenario} on {target}: injected at t={reply['t']:.6f} (CLOCK_MONOTONIC)"
                   + ("" if scenario == "flap" else f"; 'anylab restore {target}' undoes it"))
+
+
+@app.command()
+def link(
+    a: Annotated[str, typer.Argument(help="one end of the link (a node)")],
+    b: Annotated[str, typer.Argument(help="the other end")],
+    name: NameOpt = "main",
+    delay: Annotated[float | None, typer.Option(help="one-way delay, ms (0..5000)")] = None,
+    jitter: Annotated[float | None, typer.Option(help="jitter, ms (0..1000)")] = None,
+    jitter_distribution: Annotated[str | None, typer.Option(help="uniform or normal")] = None,
+    loss: Annotated[float | None, typer.Option(help="loss, % each way (0..<100)")] = None,
+    loss_burst: Annotated[float | None, typer.Option(help="mean run of losses, packets (1..1000)")] = None,
+    bandwidth: Annotated[float | None, typer.Option(help="rate limit, Mbit/s (0..100000]; 0 removes it")] = None,
+    queue: Annotated[int | None, typer.Option(help="the rate limit's queue, packets (1..100000)")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="make the link a bare veth again", metavar="")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a link of a running lab: delay, jitter, loss, bandwidth (each way alike); shows the link's
+    calibration after the change.
+
+    Examples: anylab link na-e eu-w --delay 30 --loss 1; anylab link ord-s1 na-w --bandwidth 10;
+    anylab link na-e eu-w --clear"""
+    changes = _link_changes(delay, jitter, jitter_distribution, loss, loss_burst, bandwidth, queue, clear)
+    _running_state_usage(name)
+    reply = control.call(run_dir_of(name), "link", 60.0, a=a, b=b, changes=changes)
+    if as_json:
+        print(json.dumps({k: v for k, v in reply.items() if k != "ok"}, indent=1))
+        return
+    cal = reply.get("calibration") or {}
+    seen = "; ".join(f"{d}: p50 {cal[d]['p50_ms']:.2f} ms, p99 {cal[d]['p99_ms']:.2f} ms, lost {cal[d]['loss_pct']} %"
+                     for d in ("out", "in") if "p50_ms" in cal.get(d, {}))
+    console.print(f"link {reply['link']}: {reply['after'] or 'bare'} at t={reply['t']:.6f}"
+                  + (f"\n  measured {seen}" if seen else ""))
+
+
+def _link_changes(delay: float | None, jitter: float | None, distribution: str | None, loss: float | None,
+                  burst: float | None, bandwidth: float | None, queue: int | None, clear: bool) -> dict[str, Any]:
+    """The Shape fields ``anylab link``'s flags change; raises UsageError (exit 2) for a bad flag."""
+    checks = [("--delay", delay, 0.0, 5000.0), ("--jitter", jitter, 0.0, 1000.0), ("--loss", loss, 0.0, 99.999),
+              ("--loss-burst", burst, 1.0, 1000.0), ("--bandwidth", bandwidth, 0.0, 100_000.0)]
+    for flag, value, lo, hi in checks:
+        if value is not None and not lo <= value <= hi:
+            raise UsageError(f"{flag} {value:g}: give {lo:g} to {hi:g}")
+    if queue is not None and not 1 <= queue <= 100_000:
+        raise UsageError(f"--queue {queue}: give 1 to 100000 packets")
+    if distribution is not None and distribution not in ("uniform", "normal"):
+        raise UsageError(f"--jitter-distribution {distribution!r}: give uniform or normal")
+    if clear:
+        return {"delay_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0, "loss_burst": 1.0, "bandwidth_mbit": None,
+                "queue": None}
+    given = (("delay_ms", delay), ("jitter_ms", jitter), ("jitter_distribution", distribution), ("loss_pct", loss),
+             ("loss_burst", burst), ("queue", queue))
+    changes: dict[str, Any] = {k: v for k, v in given if v is not None}
+    if bandwidth is not None:
+        changes["bandwidth_mbit"] = bandwidth or None
+    if not changes:
+        raise UsageError("give what to change: --delay, --jitter, --loss, --loss-burst, --bandwidth, --queue "
+                         "or --clear")
+    return changes
 
 
 @app.command()

@@ -16,6 +16,10 @@ server-silent   server or PoP            nftables drops everything on the server
 server-crash    server or PoP            SIGKILL every daemon of the server, its links down (links up,
                                          routes back, daemons restarted)
 link-down       router link ``a:b``      the link's carrier down (up again)
+link-degrade    any link ``a:b``         the link's delay DEGRADE_DELAY_MS longer, jitter at least
+                                         DEGRADE_JITTER_MS (:mod:`lab.links`; back to its shape before)
+link-lossy      any link ``a:b``         LOSSY_PCT % of the link's packets lost each way, independently
+                                         (back to its shape before)
 pop-down        PoP                      every server of the PoP silent
 region-down     region                   every PoP server, router and KV master of the region silent
 flap            server, PoP or ``a:b``   N carrier down/up cycles at a period; ends restored
@@ -62,8 +66,9 @@ from core.errors import AnylabError, UsageError
 from kv.client import KvClient
 from kv.store import KvError
 from lab.faults.scenarios import FAULTS_FILE, SCENARIOS
+from lab.links.plan import find, links_of
 from model.constants import LAB_SUPERNET
-from model.topology import Topology
+from model.topology import Shape, Topology
 
 
 class FaultTarget(Protocol):
@@ -77,6 +82,10 @@ class FaultTarget(Protocol):
 
     def node_dir(self, node: str) -> Path: ...
 
+    def set_link(self, a: str, b: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+
+    def link_shape(self, a: str, b: str) -> Shape | None: ...
+
 #: The scenarios that touch only the region's storage node (KV master, DO host).
 STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut", "storage-partition", "kv-master-wipe", "do-host-wipe",
                 "clock-ahead", "clock-behind")
@@ -84,6 +93,10 @@ STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut", "storage-partition", "k
 #: be ahead (kv.hlc.MAX_AHEAD_MS), so that the bound is crossed, not only approached.
 CLOCK_JUMP_S = 30.0
 NFT_TABLE = "anylab_fault"
+#: link-degrade: a path gone long (a reroute round a fibre cut, a congested transit) — and link-lossy.
+DEGRADE_DELAY_MS = 100.0
+DEGRADE_JITTER_MS = 10.0
+LOSSY_PCT = 5.0
 FLAP_MAX_COUNT = 100
 FLAP_MIN_PERIOD_S = 0.1
 
@@ -167,6 +180,9 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         servers = tuple(s.name for s in topo.servers if s.region == target and not s.standby)
         if scenario != "pops-down":  # every PoP of the region silent; its routers and users stay
             routers = tuple(r.name for r in topo.routers if r.region == target)
+    elif kind == "link" and scenario in ("link-degrade", "link-lossy"):
+        a, _, b = target.partition(":")
+        find(links_of(topo), a, b)  # any link of the lab, access links too; raises UsageError
     elif kind == "link":
         a, _, b = target.partition(":")
         if {a, b} - {r.name for r in topo.routers}:
@@ -211,6 +227,8 @@ class Injector:
         self.active: dict[str, Active] = {}
         self.lock = threading.Lock()
         self.cancel = threading.Event()
+        #: A reshaped link's shape before the fault (link-degrade, link-lossy), to give it back.
+        self.link_before: dict[str, Shape | None] = {}
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -481,6 +499,24 @@ def _clock(sign: float) -> Fault:
     return _on_hosts(lambda inj, h: inj._clock(h, sign * CLOCK_JUMP_S), lambda inj, h: inj._clock(h, 0.0))
 
 
+def _reshape(changes: Callable[[Shape | None], dict[str, Any]]) -> Fault:
+    """Change the target link's shape (:mod:`lab.links`) by ``changes(shape before)``; restore gives it
+    back the shape it had (kept by the injector)."""
+    def inject(inj: Injector, p: Plan) -> None:
+        a, _, b = p.target.partition(":")
+        before = inj.lab.link_shape(a, b)
+        inj.link_before[p.target] = before
+        inj.lab.set_link(a, b, changes(before))
+
+    def undo(inj: Injector, p: Plan, attempt: Attempt) -> None:
+        a, _, b = p.target.partition(":")
+        before = inj.link_before.pop(p.target, None)
+        fields = {k: v for k, v in asdict(before or Shape()).items() if k != "from_distance"}
+        attempt(inj.lab.set_link, a, b, fields)
+
+    return Fault(inject, undo)
+
+
 def _origin_mode(mode: str) -> Fault:
     """The origin answers in ``mode`` (slow, errors); restore puts it back to normal."""
     return _on_hosts(lambda inj, h: inj._daemon(h, "origin").set_mode(mode),
@@ -498,6 +534,9 @@ FAULTS: dict[str, Fault] = {
     "server-silent": _SILENCE,
     "server-crash": Fault(_crash_servers, _links_back),
     "link-down": Fault(lambda inj, p: inj._links(p, up=False), _links_back),
+    "link-degrade": _reshape(lambda s: {"delay_ms": (s.delay_ms if s else 0.0) + DEGRADE_DELAY_MS,
+                                        "jitter_ms": max(s.jitter_ms if s else 0.0, DEGRADE_JITTER_MS)}),
+    "link-lossy": _reshape(lambda _s: {"loss_pct": LOSSY_PCT, "loss_burst": 1.0}),
     "pop-down": _SILENCE,
     "region-down": _SILENCE,
     "pops-down": _SILENCE,

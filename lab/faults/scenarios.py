@@ -15,6 +15,8 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "server-silent": ("server", "pop"),
     "server-crash": ("server", "pop"),
     "link-down": ("link",),
+    "link-degrade": ("link",),
+    "link-lossy": ("link",),
     "pop-down": ("pop",),
     "region-down": ("region",),
     "pops-down": ("region",),

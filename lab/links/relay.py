@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ class Control:
     def fds(self) -> list[socket.socket]:
         return [self.sock, *self.conns]
 
-    def serve(self, ready: list[Any], dirs: dict[int, Direction]) -> None:
+    def serve(self, ready: list[Any], dirs: dict[int, Direction], bind: Callable[[Direction], None]) -> None:
         for s in ready:
             if s is self.sock:
                 try:
@@ -193,9 +194,9 @@ class Control:
                 conn.setblocking(False)
                 self.conns[conn] = bytearray()
             elif s in self.conns:
-                self._read(s, dirs)
+                self._read(s, dirs, bind)
 
-    def _read(self, conn: socket.socket, dirs: dict[int, Direction]) -> None:
+    def _read(self, conn: socket.socket, dirs: dict[int, Direction], bind: Callable[[Direction], None]) -> None:
         buf = self.conns[conn]
         try:
             chunk = conn.recv(65536)
@@ -208,8 +209,8 @@ class Control:
             return
         del self.conns[conn]
         try:
-            answer = handle(json.loads(bytes(buf).split(b"\n", 1)[0]), dirs)
-        except (ValueError, TypeError, KeyError) as exc:
+            answer = handle(json.loads(bytes(buf).split(b"\n", 1)[0]), dirs, bind)
+        except (ValueError, TypeError, KeyError, OSError) as exc:
             answer = {"error": f"bad request: {exc}"}
         try:
             conn.setblocking(True)
@@ -220,13 +221,21 @@ class Control:
         conn.close()
 
 
-def handle(request: dict[str, Any], dirs: dict[int, Direction]) -> dict[str, Any]:
-    """Answer one control request; raises ValueError/TypeError/KeyError on a bad one."""
+def handle(request: dict[str, Any], dirs: dict[int, Direction],
+           bind: Callable[[Direction], None] | None = None) -> dict[str, Any]:
+    """Answer one control request: ``stats``; ``set`` a queue's shape; ``add`` a queue (bound through
+    ``bind``; an existing one is only set). Raises ValueError/TypeError/KeyError on a bad one, OSError
+    if a queue cannot be bound."""
     op = request["op"]
     if op == "stats":
         return {"queues": [d.stats() for d in dirs.values()]}
-    if op == "set":
-        d = dirs[int(request["queue"])]
+    if op in ("set", "add"):
+        q = int(request["queue"])
+        if q not in dirs and op == "add" and bind is not None:
+            if not 0 <= q < 65536:
+                raise ValueError(f"queue {q} is not a queue number")
+            bind(Direction(q, str(request.get("label", q)), shape_from(request["shape"])))
+        d = dirs[q]
         d.shape = shape_from(request["shape"], d.shape)
         return {"ok": True, "queue": d.queue, "shape": asdict(d.shape)}
     raise ValueError(f"unknown op {op!r}")
@@ -246,9 +255,21 @@ def run(dirs: list[Direction], seed: int, control_path: Path, realtime: bool = T
     """Bind every queue, then relay until SIGTERM/SIGINT. Raises OSError if a queue cannot be bound."""
     weak = os.environ.get(WEAKEN_ENV) == "links"
     rng = random.Random(seed)
-    socks = {d.queue: QueueSocket(d.queue, d.maxlen) for d in dirs}
-    by_queue = {d.queue: d for d in dirs}
-    by_fd = {s.fileno(): (s, by_queue[q]) for q, s in socks.items()}
+    socks: dict[int, QueueSocket] = {}
+    by_queue: dict[int, Direction] = {}
+    by_fd: dict[int, tuple[QueueSocket, Direction]] = {}
+    queue_fds: list[int] = []
+    poller = select.poll() if weak else None
+
+    def bind(d: Direction) -> None:
+        sock = QueueSocket(d.queue, d.maxlen)
+        socks[d.queue], by_queue[d.queue], by_fd[sock.fileno()] = sock, d, (sock, d)
+        queue_fds.append(sock.fileno())
+        if poller is not None:
+            poller.register(sock.fileno(), select.POLLIN)
+
+    for d in dirs:
+        bind(d)
     control = Control(control_path)
     stop = False
 
@@ -258,14 +279,15 @@ def run(dirs: list[Direction], seed: int, control_path: Path, realtime: bool = T
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # select(2) is retried after a signal (PEP 475): without a wake-up, an idle relay never stops.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    if poller is not None:
+        poller.register(wake_r, select.POLLIN)
     got = prioritise() if realtime else "none"
     print(json.dumps({"relay": "ready", "queues": len(dirs), "scheduling": got, "weakened": weak}), flush=True)
     gc.disable()  # nothing here makes cycles; a collection pause would be a delay spike
-    queue_fds = list(by_fd)
-    poller = select.poll() if weak else None
-    if poller is not None:
-        for fd in queue_fds:
-            poller.register(fd, select.POLLIN)
     while not stop:
         now = monotonic()
         nxt = min((d.held[0][0] for d in by_queue.values() if d.held), default=None)
@@ -273,20 +295,23 @@ def run(dirs: list[Direction], seed: int, control_path: Path, realtime: bool = T
         try:
             if poller is not None:
                 # ms resolution, rounded up, and the control socket only between packets
-                events = poller.poll(None if timeout is None else max(1, int(timeout * 1000 + 0.999)))
+                events = poller.poll(100 if timeout is None else max(1, int(timeout * 1000 + 0.999)))
                 readable: list[Any] = [fd for fd, _ in events]
-                readable += select.select(control.fds(), [], [], 0)[0]
+                extra: list[Any] = [*control.fds(), wake_r]
+                readable += select.select(extra, [], [], 0)[0]
             else:
-                waiting: list[Any] = [*queue_fds, *control.fds()]
+                waiting: list[Any] = [*queue_fds, *control.fds(), wake_r]
                 readable = select.select(waiting, [], [], timeout)[0]
         except InterruptedError:
             continue
         now = monotonic()
         for r in readable:
+            if r == wake_r:
+                continue
             if isinstance(r, int):
                 sock, d = by_fd[r]
                 d.take(now, sock.drain(), rng)
-        control.serve([r for r in readable if not isinstance(r, int)], by_queue)
+        control.serve([r for r in readable if not isinstance(r, int)], by_queue, bind)
         now = monotonic() + RELEASE_EARLY_S
         for q, d in by_queue.items():
             if d.held and d.held[0][0] <= now:
@@ -305,9 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--control", type=Path, required=True)
     parser.add_argument("--no-realtime", action="store_true")
+    parser.add_argument("--check", action="store_true", help="check the config and exit (a dry run)")
     args = parser.parse_args(argv)
     try:
         dirs, seed = load_config(args.config)
+        if args.check:
+            print(f"relay: {len(dirs)} queues, config ok")
+            return 0
         run(dirs, seed, args.control, realtime=not args.no_realtime)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"relay: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ from core.errors import AnylabError, UsageError, WaitTimeout
 from core.proc import start_tool
 from core.wait import wait_for
 from lab.faults.catalogue import Plan, plan
+from lab.links.state import calibration_summary
 from lab.load.http_load import read as read_http
 from lab.record import analysis
 from lab.record.probes import Probe, read_probes
@@ -346,5 +347,7 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
             **analysis.global_summary(runs),
         },
         "catchment_restored": restored_ok,
+        # How far the shaped links were from what was asked (empty without shaped links).
+        "links": calibration_summary(driver.run_dir),
     }
     return result, timeline

@@ -4,7 +4,7 @@ that owns a lab to act on it, so every process of the lab keeps one owner.
 One JSON request per connection on ``<run dir>/control.sock``, one JSON reply:
 ``{"op": "fail", "scenario": S, "target": T, "count": N, "period": P}``, ``{"op": "restore", "target": T}``,
 ``{"op": "restore_all"}``, ``{"op": "withdraw"|"announce", "pop": P}``, ``{"op": "faults"}``,
-``{"op": "scale", "pop": P, "servers": N}``.
+``{"op": "scale", "pop": P, "servers": N}``, ``{"op": "link", "a": A, "b": B, "changes": {Shape field: value}}``.
 Replies carry ``ok``, and ``t`` (CLOCK_MONOTONIC of the action) or ``error`` and ``usage`` (bad request).
 """
 
@@ -40,6 +40,11 @@ def handle(lab: Lab, req: dict[str, Any]) -> dict[str, Any]:
             return {"ok": True, "t": lab.set_announced(str(req.get("pop")), op == "announce")}
         if op == "scale":
             return {"ok": True, **lab.scale(str(req.get("pop")), int(req.get("servers", 0)))}
+        if op == "link":
+            changes = req.get("changes")
+            if not isinstance(changes, dict):
+                raise UsageError("link: changes must be an object")
+            return {"ok": True, **lab.set_link(str(req.get("a")), str(req.get("b")), _link_fields(changes))}
         if op == "faults":
             return {"ok": True, "faults": sorted(lab.injector.active)}
         raise UsageError(f"unknown op {op!r}")
@@ -47,6 +52,28 @@ def handle(lab: Lab, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "usage": True, "error": str(exc)}
     except (AnylabError, ValueError, TypeError) as exc:
         return {"ok": False, "usage": False, "error": str(exc)}
+
+
+_LINK_FIELDS = {"delay_ms": float, "jitter_ms": float, "jitter_distribution": str, "loss_pct": float,
+                "loss_burst": float, "bandwidth_mbit": float, "queue": int}
+
+
+def _link_fields(changes: dict[str, Any]) -> dict[str, Any]:
+    """A link change from another process, checked field by field; raises UsageError."""
+    out: dict[str, Any] = {}
+    for k, v in changes.items():
+        kind = _LINK_FIELDS.get(k)
+        if kind is None:
+            raise UsageError(f"link: unknown field {k!r}; use {', '.join(_LINK_FIELDS)}")
+        if v is None and k in ("bandwidth_mbit", "queue"):
+            out[k] = None
+        elif kind is str and isinstance(v, str) and v in ("uniform", "normal"):
+            out[k] = v
+        elif kind is not str and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
+            out[k] = kind(v)
+        else:
+            raise UsageError(f"link: {k}={v!r} is not valid")
+    return out
 
 
 def serve(lab: Lab, stop: threading.Event) -> threading.Thread:

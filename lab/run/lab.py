@@ -30,6 +30,9 @@ from core.records import proc_starttime
 from core.wait import wait_for
 from durable import client as do_client
 from lab.faults.catalogue import Injector, plan
+from lab.links.daemon import LinkRelay
+from lab.links.plan import find
+from lab.links.state import Links
 from lab.record.analysis import ClientResult, client_result
 from lab.record.probes import Probe, read_probes
 from lab.run.autoscaler import Autoscaler
@@ -53,7 +56,7 @@ from lab.run.wiring import daemons_of
 from model.graph import predict_catchment
 from model.load import load_topology
 from model.placement import place
-from model.topology import Topology
+from model.topology import Shape, Topology
 
 if TYPE_CHECKING:
     from lab.run.net import Network
@@ -78,6 +81,7 @@ class Lab:
         #: What ``up`` changed on the host for this lab (see lab.run.hostlimits), shown by ``anylab up``.
         self.notes: list[str] = []
         self.scaling = threading.Lock()  # a scale by hand and one by the autoscaler, one after the other
+        self.links = Links(topo, self.netns, self.run_dir)
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "main", router_kind: str | None = None,
@@ -145,16 +149,21 @@ class Lab:
                                    place(self.topo, hosts) if hosts > 1 else None)
             built = self.network.build()
             assert built == self.netns, "namespace paths are derived from the lab name"
+            self.links.apply_kernel()  # loss and rate limits; the relay rules once the relays listen
             self.timings["network"] = monotonic() - t0
             self.write_state("starting")
             start_zygote(self.procs, self.run_dir, SERVER_PRELOAD)
             start_daemons(self.daemons, set(self.daemons) - {s.name for s in self.topo.servers if s.standby})
+            self.links.apply_kernel(self.links.relay_nodes())
             self.timings["daemons_ready"] = monotonic() - t0
             wait_baseline(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
             self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
             wait_platform_level_zero(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["platform_ready"] = monotonic() - t0
+            if self.links.shaped():
+                self.links.calibrate()
+                self.timings["links_calibrated"] = monotonic() - t0
             self.autoscaler = Autoscaler(self)
             self.autoscaler.start()
             self.write_state("up")
@@ -224,6 +233,28 @@ class Lab:
         with self.scaling:
             return scale_pop(self.topo, self.run_dir, self.netns, self.daemons, self.control_plane_api(), pop,
                              servers, timeout)
+
+    def set_link(self, a: str, b: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change the link between nodes ``a`` and ``b`` now (:meth:`lab.links.state.Links.change`);
+        raises UsageError or AnylabError."""
+        return self.links.change(a, b, changes, self.relay_of)
+
+    def link_shape(self, a: str, b: str) -> Shape | None:
+        """The shape of the link between ``a`` and ``b`` now; raises UsageError if there is none."""
+        return self.links.shapes()[find(self.links.all, a, b).key]
+
+    def relay_of(self, router: str) -> LinkRelay:
+        """The router's link relay, started now if it has none yet; raises AnylabError."""
+        for d in self.daemons.get(router, []):
+            if isinstance(d, LinkRelay):
+                return d
+        relay = LinkRelay(self._env(router), {"seed": len(self.daemons), "queues": []})
+        relay.write_config()
+        relay.validate()
+        relay.start()
+        relay.wait_ready()
+        self.daemons.setdefault(router, []).insert(0, relay)
+        return relay
 
     def fail(self, scenario: str, target: str, count: int = 3, period: float = 1.0) -> float:
         """Inject a fault from the catalogue (:mod:`lab.faults.catalogue`); returns its CLOCK_MONOTONIC time.

@@ -1,7 +1,8 @@
 """What runs where: every node's daemons for a topology, in the order they are started on the node (each
-waits only for what it names as a dependency). Routers get their kind's daemons (:mod:`bgp.routers`),
-the control node the control plane and the DO directory, each region's storage node its KV master and DO
-host, an origin node the origin, a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
+waits only for what it names as a dependency). Routers get their kind's daemons (:mod:`bgp.routers`)
+and, if they own delayed links, a link relay first (:mod:`lab.links`); the control node the control plane
+and the DO directory, each region's storage node its KV master and DO host, an origin node the origin,
+a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
 (or, ``server_process: folded``, ExaBGP and one pop agent), a client its prober."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from core.daemon import Daemon, NodeEnv
 from core.peer_auth import PeerKeys
+from lab.links.daemon import LinkRelay
+from lab.links.plan import links_of, relay_config
 from lab.run.launchers import (
     ControlPlane,
     DoDirectory,
@@ -34,8 +37,14 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     node's environment (namespace, directory, process group)."""
     daemons: dict[str, list[Daemon]] = {}
     t = topo.spec.settings
-    for r in topo.routers:
+    links = links_of(topo)
+    shapes = {lk.key: lk.shape for lk in links}
+    for i, r in enumerate(topo.routers):
         daemons[r.name] = router_kinds.daemons_of(env_of(r.name), r)
+        config = relay_config(r.name, links, shapes, seed=i)
+        if config["queues"]:  # first: its queues are bound before the router's sessions start
+            env_of(r.name).dir.mkdir(parents=True, exist_ok=True)
+            daemons[r.name].insert(0, LinkRelay(env_of(r.name), config))
     control = topo.control
     env_of(control.name).dir.mkdir(parents=True, exist_ok=True)
     keys = PeerKeys.make()  # this lab's: its internal services take only each other's signed requests
