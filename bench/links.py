@@ -3,15 +3,17 @@
 
 Two namespaces joined twice: a veth pair shaped by anylab (the relay for delay, nftables for loss, HTB for
 bandwidth: :mod:`lab.links`), and two TAPs joined through ``vde_switch``/``wirefilter`` (Debian's vde2),
-the reference. Delay is measured one way per direction (:mod:`lab.links.owd`: both ends read the same
-CLOCK_MONOTONIC), for each delay setting and packet rate, both directions at once, on both mechanisms.
+the reference; and the relay twice: the C program the lab runs and its Python reference
+(``lab.links.relay``, same design), to show what the language costs. Delay is measured one way per
+direction (:mod:`lab.links.owd`: both ends read the same CLOCK_MONOTONIC), for each delay setting and
+packet rate, both directions at once, on each mechanism.
 The relay's CPU time over each run gives its cost per shaped link direction at that rate.
 
     sudo .venv/bin/python bench/links.py [--delays 1,5,20,50,100] [--rates 1000,10000] [--seconds 2]
         [--loss 1,10] [--bandwidth 10,100] [--skip-vde] [--out bench/results/links.json]
 
 Goals (issue 21): |p50 − set| ≤ 0.5 ms and |p99 − set| ≤ 2 ms; loss inside the binomial 99 % interval;
-bandwidth within 5 %. ``ANYLAB_WEAKEN=links`` runs the relay with millisecond waits: the goals must fail.
+bandwidth within 5 %. ``ANYLAB_WEAKEN=links`` runs the relays with wake-ups on a 2 ms tick: the goals must fail.
 Prints one JSON document.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -41,7 +44,7 @@ from core.stats import quantile  # noqa: E402
 from core.wait import socket_accepts, wait_for  # noqa: E402
 from lab.links import apply  # noqa: E402
 from lab.links.calibrate import wilson  # noqa: E402
-from lab.links.control import relay_request  # noqa: E402
+from lab.links.control import RELAY_BIN, config_text, relay_request  # noqa: E402
 from lab.run.rundir import RUN_ROOT, netns_prefix  # noqa: E402
 
 NAME = "blinks"
@@ -50,6 +53,18 @@ PY = sys.executable
 VETH = ("10.99.1.1", "10.99.1.2")
 TAP = ("10.99.2.1", "10.99.2.2")
 GOAL_P50_MS, GOAL_P99_MS, GOAL_BW = 0.5, 2.0, 0.05
+
+
+def py_request(path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to the Python reference relay (JSON both ways)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        answer: dict[str, Any] = json.loads(s.makefile().readline())
+    if "error" in answer:
+        raise AnylabError(f"relay-py: {answer['error']}")
+    return answer
 
 
 def started(path: Path) -> bool:
@@ -75,6 +90,7 @@ class Bench:
         self.ns = {n: netns.add(netns_prefix(NAME) + n) for n in ("a", "b")}
         self.skip_vde = skip_vde
         self.relay: Proc | None = None
+        self.relay_kind = "relay"
         self.wirefilter: Proc | None = None
 
     def build(self) -> None:
@@ -84,14 +100,7 @@ class Bench:
             netns.ip("-n", n, "address", "add", f"{addr}/24", "dev", intf)
             netns.ip("-n", n, "link", "set", intf, "up")
             netns.ip("-n", n, "link", "set", "lo", "up")
-        (self.run_dir / "relay.json").write_text(json.dumps({"seed": 1, "queues": [
-            {"queue": 0, "label": "va out", "shape": {}}, {"queue": 1, "label": "va in", "shape": {}}]}))
-        env = dict(os.environ)
-        self.relay = self.procs.spawn([PY, "-m", "lab.links.relay", "--config", str(self.run_dir / "relay.json"),
-                                       "--control", str(self.run_dir / "relay.sock")],
-                                      node="a", name="relay", netns=self.ns["a"], log=self.run_dir / "relay.out",
-                                      env=env)
-        wait_for(lambda: socket_accepts(self.run_dir / "relay.sock"), timeout=10, what="relay")
+        self.use_relay("relay")
         apply.load_queues(self.ns["a"], [apply.Relayed("va", 0, 1)])
         if not self.skip_vde:
             for n in ("a", "b"):
@@ -111,10 +120,35 @@ class Bench:
                              check=False)
         return res.returncode == 0
 
+    def use_relay(self, kind: str) -> None:
+        """Run the C relay (``relay``, what the lab runs) or the Python reference (``relay-py``) on the
+        veth's two queues (one process can hold a queue: the other is stopped first)."""
+        if self.relay is not None:
+            self.relay.stop()
+            self.procs.procs.remove(self.relay)
+        self.relay_kind = kind
+        queues = {"queues": [{"queue": 0, "label": "va out", "shape": {}}, {"queue": 1, "label": "va in", "shape": {}}],
+                  "seed": 1}
+        sock = self.run_dir / "relay.sock"
+        sock.unlink(missing_ok=True)
+        if kind == "relay":
+            (self.run_dir / "relay.conf").write_text(config_text(queues))
+            argv = [str(RELAY_BIN), str(self.run_dir / "relay.conf"), str(sock)]
+        else:
+            (self.run_dir / "relay.json").write_text(json.dumps(queues))
+            argv = [PY, "-m", "lab.links.relay", "--config", str(self.run_dir / "relay.json"), "--control", str(sock)]
+        self.relay = self.procs.spawn(argv, node="a", name=kind, netns=self.ns["a"],
+                                      log=self.run_dir / f"{kind}.out", env=dict(os.environ))
+        wait_for(lambda: socket_accepts(sock), timeout=10, what=kind)
+
     def set_relay(self, delay_ms: float, jitter_ms: float = 0.0, loss: float = 0.0, burst: float = 1.0) -> None:
+        shape = {"delay_s": delay_ms / 1e3, "jitter_s": jitter_ms / 1e3, "loss": loss, "burst": burst}
         for q in (0, 1):
-            relay_request(self.run_dir / "relay.sock", {"op": "set", "queue": q, "shape": {
-                "delay_s": delay_ms / 1e3, "jitter_s": jitter_ms / 1e3, "loss": loss, "burst": burst}})
+            request = {"op": "set", "queue": q, "shape": shape}
+            if self.relay_kind == "relay":
+                relay_request(self.run_dir / "relay.sock", request)
+            else:
+                py_request(self.run_dir / "relay.sock", request)
 
     def set_wirefilter(self, delay_ms: float) -> None:
         if self.wirefilter is not None:
@@ -225,22 +259,25 @@ def main() -> None:
                            "goals": {"p50_err_ms": GOAL_P50_MS, "p99_err_ms": GOAL_P99_MS, "bandwidth": GOAL_BW},
                            "delay": [], "loss": [], "bandwidth": []}
     with bench(args.skip_vde) as b:
-        assert b.relay is not None
         port = 9000
         for rate in rates:
             count = int(rate * args.seconds)
             for d in delays:
-                mechs = ["relay"] if args.skip_vde else ["relay", "wirefilter"]
+                mechs = ["relay", "relay-py"] + ([] if args.skip_vde else ["wirefilter"])
                 for mech in mechs:
                     port += 1
-                    if mech == "relay":
+                    if mech.startswith("relay"):
+                        if b.relay_kind != mech:
+                            b.use_relay(mech)
                         b.set_relay(d)
+                        assert b.relay is not None
                         cpu0, t0 = cpu_s(b.relay.pid), monotonic()
                     else:
                         b.set_wirefilter(d)
-                    got = b.one_way(VETH if mech == "relay" else TAP, count, rate, port, wait_s=2.0 + d / 1e3)
+                    got = b.one_way(TAP if mech == "wirefilter" else VETH, count, rate, port, wait_s=2.0 + d / 1e3)
                     row: dict[str, Any] = {"mechanism": mech, "delay_ms": d, "rate_pps": rate}
-                    if mech == "relay":
+                    if mech.startswith("relay"):
+                        assert b.relay is not None
                         # two directions of one link at `rate` each: the relay's share of one core
                         row["relay_cpu_per_direction"] = round((cpu_s(b.relay.pid) - cpu0) / (monotonic() - t0) / 2, 4)
                     for direction, r in got.items():
@@ -248,6 +285,7 @@ def main() -> None:
                     row["ok"] = all(row[k]["ok"] for k in ("a_to_b", "b_to_a"))
                     out["delay"].append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
+        b.use_relay("relay")
         b.set_relay(0.0)
         for pct in [float(x) for x in args.loss.split(",") if x]:
             for burst in (1.0, 4.0):

@@ -17,7 +17,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${ANYLAB_VENV:-$here/.venv}
 apt_packages=(frr frr-pythontools bird2 mininet nftables iproute2 iputils-ping procps util-linux
               python3-venv python3-dev gcc net-tools ethtool psmisc curl wrk tcpdump python3-seccomp
-              iptables vde2)
+              iptables vde2 libc6-dev)
 
 log() { printf 'anylab setup: %s\n' "$*" >&2; }
 
@@ -32,12 +32,13 @@ missing_packages() {
 }
 
 venv_wanted() {
-  cat "$here/pyproject.toml" "$here/requirements.lock" "$here/scripts/setup.sh" | sha256sum | cut -d' ' -f1
+  cat "$here/pyproject.toml" "$here/requirements.lock" "$here/scripts/setup.sh" "$here/lab/links/relay.c" \
+    | sha256sum | cut -d' ' -f1
 }
 
 venv_ready() {
   local stamp=$venv/.anylab-stamp
-  [[ -f $stamp && -x $venv/bin/anylab && $(cat "$stamp") == "$(venv_wanted)" ]]
+  [[ -f $stamp && -x $venv/bin/anylab && -x $venv/bin/anylab-relay && $(cat "$stamp") == "$(venv_wanted)" ]]
 }
 
 install_packages() {
@@ -80,6 +81,8 @@ install_venv() {
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   ln -sfn /usr/lib/python3/dist-packages/mininet "$site/mininet"
   ln -sfn /usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so "$site/seccomp.cpython-311-x86_64-linux-gnu.so"
+  # The link relay (lab/links/relay.c): C, because a packet's pass through it must cost microseconds.
+  gcc -O2 -Wall -Werror -o "$venv/bin/anylab-relay" "$here/lab/links/relay.c" -lm
   venv_wanted >"$venv/.anylab-stamp"
 }
 

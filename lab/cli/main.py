@@ -39,6 +39,7 @@ from lab.run.rundir import (
     run_dir_of,
     topology_of,
 )
+from model.constants import NAME_RE
 
 if TYPE_CHECKING:
     from model.budget import Estimate
@@ -654,6 +655,37 @@ def _link_changes(delay: float | None, jitter: float | None, distribution: str |
         raise UsageError("give what to change: --delay, --jitter, --loss, --loss-burst, --bandwidth, --queue "
                          "or --clear")
     return changes
+
+
+@app.command()
+def inflation(
+    name: NameOpt = "main",
+    fail_pop: Annotated[str | None, typer.Option("--fail", metavar="POP",
+                                                 help="report again while this PoP is down (restored after)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Anycast path inflation: each client's RTT to its catchment PoP against the lowest-RTT PoP.
+
+    Examples: anylab inflation --name geo; anylab inflation --name geo --fail ord --json"""
+    from lab.measure.inflation import inflation as run_inflation
+    from lab.run.driver import RemoteLab
+
+    if fail_pop is not None and not NAME_RE.match(fail_pop):
+        raise UsageError(f"--fail {fail_pop!r} is not a PoP name")
+    _running_state_usage(name)
+    result = run_inflation(RemoteLab(name), fail_pop)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    for phase in ("before", "after"):
+        if phase not in result:
+            continue
+        console.print(f"[bold]{phase}[/]" + (f" ({fail_pop} down)" if phase == "after" else ""))
+        for client, r in result[phase].items():
+            console.print(f"  {client}: catchment {r['catchment']} {r['catchment_rtt_ms']} ms "
+                          f"(anycast probes {r['anycast_probe_rtt_ms']} ms); best {r['best']} {r['best_rtt_ms']} ms; "
+                          f"inflation {r['inflation_ms']} ms")
+        console.print(f"  {result['summary'][phase]}")
 
 
 @app.command()

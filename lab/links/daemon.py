@@ -1,19 +1,18 @@
-"""The link relay as one of the lab's daemons (:mod:`lab.links.relay` on a router that owns shaped links)."""
+"""The link relay as one of the lab's daemons (``anylab-relay`` on a router that owns delayed links)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from core.daemon import Daemon, NodeEnv
 from core.errors import AnylabError
-from lab.links.control import relay_request
+from lab.links.control import RELAY_BIN, config_text, relay_request
 
 
 class LinkRelay(Daemon):
-    """``lab.links.relay`` in a router's namespace; ready when its control socket answers with every
-    queue of its config bound."""
+    """``anylab-relay`` (:file:`lab/links/relay.c`) in a router's namespace; ready when its control socket
+    answers with every queue of its config bound."""
 
     name = "link-relay"
 
@@ -26,15 +25,13 @@ class LinkRelay(Daemon):
         return self.path(".sock")
 
     def render_config(self) -> dict[Path, str]:
-        return {self.path(".json"): json.dumps(self.config, indent=1)}
+        return {self.path(".conf"): config_text(self.config)}
 
     def validate(self) -> None:
-        self.run_check([self.env.python, "-m", "lab.links.relay", "--config", str(self.path(".json")),
-                        "--control", str(self.control), "--check"], "lab.links.relay --check")
+        self.run_check([str(RELAY_BIN), "--check", str(self.path(".conf"))], "anylab-relay --check")
 
     def argv(self) -> list[str]:
-        return [self.env.python, "-m", "lab.links.relay", "--config", str(self.path(".json")),
-                "--control", str(self.control)]
+        return [str(RELAY_BIN), str(self.path(".conf")), str(self.control)]
 
     def ready(self) -> bool:
         try:

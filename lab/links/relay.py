@@ -47,8 +47,9 @@ RELAY_RTTIME_US = (200_000, 400_000)
 JITTER_DISTRIBUTIONS = ("uniform", "normal")
 #: Most packets one direction may hold (NFQUEUE's own limit; beyond it the kernel drops).
 DEFAULT_MAXLEN = 16384
-#: Test-only weakening (ANYLAB_WEAKEN=links): waits in poll(2), whose timeout is whole milliseconds —
-#: the mistake this design avoids; bench/links.py must see it fail its goals.
+#: Test-only weakening (ANYLAB_WEAKEN=links): wake-ups only on a 2 ms tick of the clock (a periodic timer,
+#: as a HZ-based sleep gives) — the mistake this design avoids; bench/links.py must see it fail its goals.
+WEAK_TICK_S = 0.002
 WEAKEN_ENV = "ANYLAB_WEAKEN"
 
 
@@ -294,8 +295,9 @@ def run(dirs: list[Direction], seed: int, control_path: Path, realtime: bool = T
         timeout = None if nxt is None else max(0.0, nxt - now - RELEASE_EARLY_S)
         try:
             if poller is not None:
-                # ms resolution, rounded up, and the control socket only between packets
-                events = poller.poll(100 if timeout is None else max(1, int(timeout * 1000 + 0.999)))
+                # the next tick after the deadline, and the control socket only between packets
+                wake = None if timeout is None else (int((now + timeout) / WEAK_TICK_S) + 1) * WEAK_TICK_S
+                events = poller.poll(100 if wake is None else max(0, int((wake - now) * 1000 + 0.999)))
                 readable: list[Any] = [fd for fd, _ in events]
                 extra: list[Any] = [*control.fds(), wake_r]
                 readable += select.select(extra, [], [], 0)[0]
@@ -312,7 +314,8 @@ def run(dirs: list[Direction], seed: int, control_path: Path, realtime: bool = T
                 sock, d = by_fd[r]
                 d.take(now, sock.drain(), rng)
         control.serve([r for r in readable if not isinstance(r, int)], by_queue, bind)
-        now = monotonic() + RELEASE_EARLY_S
+        # weakened: only what the last tick passed
+        now = int(monotonic() / WEAK_TICK_S) * WEAK_TICK_S if weak else monotonic() + RELEASE_EARLY_S
         for q, d in by_queue.items():
             if d.held and d.held[0][0] <= now:
                 drops, top = d.due(now)

@@ -45,7 +45,7 @@ def cases() -> dict[str, list[str]]:
                      ["graph", "-o", "@/x.mmd", "--catchment", "observed"], ["fail", "drain", "sjc"],
                      ["restore", "sjc"], ["measure", "drain", "sjc"], ["deploy", "w", "@/w.py"], ["rollback", "w"],
                      ["deployments"], ["kv", "get", "ns", "k"], ["scale", "sjc", "--servers", "2"], ["overload", "sjc"],
-                     ["do", "list"], ["demo"]]
+                     ["do", "list"], ["demo"], ["link", "r1", "r2", "--delay", "1"], ["inflation"]]
     for i, bad in enumerate(["../victim", "", "Bad-Name", "x" * 17]):
         for cmd in name_commands[i::4] if i else name_commands:
             out[f"name {bad!r} {cmd[0]}"] = [cmd[0], "--name", bad, *cmd[1:]]
@@ -57,6 +57,11 @@ def cases() -> dict[str, list[str]]:
         "graph no output": ["graph"], "graph suffix": ["graph", "-o", "@/x.txt"],
         "graph directory": ["graph", "-o", "@/no/such/x.mmd"], "graph catchment": ["graph", "-o", "@/x.mmd",
                                                                                  "--catchment", "maybe", GOOD],
+        "link delay": ["link", "r1", "r2", "--delay", "-5"], "link nothing": ["link", "r1", "r2"],
+        "link distribution": ["link", "r1", "r2", "--jitter-distribution", "pareto"],
+        "link loss": ["link", "r1", "r2", "--loss", "100"], "link queue": ["link", "r1", "r2", "--queue", "0"],
+        "link no lab": ["link", "r1", "r2", "--delay", "5"], "link one end": ["link", "r1"],
+        "inflation fail": ["inflation", "--fail", "../x"], "inflation no lab": ["inflation"],
         "fail scenario": ["fail", "nosuch", "sjc"], "fail no target": ["fail", "drain"],
         "fail count": ["fail", "flap", "sjc", "--count", "many"], "restore nothing": ["restore"],
         "measure scenario": ["measure", "nosuch", "sjc"],

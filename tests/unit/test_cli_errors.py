@@ -29,8 +29,9 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
     (["up", "--kind", "gobgp"], "error: --kind gobgp: use bird or frr"),
     # the request is checked before the lab is looked up (no lab is up here)
     (["fail", "nosuch", "sjc"], "error: unknown scenario 'nosuch'; use one of: service-crash, drain, speaker-crash, "
-     "server-silent, server-crash, link-down, link-degrade, link-lossy, pop-down, region-down, pops-down, flap, control-down, control-cut, "
-     "kv-master-crash, do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, clock-ahead, clock-behind, "
+     "server-silent, server-crash, link-down, link-degrade, link-lossy, pop-down, region-down, pops-down, flap, "
+     "control-down, control-cut, kv-master-crash, do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, "
+     "clock-ahead, clock-behind, "
      "origin-down, origin-slow, origin-errors"),
     (["kv", "frob", "ns"],
      "error: use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]"),
