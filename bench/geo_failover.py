@@ -3,18 +3,20 @@
 
 The same twelve PoPs twice, in the same run: ``global.yaml`` with the ``fast`` profile (bare veths) and
 ``global_geo.yaml`` (the same routers, PoPs and clients, delays from distance, ``fast`` too). On each,
-``pop-down ord`` N times: ord's clients (na-c1, na-c2) move to sjc / iad.
+``withdraw`` (default: the lab withdraws ord's route), ``drain ord`` or ``pop-down ord`` N times: ord's
+clients (na-c1, na-c2) move to sjc / iad.
 
-Model: a silenced server is detected by its upstream router (BFD), which is also the client's router here,
-so no update has to travel; but what ord-s1 sent before it fell silent still arrives for one link delay
-d(ord-s1 ↔ that router) — detection is that much later — and the first answer from the new PoP arrives one
-round trip RTT(client → new PoP) after the FIB changes. So
+Model: with ``withdraw``/``drain`` ord-s1's withdrawn/demoted route reaches the client's router (ord-s1's
+upstream) one link delay d(ord-s1 ↔ that router) later; with ``pop-down`` that router's BFD detects the
+silence, and what ord-s1 sent before it fell silent still arrives for that same delay. Either way the
+first answer from the new PoP arrives one round trip RTT(client → new PoP) after the FIB changes. So
 
     shift_geo ≈ shift_bare + d(ord-s1 ↔ client's router) + RTT(client → new PoP)
 
 with the delays and round trip from the geo lab's calibration (the same relay, measured on ``up``).
 
-    sudo .venv/bin/python bench/geo_failover.py [--runs 5] [--out bench/results/geo-failover.json]
+    sudo .venv/bin/python bench/geo_failover.py [--runs 10] [--scenario drain|pop-down]
+        [--out bench/results/geo-failover.json]
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from core.stats import quantile  # noqa: E402
+from core.wait import wait_for  # noqa: E402
+from lab.links.calibrate import worst  # noqa: E402
 from lab.measure.inflation import report  # noqa: E402
 from lab.measure.runner import measure  # noqa: E402
 from lab.run.lab import Lab  # noqa: E402
@@ -57,22 +61,49 @@ def shifts(result: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
+def withdrawals(lab: Lab, runs: int) -> dict[str, list[float]]:
+    """``runs`` times: withdraw ord's route, wait until its clients moved, announce it again and wait
+    until they are back; each client's shift (ms)."""
+    out: dict[str, list[float]] = {c: [] for c in NEW_POP}
+    for _ in range(runs):
+        t = lab.withdraw("ord")
+        got = lab.wait_shifted(list(NEW_POP), t)
+        for c, r in got.items():
+            if r.shift_s is not None:
+                out[c].append(r.shift_s * 1e3)
+        t_back = lab.announce("ord")
+
+        def back(since: float = t_back + 0.5) -> bool:
+            now = lab.catchment(after=since)
+            return all(now.get(c) == "ord" for c in NEW_POP)
+
+        wait_for(back, timeout=30, what="ord's clients back")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--scenario", default="withdraw", choices=["withdraw", "drain", "pop-down"],
+                        help="withdraw: the lab withdraws ord's route at once (no health check in the way); "
+                             "drain: ord-s1's agent demotes it (its check's phase adds noise); pop-down: it "
+                             "falls silent (BFD's timer phase adds noise)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    out: dict[str, Any] = {"scenario": "pop-down ord", "runs": args.runs, "profile": "fast"}
+    out: dict[str, Any] = {"scenario": f"{args.scenario} ord", "runs": args.runs, "profile": "fast"}
     for label, path in (("bare", "global.yaml"), ("geo", "global_geo.yaml")):
         with lab_for(path, f"bg{label}") as lab:
-            result, _ = measure(lab, "pop-down", "ord", repeat=args.runs)
-            row: dict[str, Any] = {"shift_ms": shifts(result)}
+            if args.scenario == "withdraw":
+                row: dict[str, Any] = {"shift_ms": withdrawals(lab, args.runs)}
+            else:
+                result, _ = measure(lab, args.scenario, "ord", repeat=args.runs)
+                row = {"shift_ms": shifts(result)}
             if label == "geo":
                 cal = lab.links.calibration()
                 rtt = report(lab)
                 row["model"] = {c: {"d_server_router_ms": cal[f"{ROUTER[c]}:ord-s1"]["out"]["p50_ms"],
                                     "rtt_new_pop_ms": rtt[c]["rtt_ms"][NEW_POP[c]]} for c in NEW_POP}
-                row["links_worst"] = result["links"]["worst"]
+                row["links_worst"] = worst(cal)
             out[label] = row
             print(json.dumps({label: row}), file=sys.stderr, flush=True)
     cmp: dict[str, Any] = {}

@@ -80,6 +80,21 @@ def test_a_link_changes_on_the_running_lab_and_is_calibrated(lab: Lab) -> None:
     assert lab.link_shape("r1", "r2") is not None and lab.link_shape("r1", "r2").delay_ms == CORE_MS  # type: ignore[union-attr]
 
 
+def test_delaying_a_bare_link_starts_its_routers_relay(lab: Lab) -> None:
+    assert "link-relay" not in {d.name for d in lab.daemons["r2"]}  # r2 owns only a bare link (to sjc-s1)
+    got = lab.set_link("r2", "sjc-s1", {"delay_ms": 3.0})
+    try:
+        assert "link-relay" in {d.name for d in lab.daemons["r2"]}
+        assert got["calibration"]["in"]["p50_ms"] == pytest.approx(3.0, abs=P50_MARGIN_MS)
+        t = monotonic()
+        wait_for(lambda: len([p for p in lab.probes("c1") if p.sent >= t and p.recv]) >= 200, timeout=10,
+                 what="probes")
+        assert probe_rtt_ms(lab, t) == pytest.approx(2 * (ACCESS_MS + CORE_MS + 3.0), abs=RTT_MARGIN_MS)
+    finally:
+        lab.set_link("r2", "sjc-s1", {"delay_ms": 0.0})
+    assert lab.link_shape("r2", "sjc-s1") is None
+
+
 def test_link_degrade_and_link_lossy_are_undone_to_the_shape_before(lab: Lab) -> None:
     lab.fail("link-degrade", "r1:r2")
     try:
