@@ -61,9 +61,10 @@ class Links:
         shapes = self.shapes()
         return {lk.owner.node for lk in self.all if (s := shapes[lk.key]) is not None and s.relayed()}
 
-    def apply_kernel(self, nodes: set[str] | None = None) -> None:
-        """Load every (or each of ``nodes``') namespace's loss rules, rate limits and relay rules for the
-        shapes now. Raises AnylabError."""
+    def apply_kernel(self, nodes: set[str] | None = None, *, relays: bool = True) -> None:
+        """Load every (or each of ``nodes``') namespace's loss rules, rate limits and (unless not
+        ``relays``: none listens yet) the rules sending packets to the relays, for the shapes now.
+        Raises AnylabError."""
         shapes = self.shapes()
         touched = {end.node for lk in self.all for end in (lk.owner, lk.far)
                    if shapes[lk.key] is not None or lk.key in self.overrides()}
@@ -73,7 +74,7 @@ class Links:
             apply.load_loss(ns, k.losses)
             for intf, (mbit, queue) in k.bandwidth.items():
                 apply.load_bandwidth(ns, intf, mbit, queue)
-            if k.relayed or any(lk.owner.node == node for lk in self.all if lk.key in self.overrides()):
+            if relays and (k.relayed or any(lk.owner.node == node for lk in self.all if lk.key in self.overrides())):
                 apply.load_queues(ns, k.relayed)
 
     def change(self, a: str, b: str, changes: Mapping[str, Any],

@@ -149,7 +149,7 @@ class Lab:
                                    place(self.topo, hosts) if hosts > 1 else None)
             built = self.network.build()
             assert built == self.netns, "namespace paths are derived from the lab name"
-            self.links.apply_kernel()  # loss and rate limits; the relay rules once the relays listen
+            self.links.apply_kernel(relays=False)  # loss and rate limits; delay once converged (below)
             self.timings["network"] = monotonic() - t0
             self.write_state("starting")
             start_zygote(self.procs, self.run_dir, SERVER_PRELOAD)
