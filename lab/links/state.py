@@ -65,16 +65,17 @@ class Links:
         """Load every (or each of ``nodes``') namespace's loss rules, rate limits and (unless not
         ``relays``: none listens yet) the rules sending packets to the relays, for the shapes now.
         Raises AnylabError."""
-        shapes = self.shapes()
+        overrides = self.overrides()  # read once: the file, not once per link
+        shapes = effective(self.all, overrides)
         touched = {end.node for lk in self.all for end in (lk.owner, lk.far)
-                   if shapes[lk.key] is not None or lk.key in self.overrides()}
+                   if shapes[lk.key] is not None or lk.key in overrides}
         for node in sorted(touched if nodes is None else nodes):
             k = kernel_of(node, self.all, shapes)
             ns = self.netns[node]
             apply.load_loss(ns, k.losses)
             for intf, (mbit, queue) in k.bandwidth.items():
                 apply.load_bandwidth(ns, intf, mbit, queue)
-            if relays and (k.relayed or any(lk.owner.node == node for lk in self.all if lk.key in self.overrides())):
+            if relays and (k.relayed or any(lk.owner.node == node for lk in self.all if lk.key in overrides)):
                 apply.load_queues(ns, k.relayed)
 
     def change(self, a: str, b: str, changes: Mapping[str, Any],
@@ -99,8 +100,9 @@ class Links:
         self.apply_kernel({link.owner.node, link.far.node})
         t = monotonic()
         if before is not None and before.relayed() and (after is None or not after.relayed()):
-            relay_of(link.owner.node).request({"op": "set", "queue": link.queues[0], "shape": relay_shape(None)})
-            relay_of(link.owner.node).request({"op": "set", "queue": link.queues[1], "shape": relay_shape(None)})
+            relay = relay_of(link.owner.node)
+            for q in link.queues:
+                relay.request({"op": "set", "queue": q, "shape": relay_shape(None)})
         cal = self.calibrate([link]) if after is not None else {}
         return {"link": link.key, "before": shape_json(before), "after": shape_json(after), "t": t,
                 "calibration": cal.get(link.key)}
