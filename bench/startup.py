@@ -63,6 +63,8 @@ def kind_of(lab: Lab, node: str) -> str:
         return "pop_server"
     if node == lab.topo.control.name:
         return "control"
+    if node in {cp.name for cp in lab.topo.control_planes}:
+        return "control_plane"
     if node in {k.name for k in lab.topo.kv_masters}:
         return "kv_master"
     if node == "lab":

@@ -1,14 +1,20 @@
-"""The operator's side of the control plane API, over the Unix socket in the lab's run directory.
+"""The operator's side of the control plane API, over the regions' Unix sockets in the lab's run directory.
 
-Used by ``anylab deploy|deployments|rollback`` and :meth:`lab.run.lab.Lab.deploy`. Every call returns
-the decoded JSON reply or raises :class:`ControlPlaneError` with the API's reason (``status`` set) or,
-when nothing answers, a message that says the control plane is down and what still works.
+Used by ``anylab deploy|deployments|rollback`` and :meth:`lab.run.lab.Lab.deploy`. A client holds every
+region's directory, nearest first, and uses the first region that answers: a region whose API is down
+(nothing answers on its socket) or without an etcd quorum (503) is passed over for the next. A write
+carries a request id (``X-Anylab-Request``), the same in every region it is sent to, so that one
+committed by a region that then failed to answer is not done twice. Every call returns the decoded
+JSON reply or raises :class:`ControlPlaneError` with the API's reason (``status`` set) or, when no
+region answers, a message that says the control plane is down and what still works.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +46,21 @@ class ControlPlaneError(AnylabError):
 
 
 class Client:
-    """``Client(run_dir / "control")``: the directory holding ``api.sock`` and the admin token."""
+    """``Client([run_dir / "cp-eu", run_dir / "cp-na", …])``: the regions' directories (each holding
+    ``api.sock`` and the admin token), nearest first; one directory is a one-region client."""
 
-    def __init__(self, directory: Path, token: str | None = None, timeout: float = 30.0) -> None:
-        self.directory = directory
+    def __init__(self, directories: Path | Sequence[Path], token: str | None = None, timeout: float = 30.0) -> None:
+        self.directories = [directories] if isinstance(directories, Path) else list(directories)
+        if not self.directories:
+            raise ValueError("no control plane directory given")
         self.timeout = timeout
         self._token = token
+        #: The region directory that answered last.
+        self.used: Path | None = None
+
+    @property
+    def directory(self) -> Path:
+        return self.directories[0]
 
     @property
     def token(self) -> str:
@@ -57,16 +72,17 @@ class Client:
                                         "is the lab up?") from None
         return self._token
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call_one(self, directory: Path, method: str, path: str, body: Any = None,
+                 request_id: str | None = None) -> Any:
+        """One call to one region; raises ControlPlaneError (``status`` None: nothing answered)."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        if request_id is not None:
+            headers["X-Anylab-Request"] = request_id
         try:
-            status, raw = unix_http.request(str(self.directory / SOCKET), method, path, data, headers, self.timeout)
+            status, raw = unix_http.request(str(directory / SOCKET), method, path, data, headers, self.timeout)
         except (OSError, http.client.HTTPException) as exc:
-            raise ControlPlaneError(
-                f"the control plane does not answer on {self.directory / SOCKET} ({exc}); it is down: deployed "
-                "workers keep serving from the PoPs' last good versions, but nothing can be deployed or rolled "
-                "back until it is back ('anylab restore control')") from None
+            raise ControlPlaneError(f"{directory.name}: nothing answers on {directory / SOCKET} ({exc})") from None
         try:
             reply = json.loads(raw) if raw else {}
         except ValueError:
@@ -74,6 +90,39 @@ class Client:
         if status >= 400:
             raise ControlPlaneError(f"{method} {path}: {status} {reply.get('error', '')}".strip(), status)
         return reply
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """The call, to the nearest region that answers (see the module docstring)."""
+        request_id = secrets.token_urlsafe(12) if method == "POST" else None
+        errors = []
+        refused = False
+        for directory in self.directories:
+            try:
+                reply = self.call_one(directory, method, path, body, request_id)
+            except ControlPlaneError as exc:
+                if exc.status not in (None, 503):
+                    raise
+                refused |= exc.status == 503
+                errors.append(str(exc))
+                continue
+            self.used = directory
+            return reply
+        if refused:  # a region answered but could not do it (no etcd quorum, an artifact short of copies)
+            raise ControlPlaneError("no region of the control plane could do it: " + "; ".join(errors), 503)
+        raise ControlPlaneError(
+            f"no region of the control plane answers ({'; '.join(errors)}); it is down: deployed "
+            "workers keep serving from the PoPs' last good versions, but nothing can be deployed or rolled "
+            "back until it is back ('anylab restore control')")
+
+    def each(self, method: str, path: str) -> dict[str, Any]:
+        """The same read from every region: directory name → its reply (regions that do not answer left out)."""
+        out = {}
+        for directory in self.directories:
+            try:
+                out[directory.name] = self.call_one(directory, method, path)
+            except ControlPlaneError:
+                continue
+        return out
 
     def upload(self, name: str, upload: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", f"/v1/workers/{name}", upload)
@@ -94,7 +143,19 @@ class Client:
         self.call("POST", f"/v1/pops/{pop}/servers", {"servers": servers})
 
     def deployments(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("GET", "/v1/deployments")
+        """The placements from the nearest serving region, and what every PoP server last reported to any
+        region (the latest report of each: a server syncs with one region at a time)."""
+        replies = self.each("GET", "/v1/deployments")
+        if not replies:
+            self.call("GET", "/v1/deployments")  # raises the "no region answers" error
+        serving = [r for r in replies.values() if r.get("serving")] or list(replies.values())
+        result: dict[str, Any] = dict(serving[0])
+        servers: dict[str, Any] = {}
+        for region, reply in replies.items():
+            for name, info in reply["servers"].items():
+                if name not in servers or info["t_seen"] > servers[name]["t_seen"]:
+                    servers[name] = {**info, "via": region}
+        result["servers"] = dict(sorted(servers.items()))
         return result
 
     def wait_applied(self, name: str, placement: dict[str, str], t: float, timeout: float = 30.0) -> dict[str, float]:

@@ -1,14 +1,27 @@
-"""The control plane's state: immutable, content-hashed worker versions and where each is deployed.
+"""The control plane's state, pure: immutable, content-hashed worker versions and where each is deployed.
 
 An upload becomes an *artifact*: the canonical JSON of what a PoP needs to run the worker (code, host,
 path prefix, bindings, limits, pool sizes). Its SHA-256 names it; the first 12 hex digits are the
 version. The same upload twice is the same version. A *placement* says which version of a worker each
 PoP runs; every deploy or rollback is one new placement, kept in a history so rollback restores the
-previous one. Every change bumps a generation number that the PoPs' long polls wait on.
+previous one.
 
-Everything is kept on disk (``artifacts/<version>.json``, ``state.json`` replaced atomically), so a
-restarted control plane knows what it knew. Methods raise :class:`BadRequest` (the caller's fault: the
-message says what to change), :class:`NotFound` or :class:`Conflict`.
+The state lives in etcd (:mod:`control_plane.shared`), one key per fact under :data:`PREFIX`:
+
+=====================  ===========================================================================
+``v/<version>``        ``{name, sha256, bytes}``: an uploaded version (the bytes are in the regions'
+                       artifact stores, :mod:`control_plane.artifacts`)
+``h/<name>``           the worker's placements, oldest first (the last :data:`HISTORY_KEPT`)
+``ns/<namespace>``     the account whose worker bound the KV namespace first
+``s/<pop>``            the PoP's servers in service (scaling), when not all of its servers
+``req/<id>``           the reply to an operator's request, so that one retried in another region is
+                       answered, not done twice
+=====================  ===========================================================================
+
+:class:`View` is a region's copy of those keys (kept by an etcd watch) and the functions ``plan_*``
+compute what a request changes, raising :class:`BadRequest` (the caller's fault: the message says what
+to change), :class:`NotFound` or :class:`Conflict`. The *generation* the PoPs' long polls wait on is the
+etcd revision of the last change to a placement or a PoP's servers, the same number in every region.
 """
 
 from __future__ import annotations
@@ -17,8 +30,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import AnylabError
@@ -92,6 +104,16 @@ def artifact_of(name: str, upload: Any) -> tuple[str, str, bytes]:
     return sha[:12], sha, data
 
 
+#: Where the control plane's keys live in etcd.
+PREFIX = "/anylab/cp/"
+#: Placements kept per worker: how far back rollback can go.
+HISTORY_KEPT = 100
+
+
+def key(kind: str, name: str) -> str:
+    return f"{PREFIX}{kind}/{name}"
+
+
 @dataclass(frozen=True)
 class Pop:
     name: str
@@ -99,60 +121,69 @@ class Pop:
     servers: tuple[str, ...]
 
 
-class Store:
-    """Artifacts and placements under ``root``; not thread-safe (the API runs on one event loop)."""
+@dataclass(frozen=True)
+class Upload:
+    """A checked upload: its version, SHA-256, canonical bytes, account and KV namespaces bound."""
 
-    def __init__(self, root: Path, pops: Iterable[Pop]) -> None:
-        self.root = root
-        self.pops = {p.name: p for p in pops}
-        (root / "artifacts").mkdir(parents=True, exist_ok=True)
-        self.generation = 0
-        #: name → list of placements (pop → version), the last one current.
-        self.history: dict[str, list[dict[str, str]]] = {}
+    name: str
+    version: str
+    sha256: str
+    data: bytes
+    account: str
+    namespaces: tuple[str, ...]
+
+
+class View:
+    """A copy of the control plane's keys (see the module docstring), with the etcd mod revision of each."""
+
+    def __init__(self, pops: Iterable[Pop]) -> None:
+        self.configured = {p.name: p for p in pops}
+        self.pops = dict(self.configured)
         #: version → (name, sha256)
         self.versions: dict[str, tuple[str, str]] = {}
+        #: name → list of placements (pop → version), the last one current.
+        self.history: dict[str, list[dict[str, str]]] = {}
         #: KV namespace → the account whose worker bound it first: no other account's worker may bind it.
         self.namespaces: dict[str, str] = {}
-        state = root / "state.json"
-        if state.exists():
-            saved = json.loads(state.read_text())
-            self.generation = int(saved["generation"])
-            self.history = {k: [dict(p) for p in v] for k, v in saved["history"].items()}
-            self.versions = {k: (v[0], v[1]) for k, v in saved["versions"].items()}
-            self.namespaces = {str(k): str(v) for k, v in saved.get("namespaces", {}).items()}
+        #: key → its mod revision (what a compare-and-swap compares).
+        self.mod: dict[str, int] = {}
+        self.revision = 0
+        self.generation = 0
 
-    def _save(self) -> None:
-        tmp = self.root / "state.json.tmp"
-        tmp.write_text(json.dumps({"generation": self.generation, "history": self.history,
-                                   "versions": self.versions, "namespaces": self.namespaces}))
-        tmp.replace(self.root / "state.json")
-
-    def upload(self, name: str, upload: Any) -> dict[str, Any]:
-        """Store an upload as an immutable version; returns ``{name, version, sha256, bytes, new}``."""
-        version, sha, data = artifact_of(name, upload)
-        account = str(upload.get("account") or name)
-        bound = {str(v["kv_namespace"]) for v in upload.get("bindings", {}).values()
-                 if isinstance(v, dict) and "kv_namespace" in v}
-        for ns in sorted(bound):
-            owner = self.namespaces.get(ns, account)
-            if owner != account:
-                raise BadRequest(f"KV namespace {ns!r} belongs to account {owner!r}: a worker of account "
-                                 f"{account!r} may not bind it")
-        path = self.root / "artifacts" / f"{version}.json"
-        new = version not in self.versions
-        if new:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-            self.versions[version] = (name, sha)
-            self.namespaces.update(dict.fromkeys(bound - set(self.namespaces), account))
-            self._save()
-        return {"name": name, "version": version, "sha256": sha, "bytes": len(data), "new": new}
-
-    def artifact(self, version: str) -> bytes:
-        if version not in self.versions:
-            raise NotFound(f"no version {version!r}")
-        return (self.root / "artifacts" / f"{version}.json").read_bytes()
+    def apply(self, k: str, value: bytes | None, mod_revision: int) -> bool:
+        """Take one key's new value (None: deleted); whether it changes what a PoP should run. Raises
+        ValueError for a value that is not what the control plane writes."""
+        kind, _, name = k.removeprefix(PREFIX).partition("/")
+        self.revision = max(self.revision, mod_revision)
+        if value is None:
+            self.mod.pop(k, None)
+        else:
+            self.mod[k] = mod_revision
+        data = None if value is None else json.loads(value)
+        if kind == "v":
+            if data is None:
+                self.versions.pop(name, None)
+            else:
+                self.versions[name] = (str(data["name"]), str(data["sha256"]))
+            return False
+        if kind == "ns":
+            if data is None:
+                self.namespaces.pop(name, None)
+            else:
+                self.namespaces[name] = str(data)
+            return False
+        if kind == "h":
+            if data is None:
+                self.history.pop(name, None)
+            else:
+                self.history[name] = [{str(p): str(v) for p, v in placement.items()} for placement in data]
+        elif kind == "s" and name in self.configured:
+            servers = tuple(str(s) for s in data) if data else self.configured[name].servers
+            self.pops[name] = replace(self.configured[name], servers=servers)
+        else:
+            return False
+        self.generation = max(self.generation, mod_revision)
+        return True
 
     def targets(self, pops: Iterable[str] = (), regions: Iterable[str] = ()) -> list[str]:
         """The PoPs named, plus those of the regions named; all PoPs when neither is given."""
@@ -171,46 +202,59 @@ class Store:
     def placement(self, name: str) -> dict[str, str]:
         return dict(self.history.get(name, [{}])[-1])
 
-    def deploy(self, name: str, version: str, pops: Iterable[str]) -> dict[str, Any]:
-        """Make ``pops`` run ``version`` of worker ``name`` (other PoPs keep theirs)."""
-        owner = self.versions.get(version, (None, None))[0]
-        if owner is None:
-            raise NotFound(f"no version {version!r}; upload the worker first")
-        if owner != name:
-            raise BadRequest(f"version {version} belongs to worker {owner!r}, not {name!r}")
-        placement = {**self.placement(name), **dict.fromkeys(pops, version)}
-        self.history.setdefault(name, []).append(placement)
-        self.generation += 1
-        self._save()
-        return {"name": name, "version": version, "placement": placement, "generation": self.generation}
-
-    def rollback(self, name: str) -> dict[str, Any]:
-        """Go back to the placement before the current one (none before the first deploy: the worker
-        is removed). Raises NotFound for a worker never deployed, Conflict when there is nothing left."""
-        hist = self.history.get(name)
-        if not hist:
-            raise NotFound(f"worker {name!r} has never been deployed")
-        if hist == [{}]:
-            raise Conflict(f"worker {name!r} has no earlier deployment to roll back to")
-        hist.pop()
-        if not hist:
-            hist.append({})
-        self.generation += 1
-        self._save()
-        return {"name": name, "placement": dict(hist[-1]), "generation": self.generation}
-
     def desired(self, pop: str) -> list[dict[str, str]]:
         """What ``pop`` should run: ``[{name, version, sha256}]`` sorted by name."""
         out = []
         for name in sorted(self.history):
             version = self.placement(name).get(pop)
-            if version is not None:
+            if version is not None and version in self.versions:
                 out.append({"name": name, "version": version, "sha256": self.versions[version][1]})
         return out
 
+    def servers_of(self, placement: dict[str, str]) -> dict[str, str]:
+        """Server → the version it should run, for the PoPs in ``placement``."""
+        return {s: v for pop, v in placement.items() if pop in self.pops for s in self.pops[pop].servers}
+
     def listing(self) -> dict[str, Any]:
-        return {"generation": self.generation,
+        return {"generation": self.generation, "revision": self.revision,
                 "workers": {name: {"placement": self.placement(name), "deploys": len(hist),
                                    "versions": sorted(v for v, (n, _s) in self.versions.items() if n == name)}
                             for name, hist in sorted(self.history.items())},
                 "uploaded": sorted({n for n, _s in self.versions.values()} - set(self.history))}
+
+
+def check_upload(view: View, name: str, upload: Any) -> Upload:
+    """An upload checked against the view: BadRequest for a bad one or a KV namespace of another account."""
+    version, sha, data = artifact_of(name, upload)
+    account = str(upload.get("account") or name)
+    bound = sorted({str(v["kv_namespace"]) for v in upload.get("bindings", {}).values()
+                    if isinstance(v, dict) and "kv_namespace" in v})
+    for ns in bound:
+        owner = view.namespaces.get(ns, account)
+        if owner != account:
+            raise BadRequest(f"KV namespace {ns!r} belongs to account {owner!r}: a worker of account "
+                             f"{account!r} may not bind it")
+    return Upload(name, version, sha, data, account, tuple(bound))
+
+
+def plan_deploy(view: View, name: str, version: str, pops: Iterable[str]) -> list[dict[str, str]]:
+    """The worker's history once ``pops`` run ``version`` (other PoPs keep theirs)."""
+    owner = view.versions.get(version, (None, None))[0]
+    if owner is None:
+        raise NotFound(f"no version {version!r}; upload the worker first")
+    if owner != name:
+        raise BadRequest(f"version {version} belongs to worker {owner!r}, not {name!r}")
+    placement = {**view.placement(name), **dict.fromkeys(pops, version)}
+    return [*view.history.get(name, []), placement][-HISTORY_KEPT:]
+
+
+def plan_rollback(view: View, name: str) -> list[dict[str, str]]:
+    """The worker's history once back at the placement before the current one (none before the first
+    deploy: the worker is removed). Raises NotFound for a worker never deployed, Conflict when there is
+    nothing left."""
+    hist = view.history.get(name)
+    if not hist:
+        raise NotFound(f"worker {name!r} has never been deployed")
+    if hist == [{}]:
+        raise Conflict(f"worker {name!r} has no earlier deployment to roll back to")
+    return hist[:-1] or [{}]

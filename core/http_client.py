@@ -144,15 +144,16 @@ async def signed_request(signer: Signer, host: str, port: int, method: str, path
 
 
 async def http_call(host: str, port: int, method: str, path: str, signer: Signer, body: Any = None,
-                    timeout: float = 5.0) -> bytes:
-    """One JSON request signed by ``signer`` (:mod:`core.peer_auth`); returns the body of a 2xx answer.
-    Raises HttpError for other statuses, OSError/TimeoutError when the server cannot be reached or does
-    not answer."""
+                    timeout: float = 5.0, connect_s: float | None = None) -> bytes:
+    """One JSON request signed by ``signer`` (:mod:`core.peer_auth`); returns the body of a 2xx answer
+    within ``timeout`` (the connection made within ``connect_s``, default the same). Raises HttpError for
+    other statuses, OSError/TimeoutError when the server cannot be reached or does not answer."""
 
     async def exchange() -> bytes:
         data = b"" if body is None else json.dumps(body).encode()
         try:
-            status, _headers, answer = await signed_request(signer, host, port, method, path, data, timeout, timeout)
+            status, _headers, answer = await signed_request(signer, host, port, method, path, data,
+                                                            connect_s or timeout, timeout)
         except EOFError as exc:
             raise ConnectionResetError(f"the control plane: {exc}") from None
         if not 200 <= status < 300:

@@ -107,7 +107,8 @@ class Host:
         self.data_dir = Path(cfg["data_dir"])
         (self.data_dir / "objects").mkdir(parents=True, exist_ok=True)
         self.directory = tuple(cfg["directory"])
-        self.control = tuple(cfg["control"])
+        #: The regions' control planes, this region's first: code comes from the first that has it.
+        self.controls = [(str(a), int(p)) for a, p in cfg["control"]]
         self.signer = Signer.load(cfg["auth"])
         self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
         #: What authenticated peers sent that was refused, by reason.
@@ -372,14 +373,18 @@ class Host:
     async def _fetch_code(self, version: str) -> dict[str, Any]:
         if not version.replace("-", "").isalnum():
             raise Refused(400, "bad_version", True, detail="a version is letters, digits and '-'")
-        try:
-            status, artifact = await signed_call(self.session, self.signer, "GET", self.control[0], self.control[1],
-                                                 f"/v1/artifacts/{version}", timeout=2.0)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Refused(502, "code_unavailable", True, detail=f"the control plane: {exc!r}") from None
-        if status != 200 or not isinstance(artifact, dict):
-            raise Refused(502, "code_unavailable", True, detail=f"the control plane answered {status}")
-        return artifact
+        errors = []
+        for address, port in self.controls:
+            try:
+                status, artifact = await signed_call(self.session, self.signer, "GET", address, port,
+                                                     f"/v1/artifacts/{version}", timeout=2.0)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"{address}: {exc!r}")
+                continue
+            if status == 200 and isinstance(artifact, dict):
+                return artifact
+            errors.append(f"{address} answered {status}")
+        raise Refused(502, "code_unavailable", True, detail="the control plane: " + "; ".join(errors))
 
     async def call(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run one stub call; raises Refused saying whether anything may have taken effect."""

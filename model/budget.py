@@ -25,6 +25,9 @@ BFD_SESSION_CPU = 0.0014
 #: origin): bench/startup.py (2026-12-03) measured 9 MB a client, 49–52 MB a service node.
 CLIENT = (10 * MB, 0.002)
 SERVICE = (50 * MB, 0.002)
+#: A region's control plane node (etcd member + control plane API), apart from SERVICE: the labs measured
+#: above predate them; bench/startup.py measures them.
+CONTROL_PLANE = (70 * MB, 0.01)
 #: The controller, the zygote, the recorders and the lab's pollers: one set per lab (the CPU is the
 #: intercept of bench/scale.py's idle lab CPU against its server count: 0.23, 0.41, 0.80 cores at 30, 102, 300).
 LAB = (10 * MB, 0.15)
@@ -59,8 +62,9 @@ def estimate(topo: Topology) -> Estimate:
         memory += ROUTER.get(r.kind, ROUTER["frr"])[0]
         cpu += ROUTER.get(r.kind, ROUTER["frr"])[1]
         cpu += BFD_SESSION_CPU * sum(1 for n in r.neighbors if n.profile.bfd is not None)
-    memory += len(topo.clients) * CLIENT[0] + len(topo.services()) * SERVICE[0]
-    cpu += len(topo.clients) * CLIENT[1] + len(topo.services()) * SERVICE[1]
+    others = len(topo.services()) - len(topo.control_planes)
+    memory += len(topo.clients) * CLIENT[0] + others * SERVICE[0] + len(topo.control_planes) * CONTROL_PLANE[0]
+    cpu += len(topo.clients) * CLIENT[1] + others * SERVICE[1] + len(topo.control_planes) * CONTROL_PLANE[1]
     return Estimate(memory, cpu, len(active), len(topo.routers))
 
 

@@ -34,6 +34,11 @@ DO_DIRECTORY_PORT = 8300
 #: The control plane's node name, and the port of its HTTP API on the lab network.
 CONTROL_NODE = "control"
 CONTROL_PORT = 8000
+#: Each region's control plane node (``cp-<region>``, beside the region's KV master): the API on
+#: CONTROL_PORT and the region's etcd member (clients on ETCD_CLIENT_PORT, peers on ETCD_PEER_PORT).
+CONTROL_PLANE_PREFIX = "cp-"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 #: Everything inside the lab is numbered from here; servers route it back towards their upstreams.
 LAB_SUPERNET = IPv4Network("10.0.0.0/8")
 

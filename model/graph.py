@@ -21,6 +21,7 @@ attached to two PoPs sharing an ASN splits flows between them: such a catchment 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -29,7 +30,7 @@ import networkx as nx
 from core.errors import TopologyError
 from model.constants import DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF
 from model.placement import place
-from model.topology import Topology
+from model.topology import ServiceNode, Topology
 
 IFNAMSIZ = 15
 
@@ -48,6 +49,8 @@ def to_graph(topo: Topology) -> nx.Graph:
         g.add_node(k.name, kind="kv", region=k.region)
     for o in topo.origins:
         g.add_node(o.name, kind="origin", region=o.region)
+    for cp in topo.control_planes:
+        g.add_node(cp.name, kind="cp", region=cp.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g
@@ -92,6 +95,9 @@ def _field_of(topo: Topology, node: str) -> str:
     for i, o in enumerate(topo.origins):
         if o.name == node:
             return f"origins[{i}] ({node}).name"
+    for i, region in enumerate(spec.regions):
+        if node == f"cp-{region.name}":
+            return f"regions[{i}] ({region.name}).name"
     return node
 
 
@@ -335,3 +341,11 @@ def mermaid(topo: Topology) -> str:
     for a, b in topo.links():
         lines.append(f"  {a.node} --- {b.node}")
     return "\n".join(lines) + "\n"
+
+
+def nearest_first(topo: Topology, router: str, nodes: Iterable[ServiceNode]) -> list[ServiceNode]:
+    """``nodes`` by the hops between ``router`` and each one's router (over routers only), nearest first,
+    ties by name: the order a node tries the regions' services in."""
+    g = to_graph(topo).subgraph(r.name for r in topo.routers)
+    hops = nx.single_source_shortest_path_length(g, router)
+    return sorted(nodes, key=lambda n: (hops.get(n.router, len(topo.routers) + 1), n.name))

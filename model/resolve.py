@@ -11,6 +11,7 @@ from model.constants import (
     CLIENT_LINKS,
     CONTROL_LINKS,
     CONTROL_NODE,
+    CONTROL_PLANE_PREFIX,
     CONTROL_PORT,
     CORE_LINKS,
     INVERSE_RELATION,
@@ -211,6 +212,12 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, o_addr = _p2p(ORIGIN_LINKS, i, source, f"origins[{i}]")
         add_pair(o.router, o.name, r_addr, o_addr)
         host_subnets.setdefault(o.router, []).append(r_addr.network)
+    # Each region's control plane on its KV master's router (before the clients: adding a client at the
+    # end still renumbers nothing).
+    for i, km in enumerate(kv_specs):
+        r_addr, cp_addr = _p2p(CONTROL_LINKS, 1 + i, source, f"control plane of region {km.region}")
+        add_pair(km.router, CONTROL_PLANE_PREFIX + km.region, r_addr, cp_addr)
+        host_subnets.setdefault(km.router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
@@ -274,5 +281,7 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     kv_masters = tuple(ServiceNode(km.name, km.region, km.router, intfs[km.name][0], KV_PORT) for km in kv_specs)
     origins = tuple(ServiceNode(o.name, region_of[o.router], o.router, intfs[o.name][0], ORIGIN_PORT)
                     for o in origin_specs)
+    control_planes = tuple(ServiceNode(CONTROL_PLANE_PREFIX + km.region, km.region, km.router,
+                                       intfs[CONTROL_PLANE_PREFIX + km.region][0], CONTROL_PORT) for km in kv_specs)
     return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
-                    origins)
+                    origins, control_planes)

@@ -168,13 +168,22 @@ class Topology:
     control: ServiceNode
     kv_masters: tuple[ServiceNode, ...] = ()
     origins: tuple[ServiceNode, ...] = ()
+    #: One control plane node per region that has a KV master (``cp-<region>``), on the same router.
+    control_planes: tuple[ServiceNode, ...] = ()
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
                 *(svc.name for svc in self.services())]
 
     def services(self) -> tuple[ServiceNode, ...]:
-        return (self.control, *self.kv_masters, *self.origins)
+        return (self.control, *self.kv_masters, *self.origins, *self.control_planes)
+
+    def control_plane_of(self, region: str) -> ServiceNode:
+        """The control plane node of ``region``; raises AnylabError if it has none."""
+        for cp in self.control_planes:
+            if cp.region == region:
+                return cp
+        raise AnylabError(f"region '{region}' has no control plane")
 
     def kv_master_of(self, region: str) -> ServiceNode:
         """The KV master of ``region``; raises AnylabError if it has none."""

@@ -12,12 +12,12 @@ In the lab the same process answers the probers' UDP probes on the anycast addre
 ``{"pop", "server", "seq"}``) and the health agent's ``GET /healthz`` on ``127.0.0.1:--health-port``, so
 when it dies, everything the server serves dies with it. ``--deployments DIR`` is the server's store
 (:class:`pop_agent.sync.LocalStore`): its last good set is served from the start, SIGHUP reloads it, and
-with ``--control ADDRESS:PORT --auth F`` a :class:`pop_agent.sync.Syncer` keeps it in step with the
-control plane (its requests signed with the server's ``pop`` key of ``F``; the DO router's with its
-``do-router`` key: :mod:`core.peer_auth`).
+with ``--control ADDRESS:PORT,… --auth F`` (every region's control plane, home first) a
+:class:`pop_agent.sync.Syncer` keeps it in step with the control plane (its requests signed with the
+server's ``pop`` key of ``F``; the DO router's with its ``do-router`` key: :mod:`core.peer_auth`).
 
 Run as ``python -m pop_agent.edge --pop P --server S --address A [--address B] --deployments DIR
-[--control A:P --auth F]``.
+[--control A:P,… --auth F]``.
 """
 
 from __future__ import annotations
@@ -603,12 +603,13 @@ def reload(edge: Edge, store: LocalStore) -> None:
 
 
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
-                store: LocalStore | None, control: tuple[str, int, Signer] | None = None,
+                store: LocalStore | None, control: tuple[list[tuple[str, int]], Signer] | None = None,
                 directory: tuple[str, int, Signer] | None = None, unicast: str | None = None,
                 account_limits: dict[str, float] | None = None, stop: Flag | None = None) -> None:
     """Serve until SIGTERM/SIGINT — or, given ``stop``, until it is set (the signals are then the
     caller's). With ``store``, start from its last good set (SIGHUP reloads it); with
-    ``control`` (address, port, signer) also keep it in sync with the control plane; with ``unicast`` (the
+    ``control`` (the regions' control planes as (address, port), home first, and the signer) also keep it in
+    sync with the control plane; with ``unicast`` (the
     server's own lab address) also take requests other PoPs spill here and watch the edge's peers."""
     loop = asyncio.get_running_loop()
     account_limits = account_limits or {}
@@ -622,8 +623,8 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         loop.add_signal_handler(signal.SIGHUP, reload, edge, store)
         reload(edge, store)
         if control is not None:
-            syncer = Syncer(store, edge.install, host=control[0], port=control[1], signer=control[2],
-                            pop=edge.pop, server=edge.server)
+            syncer = Syncer(store, edge.install, controls=control[0], signer=control[1], pop=edge.pop,
+                            server=edge.server)
             tasks.append(asyncio.create_task(syncer.run()))
     closers: list[asyncio.BaseTransport | asyncio.Server] = []
     for address in addresses + ([unicast] if unicast else []):
@@ -671,7 +672,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--udp-port", type=int, default=7)
     parser.add_argument("--health-port", type=int, default=8080)
     parser.add_argument("--deployments", type=Path, help="this server's store of deployments (last good set)")
-    parser.add_argument("--control", help="the control plane's ADDRESS:PORT to sync with")
+    parser.add_argument("--control", help="the regions' control planes to sync with, ADDRESS:PORT,…: this "
+                        "region's first, then the others nearest first")
     parser.add_argument("--auth", type=Path, help="JSON: this server's signing keys, {pop: {as, key_file}, "
                         "do-router: {as, key_file}} (core.peer_auth)")
     parser.add_argument("--directory", help="the Durable Object directory's ADDRESS:PORT (runs the DO router)")
@@ -699,8 +701,8 @@ def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
     auth = json.loads(args.auth.read_text()) if args.auth else {}
     control = None
     if args.control:
-        address, _, cport = args.control.rpartition(":")
-        control = (address, int(cport), Signer.load(auth["pop"]))
+        ends = [end.rpartition(":") for end in args.control.split(",")]
+        control = ([(address, int(cport)) for address, _, cport in ends], Signer.load(auth["pop"]))
     directory = None
     if args.directory:
         address, _, dport = args.directory.rpartition(":")

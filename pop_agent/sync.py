@@ -5,11 +5,19 @@ their SHA-256 checked out) and ``current.json`` (name → version, replaced atom
 which the edge worker loads at start, so a server restarted while the control plane is down serves
 what it served before (the design's Level 4).
 
-:class:`Syncer` long-polls ``POST /v1/sync`` on the control plane, reporting what is applied. When the
-desired set differs it fetches the missing artifacts (each with the design's code-fetch retries: 3,
-after 100/200/400 ms), checks them, and only when *all* are good installs the whole set in one switch;
-otherwise it keeps serving the old set and reports the error. An unreachable control plane is retried
-with exponential backoff (0.1 s doubling to 2 s) and changes nothing that is served.
+:class:`Syncer` long-polls ``POST /v1/sync`` on a control plane, reporting what is applied. It knows every
+region's control plane, its own region's first (*home*), then the others nearest first:
+
+- **Failover**: a control plane that does not answer, or answers 503 (its region has no etcd quorum), is
+  tried again with the design's retries (3, after 100/200/400 ms); then the syncer moves to the next
+  region. Only when no region answers is the control plane unreachable (the design's Level 4): a new
+  round from home after a backoff (0.1 s doubling to 2 s), nothing served changed.
+- **Back home**: while it follows another region it long-polls there for :data:`AWAY_POLL_S` at most and
+  then tries home once (no retries); home answering makes it home again.
+- **Code**: when the desired set differs it fetches the missing artifacts from the region it follows,
+  then from the others (each region with the same retries), checks their SHA-256, and only when *all*
+  are good installs the whole set in one switch; otherwise it keeps serving the old set and reports the
+  error.
 
 The HTTP client is :mod:`core.http_client` (asyncio streams + httptools' parser, not aiohttp: its import
 alone would cost each PoP server ~15 MB of the lean-PoP budget).
@@ -20,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,11 @@ from tenant.isolate import DeployError
 RETRY_DELAYS = (0.1, 0.2, 0.4)
 BACKOFF_MAX = 2.0
 POLL_WAIT = 20.0
+#: The longest long poll on another region's control plane: how soon a PoP looks whether home is back.
+AWAY_POLL_S = 2.0
+#: How long a connection to a control plane may take: far above any lab link's round trip, far below a
+#: long poll, so that a silent control plane is passed over in about a second.
+CONNECT_S = 1.0
 
 
 
@@ -99,19 +112,32 @@ class SyncState:
     since: float = field(default_factory=monotonic)
     error: str | None = None
     fetch_attempts: int = 0
+    #: The control plane followed now (``address:port``), and when the syncer last moved to another one.
+    following: str | None = None
+    failovers: int = 0
+    t_failover: float | None = None
 
 
 class Syncer:
-    """Keeps ``install`` fed with the set the control plane wants for this PoP."""
+    """Keeps ``install`` fed with the set the control plane wants for this PoP; ``controls`` are the
+    regions' control planes as (address, port), home first."""
 
-    def __init__(self, store: LocalStore, install: Callable[[list[Any]], None], *, host: str, port: int,
-                 signer: Signer, pop: str, server: str, poll_wait: float = POLL_WAIT,
-                 retry_delays: Iterable[float] = RETRY_DELAYS) -> None:
+    def __init__(self, store: LocalStore, install: Callable[[list[Any]], None], *,
+                 controls: Sequence[tuple[str, int]], signer: Signer, pop: str, server: str,
+                 poll_wait: float = POLL_WAIT, retry_delays: Iterable[float] = RETRY_DELAYS) -> None:
+        if not controls:
+            raise ValueError("no control plane to sync with")
         self.store, self.install = store, install
-        self.host, self.port, self.signer, self.pop, self.server = host, port, signer, pop, server
+        self.controls = list(controls)
+        self.signer, self.pop, self.server = signer, pop, server
         self.poll_wait = poll_wait
         self.retry_delays = tuple(retry_delays)
+        self.current = 0
         self.state = SyncState(applied=store.current())
+
+    def _name(self, index: int) -> str:
+        host, port = self.controls[index]
+        return f"{host}:{port}"
 
     def _record(self) -> None:
         write_atomic(self.store.root / "sync.json", json.dumps(self.state.__dict__).encode())
@@ -123,17 +149,44 @@ class Syncer:
             write_atomic(self.store.root / "sync.json", json.dumps(changed.__dict__).encode())
             self.state.reachable, self.state.since = ok, changed.since
 
-    async def fetch(self, version: str, sha256: str) -> None:
-        """Get one artifact into the store: the first try and one retry per delay. Raises the last error
-        (DeployError for a bad hash, HttpError, OSError, TimeoutError)."""
+    def _follow(self, index: int) -> None:
+        if index != self.current or self.state.following is None:
+            if self.state.following is not None:
+                self.state.failovers += 1
+                self.state.t_failover = monotonic()
+            self.current = index
+            self.state.following = self._name(index)
+            self._record()
+
+    async def _with_retries(self, index: int, call: Callable[[str, int], Awaitable[bytes]],
+                            retries: bool = True) -> bytes:
+        """``call`` on control plane ``index``: the first try and, with ``retries``, one retry per delay.
+        Raises the last error."""
+        host, port = self.controls[index]
         last: Exception | None = None
-        for delay in (0.0, *self.retry_delays):
+        for delay in (0.0, *(self.retry_delays if retries else ())):
             if delay:
-                await asyncio.sleep(delay)  # the design's backoff between code-fetch retries
-            self.state.fetch_attempts += 1
+                await asyncio.sleep(delay)  # the design's backoff between retries
             try:
-                data = await http_call(self.host, self.port, "GET", f"/v1/artifacts/{version}", self.signer)
-                self.store.put(version, sha256, data)
+                return await call(host, port)
+            except (DeployError, HttpError, OSError, TimeoutError) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def fetch(self, version: str, sha256: str) -> None:
+        """Get one artifact into the store: from the region followed, then the others, each with the
+        retries. Raises the last error (DeployError for a bad hash, HttpError, OSError, TimeoutError)."""
+        async def one(host: str, port: int) -> bytes:
+            self.state.fetch_attempts += 1
+            data = await http_call(host, port, "GET", f"/v1/artifacts/{version}", self.signer, connect_s=CONNECT_S)
+            self.store.put(version, sha256, data)
+            return data
+
+        last: Exception | None = None
+        for i in range(len(self.controls)):
+            try:
+                await self._with_retries((self.current + i) % len(self.controls), one)
                 return
             except (DeployError, HttpError, OSError, TimeoutError) as exc:
                 last = exc
@@ -160,24 +213,55 @@ class Syncer:
         self.state.applied, self.state.t_applied, self.state.error = want, monotonic(), None
         self._record()
 
+    async def _poll(self, index: int, retries: bool) -> dict[str, Any]:
+        away = index != 0
+        wait = 0.0 if self.state.reachable is False else min(self.poll_wait, AWAY_POLL_S if away else self.poll_wait)
+        report = {"server": self.server, "pop": self.pop, "applied": self.state.applied,
+                  "t_applied": self.state.t_applied, "error": self.state.error,
+                  "generation": self.state.generation, "home": not away,
+                  # Right after a failure, an answer at once: that it is reachable again is news.
+                  "wait": wait}
+
+        async def one(host: str, port: int) -> bytes:
+            return await http_call(host, port, "POST", "/v1/sync", self.signer, report, timeout=wait + 5.0,
+                                   connect_s=CONNECT_S)
+
+        raw = await self._with_retries(index, one, retries)
+        reply: dict[str, Any] = json.loads(raw)
+        return reply
+
+    async def sync_once(self) -> dict[str, Any]:
+        """One long poll: home first when away (one try), else the region followed and then the next ones
+        (with retries). The reply; raises the last error when no region answered."""
+        order = [(self.current + i) % len(self.controls) for i in range(len(self.controls))]
+        if self.current != 0 and self.state.reachable:
+            order = [0, *order]
+        last: Exception | None = None
+        for n, index in enumerate(order):
+            try:
+                reply = await self._poll(index, retries=not (n == 0 and index == 0 and self.current != 0))
+            except (HttpError, OSError, TimeoutError, ValueError) as exc:
+                last = exc
+                continue
+            self._follow(index)
+            return reply
+        assert last is not None
+        raise last
+
     async def run(self) -> None:
         """Sync until cancelled; never raises for what the network or the control plane does."""
         backoff = RETRY_DELAYS[0]
+        self.state.following = self._name(self.current)
         self._record()
         while True:
-            report = {"server": self.server, "pop": self.pop, "applied": self.state.applied,
-                      "t_applied": self.state.t_applied, "error": self.state.error,
-                      "generation": self.state.generation,
-                      # Right after a failure, an answer at once: that it is reachable again is news.
-                      "wait": 0.0 if self.state.reachable is False else self.poll_wait}
             try:
-                reply = json.loads(await http_call(self.host, self.port, "POST", "/v1/sync", self.signer, report,
-                                                   timeout=self.poll_wait + 5.0))
+                reply = await self.sync_once()
                 desired, generation = list(reply["deployments"]), int(reply["generation"])
             except (HttpError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                 self._reachable(False)
                 self.state.error = f"control plane: {exc or type(exc).__name__}"
-                await asyncio.sleep(backoff)  # Level 4: keep serving, try again later
+                self.current = 0
+                await asyncio.sleep(backoff)  # Level 4: keep serving, try again later from home
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = RETRY_DELAYS[0]

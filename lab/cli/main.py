@@ -30,6 +30,7 @@ from lab.run.cleanup import cleanup, cleanup_all
 from lab.run.rundir import (
     RUN_ROOT,
     check_name,
+    control_plane_dirs,
     controller_alive,
     in_service,
     lab_names,
@@ -266,7 +267,7 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
         "router_kinds": sorted({r.kind for r in topo.routers}),
         "profile": topo.spec.settings.profile.name,
         "timings": state.get("timings", {}),
-        "control_plane": _control_plane_status(run_dir / topo.control.name),
+        "control_plane": _control_plane_status(topo, run_dir),
         "protect": _protect(run_dir, [s.name for s in topo.servers]),
         "in_service": in_service(topo, run_dir),
         "links": _links_status(topo, run_dir),
@@ -295,16 +296,37 @@ def _protect(run_dir: Path, servers: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _control_plane_status(directory: Path) -> dict[str, Any]:
-    """Whether the control plane answers, and what it holds (workers → PoP → version)."""
+def _control_plane_status(topo: Topology, run_dir: Path) -> dict[str, Any]:
+    """Whether any region's control plane serves, what it holds (workers → PoP → version), each region's
+    API and etcd member (the leader named), and which region's control plane each PoP server follows."""
     from control_plane.client import Client, ControlPlaneError
 
+    client = Client(control_plane_dirs(topo, run_dir), timeout=2.0)
+    regions: dict[str, Any] = {}
+    statuses = client.each("GET", "/v1/status")
+    leader_ids = {s["member"].get("leader") for s in statuses.values() if s.get("member")}
+    for cp in topo.control_planes:
+        s = statuses.get(cp.name)
+        regions[cp.region] = {"node": cp.name, "api": s is not None} if s is None else {
+            "node": cp.name, "api": True, "serving": s["serving"], "quorum": s["quorum"],
+            "etcd_member": bool(s["member"]), "etcd_leader": bool(s["member"]) and s["member"]["id"] in leader_ids,
+            "artifacts": s["artifacts"], "latency": s["latency"], "following": len(s["following"])}
+    by_address = {f"{cp.address}:{cp.port}": cp.name for cp in topo.control_planes}
+    follows: dict[str, str | None] = {}
+    for server in topo.servers:
+        try:
+            sync = json.loads((run_dir / server.name / "deployments" / "sync.json").read_text())
+        except (OSError, ValueError):
+            continue
+        follows[server.name] = by_address.get(sync.get("following") or "") if sync.get("reachable") else None
+    leader = next((r for r, info in regions.items() if info.get("etcd_leader")), None)
+    out: dict[str, Any] = {"regions": regions, "etcd_leader": leader, "follows": follows}
     try:
-        data = Client(directory, timeout=2.0).deployments()
+        data = client.deployments()
     except ControlPlaneError as exc:
-        return {"up": False, "error": str(exc)}
+        return {"up": False, "error": str(exc), **out}
     return {"up": True, "generation": data["generation"],
-            "workers": {name: info["placement"] for name, info in data["workers"].items()}}
+            "workers": {name: info["placement"] for name, info in data["workers"].items()}, **out}
 
 
 @app.command()
@@ -371,9 +393,19 @@ def _print_status(name: str, state: dict[str, Any], topo: Topology, as_json: boo
         console.print(f"  [yellow]failed: {fault['plan']['scenario']} on {target}[/] ('anylab restore {target}')")
     cp = data["control_plane"]
     if cp["up"]:
-        console.print(f"  control plane: up, {len(cp['workers'])} worker(s) deployed ('anylab deployments')")
+        console.print(f"  control plane: up, {len(cp['workers'])} worker(s) deployed ('anylab deployments'); "
+                      f"etcd leader: {cp['etcd_leader'] or 'none'}")
     else:
         console.print("  [yellow]control plane: down; PoPs serve their last good versions[/]")
+    for info in cp["regions"].values():
+        if not info.get("serving"):
+            why = "API down" if not info["api"] else "no etcd quorum" if not info["quorum"] else "loading"
+            console.print(f"  [yellow]control plane {info['node']}: not serving ({why})[/]")
+    home = {s.name: f"cp-{s.region}" for s in topo.servers}
+    away = {s: f for s, f in cp["follows"].items() if f is not None and f != home[s]}
+    if away:
+        console.print("  [yellow]PoP servers following another region: " +
+                      ", ".join(f"{s} → {f}" for s, f in sorted(away.items())) + "[/]")
     for server, p in data["protect"].items():
         if p.get("level"):
             why = "; ".join(p.get("reasons", {}).values())
@@ -780,7 +812,7 @@ def _control_client(topo: Topology, name: str) -> Any:
     """The operator's control plane client for lab ``name`` (whose topology is ``topo``)."""
     from control_plane.client import Client
 
-    return Client(run_dir_of(name) / topo.control.name)
+    return Client(control_plane_dirs(topo, run_dir_of(name)))
 
 
 def _print_propagation(prop: dict[str, float]) -> None:

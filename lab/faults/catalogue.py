@@ -23,9 +23,19 @@ link-lossy      any link ``a:b``         LOSSY_PCT % of the link's packets lost 
 pop-down        PoP                      every server of the PoP silent
 region-down     region                   every PoP server, router and KV master of the region silent
 flap            server, PoP or ``a:b``   N carrier down/up cycles at a period; ends restored
-control-down    ``control``              SIGKILL the control plane (restart it; its state is on disk)
-control-cut     ``control``              nftables drops everything on the control node's link: PoPs
-                                         cannot sync, the operator's socket still works (delete table)
+control-down    ``control``              SIGKILL every region's control plane API (restart them; the
+                                         state is in etcd, which runs on)
+control-cut     ``control``              nftables on every region's control plane node drops all but
+                                         the other control plane nodes: PoPs cannot sync, etcd keeps its
+                                         quorum, the operator's sockets still work (delete table)
+cp-down         control plane node or    SIGKILL the region's control plane API and etcd member (restart
+                region                   both: the member catches up from the others)
+cp-cut          control plane node or    nftables drops the node's traffic with the other regions'
+                region                   control plane nodes: its etcd member is in the minority, its API
+                                         refuses writes and syncs; its PoPs still reach it (delete table)
+etcd-leader-kill ``control``             SIGKILL the etcd member that leads now (restart it)
+artifact-store-wipe control plane node   delete every artifact the region's store holds; the region
+                or region                repairs it from the others (restore: nothing to undo)
 kv-master-crash KV master or region      SIGKILL the region's KV master (restart it: its data is on
                                          disk, it pulls what it missed from the other masters)
 do-crash        KV node or region        SIGKILL the region's Durable Object host (restart it: its
@@ -86,6 +96,10 @@ class FaultTarget(Protocol):
 
     def link_shape(self, a: str, b: str) -> Shape | None: ...
 
+    def etcd_leader(self) -> str | None: ...
+
+#: The scenarios that touch only the region's control plane node.
+CONTROL_PLANE_ONLY = ("cp-down", "cp-cut", "artifact-store-wipe")
 #: The scenarios that touch only the region's storage node (KV master, DO host).
 STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut", "storage-partition", "kv-master-wipe", "do-host-wipe",
                 "clock-ahead", "clock-behind")
@@ -136,6 +150,8 @@ def _kind_of(topo: Topology, target: str) -> str | None:
         return "router"
     if target == topo.control.name:
         return "control"
+    if target in {cp.name for cp in topo.control_planes}:
+        return "cp"
     if target in {k.name for k in topo.kv_masters}:
         return "kv"
     if target in {o.name for o in topo.origins}:
@@ -192,14 +208,22 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     if scenario in ("server-crash", "flap") and servers:
         links = tuple((s, i.name) for s in servers for i in topo.server(s).interfaces)
     hosts: tuple[str, ...] = ()
-    if kind in ("control", "kv", "origin"):
+    cps = tuple(cp.name for cp in topo.control_planes if kind == "region" and cp.region == target)
+    if kind == "control" and scenario in ("control-down", "control-cut", "etcd-leader-kill"):
+        hosts = tuple(cp.name for cp in topo.control_planes)
+    elif kind in ("control", "kv", "origin", "cp"):
         hosts = (target,)
+    elif kind == "region" and scenario in CONTROL_PLANE_ONLY:
+        hosts = cps
     elif kind == "region" and scenario in ("region-down", *STORAGE_ONLY):
         hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
-    if scenario in STORAGE_ONLY:
+        if scenario == "region-down":
+            hosts += cps  # the region's control plane goes with it
+    if scenario in STORAGE_ONLY or scenario in CONTROL_PLANE_ONLY:
         servers, routers = (), ()
         if not hosts:
-            raise UsageError(f"region '{target}' has no storage node (KV master, DO host)")
+            what = "control plane node" if scenario in CONTROL_PLANE_ONLY else "storage node (KV master, DO host)"
+            raise UsageError(f"region '{target}' has no {what}")
     return Plan(scenario, target, servers, routers, links, count, period, hosts)
 
 
@@ -208,6 +232,17 @@ def _nft_silence(forwarding: bool) -> str:
     chains = [("input", "iifname"), ("output", "oifname")] + ([("forward", "iifname")] if forwarding else [])
     body = "".join(f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
                    f"{match} != \"lo\" drop; }}\n" for hook, match in chains)
+    return f"table inet {NFT_TABLE} {{\n{body}}}\n"
+
+
+def _nft_only(*addresses: str) -> str:
+    """An nftables table dropping every packet of the node but those on lo and to or from ``addresses``."""
+    if not addresses:
+        return _nft_silence(forwarding=False)
+    chains = [("input", "iifname", "saddr"), ("output", "oifname", "daddr")]
+    body = "".join(f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
+                   f"{dev} != \"lo\" ip {match} != {{ {', '.join(addresses)} }} drop; }}\n"
+                   for hook, dev, match in chains)
     return f"table inet {NFT_TABLE} {{\n{body}}}\n"
 
 
@@ -229,6 +264,8 @@ class Injector:
         self.cancel = threading.Event()
         #: A reshaped link's shape before the fault (link-degrade, link-lossy), to give it back.
         self.link_before: dict[str, Shape | None] = {}
+        #: The control plane node whose etcd member etcd-leader-kill killed, to restart it.
+        self.killed_leader: dict[str, str] = {}
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -517,6 +554,41 @@ def _reshape(changes: Callable[[Shape | None], dict[str, Any]]) -> Fault:
     return Fault(inject, undo)
 
 
+def _others(inj: Injector, node: str) -> list[str]:
+    """The addresses of the other regions' control plane nodes."""
+    return [str(cp.address) for cp in inj.lab.topo.control_planes if cp.name != node]
+
+
+def _kill_control_plane(inj: Injector, node: str) -> None:
+    """SIGKILL the region's control plane API and etcd member."""
+    inj._kill(node, "control-plane")
+    inj._kill(node, "etcd")
+
+
+def _kill_leader(inj: Injector, p: Plan) -> None:
+    """SIGKILL the etcd member that leads now (asked of the members themselves)."""
+    leader = inj.lab.etcd_leader()
+    if leader is None:
+        raise AnylabError("no etcd member says it leads: nothing to kill")
+    inj.killed_leader[p.target] = leader
+    inj._kill(leader, "etcd")
+
+
+def _restart_leader(inj: Injector, p: Plan, attempt: Attempt) -> None:
+    node = inj.killed_leader.pop(p.target, None)
+    if node is not None:
+        attempt(inj._restart, node, ["etcd"])
+
+
+def _wipe_artifacts(inj: Injector, node: str) -> None:
+    """Delete every artifact of the region's store; its API runs on and repairs it from the others."""
+    store = Path(inj._daemon(node, "control-plane").artifacts)
+    if store.parent.parent != inj.lab.node_dir(node):  # never delete outside the node's own run directory
+        raise AnylabError(f"the artifact store {store} is not in the node's run directory", node=node)
+    for path in store.iterdir():
+        path.unlink(missing_ok=True)
+
+
 def _origin_mode(mode: str) -> Fault:
     """The origin answers in ``mode`` (slow, errors); restore puts it back to normal."""
     return _on_hosts(lambda inj, h: inj._daemon(h, "origin").set_mode(mode),
@@ -542,7 +614,12 @@ FAULTS: dict[str, Fault] = {
     "pops-down": _SILENCE,
     "flap": Fault(lambda inj, p: inj._flap(p), _nothing),
     "control-down": _kill_daemon("control-plane"),
-    "control-cut": _on_hosts(lambda inj, h: inj._silence(h, True), _unsilence),
+    "control-cut": _on_hosts(lambda inj, h: inj._run(h, ["nft", "-f", "-"], _nft_only(*_others(inj, h))),
+                             _unsilence),
+    "cp-down": _on_hosts(_kill_control_plane, lambda inj, h: inj._restart(h, ["etcd", "control-plane"])),
+    "cp-cut": _cut_hosts(_others),
+    "etcd-leader-kill": Fault(_kill_leader, _restart_leader),
+    "artifact-store-wipe": _on_hosts(_wipe_artifacts, lambda _inj, _h: None),
     "kv-master-crash": _kill_daemon("kv-master"),
     "do-crash": _kill_daemon("do-host"),
     "do-cut": _cut_hosts(lambda inj, _h: [str(inj.lab.topo.control.address)]),

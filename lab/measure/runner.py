@@ -38,6 +38,7 @@ from lab.record.recorders import RouterRecorder
 from lab.run.baseline import wait_baseline
 from lab.run.driver import Driver
 from lab.run.observe import observed_catchment, set_probe_rate
+from lab.run.rundir import control_plane_dirs
 from model.topology import Topology
 
 PROBE_TIMEOUT_S = 1.0  # lab.record.prober's default: a probe is written as lost only after this
@@ -158,7 +159,7 @@ def deploy_http_worker(driver: Driver) -> None:
     same version: a second measurement deploys nothing new). Raises ControlPlaneError."""
     from control_plane.client import Client
 
-    Client(driver.run_dir / driver.topo.control.name).release(HTTP_WORKER, {"code": HTTP_CODE, "host": HTTP_HOST})
+    Client(control_plane_dirs(driver.topo, driver.run_dir)).release(HTTP_WORKER, {"code": HTTP_CODE, "host": HTTP_HOST})
 
 
 class HttpLoads:

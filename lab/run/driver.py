@@ -13,7 +13,7 @@ from control_plane.client import Client
 from core.errors import UsageError
 from lab.run import controller_socket as control
 from lab.run.observe import observed_catchment
-from lab.run.rundir import read_state, run_dir_of, topology_of
+from lab.run.rundir import control_plane_dirs, read_state, run_dir_of, topology_of
 from model.topology import Topology
 
 
@@ -66,5 +66,5 @@ class RemoteLab:
     def deploy(self, name: str, host: str, code: str, **options: Any) -> Any:
         """Upload and deploy a worker everywhere through the control plane and wait until every PoP
         server runs it. Raises ControlPlaneError, WaitTimeout."""
-        return Client(self.node_dir(self.topo.control.name)).release(name, {"code": code, "host": host,
+        return Client(control_plane_dirs(self.topo, self.run_dir)).release(name, {"code": code, "host": host,
                                                                              **options})

@@ -44,6 +44,7 @@ from lab.run.observe import SessionState, observed_catchment, router_sessions
 from lab.run.rundir import (
     STATE_FILE,
     check_name,
+    control_plane_dirs,
     netns_prefix,
     node_index,
     read_state,
@@ -166,6 +167,8 @@ class Lab:
                 self.links.apply_kernel(relayed)
                 wait_baseline(self.topo, self.run_dir, deadline=t0 + timeout)
                 self.timings["links_delayed"] = monotonic() - t0
+            self.wait_control_planes(timeout=max(1.0, t0 + timeout - monotonic()))
+            self.timings["control_ready"] = monotonic() - t0
             self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
             wait_platform_level_zero(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["platform_ready"] = monotonic() - t0
@@ -275,7 +278,35 @@ class Lab:
 
     def control_plane_api(self, timeout: float = 30.0) -> Client:
         """The control plane's API, as the operator (admin token)."""
-        return Client(self.node_dir(self.topo.control.name), timeout=timeout)
+        return Client(control_plane_dirs(self.topo, self.run_dir), timeout=timeout)
+
+    def control_planes(self) -> dict[str, dict[str, Any]]:
+        """Every region's control plane status that answers (node → ``/v1/status``)."""
+        return self.control_plane_api(timeout=2.0).each("GET", "/v1/status")
+
+    def etcd_leader(self) -> str | None:
+        """The control plane node whose etcd member leads now, as the members that answer say (None: none
+        says it leads)."""
+        for node, status in self.control_planes().items():
+            if status.get("member", {}).get("is_leader"):
+                return node
+        return None
+
+    def wait_control_planes(self, timeout: float = 30.0, nodes: Iterable[str] | None = None) -> dict[str, Any]:
+        """Wait until the control planes of ``nodes`` (default: every region's) serve — their state loaded
+        from etcd, its quorum in reach; their statuses. Raises WaitTimeout with what each last said."""
+        want = set(nodes) if nodes is not None else {cp.name for cp in self.topo.control_planes}
+        seen: dict[str, Any] = {}
+
+        def serving() -> bool:
+            seen.clear()
+            seen.update(self.control_planes())
+            return all(seen.get(n, {}).get("serving") for n in want)
+
+        wait_for(serving, timeout=timeout, what="every region's control plane to serve", interval=0.1,
+                 describe=lambda: "; ".join(f"{n}: " + (f"serving={seen[n]['serving']} ({seen[n]['last_error']})"
+                                                        if n in seen else "no answer") for n in sorted(want)))
+        return seen
 
     def deploy(self, name: str, host: str, code: str, bindings: dict[str, Any] | None = None,
                path_prefix: str = "/", pops: list[str] | None = None, regions: list[str] | None = None,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import secrets
 import socket
 from abc import abstractmethod
 from pathlib import Path
@@ -19,7 +18,8 @@ from core.netns import socket_in
 from core.peer_auth import PeerKeys
 from core.timers import phase_of
 from kv.master import WEAK_ACK
-from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
+from lab.run.etcd import client_url
+from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, ETCD_CLIENT_PORT, KV_REPLICA_PORT
 from model.profiles import HEALTH_PORT
 from model.spec import LabSpec
 from model.topology import Client as ClientNode
@@ -37,7 +37,8 @@ class EdgeWorker(Daemon):
     name = "edge"
     forkable = True
 
-    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode, keys: PeerKeys,
+    def __init__(self, env: NodeEnv, server: Server, udp_port: int, control: ServiceNode,
+                 controls: tuple[ServiceNode, ...], keys: PeerKeys,
                  origins: tuple[ServiceNode, ...] = (), breakers: dict[str, dict[str, float]] | None = None,
                  peers: list[dict[str, object]] | None = None, capacity_rps: float = 5000.0,
                  spill_threshold: float = 0.8, account_limits: dict[str, float] | None = None) -> None:
@@ -47,7 +48,9 @@ class EdgeWorker(Daemon):
         self.capacity_rps, self.spill_threshold = capacity_rps, spill_threshold
         self.server = server
         self.udp_port = udp_port
+        #: The control node (the DO directory), and the regions' control planes, home first.
         self.control = control
+        self.controls = controls
         self.keys = keys
         self.origins = origins
         self.breakers = breakers or {}
@@ -81,12 +84,15 @@ class EdgeWorker(Daemon):
     def validate(self) -> None:
         if not self.server.prefixes:
             raise self.error("no anycast prefix to answer on")
+        if not self.controls:
+            raise self.error("no control plane to sync with")
 
     def argv(self) -> list[str]:
         argv = [self.env.python, "-m", "pop_agent.edge", "--pop", self.server.pop, "--server", self.server.name,
                 "--udp-port", str(self.udp_port), "--health-port", str(HEALTH_PORT),
                 "--deployments", str(self.deployments),
-                "--control", f"{self.control.address}:{self.control.port}", "--auth", str(self.path("-auth.json")),
+                "--control", ",".join(f"{c.address}:{c.port}" for c in self.controls),
+                "--auth", str(self.path("-auth.json")),
                 "--directory", f"{self.control.address}:{DO_DIRECTORY_PORT}",
                 "--unicast", str(self.server.interfaces[0].address.ip), "--peers", str(self.path("-peers.json")),
                 "--capacity-rps", str(self.capacity_rps), "--spill-threshold", str(self.spill_threshold),
@@ -137,30 +143,44 @@ class PythonService(Daemon):
 
 
 class ControlPlane(PythonService):
-    """``control_plane.server`` on the control node: the deploy API for the PoPs (lab network) and the
-    operator (``api.sock`` in its directory), with an admin token made for this lab (the PoPs and DO
-    hosts sign their requests instead)."""
+    """``control_plane.server`` on a region's control plane node (``cp-<region>``): the deploy API for the
+    PoPs (lab network) and the operator (``api.sock`` in its directory), with the lab's admin token (the
+    PoPs, DO hosts and other regions sign their requests instead); its state in etcd, through the
+    region's member first; its artifacts replicated to the ``peers`` (nearest first)."""
 
     name = "control-plane"
     module = "control_plane.server"
+    dependencies = ("etcd",)
 
-    def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...], keys: PeerKeys) -> None:
+    def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...], keys: PeerKeys,
+                 peers: tuple[ServiceNode, ...], regions: int, admin_token: str) -> None:
         super().__init__(env)
         self.control = node
         self.pops = pops
         self.keys = keys
-        self.tokens = {"admin": secrets.token_urlsafe(24)}
+        self.peers = peers
+        self.regions = regions
+        self.tokens = {"admin": admin_token}
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
-        return self.keys.auth_config(self.path("-"), None, ("pop", "do-host"))
+        return self.keys.auth_config(self.path("-"), f"cp/{self.control.region}", ("pop", "do-host", "cp"))
 
     def secrets(self) -> dict[Path, str]:
         return {self.env.dir / ADMIN_TOKEN: self.tokens["admin"] + "\n", **self.auth()[1]}
 
+    @property
+    def artifacts(self) -> Path:
+        """The region's artifact store (what ``artifact-store-wipe`` empties)."""
+        return self.env.dir / "state" / "artifacts"
+
     def config(self) -> dict[str, object]:
-        return {"state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / SOCKET),
+        return {"region": self.control.region, "node": self.control.name,
+                "state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / SOCKET),
                 "listen": [str(self.control.address), self.control.port],
                 "tokens": {"admin": str(self.env.dir / ADMIN_TOKEN)}, "auth": self.auth()[0],
+                "etcd": [f"http://127.0.0.1:{ETCD_CLIENT_PORT}", *(client_url(p) for p in self.peers)],
+                "peers": [{"region": p.region, "address": str(p.address), "port": p.port} for p in self.peers],
+                "regions": self.regions,
                 "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in self.pops]}
 
     def validate(self) -> None:
@@ -175,9 +195,10 @@ class ControlPlane(PythonService):
         return Client(self.env.dir, self.tokens["admin"], timeout)
 
     def ready(self) -> bool:
-        """Ready once the API answers an authenticated listing on its socket."""
+        """Ready once the API answers its status on its socket (serving needs the etcd quorum, which needs
+        the lab's routes: :meth:`lab.run.lab.Lab.wait_control_planes`)."""
         try:
-            self.client(timeout=1.0).deployments()
+            self.client(timeout=1.0).call_one(self.env.dir, "GET", "/v1/status")
         except ControlPlaneError:
             return False
         return True
@@ -329,9 +350,11 @@ class DoHost(DoService):
     module = "durable.host_service"
 
     def __init__(self, env: NodeEnv, node: ServiceNode, control: ServiceNode, keys: PeerKeys,
-                 settings: LabSpec) -> None:
+                 settings: LabSpec, controls: tuple[ServiceNode, ...] = ()) -> None:
         super().__init__(env)
         self.service, self.control, self.keys, self.settings = node, control, keys, settings
+        #: The regions' control planes, this region's first: where object code comes from.
+        self.controls = controls
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
         return self.keys.auth_config(self.path("-"), f"do-host/{self.service.region}", ("do-router", "do-host"))
@@ -346,7 +369,7 @@ class DoHost(DoService):
         return {"region": self.service.region, "listen": [str(self.service.address), DO_HOST_PORT],
                 "socket": str(self.socket), "data_dir": str(self.data_dir), "events": str(self.events),
                 "directory": [str(self.control.address), DO_DIRECTORY_PORT],
-                "control": [str(self.control.address), self.control.port], "auth": self.auth()[0],
+                "control": [[str(c.address), c.port] for c in self.controls], "auth": self.auth()[0],
                 "mode": s.do_mode, "renew_s": s.do_renew_s, "snapshot_s": s.do_snapshot_s}
 
     def validate(self) -> None:

@@ -100,3 +100,10 @@ def write_in_service(run_dir: Path, serving: dict[str, list[str]]) -> None:
     tmp = run_dir / (IN_SERVICE_FILE + ".tmp")
     tmp.write_text(json.dumps(serving))
     tmp.replace(run_dir / IN_SERVICE_FILE)
+
+
+def control_plane_dirs(topo: Topology, run_dir: Path) -> list[Path]:
+    """The regions' control plane directories (each with ``api.sock`` and the admin token), in the order
+    the operator tries them: the topology's regions in the order they are listed."""
+    order = [r.name for r in topo.spec.regions]
+    return [run_dir / cp.name for cp in sorted(topo.control_planes, key=lambda c: order.index(c.region))]

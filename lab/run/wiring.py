@@ -1,12 +1,14 @@
 """What runs where: every node's daemons for a topology, in the order they are started on the node (each
 waits only for what it names as a dependency). Routers get their kind's daemons (:mod:`bgp.routers`)
-and, if they own delayed links, a link relay first (:mod:`lab.links`); the control node the control plane
-and the DO directory, each region's storage node its KV master and DO host, an origin node the origin,
+and, if they own delayed links, a link relay first (:mod:`lab.links`); the control node the DO directory,
+each region's control plane node its etcd member and control plane API, each region's storage node its
+KV master and DO host, an origin node the origin,
 a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
 (or, ``server_process: folded``, ExaBGP and one pop agent), a client its prober."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 from bgp import routers as router_kinds
@@ -16,6 +18,7 @@ from core.daemon import Daemon, NodeEnv
 from core.peer_auth import PeerKeys
 from lab.links.daemon import LinkRelay
 from lab.links.plan import links_of, relay_config
+from lab.run.etcd import EtcdMember
 from lab.run.launchers import (
     ControlPlane,
     DoDirectory,
@@ -28,8 +31,8 @@ from lab.run.launchers import (
     PopAgent,
     Prober,
 )
-from model.graph import spill_peers
-from model.topology import Topology
+from model.graph import nearest_first, spill_peers
+from model.topology import ServiceNode, Topology
 
 
 def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, list[Daemon]]:
@@ -48,12 +51,25 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     control = topo.control
     env_of(control.name).dir.mkdir(parents=True, exist_ok=True)
     keys = PeerKeys.make()  # this lab's: its internal services take only each other's signed requests
-    control_plane = ControlPlane(env_of(control.name), control, topo.pops, keys)
-    daemons[control.name] = [control_plane, DoDirectory(env_of(control.name), control, topo.kv_masters, t, keys)]
+    daemons[control.name] = [DoDirectory(env_of(control.name), control, topo.kv_masters, t, keys)]
+    admin_token = secrets.token_urlsafe(24)  # the operator's, the same in every region
+    cluster_token = f"anylab-{secrets.token_hex(8)}"  # members of another lab's cluster never join this one
+    cps = topo.control_planes
+    for cp in cps:
+        env_of(cp.name).dir.mkdir(parents=True, exist_ok=True)
+        peers = tuple(nearest_first(topo, cp.router, [p for p in cps if p.name != cp.name]))
+        daemons[cp.name] = [EtcdMember(env_of(cp.name), cp, cps, cluster_token),
+                            ControlPlane(env_of(cp.name), cp, topo.pops, keys, peers, len(cps), admin_token)]
+
+    def controls_of(region: str, router: str) -> tuple[ServiceNode, ...]:
+        """The regions' control planes for a node of ``region`` on ``router``: its region's first."""
+        return tuple(sorted(nearest_first(topo, router, cps), key=lambda c: c.region != region))
+
     for km in topo.kv_masters:
         env_of(km.name).dir.mkdir(parents=True, exist_ok=True)
         peers = tuple(p for p in topo.kv_masters if p.name != km.name)
-        daemons[km.name] = [KvMaster(env_of(km.name), km, peers, keys), DoHost(env_of(km.name), km, control, keys, t)]
+        daemons[km.name] = [KvMaster(env_of(km.name), km, peers, keys),
+                            DoHost(env_of(km.name), km, control, keys, t, controls_of(km.region, km.router))]
     for o in topo.origins:
         env_of(o.name).dir.mkdir(parents=True, exist_ok=True)
         daemons[o.name] = [Origin(env_of(o.name), o)]
@@ -61,7 +77,8 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
         env = env_of(s.name)
         env.dir.mkdir(parents=True, exist_ok=True)
         share = t.account_limits.share(sum(1 for x in topo.servers if x.pop == s.pop))
-        edge = EdgeWorker(env, s, t.probe_port, control, keys, topo.origins,
+        edge = EdgeWorker(env, s, t.probe_port, control, controls_of(s.region, s.neighbors[0].node), keys,
+                          topo.origins,
                           {k: b.model_dump() for k, b in t.breakers.items()},
                           spill_peers(topo, s.name, t.spillover_pops),
                           t.server_capacity_rps, t.spillover_threshold, share)

@@ -112,8 +112,9 @@ def test_control_plane_cut_off_records_the_deploy_and_servers_take_it_when_back(
 @pytest.mark.parametrize(("header", "status"), [(None, 401), ("Bearer wrong", 401)])
 def test_the_api_on_the_lab_network_wants_the_token(lab: Lab, header: str | None, status: int) -> None:
     """From a PoP server (clients have no route to the control node: only the anycast prefix)."""
+    cp = lab.topo.control_planes[0]
     code = ("import http.client, sys\n"
-            f"c = http.client.HTTPConnection('{lab.topo.control.address}', {lab.topo.control.port}, timeout=5)\n"
+            f"c = http.client.HTTPConnection('{cp.address}', {cp.port}, timeout=5)\n"
             "h = {'Authorization': sys.argv[1]} if sys.argv[1] else {}\n"
             "c.request('POST', '/v1/workers/evil', body=b'{}', headers=h)\n"
             "print(c.getresponse().status)")
@@ -209,6 +210,7 @@ def test_every_internal_endpoint_refuses_what_its_peers_did_not_sign_and_keeps_s
 
     master, control = lab.topo.kv_masters[0], lab.topo.control
     region = master.region
+    cp = lab.topo.control_plane_of(region)
 
     def key_of(node: str, file: str, peer: str) -> Signer:  # a real peer's own key, read as root
         return Signer(peer, read_secret(lab.node_dir(node) / file))
@@ -231,7 +233,7 @@ def test_every_internal_endpoint_refuses_what_its_peers_did_not_sign_and_keeps_s
          key_of(master.name, "do-host-peer-do-host.key", f"do-host/{region}")),
         ("do where", str(control.address), DO_DIRECTORY_PORT, "GET", "/v1/where", None,
          key_of(server, "edge-peer-do-router.key", f"do-router/{server}")),
-        ("cp artifact", str(control.address), control.port, "GET", "/v1/artifacts/0123456789ab", None,
+        ("cp artifact", str(cp.address), cp.port, "GET", "/v1/artifacts/0123456789ab", None,
          key_of(server, "edge-peer-pop.key", f"pop/{server}")),
     ]
     other_lab = PeerKeys.make()

@@ -134,7 +134,7 @@ def test_a_lab_that_cannot_fit_is_refused_before_anything_starts(monkeypatch: py
     from lab.cli import main
 
     monkeypatch.setattr(main, "_available_memory", lambda: 0.2e9)
-    with pytest.raises(UsageError, match=r"two-pops needs ≈ 0\.3 GB .* 0\.2 GB available .*; --force starts it"):
+    with pytest.raises(UsageError, match=r"two-pops needs ≈ 0\.4 GB .* 0\.2 GB available .*; --force starts it"):
         main._budget(TOPO, force=False)
     assert "0.2 GB available" in str(main._budget(TOPO, force=True))
     monkeypatch.setattr(main, "_available_memory", lambda: 100e9)

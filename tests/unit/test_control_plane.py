@@ -1,26 +1,32 @@
-"""The control plane's API and a PoP's syncer against it, on loopback and a Unix socket (no root)."""
+"""The control plane's API and a PoP's syncer against it, on loopback and Unix sockets (no root): one real
+etcd member (Debian's, started by the test) holds the state; two regions' APIs share it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import json
+import socket
+import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from control_plane.client import Client, ControlPlaneError
-from control_plane.server import make_app
-from control_plane.store import Pop, Store
-from core.peer_auth import PeerKeys, Verifier
+from control_plane.server import make_app, make_node
+from control_plane.store import PREFIX, Pop
+from core.peer_auth import PeerKeys
 from core.wait import wait_for
 from pop_agent.sync import LocalStore, Syncer
-from tests.unit.peers import signer
+from tests.unit.peers import auth_block, signer
 
 POPS = [Pop("sjc", "na", ("sjc-s1", "sjc-s2")), Pop("fra", "eu", ("fra-s1",)), Pop("sin", "apac", ("sin-s1",))]
 TOKENS = {"admin": "admin-secret"}
@@ -28,59 +34,128 @@ KEYS = PeerKeys.make()
 HELLO = "async def fetch(request, env, ctx):\n    return 'hello ' + env.WHO\n"
 
 
-class ControlPlane:
-    """The real API in a thread: TCP on 127.0.0.1 (for syncers) and a Unix socket (for the client)."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One etcd member on loopback for the module; every test starts with the control plane's keys gone."""
+    root = tmp_path_factory.mktemp("etcd")
+    client_port, peer_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{client_port}"
+    proc = subprocess.Popen(["etcd", "--name", "t", "--data-dir", str(root / "data"), "--listen-client-urls", url,
+                             "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                             "--initial-cluster", f"t=http://127.0.0.1:{peer_port}", "--logger", "zap",
+                             "--log-outputs", str(root / "etcd.log")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def answers() -> bool:
+        try:
+            return b"etcdserver" in urllib.request.urlopen(url + "/version", timeout=1).read()
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers, timeout=20, what="etcd to answer", interval=0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def wipe(url: str) -> None:
+    key = base64.b64encode(PREFIX.encode()).decode()
+    end = base64.b64encode(PREFIX[:-1].encode() + bytes([ord(PREFIX[-1]) + 1])).decode()
+    req = urllib.request.Request(url + "/v3/kv/deleterange", json.dumps({"key": key, "range_end": end}).encode(),
+                                 {"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+class ControlPlane:
+    """One region's real API in a thread: TCP on 127.0.0.1 (for syncers and the other region) and a Unix
+    socket (for the client)."""
+
+    def __init__(self, root: Path, region: str, etcd: str, port: int, peers: list[dict[str, Any]],
+                 regions: int) -> None:
+        self.root, self.region, self.port = root, region, port
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "admin.token").write_text(TOKENS["admin"] + "\n")
+        self.cfg = {"region": region, "node": f"cp-{region}", "state_dir": str(root / "state"),
+                    "socket": str(root / "api.sock"), "listen": ["127.0.0.1", port],
+                    "tokens": {"admin": str(root / "admin.token")},
+                    "auth": auth_block(KEYS, root / "cp-", f"cp/{region}", ("pop", "do-host", "cp")),
+                    "etcd": [etcd], "peers": peers, "regions": regions,
+                    "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in POPS]}
         self.loop = asyncio.new_event_loop()
-        self.port = 0
         self.thread: threading.Thread | None = None
-        self.runner: web.AppRunner | None = None
 
     def start(self) -> None:
         started = threading.Event()
+        self.done = asyncio.Event()
 
-        async def setup() -> None:
-            self.verifier = Verifier(dict(KEYS.secrets), "")
-            self.runner = web.AppRunner(make_app(Store(self.root / "state", POPS), TOKENS, self.verifier),
-                                        access_log=None)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.verifier.authority = f"127.0.0.1:{self.port}"  # the port is known once the site listens
-            await web.UnixSite(self.runner, str(self.root / "api.sock")).start()
-            started.set()
+        async def serve() -> None:
+            async with aiohttp.ClientSession() as session:
+                self.node = make_node(self.cfg, session)
+                runner = web.AppRunner(make_app(self.node), access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
+                await web.UnixSite(runner, str(self.root / "api.sock")).start()
+                tasks = [asyncio.create_task(c) for c in (self.node.shared.follow(), self.node.shared.check_quorum(),
+                                                          self.node.repair())]
+                started.set()
+                await self.done.wait()
+                for t in tasks:
+                    t.cancel()
+                await runner.cleanup()
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(setup())
-            self.loop.run_forever()
-            self.loop.run_until_complete(self.runner.cleanup())  # type: ignore[union-attr]
-
-        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),), daemon=True)
         self.thread.start()
         assert started.wait(10)
+        wait_for(lambda: self.node.shared.serving, timeout=10, what=f"cp-{self.region} to serve")
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self.done.set)
         assert self.thread is not None
         self.thread.join(10)
         (self.root / "api.sock").unlink(missing_ok=True)
         self.loop = asyncio.new_event_loop()
 
 
+def regions(tmp_path: Path, etcd: str, names: list[str]) -> list[ControlPlane]:
+    ports = {name: free_port() for name in names}
+    return [ControlPlane(tmp_path / f"cp-{name}", name, etcd, ports[name],
+                         [{"region": o, "address": "127.0.0.1", "port": ports[o]} for o in names if o != name],
+                         len(names)) for name in names]
+
+
 @pytest.fixture
-def cp(tmp_path: Path) -> Iterator[ControlPlane]:
-    server = ControlPlane(tmp_path)
+def cp(tmp_path: Path, etcd: str) -> Iterator[ControlPlane]:
+    wipe(etcd)
+    (server,) = regions(tmp_path, etcd, ["na"])
     server.start()
     yield server
     server.stop()
 
 
-def client(cp: ControlPlane, token: str = TOKENS["admin"]) -> Client:
-    return Client(cp.root, token, timeout=5)
+@pytest.fixture
+def two(tmp_path: Path, etcd: str) -> Iterator[list[ControlPlane]]:
+    """Two regions' control planes sharing the etcd member, replicating artifacts to each other."""
+    wipe(etcd)
+    servers = regions(tmp_path, etcd, ["na", "eu"])
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        if s.thread is not None and s.thread.is_alive():
+            s.stop()
+
+
+def client(cp: ControlPlane | list[ControlPlane], token: str = TOKENS["admin"]) -> Client:
+    return Client([c.root for c in cp] if isinstance(cp, list) else cp.root, token, timeout=5)
 
 
 def test_upload_is_content_hashed_and_immutable(cp: ControlPlane) -> None:
@@ -235,10 +310,12 @@ class Installed:
         self.sets.append({d.name: d.version for d in deployments})
 
 
-def run_syncer(cp: ControlPlane, store: LocalStore, installed: Installed, **kw: Any) -> tuple[Syncer, Any]:
+def run_syncer(cp: ControlPlane | list[ControlPlane], store: LocalStore, installed: Installed,
+               **kw: Any) -> tuple[Syncer, Any]:
     """A syncer for sjc-s1 on its own loop in a thread; returns it and a stop function."""
-    syncer = Syncer(store, installed, host="127.0.0.1", port=cp.port, signer=signer(KEYS, "pop/sjc-s1"), pop="sjc",
-                    server="sjc-s1", poll_wait=1.0, **kw)
+    cps = cp if isinstance(cp, list) else [cp]
+    syncer = Syncer(store, installed, controls=[("127.0.0.1", c.port) for c in cps], signer=signer(KEYS, "pop/sjc-s1"),
+                    pop="sjc", server="sjc-s1", poll_wait=1.0, **kw)
     loop = asyncio.new_event_loop()
 
     async def until_cancelled() -> None:
@@ -284,7 +361,7 @@ def test_syncer_applies_deploys_and_serves_its_last_good_set_while_the_control_p
     assert [d.version for d in LocalStore(tmp_path / "pop").load(store.current())] == [v2]
 
 
-def test_an_artifact_with_a_wrong_hash_is_retried_then_refused_and_the_old_set_kept(
+def test_an_artifact_whose_only_copy_is_corrupt_is_not_served_and_the_old_set_kept(
         cp: ControlPlane, tmp_path: Path) -> None:
     c = client(cp)
     v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
@@ -293,14 +370,90 @@ def test_an_artifact_with_a_wrong_hash_is_retried_then_refused_and_the_old_set_k
     syncer, stop = run_syncer(cp, store, installed, retry_delays=(0.01, 0.02, 0.04))
     try:
         wait_for(lambda: installed.sets and installed.sets[-1] == {"hello": v1}, timeout=10, what="v1")
-        v2 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})["version"]
-        (cp.root / "state" / "artifacts" / f"{v2}.json").write_bytes(b'{"tampered": true}')
+        uploaded = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})
+        v2 = uploaded["version"]
+        # The region's only copy corrupted (one region: no other to repair it from).
+        (cp.root / "state" / "artifacts" / uploaded["sha256"]).write_bytes(b'{"tampered": true}')
         attempts = syncer.state.fetch_attempts
         c.deploy("hello", v2)
         wait_for(lambda: syncer.state.error is not None, timeout=10, what="the refusal")
-        assert "does not match" in str(syncer.state.error)
+        assert "404" in str(syncer.state.error) and "held by no region" in str(syncer.state.error)
         assert syncer.state.fetch_attempts - attempts >= 4  # the first try and 3 retries
         assert store.current() == {"hello": v1} and installed.sets[-1] == {"hello": v1}
         assert not store.has(v2)
+    finally:
+        stop()
+
+
+def test_an_upload_is_acknowledged_once_two_regions_hold_it_and_a_lost_copy_is_repaired(
+        two: list[ControlPlane]) -> None:
+    na, eu = two
+    uploaded = client(na).upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})
+    sha = uploaded["sha256"]
+    assert (na.root / "state/artifacts" / sha).exists() and (eu.root / "state/artifacts" / sha).exists()
+    (eu.root / "state/artifacts" / sha).unlink()  # a wiped store: eu repairs it from na
+    wait_for(lambda: (eu.root / "state/artifacts" / sha).exists(), timeout=5, what="eu to repair its copy")
+    assert eu.node.repaired >= 1
+    eu.stop()
+    with pytest.raises(ControlPlaneError) as err:  # one region only: not acknowledged, not in etcd
+        client(na).upload("other", {"code": HELLO, "host": "o.example", "bindings": {"WHO": "2"}})
+    assert err.value.status == 503 and "reached 1 region(s), 2 are needed" in str(err.value)
+    assert "other" not in client(na).deployments()["uploaded"]
+
+
+def test_a_request_sent_again_to_another_region_is_answered_not_done_twice(two: list[ControlPlane]) -> None:
+    na, eu = two
+    c = client(two)
+    v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    first = c.call_one(na.root, "POST", "/v1/deployments/hello", {"version": v1}, request_id="req-00000001")
+    again = c.call_one(eu.root, "POST", "/v1/deployments/hello", {"version": v1}, request_id="req-00000001")
+    assert again["repeated"] and again["revision"] == first["revision"] and again["region"] == "na"
+    assert c.deployments()["workers"]["hello"]["deploys"] == 1
+
+
+def test_regions_writing_the_same_worker_at_once_lose_nothing(two: list[ControlPlane]) -> None:
+    """Compare-and-swap: 10 deploys to different PoPs through both regions at once all land in the history."""
+    na, eu = two
+    c = client(two)
+    v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    v2 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})["version"]
+    errors: list[Exception] = []
+
+    def deploy(region: ControlPlane, version: str, pop: str) -> None:
+        try:
+            for _ in range(5):
+                client(region).deploy("hello", version, pops=[pop])
+        except ControlPlaneError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deploy, args=(na, v1, "sjc")),
+               threading.Thread(target=deploy, args=(eu, v2, "fra"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    info = c.deployments()["workers"]["hello"]
+    assert info["deploys"] == 10 and info["placement"] == {"sjc": v1, "fra": v2}
+
+
+def test_a_syncer_fails_over_to_another_region_and_comes_back_home(two: list[ControlPlane], tmp_path: Path) -> None:
+    na, eu = two
+    c = client(two)
+    store, installed = LocalStore(tmp_path / "pop"), Installed()
+    syncer, stop = run_syncer(two, store, installed, retry_delays=(0.01, 0.02, 0.04))
+    try:
+        wait_for(lambda: syncer.state.following == f"127.0.0.1:{na.port}" and syncer.state.reachable, timeout=10,
+                 what="sjc-s1 following na")
+        v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})
+        na.stop()  # its home region's API is gone: the next poll fails, retried 3 times, then eu
+        c.deploy("hello", v1["version"])
+        assert c.used == eu.root  # the operator's client passed over na too
+        wait_for(lambda: installed.sets and installed.sets[-1] == {"hello": v1["version"]}, timeout=10,
+                 what="v1 from eu")
+        assert syncer.state.following == f"127.0.0.1:{eu.port}" and syncer.state.failovers == 1
+        assert syncer.state.reachable  # another region answered: not Level 4
+        na.start()
+        wait_for(lambda: syncer.state.following == f"127.0.0.1:{na.port}", timeout=10, what="sjc-s1 back home")
     finally:
         stop()

@@ -127,7 +127,7 @@ class Cluster:
         host = Host({"region": r, "data_dir": str(self.tmp / r), "directory": ["127.0.0.1", self.dport],
                      "listen": ["127.0.0.1", self.ports[r]],
                      "auth": auth_block(KEYS, self.tmp / "keys" / f"{r}-", f"do-host/{r}", ("do-router", "do-host")),
-                     "control": ["127.0.0.1", 9], "mode": self.mode, "renew_s": RENEW_S,
+                     "control": [["127.0.0.1", 9]], "mode": self.mode, "renew_s": RENEW_S,
                      "snapshot_s": self.snapshot_s,
                      "events": str(self.tmp / f"{r}-events.jsonl")}, SPAWNERS[0])
         host.open()

@@ -38,7 +38,9 @@ def test_plans(topo: object, scenario: str, target: str, servers: tuple[str, ...
                links: tuple[tuple[str, str], ...]) -> None:
     p = plan(topo, scenario, target)  # type: ignore[arg-type]
     assert (set(p.servers), p.routers, p.links) == (set(servers), routers, links)
-    hosts = {"control": ("control",), "eu": ("kv-eu",), "kv-na": ("kv-na",)}.get(target, ())
+    hosts = {"control": ("cp-na", "cp-eu", "cp-apac"), "eu": ("kv-eu",), "kv-na": ("kv-na",)}.get(target, ())
+    if scenario == "region-down":
+        hosts += ("cp-eu",)  # its control plane goes with the region
     assert p.hosts == (() if scenario == "pops-down" else hosts)  # the region's storage stays up
 
 
