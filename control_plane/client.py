@@ -24,6 +24,8 @@ from core.errors import AnylabError
 from core.wait import wait_for
 
 SOCKET = "api.sock"
+#: The API replicas' sockets (scaling): ``api-1.sock``, ``api-2.sock``…
+REPLICA_SOCKETS = "api-*.sock"
 ADMIN_TOKEN = "admin.token"
 
 
@@ -73,16 +75,17 @@ class Client:
         return self._token
 
     def call_one(self, directory: Path, method: str, path: str, body: Any = None,
-                 request_id: str | None = None) -> Any:
-        """One call to one region; raises ControlPlaneError (``status`` None: nothing answered)."""
+                 request_id: str | None = None, socket: str = SOCKET) -> Any:
+        """One call to one region (its API's ``socket``: a replica's is ``api-N.sock``); raises
+        ControlPlaneError (``status`` None: nothing answered)."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         if request_id is not None:
             headers["X-Anylab-Request"] = request_id
         try:
-            status, raw = unix_http.request(str(directory / SOCKET), method, path, data, headers, self.timeout)
+            status, raw = unix_http.request(str(directory / socket), method, path, data, headers, self.timeout)
         except (OSError, http.client.HTTPException) as exc:
-            raise ControlPlaneError(f"{directory.name}: nothing answers on {directory / SOCKET} ({exc})") from None
+            raise ControlPlaneError(f"{directory.name}: nothing answers on {directory / socket} ({exc})") from None
         try:
             reply = json.loads(raw) if raw else {}
         except ValueError:
@@ -114,14 +117,18 @@ class Client:
             "workers keep serving from the PoPs' last good versions, but nothing can be deployed or rolled "
             "back until it is back ('anylab restore control')")
 
-    def each(self, method: str, path: str) -> dict[str, Any]:
-        """The same read from every region: directory name → its reply (regions that do not answer left out)."""
+    def each(self, method: str, path: str, replicas: bool = False) -> dict[str, Any]:
+        """The same read from every region: directory name → its reply (regions that do not answer left
+        out); with ``replicas`` also from every API replica, as ``NAME/api-N``."""
         out = {}
         for directory in self.directories:
-            try:
-                out[directory.name] = self.call_one(directory, method, path)
-            except ControlPlaneError:
-                continue
+            sockets = [SOCKET, *(sorted(p.name for p in directory.glob(REPLICA_SOCKETS)) if replicas else ())]
+            for socket in sockets:
+                name = directory.name if socket == SOCKET else f"{directory.name}/{socket.removesuffix('.sock')}"
+                try:
+                    out[name] = self.call_one(directory, method, path, socket=socket)
+                except ControlPlaneError:
+                    continue
         return out
 
     def upload(self, name: str, upload: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +152,8 @@ class Client:
     def deployments(self) -> dict[str, Any]:
         """The placements from the nearest serving region, and what every PoP server last reported to any
         region (the latest report of each: a server syncs with one region at a time)."""
-        replies = self.each("GET", "/v1/deployments")
-        if not replies:
+        replies = self.each("GET", "/v1/deployments", replicas=True)
+        if not any("/" not in name for name in replies):
             self.call("GET", "/v1/deployments")  # raises the "no region answers" error
         serving = [r for r in replies.values() if r.get("serving")] or list(replies.values())
         result: dict[str, Any] = dict(serving[0])

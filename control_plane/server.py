@@ -200,9 +200,10 @@ def request_id(request: web.Request) -> str | None:
     return rid
 
 
-def serving(node: Node) -> None:
-    """Raises Unavailable unless this region has its state and an etcd quorum."""
-    if not node.shared.serving:
+def serving(node: Node, write: bool = False) -> None:
+    """Raises Unavailable unless this region has its state and an etcd quorum (a write in the weakened
+    build goes ahead regardless: that is its flaw)."""
+    if not node.shared.serving and not (write and node.shared.weak):
         raise Unavailable(f"the control plane in region {node.region} has no etcd quorum "
                           f"({node.shared.last_error}); use another region")
 
@@ -251,7 +252,7 @@ async def worker(request: web.Request) -> web.Response:
 
 async def deploy(request: web.Request) -> web.Response:
     node, body = request.app[NODE], await body_json(request)
-    serving(node)
+    serving(node, write=True)
     rid = request_id(request)
     if not isinstance(body, dict) or not isinstance(body.get("version"), str):
         raise BadRequest("give {\"version\": \"…\"} and optionally \"pops\" or \"regions\" (lists)")
@@ -273,7 +274,7 @@ async def deploy(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    serving(node)
+    serving(node, write=True)
     rid = request_id(request)
     t = monotonic()
     name = request.match_info["name"]
@@ -434,7 +435,7 @@ def make_node(cfg: dict[str, Any], session: aiohttp.ClientSession) -> Node:
     tokens = {role: Path(f).read_text().strip() for role, f in cfg["tokens"].items()}
     addr, port = cfg["listen"]
     signer = Signer.load(cfg["auth"]) if "as" in cfg["auth"] else None
-    shared = Shared(View(pops), Etcd(session, cfg["etcd"]), str(cfg["region"]))
+    shared = Shared(View(pops), Etcd(session, cfg["etcd"]), str(cfg["region"]), cfg.get("weaken"))
     replicas = Replicas(session, signer, [Peer(str(p["region"]), str(p["address"]), int(p["port"]))
                                           for p in cfg["peers"]])
     return Node(cfg, shared, ArtifactStore(Path(cfg["state_dir"]) / "artifacts"), replicas, tokens,
@@ -453,7 +454,10 @@ async def serve(path: Path) -> None:
         # connections among them.
         await web.TCPSite(runner, addr, int(port), reuse_address=True, reuse_port=True).start()
         await web.UnixSite(runner, cfg["socket"]).start()
-        tasks = [asyncio.create_task(c) for c in (node.shared.follow(), node.shared.check_quorum(), node.repair())]
+        background = [node.shared.follow(), node.shared.check_quorum()]
+        if cfg.get("repair", True):  # the region's first API process; its replicas share its store
+            background.append(node.repair())
+        tasks = [asyncio.create_task(c) for c in background]
         try:
             await asyncio.Event().wait()  # until SIGTERM/SIGINT (aiohttp turns them into GracefulExit)
         finally:

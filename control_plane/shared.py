@@ -30,6 +30,10 @@ from control_plane.etcd import Etcd, EtcdError, mod_is, put
 from control_plane.store import PREFIX, ApiError, Conflict, View, key
 from core.clock import monotonic
 
+#: The test-only weakening (``ANYLAB_WEAKEN=cp``, :mod:`lab.run.launchers`): writes without their compares
+#: (the last writer wins), and one etcd does not take is acknowledged from the region's own view — what a
+#: control plane that "accepts and syncs later" does. bench/control_plane.py shows it lose deploys.
+WEAK_WRITES = "blind-and-local"
 QUORUM_PERIOD_S = 0.25
 QUORUM_TIMEOUT_S = 1.0
 #: Attempts of one write when other regions keep writing the same keys first.
@@ -45,8 +49,9 @@ Change = Callable[[View], tuple[list[str], dict[str, bytes], dict[str, Any]]]
 
 
 class Shared:
-    def __init__(self, view: View, etcd: Etcd, region: str) -> None:
+    def __init__(self, view: View, etcd: Etcd, region: str, weaken: str | None = None) -> None:
         self.view, self.etcd, self.region = view, etcd, region
+        self.weak = weaken == WEAK_WRITES
         self.loaded = False
         self.quorum = False
         self.quorum_since = monotonic()
@@ -161,7 +166,7 @@ class Shared:
                 return {**earlier, "repeated": True}
         for _attempt in range(WRITE_ATTEMPTS):
             read, puts, reply = change(self.view)
-            compares = [mod_is(k, self.view.mod.get(k, 0)) for k in read]
+            compares = [] if self.weak else [mod_is(k, self.view.mod.get(k, 0)) for k in read]
             ops = [put(k, v) for k, v in puts.items()]
             if request_id is not None:  # the reply, in the same transaction (its revision is the key's)
                 compares.append(mod_is(key("req", request_id), 0))
@@ -169,7 +174,9 @@ class Shared:
             try:
                 ok, revision, _ = await self.etcd.txn(compares, ops)
             except EtcdError as exc:
-                raise Unavailable(self._unavailable(exc)) from None
+                if not self.weak:
+                    raise Unavailable(self._unavailable(exc)) from None
+                ok, revision = True, self.view.revision  # weakened: "accepted", kept in this region only
             if ok:
                 for k, v in puts.items():
                     self.view.apply(k, v, revision)

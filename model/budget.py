@@ -25,9 +25,9 @@ BFD_SESSION_CPU = 0.0014
 #: origin): bench/startup.py (2026-12-03) measured 9 MB a client, 49–52 MB a service node.
 CLIENT = (10 * MB, 0.002)
 SERVICE = (50 * MB, 0.002)
-#: A region's control plane node (etcd member + control plane API), apart from SERVICE: the labs measured
-#: above predate them; bench/startup.py measures them.
-CONTROL_PLANE = (70 * MB, 0.01)
+#: A region's control plane node (etcd member + control plane API), apart from SERVICE (the labs measured
+#: above predate them): bench/startup.py (2026-12-04) measured 42–43 MB with three regions (53 MB alone).
+CONTROL_PLANE = (43 * MB, 0.01)
 #: The controller, the zygote, the recorders and the lab's pollers: one set per lab (the CPU is the
 #: intercept of bench/scale.py's idle lab CPU against its server count: 0.23, 0.41, 0.80 cores at 30, 102, 300).
 LAB = (10 * MB, 0.15)

@@ -213,9 +213,10 @@ class Syncer:
         self.state.applied, self.state.t_applied, self.state.error = want, monotonic(), None
         self._record()
 
-    async def _poll(self, index: int, retries: bool) -> dict[str, Any]:
+    async def _poll(self, index: int, retries: bool, probe: bool = False) -> dict[str, Any]:
         away = index != 0
-        wait = 0.0 if self.state.reachable is False else min(self.poll_wait, AWAY_POLL_S if away else self.poll_wait)
+        wait = 0.0 if self.state.reachable is False or probe else min(self.poll_wait,
+                                                                       AWAY_POLL_S if away else self.poll_wait)
         report = {"server": self.server, "pop": self.pop, "applied": self.state.applied,
                   "t_applied": self.state.t_applied, "error": self.state.error,
                   "generation": self.state.generation, "home": not away,
@@ -238,8 +239,9 @@ class Syncer:
             order = [0, *order]
         last: Exception | None = None
         for n, index in enumerate(order):
+            probe = n == 0 and index == 0 and self.current != 0  # is home back? one quick try
             try:
-                reply = await self._poll(index, retries=not (n == 0 and index == 0 and self.current != 0))
+                reply = await self._poll(index, retries=not probe, probe=probe)
             except (HttpError, OSError, TimeoutError, ValueError) as exc:
                 last = exc
                 continue

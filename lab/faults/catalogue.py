@@ -560,9 +560,14 @@ def _others(inj: Injector, node: str) -> list[str]:
 
 
 def _kill_control_plane(inj: Injector, node: str) -> None:
-    """SIGKILL the region's control plane API and etcd member."""
-    inj._kill(node, "control-plane")
-    inj._kill(node, "etcd")
+    """SIGKILL the region's control plane: its API processes and its etcd member."""
+    for d in reversed(inj.lab.daemons[node]):
+        inj._kill(node, d.name)
+
+
+def _restart_control_plane(inj: Injector, node: str) -> None:
+    """Start the etcd member again (it catches up from the others), then the API processes."""
+    inj._restart(node, [d.name for d in inj.lab.daemons[node]])
 
 
 def _kill_leader(inj: Injector, p: Plan) -> None:
@@ -616,7 +621,7 @@ FAULTS: dict[str, Fault] = {
     "control-down": _kill_daemon("control-plane"),
     "control-cut": _on_hosts(lambda inj, h: inj._run(h, ["nft", "-f", "-"], _nft_only(*_others(inj, h))),
                              _unsilence),
-    "cp-down": _on_hosts(_kill_control_plane, lambda inj, h: inj._restart(h, ["etcd", "control-plane"])),
+    "cp-down": _on_hosts(_kill_control_plane, _restart_control_plane),
     "cp-cut": _cut_hosts(_others),
     "etcd-leader-kill": Fault(_kill_leader, _restart_leader),
     "artifact-store-wipe": _on_hosts(_wipe_artifacts, lambda _inj, _h: None),

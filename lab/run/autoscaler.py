@@ -1,8 +1,11 @@
-"""The thin I/O around :mod:`protect.autoscale`: once a second, for every PoP with ``autoscale`` in its
-topology entry, the mean utilisation and summed in-flight requests of its servers in service (from their
-``protect.json``) are fed to the PoP's machine, and a :class:`protect.autoscale.Scale` action is carried
-out with :meth:`lab.run.lab.Lab.scale`. Every sample that changes something and every scaling is a JSON
-line in the run directory's ``autoscale-events.jsonl``.
+"""The thin I/O around :mod:`protect.autoscale` and :mod:`protect.api_scale`: once a second, for every PoP
+with ``autoscale`` in its topology entry, the mean utilisation and summed in-flight requests of its
+servers in service (from their ``protect.json``) are fed to the PoP's machine, and a
+:class:`protect.autoscale.Scale` action is carried out with :meth:`lab.run.lab.Lab.scale`; and for every
+region's control plane, its API's p99 (the worst of its API processes, from their ``/v1/status``) is fed
+to the region's machine, and an :class:`protect.api_scale.AddReplica` carried out with
+:meth:`lab.run.lab.Lab.scale_control_plane`. Every scaling is a JSON line in the run directory's
+``autoscale-events.jsonl``.
 
 It runs as a thread of the process that holds the lab (the controller of ``anylab up``, or a test's
 ``Lab``), started by ``Lab.up`` and stopped by ``Lab.down``.
@@ -20,7 +23,7 @@ from core.clock import monotonic
 from core.errors import AnylabError
 from lab.run.rundir import in_service
 from model.topology import Topology
-from protect import autoscale
+from protect import api_scale, autoscale
 
 
 class Scalable(Protocol):
@@ -32,6 +35,10 @@ class Scalable(Protocol):
     def node_dir(self, node: str) -> Path: ...
 
     def scale(self, pop: str, servers: int, timeout: float = 60.0) -> dict[str, Any]: ...
+
+    def scale_control_plane(self, region: str, replicas: int, timeout: float = 30.0) -> dict[str, Any]: ...
+
+    def api_latency(self, region: str) -> api_scale.Sample: ...
 
 PERIOD_S = 1.0
 EVENTS = "autoscale-events.jsonl"
@@ -50,11 +57,13 @@ class Autoscaler:
         self.lab = lab
         self.configs = {p.name: cfg for p in lab.topo.pops if (cfg := config_of(lab, p.name)) is not None}
         self.states = {pop: autoscale.State() for pop in self.configs}
+        self.api_config = api_scale.Config()
+        self.api_states = {cp.region: api_scale.State() for cp in lab.topo.control_planes}
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.configs:
+        if self.configs or self.api_states:
             self.thread = threading.Thread(target=self._run, name="anylab-autoscaler", daemon=True)
             self.thread.start()
 
@@ -87,6 +96,20 @@ class Autoscaler:
                                          "queue": sample.queue}
                 try:
                     event["result"] = self.lab.scale(pop, action.servers)
+                except AnylabError as exc:
+                    event["error"] = str(exc)
+                events.append(event)
+        for region in self.api_states:
+            try:
+                api = self.lab.api_latency(region)
+            except AnylabError:
+                continue
+            self.api_states[region], adds = api_scale.step(self.api_config, self.api_states[region], api)
+            for add in adds:
+                event = {"t": t, "control_plane": region, "from": api.replicas, "to": add.replicas,
+                         "rule": "api_p99_high", "p99_ms": add.p99_ms, "count": api.count}
+                try:
+                    event["result"] = self.lab.scale_control_plane(region, add.replicas)
                 except AnylabError as exc:
                     event["error"] = str(exc)
                 events.append(event)

@@ -20,11 +20,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from bgp.exabgp import ExaBgp
-from control_plane.client import Client, Deployed
+from control_plane.client import Client, ControlPlaneError, Deployed
 from core import netns
 from core.clock import monotonic
 from core.daemon import Daemon, NodeEnv
-from core.errors import AnylabError
+from core.errors import AnylabError, UsageError
 from core.proc import ProcessGroup
 from core.records import proc_starttime
 from core.wait import wait_for
@@ -39,7 +39,7 @@ from lab.run.autoscaler import Autoscaler
 from lab.run.baseline import wait_baseline, wait_platform_level_zero
 from lab.run.cleanup import cleanup
 from lab.run.hostlimits import raise_limits
-from lab.run.launchers import SERVER_PRELOAD
+from lab.run.launchers import SERVER_PRELOAD, ControlPlane
 from lab.run.observe import SessionState, observed_catchment, router_sessions
 from lab.run.rundir import (
     STATE_FILE,
@@ -58,9 +58,13 @@ from model.graph import predict_catchment
 from model.load import load_topology
 from model.placement import place
 from model.topology import Shape, Topology
+from protect import api_scale
 
 if TYPE_CHECKING:
     from lab.run.net import Network
+
+#: The most API processes a region's control plane runs (its first and the replicas scaling adds).
+MAX_API_REPLICAS = api_scale.Config().max_replicas
 
 
 class Lab:
@@ -283,6 +287,44 @@ class Lab:
     def control_planes(self) -> dict[str, dict[str, Any]]:
         """Every region's control plane status that answers (node → ``/v1/status``)."""
         return self.control_plane_api(timeout=2.0).each("GET", "/v1/status")
+
+    def api_latency(self, region: str) -> api_scale.Sample:
+        """The region's control plane API now: its processes, and the worst p99 of their latency windows
+        with the answers counted over all of them. Raises AnylabError when none answers."""
+        node = self.topo.control_plane_of(region).name
+        apis = [d for d in self.daemons.get(node, []) if isinstance(d, ControlPlane)]
+        p99s, count, answered = [], 0, 0
+        for d in apis:
+            try:
+                latency = d.client(timeout=1.0).call_one(d.env.dir, "GET", "/v1/status", socket=d.socket)["latency"]
+            except ControlPlaneError:
+                continue
+            answered += 1
+            count += int(latency["count"])
+            if latency["p99_ms"] is not None:
+                p99s.append(float(latency["p99_ms"]))
+        if not answered:
+            raise AnylabError(f"no control plane API answers in region {region}")
+        return api_scale.Sample(monotonic(), len(apis), max(p99s) if p99s else None, count)
+
+    def scale_control_plane(self, region: str, replicas: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Run ``replicas`` API processes in the region's control plane (more only: the design names no rule
+        to remove them); each new one started and ready. Raises UsageError for a bad count, DaemonError or
+        WaitTimeout if one does not start."""
+        node = self.topo.control_plane_of(region).name
+        apis = [d for d in self.daemons[node] if isinstance(d, ControlPlane)]
+        if not len(apis) <= replicas <= MAX_API_REPLICAS:
+            raise UsageError(f"region {region} runs {len(apis)} control plane API process(es); give "
+                             f"{len(apis)}..{MAX_API_REPLICAS}")
+        started = []
+        for index in range(len(apis), replicas):
+            d = apis[0].replica_of(index)
+            d.write_config()
+            d.start()
+            self.daemons[node].append(d)
+            d.wait_ready(timeout)
+            started.append(d.name)
+        return {"region": region, "replicas": replicas, "started": started}
 
     def etcd_leader(self) -> str | None:
         """The control plane node whose etcd member leads now, as the members that answer say (None: none

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from control_plane.client import ADMIN_TOKEN, SOCKET, Client, ControlPlaneError
+from control_plane.shared import WEAK_WRITES
 from core import unix_http
 from core.daemon import Daemon, NodeEnv
 from core.netns import socket_in
@@ -153,8 +154,10 @@ class ControlPlane(PythonService):
     dependencies = ("etcd",)
 
     def __init__(self, env: NodeEnv, node: ServiceNode, pops: tuple[Pop, ...], keys: PeerKeys,
-                 peers: tuple[ServiceNode, ...], regions: int, admin_token: str) -> None:
+                 peers: tuple[ServiceNode, ...], regions: int, admin_token: str, replica: int = 0) -> None:
         super().__init__(env)
+        #: 0: the region's API; N > 0: its N-th replica (scaling), on the same address (SO_REUSEPORT).
+        self.replica = replica
         self.control = node
         self.pops = pops
         self.keys = keys
@@ -173,14 +176,25 @@ class ControlPlane(PythonService):
         """The region's artifact store (what ``artifact-store-wipe`` empties)."""
         return self.env.dir / "state" / "artifacts"
 
+    @property
+    def socket(self) -> str:
+        return SOCKET if self.replica == 0 else f"api-{self.replica}.sock"
+
+    def replica_of(self, index: int) -> ControlPlane:
+        """The API's ``index``-th replica: the same region, its own process, socket and name."""
+        cls = type(f"ControlPlaneReplica{index}", (ControlPlane,), {"name": f"control-plane-{index}"})
+        replica: ControlPlane = cls(self.env, self.control, self.pops, self.keys, self.peers, self.regions,
+                                    self.tokens["admin"], index)
+        return replica
+
     def config(self) -> dict[str, object]:
-        return {"region": self.control.region, "node": self.control.name,
-                "state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / SOCKET),
+        return {"region": self.control.region, "node": self.control.name, "repair": self.replica == 0,
+                "state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / self.socket),
                 "listen": [str(self.control.address), self.control.port],
                 "tokens": {"admin": str(self.env.dir / ADMIN_TOKEN)}, "auth": self.auth()[0],
                 "etcd": [f"http://127.0.0.1:{ETCD_CLIENT_PORT}", *(client_url(p) for p in self.peers)],
                 "peers": [{"region": p.region, "address": str(p.address), "port": p.port} for p in self.peers],
-                "regions": self.regions,
+                "regions": self.regions, **weakened("cp", WEAK_WRITES),
                 "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in self.pops]}
 
     def validate(self) -> None:
@@ -198,14 +212,15 @@ class ControlPlane(PythonService):
         """Ready once the API answers its status on its socket (serving needs the etcd quorum, which needs
         the lab's routes: :meth:`lab.run.lab.Lab.wait_control_planes`)."""
         try:
-            self.client(timeout=1.0).call_one(self.env.dir, "GET", "/v1/status")
+            self.client(timeout=1.0).call_one(self.env.dir, "GET", "/v1/status", socket=self.socket)
         except ControlPlaneError:
             return False
         return True
 
 
 #: The test-only switch that weakens a service so that a bench can show it fail: ``ANYLAB_WEAKEN=kv`` (a
-#: KV master acknowledges after its own fsync). Never set by the lab itself.
+#: KV master acknowledges after its own fsync), ``cp`` (a control plane writes blindly and acknowledges
+#: what etcd did not commit). Never set by the lab itself.
 WEAKEN_ENV = "ANYLAB_WEAKEN"
 
 
