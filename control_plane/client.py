@@ -15,6 +15,7 @@ import http.client
 import json
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from core.errors import AnylabError
 from core.wait import wait_for
 
 SOCKET = "api.sock"
+#: How long a write waits for its region before it is sent to the next one as well: far above a deploy's
+#: usual answer (tens of ms), below the second a cut-off region takes to know it.
+HEDGE_S = 0.5
 #: The API replicas' sockets (scaling): ``api-1.sock``, ``api-2.sock``…
 REPLICA_SOCKETS = "api-*.sock"
 ADMIN_TOKEN = "admin.token"
@@ -95,21 +99,45 @@ class Client:
         return reply
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        """The call, to the nearest region that answers (see the module docstring)."""
+        """The call, to the nearest region that answers (see the module docstring). A write still
+        unanswered after :data:`HEDGE_S` is sent, with the same request id, to the next region too, and
+        the first answer wins: a region cut off from etcd's majority does not know it for up to a second
+        and holds a write until its etcd deadline, and the id makes sure only one of them is done."""
         request_id = secrets.token_urlsafe(12) if method == "POST" else None
-        errors = []
+        errors: list[str] = []
         refused = False
-        for directory in self.directories:
-            try:
-                reply = self.call_one(directory, method, path, body, request_id)
-            except ControlPlaneError as exc:
-                if exc.status not in (None, 503):
-                    raise
-                refused |= exc.status == 503
-                errors.append(str(exc))
-                continue
-            self.used = directory
-            return reply
+        pool = ThreadPoolExecutor(max_workers=len(self.directories), thread_name_prefix="cp-call")
+        futures: dict[Future[Any], Path] = {}
+        waiting = list(self.directories)
+
+        def send() -> None:
+            directory = waiting.pop(0)
+            futures[pool.submit(self.call_one, directory, method, path, body, request_id)] = directory
+
+        try:
+            send()
+            while futures:
+                hedge = HEDGE_S if request_id is not None and waiting else None
+                done, _ = wait(futures, timeout=hedge, return_when=FIRST_COMPLETED)
+                if not done:
+                    send()  # the nearest is slow to answer: ask the next one as well
+                    continue
+                for future in done:
+                    directory = futures.pop(future)
+                    try:
+                        reply = future.result()
+                    except ControlPlaneError as exc:
+                        if exc.status not in (None, 503):
+                            raise
+                        refused |= exc.status == 503
+                        errors.append(str(exc))
+                        if waiting and not futures:
+                            send()
+                        continue
+                    self.used = directory
+                    return reply
+        finally:
+            pool.shutdown(wait=False)  # a region still holding a write answers it to nobody
         if refused:  # a region answered but could not do it (no etcd quorum, an artifact short of copies)
             raise ControlPlaneError("no region of the control plane could do it: " + "; ".join(errors), 503)
         raise ControlPlaneError(

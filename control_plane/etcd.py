@@ -11,7 +11,9 @@ values base64, 64-bit integers as strings.
 
 A client holds the members' client URLs, its own region's first (on 127.0.0.1: a dead local member refuses
 the connection at once, a partition never hangs it): each call and each watch goes to the first member
-and moves on to the next one on a connection error, a timeout or an error answer. Writes are only ever
+and moves on to the next one on a connection error, a timeout or an error answer, within one deadline
+for the whole call; a read may instead ask every member at once (the quorum check: a cut-off region
+learns it within its deadline, not one deadline per member). Writes are only ever
 compare-and-swap transactions (:meth:`Etcd.txn`), so trying one again on another member after a timeout
 cannot apply it twice: the compare fails if the first try was committed. Every method raises
 :class:`EtcdError` when no member answers, or the answer is an error.
@@ -91,36 +93,73 @@ def mod_is(key: str, revision: int) -> dict[str, Any]:
 class Etcd:
     """``Etcd(session, ["http://127.0.0.1:2379", …])``: see the module docstring."""
 
-    def __init__(self, session: aiohttp.ClientSession, endpoints: Sequence[str], timeout: float = 2.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, endpoints: Sequence[str], timeout: float = 2.0,
+                 attempt: float = 1.0) -> None:
         if not endpoints:
-            raise ValueError("no etcd endpoint given")
+            raise ValueError("no etcd member given")
         self.session = session
         self.endpoints = list(endpoints)
+        #: A call's whole deadline, and one member's share of it: a proposal its member lost in a leader
+        #: change is given up after ``attempt`` and sent to the next member (the compare keeps it once).
         self.timeout = timeout
+        self.attempt = attempt
         #: The member that answered the last call.
         self.current = 0
 
+    async def _one(self, url: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One member's 200 answer; raises EtcdError (unavailable=False for an answer that is not JSON)."""
+        try:
+            async with self.session.post(url + path, json=body,
+                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise EtcdError(f"{url}: {exc or type(exc).__name__}") from None
+        try:
+            reply: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise EtcdError(f"{url}{path}: not JSON ({raw[:120]!r})", unavailable=False) from None
+        if resp.status != 200:
+            # A member without a leader, or a proposal that timed out: another member may do better.
+            raise EtcdError(f"{url}: {resp.status} {reply.get('error') or reply.get('message')}")
+        return reply
+
     async def call(self, path: str, body: dict[str, Any], timeout: float | None = None,
-                   endpoint: str | None = None) -> dict[str, Any]:
-        """POST ``body`` to ``path`` on the current member (or ``endpoint`` only), moving on through the
-        others on a connection error or timeout; the decoded answer. Raises EtcdError."""
+                   endpoint: str | None = None, race: bool = False) -> dict[str, Any]:
+        """POST ``body`` to ``path``: on ``endpoint`` only, or on the members in order, moving on after a
+        connection error, an error answer or a timeout, all within ``timeout`` (default the client's) in
+        total — or, with ``race`` (reads), on every member at once, the first answer winning. The decoded
+        answer; raises EtcdError."""
+        total = timeout or self.timeout
         order = [endpoint] if endpoint else self.endpoints
-        errors = []
-        for url in order:
+        errors: list[str] = []
+        if race and len(order) > 1:
+            tasks = {asyncio.create_task(self._one(url, path, body, total)): url for url in order}
+            pending = set(tasks)
             try:
-                async with self.session.post(url + path, json=body, timeout=aiohttp.ClientTimeout(
-                        total=timeout or self.timeout)) as resp:
-                    raw = await resp.read()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                errors.append(f"{url}: {exc or type(exc).__name__}")
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        exc = task.exception()
+                        if exc is None:
+                            self.current = self.endpoints.index(tasks[task])
+                            return task.result()
+                        errors.append(str(exc))
+            finally:
+                for task in pending:
+                    task.cancel()
+            raise EtcdError("no etcd member answered: " + "; ".join(errors))
+        deadline = asyncio.get_running_loop().time() + total
+        for url in order:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                errors.append(f"{url}: not tried, {total:g} s spent")
                 continue
             try:
-                reply: dict[str, Any] = json.loads(raw)
-            except ValueError:
-                raise EtcdError(f"{url}{path}: not JSON ({raw[:120]!r})", unavailable=False) from None
-            if resp.status != 200:
-                # A member without a leader, or a proposal that timed out: another member may do better.
-                errors.append(f"{url}: {resp.status} {reply.get('error') or reply.get('message')}")
+                reply = await self._one(url, path, body, min(left, self.attempt) if len(order) > 1 else left)
+            except EtcdError as exc:
+                if not exc.unavailable:
+                    raise
+                errors.append(str(exc))
                 continue
             if endpoint is None:
                 self.current = self.endpoints.index(url)
@@ -128,15 +167,15 @@ class Etcd:
         raise EtcdError("no etcd member answered: " + "; ".join(errors))
 
     async def range(self, key: str, prefix: bool = False, serializable: bool = False,
-                    timeout: float | None = None) -> tuple[list[KeyValue], int]:
+                    timeout: float | None = None, race: bool = False) -> tuple[list[KeyValue], int]:
         """The keys (``key`` itself, or every key under it) and the store's revision. Linearizable unless
-        ``serializable`` (the member's own copy, which may lag)."""
+        ``serializable`` (the member's own copy, which may lag); ``race``: asked of every member at once."""
         body: dict[str, Any] = {"key": b64(key)}
         if prefix:
             body["range_end"] = prefix_end(key)
         if serializable:
             body["serializable"] = True
-        reply = await self.call("/v3/kv/range", body, timeout)
+        reply = await self.call("/v3/kv/range", body, timeout, race=race)
         return [KeyValue.of(kv) for kv in reply.get("kvs", [])], int(reply["header"]["revision"])
 
     async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],

@@ -15,7 +15,7 @@ with the reason, a region without an etcd quorum → 503, as JSON ``{"error": �
 ``POST /v1/workers/{name}``                 upload ``{code, host, path_prefix?, bindings?, limits?,
                                             min_isolates?, max_isolates?, idle_s?}`` → version, once
                                             two regions hold the artifact
-``GET  /v1/workers/{name}``                 its versions and placement
+``GET  /v1/workers/{name}``                 its versions, placement and history of placements
 ``POST /v1/deployments/{name}``             ``{version, pops?, regions?}`` (neither: every PoP)
 ``POST /v1/deployments/{name}/rollback``    back to the placement before
 ``GET  /v1/deployments``                    placements, and what the PoP servers syncing with this
@@ -178,12 +178,14 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         request[PEER] = ("admin", "")
     t = monotonic()
     try:
-        return await handler(request)
+        response = await handler(request)
     except ApiError as exc:
-        return error(exc.status, str(exc))
-    finally:
-        if request.path != "/v1/sync":
-            node.latencies.append((t, monotonic() - t))
+        response = error(exc.status, str(exc))
+    # An answer the region could not give (503: no quorum) says it is unavailable, not slow: replicas
+    # would not help, so it is not counted.
+    if request.path != "/v1/sync" and response.status < 500:
+        node.latencies.append((t, monotonic() - t))
+    return response
 
 
 async def body_json(request: web.Request) -> Any:
@@ -247,7 +249,8 @@ async def worker(request: web.Request) -> web.Response:
         return error(404, f"no worker {name!r}")
     info = listing["workers"].get(name) or {"placement": {}, "deploys": 0}
     versions = sorted(v for v, (n, _s) in node.view.versions.items() if n == name)
-    return web.json_response({"name": name, **info, "versions": versions})
+    return web.json_response({"name": name, **info, "versions": versions,
+                              "history": node.view.history.get(name, [])})
 
 
 async def deploy(request: web.Request) -> web.Response:

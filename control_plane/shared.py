@@ -117,7 +117,7 @@ class Shared:
         while True:
             t = monotonic()
             try:
-                _kvs, revision = await self.etcd.range(PREFIX + "quorum", timeout=QUORUM_TIMEOUT_S)
+                _kvs, revision = await self.etcd.range(PREFIX + "quorum", timeout=QUORUM_TIMEOUT_S, race=True)
                 self.last_ok = monotonic()
                 self._check_behind(revision)
                 if not self.quorum:
@@ -166,6 +166,8 @@ class Shared:
                 return {**earlier, "repeated": True}
         for _attempt in range(WRITE_ATTEMPTS):
             read, puts, reply = change(self.view)
+            if not puts and request_id is None:  # nothing to write (the same upload again): no transaction
+                return {**reply, "revision": self.view.revision}
             compares = [] if self.weak else [mod_is(k, self.view.mod.get(k, 0)) for k in read]
             ops = [put(k, v) for k, v in puts.items()]
             if request_id is not None:  # the reply, in the same transaction (its revision is the key's)

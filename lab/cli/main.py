@@ -131,7 +131,8 @@ def _available_memory() -> float:
 NameOpt = Annotated[str, typer.Option("--name", "-n", callback=check_name,
                                       help="lab name: 1 to 16 lower-case letters and digits (labs run side by side)")]
 ScenarioArg = Annotated[str, typer.Argument(help=", ".join(SCENARIOS), callback=_checked_scenario)]
-TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region, router link a:b, or control")]
+TargetArg = Annotated[str, typer.Argument(help="a server, PoP, region, router link a:b, control, or a control "
+                                                "plane node cp-REGION")]
 CountOpt = Annotated[int, typer.Option(help="flap: down/up cycles")]
 PeriodOpt = Annotated[float, typer.Option(help="flap: seconds per cycle")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="print JSON instead of a table")]

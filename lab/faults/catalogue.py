@@ -177,9 +177,10 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     kind = _kind_of(topo, target)
     allowed = SCENARIOS[scenario]
     if kind is None:
-        examples = [topo.servers[0].name, topo.pops[0].name, topo.spec.regions[0].name, topo.control.name]
-        raise UsageError(f"unknown target '{target}'; give a server, PoP, region, router link a:b or control "
-                         f"(e.g. {', '.join(examples)})")
+        examples = [topo.servers[0].name, topo.pops[0].name, topo.spec.regions[0].name, topo.control.name,
+                    *(cp.name for cp in topo.control_planes[:1])]
+        raise UsageError(f"unknown target '{target}'; give a server, PoP, region, router link a:b, control or a "
+                         f"control plane node (e.g. {', '.join(examples)})")
     if kind not in allowed:
         raise UsageError(f"{scenario} does not apply to {kind} '{target}'; it takes a {' or '.join(allowed)}")
     if scenario == "flap" and not (1 <= count <= FLAP_MAX_COUNT and period >= FLAP_MIN_PERIOD_S):
