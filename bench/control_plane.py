@@ -186,10 +186,16 @@ def api_load(lab: Lab, concurrency: int, duration: float, code_kb: int) -> dict[
     per_s: dict[int, list[float]] = {}
     for c in calls:
         per_s.setdefault(int(c["t1"] - t0), []).append(c["t1"] - c["t0"])
-    first = adds[0]["t"] if adds else None
-    last = adds[-1]["t"] if adds else None
-    before_lat = [c["t1"] - c["t0"] for c in calls if first is None or c["t1"] < first]
-    after_lat = [c["t1"] - c["t0"] for c in calls if last is not None and c["t0"] > last + 2.0]
+    # One phase per number of API processes: from when it was reached (the start, or a replica ready) to
+    # the next change; calls counted by when they ended.
+    edges = [(t0, 1), *((e["t"], e["to"]) for e in adds if not e.get("error"))]
+    end = max((c["t1"] for c in calls), default=t0)
+    phases = []
+    for i, (start, processes) in enumerate(edges):
+        stop = edges[i + 1][0] if i + 1 < len(edges) else end
+        lat = [c["t1"] - c["t0"] for c in calls if start <= c["t1"] < stop and c["st"] in (200, 201)]
+        phases.append({"api_processes": processes, "from_s": round(start - t0, 2), "to_s": round(stop - t0, 2),
+                       "calls_per_s": round(len(lat) / max(stop - start, 1e-9), 1), **ms(lat)})
     kinds: dict[str, int] = {}
     for c in calls:
         if c["st"] not in (200, 201):
@@ -197,8 +203,7 @@ def api_load(lab: Lab, concurrency: int, duration: float, code_kb: int) -> dict[
             kinds[kind] = kinds.get(kind, 0) + 1
     return {"region": cp.region, "concurrency": concurrency, "duration_s": duration, "code_kb": code_kb,
             "calls": len(calls), "errors": kinds,
-            "overall": ms([c["t1"] - c["t0"] for c in calls]),
-            "before_first_replica": ms(before_lat), "after_last_replica_plus_2s": ms(after_lat),
+            "overall": ms([c["t1"] - c["t0"] for c in calls]), "phases": phases,
             "replicas_added": [{"t_s": round(e["t"] - t0, 2), "to": e["to"], "p99_ms": e["p99_ms"],
                                 "error": e.get("error")} for e in adds],
             "per_second": {s: ms(v) for s, v in sorted(per_s.items())}}

@@ -83,6 +83,10 @@ def test_a_cut_off_region_acknowledges_nothing_and_no_acknowledged_deploy_goes_m
     others = [cp for cp in lab.topo.control_planes if cp.name != cut.name]
     everywhere = Client(control_plane_dirs(lab.topo, lab.run_dir), timeout=10)
     v = everywhere.upload("hedged", {"code": WORKER, "host": "hedged.example", "bindings": {"V": "h"}})["version"]
+    # Uploaded before the cut (a cut region cannot get an upload to two regions): during it only deploys,
+    # which is what a control plane that "accepts and syncs later" would take and lose.
+    versions = {f"cut-{i}": everywhere.upload(f"cut-{i}", {"code": WORKER, "host": f"cut-{i}.example",
+                                                           "bindings": {"V": str(i)}})["version"] for i in range(6)}
     t_cut = lab.fail("cp-cut", cut.region)
     acknowledged: dict[str, str] = {}
     refused = 0
@@ -97,9 +101,7 @@ def test_a_cut_off_region_acknowledges_nothing_and_no_acknowledged_deploy_goes_m
             region = (cut, *others)[i % 3].region
             name = f"cut-{i}"
             try:
-                v = region_client(lab, region).upload(name, {"code": WORKER, "host": f"{name}.example",
-                                                             "bindings": {"V": str(i)}})["version"]
-                acknowledged[name] = region_client(lab, region).deploy(name, v)["placement"]["sjc"]
+                acknowledged[name] = region_client(lab, region).deploy(name, versions[name])["placement"]["sjc"]
             except ControlPlaneError as exc:
                 assert exc.status == 503, exc
                 assert region == cut.region, f"{region} refused: {exc}"
