@@ -421,12 +421,14 @@ def load_config(path: Path) -> dict[str, Any]:
     first), peers: [{region, address, port}] (nearest first), regions, pops: [{name, region, servers}]}``.
     Raises KeyError/ValueError/TypeError/OSError on a bad one."""
     cfg: dict[str, Any] = json.loads(path.read_text())
-    [Pop(p["name"], p["region"], tuple(p["servers"])) for p in cfg["pops"]]
+    for p in cfg["pops"]:
+        Pop(p["name"], p["region"], tuple(p["servers"]))
     if not Path(cfg["tokens"]["admin"]).read_text().strip():
         raise ValueError("the admin token file is empty or not given")
     if not cfg["etcd"] or not all(str(u).startswith("http://") for u in cfg["etcd"]):
         raise ValueError("'etcd' must list the members' client URLs, this region's first")
-    [Peer(str(p["region"]), str(p["address"]), int(p["port"])) for p in cfg["peers"]]
+    for p in cfg["peers"]:
+        Peer(str(p["region"]), str(p["address"]), int(p["port"]))
     if int(cfg["regions"]) < 1:
         raise ValueError("'regions' must be at least 1")
     Verifier.load(cfg["auth"], "x:0")

@@ -80,7 +80,7 @@ class Shared:
             if not kv.key.startswith(PREFIX + "req/"):
                 fresh.apply(kv.key, kv.value, kv.mod_revision)
         fresh.revision = max(fresh.revision, revision)
-        self.view.__dict__.update(fresh.__dict__)
+        self.view.take(fresh)
         self.loaded = True
         self.reloads += 1
         await self.notify()

@@ -150,6 +150,10 @@ class View:
         self.revision = 0
         self.generation = 0
 
+    def take(self, other: View) -> None:
+        """Become ``other`` (a fresh load), in place: whoever holds this view sees the new state."""
+        self.__dict__.update(other.__dict__)
+
     def apply(self, k: str, value: bytes | None, mod_revision: int) -> bool:
         """Take one key's new value (None: deleted); whether it changes what a PoP should run. Raises
         ValueError for a value that is not what the control plane writes."""

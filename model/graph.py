@@ -28,7 +28,7 @@ from ipaddress import IPv4Address, IPv4Network
 import networkx as nx
 
 from core.errors import TopologyError
-from model.constants import DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF
+from model.constants import CONTROL_PLANE_PREFIX, DEFAULT_LOCAL_PREF, INVERSE_RELATION, LOCAL_PREF
 from model.placement import place
 from model.topology import ServiceNode, Topology
 
@@ -96,7 +96,7 @@ def _field_of(topo: Topology, node: str) -> str:
         if o.name == node:
             return f"origins[{i}] ({node}).name"
     for i, region in enumerate(spec.regions):
-        if node == f"cp-{region.name}":
+        if node == CONTROL_PLANE_PREFIX + region.name:
             return f"regions[{i}] ({region.name}).name"
     return node
 

@@ -40,6 +40,7 @@ from durable.history import load
 from durable.linearizability import check
 from lab.load.do_load import objects
 from lab.run.driver import Driver
+from lab.run.rundir import control_plane_dirs
 
 WORKER, HOST = "reg", "reg.example"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "do_register.py"
@@ -243,8 +244,9 @@ class Nemesis:
         WaitTimeout/AnylabError; every fault is restored and every load process stopped anyway."""
         s = self.spec
         do_client.wait_leases(self.control_dir)
-        Client(self.control_dir).release(WORKER, {"code": EXAMPLE.read_text(), "host": HOST,
-                                                  "bindings": {"REG": {"durable_object": "Register"}}})
+        control_plane = Client(control_plane_dirs(self.topo, self.driver.run_dir))
+        control_plane.release(WORKER, {"code": EXAMPLE.read_text(), "host": HOST,
+                                       "bindings": {"REG": {"durable_object": "Register"}}})
         t0 = monotonic()
         self.start_load(min(3600.0, 60.0 + s.failovers * 3 * s.phase_timeout))
         runs: list[dict[str, Any]] = []
