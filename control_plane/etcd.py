@@ -7,7 +7,8 @@ Python clients are either synchronous (``etcd3gw``, over ``requests``: every cal
 loop or need a thread) or speak gRPC (``etcd3``, unreleased since 2020, or ``aetcd``, alpha), which would
 bring grpcio and protobuf into a PoP-adjacent service for five calls. The gateway is part of etcd (on by
 default in 3.4, the Debian package's version), its JSON is the gRPC messages' canonical mapping: keys and
-values base64, 64-bit integers as strings.
+values base64, 64-bit integers as strings. In the lab the members want TLS with a client certificate
+(:mod:`lab.run.etcd`): the client is given the context.
 
 A client holds the members' client URLs, its own region's first (on 127.0.0.1: a dead local member refuses
 the connection at once, a partition never hangs it): each call and each watch goes to the first member
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,10 +96,12 @@ class Etcd:
     """``Etcd(session, ["http://127.0.0.1:2379", …])``: see the module docstring."""
 
     def __init__(self, session: aiohttp.ClientSession, endpoints: Sequence[str], timeout: float = 2.0,
-                 attempt: float = 1.0) -> None:
+                 attempt: float = 1.0, tls: ssl.SSLContext | None = None) -> None:
         if not endpoints:
             raise ValueError("no etcd member given")
         self.session = session
+        #: The members' CA and this region's client certificate (https endpoints).
+        self.ssl: ssl.SSLContext | bool = tls if tls is not None else True
         self.endpoints = list(endpoints)
         #: A call's whole deadline, and one member's share of it: a proposal its member lost in a leader
         #: change is given up after ``attempt`` and sent to the next member (the compare keeps it once).
@@ -109,7 +113,7 @@ class Etcd:
     async def _one(self, url: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """One member's 200 answer; raises EtcdError (unavailable=False for an answer that is not JSON)."""
         try:
-            async with self.session.post(url + path, json=body,
+            async with self.session.post(url + path, json=body, ssl=self.ssl,
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -202,8 +206,8 @@ class Etcd:
         errors = []
         for url in self.endpoints:
             try:
-                resp = await self.session.post(url + "/v3/watch", json=body, timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeout))
+                resp = await self.session.post(url + "/v3/watch", json=body, ssl=self.ssl,
+                                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout))
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 errors.append(f"{url}: {exc or type(exc).__name__}")
                 continue

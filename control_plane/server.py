@@ -43,6 +43,7 @@ import contextlib
 import hmac
 import json
 import re
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -418,15 +419,18 @@ def make_app(node: Node) -> web.Application:
 def load_config(path: Path) -> dict[str, Any]:
     """Read and check the config the lab renders: ``{region, node, state_dir, listen: [addr, port], socket,
     tokens: {admin: file}, auth: {as, key_file, accept: {role: file}}, etcd: [url, …] (this region's member
-    first), peers: [{region, address, port}] (nearest first), regions, pops: [{name, region, servers}]}``.
+    first), etcd_tls?: {ca, cert, key} (files), peers: [{region, address, port}] (nearest first), regions,
+    pops: [{name, region, servers}]}``.
     Raises KeyError/ValueError/TypeError/OSError on a bad one."""
     cfg: dict[str, Any] = json.loads(path.read_text())
     for p in cfg["pops"]:
         Pop(p["name"], p["region"], tuple(p["servers"]))
     if not Path(cfg["tokens"]["admin"]).read_text().strip():
         raise ValueError("the admin token file is empty or not given")
-    if not cfg["etcd"] or not all(str(u).startswith("http://") for u in cfg["etcd"]):
+    if not cfg["etcd"] or not all(str(u).startswith(("http://", "https://")) for u in cfg["etcd"]):
         raise ValueError("'etcd' must list the members' client URLs, this region's first")
+    if "etcd_tls" in cfg:
+        etcd_tls(cfg)  # the files are there and make a context
     for p in cfg["peers"]:
         Peer(str(p["region"]), str(p["address"]), int(p["port"]))
     if int(cfg["regions"]) < 1:
@@ -435,12 +439,24 @@ def load_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def etcd_tls(cfg: dict[str, Any]) -> ssl.SSLContext | None:
+    """The client context for etcd from ``etcd_tls: {ca, cert, key}`` (None without it). Raises
+    OSError/ssl.SSLError for files that cannot be read or do not match."""
+    files = cfg.get("etcd_tls")
+    if not files:
+        return None
+    context = ssl.create_default_context(cafile=str(files["ca"]))
+    context.load_cert_chain(str(files["cert"]), str(files["key"]))
+    return context
+
+
 def make_node(cfg: dict[str, Any], session: aiohttp.ClientSession) -> Node:
     pops = [Pop(p["name"], p["region"], tuple(p["servers"])) for p in cfg["pops"]]
     tokens = {role: Path(f).read_text().strip() for role, f in cfg["tokens"].items()}
     addr, port = cfg["listen"]
     signer = Signer.load(cfg["auth"]) if "as" in cfg["auth"] else None
-    shared = Shared(View(pops), Etcd(session, cfg["etcd"]), str(cfg["region"]), cfg.get("weaken"))
+    shared = Shared(View(pops), Etcd(session, cfg["etcd"], tls=etcd_tls(cfg)), str(cfg["region"]),
+                    cfg.get("weaken"))
     replicas = Replicas(session, signer, [Peer(str(p["region"]), str(p["address"]), int(p["port"]))
                                           for p in cfg["peers"]])
     return Node(cfg, shared, ArtifactStore(Path(cfg["state_dir"]) / "artifacts"), replicas, tokens,

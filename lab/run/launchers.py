@@ -19,8 +19,8 @@ from core.netns import socket_in
 from core.peer_auth import PeerKeys
 from core.timers import phase_of
 from kv.master import WEAK_ACK
-from lab.run.etcd import client_url
-from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, ETCD_CLIENT_PORT, KV_REPLICA_PORT
+from lab.run.etcd import CA_FILE, CERT_FILE, KEY_FILE, client_url, local_url
+from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
 from model.profiles import HEALTH_PORT
 from model.spec import LabSpec
 from model.topology import Client as ClientNode
@@ -192,7 +192,9 @@ class ControlPlane(PythonService):
                 "state_dir": str(self.env.dir / "state"), "socket": str(self.env.dir / self.socket),
                 "listen": [str(self.control.address), self.control.port],
                 "tokens": {"admin": str(self.env.dir / ADMIN_TOKEN)}, "auth": self.auth()[0],
-                "etcd": [f"http://127.0.0.1:{ETCD_CLIENT_PORT}", *(client_url(p) for p in self.peers)],
+                "etcd": [local_url(), *(client_url(p) for p in self.peers)],
+                "etcd_tls": {"ca": str(self.env.dir / CA_FILE), "cert": str(self.env.dir / CERT_FILE),
+                             "key": str(self.env.dir / KEY_FILE)},
                 "peers": [{"region": p.region, "address": str(p.address), "port": p.port} for p in self.peers],
                 "regions": self.regions, **weakened("cp", WEAK_WRITES),
                 "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in self.pops]}

@@ -18,7 +18,7 @@ from core.daemon import Daemon, NodeEnv
 from core.peer_auth import PeerKeys
 from lab.links.daemon import LinkRelay
 from lab.links.plan import links_of, relay_config
-from lab.run.etcd import EtcdMember
+from lab.run.etcd import EtcdMember, make_tls
 from lab.run.launchers import (
     ControlPlane,
     DoDirectory,
@@ -55,10 +55,11 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     admin_token = secrets.token_urlsafe(24)  # the operator's, the same in every region
     cluster_token = f"anylab-{secrets.token_hex(8)}"  # members of another lab's cluster never join this one
     cps = topo.control_planes
+    tls = make_tls((cp.name, str(cp.address)) for cp in cps) if cps else {}
     for cp in cps:
         env_of(cp.name).dir.mkdir(parents=True, exist_ok=True)
         peers = tuple(nearest_first(topo, cp.router, [p for p in cps if p.name != cp.name]))
-        daemons[cp.name] = [EtcdMember(env_of(cp.name), cp, cps, cluster_token),
+        daemons[cp.name] = [EtcdMember(env_of(cp.name), cp, cps, cluster_token, tls[cp.name]),
                             ControlPlane(env_of(cp.name), cp, topo.pops, keys, peers, len(cps), admin_token)]
 
     def controls_of(region: str, router: str) -> tuple[ServiceNode, ...]:

@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,10 @@ from aiohttp import web
 from control_plane.client import Client, ControlPlaneError
 from control_plane.server import make_app, make_node
 from control_plane.store import PREFIX, Pop
+from core.daemon import write_private
 from core.peer_auth import PeerKeys
 from core.wait import wait_for
+from lab.run.etcd import CA_FILE, CERT_FILE, KEY_FILE, make_tls, tls_context
 from pop_agent.sync import LocalStore, Syncer
 from tests.unit.peers import auth_block, signer
 
@@ -45,17 +48,24 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One etcd member on loopback for the module; every test starts with the control plane's keys gone."""
     root = tmp_path_factory.mktemp("etcd")
     client_port, peer_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{client_port}"
+    url = f"https://127.0.0.1:{client_port}"
+    tls = make_tls([("t", "127.0.0.1")])["t"]
+    for name, text in ((CA_FILE, tls.ca), (CERT_FILE, tls.cert), (KEY_FILE, tls.key)):
+        write_private(root / name, text)
+    certs = ["--cert-file", str(root / CERT_FILE), "--key-file", str(root / KEY_FILE), "--trusted-ca-file",
+             str(root / CA_FILE), "--client-cert-auth"]
     proc = subprocess.Popen(["etcd", "--name", "t", "--data-dir", str(root / "data"), "--listen-client-urls", url,
                              "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
                              "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                             "--initial-cluster", f"t=http://127.0.0.1:{peer_port}", "--logger", "zap",
+                             "--initial-cluster", f"t=http://127.0.0.1:{peer_port}", *certs, "--logger", "zap",
                              "--log-outputs", str(root / "etcd.log")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    ETCD_TLS.update({"ca": str(root / CA_FILE), "cert": str(root / CERT_FILE), "key": str(root / KEY_FILE)})
 
     def answers() -> bool:
         try:
-            return b"etcdserver" in urllib.request.urlopen(url + "/version", timeout=1).read()
+            return b"etcdserver" in urllib.request.urlopen(url + "/version", timeout=1,
+                                                           context=tls_context(root)).read()
         except OSError:
             return False
 
@@ -67,12 +77,16 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
 
 
+#: The test etcd's CA and the client certificate the regions use.
+ETCD_TLS: dict[str, str] = {}
+
+
 def wipe(url: str) -> None:
     key = base64.b64encode(PREFIX.encode()).decode()
     end = base64.b64encode(PREFIX[:-1].encode() + bytes([ord(PREFIX[-1]) + 1])).decode()
     req = urllib.request.Request(url + "/v3/kv/deleterange", json.dumps({"key": key, "range_end": end}).encode(),
                                  {"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=5).read()
+    urllib.request.urlopen(req, timeout=5, context=tls_context(Path(ETCD_TLS["ca"]).parent)).read()
 
 
 class ControlPlane:
@@ -88,7 +102,7 @@ class ControlPlane:
                     "socket": str(root / "api.sock"), "listen": ["127.0.0.1", port],
                     "tokens": {"admin": str(root / "admin.token")},
                     "auth": auth_block(KEYS, root / "cp-", f"cp/{region}", ("pop", "do-host", "cp")),
-                    "etcd": [etcd], "peers": peers, "regions": regions,
+                    "etcd": [etcd], "etcd_tls": dict(ETCD_TLS), "peers": peers, "regions": regions,
                     "pops": [{"name": p.name, "region": p.region, "servers": list(p.servers)} for p in POPS]}
         self.loop = asyncio.new_event_loop()
         self.thread: threading.Thread | None = None
@@ -457,3 +471,24 @@ def test_a_syncer_fails_over_to_another_region_and_comes_back_home(two: list[Con
         wait_for(lambda: syncer.state.following == f"127.0.0.1:{na.port}", timeout=10, what="sjc-s1 back home")
     finally:
         stop()
+
+
+def test_etcd_takes_no_client_without_the_labs_certificate(etcd: str) -> None:
+    """What a PoP server, which can route to a control plane node, would try: the CA trusted but no
+    certificate of its own, or one from another lab's CA — etcd refuses both at the handshake."""
+    import ssl
+
+    no_cert = ssl.create_default_context(cafile=ETCD_TLS["ca"])
+    other = make_tls([("x", "127.0.0.1")])["x"]
+    other_dir = Path(ETCD_TLS["ca"]).parent / "other"
+    other_dir.mkdir(exist_ok=True)
+    for name, text in ((CA_FILE, other.ca), (CERT_FILE, other.cert), (KEY_FILE, other.key)):
+        write_private(other_dir / name, text)
+    wrong_ca = ssl.create_default_context(cafile=ETCD_TLS["ca"])
+    wrong_ca.load_cert_chain(str(other_dir / CERT_FILE), str(other_dir / KEY_FILE))
+    for context in (no_cert, wrong_ca):
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            urllib.request.urlopen(etcd + "/v3/kv/range", b'{"key": "Lw=="}', timeout=5, context=context).read()
+    good = urllib.request.urlopen(etcd + "/v3/kv/range", b'{"key": "Lw=="}', timeout=5,
+                                  context=tls_context(Path(ETCD_TLS["ca"]).parent))
+    assert good.status == 200

@@ -13,7 +13,7 @@ from bgp.exabgp import ExaBgp
 from bgp.frr import router_daemons
 from core.daemon import Daemon, NodeEnv
 from core.proc import ProcessGroup
-from lab.run.etcd import EtcdMember
+from lab.run.etcd import EtcdMember, EtcdTls
 from lab.run.launchers import HealthAgent
 from lab.run.net import ip_batch
 from model.load import load_topology
@@ -36,7 +36,7 @@ def daemons() -> list[Daemon]:
     for s in TOPO.servers:
         out += [ExaBgp(env(s.name), s), BirdBfd(env(s.name), s), HealthAgent(env(s.name), s)]
     for cp in TOPO.control_planes:
-        out.append(EtcdMember(env(cp.name), cp, TOPO.control_planes, "anylab-golden"))
+        out.append(EtcdMember(env(cp.name), cp, TOPO.control_planes, "anylab-golden", EtcdTls("ca", "cert", "key")))
     return out
 
 
