@@ -107,8 +107,6 @@ class Etcd:
         #: change is given up after ``attempt`` and sent to the next member (the compare keeps it once).
         self.timeout = timeout
         self.attempt = attempt
-        #: The member that answered the last call.
-        self.current = 0
 
     async def _one(self, url: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """One member's 200 answer; raises EtcdError (unavailable=False for an answer that is not JSON)."""
@@ -145,7 +143,6 @@ class Etcd:
                     for task in done:
                         exc = task.exception()
                         if exc is None:
-                            self.current = self.endpoints.index(tasks[task])
                             return task.result()
                         errors.append(str(exc))
             finally:
@@ -165,8 +162,6 @@ class Etcd:
                     raise
                 errors.append(str(exc))
                 continue
-            if endpoint is None:
-                self.current = self.endpoints.index(url)
             return reply
         raise EtcdError("no etcd member answered: " + "; ".join(errors))
 

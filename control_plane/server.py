@@ -316,8 +316,11 @@ async def sync(request: web.Request) -> web.Response:
                             "t_applied": body.get("t_applied"), "error": body.get("error"),
                             "home": body.get("home"), "t_seen": monotonic()}
     serving(node)
-    wait = min(max(float(body.get("wait", 0)), 0.0), 60.0)
-    since = int(body.get("generation", -1))
+    try:
+        wait = min(max(float(body.get("wait", 0)), 0.0), 60.0)
+        since = int(body.get("generation", -1))
+    except (TypeError, ValueError):
+        raise BadRequest("'wait' (seconds) and 'generation' must be numbers") from None
     cond = node.shared.changed
     async with cond:
         with contextlib.suppress(TimeoutError):

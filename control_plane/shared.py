@@ -58,7 +58,6 @@ class Shared:
         self.last_ok = 0.0
         self.last_error = "not yet in touch with etcd"
         self.changed = asyncio.Condition()
-        self.reloads = 0
         #: Since when etcd's revision has been ahead of the view (None: it is not).
         self.behind_since: float | None = None
         self.watch_task: asyncio.Task[None] | None = None
@@ -82,7 +81,6 @@ class Shared:
         fresh.revision = max(fresh.revision, revision)
         self.view.take(fresh)
         self.loaded = True
-        self.reloads += 1
         await self.notify()
         return revision
 

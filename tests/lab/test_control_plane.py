@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -32,26 +31,19 @@ def region_client(lab: Lab, region: str) -> Client:
     return Client(lab.node_dir(lab.topo.control_plane_of(region).name), timeout=10)
 
 
-def release(client: Client, name: str, v: str, timeout: float = 30.0) -> dict[str, float]:
-    """Upload and deploy everywhere through ``client``; wait until every PoP server of the lab runs it
+def release(lab: Lab, region: str, name: str, v: str, timeout: float = 30.0) -> dict[str, float]:
+    """Upload and deploy everywhere through ``region`` only; wait until every PoP server of the lab runs it
     (the listing from every region, whichever a server follows)."""
+    client = region_client(lab, region)
     uploaded = client.upload(name, {"code": WORKER, "host": f"{name}.example", "bindings": {"V": v}})
     reply = client.deploy(name, uploaded["version"])
-    everywhere = Client(client.directories + [d for d in ALL_DIRS if d not in client.directories])
+    everywhere = Client(control_plane_dirs(lab.topo, lab.run_dir))
     return everywhere.wait_applied(name, reply["placement"], reply["t"], timeout)
-
-
-ALL_DIRS: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _dirs(lab: Lab) -> None:
-    ALL_DIRS[:] = control_plane_dirs(lab.topo, lab.run_dir)
 
 
 def test_a_deploy_through_each_region_reaches_every_pop(lab: Lab) -> None:
     for cp in lab.topo.control_planes:
-        propagation = release(region_client(lab, cp.region), "each", cp.region)
+        propagation = release(lab, cp.region, "each", cp.region)
         assert set(propagation) == {s.name for s in lab.topo.servers}
     cp_status = status_data("tcp")["control_plane"]
     assert cp_status["etcd_leader"] in {cp.region for cp in lab.topo.control_planes}
@@ -65,7 +57,7 @@ def test_a_dead_regions_pops_fail_over_and_deploys_go_on_through_the_others(lab:
     try:
         others = [cp for cp in lab.topo.control_planes if cp.name != dead.name]
         for cp in others:
-            release(region_client(lab, cp.region), "during-cp-down", cp.name)
+            release(lab, cp.region, "during-cp-down", cp.name)
         follows = status_data("tcp")["control_plane"]["follows"]
         for s in lab.topo.servers:
             assert follows[s.name] in {cp.name for cp in others}, (s.name, follows)
