@@ -26,6 +26,11 @@ with the reason, a region without an etcd quorum → 503, as JSON ``{"error": �
                                             deployments: [{name, version, sha256}]}``
 ``GET  /v1/artifacts/{version}`` (pop)      the artifact's bytes (the PoP checks the SHA-256)
 ``PUT|GET /v1/replica/artifacts/{sha}``     another region's copy in or out (cp)
+``POST /v1/dns/changes`` (dns)              the DNS hidden primary waits (≤ ``wait`` s) for a generation
+                                            newer than its own → ``{generation, workers, pops,
+                                            withdrawn}``: what the platform's zone is made of
+``POST /v1/dns/regions/{region}``           ``{withdrawn: bool}``: pull a region's PoP names from DNS
+                                            (the runbook's containment) or put them back
 ``GET  /v1/status``                         region, quorum, etcd member, artifacts, API latency
 ==========================================  =====================================================
 
@@ -82,7 +87,8 @@ REPAIR_PERIOD_S = 0.5
 LATENCY_WINDOW_S = 10.0
 #: Who may call which of them (signed): the PoP servers sync and fetch, the DO hosts fetch code, the other
 #: regions' control planes replicate artifacts.
-PEER_POLICY = peer_auth.prefix_policy({"POST /v1/sync": ("pop",), "GET /v1/artifacts/": ("pop", "do-host"),
+PEER_POLICY = peer_auth.prefix_policy({"POST /v1/sync": ("pop",), "POST /v1/dns/changes": ("dns",),
+                                       "GET /v1/artifacts/": ("pop", "do-host"),
                                        "PUT /v1/replica/": ("cp",), "GET /v1/replica/": ("cp",)})
 
 
@@ -316,18 +322,55 @@ async def sync(request: web.Request) -> web.Response:
                             "t_applied": body.get("t_applied"), "error": body.get("error"),
                             "home": body.get("home"), "t_seen": monotonic()}
     serving(node)
+    await long_poll(node, body)
+    serving(node)  # lost its quorum while the PoP waited: the PoP goes to another region
+    return web.json_response({"generation": view.generation, "deployments": view.desired(body["pop"]),
+                              "region": node.region})
+
+
+async def long_poll(node: Node, body: Any) -> None:
+    """Wait up to ``body["wait"]`` s (at most 60) while the view's generation is ``body["generation"]`` and
+    the region serves. Raises BadRequest for non-numeric values."""
     try:
         wait = min(max(float(body.get("wait", 0)), 0.0), 60.0)
         since = int(body.get("generation", -1))
     except (TypeError, ValueError):
         raise BadRequest("'wait' (seconds) and 'generation' must be numbers") from None
-    cond = node.shared.changed
+    view, cond = node.view, node.shared.changed
     async with cond:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cond.wait_for(lambda: view.generation != since or not node.shared.serving), wait)
-    serving(node)  # lost its quorum while the PoP waited: the PoP goes to another region
-    return web.json_response({"generation": view.generation, "deployments": view.desired(body["pop"]),
-                              "region": node.region})
+
+
+async def dns_changes(request: web.Request) -> web.Response:
+    """``POST /v1/dns/changes {generation, wait}`` (role ``dns``): what the platform's zone is made of
+    (:meth:`View.dns`), as soon as it differs from ``generation`` or after ``wait`` s."""
+    node, body = request.app[NODE], await body_json(request)
+    serving(node)
+    if not isinstance(body, dict):
+        raise BadRequest("give {\"generation\": N, \"wait\": seconds}")
+    await long_poll(node, body)
+    serving(node)
+    return web.json_response({**node.view.dns(), "region": node.region})
+
+
+async def dns_region(request: web.Request) -> web.Response:
+    """``POST /v1/dns/regions/{region} {"withdrawn": bool}`` (admin): pull the region's PoP names from the
+    platform's zone (the runbook's containment) or put them back. Shared by every region."""
+    node, body = request.app[NODE], await body_json(request)
+    serving(node, write=True)
+    region = request.match_info["region"]
+    known = sorted({p.region for p in node.view.pops.values()})
+    if region not in known:
+        raise BadRequest(f"unknown region {region!r}; there are: {', '.join(known)}")
+    if not isinstance(body, dict) or not isinstance(body.get("withdrawn"), bool):
+        raise BadRequest("give {\"withdrawn\": true} or {\"withdrawn\": false}")
+    withdrawn = body["withdrawn"]
+
+    def change(_view: View) -> tuple[list[str], dict[str, bytes], dict[str, Any]]:
+        return [], {key("dw", region): json.dumps(withdrawn).encode()}, {"region": region, "withdrawn": withdrawn}
+
+    return web.json_response(await node.shared.write(change, request_id(request)))
 
 
 async def pop_servers(request: web.Request) -> web.Response:
@@ -416,6 +459,8 @@ def make_app(node: Node) -> web.Application:
     app.router.add_put("/v1/replica/artifacts/{sha}", replica_put)
     app.router.add_get("/v1/replica/artifacts/{sha}", replica_get)
     app.router.add_post("/v1/pops/{pop}/servers", pop_servers)
+    app.router.add_post("/v1/dns/changes", dns_changes)
+    app.router.add_post("/v1/dns/regions/{region}", dns_region)
     return app
 
 

@@ -16,6 +16,8 @@ The state lives in etcd (:mod:`control_plane.shared`), one key per fact under :d
 ``s/<pop>``            the PoP's servers in service (scaling), when not all of its servers
 ``req/<id>``           the reply to an operator's request, so that one retried in another region is
                        answered, not done twice
+``dw/<region>``        the region is withdrawn from DNS (the runbook's containment): its PoPs' own
+                       names leave the platform's zone
 =====================  ===========================================================================
 
 :class:`View` is a region's copy of those keys (kept by an etcd watch) and the functions ``plan_*``
@@ -147,6 +149,8 @@ class View:
         self.namespaces: dict[str, str] = {}
         #: key → its mod revision (what a compare-and-swap compares).
         self.mod: dict[str, int] = {}
+        #: Regions withdrawn from DNS.
+        self.withdrawn: set[str] = set()
         self.revision = 0
         self.generation = 0
 
@@ -181,6 +185,8 @@ class View:
                 self.history.pop(name, None)
             else:
                 self.history[name] = [{str(p): str(v) for p, v in placement.items()} for placement in data]
+        elif kind == "dw":
+            (self.withdrawn.add if data else self.withdrawn.discard)(name)
         elif kind == "s" and name in self.configured:
             servers = tuple(str(s) for s in data) if data else self.configured[name].servers
             self.pops[name] = replace(self.configured[name], servers=servers)
@@ -218,6 +224,14 @@ class View:
     def servers_of(self, placement: dict[str, str]) -> dict[str, str]:
         """Server → the version it should run, for the PoPs in ``placement``."""
         return {s: v for pop, v in placement.items() if pop in self.pops for s in self.pops[pop].servers}
+
+    def dns(self) -> dict[str, Any]:
+        """What the platform's zone is made of (the DNS hidden primary's long poll): the workers deployed
+        somewhere, each PoP's region and servers in service, the regions withdrawn from DNS."""
+        return {"generation": self.generation,
+                "workers": sorted(name for name in self.history if self.placement(name)),
+                "pops": {p.name: {"region": p.region, "servers": list(p.servers)} for p in self.pops.values()},
+                "withdrawn": sorted(self.withdrawn)}
 
     def listing(self) -> dict[str, Any]:
         return {"generation": self.generation, "revision": self.revision,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from core.daemon import Daemon, NodeEnv
-from dnsd.probe import soa_serial
+from dnsd.probe import ask, soa_serial
 from dnsd.zone import Zone, render
 
 PORT = 53
@@ -58,8 +58,12 @@ class AuthServer(Daemon):
             path.write_text(text)
 
     def ready(self) -> bool:
+        """A primary: it answers its first zone's SOA with authority. A secondary: it answers at all (its
+        zone comes by transfer once the lab's routes are up: :func:`lab.run.dns.wait_dns`)."""
         first = self.served[0]
-        return soa_serial(self.env.netns, self.listen[0], first.zone.origin) is not None
+        if first.primary:
+            return soa_serial(self.env.netns, self.listen[0], first.zone.origin) is not None
+        return ask(self.env.netns, self.listen[0], first.zone.origin, "SOA") is not None
 
     def serial(self, origin: str) -> int | None:
         """The serial this server answers for ``origin`` now (None: it does not answer it)."""
@@ -115,11 +119,19 @@ class Knot(AuthServer):
     def argv(self) -> list[str]:
         return ["knotd", "-c", str(self.path(".conf"))]
 
+    def knotc(self, *command: str) -> list[str]:
+        """The argv of a blocking ``knotc`` command to this server (``-b``: it returns when done)."""
+        return ["knotc", "-c", str(self.path(".conf")), "-s", str(self.env.dir / "knot-run" / "knot.sock"), "-b",
+                *command]
+
     def reload(self) -> None:
         """Load the zone files again (a primary's new serial is then notified to its secondaries)."""
         self.before_start()
-        self.run_check(["knotc", "-c", str(self.path(".conf")), "-s", str(self.env.dir / "knot-run" / "knot.sock"),
-                        "zone-reload"], "knotc zone-reload")
+        self.run_check(self.knotc("zone-reload"), "knotc zone-reload")
+
+    def notify(self, origin: str) -> None:
+        """Send NOTIFY for ``origin`` to its secondaries now (one that has no copy yet transfers it)."""
+        self.run_check(self.knotc("zone-notify", origin), "knotc zone-notify")
 
 
 class Nsd(AuthServer):

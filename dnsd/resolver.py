@@ -1,16 +1,17 @@
 """Recursive resolvers as the lab's daemons, looked up by kind in :data:`KINDS`: ``unbound`` (Unbound
-1.17). A resolver starts from the lab's own root (root hints naming the lab's root servers, never the
-Internet's) and iterates; DNSSEC validation is off (the lab's zones are unsigned).
+1.17) and ``bind`` (BIND 9.18's ``named``), two implementations whose server selection and retry timers
+differ (what a provider's outage shows). A resolver starts from the lab's own root (root hints naming the
+lab's root servers, never the Internet's) and iterates; DNSSEC validation is off (the lab's zones are
+unsigned). Both run with their defaults otherwise: their behaviour is what is measured.
 
-``validate`` is ``unbound-checkconf``; ``ready`` is a query for the root's SOA answered.
+``validate`` is the resolver's own check (``unbound-checkconf``, ``named-checkconf``); ``ready`` is an
+answer to a query.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import ClassVar
-
-import dns.rcode
 
 from core.daemon import Daemon, NodeEnv
 from dnsd.probe import ask
@@ -35,8 +36,9 @@ class Resolver(Daemon):
         return "\n".join(lines) + "\n"
 
     def ready(self) -> bool:
-        reply = ask(self.env.netns, self.listen[0], ".", "SOA", timeout=0.5, recursion=True)
-        return reply is not None and reply.rcode() == dns.rcode.NOERROR
+        """It answers a query at all (resolving needs the lab's routes to the root:
+        :func:`lab.run.dns.wait_dns` waits for that)."""
+        return ask(self.env.netns, self.listen[0], ".", "SOA", timeout=0.5, recursion=True) is not None
 
 
 class Unbound(Resolver):
@@ -65,5 +67,34 @@ class Unbound(Resolver):
         return ["unbound", "-d", "-c", str(self.path(".conf"))]
 
 
+class Bind(Resolver):
+    name = "named"
+    kind = "bind"
+
+    def conf(self) -> str:
+        d = self.env.dir
+        listen = " ".join(f"{a};" for a in self.listen)
+        lines = ["options {", f'    directory "{d}";', f'    pid-file "{d / "named.pid"}";',
+                 f'    session-keyfile "{d / "session.key"}";', f'    managed-keys-directory "{d}";',
+                 f"    listen-on port {PORT} {{ {listen} }};", "    listen-on-v6 { none; };",
+                 "    recursion yes;", "    allow-query { any; };", "    allow-recursion { any; };",
+                 "    dnssec-validation no;", "    notify no;",
+                 "};",
+                 # No rndc channel: named would listen on 127.0.0.1:953 with the host's rndc key.
+                 "controls { };",
+                 f'zone "." {{ type hint; file "{self.path("-root.hints")}"; }};']
+        return "\n".join(lines) + "\n"
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.path(".conf"): self.conf(), self.path("-root.hints"): self.hints()}
+
+    def validate(self) -> None:
+        self.run_check(["named-checkconf", str(self.path(".conf"))], "named-checkconf")
+
+    def argv(self) -> list[str]:
+        # -g: foreground, log to stderr; -n 1: one worker thread (the lab shares two cores).
+        return ["named", "-g", "-n", "1", "-c", str(self.path(".conf"))]
+
+
 #: Resolver kinds by name.
-KINDS: dict[str, type[Resolver]] = {cls.kind: cls for cls in (Unbound,)}
+KINDS: dict[str, type[Resolver]] = {cls.kind: cls for cls in (Unbound, Bind)}

@@ -34,7 +34,7 @@ from bgp.exabgp_api import Hold, request
 from core.clock import monotonic
 from core.timers import SLACK_S, Flag, next_tick
 from health import fsm
-from health.checks import Check, CommandCheck, HttpCheck, LocalCheck, TcpCheck, is_local_healthz, run_checks
+from health.checks import KINDS, Check, LocalCheck, is_local_healthz, run_checks
 
 HOOK_TIMEOUT_S = 10.0
 
@@ -65,14 +65,9 @@ class AgentConfig:
         timeout = float(f["timeout"])
         checks: list[Check] = []
         for c in data["checks"]:
-            if c["kind"] == "http":
-                checks.append(HttpCheck(c["url"], int(c["status"]), c.get("body"), timeout))
-            elif c["kind"] == "tcp":
-                checks.append(TcpCheck(c["host"], int(c["port"]), timeout))
-            elif c["kind"] == "command":
-                checks.append(CommandCheck(tuple(str(a) for a in c["argv"]), timeout))
-            else:
+            if c["kind"] not in KINDS:
                 raise ValueError(f"unknown check kind {c['kind']!r}")
+            checks.append(KINDS[c["kind"]](c, timeout))
         if not checks:
             raise ValueError("no checks configured")
         return cls(

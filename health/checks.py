@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from core.clock import monotonic
@@ -71,6 +71,62 @@ class TcpCheck:
         return None
 
 
+def soa_query(zone: str, ident: int) -> bytes:
+    """A DNS query (RFC 1035 §4.1) for ``zone``'s SOA, recursion not desired, with id ``ident``."""
+    labels = [label for label in zone.rstrip(".").split(".") if label]
+    qname = b"".join(bytes([len(label)]) + label.encode("ascii") for label in labels) + b"\0"
+    return ident.to_bytes(2, "big") + b"\0\0\0\x01\0\0\0\0\0\0" + qname + b"\0\x06\0\x01"
+
+
+def soa_problem(reply: bytes, ident: int) -> str | None:
+    """What is wrong with ``reply`` as an authoritative answer to :func:`soa_query` (None: nothing)."""
+    if len(reply) < 12 or int.from_bytes(reply[:2], "big") != ident:
+        return "no answer to our query"
+    flags, answers = int.from_bytes(reply[2:4], "big"), int.from_bytes(reply[6:8], "big")
+    if not flags & 0x8000:
+        return "not a response"
+    if flags & 0x000F:
+        return f"rcode {flags & 0x000F}"
+    if not flags & 0x0400:
+        return "answer without authority (the zone is not loaded)"
+    return None if answers else "no SOA in the answer"
+
+
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+
+@dataclass(frozen=True)
+class DnsCheck:
+    """Passes when ``host:port`` answers an SOA query for ``zone`` with authority: the server runs and
+    serves the zone (a DNS node announces its provider's prefix only then, RFC 4786 §4.3). The query is
+    built by hand: dnspython's import would cost the agent several MB for one fixed question."""
+
+    host: str
+    port: int
+    zone: str
+    timeout: float = 0.03
+
+    async def probe(self) -> str | None:
+        ident = int.from_bytes(os.urandom(2), "big")
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(_Datagram, remote_addr=(self.host, self.port))
+        try:
+            transport.sendto(soa_query(self.zone, ident))
+            return soa_problem(await proto.reply, ident)
+        finally:
+            transport.close()
+
+
 @dataclass(frozen=True)
 class CommandCheck:
     """Passes when ``argv`` exits 0. It runs in a process group of its own, killed whole at the timeout
@@ -107,7 +163,16 @@ class LocalCheck:
         return self.health()
 
 
-Check = HttpCheck | TcpCheck | CommandCheck | LocalCheck
+Check = HttpCheck | TcpCheck | CommandCheck | DnsCheck | LocalCheck
+
+#: A configured check (its JSON, the agent's ``timeout``) → the check, by ``kind``. Raises KeyError or
+#: ValueError for a malformed one.
+KINDS: dict[str, Callable[[dict[str, Any], float], Check]] = {
+    "http": lambda c, t: HttpCheck(c["url"], int(c["status"]), c.get("body"), t),
+    "tcp": lambda c, t: TcpCheck(c["host"], int(c["port"]), t),
+    "command": lambda c, t: CommandCheck(tuple(str(a) for a in c["argv"]), t),
+    "dns": lambda c, t: DnsCheck(c["host"], int(c["port"]), str(c["query"]), t),
+}
 
 def _local(check: LocalCheck) -> Outcome:
     t0 = monotonic()

@@ -22,6 +22,8 @@ CLIENT_LINKS = IPv4Network("10.2.0.0/16")
 CONTROL_LINKS = IPv4Network("10.3.0.0/16")
 KV_LINKS = IPv4Network("10.4.0.0/16")
 ORIGIN_LINKS = IPv4Network("10.5.0.0/16")
+#: The DNS nodes' links (root, hidden primary, providers' nodes, resolvers), in that order.
+DNS_LINKS = IPv4Network("10.6.0.0/16")
 #: An origin's HTTP port on the lab network (workers reach it with ``env.fetch("http://NAME/…")``).
 ORIGIN_PORT = 80
 #: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).

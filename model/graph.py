@@ -51,6 +51,8 @@ def to_graph(topo: Topology) -> nx.Graph:
         g.add_node(o.name, kind="origin", region=o.region)
     for cp in topo.control_planes:
         g.add_node(cp.name, kind="cp", region=cp.region)
+    for d in topo.dns.nodes if topo.dns else ():
+        g.add_node(d.name, kind="dns", region=d.region, role=d.role)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g
@@ -98,6 +100,10 @@ def _field_of(topo: Topology, node: str) -> str:
     for i, region in enumerate(spec.regions):
         if node == CONTROL_PLANE_PREFIX + region.name:
             return f"regions[{i}] ({region.name}).name"
+    if topo.dns is not None and node in {d.name for d in topo.dns.nodes}:
+        prov = topo.dns.node(node).provider
+        names = [p.name for p in topo.dns.providers]
+        return f"dns.providers[{names.index(prov)}] ({prov})" if prov else "dns"
     return node
 
 
@@ -130,6 +136,9 @@ def check_topology(topo: Topology) -> None:
                 fail(f"{section}[{i}] ({name}).name",
                      f"name '{name}' is the control plane's, a KV master's or an origin's node",
                      "choose another name")
+            if topo.dns is not None and name in {d.name for d in topo.dns.nodes}:
+                fail(f"{section}[{i}] ({name}).name", f"name '{name}' is a DNS node's",
+                     "choose another name (DNS nodes are dns-root, dns-hidden, <provider>-<router>, r<k>-<region>)")
             owner[name] = f"{section}[{i}]"
     for s in topo.servers:
         if s.name in owner:
@@ -269,12 +278,14 @@ def predict_routes(topo: Topology, prefix: IPv4Network) -> dict[str, Path | None
     """Each router's best path to ``prefix`` once BGP has converged (fixed point of the decision
     process). Raises TopologyError if it does not settle (which eBGP without policy cannot do)."""
     originated: dict[str, list[Path]] = {r.name: [] for r in topo.routers}
-    for s in topo.servers:
+    # A PoP server's routes carry its PoP; a DNS provider node's its own name (which node answers).
+    speakers = [(s, s.pop) for s in topo.servers] + [(s, s.name) for s in (topo.dns.speakers() if topo.dns else ())]
+    for s, label in speakers:
         if prefix not in s.prefixes:
             continue
         as_path = (s.asn,) * (1 + s.prepend)
         for n in s.neighbors:
-            originated[n.node].append(Path(as_path, s.med, s.router_id, n.local_address, frozenset({s.pop}),
+            originated[n.node].append(Path(as_path, s.med, s.router_id, n.local_address, frozenset({label}),
                                            "customer" if n.relation else None))
     best: dict[str, Path | None] = {r.name: None for r in topo.routers}
     routers = {r.name: r for r in topo.routers}

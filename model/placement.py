@@ -45,6 +45,8 @@ def _attached_router(topo: Topology) -> dict[str, str]:
         out[c.name] = c.router
     for svc in topo.services():
         out[svc.name] = svc.router
+    for d in topo.dns.nodes if topo.dns else ():
+        out[d.name] = d.router
     return out
 
 

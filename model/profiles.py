@@ -55,18 +55,22 @@ class BfdSpec(_Spec):
 
 class CheckSpec(_Spec):
     """One health check. ``http``: GET ``url`` expecting ``status`` (and ``body`` in the answer);
-    ``tcp``: connect to ``host:port``; ``command``: ``argv`` exits 0."""
+    ``tcp``: connect to ``host:port``; ``command``: ``argv`` exits 0; ``dns``: ``host:port`` answers an
+    SOA query for ``query`` with authority (what a DNS node's health agent asks)."""
 
-    kind: Literal["http", "tcp", "command"] = "http"
+    kind: Literal["http", "tcp", "command", "dns"] = "http"
     url: str = f"http://127.0.0.1:{HEALTH_PORT}/healthz"
     status: int = Field(200, ge=100, le=599)
     body: str | None = "ok"
     host: str = "127.0.0.1"
     port: int = Field(HEALTH_PORT, ge=1, le=65535)
     argv: tuple[str, ...] = ()
+    query: str = ""
 
     @model_validator(mode="after")
     def _complete(self) -> CheckSpec:
+        if self.kind == "dns" and not self.query.endswith("."):
+            raise ValueError("a dns check needs 'query': the zone whose SOA it asks for, absolute (e.g. edge.test.)")
         if self.kind == "command" and not self.argv:
             raise ValueError("a command check needs argv; give the command as a list, e.g. [test, -f, /x]")
         if self.kind == "http" and not self.url.startswith("http://"):

@@ -4,6 +4,7 @@ timer profiles derived."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from core.errors import TopologyError
@@ -14,19 +15,35 @@ from model.constants import (
     CONTROL_PLANE_PREFIX,
     CONTROL_PORT,
     CORE_LINKS,
+    DNS_LINKS,
     INVERSE_RELATION,
     KV_LINKS,
     KV_PORT,
+    LAB_SUPERNET,
     ORIGIN_LINKS,
     ORIGIN_PORT,
     POP_LINKS,
     ROUTER_LOOPBACKS,
     SERVER_LOOPBACKS,
 )
+from model.dns import HIDDEN_NODE, ROOT_NODE, TLD, service_address
 from model.geo import propagation_ms, where
-from model.profiles import Profile
+from model.profiles import CheckSpec, Profile
 from model.spec import KvMasterSpec, Location, OriginSpec, PopSpec, ShapeFields, TopologySpec
-from model.topology import Client, Interface, Neighbor, Pop, Router, Server, ServiceNode, Shape, Topology
+from model.topology import (
+    Client,
+    Dns,
+    DnsNode,
+    DnsProvider,
+    Interface,
+    Neighbor,
+    Pop,
+    Router,
+    Server,
+    ServiceNode,
+    Shape,
+    Topology,
+)
 
 
 def _host(net: IPv4Network, index: int, source: str, what: str) -> IPv4Address:
@@ -118,8 +135,64 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         if a.pops != "all":
             for j, p_name in enumerate(a.pops):
                 need(p_name, pops, f"anycast[{i}].pops[{j}]", "PoP")
+    if spec.dns is not None:
+        _dns_refs(spec, need, fail)
     if errors:
         raise TopologyError.of_all(errors)
+
+
+def _dns_refs(spec: TopologySpec, need: Callable[[str, set[str], str, str], bool],
+              fail: Callable[[str, str, str], None]) -> None:
+    """The ``dns`` section's references: its routers exist, its prefixes and ASNs are its own."""
+    assert spec.dns is not None
+    dns = spec.dns
+    routers = {r.name for r in spec.routers}
+    for field in ("root_router", "primary_router"):
+        value = getattr(dns, field)
+        if value is not None:
+            need(value, routers, f"dns.{field}", "router")
+    taken = {r.asn: f"router {r.name}" for r in spec.routers} | {p.asn: f"PoP {p.name}" for p in spec.pops}
+    for i, prov in enumerate(dns.providers):
+        where = f"dns.providers[{i}] ({prov.name})"
+        for j, r in enumerate(prov.routers):
+            need(r, routers, f"{where}.routers[{j}]", "router")
+        if prov.asn is not None and prov.asn in taken:
+            fail(f"{where}.asn", f"ASN {prov.asn} is already used by {taken[prov.asn]}",
+                 "give the provider an ASN of its own")
+        if prov.anycast is not None:
+            clash = [str(a.prefix) for a in spec.anycast if a.prefix.overlaps(prov.anycast)]
+            if clash or prov.anycast.overlaps(LAB_SUPERNET):
+                what = f"the platform anycast prefix {clash[0]}" if clash else f"the lab network {LAB_SUPERNET}"
+                fail(f"{where}.anycast", f"prefix {prov.anycast} overlaps {what}",
+                     "give the provider a prefix of its own, e.g. 198.51.100.1/32")
+
+
+def _dns_places(spec: TopologySpec, control_router: str) -> list[tuple[str, str, str, str, str, str | None]]:
+    """The DNS nodes as (name, role, kind, region, router, provider), in address order."""
+    assert spec.dns is not None
+    dns = spec.dns
+    region_of = {r.name: r.region for r in spec.routers}
+    root = dns.root_router or spec.routers[0].name
+    hidden = dns.primary_router or control_router
+    places: list[tuple[str, str, str, str, str, str | None]] = [
+        (ROOT_NODE, "root", "knot", region_of[root], root, None),
+              (HIDDEN_NODE, "hidden", "knot", region_of[hidden], hidden, None)]
+    for prov in dns.providers:
+        places += [(f"{prov.name}-{r}", "provider", prov.kind, region_of[r], r, prov.name) for r in prov.routers]
+    for reg in spec.regions:
+        first = next((c for c in spec.clients if c.region == reg.name), None)
+        if first is not None:
+            places += [(f"r{k + 1}-{reg.name}", "resolver", kind, reg.name, first.router, None)
+                       for k, kind in enumerate(dns.resolvers)]
+    return places
+
+
+def dns_profile(base: Profile, address: str, zone: str) -> Profile:
+    """A provider node's profile: the lab's timers, its health check an SOA query of ``zone`` on the
+    address it serves (no overload demotion, no hooks: it has no edge worker)."""
+    health = base.health.model_copy(update={
+        "checks": (CheckSpec(kind="dns", host=address, port=53, query=zone),), "overload": None, "hooks": ()})
+    return base.model_copy(update={"health": health})
 
 
 def server_name(pop: str, index: int) -> str:
@@ -218,6 +291,12 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, cp_addr = _p2p(CONTROL_LINKS, 1 + i, source, f"control plane of region {km.region}")
         add_pair(km.router, CONTROL_PLANE_PREFIX + km.region, r_addr, cp_addr)
         host_subnets.setdefault(km.router, []).append(r_addr.network)
+    # The DNS nodes too (root, hidden primary, providers' nodes, resolvers), before the clients.
+    dns_places = _dns_places(spec, control_router) if spec.dns is not None else []
+    for i, (name, _role, _kind, _reg, router, _prov) in enumerate(dns_places):
+        r_addr, d_addr = _p2p(DNS_LINKS, i, source, f"dns node {name}")
+        add_pair(router, name, r_addr, d_addr)
+        host_subnets.setdefault(router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
@@ -235,6 +314,17 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     for p, _k, s_name, _rid in server_specs:
         profile_of[s_name] = p.profile or spec.settings.profile
     servers_set = {s_name for _p, _k, s_name, _rid in server_specs}
+    # An anycast DNS provider's nodes speak BGP like PoP servers: customers of their router.
+    dns_zone = f"{spec.dns.zone}.{TLD}" if spec.dns is not None else ""
+    provider_of = {p.name: p for p in spec.dns.providers} if spec.dns is not None else {}
+    speakers = [(name, provider_of[prov], router) for name, _role, _k, _r, router, prov in dns_places
+                if prov is not None and provider_of[prov].anycast is not None]
+    for name, pspec, _router in speakers:
+        assert pspec.asn is not None and pspec.anycast is not None
+        asn_of[name] = pspec.asn
+        rid_of[name] = intfs[name][0].address.ip
+        profile_of[name] = dns_profile(spec.settings.profile, str(service_address(pspec.anycast)), dns_zone)
+        servers_set.add(name)
 
     def session_profile(node: str, peer: str) -> Profile:
         if node in servers_set or peer in servers_set:
@@ -252,6 +342,9 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
             for up in p.upstreams:
                 relation_of[(up, s_name)] = "customer"
                 relation_of[(s_name, up)] = "provider"
+        for name, _pspec, router in speakers:
+            relation_of[(router, name)] = "customer"
+            relation_of[(name, router)] = "provider"
 
     def neighbors(node: str) -> tuple[Neighbor, ...]:
         out = []
@@ -283,5 +376,35 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
                     for o in origin_specs)
     control_planes = tuple(ServiceNode(CONTROL_PLANE_PREFIX + km.region, km.region, km.router,
                                        intfs[CONTROL_PLANE_PREFIX + km.region][0], CONTROL_PORT) for km in kv_specs)
+    dns = None
+    if spec.dns is not None:
+        dns = _dns_of(spec, dns_places, dns_zone, intfs, neighbors, profile_of)
     return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
-                    origins, control_planes)
+                    origins, control_planes, dns)
+
+
+def _dns_of(spec: TopologySpec, places: list[tuple[str, str, str, str, str, str | None]], zone: str,
+            intfs: dict[str, list[Interface]], neighbors: Callable[[str], tuple[Neighbor, ...]],
+            profile_of: dict[str, Profile]) -> Dns:
+    assert spec.dns is not None
+    nodes: list[DnsNode] = []
+    for name, role, kind, region, router, prov_name in places:
+        speaker = None
+        prov = next((p for p in spec.dns.providers if p.name == prov_name), None)
+        if prov is not None and prov.anycast is not None and prov.asn is not None:
+            intf = intfs[name][0]
+            speaker = Server(name, prov.name, prov.routers.index(router), prov.asn, region, intf.address.ip,
+                             (intf,), neighbors(name), (prov.anycast,), 0, 0, profile_of[name])
+        nodes.append(DnsNode(name, role, kind, region, router, intfs[name][0], prov_name, speaker))
+    providers = []
+    for i, p in enumerate(spec.dns.providers):
+        mine = tuple(n.name for n in nodes if n.provider == p.name)
+        address = service_address(p.anycast) if p.anycast is not None else intfs[mine[0]][0].address.ip
+        providers.append(DnsProvider(p.name, p.kind, p.anycast, mine, f"ns{i + 1}.{zone}", address))
+    per_client = []
+    for c in spec.clients:
+        mine_r = [n.address for n in nodes if n.role == "resolver" and n.region == c.region]
+        k = [x.name for x in spec.clients if x.region == c.region].index(c.name) % max(1, len(mine_r))
+        per_client.append((c.name, tuple(mine_r[k:] + mine_r[:k])))
+    return Dns(zone, spec.dns.ttl, spec.dns.negative_ttl, spec.dns.expire_s, tuple(nodes), tuple(providers),
+               tuple(per_client))

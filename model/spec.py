@@ -242,6 +242,66 @@ class AnycastSpec(_Spec):
         return value
 
 
+class DnsProviderSpec(_Spec):
+    """One DNS provider of the platform's zone: its server software and one node per router it names. With
+    ``anycast`` (its service prefix) and ``asn`` every node announces the prefix by BGP while its health
+    check's query is answered; without, it is one unicast node."""
+
+    name: str
+    kind: Literal["knot", "nsd"]
+    routers: tuple[str, ...] = Field(min_length=1, max_length=16)
+    anycast: IPv4Network | None = None
+    asn: int | None = None
+
+    _name = field_validator("name")(lambda cls, v: _check_name(v))
+    _asn = field_validator("asn")(lambda cls, v: v if v is None else _check_asn(v))
+
+    @model_validator(mode="after")
+    def _anycast_or_unicast(self) -> DnsProviderSpec:
+        if (self.anycast is None) != (self.asn is None):
+            raise ValueError("an anycast provider needs both 'anycast' (its prefix) and 'asn'; a unicast one "
+                             "neither")
+        if self.anycast is None and len(self.routers) != 1:
+            raise ValueError("a unicast provider has one node: name one router (or give 'anycast' and 'asn')")
+        if len(set(self.routers)) != len(self.routers):
+            raise ValueError("names a router twice; one node per router")
+        return self
+
+
+class DnsSpec(_Spec):
+    """The lab's DNS (absent: none): a root and ``test.`` on ``root_router``, the platform's zone
+    ``<zone>.test.`` on a hidden primary fed by the control plane (on ``primary_router``; default: the
+    control node's), transferred to every provider's nodes; recursive resolvers of each ``resolvers``
+    kind in every client region, used by that region's clients."""
+
+    zone: str = "edge"
+    #: The TTL of the platform's records (what a resolver may cache an answer for), and of negative
+    #: answers (a name not deployed yet).
+    ttl: int = Field(30, ge=1, le=86400)
+    negative_ttl: int = Field(5, ge=0, le=86400)
+    #: How long a provider keeps answering without reaching the primary (the SOA's expire).
+    expire_s: int = Field(600, ge=60, le=2419200)
+    root_router: str | None = None
+    primary_router: str | None = None
+    providers: tuple[DnsProviderSpec, ...] = Field(min_length=1, max_length=8)
+    resolvers: tuple[Literal["unbound", "bind"], ...] = Field(("unbound",), min_length=1, max_length=4)
+
+    _zone = field_validator("zone")(lambda cls, v: _check_name(v))
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DnsSpec:
+        names = [p.name for p in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError("two providers have the same name; give each its own")
+        if len(set(self.resolvers)) != len(self.resolvers):
+            raise ValueError("names a resolver kind twice; each kind runs once per region")
+        prefixes = [p.anycast for p in self.providers if p.anycast is not None]
+        for i, a in enumerate(prefixes):
+            if any(a.overlaps(b) for b in prefixes[i + 1:]):
+                raise ValueError(f"anycast prefix {a} overlaps another provider's; give each its own")
+        return self
+
+
 class BreakerSpec(_Spec):
     """One dependency's circuit breaker (the design's "Circuit Breaker Configuration")."""
 
@@ -342,6 +402,8 @@ class TopologySpec(_Spec):
     kv_masters: tuple[KvMasterSpec, ...] | None = None
     #: Origin servers; default one, ``origin``, on the control node's router.
     origins: tuple[OriginSpec, ...] | None = None
+    #: DNS: a root, the platform's zone from several providers, resolvers per client region (absent: none).
+    dns: DnsSpec | None = None
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 

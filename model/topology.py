@@ -154,6 +154,87 @@ class Pop:
 
 
 @dataclass(frozen=True)
+class DnsNode:
+    """One DNS node. ``role``: ``root`` (serves the root and ``test.``), ``hidden`` (the hidden primary of
+    the platform's zone), ``provider`` (one of a provider's servers, a secondary), ``resolver``."""
+
+    name: str
+    role: str
+    #: Its software: ``knot``, ``nsd`` (authoritative), ``unbound``, ``bind`` (resolvers).
+    kind: str
+    region: str
+    router: str
+    interface: Interface
+    provider: str | None = None
+    #: An anycast provider node's BGP side: ExaBGP and a health agent announce the provider's prefix from
+    #: it while a real query is answered.
+    speaker: Server | None = None
+
+    @property
+    def address(self) -> IPv4Address:
+        """Its own (unicast) address: transfers, NOTIFY, and a unicast provider's or resolver's service."""
+        return self.interface.address.ip
+
+
+@dataclass(frozen=True)
+class DnsProvider:
+    name: str
+    kind: str
+    #: Its anycast prefix (None: unicast).
+    anycast: IPv4Network | None
+    nodes: tuple[str, ...]
+    #: Its name server's name in the delegation (``ns<i>.<zone>``) and the address it answers on.
+    ns_name: str
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class Dns:
+    #: The platform's zone (``edge.test.``).
+    zone: str
+    ttl: int
+    negative_ttl: int
+    expire_s: int
+    nodes: tuple[DnsNode, ...]
+    providers: tuple[DnsProvider, ...]
+    #: Client → the addresses of the resolvers it asks, in order (its region's; each client of a region
+    #: starts with the next kind, so both implementations have clients).
+    client_resolvers: tuple[tuple[str, tuple[IPv4Address, ...]], ...]
+
+    def node(self, name: str) -> DnsNode:
+        """The DNS node called ``name``; raises KeyError if there is none."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def of_role(self, role: str) -> tuple[DnsNode, ...]:
+        return tuple(n for n in self.nodes if n.role == role)
+
+    @property
+    def root(self) -> DnsNode:
+        return self.of_role("root")[0]
+
+    @property
+    def hidden(self) -> DnsNode:
+        return self.of_role("hidden")[0]
+
+    def provider(self, name: str) -> DnsProvider:
+        """The provider called ``name``; raises KeyError if there is none."""
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def resolvers_for(self, client: str) -> tuple[IPv4Address, ...]:
+        """The resolver addresses ``client`` asks, first first (empty: the client has none)."""
+        return dict(self.client_resolvers).get(client, ())
+
+    def speakers(self) -> tuple[Server, ...]:
+        return tuple(n.speaker for n in self.nodes if n.speaker is not None)
+
+
+@dataclass(frozen=True)
 class Topology:
     """A fully resolved lab: the single source every later stage reads."""
 
@@ -170,10 +251,12 @@ class Topology:
     origins: tuple[ServiceNode, ...] = ()
     #: One control plane node per region that has a KV master (``cp-<region>``), on the same router.
     control_planes: tuple[ServiceNode, ...] = ()
+    #: The lab's DNS (None: the topology has no ``dns`` section).
+    dns: Dns | None = None
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
-                *(svc.name for svc in self.services())]
+                *(svc.name for svc in self.services()), *(n.name for n in (self.dns.nodes if self.dns else ()))]
 
     def services(self) -> tuple[ServiceNode, ...]:
         return (self.control, *self.kv_masters, *self.origins, *self.control_planes)
@@ -213,6 +296,8 @@ class Topology:
             yield c.interface
         for svc in self.services():
             yield svc.interface
+        for n in self.dns.nodes if self.dns else ():
+            yield n.interface
 
     def links(self) -> list[tuple[Interface, Interface]]:
         """Every veth pair once, as (lower end, higher end) in declaration order."""

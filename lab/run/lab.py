@@ -38,6 +38,7 @@ from lab.record.probes import Probe, read_probes
 from lab.run.autoscaler import Autoscaler
 from lab.run.baseline import wait_baseline, wait_platform_level_zero
 from lab.run.cleanup import cleanup
+from lab.run.dns import wait_dns
 from lab.run.hostlimits import raise_limits
 from lab.run.launchers import SERVER_PRELOAD, ControlPlane
 from lab.run.observe import SessionState, observed_catchment, router_sessions
@@ -173,6 +174,9 @@ class Lab:
                 self.timings["links_delayed"] = monotonic() - t0
             self.wait_control_planes(timeout=max(1.0, t0 + timeout - monotonic()))
             self.timings["control_ready"] = monotonic() - t0
+            if self.topo.dns is not None:
+                wait_dns(self.topo, self.daemons, self.netns, timeout=max(1.0, t0 + timeout - monotonic()))
+                self.timings["dns_ready"] = monotonic() - t0
             self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
             wait_platform_level_zero(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["platform_ready"] = monotonic() - t0

@@ -166,7 +166,7 @@ class ControlPlane(PythonService):
         self.tokens = {"admin": admin_token}
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
-        return self.keys.auth_config(self.path("-"), f"cp/{self.control.region}", ("pop", "do-host", "cp"))
+        return self.keys.auth_config(self.path("-"), f"cp/{self.control.region}", ("pop", "do-host", "cp", "dns"))
 
     def secrets(self) -> dict[Path, str]:
         return {self.env.dir / ADMIN_TOKEN: self.tokens["admin"] + "\n", **self.auth()[1]}
@@ -464,7 +464,7 @@ class HealthAgent(PythonService):
     name = "health"
     forkable = True
     module = "health.agent"
-    dependencies = ("edge", "exabgp")
+    dependencies: ClassVar[tuple[str, ...]] = ("edge", "exabgp")
 
     def __init__(self, env: NodeEnv, server: Server) -> None:
         super().__init__(env)

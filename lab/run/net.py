@@ -70,6 +70,29 @@ def ip_batch(topo: Topology, node: str) -> list[str]:
             intf = svc.interface
             lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up",
                       f"route add {LAB_SUPERNET} via {intf.peer_address.ip}"]
+    if topo.dns is not None:
+        lines += _dns_lines(topo, node)
+    return lines
+
+
+def _dns_lines(topo: Topology, node: str) -> list[str]:
+    """A DNS node's address (an anycast provider node's service address on lo too) and routes: into the
+    lab, and for a resolver to the providers' anycast prefixes; a client's routes to its resolvers."""
+    assert topo.dns is not None
+    lines = []
+    for c in topo.clients:
+        if c.name == node:
+            lines += [f"route add {a}/32 via {c.interface.peer_address.ip}" for a in topo.dns.resolvers_for(node)]
+    for d in topo.dns.nodes:
+        if d.name == node:
+            intf = d.interface
+            lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up",
+                      f"route add {LAB_SUPERNET} via {intf.peer_address.ip}"]
+            if d.speaker is not None:
+                lines.append(f"address add {topo.dns.provider(d.provider or '').address}/32 dev lo")
+            if d.role == "resolver":
+                lines += [f"route add {p.anycast} via {intf.peer_address.ip}" for p in topo.dns.providers
+                          if p.anycast is not None]
     return lines
 
 

@@ -4,7 +4,8 @@ and, if they own delayed links, a link relay first (:mod:`lab.links`); the contr
 each region's control plane node its etcd member and control plane API, each region's storage node its
 KV master and DO host, an origin node the origin,
 a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
-(or, ``server_process: folded``, ExaBGP and one pop agent), a client its prober."""
+(or, ``server_process: folded``, ExaBGP and one pop agent), a DNS node its DNS daemons (:mod:`lab.run.dns`),
+a client its prober."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from core.daemon import Daemon, NodeEnv
 from core.peer_auth import PeerKeys
 from lab.links.daemon import LinkRelay
 from lab.links.plan import links_of, relay_config
+from lab.run.dns import dns_daemons
 from lab.run.etcd import EtcdMember, make_tls
 from lab.run.launchers import (
     ControlPlane,
@@ -92,6 +94,9 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
             daemons[s.name].append(BirdBfd(env, s))
         if s.health_agent == "anylab" and t.server_process == "split":
             daemons[s.name].append(HealthAgent(env, s))
+    for d in topo.dns.nodes if topo.dns else ():
+        env_of(d.name).dir.mkdir(parents=True, exist_ok=True)
+    daemons.update(dns_daemons(topo, env_of, keys))
     target = str(topo.anycast[0].network_address)
     for c in topo.clients:
         env_of(c.name).dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ from bgp.bird import Bird, BirdBfd
 from bgp.exabgp import ExaBgp
 from bgp.frr import router_daemons
 from core.daemon import Daemon, NodeEnv
+from core.peer_auth import PeerKeys
 from core.proc import ProcessGroup
+from lab.run.dns import dns_daemons
 from lab.run.etcd import EtcdMember, EtcdTls
 from lab.run.launchers import HealthAgent
 from lab.run.net import ip_batch
@@ -49,8 +51,19 @@ def valley_daemons() -> list[Daemon]:
     return [*router_daemons(env("a"), a)[2:], Bird(env("a"), replace(a, kind="bird"))]
 
 
+GLOBAL = load_topology(TOPOLOGIES / "global.yaml")
+
+
+def dns_of_global() -> list[Daemon]:
+    """One DNS node of each role and software of global.yaml (its ``dns`` section)."""
+    keep = {"dns-root", "dns-hidden", "p1-na-w", "p2-na-e", "p3-eu-e", "r1-na", "r2-na"}
+    made = dns_daemons(GLOBAL, env, PeerKeys.make())
+    return [d for node, ds in made.items() if node in keep for d in ds if not isinstance(d, BirdBfd)]
+
+
 CASES = [(GOLDEN, d, path) for d in daemons() for path in d.render_config()]
 CASES += [(GOLDEN.parent / "valley_free", d, path) for d in valley_daemons() for path in d.render_config()]
+CASES += [(GOLDEN.parent / "global_dns", d, path) for d in dns_of_global() for path in d.render_config()]
 
 
 @pytest.mark.parametrize(("where", "daemon", "path"), CASES,
