@@ -78,7 +78,8 @@ class Knot(AuthServer):
         d = self.env.dir
         remotes = sorted({a for s in self.served for a in (*s.primaries, *s.secondaries)})
         listen = ", ".join(f"{a}@{PORT}" for a in self.listen)
-        lines = ["server:", f'    rundir: "{d / "knot-run"}"', f"    listen: [ {listen} ]",
+        # NSID (RFC 5001): an answer says which node gave it (which node of an anycast provider).
+        lines = ["server:", f'    rundir: "{d / "knot-run"}"', f"    listen: [ {listen} ]", f"    nsid: {self.node}",
                  "log:", "  - target: stdout", "    any: info",
                  "database:", f'    storage: "{d / "knot-db"}"']
         if remotes:
@@ -144,7 +145,7 @@ class Nsd(AuthServer):
                  '    username: ""', '    chroot: ""', f'    zonesdir: "{d / "nsd-zones"}"',
                  f'    zonelistfile: "{d / "nsd-zone.list"}"', f'    xfrdfile: "{d / "nsd-xfrd.state"}"',
                  f'    xfrdir: "{d / "nsd-xfr"}"', f'    pidfile: "{d / "nsd.pid"}"', '    database: ""',
-                 "    verbosity: 1", "    hide-version: yes",
+                 "    verbosity: 1", "    hide-version: yes", f'    nsid: "ascii_{self.node}"',
                  "remote-control:", "    control-enable: no"]
         for s in self.served:
             lines += ["zone:", f"    name: {s.zone.origin}", f'    zonefile: "{self.zone_file(s.zone)}"',

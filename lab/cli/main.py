@@ -42,6 +42,9 @@ from lab.run.rundir import (
 )
 from model.constants import NAME_RE
 
+#: A name ``anylab dig`` asks for (absolute or not).
+DNS_NAME_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$")
+
 if TYPE_CHECKING:
     from model.budget import Estimate
     from model.topology import Topology
@@ -272,7 +275,14 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
         "protect": _protect(run_dir, [s.name for s in topo.servers]),
         "in_service": in_service(topo, run_dir),
         "links": _links_status(topo, run_dir),
+        "dns": _dns_status(topo, state, run_dir),
     }
+
+
+def _dns_status(topo: Topology, state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from lab.run.dns import dns_status
+
+    return dns_status(topo, run_dir, lambda node: netns.netns_path(f"{state['netns_prefix']}{node}"))
 
 
 def _links_status(topo: Topology, run_dir: Path) -> dict[str, Any]:
@@ -419,6 +429,17 @@ def _print_status(name: str, state: dict[str, Any], topo: Topology, as_json: boo
             serving = data["in_service"].get(pop.name, [])
             console.print(f"  {pop.name}: {len(serving)} of {len(pop.servers) + len(pop.standby)} servers in service"
                           + (" (autoscaled)" if pop.autoscale else ""))
+    dns = data["dns"]
+    if dns:
+        serial = dns["primary"]["serial"]
+        console.print(f"  DNS {dns['zone']}: primary serial {serial}" + (
+            f" [yellow](feed: {dns['primary']['feed']['error']})[/]" if dns["primary"]["feed"].get("error") else ""))
+        for p_name, p in dns["providers"].items():
+            nodes = ", ".join(f"{n} " + ("[green]" if info["serial"] == serial else "[red]") +
+                              f"{info['serial'] if info['serial'] is not None else 'silent'}[/]" +
+                              ("" if info.get("announced", True) else " [yellow](withdrawn)[/]")
+                              for n, info in p["nodes"].items())
+            console.print(f"    {p_name} ({p['kind']}, {p['anycast'] or 'unicast ' + p['address']}): {nodes}")
     cal = data["links"]["calibration"]
     for key, shape in data["links"]["shapes"].items():
         got = cal["links"].get(key, {})
@@ -691,6 +712,46 @@ def _link_changes(delay: float | None, jitter: float | None, distribution: str |
 
 
 @app.command()
+def dig(
+    query: Annotated[str, typer.Argument(metavar="NAME", help="the name to resolve, e.g. hello.edge.test")],
+    client: Annotated[str, typer.Option("--from", metavar="CLIENT", help="the client asking")],
+    rdtype: Annotated[str, typer.Option("--type", help="A, NS, SOA, TXT or CNAME")] = "A",
+    server: Annotated[str | None, typer.Option("--server", metavar="SERVER",
+                                               help="a provider (p1) or DNS node (r2-eu) to ask instead of the "
+                                                    "client's first resolver")] = None,
+    name: NameOpt = "main",
+    as_json: JsonOpt = False,
+) -> None:
+    """Resolve a name from a client: the answer, the server that gave it and the time.
+
+    A provider asked directly names the node that answered (NSID): which node of an anycast provider the
+    client reaches. Examples: anylab dig hello.edge.test --from eu-c1; anylab dig www.edge.test --from
+    ap-c2 --server p1"""
+    from lab.run.dns import dig as run_dig
+
+    if rdtype not in ("A", "NS", "SOA", "TXT", "CNAME"):
+        raise UsageError(f"--type {rdtype!r}: give A, NS, SOA, TXT or CNAME")
+    if len(query) > 253 or not DNS_NAME_RE.match(query):
+        raise UsageError(f"{query!r} is not a DNS name (labels of a-z, 0-9 and '-', dot-separated)")
+    state = _running_state(name)
+    topo = topology_of(state)
+    result = run_dig(topo, lambda node: netns.netns_path(f"{state['netns_prefix']}{node}"), client, query, rdtype,
+                     server)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    if result["rcode"] is None:
+        console.print(f"[red]{result['error']}[/] from {result['server']} ({result['address']}), asked by {client}")
+        raise typer.Exit(1)
+    by = result["answered_by"]
+    console.print(f"{result['rcode']} from {result['server']} ({result['address']})"
+                  + (f", answered by node {by}" if by != result["server"] else "")
+                  + (", authoritative" if result["authoritative"] else "") + f" in {result['ms']:.2f} ms")
+    for line in result["answer"]:
+        console.print(f"  {line}")
+
+
+@app.command()
 def inflation(
     name: NameOpt = "main",
     fail_pop: Annotated[str | None, typer.Option("--fail", metavar="POP",
@@ -839,7 +900,8 @@ def _pairs(items: list[str] | None, flag: str, form: str) -> list[tuple[str, str
 def deploy(
     worker: Annotated[str, typer.Argument(help="the worker's name")],
     code: Annotated[Path, typer.Argument(help="FILE.py defining 'async def fetch(request, env, ctx)'")],
-    host: Annotated[str | None, typer.Option(help="Host header it serves (default NAME.example)")] = None,
+    host: Annotated[str | None, typer.Option(help="Host header it serves (default its DNS name NAME.edge.test "
+                                                  "with the topology's DNS, else NAME.example)")] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="binding K=V (env.K), repeatable")] = None,
     kv: Annotated[list[str] | None, typer.Option("--kv", help="KV binding NAME=NAMESPACE (env.NAME)")] = None,
     do: Annotated[list[str] | None, typer.Option("--do", help="Durable Object binding NAME=Class (a class "
@@ -871,7 +933,9 @@ def deploy(
         bindings[key] = {"durable_object": cls}
     topo = topology_of(_running_state_usage(name))
     client = _control_client(topo, name)
-    host = host or f"{worker}.example"
+    # With DNS the worker's own name in the platform's zone (its deploy puts it there), so a user resolves
+    # the name and sends the Host header it serves.
+    host = host or (f"{worker}.{topo.dns.zone.rstrip('.')}" if topo.dns else f"{worker}.example")
     upload = {"code": text, "host": host, "path_prefix": path_prefix, "bindings": bindings, "priority": priority,
               **({"account": account} if account else {})}
     done = client.release(worker, upload, pop, region, timeout)
@@ -879,7 +943,8 @@ def deploy(
     console.print(f"{worker} {done.version} ({'new' if done.new else 'already uploaded'}) → {', '.join(pops)}")
     _print_propagation(done.propagation)
     console.print(f"  try: anylab exec {topo.clients[0].name} --name {name} -- curl -s -H 'Host: {host}' "
-                  f"http://{topo.anycast[0].network_address}{path_prefix}")
+                  f"http://{topo.anycast[0].network_address}{path_prefix}"
+                  + (f"; anylab dig {host} --from {topo.clients[0].name} --name {name}" if topo.dns else ""))
 
 
 @app.command()

@@ -56,6 +56,16 @@ clock-behind    KV node or region        the same, CLOCK_JUMP_S behind (back to 
 origin-down     origin                   SIGKILL the origin server (restart it)
 origin-slow     origin                   the origin answers after 2 s (back to normal)
 origin-errors   origin                   the origin answers 500 to every request (back to normal)
+dns-provider-down DNS provider (``p1``)  every node of the provider silent (nftables; its BGP sessions
+                                         time out, so an anycast provider's prefix is withdrawn)
+dns-node-down   a provider's node        SIGKILL its DNS server: an anycast node's health agent
+                                         withdraws the prefix there, its routers move to another node
+                                         of the provider (restart it)
+dns-primary-down ``dns-hidden``          SIGKILL the hidden primary and its feeder: the providers serve
+                                         on until the zone's expire, changes wait (restart both)
+dns-region-withdraw region               the runbook's containment: the region's PoP names pulled from
+                                         the platform's zone through the control plane (put back)
+resolver-down   a resolver node          SIGKILL the resolver: its clients go to their next (restart)
 =============== ======================== =============================================================
 """
 
@@ -98,9 +108,13 @@ class FaultTarget(Protocol):
 
     def etcd_leader(self) -> str | None: ...
 
+    def dns_withdraw(self, region: str, withdrawn: bool) -> dict[str, Any]: ...
+
 #: The scenarios that touch only the region's control plane node.
 CONTROL_PLANE_ONLY = ("cp-down", "cp-cut", "artifact-store-wipe")
 #: The scenarios that touch only the region's storage node (KV master, DO host).
+#: DNS scenarios: what they touch is DNS nodes (or the zone), never a region's servers and routers.
+DNS_ONLY = ("dns-provider-down", "dns-node-down", "dns-primary-down", "dns-region-withdraw", "resolver-down")
 STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut", "storage-partition", "kv-master-wipe", "do-host-wipe",
                 "clock-ahead", "clock-behind")
 #: How far clock-ahead and clock-behind move a KV master's HLC input: past the 5 s a peer's timestamp may
@@ -156,6 +170,11 @@ def _kind_of(topo: Topology, target: str) -> str | None:
         return "kv"
     if target in {o.name for o in topo.origins}:
         return "origin"
+    if topo.dns is not None:
+        if target in {p.name for p in topo.dns.providers}:
+            return "dns-provider"
+        roles = {n.name: n.role for n in topo.dns.nodes}
+        return {"provider": "dns-node", "resolver": "resolver", "hidden": "dns-primary"}.get(roles.get(target, ""))
     return None
 
 
@@ -179,6 +198,9 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
     if kind is None:
         examples = [topo.servers[0].name, topo.pops[0].name, topo.spec.regions[0].name, topo.control.name,
                     *(cp.name for cp in topo.control_planes[:1])]
+        if topo.dns is not None:
+            examples += [topo.dns.providers[0].name, topo.dns.providers[0].nodes[0], topo.dns.hidden.name,
+                         topo.dns.of_role("resolver")[0].name]
         raise UsageError(f"unknown target '{target}'; give a server, PoP, region, router link a:b, control or a "
                          f"control plane node (e.g. {', '.join(examples)})")
     if kind not in allowed:
@@ -220,6 +242,15 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
         if scenario == "region-down":
             hosts += cps  # the region's control plane goes with it
+    if kind == "dns-provider":
+        assert topo.dns is not None
+        hosts = topo.dns.provider(target).nodes
+    elif kind in ("dns-node", "resolver", "dns-primary"):
+        hosts = (target,)
+    if scenario in DNS_ONLY:
+        if topo.dns is None:
+            raise UsageError(f"{scenario}: topology {topo.name} has no DNS (no 'dns' section)")
+        return Plan(scenario, target, (), (), (), count, period, hosts)
     if scenario in STORAGE_ONLY or scenario in CONTROL_PLANE_ONLY:
         servers, routers = (), ()
         if not hosts:
@@ -560,15 +591,21 @@ def _others(inj: Injector, node: str) -> list[str]:
     return [str(cp.address) for cp in inj.lab.topo.control_planes if cp.name != node]
 
 
-def _kill_control_plane(inj: Injector, node: str) -> None:
-    """SIGKILL the region's control plane: its API processes and its etcd member."""
+def _kill_node(inj: Injector, node: str) -> None:
+    """SIGKILL every daemon of ``node``, last started first (a region's control plane: its API processes
+    and its etcd member; the hidden primary: its feeder and Knot)."""
     for d in reversed(inj.lab.daemons[node]):
         inj._kill(node, d.name)
 
 
-def _restart_control_plane(inj: Injector, node: str) -> None:
-    """Start the etcd member again (it catches up from the others), then the API processes."""
+def _restart_node(inj: Injector, node: str) -> None:
+    """Start every daemon of ``node`` again in order (an etcd member catches up from the others)."""
     inj._restart(node, [d.name for d in inj.lab.daemons[node]])
+
+
+def _dns_server(inj: Injector, node: str) -> str:
+    """The name of the DNS server daemon on a provider's node (``knot`` or ``nsd``)."""
+    return next(d.name for d in inj.lab.daemons[node] if d.name in ("knot", "nsd"))
 
 
 def _kill_leader(inj: Injector, p: Plan) -> None:
@@ -601,6 +638,14 @@ def _origin_mode(mode: str) -> Fault:
                      lambda inj, h: inj._daemon(h, "origin").set_mode("normal"))
 
 
+def _withdraw_region(inj: Injector, p: Plan) -> None:
+    inj.lab.dns_withdraw(p.target, True)
+
+
+def _put_region_back(inj: Injector, p: Plan, attempt: Attempt) -> None:
+    attempt(inj.lab.dns_withdraw, p.target, False)
+
+
 _SILENCE = Fault(_silence_all, _unsilence_all)
 
 #: Scenario → how it is done and undone; its names are :data:`lab.faults.scenarios.SCENARIOS`' (a test
@@ -622,7 +667,7 @@ FAULTS: dict[str, Fault] = {
     "control-down": _kill_daemon("control-plane"),
     "control-cut": _on_hosts(lambda inj, h: inj._run(h, ["nft", "-f", "-"], _nft_only(*_others(inj, h))),
                              _unsilence),
-    "cp-down": _on_hosts(_kill_control_plane, _restart_control_plane),
+    "cp-down": _on_hosts(_kill_node, _restart_node),
     "cp-cut": _cut_hosts(_others),
     "etcd-leader-kill": Fault(_kill_leader, _restart_leader),
     "artifact-store-wipe": _on_hosts(_wipe_artifacts, lambda _inj, _h: None),
@@ -637,4 +682,10 @@ FAULTS: dict[str, Fault] = {
     "origin-down": _kill_daemon("origin"),
     "origin-slow": _origin_mode("slow"),
     "origin-errors": _origin_mode("errors"),
+    "dns-provider-down": _on_hosts(lambda inj, h: inj._silence(h, True), _unsilence),
+    "dns-node-down": _on_hosts(lambda inj, h: inj._kill(h, _dns_server(inj, h)),
+                               lambda inj, h: inj._restart(h, [_dns_server(inj, h)])),
+    "dns-primary-down": _on_hosts(_kill_node, _restart_node),
+    "dns-region-withdraw": Fault(_withdraw_region, _put_region_back),
+    "resolver-down": _on_hosts(_kill_node, _restart_node),
 }

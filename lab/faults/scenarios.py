@@ -38,6 +38,11 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "origin-down": ("origin",),
     "origin-slow": ("origin",),
     "origin-errors": ("origin",),
+    "dns-provider-down": ("dns-provider",),
+    "dns-node-down": ("dns-node",),
+    "dns-primary-down": ("dns-primary",),
+    "dns-region-withdraw": ("region",),
+    "resolver-down": ("resolver",),
 }
 #: Where a lab's Injector records what is failed now.
 FAULTS_FILE = "faults.json"

@@ -21,16 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dns.flags as dns_flags
+import dns.rcode as dns_rcode
+
 from bgp.bird import BirdBfd
 from bgp.exabgp import ExaBgp
 from core.clock import monotonic
 from core.daemon import Daemon, NodeEnv
+from core.errors import UsageError
 from core.peer_auth import PeerKeys
 from core.wait import wait_for
 from dnsd.auth import KINDS as AUTH_KINDS
 from dnsd.auth import AuthServer, Knot, Served
 from dnsd.platform import Base, platform_zone
-from dnsd.probe import ask, soa_serial
+from dnsd.probe import ask, nsid_of, soa_serial
 from dnsd.resolver import KINDS as RESOLVER_KINDS
 from dnsd.zone import Record, Zone
 from lab.run.launchers import HealthAgent, PythonService
@@ -190,3 +194,76 @@ def wait_dns(topo: Topology, daemons: dict[str, list[Daemon]], netns: dict[str, 
     wait_for(served, timeout=timeout, what="every DNS provider node to serve the zone and every resolver to "
              "resolve", interval=0.1, describe=lambda: "; ".join(f"{k}: {v}" for k, v in sorted(seen.items())))
     return {"serial": feeder.state().get("serial"), "providers": {n.name: seen[n.name] for n in nodes}}
+
+
+def dns_status(topo: Topology, run_dir: Path, netns_of: Callable[[str], str]) -> dict[str, Any]:
+    """The DNS as it answers now (``anylab status --json``'s ``dns``): the hidden primary's serial and
+    feed, each provider → its nodes (the serial each answers with authority, None: none; whether its
+    health agent announces the provider's prefix), each resolver's kind and region. Empty without DNS."""
+    dns = topo.dns
+    if dns is None:
+        return {}
+    hidden = dns.hidden
+    try:
+        feed: dict[str, Any] = json.loads((run_dir / hidden.name / "feeder-state.json").read_text())
+    except (OSError, ValueError):
+        feed = {}
+    providers: dict[str, Any] = {}
+    for p in dns.providers:
+        nodes: dict[str, Any] = {}
+        for name in p.nodes:
+            n = dns.node(name)
+            # Asked from its router: a node silenced by a fault still answers inside its own namespace.
+            info: dict[str, Any] = {"router": n.router, "region": n.region, "address": str(n.address),
+                                    "serial": soa_serial(netns_of(n.router), str(n.address), dns.zone, timeout=0.3)}
+            if n.speaker is not None:
+                try:
+                    health = json.loads((run_dir / name / "health-state.json").read_text()).get("health")
+                except (OSError, ValueError):
+                    health = None
+                info["announced"] = health == "up"
+            nodes[name] = info
+        providers[p.name] = {"kind": p.kind, "ns": p.ns_name, "address": str(p.address),
+                             "anycast": str(p.anycast) if p.anycast else None, "nodes": nodes}
+    return {"zone": dns.zone,
+            "primary": {"node": hidden.name, "serial": soa_serial(netns_of(hidden.router), str(hidden.address),
+                                                                   dns.zone, timeout=0.3), "feed": feed},
+            "providers": providers,
+            "resolvers": {n.name: {"kind": n.kind, "region": n.region, "address": str(n.address)}
+                          for n in dns.of_role("resolver")}}
+
+
+def dig(topo: Topology, netns_of: Callable[[str], str], client: str, name: str, rdtype: str = "A",
+        server: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+    """One query from ``client``'s namespace: to its first resolver (``server`` None), a resolver or DNS
+    node by name, or a provider by name (its service address; NSID names the node that answered). Returns
+    the answer, the server asked and the node that answered, the rcode and the time (ms). Raises
+    UsageError for an unknown client or server."""
+    dns = topo.dns
+    if dns is None:
+        raise UsageError(f"topology {topo.name} has no DNS (no 'dns' section)")
+    clients = {c.name for c in topo.clients}
+    if client not in clients:
+        raise UsageError(f"no client named {client!r}; there are: {', '.join(sorted(clients))}")
+    providers = {p.name: p for p in dns.providers}
+    if server is None:
+        address = str(dns.resolvers_for(client)[0])
+        asked = next(n.name for n in dns.of_role("resolver") if str(n.address) == address)
+    elif server in providers:
+        address, asked = str(providers[server].address), server
+    elif server in {n.name for n in dns.nodes}:
+        address, asked = str(dns.node(server).address), server
+    else:
+        choices = sorted([*providers, *(n.name for n in dns.nodes)])
+        raise UsageError(f"--server {server!r}: give a provider or DNS node: {', '.join(choices)}")
+    recursion = asked not in providers and dns.node(asked).role == "resolver"
+    t0 = monotonic()
+    reply = ask(netns_of(client), address, name, rdtype, timeout=timeout, recursion=recursion, nsid=not recursion)
+    took = monotonic() - t0
+    out: dict[str, Any] = {"client": client, "name": name, "type": rdtype, "server": asked, "address": address,
+                           "ms": round(took * 1e3, 2)}
+    if reply is None:
+        return {**out, "rcode": None, "answer": [], "error": f"no answer within {timeout:g} s"}
+    return {**out, "rcode": dns_rcode.to_text(reply.rcode()), "authoritative": bool(reply.flags & dns_flags.AA),
+            "answered_by": nsid_of(reply) or asked,
+            "answer": [line for rrset in reply.answer for line in rrset.to_text().splitlines()]}

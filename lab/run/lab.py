@@ -159,10 +159,16 @@ class Lab:
             self.timings["network"] = monotonic() - t0
             self.write_state("starting")
             start_zygote(self.procs, self.run_dir, SERVER_PRELOAD)
-            start_daemons(self.daemons, set(self.daemons) - {s.name for s in self.topo.servers if s.standby})
+            # Resolvers once the routes are up: one started before would find the root unreachable and
+            # back off (seconds to tens of seconds) before it tries again.
+            resolvers = {n.name for n in self.topo.dns.of_role("resolver")} if self.topo.dns else set()
+            start_daemons(self.daemons, set(self.daemons) - resolvers - {s.name for s in self.topo.servers
+                                                                          if s.standby})
             self.timings["daemons_ready"] = monotonic() - t0
             wait_baseline(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
+            if resolvers:
+                start_daemons(self.daemons, resolvers)
             # Delay only once converged: every process starting at once is when a 2-core box has the least
             # CPU to spare, and the relays (real-time, ≈ 40–80 µs of CPU a packet) would take it from the
             # routers and daemons starting up. The sessions then carry the delay without flapping (it is
@@ -330,6 +336,14 @@ class Lab:
             d.wait_ready(timeout)
             started.append(d.name)
         return {"region": region, "replicas": replicas, "started": started}
+
+    def dns_withdraw(self, region: str, withdrawn: bool) -> dict[str, Any]:
+        """Pull ``region``'s PoP names from the platform's zone (``withdrawn``) or put them back, through
+        the control plane; returns its reply (the generation the feeder loads next). Raises
+        ControlPlaneError (an AnylabError) with the API's reason."""
+        reply: dict[str, Any] = self.control_plane_api().call("POST", f"/v1/dns/regions/{region}",
+                                                              {"withdrawn": withdrawn})
+        return reply
 
     def etcd_leader(self) -> str | None:
         """The control plane node whose etcd member leads now, as the members that answer say (None: none

@@ -82,7 +82,10 @@ def _dns_lines(topo: Topology, node: str) -> list[str]:
     lines = []
     for c in topo.clients:
         if c.name == node:
-            lines += [f"route add {a}/32 via {c.interface.peer_address.ip}" for a in topo.dns.resolvers_for(node)]
+            # Its resolvers, and the providers (``anylab dig --server p1`` asks one directly).
+            via = c.interface.peer_address.ip
+            lines += [f"route add {a}/32 via {via}" for a in topo.dns.resolvers_for(node)]
+            lines += [f"route add {p.anycast or f'{p.address}/32'} via {via}" for p in topo.dns.providers]
     for d in topo.dns.nodes:
         if d.name == node:
             intf = d.interface
