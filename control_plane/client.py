@@ -36,13 +36,15 @@ ADMIN_TOKEN = "admin.token"
 @dataclass(frozen=True)
 class Deployed:
     """A deploy or rollback as carried out: the version (None after a rollback), whether the upload was
-    new, PoP → version, and server → seconds from the API's commit to that server running it."""
+    new, PoP → version, server → seconds from the API's commit to that server running it, and the
+    commit's time (the API's CLOCK_MONOTONIC ``t``)."""
 
     name: str
     version: str | None
     placement: dict[str, str]
     propagation: dict[str, float]
     new: bool = False
+    t: float = 0.0
 
 
 class ControlPlaneError(AnylabError):
@@ -227,10 +229,11 @@ class Client:
         uploaded = self.upload(name, upload)
         reply = self.deploy(name, uploaded["version"], pops, regions)
         propagation = self.wait_applied(name, reply["placement"], reply["t"], timeout)
-        return Deployed(name, uploaded["version"], reply["placement"], propagation, bool(uploaded["new"]))
+        return Deployed(name, uploaded["version"], reply["placement"], propagation, bool(uploaded["new"]),
+                        float(reply["t"]))
 
     def roll_back(self, name: str, timeout: float = 30.0) -> Deployed:
         """Roll back and wait until every PoP server runs the placement before; raises as ``release``."""
         reply = self.rollback(name)
         propagation = self.wait_applied(name, reply["placement"], reply["t"], timeout)
-        return Deployed(name, None, reply["placement"], propagation)
+        return Deployed(name, None, reply["placement"], propagation, t=float(reply["t"]))

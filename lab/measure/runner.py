@@ -141,6 +141,12 @@ def _health_events(driver: Driver, servers: tuple[str, ...], t0: float) -> list[
 
 HTTP_WORKER = "anylab-http-probe"
 HTTP_HOST = "http-probe.anylab"
+
+
+def http_host(topo: Topology) -> str:
+    """The probe worker's host: with the topology's DNS its name in the platform's zone (its deploy puts it
+    there, and the users resolve it), else :data:`HTTP_HOST` (reached by the anycast address)."""
+    return f"{HTTP_WORKER}.{topo.dns.zone.rstrip('.')}" if topo.dns is not None else HTTP_HOST
 HTTP_CODE = "async def fetch(request, env, ctx):\n    return 'ok'\n"
 
 
@@ -159,7 +165,8 @@ def deploy_http_worker(driver: Driver) -> None:
     same version: a second measurement deploys nothing new). Raises ControlPlaneError."""
     from control_plane.client import Client
 
-    Client(control_plane_dirs(driver.topo, driver.run_dir)).release(HTTP_WORKER, {"code": HTTP_CODE, "host": HTTP_HOST})
+    Client(control_plane_dirs(driver.topo, driver.run_dir)).release(HTTP_WORKER, {"code": HTTP_CODE,
+                                                                                  "host": http_host(driver.topo)})
 
 
 class HttpLoads:
@@ -179,9 +186,12 @@ class HttpLoads:
         for c in self.driver.topo.clients:
             self.path(c.name).unlink(missing_ok=True)
             argv = [sys.executable, "-m", "lab.load.http_load",
-                    "--target", target, "--host", HTTP_HOST, "--out", str(self.path(c.name)),
+                    "--target", target, "--host", http_host(self.driver.topo), "--out", str(self.path(c.name)),
                     "--rate", str(self.spec.rate), "--connections", str(self.spec.connections),
                     "--timeout", str(self.spec.timeout), "--duration", f"{duration:.1f}"]
+            dns = self.driver.topo.dns
+            if dns is not None:  # the users reach the worker by name, through their resolvers
+                argv += ["--resolvers", ",".join(str(a) for a in dns.resolvers_for(c.name))]
             self.procs[c.name] = start_tool(self.driver.run_dir, argv, node=c.name, name="http-load",
                                             netns=self.driver.netns[c.name])
 

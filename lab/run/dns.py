@@ -37,10 +37,14 @@ from dnsd.platform import Base, platform_zone
 from dnsd.probe import ask, nsid_of, soa_serial
 from dnsd.resolver import KINDS as RESOLVER_KINDS
 from dnsd.zone import Record, Zone
-from lab.run.launchers import HealthAgent, PythonService
+from lab.run.launchers import HealthAgent, PythonService, weakened
 from model.dns import ROOT_NS, TLD, TLD_NS
 from model.graph import nearest_first
 from model.topology import Dns, Topology
+
+#: The test-only weakening (``ANYLAB_WEAKEN=dns``): a provider node's announcement does not follow its
+#: server (its health check always passes): a static anycast announcement, what RFC 4786 §4.3 warns of.
+WEAK_STATIC = "static"
 
 
 class DnsHealthAgent(HealthAgent):
@@ -48,6 +52,12 @@ class DnsHealthAgent(HealthAgent):
     ``dns``) fails until the node has the zone, so it waits only for ExaBGP."""
 
     dependencies = ("exabgp",)
+
+    def config(self) -> dict[str, object]:
+        cfg = super().config()
+        if weakened("dns", WEAK_STATIC):
+            cfg["checks"] = [{"kind": "command", "argv": ["true"]}]
+        return cfg
 
 
 class ZoneFeeder(PythonService):
