@@ -146,6 +146,9 @@ class Nsd(AuthServer):
                  f'    zonelistfile: "{d / "nsd-zone.list"}"', f'    xfrdfile: "{d / "nsd-xfrd.state"}"',
                  f'    xfrdir: "{d / "nsd-xfr"}"', f'    pidfile: "{d / "nsd.pid"}"', '    database: ""',
                  "    verbosity: 1", "    hide-version: yes", f'    nsid: "ascii_{self.node}"',
+                 # Load each transfer at once: by default NSD loads at most one a second, and deploys a
+                 # second apart then wait up to a second for the one before (measured: 1.09 s vs 0.1 s).
+                 "    xfrd-reload-timeout: 0",
                  "remote-control:", "    control-enable: no"]
         for s in self.served:
             lines += ["zone:", f"    name: {s.zone.origin}", f'    zonefile: "{self.zone_file(s.zone)}"',

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from core.clock import monotonic
 from core.proc import start_tool
+from core.stats import quantile
 from dnsd.stub import DEADLINE_S, TIMEOUT_S, Stub
 
 MAX_OUTSTANDING = 500
@@ -86,14 +87,6 @@ def read(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def pct(values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (nearest rank) of ``values``; None for none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def summary(records: list[dict[str, Any]], since: float = 0.0, until: float = float("inf")) -> dict[str, Any]:
     """Queries started in [since, until): how many, how many failed, latency p50/p99 (ms) of those
     answered, and the resolvers that answered (address → count)."""
@@ -103,7 +96,7 @@ def summary(records: list[dict[str, Any]], since: float = 0.0, until: float = fl
     for r in window:
         if r["ok"]:
             servers[r["srv"]] = servers.get(r["srv"], 0) + 1
-    p50, p99 = pct(ok, 0.5), pct(ok, 0.99)
+    p50, p99 = quantile(ok, 0.5), quantile(ok, 0.99)
     return {"queries": len(window), "failed": len(window) - len(ok),
             "p50_ms": None if p50 is None else round(p50, 2), "p99_ms": None if p99 is None else round(p99, 2),
             "max_ms": round(max(ok), 2) if ok else None, "answered_by": servers}
