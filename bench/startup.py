@@ -32,6 +32,7 @@ from lab.run.footprint import pss_now  # noqa: E402
 from lab.run.lab import Lab  # noqa: E402
 from model.graph import busiest_pop  # noqa: E402
 from model.load import build_topology, load_topology  # noqa: E402
+from model.budget import dns_kind  # noqa: E402
 
 TOPOLOGIES = {
     "two_pops": lambda: load_topology(PROJECT / "topologies" / "two_pops.yaml"),
@@ -69,6 +70,9 @@ def kind_of(lab: Lab, node: str) -> str:
         return "kv_master"
     if node == "lab":
         return "lab"  # the zygote the servers' daemons are forked from
+    dns = lab.topo.dns
+    if dns is not None and node in {n.name for n in dns.nodes}:
+        return f"dns_{dns_kind(dns.node(node))}"
     return "client"
 
 

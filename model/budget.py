@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.topology import Topology
+from model.topology import DnsNode, Topology
 
 MB = 1e6
 #: Per PoP server, by settings.server_process: (PSS bytes, idle CPU in cores); split measured by
@@ -28,6 +28,12 @@ SERVICE = (50 * MB, 0.002)
 #: A region's control plane node (etcd member + control plane API), apart from SERVICE (the labs measured
 #: above predate them): bench/startup.py (2026-12-04) measured 42–43 MB with three regions (53 MB alone).
 CONTROL_PLANE = (43 * MB, 0.01)
+#: A DNS node by :func:`dns_kind`: the root and the hidden primary (Knot; the primary with its feeder), a
+#: unicast provider node (its server), an anycast provider node (its server, ExaBGP, health agent, BIRD for
+#: BFD), a resolver by software: bench/startup.py (2026-12-04) on global.yaml measured 2.7, 15.4, 2.4, 37.5,
+#: 8.5 and 24.5 MB (Knot's and NSD's pages are shared between the nodes: PSS).
+DNS = {"root": (3 * MB, 0.001), "hidden": (16 * MB, 0.001), "unicast": (3 * MB, 0.001),
+       "anycast": (38 * MB, 0.004), "unbound": (9 * MB, 0.001), "bind": (25 * MB, 0.001)}
 #: The controller, the zygote, the recorders and the lab's pollers: one set per lab (the CPU is the
 #: intercept of bench/scale.py's idle lab CPU against its server count: 0.23, 0.41, 0.80 cores at 30, 102, 300).
 LAB = (10 * MB, 0.15)
@@ -65,7 +71,17 @@ def estimate(topo: Topology) -> Estimate:
     others = len(topo.services()) - len(topo.control_planes)
     memory += len(topo.clients) * CLIENT[0] + others * SERVICE[0] + len(topo.control_planes) * CONTROL_PLANE[0]
     cpu += len(topo.clients) * CLIENT[1] + others * SERVICE[1] + len(topo.control_planes) * CONTROL_PLANE[1]
+    for n in topo.dns.nodes if topo.dns else ():
+        memory += DNS[dns_kind(n)][0]
+        cpu += DNS[dns_kind(n)][1]
     return Estimate(memory, cpu, len(active), len(topo.routers))
+
+
+def dns_kind(n: DnsNode) -> str:
+    """A DNS node's line in :data:`DNS`."""
+    if n.role == "provider":
+        return "anycast" if n.speaker is not None else "unicast"
+    return n.kind if n.role == "resolver" else n.role
 
 
 def verdict(need: Estimate, available_memory: float, cores: int) -> tuple[str | None, str | None]:

@@ -821,18 +821,24 @@ def measure(
                                        "new-connection users) through a deployed worker", metavar="")] = False,
     http_rate: Annotated[float, typer.Option(help="--http: requests/s per user")] = 50.0,
     http_connections: Annotated[int, typer.Option(help="--http: keep-alive connections per client")] = 2,
+    dns: Annotated[bool, typer.Option("--dns", help="also DNS users on every client, resolving the platform's "
+                                      "names through their resolvers", metavar="")] = False,
+    dns_rate: Annotated[float, typer.Option(help="--dns: queries/s per client")] = 10.0,
+    dns_hold: Annotated[float, typer.Option(help="--dns: seconds a DNS fault lasts before it is restored")] = 10.0,
 ) -> None:
     """Inject a fault, measure detection, FIB changes and every client's shift, restore; N times.
 
     Examples: anylab measure drain sjc; anylab measure service-crash sjc-s1 --repeat 5 --json r.json;
-    anylab measure pops-down eu --csv - > shifts.csv"""
+    anylab measure pops-down eu --csv - > shifts.csv; anylab measure dns-provider-down p1 --dns"""
     from lab.measure import report
-    from lab.measure.runner import HttpSpec
+    from lab.measure.runner import DnsSpec, HttpSpec
     from lab.measure.runner import measure as run_measure
     from lab.run.driver import RemoteLab
 
     if not 1 <= repeat <= 1000:
         raise UsageError(f"--repeat {repeat}: give 1 to 1000 runs")
+    if not (0 < dns_rate <= 200 and 1 <= dns_hold <= 300):
+        raise UsageError("--dns-rate 0..200 and --dns-hold 1..300 s")
     if not (0 < http_rate <= 1000 and 1 <= http_connections <= 64):
         raise UsageError("--http-rate 0..1000 and --http-connections 1..64")
     if json_out == STDOUT and csv_out == STDOUT:
@@ -841,10 +847,11 @@ def measure(
     _output_dir("--csv", csv_out)
     _output_dir("--plot", plot)
     spec = HttpSpec(http_rate, http_connections) if http else None
+    dns_spec = DnsSpec(dns_rate, dns_hold) if dns else None
     driver = RemoteLab(name)
     try:
         with _progress(f"measuring {scenario} on {target} ({repeat} run(s))"):
-            result, timeline = run_measure(driver, scenario, target, repeat, count, period, settle, spec)
+            result, timeline = run_measure(driver, scenario, target, repeat, count, period, settle, spec, dns_spec)
     except KeyboardInterrupt:
         restored = control.call(driver.run_dir, "restore_all")["restored"]
         console.print(f"interrupted: restored {', '.join(restored) or 'nothing (no fault was active)'}; "
@@ -853,9 +860,9 @@ def measure(
     to_stdout = STDOUT in (json_out, csv_out)
     shown = Console(stderr=True) if to_stdout else console  # stdout carries the data alone
     shown.print(report.table(result))
-    http_table = report.http_table(result)
-    if http_table is not None:
-        shown.print(http_table)
+    for extra in (report.http_table(result), report.dns_table(result)):
+        if extra is not None:
+            shown.print(extra)
     for run in result["runs"]:
         for line in run["crosscheck"]:
             shown.print(f"[yellow]cross-check run {run['run']}: {line}[/]")

@@ -84,6 +84,29 @@ def http_table(result: dict[str, Any]) -> Table | None:
     return t
 
 
+def dns_table(result: dict[str, Any]) -> Table | None:
+    """With ``--dns``: per run and client, resolutions and failures before and during the fault, latency
+    p50/p99 (ms), and the worst second's failures; None without DNS users."""
+    if not any("dns" in r for r in result["runs"]):
+        return None
+    t = Table(title=f"DNS resolutions through each client's resolvers during {result['scenario']} on "
+                    f"{result['target']} (latency ms p50/p99)")
+    for col in ("run", "client", "before", "during", "failed", "worst second", "max ms"):
+        t.add_column(col, justify="left" if col == "client" else "right")
+
+    def lat(x: dict[str, Any]) -> str:
+        return "-" if x["p50_ms"] is None else f"{x['p50_ms']:.1f}/{x['p99_ms']:.1f}"
+
+    for r in result["runs"]:
+        for client, d in r.get("dns", {}).items():
+            worst = max(d["per_second"], key=lambda x: x["failed"], default=None)
+            t.add_row(str(r["run"]), client, lat(d["before"]), lat(d["during"]),
+                      f"{d['during']['failed']}/{d['during']['queries']}",
+                      "-" if worst is None or not worst["failed"] else f"s{worst['s']}: {worst['failed']}",
+                      "-" if d["during"]["max_ms"] is None else f"{d['during']['max_ms']:.0f}")
+    return t
+
+
 def plot(result: dict[str, Any], timeline: Timeline, out: Path) -> None:
     """Each client's serving server over time (lost probes in red), with the fault, the agents'
     decisions and every router's FIB change marked."""

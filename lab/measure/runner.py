@@ -21,6 +21,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from core.clock import monotonic
 from core.errors import AnylabError, UsageError, WaitTimeout
 from core.proc import start_tool
 from core.wait import wait_for
-from lab.faults.catalogue import Plan, plan
+from lab.faults.catalogue import DNS_ONLY, Plan, plan
 from lab.links.state import calibration_summary
+from lab.load.dns_load import DnsLoads, per_second, summary
 from lab.load.http_load import read as read_http
 from lab.record import analysis
 from lab.record.probes import Probe, read_probes
@@ -169,6 +171,23 @@ def deploy_http_worker(driver: Driver) -> None:
                                                                                   "host": http_host(driver.topo)})
 
 
+@dataclass(frozen=True)
+class DnsSpec:
+    """``--dns``: every client resolves the platform's names through its resolvers (``rate`` queries a
+    second, :mod:`lab.load.dns_load`) for the whole run; a DNS fault (which the UDP probes do not see) is
+    held ``hold_s`` seconds before it is restored."""
+
+    rate: float = 10.0
+    hold_s: float = 10.0
+
+
+def dns_names(topo: Topology) -> list[str]:
+    """The names ``--dns`` users resolve, all in the zone from the start: the front door and the first and
+    last PoPs' own names."""
+    zone = topo.dns.zone.rstrip(".") if topo.dns is not None else ""
+    return [f"www.{zone}", f"{topo.pops[0].name}.pop.{zone}", f"{topo.pops[-1].name}.pop.{zone}"]
+
+
 class HttpLoads:
     """One :mod:`lab.load.http_load` process per client for the length of one run; stopped by PID, and
     bounded by their own ``--duration`` if this process dies."""
@@ -225,7 +244,7 @@ class HttpLoads:
 
 
 def measure_once(driver: Driver, p: Plan, settle: float, index: int,
-                 http: HttpSpec | None = None) -> tuple[dict[str, Any], Timeline]:
+                 http: HttpSpec | None = None, dns: DnsSpec | None = None) -> tuple[dict[str, Any], Timeline]:
     """One run (see the module docstring); with ``http``, HTTP load runs from every client throughout.
     Raises WaitTimeout/AnylabError; the fault is restored anyway."""
     topo = driver.topo
@@ -234,14 +253,14 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int,
         set_probe_rate(driver.run_dir, measuring=True)
     t_fast = monotonic()
     try:
-        return _measure_once(driver, p, settle, index, http, t_fast + 1.0 if slow else t_fast)
+        return _measure_once(driver, p, settle, index, http, t_fast + 1.0 if slow else t_fast, dns)
     finally:
         if slow:
             set_probe_rate(driver.run_dir, measuring=False)
 
 
 def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: HttpSpec | None,
-                  t_fast: float) -> tuple[dict[str, Any], Timeline]:
+                  t_fast: float, dns: DnsSpec | None = None) -> tuple[dict[str, Any], Timeline]:
     """:func:`measure_once` with the probers at their measuring rate since ``t_fast`` (the second of
     probes before the fault that the analysis reads is at that rate)."""
     topo = driver.topo
@@ -250,6 +269,12 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
     rec = RouterRecorder({r.name: driver.netns[r.name] for r in topo.routers}, list(topo.anycast))
     skip = {c.name for c in topo.clients if c.router in p.routers}
     loads = HttpLoads(driver, http, skip) if http else None
+    users = None
+    if dns is not None:
+        if topo.dns is None:
+            raise UsageError(f"--dns: topology {topo.name} has no DNS (no 'dns' section)")
+        users = DnsLoads(driver.run_dir, driver.netns, {c.name: [str(a) for a in topo.dns.resolvers_for(c.name)]
+                                                        for c in topo.clients}, dns_names(topo), dns.rate)
     rec.start()
     restored = False
     try:
@@ -257,6 +282,10 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
             loads.start(duration=_deadline_s(topo, p) + 60.0)
             loads.wait_served(monotonic(), 5, timeout=15.0, clients=[c.name for c in topo.clients])
             loads.t_ready = monotonic()
+        if users is not None:
+            users.start(duration=_deadline_s(topo, p) + (dns.hold_s if dns else 0.0) + 60.0)
+            wait_for(lambda: all(sum(r["ok"] for r in users.records(c.name)) >= 3 for c in topo.clients),
+                     timeout=15.0, what="every client's first resolutions", interval=0.05)
         # A fresh "before": every client answered after the recorders started (and a second at the
         # measuring rate).
         t_rec = max(monotonic(), t_fast)
@@ -265,6 +294,9 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
         t_fault = driver.fail(p.scenario, p.target, p.count, p.period)
         _wait_settled(driver, p, t_fault, settle)
         _wait_network_quiet(rec, topo, p, t_fault, _deadline_s(topo, p))
+        if dns is not None and p.scenario in DNS_ONLY:
+            # The probes do not see a DNS fault: it lasts the time asked, the users resolving.
+            time.sleep(max(0.0, t_fault + dns.hold_s - monotonic()))
         if loads is not None:
             # "after" needs answers too; a client whose HTTP never recovers is a result, not an error.
             with contextlib.suppress(WaitTimeout):
@@ -274,6 +306,8 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
         rec.stop()
         if loads is not None:
             loads.stop()
+        if users is not None:
+            users.stop()
         if p.scenario != "flap":
             driver.restore(p.target)
             restored = True
@@ -312,6 +346,12 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
     }
     if loads is not None:
         run["http"] = loads.results(t_fault)
+    if users is not None:
+        run["dns"] = {c.name: {"before": summary(users.records(c.name), t_fault - 2.0, t_fault),
+                               "during": summary(users.records(c.name), t_fault, t_end),
+                               "per_second": [{k: v for k, v in x.items() if k != "answered_by"}
+                                              for x in per_second(users.records(c.name), t_fault)]}
+                      for c in topo.clients}
     timeline = Timeline(t_fault, probes, [(f.t, f.router) for f in rec.fib], [
         (float(e["t"]), f"{e.get('server')}: {e.get('announced')}") for e in events
         if float(e["t"]) <= t_end and (e.get("event") not in ("check-ok", "check-failed")
@@ -320,7 +360,8 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
 
 
 def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: int = 3, period: float = 1.0,
-            settle: float = 0.5, http: HttpSpec | None = None) -> tuple[dict[str, Any], Timeline | None]:
+            settle: float = 0.5, http: HttpSpec | None = None,
+            dns: DnsSpec | None = None) -> tuple[dict[str, Any], Timeline | None]:
     """Run ``repeat`` measurements; returns the JSON-ready result and the last run's timeline.
 
     Raises UsageError for a bad scenario/target (nothing touched), AnylabError/WaitTimeout when a run fails
@@ -334,7 +375,7 @@ def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: 
     if http is not None:
         deploy_http_worker(driver)
     for i in range(repeat):
-        run, timeline = measure_once(driver, p, settle, i, http)
+        run, timeline = measure_once(driver, p, settle, i, http, dns)
         runs.append(run)
     try:
         wait_baseline(driver.topo, driver.run_dir, deadline=monotonic() + BASELINE_TIMEOUT_S)

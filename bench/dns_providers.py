@@ -23,7 +23,10 @@ Unbound first, its second BIND; each figure is given per kind.
   served during the outage, per kind, and the resolvers' query rate to the dead providers against before
   (their retries: the load a DDoS victim sees on top of the attack).
 
-    sudo .venv/bin/python bench/dns.py [--ttls 1,10,30,300] [--out bench/results/dns.json]
+    sudo .venv/bin/python bench/dns_providers.py [--ttls 1,10,30,300] [--out bench/results/dns.json]
+
+(Not ``bench/dns.py``: Python puts a script's directory first on its path, and a ``dns.py`` there would
+hide dnspython — the package ``dns`` — from every script in ``bench/``.)
 """
 
 from __future__ import annotations
@@ -40,8 +43,7 @@ from typing import Any
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
-# Not this script's directory: "import dns" (dnspython, in the lab's DNS code) would find this file.
-sys.path[:] = [str(PROJECT), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
+sys.path.insert(0, str(PROJECT))
 
 from core.clock import monotonic  # noqa: E402
 from core.stats import quantile  # noqa: E402
