@@ -30,9 +30,9 @@ sys.path.insert(0, str(PROJECT))
 from core.clock import monotonic  # noqa: E402
 from lab.run.footprint import pss_now  # noqa: E402
 from lab.run.lab import Lab  # noqa: E402
+from model.budget import dns_kind  # noqa: E402
 from model.graph import busiest_pop  # noqa: E402
 from model.load import build_topology, load_topology  # noqa: E402
-from model.budget import dns_kind  # noqa: E402
 
 TOPOLOGIES = {
     "two_pops": lambda: load_topology(PROJECT / "topologies" / "two_pops.yaml"),
