@@ -20,13 +20,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.clock import monotonic
+from core.files import write_atomic
 from core.http_client import HttpError, http_call
 from core.peer_auth import Signer
 from dnsd.platform import Base, platform_zone
@@ -36,12 +36,6 @@ POLL_WAIT_S = 20.0
 CONNECT_S = 1.0
 #: Between rounds when no region answered.
 BACKOFF_S = 0.5
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Feeder:

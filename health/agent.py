@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from bgp.exabgp_api import Hold, request
 from core.clock import monotonic
+from core.files import write_atomic
 from core.timers import SLACK_S, Flag, next_tick
 from health import fsm
 from health.checks import KINDS, Check, LocalCheck, is_local_healthz, run_checks
@@ -246,7 +247,7 @@ class Agent:
         state = {"health": s.health, "announced": s.announced, "draining": s.draining, "overloaded": s.overloaded,
                  "pid": os.getpid(),
                  "t": monotonic()}
-        _atomic_write(self.config.state, json.dumps(state))
+        write_atomic(self.config.state, json.dumps(state))
         labels = f'server="{self.config.server}",pop="{self.config.pop}"'
         lines = [
             "# HELP anylab_health_up 1 while the server's checks pass (health up or falling).",
@@ -266,7 +267,7 @@ class Agent:
             "# TYPE anylab_health_last_check_seconds gauge",
             f"anylab_health_last_check_seconds{{{labels}}} {c.last_check_s:.6f}",
         ]
-        _atomic_write(self.config.metrics, "\n".join(lines) + "\n")
+        write_atomic(self.config.metrics, "\n".join(lines) + "\n")
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -326,12 +327,6 @@ class Agent:
         if self.hook_tasks:
             await asyncio.wait(self.hook_tasks, timeout=HOOK_TIMEOUT_S)
         self.log_file.close()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main() -> None:

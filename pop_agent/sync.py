@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.clock import monotonic
+from core.files import write_atomic
 from core.http_client import HttpError, http_call
 from core.peer_auth import Signer
 from tenant.deployment import Deployment
@@ -48,12 +49,6 @@ AWAY_POLL_S = 2.0
 #: long poll, so that a silent control plane is passed over in about a second.
 CONNECT_S = 1.0
 
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 class LocalStore:

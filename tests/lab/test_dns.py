@@ -38,17 +38,23 @@ def lab() -> Iterator[Lab]:
         yield running
 
 
-def hold(until: float) -> None:
-    """Let a fault last until ``until`` (CLOCK_MONOTONIC) while the users query: the fault's length, not a
-    wait for a state."""
-    time.sleep(max(0.0, until - monotonic()))
-
-
-def loads(lab: Lab, names: list[str], rate: float = 20.0) -> DnsLoads:
+def during_fault(lab: Lab, names: list[str], scenario: str, target: str, seconds: float) -> tuple[DnsLoads, float]:
+    """Every client resolving ``names`` (10 a second) while ``scenario`` on ``target`` lasts ``seconds``
+    (then restored); the users' records and the fault's time."""
     dns = lab.topo.dns
     assert dns is not None
-    return DnsLoads(lab.run_dir, lab.netns, {c.name: [str(a) for a in dns.resolvers_for(c.name)]
-                                             for c in lab.topo.clients}, names, rate)
+    users = DnsLoads(lab.run_dir, lab.netns, {c.name: [str(a) for a in dns.resolvers_for(c.name)]
+                                              for c in lab.topo.clients}, names, 10.0)
+    users.start(duration=seconds + 6.0)
+    try:
+        t_fault = lab.fail(scenario, target)
+        try:
+            time.sleep(max(0.0, t_fault + seconds - monotonic()))  # the fault's length, not a wait for a state
+        finally:
+            lab.restore(target)
+    finally:
+        users.stop()
+    return users, t_fault
 
 
 def test_every_provider_serves_the_zone_and_each_client_reaches_its_predicted_anycast_node(lab: Lab) -> None:
@@ -94,16 +100,8 @@ def test_an_anycast_dns_node_down_moves_its_clients_to_another_node_like_a_pop(l
 
 
 def test_with_a_whole_provider_down_no_resolution_fails(lab: Lab) -> None:
-    users = loads(lab, ["www.edge.test", "fresh.edge.test", "ord.pop.edge.test"], rate=10.0)
-    users.start(duration=12.0)
-    try:
-        t_fault = lab.fail("dns-provider-down", "p1")
-        try:
-            hold(t_fault + 6.0)
-        finally:
-            lab.restore("p1")
-    finally:
-        users.stop()
+    users, t_fault = during_fault(lab, ["www.edge.test", "fresh.edge.test", "ord.pop.edge.test"],
+                                  "dns-provider-down", "p1", 6.0)
     for c in lab.topo.clients:
         during = summary(users.records(c.name), since=t_fault, until=t_fault + 6.0)
         assert during["queries"] >= 40 and during["failed"] == 0, (c.name, during)
@@ -112,16 +110,7 @@ def test_with_a_whole_provider_down_no_resolution_fails(lab: Lab) -> None:
 
 
 def test_a_resolver_down_sends_its_clients_to_their_next_resolver(lab: Lab) -> None:
-    users = loads(lab, ["www.edge.test"], rate=10.0)
-    users.start(duration=8.0)
-    try:
-        t_fault = lab.fail("resolver-down", "r1-eu")
-        try:
-            hold(t_fault + 4.0)
-        finally:
-            lab.restore("r1-eu")
-    finally:
-        users.stop()
+    users, t_fault = during_fault(lab, ["www.edge.test"], "resolver-down", "r1-eu", 4.0)
     dns = lab.topo.dns
     assert dns is not None
     during = summary(users.records("eu-c1"), since=t_fault + TIMEOUT_S + 0.5, until=t_fault + 4.0)

@@ -33,7 +33,8 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
      "control-down, control-cut, cp-down, cp-cut, etcd-leader-kill, artifact-store-wipe, kv-master-crash, "
      "do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, "
      "clock-ahead, clock-behind, "
-     "origin-down, origin-slow, origin-errors"),
+     "origin-down, origin-slow, origin-errors, "
+     "dns-provider-down, dns-node-down, dns-primary-down, dns-region-withdraw, resolver-down"),
     (["kv", "frob", "ns"],
      "error: use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]"),
 ])
