@@ -17,7 +17,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${ANYLAB_VENV:-$here/.venv}
 apt_packages=(frr frr-pythontools bird2 mininet nftables iproute2 iputils-ping procps util-linux
               python3-venv python3-dev gcc net-tools ethtool psmisc curl wrk tcpdump python3-seccomp
-              iptables vde2 libc6-dev etcd-server openssl knot nsd unbound bind9)
+              iptables vde2 libc6-dev etcd-server openssl knot nsd unbound bind9 prometheus prometheus-alertmanager)
 
 log() { printf 'anylab setup: %s\n' "$*" >&2; }
 
