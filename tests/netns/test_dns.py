@@ -4,8 +4,6 @@ resolves through it all from the lab's own root hints."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,18 +11,17 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from core import netns
 from core.clock import monotonic
 from core.daemon import Daemon, NodeEnv
-from core.proc import ProcessGroup, recorded_procs
+from core.proc import ProcessGroup
 from core.wait import wait_for
 from dnsd.auth import KINDS as AUTH_KINDS
 from dnsd.auth import Knot, Served
 from dnsd.probe import ask
 from dnsd.resolver import KINDS as RESOLVER_KINDS
 from dnsd.zone import Record, Zone
+from tests.netns.spaces import daemon_space
 
-PREFIX = f"anylab-t{os.getpid()}-"
 KNOT, NSD, RESOLVER = "10.53.0.1", "10.53.0.2", "10.53.0.9"
 ANYCAST = "203.0.113.1"
 
@@ -40,20 +37,9 @@ EDGE = Zone("edge.test.", 1, "ns1.edge.test.", (Record("@", "NS", "ns1"), Record
 
 @pytest.fixture
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    name = PREFIX + "dns"
-    path = netns.add(name)
     run_dir = tmp_path_factory.mktemp("run")
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        for address in (KNOT, NSD, RESOLVER):  # this kernel has no dummy links: the addresses go on lo
-            subprocess.run(["ip", "-n", name, "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+    with daemon_space("dns", (KNOT, NSD, RESOLVER), run_dir) as path:
         yield path, run_dir
-    finally:
-        leftovers = recorded_procs(run_dir)
-        for proc in leftovers:
-            proc.stop()
-        netns.delete(name)
-        assert leftovers == [], "a daemon survived its stop()"
 
 
 def started(daemons: list[Daemon]) -> None:

@@ -4,17 +4,14 @@ the runbook phase it starts."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from core import netns
 from core.clock import monotonic
 from core.daemon import Daemon, NodeEnv
-from core.proc import ProcessGroup, recorded_procs
+from core.proc import ProcessGroup
 from core.wait import wait_for
 from lab.record.alerts import read
 from lab.run.monitoring import (
@@ -27,8 +24,8 @@ from lab.run.monitoring import (
     Rule,
     Target,
 )
+from tests.netns.spaces import daemon_space
 
-PREFIX = f"anylab-t{os.getpid()}-"
 MON = "10.90.0.1"
 #: From the target going down to the notification: a scrape (1 s), an evaluation (1 s), Alertmanager's
 #: group_wait (0) and its dispatch — 2 × SCRAPE_S, plus 2 s for two processes on a loaded 2-core box.
@@ -37,19 +34,9 @@ DELIVERY_S = 2 * SCRAPE_S + 2.0
 
 @pytest.fixture
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    name = PREFIX + "mon"
-    path = netns.add(name)
     run_dir = tmp_path_factory.mktemp("run")
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", name, "addr", "add", f"{MON}/32", "dev", "lo"], check=True)
+    with daemon_space("mon", (MON,), run_dir) as path:
         yield path, run_dir
-    finally:
-        leftovers = recorded_procs(run_dir)
-        for proc in leftovers:
-            proc.stop()
-        netns.delete(name)
-        assert leftovers == [], "a daemon survived its stop()"
 
 
 def daemons(path: str, run_dir: Path) -> tuple[Prometheus, Alertmanager, AlertReceiver]:
