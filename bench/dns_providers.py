@@ -32,7 +32,6 @@ hide dnspython — the package ``dns`` — from every script in ``bench/``.)
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(PROJECT))
 
 from core.clock import monotonic  # noqa: E402
 from core.stats import quantile  # noqa: E402
+from core.wait import wait_for  # noqa: E402
 from lab.load.dns_load import DnsLoads, per_second, summary  # noqa: E402
 from lab.measure.dns import (  # noqa: E402
     answering_node,
@@ -67,7 +67,6 @@ NAMES = ["www.edge.test", "bench.edge.test", "ord.pop.edge.test", "fra.pop.edge.
 
 def topology(ttl: int) -> Topology:
     data = yaml.safe_load(TOPOLOGY.read_text())
-    data = copy.deepcopy(data)
     data["dns"]["ttl"] = ttl
     return build_topology(data, str(TOPOLOGY))
 
@@ -91,13 +90,22 @@ class Bench:
         return DnsLoads(self.lab.run_dir, self.lab.netns, {c.name: [str(a) for a in self.dns.resolvers_for(c.name)]
                                                             for c in self.lab.topo.clients}, NAMES, self.rate)
 
-    def by_kind(self, loads: DnsLoads, since: float, until: float) -> dict[str, Any]:
-        """Per resolver kind (of the clients' first resolver): the users' queries in [since, until)."""
-        out: dict[str, Any] = {}
-        for kind in sorted(set(self.kind.values())):
-            recs = [x for c, k in self.kind.items() if k == kind for x in loads.records(c)]
-            out[kind] = summary(recs, since, until)
+    def records_by_kind(self, loads: DnsLoads) -> dict[str, list[dict[str, Any]]]:
+        """Resolver kind (of the clients' first resolver) → its clients' records, each file read once."""
+        out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in sorted(set(self.kind.values()))}
+        for client, kind in self.kind.items():
+            out[kind] += loads.records(client)
         return out
+
+    @staticmethod
+    def by_kind(records: dict[str, list[dict[str, Any]]], since: float, until: float) -> dict[str, Any]:
+        """Per resolver kind: the users' queries started in [since, until)."""
+        return {kind: summary(recs, since, until) for kind, recs in records.items()}
+
+    def answering(self, users: DnsLoads, timeout: float = 10.0) -> None:
+        """Wait until every client's users have had an answer (their resolvers reach the providers)."""
+        wait_for(lambda: all(any(x["ok"] for x in users.records(c)) for c in self.kind), timeout=timeout,
+                 what="every client's first resolution", interval=0.05)
 
     def resolver_kind(self, resolver: str) -> str:
         return self.dns.node(resolver).kind
@@ -123,13 +131,14 @@ class Bench:
     def normal(self, seconds: float) -> dict[str, Any]:
         count_queries(self.lab)
         users = self.users()
-        users.start(seconds + 2.0)
-        time.sleep(1.0)  # the users' first second: resolvers' caches start empty
+        users.start(seconds + 12.0)
+        self.answering(users)  # past the resolvers' first, empty-cache queries
         t0, c0 = monotonic(), query_counts(self.lab)
         time.sleep(seconds)  # the window measured itself
         t1, c1 = monotonic(), query_counts(self.lab)
         users.stop()
-        return {"seconds": seconds, "users": self.by_kind(users, t0, t1), "spread": self.spread(c0, c1, t1 - t0)}
+        return {"seconds": seconds, "users": self.by_kind(self.records_by_kind(users), t0, t1),
+                "spread": self.spread(c0, c1, t1 - t0)}
 
     def zone_change(self, deploys: int) -> dict[str, Any]:
         per_node: dict[str, list[float]] = {}
@@ -181,9 +190,9 @@ class Bench:
         count_queries(self.lab)
         users = self.users()
         users.start(before_s + fault_s + before_s + 2.0)
+        t_users = monotonic()
         time.sleep(before_s)  # the users warm the caches
-        t_base, c_base = monotonic(), query_counts(self.lab)
-        t_fault = monotonic()
+        t_fault, c_base = monotonic(), query_counts(self.lab)
         for p in providers:
             self.lab.fail("dns-provider-down", p)
         if cold:
@@ -196,9 +205,9 @@ class Bench:
         t_end, c_end = monotonic(), query_counts(self.lab)
         users.stop()
         dead = set(providers)
-        alive = [p.name for p in self.dns.providers if p.name not in dead]
-        # Queries per second to each provider before the fault: over the users' warm-up window.
-        pre = self.spread({}, c_base, max(0.1, t_base - (t_fault - before_s)))
+        # The load compared before and during: on the providers left, or (every one down) on the dead ones.
+        compared = [p.name for p in self.dns.providers if p.name not in dead] or sorted(dead)
+        pre = self.spread({}, c_base, t_fault - t_users)  # over the users' warm-up
         during = self.spread(c_base, samples[-1][1], samples[-1][0] - t_fault)
         stopped: dict[str, float | None] = {}
         for res in self.dns.of_role("resolver"):
@@ -207,21 +216,22 @@ class Bench:
                 if any(cb[res.name].get(p, 0) > ca[res.name].get(p, 0) for p in dead):
                     last = tb
             stopped[res.name] = None if last is None else round(last - t_fault, 2)
-        users_during = self.by_kind(users, t_fault, t_restore)
-        seconds = {kind: per_second([x for c, k in self.kind.items() if k == kind for x in users.records(c)],
-                                    t_fault) for kind in sorted(set(self.kind.values()))}
+        records = self.records_by_kind(users)
+
+        def qps(spread: dict[str, Any], kind: str) -> float:
+            return sum(spread[kind]["qps"].get(p) or 0.0 for p in compared)
+
         return {"providers_down": providers, "cold": cold, "fault_s": round(t_restore - t_fault, 2),
-                "users_before": self.by_kind(users, t_fault - before_s, t_fault),
-                "users_during": users_during, "users_after": self.by_kind(users, t_restore, t_restore + before_s),
+                "users_before": self.by_kind(records, t_fault - before_s, t_fault),
+                "users_during": self.by_kind(records, t_fault, t_restore),
+                "users_after": self.by_kind(records, t_restore, t_restore + before_s),
                 "queries_before": pre, "queries_during": during,
                 "queries_after": self.spread(samples[-1][1], c_end, t_end - samples[-1][0]),
-                "amplification": {kind: r(sum(during[kind]["qps"].get(p, 0) or 0 for p in alive or list(dead))
-                                          / max(1e-9, sum(pre[kind]["qps"].get(p, 0) or 0
-                                                          for p in alive or list(dead))), 2)
+                "amplification": {kind: r(qps(during, kind) / max(1e-9, qps(pre, kind)), 2)
                                   for kind in during if kind in pre},
                 "last_query_to_dead_s": stopped,
-                "per_second": {kind: [{k: v for k, v in s.items() if k != "answered_by"} for s in secs]
-                               for kind, secs in seconds.items()}}
+                "per_second": {kind: [{k: v for k, v in x.items() if k != "answered_by"}
+                                      for x in per_second(recs, t_fault)] for kind, recs in records.items()}}
 
 
 def run_ttl(ttl: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -50,17 +50,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def read_token(path: str | None) -> str | None:
-    """The metrics token in ``path`` (None: no path, metrics off). Raises ValueError for an empty one."""
-    if path is None:
-        return None
-    with open(path) as f:
-        token = f.read().strip()
-    if not token:
-        raise ValueError(f"the metrics token file {path} is empty")
-    return token
-
-
 def metrics_middleware(metrics: Metrics, token: str | None) -> Any:
     """Serve ``GET /metrics`` to the holder of ``token`` (none: refused), count every other request's
     answer. Goes before the peer check in the middleware list: a scrape carries no signature."""

@@ -94,3 +94,16 @@ def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.sock
     if isinstance(got, BaseException):
         raise AnylabError(f"cannot open a socket in {netns}: {got}")
     return got
+
+
+def connect_in(netns: str | None, address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to ``address:port`` made from inside ``netns`` (None: from here), its timeout set
+    to ``timeout``; the caller closes it. Raises OSError (no connection) or AnylabError (no namespace)."""
+    sock = socket_in(netns, socket.AF_INET, socket.SOCK_STREAM) if netns else socket.socket()
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

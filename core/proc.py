@@ -170,6 +170,19 @@ def start_tool(run_dir: Path, argv: Sequence[str], *, node: str, name: str, netn
     return popen
 
 
+def stop_tools(popens: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Stop tools :func:`start_tool` started: SIGTERM to all first, then each waited for ``timeout`` and
+    killed if it is still there (a load's SIGTERM lets it finish what is under way)."""
+    for popen in popens:
+        popen.terminate()
+    for popen in popens:
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+
 def stop_many(procs: list[Proc], errors: list[str], timeout: float = 5.0) -> None:
     """terminate → wait → kill → wait for many processes at once: every polite signal is sent (in the
     order given) before any wait, so a lab of thousands of processes stops in seconds, not in the sum of

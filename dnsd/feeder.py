@@ -29,7 +29,7 @@ from core.clock import monotonic
 from core.files import write_atomic
 from core.http_client import HttpError, http_call
 from core.peer_auth import Signer
-from dnsd.platform import Base, platform_zone
+from dnsd.platform import Base, check_state, platform_zone
 from dnsd.zone import ZoneError, render
 
 POLL_WAIT_S = 20.0
@@ -61,15 +61,16 @@ class Feeder:
                 raw = await http_call(host, port, "POST", "/v1/dns/changes", self.signer,
                                       {"generation": self.generation, "wait": POLL_WAIT_S},
                                       timeout=POLL_WAIT_S + 5.0, connect_s=CONNECT_S)
-                reply: dict[str, Any] = json.loads(raw)
+                # A malformed answer counts as no answer: the next region is asked.
+                reply = check_state(json.loads(raw))
                 return reply, str(reply.get("region"))
             except (HttpError, OSError, TimeoutError, ValueError) as exc:
                 last = exc
         raise last
 
     def load(self, state: Mapping[str, Any], region: str) -> None:
-        """Write the zone for ``state`` and have Knot load it; raises ZoneError, KeyError, TypeError or
-        subprocess.CalledProcessError."""
+        """Write the zone for ``state`` (checked: :func:`check_state`) and have Knot load it; raises
+        ZoneError or subprocess.SubprocessError."""
         text = render(platform_zone(self.base, state))
         write_atomic(self.zone_file, text)
         subprocess.run(self.reload_argv, check=True, capture_output=True, text=True, timeout=30)
@@ -90,11 +91,11 @@ class Feeder:
                 self.failed(f"no control plane answers: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(BACKOFF_S)  # a backoff between rounds, not a wait for a state
                 continue
-            if int(state.get("generation", -1)) == self.generation:
+            if state["generation"] == self.generation:
                 continue
             try:
                 self.load(state, region)
-            except (ZoneError, KeyError, TypeError, subprocess.SubprocessError) as exc:
+            except (ZoneError, subprocess.SubprocessError) as exc:
                 detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else exc
                 self.failed(f"zone not loaded: {type(exc).__name__}: {detail}")
                 await asyncio.sleep(BACKOFF_S)

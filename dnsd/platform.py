@@ -51,10 +51,32 @@ class Base:
                 "expire_s": self.expire_s}
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def check_state(data: Any) -> dict[str, Any]:
+    """``data`` (what a control plane answered) as the state :func:`platform_zone` takes; raises
+    ValueError naming what is wrong with it."""
+    if not isinstance(data, dict):
+        raise ValueError("the DNS state is not a JSON object")
+    generation = data.get("generation")
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise ValueError(f"generation {generation!r} is not a whole number ≥ 0")
+    if not _strings(data.get("workers")) or not _strings(data.get("withdrawn")):
+        raise ValueError("'workers' and 'withdrawn' must be lists of names")
+    pops = data.get("pops")
+    if not isinstance(pops, dict) or not all(
+            isinstance(info, dict) and isinstance(info.get("region"), str) and _strings(info.get("servers"))
+            for info in pops.values()):
+        raise ValueError("'pops' must map each PoP to its region and servers")
+    return data
+
+
 def platform_zone(base: Base, state: Mapping[str, Any]) -> Zone:
-    """The zone for the control plane's ``state`` (:meth:`control_plane.store.View.dns`). A worker whose
-    name is not a DNS label (``_`` is allowed in names) gets no name. Raises KeyError/TypeError for a
-    state of the wrong shape."""
+    """The zone for the control plane's ``state`` (:meth:`control_plane.store.View.dns`, as
+    :func:`check_state` passes it). A worker whose name is not a DNS label (``_`` is allowed in names)
+    gets no name."""
     records: list[Record] = []
     for name, address in base.ns:
         records.append(Record("@", "NS", name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import NamedTuple
 
 from core.errors import TopologyError
 from model.constants import (
@@ -29,7 +30,7 @@ from model.constants import (
 from model.dns import HIDDEN_NODE, ROOT_NODE, TLD, service_address
 from model.geo import propagation_ms, where
 from model.profiles import CheckSpec, Profile
-from model.spec import KvMasterSpec, Location, OriginSpec, PopSpec, ShapeFields, TopologySpec
+from model.spec import DnsProviderSpec, KvMasterSpec, Location, OriginSpec, PopSpec, ShapeFields, TopologySpec
 from model.topology import (
     Client,
     Dns,
@@ -167,22 +168,36 @@ def _dns_refs(spec: TopologySpec, need: Callable[[str, set[str], str, str], bool
                      "give the provider a prefix of its own, e.g. 198.51.100.1/32")
 
 
-def _dns_places(spec: TopologySpec, control_router: str) -> list[tuple[str, str, str, str, str, str | None]]:
-    """The DNS nodes as (name, role, kind, region, router, provider), in address order."""
+class _Place(NamedTuple):
+    """Where a DNS node goes, before it is addressed; ``provider`` for a provider's node."""
+
+    name: str
+    role: str
+    kind: str
+    region: str
+    router: str
+    provider: DnsProviderSpec | None = None
+
+    @property
+    def anycast(self) -> bool:
+        return self.provider is not None and self.provider.anycast is not None
+
+
+def _dns_places(spec: TopologySpec, control_router: str) -> list[_Place]:
+    """The DNS nodes, in address order."""
     assert spec.dns is not None
     dns = spec.dns
     region_of = {r.name: r.region for r in spec.routers}
     root = dns.root_router or spec.routers[0].name
     hidden = dns.primary_router or control_router
-    places: list[tuple[str, str, str, str, str, str | None]] = [
-        (ROOT_NODE, "root", "knot", region_of[root], root, None),
-              (HIDDEN_NODE, "hidden", "knot", region_of[hidden], hidden, None)]
+    places = [_Place(ROOT_NODE, "root", "knot", region_of[root], root),
+              _Place(HIDDEN_NODE, "hidden", "knot", region_of[hidden], hidden)]
     for prov in dns.providers:
-        places += [(f"{prov.name}-{r}", "provider", prov.kind, region_of[r], r, prov.name) for r in prov.routers]
+        places += [_Place(f"{prov.name}-{r}", "provider", prov.kind, region_of[r], r, prov) for r in prov.routers]
     for reg in spec.regions:
         first = next((c for c in spec.clients if c.region == reg.name), None)
         if first is not None:
-            places += [(f"r{k + 1}-{reg.name}", "resolver", kind, reg.name, first.router, None)
+            places += [_Place(f"r{k + 1}-{reg.name}", "resolver", kind, reg.name, first.router)
                        for k, kind in enumerate(dns.resolvers)]
     return places
 
@@ -293,10 +308,10 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         host_subnets.setdefault(km.router, []).append(r_addr.network)
     # The DNS nodes too (root, hidden primary, providers' nodes, resolvers), before the clients.
     dns_places = _dns_places(spec, control_router) if spec.dns is not None else []
-    for i, (name, _role, _kind, _reg, router, _prov) in enumerate(dns_places):
-        r_addr, d_addr = _p2p(DNS_LINKS, i, source, f"dns node {name}")
-        add_pair(router, name, r_addr, d_addr)
-        host_subnets.setdefault(router, []).append(r_addr.network)
+    for i, place in enumerate(dns_places):
+        r_addr, d_addr = _p2p(DNS_LINKS, i, source, f"dns node {place.name}")
+        add_pair(place.router, place.name, r_addr, d_addr)
+        host_subnets.setdefault(place.router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
@@ -316,15 +331,14 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     servers_set = {s_name for _p, _k, s_name, _rid in server_specs}
     # An anycast DNS provider's nodes speak BGP like PoP servers: customers of their router.
     dns_zone = f"{spec.dns.zone}.{TLD}" if spec.dns is not None else ""
-    provider_of = {p.name: p for p in spec.dns.providers} if spec.dns is not None else {}
-    speakers = [(name, provider_of[prov], router) for name, _role, _k, _r, router, prov in dns_places
-                if prov is not None and provider_of[prov].anycast is not None]
-    for name, pspec, _router in speakers:
-        assert pspec.asn is not None and pspec.anycast is not None
-        asn_of[name] = pspec.asn
-        rid_of[name] = intfs[name][0].address.ip
-        profile_of[name] = dns_profile(spec.settings.profile, str(service_address(pspec.anycast)), dns_zone)
-        servers_set.add(name)
+    speakers = [place for place in dns_places if place.anycast]
+    for place in speakers:
+        assert place.provider is not None and place.provider.asn is not None and place.provider.anycast is not None
+        asn_of[place.name] = place.provider.asn
+        rid_of[place.name] = intfs[place.name][0].address.ip
+        profile_of[place.name] = dns_profile(spec.settings.profile, str(service_address(place.provider.anycast)),
+                                             dns_zone)
+        servers_set.add(place.name)
 
     def session_profile(node: str, peer: str) -> Profile:
         if node in servers_set or peer in servers_set:
@@ -342,9 +356,9 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
             for up in p.upstreams:
                 relation_of[(up, s_name)] = "customer"
                 relation_of[(s_name, up)] = "provider"
-        for name, _pspec, router in speakers:
-            relation_of[(router, name)] = "customer"
-            relation_of[(name, router)] = "provider"
+        for place in speakers:
+            relation_of[(place.router, place.name)] = "customer"
+            relation_of[(place.name, place.router)] = "provider"
 
     def neighbors(node: str) -> tuple[Neighbor, ...]:
         out = []
@@ -383,19 +397,19 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
                     origins, control_planes, dns)
 
 
-def _dns_of(spec: TopologySpec, places: list[tuple[str, str, str, str, str, str | None]], zone: str,
+def _dns_of(spec: TopologySpec, places: list[_Place], zone: str,
             intfs: dict[str, list[Interface]], neighbors: Callable[[str], tuple[Neighbor, ...]],
             profile_of: dict[str, Profile]) -> Dns:
     assert spec.dns is not None
     nodes: list[DnsNode] = []
-    for name, role, kind, region, router, prov_name in places:
+    for place in places:
+        name, prov, intf = place.name, place.provider, intfs[place.name][0]
         speaker = None
-        prov = next((p for p in spec.dns.providers if p.name == prov_name), None)
         if prov is not None and prov.anycast is not None and prov.asn is not None:
-            intf = intfs[name][0]
-            speaker = Server(name, prov.name, prov.routers.index(router), prov.asn, region, intf.address.ip,
-                             (intf,), neighbors(name), (prov.anycast,), 0, 0, profile_of[name])
-        nodes.append(DnsNode(name, role, kind, region, router, intfs[name][0], prov_name, speaker))
+            speaker = Server(name, prov.name, prov.routers.index(place.router), prov.asn, place.region,
+                             intf.address.ip, (intf,), neighbors(name), (prov.anycast,), 0, 0, profile_of[name])
+        nodes.append(DnsNode(name, place.role, place.kind, place.region, place.router, intf,
+                             prov.name if prov is not None else None, speaker))
     providers = []
     for i, p in enumerate(spec.dns.providers):
         mine = tuple(n.name for n in nodes if n.provider == p.name)

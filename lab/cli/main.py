@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -41,9 +41,6 @@ from lab.run.rundir import (
     topology_of,
 )
 from model.constants import NAME_RE
-
-#: A name ``anylab dig`` asks for (absolute or not).
-DNS_NAME_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$")
 
 if TYPE_CHECKING:
     from model.budget import Estimate
@@ -237,6 +234,12 @@ def up(
                   f"'anylab status', 'anylab exec NODE -- CMD', 'anylab down'")
 
 
+def _netns_of(state: dict[str, Any]) -> Callable[[str], str]:
+    """Node → the path of its namespace, for the running lab whose state is ``state``."""
+    prefix = str(state["netns_prefix"])
+    return lambda node: netns.netns_path(prefix + node)
+
+
 def status_data(name: str) -> dict[str, Any]:
     """The status of a running lab as JSON-ready data (see ``anylab status --json``)."""
     state = _running_state(name)
@@ -282,7 +285,7 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
 def _dns_status(topo: Topology, state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from lab.run.dns import dns_status
 
-    return dns_status(topo, run_dir, lambda node: netns.netns_path(f"{state['netns_prefix']}{node}"))
+    return dns_status(topo, run_dir, _netns_of(state))
 
 
 def _links_status(topo: Topology, run_dir: Path) -> dict[str, Any]:
@@ -479,7 +482,7 @@ def exec_(
     for n, argv in argvs.items():
         if len(nodes) > 1:
             print(f"── {n} ──", flush=True)
-        netns_file = netns.netns_path(f"{state['netns_prefix']}{n}")
+        netns_file = _netns_of(state)(n)
         stdin = None if len(nodes) == 1 else subprocess.DEVNULL
         res = subprocess.run(["nsenter", f"--net={netns_file}", "--", *argv], stdin=stdin, check=False)
         if res.returncode != 0:
@@ -519,7 +522,7 @@ def capture(
     own = [i.name for i in topo.interfaces() if i.node == node]
     if interface not in (*own, "any", "lo"):
         raise UsageError(f"{node} has no interface '{interface}'; it has: {', '.join([*own, 'lo', 'any'])}")
-    spec = CaptureSpec(netns.netns_path(f"{state['netns_prefix']}{node}"), interface, write, count, duration, bpf)
+    spec = CaptureSpec(_netns_of(state)(node), interface, write, count, duration, bpf)
     check_filter(spec)  # compiled in the node's namespace: needs the lab
     if write != "-":
         print(f"capturing on {node} {interface} into {write} (at most {count} packets, {duration:g} s; Ctrl-C stops)",
@@ -727,15 +730,18 @@ def dig(
     A provider asked directly names the node that answered (NSID): which node of an anycast provider the
     client reaches. Examples: anylab dig hello.edge.test --from eu-c1; anylab dig www.edge.test --from
     ap-c2 --server p1"""
+    from dnsd.zone import TYPES, ZoneError, check_name
     from lab.run.dns import dig as run_dig
 
-    if rdtype not in ("A", "NS", "SOA", "TXT", "CNAME"):
-        raise UsageError(f"--type {rdtype!r}: give A, NS, SOA, TXT or CNAME")
-    if len(query) > 253 or not DNS_NAME_RE.match(query):
-        raise UsageError(f"{query!r} is not a DNS name (labels of a-z, 0-9 and '-', dot-separated)")
+    if rdtype not in (*TYPES, "SOA"):
+        raise UsageError(f"--type {rdtype!r}: give one of {', '.join((*TYPES, 'SOA'))}")
+    try:
+        check_name(query if query.endswith(".") else query + ".", "NAME")
+    except ZoneError as exc:
+        raise UsageError(str(exc)) from None
     state = _running_state(name)
     topo = topology_of(state)
-    result = run_dig(topo, lambda node: netns.netns_path(f"{state['netns_prefix']}{node}"), client, query, rdtype,
+    result = run_dig(topo, _netns_of(state), client, query, rdtype,
                      server)
     if as_json:
         print(json.dumps(result, indent=1))
@@ -831,7 +837,7 @@ def measure(
     Examples: anylab measure drain sjc; anylab measure service-crash sjc-s1 --repeat 5 --json r.json;
     anylab measure pops-down eu --csv - > shifts.csv; anylab measure dns-provider-down p1 --dns"""
     from lab.measure import report
-    from lab.measure.runner import DnsSpec, HttpSpec
+    from lab.measure.runner import DnsUsersSpec, HttpSpec
     from lab.measure.runner import measure as run_measure
     from lab.run.driver import RemoteLab
 
@@ -847,7 +853,7 @@ def measure(
     _output_dir("--csv", csv_out)
     _output_dir("--plot", plot)
     spec = HttpSpec(http_rate, http_connections) if http else None
-    dns_spec = DnsSpec(dns_rate, dns_hold) if dns else None
+    dns_spec = DnsUsersSpec(dns_rate, dns_hold) if dns else None
     driver = RemoteLab(name)
     try:
         with _progress(f"measuring {scenario} on {target} ({repeat} run(s))"):

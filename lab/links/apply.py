@@ -77,13 +77,14 @@ def tc_bandwidth(interface: str, mbit: float | None, queue: int | None) -> list[
     ]
 
 
-def run_in(netns: str, argv: Sequence[str], stdin: str | None = None, *, may_fail: bool = False) -> None:
-    """Run ``argv`` in the namespace at path ``netns``; raises AnylabError with its output unless it
-    exits 0 (or ``may_fail``)."""
+def run_in(netns: str, argv: Sequence[str], stdin: str | None = None, *, may_fail: bool = False) -> str:
+    """Run ``argv`` in the namespace at path ``netns``; its standard output. Raises AnylabError with its
+    output unless it exits 0 (or ``may_fail``)."""
     res = subprocess.run(["nsenter", f"--net={netns}", "--", *argv], input=stdin, capture_output=True, text=True,
                          check=False, timeout=30)
     if res.returncode != 0 and not may_fail:
         raise AnylabError(f"{' '.join(argv[:2])} in {netns}: {(res.stderr or res.stdout).strip()}")
+    return res.stdout
 
 
 def load_loss(netns: str, losses: Mapping[str, float]) -> None:

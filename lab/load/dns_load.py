@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from core.clock import monotonic
-from core.proc import start_tool
+from core.files import read_jsonl
+from core.proc import start_tool, stop_tools
 from core.stats import quantile
 from dnsd.stub import DEADLINE_S, TIMEOUT_S, Stub
 
@@ -77,16 +78,6 @@ def main() -> None:
         asyncio.run(run(Stub(resolvers, args.timeout, cache=False), names, args.rate, args.duration, out))
 
 
-def read(path: Path) -> list[dict[str, Any]]:
-    """The records of one load file (a torn last line is skipped)."""
-    out = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
-
-
 def summary(records: list[dict[str, Any]], since: float = 0.0, until: float = float("inf")) -> dict[str, Any]:
     """Queries started in [since, until): how many, how many failed, latency p50/p99 (ms) of those
     answered, and the resolvers that answered (address → count)."""
@@ -134,17 +125,10 @@ class DnsLoads:
 
     def stop(self) -> None:
         """Stop every load (SIGTERM: the queries under way end within the stub's deadline)."""
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(DEADLINE_S + 5.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_tools(list(self.procs.values()), DEADLINE_S + 5.0)
 
     def records(self, client: str) -> list[dict[str, Any]]:
-        return read(self.path(client))
+        return read_jsonl(self.path(client))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ import contextlib
 import errno
 import json
 import signal
-from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httptools
 
@@ -40,6 +39,10 @@ from dnsd.stub import Stub
 
 MODES = ("ka", "nc")
 
+
+
+class ResolutionFailed(OSError):
+    """The worker's name did not resolve (no address within the stub's deadline)."""
 
 
 def error_kind(exc: BaseException) -> str:
@@ -62,10 +65,6 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     """Send one request and read its whole answer: the status and who served it (X-Anylab-Server)."""
     status, headers, _body = await http_exchange(reader, writer, request)
     return status, headers.get("x-anylab-server", "")
-
-
-class ResolutionFailed(OSError):
-    """The worker's name did not resolve (no address within the stub's deadline)."""
 
 
 class Load:
@@ -172,19 +171,6 @@ def main() -> None:
     if not (0 < args.rate <= 1000 and 1 <= args.connections <= 64 and 0 < args.duration <= 3600):
         parser.error("rate 0..1000, connections 1..64, duration 0..3600 s")
     asyncio.run(run(args))
-
-
-def read(path: Any) -> list[dict[str, Any]]:
-    """The records of one load file (a torn last line is skipped)."""
-    out = []
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
-    return out
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ from typing import Any
 from core import unix_http
 from core.clock import monotonic
 from core.errors import AnylabError
+from core.files import read_jsonl as read_records
 from core.proc import start_tool
 from core.stats import quantile
 from core.wait import wait_for
 from lab.load.client_http import client_request
-from lab.load.http_load import read as read_records
 from lab.load.priority_load import host_of
 from lab.run.driver import Driver
 from lab.run.rundir import in_service

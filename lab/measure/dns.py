@@ -9,14 +9,16 @@ Every time is CLOCK_MONOTONIC, the clock every namespace of the lab shares.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
+
+from dns.rcode import NOERROR, NXDOMAIN
 
 from core.clock import monotonic
 from core.errors import AnylabError
 from core.wait import wait_for
-from dnsd.probe import ask, nsid_of, soa_serial
+from dnsd.probe import ask, nsid_of
+from lab.links.apply import run_in
 from lab.run.driver import Driver
 from model.topology import Dns
 
@@ -76,7 +78,7 @@ def wait_zone_everywhere(lab: Driver, name: str, t0: float, present: bool = True
             if n.name in took:
                 continue
             reply = ask(lab.netns[n.router], str(n.address), name, "A", timeout=0.2)
-            if reply is not None and bool(reply.answer) == present and reply.rcode() in (0, 3):
+            if reply is not None and bool(reply.answer) == present and reply.rcode() in (NOERROR, NXDOMAIN):
                 took[n.name] = round(monotonic() - t0, 4)
         return len(took) == len(nodes)
 
@@ -84,21 +86,6 @@ def wait_zone_everywhere(lab: Driver, name: str, t0: float, present: bool = True
              f"({'present' if present else 'gone'})", interval=0.005,
              describe=lambda: "not yet: " + ", ".join(n.name for n in nodes if n.name not in took))
     return took
-
-
-def serials(lab: Driver) -> dict[str, int | None]:
-    """Each provider node's serial now, asked from its router (None: no authoritative answer)."""
-    dns = dns_of(lab)
-    return {n.name: soa_serial(lab.netns[n.router], str(n.address), dns.zone, timeout=0.3)
-            for n in dns.of_role("provider")}
-
-
-def _nft(lab: Driver, node: str, argv: list[str], stdin: str | None = None) -> str:
-    res = subprocess.run(["nsenter", f"--net={lab.netns[node]}", "--", "nft", *argv], input=stdin,
-                         capture_output=True, text=True, timeout=10, check=False)
-    if res.returncode != 0:
-        raise AnylabError(f"nft {' '.join(argv)}: {res.stderr.strip()}", node=node)
-    return res.stdout
 
 
 def count_queries(lab: Driver) -> None:
@@ -110,9 +97,8 @@ def count_queries(lab: Driver) -> None:
     table = (f"table inet {COUNT_TABLE} {{\n  chain output {{ type filter hook output priority 0; policy accept;\n"
              f"{rules}  }}\n}}\n")
     for r in dns.of_role("resolver"):
-        subprocess.run(["nsenter", f"--net={lab.netns[r.name]}", "--", "nft", "delete", "table", "inet",
-                        COUNT_TABLE], capture_output=True, timeout=10, check=False)
-        _nft(lab, r.name, ["-f", "-"], table)
+        run_in(lab.netns[r.name], ["nft", "delete", "table", "inet", COUNT_TABLE], may_fail=True)  # none yet
+        run_in(lab.netns[r.name], ["nft", "-f", "-"], table)
 
 
 def query_counts(lab: Driver) -> dict[str, dict[str, int]]:
@@ -120,7 +106,7 @@ def query_counts(lab: Driver) -> dict[str, dict[str, int]]:
     dns = dns_of(lab)
     out: dict[str, dict[str, int]] = {}
     for r in dns.of_role("resolver"):
-        data = json.loads(_nft(lab, r.name, ["-j", "list", "table", "inet", COUNT_TABLE]))
+        data = json.loads(run_in(lab.netns[r.name], ["nft", "-j", "list", "table", "inet", COUNT_TABLE]))
         counts: dict[str, int] = {}
         for item in data.get("nftables", []):
             rule = item.get("rule")

@@ -28,12 +28,12 @@ from typing import Any
 
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError, WaitTimeout
-from core.proc import start_tool
+from core.files import read_jsonl as read_http
+from core.proc import start_tool, stop_tools
 from core.wait import wait_for
 from lab.faults.catalogue import DNS_ONLY, Plan, plan
 from lab.links.state import calibration_summary
 from lab.load.dns_load import DnsLoads, per_second, summary
-from lab.load.http_load import read as read_http
 from lab.record import analysis
 from lab.record.probes import Probe, read_probes
 from lab.record.recorders import RouterRecorder
@@ -172,7 +172,7 @@ def deploy_http_worker(driver: Driver) -> None:
 
 
 @dataclass(frozen=True)
-class DnsSpec:
+class DnsUsersSpec:
     """``--dns``: every client resolves the platform's names through its resolvers (``rate`` queries a
     second, :mod:`lab.load.dns_load`) for the whole run; a DNS fault (which the UDP probes do not see) is
     held ``hold_s`` seconds before it is restored."""
@@ -230,21 +230,14 @@ class HttpLoads:
                  describe=lambda: "no answers yet at " + ", ".join(pending))
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_tools(list(self.procs.values()), 5.0)
 
     def results(self, t_fault: float) -> dict[str, Any]:
         return {c: analysis.http_result(read_http(self.path(c)), t_fault, self.t_ready) for c in self.procs}
 
 
 def measure_once(driver: Driver, p: Plan, settle: float, index: int,
-                 http: HttpSpec | None = None, dns: DnsSpec | None = None) -> tuple[dict[str, Any], Timeline]:
+                 http: HttpSpec | None = None, dns: DnsUsersSpec | None = None) -> tuple[dict[str, Any], Timeline]:
     """One run (see the module docstring); with ``http``, HTTP load runs from every client throughout.
     Raises WaitTimeout/AnylabError; the fault is restored anyway."""
     topo = driver.topo
@@ -260,7 +253,7 @@ def measure_once(driver: Driver, p: Plan, settle: float, index: int,
 
 
 def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: HttpSpec | None,
-                  t_fast: float, dns: DnsSpec | None = None) -> tuple[dict[str, Any], Timeline]:
+                  t_fast: float, dns: DnsUsersSpec | None = None) -> tuple[dict[str, Any], Timeline]:
     """:func:`measure_once` with the probers at their measuring rate since ``t_fast`` (the second of
     probes before the fault that the analysis reads is at that rate)."""
     topo = driver.topo
@@ -361,7 +354,7 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
 
 def measure(driver: Driver, scenario: str, target: str, repeat: int = 1, count: int = 3, period: float = 1.0,
             settle: float = 0.5, http: HttpSpec | None = None,
-            dns: DnsSpec | None = None) -> tuple[dict[str, Any], Timeline | None]:
+            dns: DnsUsersSpec | None = None) -> tuple[dict[str, Any], Timeline | None]:
     """Run ``repeat`` measurements; returns the JSON-ready result and the last run's timeline.
 
     Raises UsageError for a bad scenario/target (nothing touched), AnylabError/WaitTimeout when a run fails

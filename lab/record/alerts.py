@@ -14,7 +14,6 @@ import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import IO, Any
 
 from core.clock import monotonic
@@ -45,7 +44,8 @@ def serve(address: str, port: int, out: IO[str]) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            length = int(declared) if declared.isdigit() else 0
             if self.path != PATH or not 0 < length <= MAX_BODY:
                 self.send_error(400 if self.path == PATH else 404)
                 return
@@ -65,21 +65,6 @@ def serve(address: str, port: int, out: IO[str]) -> ThreadingHTTPServer:
             return  # every notification is in the records; no access log
 
     return ThreadingHTTPServer((address, port), Handler)
-
-
-def read(path: Path) -> list[dict[str, Any]]:
-    """The notifications recorded so far (a torn last line is skipped)."""
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def main() -> None:

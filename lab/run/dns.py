@@ -37,7 +37,7 @@ from dnsd.platform import Base, platform_zone
 from dnsd.probe import ask, nsid_of, soa_serial
 from dnsd.resolver import KINDS as RESOLVER_KINDS
 from dnsd.zone import Record, Zone
-from lab.run.launchers import HealthAgent, PythonService, weakened
+from lab.run.launchers import HEALTH_STATE, HealthAgent, PythonService, weakened
 from model.dns import ROOT_NS, TLD, TLD_NS
 from model.graph import nearest_first
 from model.topology import Dns, Topology
@@ -60,6 +60,10 @@ class DnsHealthAgent(HealthAgent):
         return cfg
 
 
+#: What the feeder last loaded, in the hidden primary's directory (read by ``status`` too).
+FEEDER_STATE = "feeder-state.json"
+
+
 class ZoneFeeder(PythonService):
     """:mod:`dnsd.feeder` on the hidden primary's node, signing as ``dns/<node>``."""
 
@@ -76,7 +80,7 @@ class ZoneFeeder(PythonService):
 
     @property
     def state_file(self) -> Path:
-        return self.env.dir / "feeder-state.json"
+        return self.env.dir / FEEDER_STATE
 
     def config(self) -> dict[str, object]:
         zone = self.knot.served[0].zone
@@ -181,9 +185,10 @@ def wait_dns(topo: Topology, daemons: dict[str, list[Daemon]], netns: dict[str, 
     feeder = next(d for d in hidden if isinstance(d, ZoneFeeder))
     nodes = dns.of_role("provider")
     seen: dict[str, Any] = {}
-    last_notify = [0.0]
+    last_notify = 0.0
 
     def served() -> bool:
+        nonlocal last_notify
         state = feeder.state()
         serial = state.get("serial")
         seen["feeder"] = state
@@ -192,8 +197,8 @@ def wait_dns(topo: Topology, daemons: dict[str, list[Daemon]], netns: dict[str, 
         for n in nodes:
             seen[n.name] = soa_serial(netns[n.name], str(n.address), dns.zone)
         if any(seen[n.name] != serial for n in nodes):
-            if monotonic() - last_notify[0] > 1.0:
-                last_notify[0] = monotonic()
+            if monotonic() - last_notify > 1.0:
+                last_notify = monotonic()
                 knot.notify(dns.zone)
             return False
         for r in dns.of_role("resolver"):
@@ -215,7 +220,7 @@ def dns_status(topo: Topology, run_dir: Path, netns_of: Callable[[str], str]) ->
         return {}
     hidden = dns.hidden
     try:
-        feed: dict[str, Any] = json.loads((run_dir / hidden.name / "feeder-state.json").read_text())
+        feed: dict[str, Any] = json.loads((run_dir / hidden.name / FEEDER_STATE).read_text())
     except (OSError, ValueError):
         feed = {}
     providers: dict[str, Any] = {}
@@ -228,7 +233,7 @@ def dns_status(topo: Topology, run_dir: Path, netns_of: Callable[[str], str]) ->
                                     "serial": soa_serial(netns_of(n.router), str(n.address), dns.zone, timeout=0.3)}
             if n.speaker is not None:
                 try:
-                    health = json.loads((run_dir / name / "health-state.json").read_text()).get("health")
+                    health = json.loads((run_dir / name / HEALTH_STATE).read_text()).get("health")
                 except (OSError, ValueError):
                     health = None
                 info["announced"] = health == "up"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from core.daemon import Daemon, NodeEnv
 from core.errors import AnylabError
-from core.netns import socket_in
+from core.netns import connect_in
 from model.constants import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 from model.topology import ServiceNode
 
@@ -163,12 +162,10 @@ class EtcdMember(Daemon):
             return False
         try:
             context = tls_context(self.env.dir)
-            with socket_in(self.env.netns, socket.AF_INET, socket.SOCK_STREAM) as raw:
-                raw.settimeout(0.5)
-                raw.connect(("127.0.0.1", ETCD_CLIENT_PORT))
-                with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-                    sock.sendall(b"GET /version HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    reply = sock.recv(4096)
+            with connect_in(self.env.netns, "127.0.0.1", ETCD_CLIENT_PORT, 0.5) as raw, \
+                    context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"GET /version HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                reply = sock.recv(4096)
         except (OSError, AnylabError):
             return False
         return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0] and b"etcdserver" in reply

@@ -451,6 +451,10 @@ def _answers(path: Path, url: str) -> bool:
 MIN_LEASE_S = 1.0
 
 
+#: The health agent's last verdict, in its node's directory (read by ``status`` too).
+HEALTH_STATE = "health-state.json"
+
+
 def agent_lease(server: Server) -> float:
     """The lease a server's health agent holds the ExaBGP API with: ``fall × interval + timeout`` (what
     failing checks would have taken), at least :data:`MIN_LEASE_S`."""
@@ -500,7 +504,7 @@ class HealthAgent(PythonService):
 
     @property
     def state_file(self) -> Path:
-        return self.env.dir / "health-state.json"
+        return self.env.dir / HEALTH_STATE
 
     def validate(self) -> None:
         from health.agent import AgentConfig

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.daemon import Daemon, NodeEnv
 from core.errors import AnylabError
-from core.netns import socket_in
+from core.netns import connect_in
 from lab.record.alerts import PATH as ALERTS_PATH
 
 PROMETHEUS_PORT = 9090
@@ -58,19 +57,12 @@ def _json_yaml(data: object) -> str:
 
 def http_ready(netns: str | None, address: str, port: int, path: str = "/-/ready") -> bool:
     """``GET path`` on ``address:port`` from inside ``netns`` answers 200 (one probe, no retries)."""
-    try:
-        sock = socket_in(netns, socket.AF_INET, socket.SOCK_STREAM) if netns else None
-    except AnylabError:
-        return False
     conn = http.client.HTTPConnection(address, port, timeout=1.0)
     try:
-        if sock is not None:
-            sock.settimeout(1.0)
-            sock.connect((address, port))
-            conn.sock = sock
+        conn.sock = connect_in(netns, address, port, 1.0)
         conn.request("GET", path)
         return conn.getresponse().status == 200
-    except OSError:
+    except (OSError, AnylabError):
         return False
     finally:
         conn.close()
@@ -181,17 +173,9 @@ class AlertReceiver(Daemon):
                 "--out", str(self.records)]
 
     def ready(self) -> bool:
-        # A GET is refused (it takes only POST /alerts) — with an answer: it listens.
+        """It accepts a connection (it answers only ``POST /alerts``)."""
         try:
-            sock = socket_in(self.env.netns, socket.AF_INET, socket.SOCK_STREAM) if self.env.netns else None
-        except AnylabError:
+            connect_in(self.env.netns, self.listen, RECEIVER_PORT, 1.0).close()
+        except (OSError, AnylabError):
             return False
-        if sock is None:
-            return False
-        with sock:
-            sock.settimeout(1.0)
-            try:
-                sock.connect((self.listen, RECEIVER_PORT))
-            except OSError:
-                return False
         return True

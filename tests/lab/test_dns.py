@@ -20,7 +20,7 @@ from dnsd.stub import TIMEOUT_S
 from lab.cli.main import status_data
 from lab.load.dns_load import DnsLoads, summary
 from lab.measure.dns import answering_node, wait_node_shift, wait_zone_everywhere
-from lab.measure.runner import DnsSpec, measure
+from lab.measure.runner import DnsUsersSpec, measure
 from lab.run.dns import dig
 from lab.run.lab import Lab
 from model.graph import predict_routes
@@ -142,7 +142,7 @@ def test_with_the_primary_down_providers_serve_on_and_changes_wait_for_it(lab: L
 
 
 def test_measure_dns_reports_every_clients_resolutions_through_a_dns_fault(lab: Lab) -> None:
-    result, _ = measure(lab, "dns-provider-down", "p2", dns=DnsSpec(rate=10.0, hold_s=3.0))
+    result, _ = measure(lab, "dns-provider-down", "p2", dns=DnsUsersSpec(rate=10.0, hold_s=3.0))
     (run,) = result["runs"]
     assert set(run["dns"]) == {c.name for c in lab.topo.clients}
     for client, d in run["dns"].items():

@@ -9,7 +9,11 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pytest
+
 from core import netns
+from core.daemon import Daemon
+from core.errors import DaemonError
 from core.proc import recorded_procs
 
 
@@ -30,3 +34,14 @@ def daemon_space(suffix: str, addresses: Iterable[str], run_dir: Path) -> Iterat
             proc.stop()
         netns.delete(name)
         assert leftovers == [], "a daemon survived its stop()"
+
+
+def refuses_a_bad_config(daemon: Daemon, config: str, anchor: str, insertion: str) -> None:
+    """``daemon``'s own check passes on its rendered ``config`` (a suffix of its name), then refuses it —
+    naming the daemon — once ``insertion`` follows ``anchor`` in it."""
+    daemon.write_config()
+    daemon.validate()
+    path = daemon.path(config)
+    path.write_text(path.read_text().replace(anchor, anchor + insertion, 1))
+    with pytest.raises(DaemonError, match=daemon.name):
+        daemon.validate()

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from core.errors import TopologyError
-from dnsd.platform import Base, platform_zone
+from dnsd.platform import Base, check_state, platform_zone
 from dnsd.zone import render
 from health.checks import DnsCheck, soa_problem, soa_query
 from model.graph import predict_routes
@@ -105,6 +105,20 @@ def test_the_platform_zone_names_every_deployed_worker_and_every_pop_of_a_region
     withdrawn = render(platform_zone(BASE, {**STATE, "withdrawn": ["eu"]})).splitlines()
     assert "ord.pop.edge.test. A 10.1.0.1" in withdrawn and not any("fra.pop" in line for line in withdrawn)
     assert platform_zone(BASE, {**STATE, "generation": 0}).serial == 1  # a serial is never 0
+
+
+@pytest.mark.parametrize(("state", "words"), [
+    ([], "not a JSON object"),
+    ({**STATE, "generation": "7"}, "generation '7'"),
+    ({**STATE, "generation": True}, "generation True"),
+    ({**STATE, "workers": "hello"}, "lists of names"),
+    ({**STATE, "withdrawn": [1]}, "lists of names"),
+    ({**STATE, "pops": {"ord": {"region": "na"}}}, "'pops' must map"),
+])
+def test_a_control_plane_answer_of_the_wrong_shape_is_refused_before_it_is_used(state: object, words: str) -> None:
+    assert check_state(STATE) is STATE
+    with pytest.raises(ValueError, match=words):
+        check_state(state)
 
 
 def answer(query: bytes, aa: bool = True, rcode: int = 0, with_soa: bool = True) -> bytes:
