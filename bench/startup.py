@@ -70,6 +70,8 @@ def kind_of(lab: Lab, node: str) -> str:
         return "kv_master"
     if node == "lab":
         return "lab"  # the zygote the servers' daemons are forked from
+    if lab.topo.monitoring is not None and node == lab.topo.monitoring.name:
+        return "monitoring"
     dns = lab.topo.dns
     if dns is not None and node in {n.name for n in dns.nodes}:
         return f"dns_{dns_kind(dns.node(node))}"

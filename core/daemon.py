@@ -50,6 +50,9 @@ class Daemon(ABC):
     def __init__(self, env: NodeEnv) -> None:
         self.env = env
         self.proc: Proc | None = None
+        #: The lab's token for Prometheus's scrapes (:mod:`core.metrics`), given by the wiring to the daemons
+        #: that serve metrics when the lab has monitoring; None: not scraped.
+        self.metrics_token: str | None = None
 
     @property
     def node(self) -> str:

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from core import peer_auth
 from core.clock import monotonic
+from core.metrics import TOKEN_KEY, Metrics, metrics_middleware, read_token
 from core.peer_auth import Verifier
 from core.service import PEER, peer_middleware, run_service, service_main
 from durable import directory
@@ -66,6 +67,14 @@ class Directory:
         self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
         #: Authenticated requests refused, by reason (a host renewing another region's lease).
         self.refused = {"other_region": 0}
+        self.metrics = Metrics("do-directory")
+        self.metrics_token = read_token(cfg.get(TOKEN_KEY))
+        #: Regions failed over (their objects promoted in their backups): the DoFailover alert's signal.
+        self.failovers = self.metrics.counter("do_failovers", "Regions failed over by the directory", ("region",))
+        for region in self.regions:  # from 0: Prometheus's increase() needs the series before the first
+            self.failovers.labels(region)
+        live = self.metrics.gauge("do_regions_live", "Regions whose DO host holds its lease")
+        live.set_function(lambda: len(self.state.live))
 
     def _load(self) -> directory.State:
         state = directory.initial(list(self.regions))
@@ -126,6 +135,7 @@ class Directory:
             silent = now - self.last_seen[region]
             if silent > self.lease_s + self.margin_s:
                 actions = self._step(RegionDown(region))
+                self.failovers.labels(region).inc()
                 promoted = [a for a in actions if a.kind == "promote"]
                 self._event({"event": "region_down", "region": region, "silent_s": silent,
                              "moved": len(promoted)})
@@ -196,7 +206,8 @@ def make_app(d: Directory) -> web.Application:
     async def objects(request: web.Request) -> web.Response:
         return web.json_response(d.listing())
 
-    app = web.Application(middlewares=[peer_middleware(d.verifier, DIRECTORY_POLICY)])
+    app = web.Application(middlewares=[metrics_middleware(d.metrics, d.metrics_token),
+                                       peer_middleware(d.verifier, DIRECTORY_POLICY)])
     app.router.add_post("/v1/lease", lease)
     app.router.add_get("/v1/where", where)
     app.router.add_get("/v1/objects", objects)

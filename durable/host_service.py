@@ -52,6 +52,7 @@ from aiohttp import web
 from core import peer_auth
 from core.clock import monotonic
 from core.errors import AnylabError
+from core.metrics import service_metrics
 from core.peer_auth import Signer, Verifier
 from core.service import PEER, peer_middleware, run_service, service_main, signed_call
 from core.stats import quantile
@@ -446,7 +447,7 @@ class Host:
                             for k, e in sorted(self.owned.items())}}
 
 
-def make_app(host: Host) -> web.Application:
+def make_app(host: Host, outer: tuple[Any, ...] = ()) -> web.Application:
     """The host's HTTP API (its session and lock are made by :meth:`Host.open`)."""
 
     async def call(request: web.Request) -> web.Response:
@@ -499,7 +500,7 @@ def make_app(host: Host) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(host.status())
 
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[peer_middleware(host.verifier, HOST_POLICY)])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[*outer, peer_middleware(host.verifier, HOST_POLICY)])
     app.router.add_post("/v1/call", call)
     app.router.add_post("/v1/replicate", replicate)
     app.router.add_post("/v1/install", install)
@@ -512,7 +513,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True, spawner: Isola
     isolates."""
     host = Host(cfg, spawner)
     host.open()
-    await run_service(make_app(host), cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
+    app = make_app(host, (service_metrics(cfg, "do-host")[1],))
+    await run_service(app, cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
 
 
 def main() -> None:

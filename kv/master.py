@@ -51,6 +51,7 @@ from aiohttp import web
 
 from core import peer_auth
 from core.clock import monotonic
+from core.metrics import service_metrics
 from core.peer_auth import Signer, Verifier
 from core.service import is_operator, peer_middleware, run_service, service_main, signed_call
 from kv import service
@@ -420,7 +421,8 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
                                     ("POST", "/v1/replicate"): master.replicate,
                                     ("GET", "/v1/changes"): master.changes,
                                     ("POST", "/v1/clock"): master.set_clock}, now,
-                           (peer_middleware(master.verifier, MASTER_POLICY),))
+                           (peer_middleware(master.verifier, MASTER_POLICY),),
+                           (service_metrics(cfg, "kv-master")[1],))
     await run_service(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 
 

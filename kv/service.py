@@ -124,10 +124,10 @@ def list_response(api: ClientApi, request: web.Request, now: float) -> web.Respo
 
 
 def make_app(api: ClientApi, extra: dict[tuple[str, str], Handler], now: Callable[[], float],
-             middlewares: tuple[Any, ...] = ()) -> web.Application:
+             middlewares: tuple[Any, ...] = (), outer: tuple[Any, ...] = ()) -> web.Application:
     """The client API of ``api`` (put, delete, get, list, status) plus ``extra`` routes (``middlewares``
-    run inside the error handling)."""
-    app = web.Application(middlewares=[errors, *middlewares], client_max_size=64 * 1024 * 1024)
+    run inside the error handling, ``outer`` around it: the metrics, which count its answers)."""
+    app = web.Application(middlewares=[*outer, errors, *middlewares], client_max_size=64 * 1024 * 1024)
 
     async def list_keys(request: web.Request) -> web.Response:
         return list_response(api, request, now())

@@ -26,14 +26,18 @@ BFD_SESSION_CPU = 0.0014
 CLIENT = (10 * MB, 0.002)
 SERVICE = (50 * MB, 0.002)
 #: A region's control plane node (etcd member + control plane API), apart from SERVICE (the labs measured
-#: above predate them): bench/startup.py (2026-12-04) measured 42–43 MB with three regions (53 MB alone).
-CONTROL_PLANE = (43 * MB, 0.01)
+#: above predate them): bench/startup.py (2026-12-04) measured 42–43 MB with three regions (53 MB alone);
+#: 55 MB with metrics on (2026-12-05: the client library in the API process).
+CONTROL_PLANE = (55 * MB, 0.01)
 #: A DNS node by :func:`dns_kind`: the root and the hidden primary (Knot; the primary with its feeder), a
 #: unicast provider node (its server), an anycast provider node (its server, ExaBGP, health agent, BIRD for
 #: BFD), a resolver by software: bench/startup.py (2026-12-04) on global.yaml measured 2.7, 15.4, 2.4, 37.5,
 #: 8.5 and 24.5 MB (Knot's and NSD's pages are shared between the nodes: PSS).
 DNS = {"root": (3 * MB, 0.001), "hidden": (16 * MB, 0.001), "unicast": (3 * MB, 0.001),
        "anycast": (38 * MB, 0.004), "unbound": (9 * MB, 0.001), "bind": (25 * MB, 0.001)}
+#: The monitoring node (Prometheus, Alertmanager, the alert receiver), scraping 23 targets every second:
+#: bench/startup.py (2026-12-05) on global.yaml measured 89 MB.
+MONITORING = (89 * MB, 0.02)
 #: The controller, the zygote, the recorders and the lab's pollers: one set per lab (the CPU is the
 #: intercept of bench/scale.py's idle lab CPU against its server count: 0.23, 0.41, 0.80 cores at 30, 102, 300).
 LAB = (10 * MB, 0.15)
@@ -68,7 +72,10 @@ def estimate(topo: Topology) -> Estimate:
         memory += ROUTER.get(r.kind, ROUTER["frr"])[0]
         cpu += ROUTER.get(r.kind, ROUTER["frr"])[1]
         cpu += BFD_SESSION_CPU * sum(1 for n in r.neighbors if n.profile.bfd is not None)
-    others = len(topo.services()) - len(topo.control_planes)
+    if topo.monitoring is not None:
+        memory += MONITORING[0]
+        cpu += MONITORING[1]
+    others = len(topo.services()) - len(topo.control_planes) - (topo.monitoring is not None)
     memory += len(topo.clients) * CLIENT[0] + others * SERVICE[0] + len(topo.control_planes) * CONTROL_PLANE[0]
     cpu += len(topo.clients) * CLIENT[1] + others * SERVICE[1] + len(topo.control_planes) * CONTROL_PLANE[1]
     for n in topo.dns.nodes if topo.dns else ():

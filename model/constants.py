@@ -24,6 +24,10 @@ KV_LINKS = IPv4Network("10.4.0.0/16")
 ORIGIN_LINKS = IPv4Network("10.5.0.0/16")
 #: The DNS nodes' links (root, hidden primary, providers' nodes, resolvers), in that order.
 DNS_LINKS = IPv4Network("10.6.0.0/16")
+#: The monitoring node's link (one node: Prometheus, Alertmanager and the lab's alert receiver).
+MON_LINKS = IPv4Network("10.7.0.0/16")
+MON_NODE = "mon"
+PROMETHEUS_PORT = 9090
 #: An origin's HTTP port on the lab network (workers reach it with ``env.fetch("http://NAME/…")``).
 ORIGIN_PORT = 80
 #: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).

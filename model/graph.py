@@ -53,6 +53,8 @@ def to_graph(topo: Topology) -> nx.Graph:
         g.add_node(cp.name, kind="cp", region=cp.region)
     for d in topo.dns.nodes if topo.dns else ():
         g.add_node(d.name, kind="dns", region=d.region, role=d.role)
+    if topo.monitoring is not None:
+        g.add_node(topo.monitoring.name, kind="mon", region=topo.monitoring.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g

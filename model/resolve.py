@@ -21,9 +21,12 @@ from model.constants import (
     KV_LINKS,
     KV_PORT,
     LAB_SUPERNET,
+    MON_LINKS,
+    MON_NODE,
     ORIGIN_LINKS,
     ORIGIN_PORT,
     POP_LINKS,
+    PROMETHEUS_PORT,
     ROUTER_LOOPBACKS,
     SERVER_LOOPBACKS,
 )
@@ -138,6 +141,8 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
                 need(p_name, pops, f"anycast[{i}].pops[{j}]", "PoP")
     if spec.dns is not None:
         _dns_refs(spec, need, fail)
+    if spec.monitoring is not None and spec.monitoring.router is not None:
+        need(spec.monitoring.router, routers, "monitoring.router", "router")
     if errors:
         raise TopologyError.of_all(errors)
 
@@ -312,6 +317,11 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, d_addr = _p2p(DNS_LINKS, i, source, f"dns node {place.name}")
         add_pair(place.router, place.name, r_addr, d_addr)
         host_subnets.setdefault(place.router, []).append(r_addr.network)
+    mon_router = (spec.monitoring.router or control_router) if spec.monitoring is not None else None
+    if mon_router is not None:  # the monitoring node as well
+        r_addr, m_addr = _p2p(MON_LINKS, 0, source, "monitoring")
+        add_pair(mon_router, MON_NODE, r_addr, m_addr)
+        host_subnets.setdefault(mon_router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
@@ -393,8 +403,11 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     dns = None
     if spec.dns is not None:
         dns = _dns_of(spec, dns_places, dns_zone, intfs, neighbors, profile_of)
+    monitoring = None
+    if mon_router is not None:
+        monitoring = ServiceNode(MON_NODE, region_of[mon_router], mon_router, intfs[MON_NODE][0], PROMETHEUS_PORT)
     return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
-                    origins, control_planes, dns)
+                    origins, control_planes, dns, monitoring)
 
 
 def _dns_of(spec: TopologySpec, places: list[_Place], zone: str,

@@ -302,6 +302,15 @@ class DnsSpec(_Spec):
         return self
 
 
+class MonitoringSpec(_Spec):
+    """The lab's monitoring (absent: none): Prometheus scraping every service, Alertmanager and the lab's
+    alert receiver on one node, ``mon``, on ``router`` (default: the control node's)."""
+
+    router: str | None = None
+    #: The availability objective the error budget burns against (the design: 99.99 %).
+    slo: float = Field(0.9999, gt=0.5, lt=1.0)
+
+
 class BreakerSpec(_Spec):
     """One dependency's circuit breaker (the design's "Circuit Breaker Configuration")."""
 
@@ -404,6 +413,8 @@ class TopologySpec(_Spec):
     origins: tuple[OriginSpec, ...] | None = None
     #: DNS: a root, the platform's zone from several providers, resolvers per client region (absent: none).
     dns: DnsSpec | None = None
+    #: Prometheus, Alertmanager and the lab's alert receiver (absent: none).
+    monitoring: MonitoringSpec | None = None
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 

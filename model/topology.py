@@ -253,13 +253,16 @@ class Topology:
     control_planes: tuple[ServiceNode, ...] = ()
     #: The lab's DNS (None: the topology has no ``dns`` section).
     dns: Dns | None = None
+    #: The monitoring node (``mon``: Prometheus, Alertmanager, the alert receiver); None: no monitoring.
+    monitoring: ServiceNode | None = None
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
                 *(svc.name for svc in self.services()), *(n.name for n in (self.dns.nodes if self.dns else ()))]
 
     def services(self) -> tuple[ServiceNode, ...]:
-        return (self.control, *self.kv_masters, *self.origins, *self.control_planes)
+        return (self.control, *self.kv_masters, *self.origins, *self.control_planes,
+                *((self.monitoring,) if self.monitoring is not None else ()))
 
     def control_plane_of(self, region: str) -> ServiceNode:
         """The control plane node of ``region``; raises AnylabError if it has none."""

@@ -41,6 +41,7 @@ import uvloop
 
 from core.clock import monotonic
 from core.http_client import KeepAlivePool, NotConnected
+from core.metrics import METRICS_PATH, METRICS_PORT, Metrics, TextfileCollector, authorized, read_token
 from core.peer_auth import Signer
 from core.timers import SLACK_S, Flag, next_tick, phase_of
 from pop_agent.do_router import DO_ROUTER_PORT, DoRouter
@@ -200,6 +201,14 @@ class Edge:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolate-call")
         self.pools: dict[tuple[str, str], Pool] = {}  # (name, version) → pool
         self.table: dict[str, list[tuple[str, Pool]]] = {}
+        #: What Prometheus scrapes (served on the unicast address with a token, :class:`MetricsHandler`):
+        #: requests answered (route ``worker`` or ``unrouted``, status class: the error budget's events),
+        #: whether the edge serves, its degradation level and utilisation.
+        self.metrics = Metrics("edge")
+        self.metrics.gauge("edge_serving", "1 while the edge serves").set_function(lambda: float(self.serving))
+        self.metrics.gauge("edge_level", "The degradation level (0: normal)").set_function(lambda: self.level.level)
+        self.metrics.gauge("edge_utilisation", "Requests taken on over capacity").set_function(
+            lambda: self.utilisation(monotonic()))
 
     @property
     def inflight(self) -> int:
@@ -263,12 +272,24 @@ class Edge:
         return resp
 
     async def handle(self, req: Request) -> Response:
+        """The answer to ``req``, counted in :attr:`metrics` (a bug's exception as a 5xx, then raised)."""
         path = req.url.split("?", 1)[0]
         pool = self.route(req.host, path)
         if pool is None:
+            self.metrics.requests.labels("unrouted", "4xx").inc()
             body = json.dumps({"error": "no_deployment", "host": req.host,
                                "detail": "no worker is deployed for this host and path"}).encode()
             return self.stamp(Response(body, 404, {"content-type": "application/json"}))
+        status = 500
+        try:
+            resp = await self.serve_with(pool, req)
+            status = resp.status
+            return resp
+        finally:
+            self.metrics.requests.labels("worker", f"{status // 100}xx").inc()
+
+    async def serve_with(self, pool: Pool, req: Request) -> Response:
+        """``req`` served by ``pool`` here, spilled to a peer, or refused (rate limits, shedding)."""
         now = monotonic()
         spilled_in = SPILLED_FROM in req.headers
         decision = self.admission(pool, now, spilled_in)
@@ -427,6 +448,25 @@ def _refusal(status: int, code: str, detail: str, retry_after_s: float) -> Respo
     body = json.dumps({"error": code, "detail": detail}).encode()
     return Response(body, status, {"content-type": "application/json", "x-anylab-error": code,
                                    "retry-after": str(max(1, math.ceil(retry_after_s)))})
+
+
+class MetricsHandler:
+    """``GET /metrics`` for the holder of the lab's metrics token (:mod:`core.metrics`): the edge's
+    registry and what the node's other processes write (``health.prom``, ``kv.prom``). Anything else: 404;
+    no or a wrong token: 401."""
+
+    def __init__(self, metrics: Metrics, token: str) -> None:
+        self.metrics, self.token = metrics, token
+
+    async def handle(self, req: Request) -> Response:
+        if req.method != "GET" or req.url.split("?", 1)[0] != METRICS_PATH:
+            return Response(b"not found\n", 404)
+        if not authorized(req.headers.get("authorization"), self.token):
+            return Response(b"metrics token\n", 401, {"www-authenticate": "Bearer"})
+        return Response(self.metrics.exposition(), 200, {"content-type": "text/plain; version=0.0.4"})
+
+    def stamp(self, resp: Response) -> Response:
+        return resp
 
 
 class Handler(Protocol):
@@ -605,12 +645,14 @@ def reload(edge: Edge, store: LocalStore) -> None:
 async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, health_port: int,
                 store: LocalStore | None, control: tuple[list[tuple[str, int]], Signer] | None = None,
                 directory: tuple[str, int, Signer] | None = None, unicast: str | None = None,
-                account_limits: dict[str, float] | None = None, stop: Flag | None = None) -> None:
+                account_limits: dict[str, float] | None = None, stop: Flag | None = None,
+                metrics_token: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT — or, given ``stop``, until it is set (the signals are then the
     caller's). With ``store``, start from its last good set (SIGHUP reloads it); with
     ``control`` (the regions' control planes as (address, port), home first, and the signer) also keep it in
     sync with the control plane; with ``unicast`` (the
-    server's own lab address) also take requests other PoPs spill here and watch the edge's peers."""
+    server's own lab address) also take requests other PoPs spill here and watch the edge's peers, and
+    with ``metrics_token`` too serve its metrics there on :data:`METRICS_PORT`."""
     loop = asyncio.get_running_loop()
     account_limits = account_limits or {}
     if stop is None:
@@ -639,6 +681,12 @@ async def serve(edge: Edge, addresses: list[str], port: int, udp_port: int, heal
         closers.append(transport)
         tasks.append(asyncio.create_task(watch.run()))
     closers.append(await asyncio.start_server(healthz, "127.0.0.1", health_port))
+    if unicast and metrics_token:
+        if edge.protect_file is not None:  # the node's other processes' text files, beside protect.json
+            node_dir = edge.protect_file.parent
+            edge.metrics.registry.register(TextfileCollector([node_dir / "health.prom", node_dir / "kv.prom"]))
+        handler = MetricsHandler(edge.metrics, metrics_token)
+        closers.append(await loop.create_server(lambda: HttpProtocol(handler), unicast, METRICS_PORT))
     if directory is not None:
         router = DoRouter(directory[:2], edge.version_of, breaker=configured("do"), account_of=edge.account_of,
                           signer=directory[2], classes_of=edge.classes_of,
@@ -685,6 +733,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--spill-threshold", type=float, default=0.8, help="utilisation from which to spill")
     parser.add_argument("--account-limits", default="{}", help="JSON: this server's share of the per-account "
                         "limits (requests_per_s, do_requests_per_s)")
+    parser.add_argument("--metrics-token", type=Path, help="file: the lab's metrics token (serve /metrics on "
+                        f"the unicast address, port {METRICS_PORT})")
     parser.add_argument("--tick-phase", type=float, help="where in each second the housekeeping and idle peer "
                         "poll fall (default: from the server's name)")
     return parser
@@ -714,13 +764,14 @@ def run(args: argparse.Namespace, companion: Companion | None = None) -> None:
         protect_file = args.deployments.parent / "protect.json" if args.deployments else None
         peers = [Peer(**p) for p in json.loads(args.peers.read_text())] if args.peers else []
         account_limits = {k: float(v) for k, v in json.loads(args.account_limits).items()}
+        metrics_token = read_token(args.metrics_token)
         edge = Edge(args.pop, args.server, spawner, protect_file=protect_file, capacity_rps=args.capacity_rps,
                     spill_threshold=args.spill_threshold, peers=peers,
                     account_rps=account_limits.get("requests_per_s", 100_000.0), phase=args.tick_phase)
 
         def serving(stop: Flag | None) -> Coroutine[Any, Any, None]:
             return serve(edge, args.address, args.port, args.udp_port, args.health_port, store, control,
-                         directory, args.unicast, account_limits, stop)
+                         directory, args.unicast, account_limits, stop, metrics_token)
 
         async def together(companion: Companion) -> None:
             stopping, edge_stop = Flag(), Flag()

@@ -11,7 +11,8 @@ from model.graph import mermaid, to_graph
 from model.topology import Topology
 
 _COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2", "kv": "#b05a7a",
-           "cp": "#5c3d8a", "origin": "#7a7a7a", "dns": "#c2a84a"}
+           "cp": "#5c3d8a", "origin": "#7a7a7a", "dns": "#c2a84a",
+           "mon": "#2b8a8a"}
 
 
 def catchment_colors(topo: Topology, catchment: dict[str, str | None]) -> dict[str, str]:

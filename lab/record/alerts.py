@@ -1,6 +1,7 @@
 """The lab's alert receiver: Alertmanager's webhook delivers here, and every notification becomes one JSON
 line in ``--out``: ``{"t" (CLOCK_MONOTONIC when received), "status": "firing"|"resolved", "alerts":
-[{"alertname", "status", "phase", "severity", "instance", "starts_at", "ends_at"}]}``.
+[{"alertname", "status", "phase", "severity", "instance", "starts_at", "ends_at", "labels"}]}`` (``labels``:
+all of the alert's, e.g. its ``pop`` and ``region``).
 
 What arrives is checked before it is kept: a body over :data:`MAX_BODY`, not JSON, or not Alertmanager's
 webhook shape (version 4) is answered 400 and not recorded.
@@ -19,6 +20,8 @@ from typing import IO, Any
 from core.clock import monotonic
 
 MAX_BODY = 1024 * 1024
+#: An alert's labels kept at most (the lab's rules give five or six).
+MAX_LABELS = 32
 PATH = "/alerts"
 
 
@@ -32,10 +35,12 @@ def notification(body: bytes) -> dict[str, Any]:
         if not isinstance(a, dict) or not isinstance(a.get("labels"), dict):
             raise ValueError("an alert without labels")
         labels = a["labels"]
+        if len(labels) > MAX_LABELS or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise ValueError(f"an alert's labels must be at most {MAX_LABELS} strings")
         alerts.append({"alertname": str(labels.get("alertname", "")), "status": str(a.get("status", "")),
                        "phase": str(labels.get("phase", "")), "severity": str(labels.get("severity", "")),
                        "instance": str(labels.get("instance", "")), "starts_at": str(a.get("startsAt", "")),
-                       "ends_at": str(a.get("endsAt", ""))})
+                       "ends_at": str(a.get("endsAt", "")), "labels": dict(labels)})
     return {"t": round(monotonic(), 6), "status": str(data.get("status", "")), "alerts": alerts}
 
 

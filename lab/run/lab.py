@@ -41,6 +41,7 @@ from lab.run.cleanup import cleanup
 from lab.run.dns import wait_dns
 from lab.run.hostlimits import raise_limits
 from lab.run.launchers import SERVER_PRELOAD, ControlPlane
+from lab.run.monitoring import wait_monitoring
 from lab.run.observe import SessionState, observed_catchment, router_sessions
 from lab.run.rundir import (
     STATE_FILE,
@@ -162,13 +163,17 @@ class Lab:
             # Resolvers once the routes are up: one started before would find the root unreachable and
             # back off (seconds to tens of seconds) before it tries again.
             resolvers = {n.name for n in self.topo.dns.of_role("resolver")} if self.topo.dns else set()
-            start_daemons(self.daemons, set(self.daemons) - resolvers - {s.name for s in self.topo.servers
-                                                                          if s.standby})
+            # Monitoring once converged (with the resolvers): a scrape of a service still starting or a PoP
+            # not yet announced would page. Prometheus 2.42 scrapes new targets only after its discovery's
+            # 5 s throttle (internal, not configurable): that, not the lab, is what `monitoring_ready` waits.
+            monitoring = {self.topo.monitoring.name} if self.topo.monitoring is not None else set()
+            start_daemons(self.daemons, set(self.daemons) - resolvers - monitoring
+                          - {s.name for s in self.topo.servers if s.standby})
             self.timings["daemons_ready"] = monotonic() - t0
             wait_baseline(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
-            if resolvers:
-                start_daemons(self.daemons, resolvers)
+            if resolvers | monitoring:
+                start_daemons(self.daemons, resolvers | monitoring)
             # Delay only once converged: every process starting at once is when a 2-core box has the least
             # CPU to spare, and the relays (real-time, ≈ 40–80 µs of CPU a packet) would take it from the
             # routers and daemons starting up. The sessions then carry the delay without flapping (it is
@@ -186,6 +191,9 @@ class Lab:
             self.wait_do_leases(timeout=max(1.0, t0 + timeout - monotonic()))
             wait_platform_level_zero(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["platform_ready"] = monotonic() - t0
+            if monitoring:
+                wait_monitoring(self.topo, self.netns, timeout=max(1.0, t0 + timeout - monotonic()))
+                self.timings["monitoring_ready"] = monotonic() - t0
             if self.links.shaped():
                 self.links.calibrate()
                 self.timings["links_calibrated"] = monotonic() - t0

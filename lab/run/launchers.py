@@ -15,6 +15,7 @@ from control_plane.client import ADMIN_TOKEN, SOCKET, Client, ControlPlaneError
 from control_plane.shared import WEAK_WRITES
 from core import unix_http
 from core.daemon import Daemon, NodeEnv
+from core.metrics import TOKEN_FILE, TOKEN_KEY
 from core.netns import socket_in
 from core.peer_auth import PeerKeys
 from core.timers import phase_of
@@ -76,7 +77,7 @@ class EdgeWorker(Daemon):
         return blocks, files
 
     def secrets(self) -> dict[Path, str]:
-        return self.auth()[1]
+        return {**self.auth()[1], **token_files(self)}
 
     def render_config(self) -> dict[Path, str]:
         return {self.path("-peers.json"): json.dumps(self.peers, indent=1),
@@ -101,6 +102,8 @@ class EdgeWorker(Daemon):
                 # One phase per region: a server's spillover peers are its region's nearest PoPs, and
                 # polls and answers on one tick wake each server once a second instead of once per peer.
                 "--tick-phase", f"{phase_of(self.server.region, 1.0):.3f}"]
+        if self.metrics_token:
+            argv += ["--metrics-token", str(self.env.dir / TOKEN_FILE)]
         for prefix in self.server.prefixes:
             argv += ["--address", str(prefix.network_address)]
         return argv
@@ -119,9 +122,14 @@ class EdgeWorker(Daemon):
         return bool(reply.get("server") == self.server.name)
 
 
+def token_files(daemon: Daemon) -> dict[Path, str]:
+    """The metrics token's file in ``daemon``'s node directory, if Prometheus scrapes it."""
+    return {daemon.env.dir / TOKEN_FILE: daemon.metrics_token + "\n"} if daemon.metrics_token else {}
+
+
 class PythonService(Daemon):
     """A daemon of this project run as ``python -m MODULE --config D/NAME.json``, its config the JSON of
-    :meth:`config`."""
+    :meth:`config` (plus the metrics token's path when the lab scrapes it, :data:`core.metrics.TOKEN_KEY`)."""
 
     module: ClassVar[str]
 
@@ -134,10 +142,11 @@ class PythonService(Daemon):
         return {}, {}
 
     def secrets(self) -> dict[Path, str]:
-        return self.auth()[1]
+        return {**self.auth()[1], **token_files(self)}
 
     def render_config(self) -> dict[Path, str]:
-        return {self.path(".json"): json.dumps(self.config(), indent=1)}
+        token = {TOKEN_KEY: str(self.env.dir / TOKEN_FILE)} if self.metrics_token else {}
+        return {self.path(".json"): json.dumps({**self.config(), **token}, indent=1)}
 
     def argv(self) -> list[str]:
         return [self.env.python, "-m", self.module, "--config", str(self.path(".json"))]
@@ -169,7 +178,7 @@ class ControlPlane(PythonService):
         return self.keys.auth_config(self.path("-"), f"cp/{self.control.region}", ("pop", "do-host", "cp", "dns"))
 
     def secrets(self) -> dict[Path, str]:
-        return {self.env.dir / ADMIN_TOKEN: self.tokens["admin"] + "\n", **self.auth()[1]}
+        return {self.env.dir / ADMIN_TOKEN: self.tokens["admin"] + "\n", **self.auth()[1], **token_files(self)}
 
     @property
     def artifacts(self) -> Path:
@@ -185,6 +194,7 @@ class ControlPlane(PythonService):
         cls = type(f"ControlPlaneReplica{index}", (ControlPlane,), {"name": f"control-plane-{index}"})
         replica: ControlPlane = cls(self.env, self.control, self.pops, self.keys, self.peers, self.regions,
                                     self.tokens["admin"], index)
+        replica.metrics_token = self.metrics_token
         return replica
 
     def config(self) -> dict[str, object]:

@@ -5,7 +5,8 @@ each region's control plane node its etcd member and control plane API, each reg
 KV master and DO host, an origin node the origin,
 a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
 (or, ``server_process: folded``, ExaBGP and one pop agent), a DNS node its DNS daemons (:mod:`lab.run.dns`),
-a client its prober."""
+a client its prober, the monitoring node Prometheus, Alertmanager and the alert receiver
+(:mod:`lab.run.monitoring`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from lab.run.launchers import (
     PopAgent,
     Prober,
 )
+from lab.run.monitoring import monitoring_daemons
 from model.graph import nearest_first, spill_peers
 from model.topology import ServiceNode, Topology
 
@@ -97,6 +99,15 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     for d in topo.dns.nodes if topo.dns else ():
         env_of(d.name).dir.mkdir(parents=True, exist_ok=True)
     daemons.update(dns_daemons(topo, env_of, keys))
+    if topo.monitoring is not None:  # the token Prometheus scrapes with, given to every service it scrapes
+        token = secrets.token_urlsafe(24)
+        scraped = (ControlPlane, KvMaster, DoHost, DoDirectory, EdgeWorker)
+        for node_daemons in daemons.values():
+            for daemon in node_daemons:
+                for part in (daemon.edge,) if isinstance(daemon, PopAgent) else (daemon,):
+                    if isinstance(part, scraped):
+                        part.metrics_token = token
+        daemons.update(monitoring_daemons(topo, env_of, token))
     target = str(topo.anycast[0].network_address)
     for c in topo.clients:
         env_of(c.name).dir.mkdir(parents=True, exist_ok=True)

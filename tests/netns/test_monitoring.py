@@ -16,7 +16,6 @@ from core.proc import ProcessGroup
 from core.wait import wait_for
 from lab.run.monitoring import (
     ALERTMANAGER_PORT,
-    PROMETHEUS_PORT,
     SCRAPE_S,
     Alertmanager,
     AlertReceiver,
@@ -24,6 +23,7 @@ from lab.run.monitoring import (
     Rule,
     Target,
 )
+from model.constants import PROMETHEUS_PORT
 from tests.netns.spaces import daemon_space, refuses_a_bad_config
 
 MON = "10.90.0.1"
