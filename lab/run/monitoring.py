@@ -163,14 +163,16 @@ class Prometheus(Daemon):
             job["authorization"] = {"type": "Bearer", "credentials_file": str(self.env.dir / TOKEN_FILE)}
         return job
 
-    def rules_config(self) -> dict[str, object]:
-        return {"groups": [{"name": "anylab", "rules": [
+    @staticmethod
+    def rules_text(rules: Sequence[Rule]) -> str:
+        """``rules`` as a Prometheus rule file (one group, evaluated every :data:`SCRAPE_S`)."""
+        return _json_yaml({"groups": [{"name": "anylab", "rules": [
             {"alert": r.alert, "expr": r.expr, "for": f"{int(r.for_s * 1000)}ms",
              "labels": {"severity": r.severity, "phase": r.phase},
-             "annotations": {"summary": r.summary or r.alert}} for r in self.rules]}]}
+             "annotations": {"summary": r.summary or r.alert}} for r in rules]}]})
 
     def render_config(self) -> dict[Path, str]:
-        return {self.path(".yml"): _json_yaml(self.config()), self.rules_file: _json_yaml(self.rules_config())}
+        return {self.path(".yml"): _json_yaml(self.config()), self.rules_file: self.rules_text(self.rules)}
 
     def validate(self) -> None:
         self.run_check(["promtool", "check", "config", str(self.path(".yml"))], "promtool check config")
