@@ -43,7 +43,7 @@ from core.clock import wall
 from core.errors import AnylabError
 
 HEADER = "X-Anylab-Auth"
-ROLES = ("kv-master", "kv-replica", "do-host", "do-directory", "do-router", "pop", "cp", "dns")
+ROLES = ("kv-master", "kv-replica", "do-host", "do-directory", "do-router", "pop", "cp", "dns", "backup")
 #: How far a request's time may be from the service's clock, either way.
 WINDOW_S = 5.0
 #: Nonces remembered at most (~10 s of requests at 20 000/s); a service past it refuses (``busy``).

@@ -71,8 +71,8 @@ MAX_CLOCK_OFFSET_S = 86_400.0
 #: Who may call what on the lab network (the operator's ``kv.sock`` is not asked): peer masters replicate
 #: and pull; the replicas write, read what their copy cannot and follow.
 MASTER_POLICY = peer_auth.prefix_policy({
-    "POST /v1/replicate": ("kv-master",),
-    "GET /v1/changes": ("kv-master", "kv-replica"),
+    "POST /v1/replicate": ("kv-master", "backup"),  # the backup service's restore writes as a peer does
+    "GET /v1/changes": ("kv-master", "kv-replica", "backup"),
     "POST /v1/kv/": ("kv-replica",),
     "GET /v1/kv/": ("kv-replica",),
     "GET /v1/status": ("kv-master", "kv-replica"),

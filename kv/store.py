@@ -263,6 +263,20 @@ class Store:
                                 "WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit)).fetchall()
         return [self._row(r) for r in rows]
 
+    def copy_to(self, dest: Path) -> None:
+        """A consistent copy of every namespace's database into ``dest`` (SQLite's online backup, under
+        the lock: no apply runs meanwhile). Raises OSError/sqlite3.Error."""
+        dest.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            for ns in self.namespaces():
+                conn = self._conn(ns, create=False)
+                assert conn is not None
+                target = sqlite3.connect(dest / f"{ns}.db")
+                try:
+                    conn.backup(target)
+                finally:
+                    target.close()
+
     def all(self, ns: str) -> Iterator[Entry]:
         """Every stored version (for convergence checks)."""
         with self.lock:

@@ -28,6 +28,10 @@ DNS_LINKS = IPv4Network("10.6.0.0/16")
 MON_LINKS = IPv4Network("10.7.0.0/16")
 MON_NODE = "mon"
 PROMETHEUS_PORT = 9090
+#: The backup node's link (the primary region's backup store and its service), its node and port.
+BACKUP_LINKS = IPv4Network("10.8.0.0/16")
+BACKUP_NODE = "bk"
+BACKUP_PORT = 8400
 #: An origin's HTTP port on the lab network (workers reach it with ``env.fetch("http://NAME/…")``).
 ORIGIN_PORT = 80
 #: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).

@@ -55,6 +55,8 @@ def to_graph(topo: Topology) -> nx.Graph:
         g.add_node(d.name, kind="dns", region=d.region, role=d.role)
     if topo.monitoring is not None:
         g.add_node(topo.monitoring.name, kind="mon", region=topo.monitoring.region)
+    if topo.backup is not None:
+        g.add_node(topo.backup.name, kind="backup", region=topo.backup.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g

@@ -10,6 +10,9 @@ from typing import NamedTuple
 
 from core.errors import TopologyError
 from model.constants import (
+    BACKUP_LINKS,
+    BACKUP_NODE,
+    BACKUP_PORT,
     CLIENT_LINKS,
     CONTROL_LINKS,
     CONTROL_NODE,
@@ -143,6 +146,8 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         _dns_refs(spec, need, fail)
     if spec.monitoring is not None and spec.monitoring.router is not None:
         need(spec.monitoring.router, routers, "monitoring.router", "router")
+    if spec.backup is not None and spec.backup.router is not None:
+        need(spec.backup.router, routers, "backup.router", "router")
     if errors:
         raise TopologyError.of_all(errors)
 
@@ -322,6 +327,11 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, m_addr = _p2p(MON_LINKS, 0, source, "monitoring")
         add_pair(mon_router, MON_NODE, r_addr, m_addr)
         host_subnets.setdefault(mon_router, []).append(r_addr.network)
+    bk_router = (spec.backup.router or control_router) if spec.backup is not None else None
+    if bk_router is not None:  # and the backup node
+        r_addr, b_addr = _p2p(BACKUP_LINKS, 0, source, "backup")
+        add_pair(bk_router, BACKUP_NODE, r_addr, b_addr)
+        host_subnets.setdefault(bk_router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
@@ -406,8 +416,11 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     monitoring = None
     if mon_router is not None:
         monitoring = ServiceNode(MON_NODE, region_of[mon_router], mon_router, intfs[MON_NODE][0], PROMETHEUS_PORT)
+    backup = None
+    if bk_router is not None:
+        backup = ServiceNode(BACKUP_NODE, region_of[bk_router], bk_router, intfs[BACKUP_NODE][0], BACKUP_PORT)
     return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
-                    origins, control_planes, dns, monitoring)
+                    origins, control_planes, dns, monitoring, backup)
 
 
 def _dns_of(spec: TopologySpec, places: list[_Place], zone: str,

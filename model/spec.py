@@ -311,6 +311,15 @@ class MonitoringSpec(_Spec):
     slo: float = Field(0.9999, gt=0.5, lt=1.0)
 
 
+class BackupSpec(_Spec):
+    """The platform's backups (absent: none): the primary region's backup store on node ``bk``, on
+    ``router`` (default: the control node's), following every KV master's change stream (the design's
+    continuous WAL) and snapshotting it every ``kv_snapshot_s`` (the design's daily, lab-scaled)."""
+
+    router: str | None = None
+    kv_snapshot_s: float = Field(86400.0, ge=1.0, le=7 * 86400.0)
+
+
 class BreakerSpec(_Spec):
     """One dependency's circuit breaker (the design's "Circuit Breaker Configuration")."""
 
@@ -415,6 +424,8 @@ class TopologySpec(_Spec):
     dns: DnsSpec | None = None
     #: Prometheus, Alertmanager and the lab's alert receiver (absent: none).
     monitoring: MonitoringSpec | None = None
+    #: The backup store and its service (absent: none).
+    backup: BackupSpec | None = None
 
     _name = field_validator("name")(lambda cls, v: _check_name(v))
 

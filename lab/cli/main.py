@@ -40,7 +40,7 @@ from lab.run.rundir import (
     run_dir_of,
     topology_of,
 )
-from model.constants import NAME_RE
+from model.constants import BACKUP_NODE, NAME_RE
 
 if TYPE_CHECKING:
     from model.budget import Estimate
@@ -1107,6 +1107,47 @@ def kv_(
         state = "committed" if reply.get("committed") else ("accepted, queued" if reply.get("accepted") else "?")
         console.print(f"{action} {namespace}/{key} at {node}: {state}"
                       + (f" (also on {reply['replicated_to']})" if reply.get("replicated_to") else ""))
+
+
+#: What ``restore-backup`` restores (the control plane's stream and Durable Objects come with issue 24's
+#: next steps).
+RESTORABLE = ("kv",)
+
+
+@app.command(name="restore-backup", short_help="Restore the platform's data from its backups as of a time.")
+def restore_backup(
+    what: Annotated[str, typer.Argument(help=f"what to restore: {', '.join(RESTORABLE)}")],
+    at: Annotated[float | None, typer.Option(help="as of this CLOCK_MONOTONIC time (s; what 'anylab fail' "
+                                                  "prints); default: now")] = None,
+    as_json: JsonOpt = False,
+    name: NameOpt = "main",
+) -> None:
+    """Rebuild WHAT as the backup store knew it at --at (its last verified snapshot by then, plus the WAL
+    after it) and write it into every KV master (last writer wins: newer data on a master stays).
+
+    Examples: anylab restore-backup kv; anylab restore-backup kv --at 46175.8"""
+    from kv.client import KvClient
+    from kv.store import KvError
+
+    if what not in RESTORABLE:
+        raise UsageError(f"cannot restore '{what}'; use one of: {', '.join(RESTORABLE)}")
+    if at is not None and not (at == at and 0 <= at < 1e12):
+        raise UsageError(f"--at {at}: give a CLOCK_MONOTONIC time in seconds")
+    state = _running_state_usage(name)
+    if "backup" not in (state.get("spec") or {}) or not state["spec"].get("backup"):
+        raise UsageError(f"lab '{name}' has no backups (its topology has no 'backup' section)")
+    client = KvClient(run_dir_of(name) / BACKUP_NODE / "backup.sock", timeout=120)
+    try:
+        reply = client.call("POST", f"/v1/restore/{what}", {"at": at})
+    except KvError as exc:
+        raise AnylabError(f"restore-backup {what}: {exc}") from None
+    if as_json:
+        print(json.dumps(reply, indent=1))
+        return
+    base = f"snapshot {reply['snapshot']}" if reply.get("snapshot") is not None else "no snapshot"
+    console.print(f"{what} restored as of t={reply['at']:.3f}: {base} + {reply['wal_replayed']} WAL records → "
+                  f"{reply['entries']} entries written to {', '.join(reply['written'])} "
+                  f"(digest {reply['digest'][:12]})")
 
 
 @app.command(short_help="Bring a PoP to N servers in service (standby servers start or stop).")

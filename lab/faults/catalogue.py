@@ -50,6 +50,9 @@ storage-partition KV node or region      nftables drops the storage node's traff
 kv-master-wipe  KV node or region        SIGKILL the KV master and delete its disk (restart it empty:
                                          it is rebuilt from the other masters)
 do-host-wipe    KV node or region        SIGKILL the DO host and delete its disk (restart it empty)
+kv-global-loss  ``global``               every KV master and every PoP server's KV replica killed and
+                                         its disk deleted (the design's "global KV failure"; restart
+                                         them empty: ``anylab restore-backup kv`` brings the data back)
 clock-ahead     KV node or region        the KV master's HLC takes its wall time CLOCK_JUMP_S ahead
                                          (the host's clock is not touched) (back to 0)
 clock-behind    KV node or region        the same, CLOCK_JUMP_S behind (back to 0)
@@ -117,6 +120,8 @@ CONTROL_PLANE_ONLY = ("cp-down", "cp-cut", "artifact-store-wipe")
 DNS_ONLY = ("dns-provider-down", "dns-node-down", "dns-primary-down", "dns-region-withdraw", "resolver-down")
 STORAGE_ONLY = ("kv-master-crash", "do-crash", "do-cut", "storage-partition", "kv-master-wipe", "do-host-wipe",
                 "clock-ahead", "clock-behind")
+#: The target of a fault on the whole platform (``kv-global-loss global``).
+GLOBAL = "global"
 #: How far clock-ahead and clock-behind move a KV master's HLC input: past the 5 s a peer's timestamp may
 #: be ahead (kv.hlc.MAX_AHEAD_MS), so that the bound is crossed, not only approached.
 CLOCK_JUMP_S = 30.0
@@ -174,8 +179,10 @@ def _kind_of(topo: Topology, target: str) -> str | None:
         if target in {p.name for p in topo.dns.providers}:
             return "dns-provider"
         roles = {n.name: n.role for n in topo.dns.nodes}
-        return {"provider": "dns-node", "resolver": "resolver", "hidden": "dns-primary"}.get(roles.get(target, ""))
-    return None
+        kind = {"provider": "dns-node", "resolver": "resolver", "hidden": "dns-primary"}.get(roles.get(target, ""))
+        if kind is not None:
+            return kind
+    return GLOBAL if target == GLOBAL else None  # last: a region or node may be called "global"
 
 
 def _link_end(topo: Topology, target: str) -> tuple[str, str]:
@@ -247,6 +254,9 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         hosts = topo.dns.provider(target).nodes
     elif kind in ("dns-node", "resolver", "dns-primary"):
         hosts = (target,)
+    if scenario == "kv-global-loss":  # every master, every server's replica; nothing else
+        return Plan(scenario, target, tuple(s.name for s in topo.servers if not s.standby), (), (), count, period,
+                    tuple(k.name for k in topo.kv_masters))
     if scenario in DNS_ONLY:
         if topo.dns is None:
             raise UsageError(f"{scenario}: topology {topo.name} has no DNS (no 'dns' section)")
@@ -519,6 +529,29 @@ def _kill_on_servers(name_of: Callable[[Injector, str], str]) -> Fault:
                  _each_undo(_servers, lambda inj, s: inj._restart(s, [name_of(inj, s)])))
 
 
+def _kv_global_loss(inj: Injector, p: Plan) -> None:
+    """Every master's disk, then every replica's (a folded server's pop agent holds its replica: it goes
+    down with it until the restore)."""
+    for h in p.hosts:
+        inj._wipe(h, "kv-master")
+    for s in p.servers:
+        inj._wipe(s, _replica(inj, s))
+
+
+def _kv_back(inj: Injector, p: Plan, attempt: Attempt) -> None:
+    """Masters first (empty), then the replicas, which follow them from the start."""
+    for h in p.hosts:
+        attempt(inj._restart, h, ["kv-master"])
+    for s in p.servers:
+        attempt(inj._restart, s, [_replica(inj, s)])
+
+
+def _replica(inj: Injector, server: str) -> str:
+    """The daemon holding ``server``'s KV replica: the replica, or the pop agent it is folded into."""
+    names = {d.name for d in inj.lab.daemons.get(server, [])}
+    return "kv-replica" if "kv-replica" in names else "pop-agent"
+
+
 def _silence_all(inj: Injector, p: Plan) -> None:
     for s in (*p.hosts, *p.servers):  # the storage node first: its DO host's failover clock starts
         inj._silence(s, True)
@@ -676,6 +709,7 @@ FAULTS: dict[str, Fault] = {
     "do-cut": _cut_hosts(lambda inj, _h: [str(inj.lab.topo.control.address)]),
     "storage-partition": _cut_hosts(lambda inj, h: [str(k.address) for k in inj.lab.topo.kv_masters if k.name != h]),
     "kv-master-wipe": _wipe_daemon("kv-master"),
+    "kv-global-loss": Fault(lambda inj, p: _kv_global_loss(inj, p), lambda inj, p, attempt: _kv_back(inj, p, attempt)),
     "do-host-wipe": _wipe_daemon("do-host"),
     "clock-ahead": _clock(+1.0),
     "clock-behind": _clock(-1.0),

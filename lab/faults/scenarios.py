@@ -33,6 +33,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "storage-partition": ("kv", "region"),
     "kv-master-wipe": ("kv", "region"),
     "do-host-wipe": ("kv", "region"),
+    "kv-global-loss": ("global",),
     "clock-ahead": ("kv", "region"),
     "clock-behind": ("kv", "region"),
     "origin-down": ("origin",),

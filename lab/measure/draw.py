@@ -12,7 +12,7 @@ from model.topology import Topology
 
 _COLORS = {"router": "#4a78c2", "server": "#d9822b", "client": "#3c9d5d", "control": "#8a5cc2", "kv": "#b05a7a",
            "cp": "#5c3d8a", "origin": "#7a7a7a", "dns": "#c2a84a",
-           "mon": "#2b8a8a"}
+           "mon": "#2b8a8a", "backup": "#5a7a2b"}
 
 
 def catchment_colors(topo: Topology, catchment: dict[str, str | None]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from core.proc import ProcessGroup
 from core.records import proc_starttime
 from core.wait import wait_for
 from durable import client as do_client
+from kv.client import KvClient
 from lab.faults.catalogue import Injector, plan
 from lab.links.daemon import LinkRelay
 from lab.links.plan import find
@@ -351,6 +352,18 @@ class Lab:
         ControlPlaneError (an AnylabError) with the API's reason."""
         reply: dict[str, Any] = self.control_plane_api().call("POST", f"/v1/dns/regions/{region}",
                                                               {"withdrawn": withdrawn})
+        return reply
+
+    def backup_api(self, timeout: float = 120.0) -> KvClient:
+        """The backup service's operator socket; raises AnylabError when the topology has no backups."""
+        if self.topo.backup is None:
+            raise AnylabError(f"topology {self.topo.name} has no backups (no 'backup' section)")
+        return KvClient(self.node_dir(self.topo.backup.name) / "backup.sock", timeout=timeout)
+
+    def restore_backup(self, what: str, at: float | None = None) -> dict[str, Any]:
+        """Restore ``what`` (``kv``) as the backup knew it at ``at`` (CLOCK_MONOTONIC; None: now) into every
+        master; the service's account of it. Raises KvError (an AnylabError) with the service's reason."""
+        reply: dict[str, Any] = self.backup_api().call("POST", f"/v1/restore/{what}", {"at": at})
         return reply
 
     def etcd_leader(self) -> str | None:

@@ -255,7 +255,8 @@ class KvMaster(PythonService):
         self.keys = keys
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
-        return self.keys.auth_config(self.path("-"), f"kv-master/{self.service.name}", ("kv-master", "kv-replica"))
+        return self.keys.auth_config(self.path("-"), f"kv-master/{self.service.name}",
+                                     ("kv-master", "kv-replica", "backup"))
 
     @property
     def socket(self) -> Path:
@@ -275,6 +276,44 @@ class KvMaster(PythonService):
     def validate(self) -> None:
         if self.service.port <= 0:
             raise self.error(f"bad port {self.service.port}")
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+class BackupService(PythonService):
+    """``backup.service`` on the backup node: the primary region's backup store, following every KV
+    master (signed as ``backup``), a snapshot every ``snapshot_s``; its API on its operator socket."""
+
+    name = "backup"
+    module = "backup.service"
+
+    def __init__(self, env: NodeEnv, node: ServiceNode, masters: tuple[ServiceNode, ...], keys: PeerKeys,
+                 snapshot_s: float) -> None:
+        super().__init__(env)
+        self.service, self.masters, self.keys, self.snapshot_s = node, masters, keys, snapshot_s
+
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}")
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / "backup.sock"
+
+    @property
+    def data_dir(self) -> Path:
+        """The backup store (what a fault on the backup node would take away)."""
+        return self.env.dir / "store"
+
+    def config(self) -> dict[str, object]:
+        return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
+                "listen": [str(self.service.address), self.service.port], "snapshot_s": self.snapshot_s,
+                "masters": [{"name": m.name, "address": str(m.address), "port": m.port} for m in self.masters],
+                "auth": self.auth()[0]}
+
+    def validate(self) -> None:
+        if not self.masters:
+            raise self.error("no KV master to back up")
 
     def ready(self) -> bool:
         return _answers(self.socket, "/v1/status")
@@ -304,11 +343,16 @@ class KvReplica(PythonService):
     def socket(self) -> Path:
         return self.env.dir / "kv.sock"
 
+    @property
+    def data_dir(self) -> Path:
+        """The replica's copy and its queue of writes (what ``kv-global-loss`` takes away)."""
+        return self.env.dir / "kv"
+
     def config(self) -> dict[str, object]:
         def ref(m: ServiceNode) -> dict[str, object]:
             return {"name": m.name, "address": str(m.address), "port": m.port}
 
-        return {"server": self.server.name, "data_dir": str(self.env.dir / "kv"), "socket": str(self.socket),
+        return {"server": self.server.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
                 "listen": ["127.0.0.1", KV_REPLICA_PORT], "master": ref(self.masters[0]),
                 "masters": [ref(m) for m in self.masters], "stale_after_s": self.stale_after_s,
                 "poll_wait_s": self.poll_s,
@@ -586,6 +630,11 @@ class PopAgent(Daemon):
         super().__init__(env)
         self.edge, self.kv = edge, kv
         self.health = HealthAgent(env, edge.server) if health else None
+
+    @property
+    def data_dir(self) -> Path:
+        """Its KV replica's (the only disk a pop agent keeps)."""
+        return self.kv.data_dir
 
     @property
     def parts(self) -> tuple[Daemon, ...]:

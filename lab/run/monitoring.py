@@ -275,6 +275,9 @@ def targets(topo: Topology) -> list[Target]:
     for km in topo.kv_masters:
         out.append(Target("kv-master", (f"{km.address}:{km.port}",), (("region", km.region),)))
         out.append(Target("do-host", (f"{km.address}:{DO_HOST_PORT}",), (("region", km.region),)))
+    if topo.backup is not None:
+        bk = topo.backup
+        out.append(Target("backup", (f"{bk.address}:{bk.port}",), (("region", bk.region),)))
     # The directory's series carry the region they are about (a failover's): no region label of its own.
     out.append(Target("do-directory", (f"{topo.control.address}:{DO_DIRECTORY_PORT}",)))
     return out
