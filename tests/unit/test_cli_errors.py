@@ -31,10 +31,12 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
     (["fail", "nosuch", "sjc"], "error: unknown scenario 'nosuch'; use one of: service-crash, drain, speaker-crash, "
      "server-silent, server-crash, link-down, link-degrade, link-lossy, pop-down, region-down, pops-down, flap, "
      "control-down, control-cut, cp-down, cp-cut, etcd-leader-kill, artifact-store-wipe, kv-master-crash, "
-     "do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, "
+     "do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, kv-global-loss, "
      "clock-ahead, clock-behind, "
      "origin-down, origin-slow, origin-errors, "
      "dns-provider-down, dns-node-down, dns-primary-down, dns-region-withdraw, resolver-down"),
+    (["restore-backup", "dns"], "error: cannot restore 'dns'; use one of: kv"),
+    (["restore-backup", "kv", "--at", "-5"], "error: --at -5.0: give a CLOCK_MONOTONIC time in seconds"),
     (["kv", "frob", "ns"],
      "error: use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]"),
 ])
