@@ -30,6 +30,7 @@ with the reason, a region without an etcd quorum → 503, as JSON ``{"error": �
                                             newer than its own → ``{generation, workers, pops,
                                             withdrawn}``: what the platform's zone is made of
 ``POST /v1/dns/regions/{region}``           ``{withdrawn: bool}``: pull a region's PoP names from DNS
+``POST /v1/regions/{region}/halt``          ``{halted: bool}``: halt deployments to a region (or lift it)
                                             (the runbook's containment) or put them back
 ``GET  /v1/status``                         region, quorum, etcd member, artifacts, API latency
 ==========================================  =====================================================
@@ -355,23 +356,34 @@ async def dns_changes(request: web.Request) -> web.Response:
     return web.json_response({**node.view.dns(), "region": node.region})
 
 
-async def dns_region(request: web.Request) -> web.Response:
-    """``POST /v1/dns/regions/{region} {"withdrawn": bool}`` (admin): pull the region's PoP names from the
-    platform's zone (the runbook's containment) or put them back. Shared by every region."""
+async def region_flag(request: web.Request, kind: str, field: str) -> web.Response:
+    """Set a region's flag ``kind`` (a key ``kind/<region>``) from ``{field: bool}``; shared by every region."""
     node, body = request.app[NODE], await body_json(request)
     serving(node, write=True)
     region = request.match_info["region"]
     known = sorted({p.region for p in node.view.pops.values()})
     if region not in known:
         raise BadRequest(f"unknown region {region!r}; there are: {', '.join(known)}")
-    if not isinstance(body, dict) or not isinstance(body.get("withdrawn"), bool):
-        raise BadRequest("give {\"withdrawn\": true} or {\"withdrawn\": false}")
-    withdrawn = body["withdrawn"]
+    if not isinstance(body, dict) or not isinstance(body.get(field), bool):
+        raise BadRequest(f"give {{\"{field}\": true}} or {{\"{field}\": false}}")
+    value = body[field]
 
     def change(_view: View) -> tuple[list[str], dict[str, bytes], dict[str, Any]]:
-        return [], {key("dw", region): json.dumps(withdrawn).encode()}, {"region": region, "withdrawn": withdrawn}
+        return [], {key(kind, region): json.dumps(value).encode()}, {"region": region, field: value}
 
     return web.json_response(await node.shared.write(change, request_id(request)))
+
+
+async def dns_region(request: web.Request) -> web.Response:
+    """``POST /v1/dns/regions/{region} {"withdrawn": bool}`` (admin): pull the region's PoP names from the
+    platform's zone (the runbook's containment) or put them back."""
+    return await region_flag(request, "dw", "withdrawn")
+
+
+async def halt_region(request: web.Request) -> web.Response:
+    """``POST /v1/regions/{region}/halt {"halted": bool}`` (admin): halt deployments to the region (the
+    runbook's containment: a deploy leaves its PoPs as they are) or lift the halt."""
+    return await region_flag(request, "hd", "halted")
 
 
 async def pop_servers(request: web.Request) -> web.Response:
@@ -463,6 +475,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_post("/v1/pops/{pop}/servers", pop_servers)
     app.router.add_post("/v1/dns/changes", dns_changes)
     app.router.add_post("/v1/dns/regions/{region}", dns_region)
+    app.router.add_post("/v1/regions/{region}/halt", halt_region)
     return app
 
 

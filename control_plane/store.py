@@ -18,6 +18,8 @@ The state lives in etcd (:mod:`control_plane.shared`), one key per fact under :d
                        answered, not done twice
 ``dw/<region>``        the region is withdrawn from DNS (the runbook's containment): its PoPs' own
                        names leave the platform's zone
+``hd/<region>``        deployments to the region are halted (the runbook's containment): a deploy
+                       leaves its PoPs as they are
 =====================  ===========================================================================
 
 :class:`View` is a region's copy of those keys (kept by an etcd watch) and the functions ``plan_*``
@@ -149,8 +151,9 @@ class View:
         self.namespaces: dict[str, str] = {}
         #: key → its mod revision (what a compare-and-swap compares).
         self.mod: dict[str, int] = {}
-        #: Regions withdrawn from DNS.
+        #: Regions withdrawn from DNS, and regions deployments are halted to.
         self.withdrawn: set[str] = set()
+        self.halted: set[str] = set()
         self.revision = 0
         self.generation = 0
 
@@ -187,6 +190,9 @@ class View:
                 self.history[name] = [{str(p): str(v) for p, v in placement.items()} for placement in data]
         elif kind == "dw":
             (self.withdrawn.add if data else self.withdrawn.discard)(name)
+        elif kind == "hd":
+            (self.halted.add if data else self.halted.discard)(name)
+            return False  # what a PoP runs does not change: only what later deploys reach
         elif kind == "s" and name in self.configured:
             servers = tuple(str(s) for s in data) if data else self.configured[name].servers
             self.pops[name] = replace(self.configured[name], servers=servers)
@@ -256,7 +262,13 @@ def check_upload(view: View, name: str, upload: Any) -> Upload:
 
 
 def plan_deploy(view: View, name: str, version: str, pops: Iterable[str]) -> list[dict[str, str]]:
-    """The worker's history once ``pops`` run ``version`` (other PoPs keep theirs)."""
+    """The worker's history once ``pops`` run ``version`` (other PoPs keep theirs), leaving out the PoPs of
+    halted regions. Raises Conflict when every PoP asked for is in a halted region."""
+    asked = list(pops)
+    pops = [p for p in asked if p not in view.pops or view.pops[p].region not in view.halted]
+    if asked and not pops:
+        raise Conflict(f"deployments to {', '.join(sorted(view.halted))} are halted (the runbook's containment); "
+                       "deploy elsewhere or lift the halt")
     owner = view.versions.get(version, (None, None))[0]
     if owner is None:
         raise NotFound(f"no version {version!r}; upload the worker first")

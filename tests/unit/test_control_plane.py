@@ -289,6 +289,22 @@ def test_deploy_to_a_region_then_everywhere_then_roll_back(cp: ControlPlane) -> 
     assert listing["workers"]["hello"]["versions"] == sorted([v1, v2])
 
 
+def test_a_halted_region_keeps_what_it_runs_until_the_halt_is_lifted(cp: ControlPlane) -> None:
+    c = client(cp)
+    v1 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "1"}})["version"]
+    v2 = c.upload("hello", {"code": HELLO, "host": "h.example", "bindings": {"WHO": "2"}})["version"]
+    c.deploy("hello", v1)
+    c.call("POST", "/v1/regions/eu/halt", {"halted": True})
+    assert c.deploy("hello", v2)["placement"] == {"sjc": v2, "fra": v1, "sin": v2}  # eu (fra) left as it was
+    with pytest.raises(ControlPlaneError, match="halted") as err:
+        c.deploy("hello", v2, regions=["eu"])
+    assert err.value.status == 409
+    with pytest.raises(ControlPlaneError, match="unknown region 'mars'"):
+        c.call("POST", "/v1/regions/mars/halt", {"halted": True})
+    c.call("POST", "/v1/regions/eu/halt", {"halted": False})
+    assert c.deploy("hello", v2, regions=["eu"])["placement"] == {"sjc": v2, "fra": v2, "sin": v2}
+
+
 @pytest.mark.parametrize(("args", "status", "words"), [
     ({"version": "000000000000"}, 404, "upload the worker first"),
     ({"version": "V", "regions": ["mars"]}, 400, "unknown region 'mars'; there are: apac, eu, na"),
