@@ -1109,6 +1109,40 @@ def kv_(
                       + (f" (also on {reply['replicated_to']})" if reply.get("replicated_to") else ""))
 
 
+#: The runbooks ``drill`` runs.
+DRILLS = ("region-down",)
+
+
+@app.command(short_help="Run the runbook for a region failure end to end, timed; write the post-incident report.")
+def drill(
+    runbook: Annotated[str, typer.Argument(help=f"the runbook: {', '.join(DRILLS)}")],
+    region: Annotated[str, typer.Argument(help="the region to lose (not the one holding the control node, "
+                                               "monitoring or the backups)")],
+    out: Annotated[Path, typer.Option(help="where the report goes (drill-REGION.md and .json)")] = Path("."),
+    as_json: JsonOpt = False,
+    name: NameOpt = "main",
+) -> None:
+    """Lose REGION (region-loss) and run the design's runbook with no human step: the alert, containment
+    (drained from BGP, withdrawn from DNS, deployments halted, status page), recovery (Durable Objects moved,
+    KV integrity), restoration (replacement storage restored from the backups, re-added) and the report.
+
+    Examples: anylab drill region-down eu; anylab drill region-down apac --out /tmp/reports"""
+    from lab.measure.drill import report, run_drill
+    from lab.run.driver import RemoteLab
+
+    if runbook not in DRILLS:
+        raise UsageError(f"unknown runbook '{runbook}'; use one of: {', '.join(DRILLS)}")
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: not a directory; create it first")
+    with _progress(f"drill {runbook} {region}"):
+        result = run_drill(RemoteLab(name), region, out)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(report(result), end="")
+        console.print(f"report: {out / f'drill-{region}.md'}, {out / f'drill-{region}.json'}")
+
+
 #: What ``restore-backup`` restores (the control plane's stream and Durable Objects come with issue 24's
 #: next steps).
 RESTORABLE = ("kv",)

@@ -22,6 +22,9 @@ link-lossy      any link ``a:b``         LOSSY_PCT % of the link's packets lost 
                                          (back to its shape before)
 pop-down        PoP                      every server of the PoP silent
 region-down     region                   every PoP server, router and KV master of the region silent
+region-loss     region                   the region's data centres lost, its network and users not: its
+                                         PoP servers, storage and control plane nodes silent, its
+                                         routers forwarding (the runbook's "complete region failure")
 flap            server, PoP or ``a:b``   N carrier down/up cycles at a period; ends restored
 control-down    ``control``              SIGKILL every region's control plane API (restart them; the
                                          state is in etcd, which runs on)
@@ -224,7 +227,7 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         servers = topo.pop(target).servers
     elif kind == "region":
         servers = tuple(s.name for s in topo.servers if s.region == target and not s.standby)
-        if scenario != "pops-down":  # every PoP of the region silent; its routers and users stay
+        if scenario == "region-down":  # pops-down, region-loss: its routers and users stay
             routers = tuple(r.name for r in topo.routers if r.region == target)
     elif kind == "link" and scenario in ("link-degrade", "link-lossy"):
         a, _, b = target.partition(":")
@@ -245,9 +248,9 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         hosts = (target,)
     elif kind == "region" and scenario in CONTROL_PLANE_ONLY:
         hosts = cps
-    elif kind == "region" and scenario in ("region-down", *STORAGE_ONLY):
+    elif kind == "region" and scenario in ("region-down", "region-loss", *STORAGE_ONLY):
         hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
-        if scenario == "region-down":
+        if scenario in ("region-down", "region-loss"):
             hosts += cps  # the region's control plane goes with it
     if kind == "dns-provider":
         assert topo.dns is not None
@@ -695,6 +698,7 @@ FAULTS: dict[str, Fault] = {
     "link-lossy": _reshape(lambda _s: {"loss_pct": LOSSY_PCT, "loss_burst": 1.0}),
     "pop-down": _SILENCE,
     "region-down": _SILENCE,
+    "region-loss": _SILENCE,
     "pops-down": _SILENCE,
     "flap": Fault(lambda inj, p: inj._flap(p), _nothing),
     "control-down": _kill_daemon("control-plane"),

@@ -19,6 +19,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "link-lossy": ("link",),
     "pop-down": ("pop",),
     "region-down": ("region",),
+    "region-loss": ("region",),
     "pops-down": ("region",),
     "flap": ("server", "pop", "link"),
     "control-down": ("control",),

@@ -27,6 +27,7 @@ from core.files import read_jsonl
 from core.metrics import METRICS_PORT, TOKEN_FILE
 from core.netns import connect_in
 from core.wait import wait_for
+from lab.record import status_page
 from lab.record.alerts import PATH as ALERTS_PATH
 from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, PROMETHEUS_PORT
 from model.topology import Topology
@@ -255,6 +256,36 @@ class AlertReceiver(Daemon):
         return True
 
 
+
+class StatusPage(Daemon):
+    """:mod:`lab.record.status_page` on ``listen``: the platform's public status, readable from clients;
+    it starts ``operational`` in every region."""
+
+    name = "status-page"
+
+    def __init__(self, env: NodeEnv, listen: str, regions: Sequence[str]) -> None:
+        super().__init__(env)
+        self.listen, self.regions = listen, tuple(regions)
+
+    @property
+    def state(self) -> Path:
+        return self.env.dir / "status.json"
+
+    def render_config(self) -> dict[Path, str]:
+        return {self.state: json.dumps({"status": "operational", "regions": dict.fromkeys(self.regions, "operational"),
+                                        "message": "", "updated": 0.0})}
+
+    def validate(self) -> None:
+        """Nothing to check beyond its address (the page is the lab's own file)."""
+
+    def argv(self) -> list[str]:
+        return [self.env.python, "-m", "lab.record.status_page", "--listen", f"{self.listen}:{status_page.PORT}",
+                "--state", str(self.state)]
+
+    def ready(self) -> bool:
+        return http_ready(self.env.netns, self.listen, status_page.PORT, "/status")
+
+
 #: The runbook's phases (the design's "Runbook: Complete Region Failure"), in order.
 PHASES = ("detection", "containment", "recovery", "restoration", "post-incident")
 
@@ -336,7 +367,8 @@ def rules(topo: Topology) -> list[Rule]:
 
 
 def monitoring_daemons(topo: Topology, env_of: Callable[[str], NodeEnv], token: str) -> dict[str, list[Daemon]]:
-    """The ``mon`` node's daemons (none without monitoring): the receiver, Alertmanager, Prometheus."""
+    """The ``mon`` node's daemons (none without monitoring): the receiver, Alertmanager, Prometheus and the
+    status page."""
     mon = topo.monitoring
     if mon is None:
         return {}
@@ -346,7 +378,8 @@ def monitoring_daemons(topo: Topology, env_of: Callable[[str], NodeEnv], token: 
     receiver = AlertReceiver(env, address)
     am = Alertmanager(env, address, receiver.url)
     prom = Prometheus(env, address, targets(topo), rules(topo), (f"{address}:{ALERTMANAGER_PORT}",), token)
-    return {mon.name: [receiver, am, prom]}
+    page = StatusPage(env, address, [r.name for r in topo.spec.regions])
+    return {mon.name: [receiver, am, prom, page]}
 
 
 def wait_monitoring(topo: Topology, netns: dict[str, str], timeout: float) -> int:

@@ -65,6 +65,8 @@ def ip_batch(topo: Topology, node: str) -> list[str]:
             intf = c.interface
             lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up"]
             lines += [f"route add {p} via {intf.peer_address.ip}" for p in topo.anycast]
+            if topo.monitoring is not None:  # the status page, on the monitoring node
+                lines.append(f"route add {topo.monitoring.address}/32 via {intf.peer_address.ip}")
     for svc in topo.services():
         if svc.name == node:
             intf = svc.interface

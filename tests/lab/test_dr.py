@@ -14,7 +14,9 @@ rule sees the counter at the next scrape. A resolution waits for the region's se
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +25,8 @@ from core.files import read_jsonl
 from core.metrics import METRICS_PORT, TOKEN_FILE
 from core.wait import wait_for
 from kv.client import KvClient
+from lab.measure.drill import run_drill
+from lab.record.status_page import PORT as PAGE_PORT
 from lab.run.lab import Lab
 from lab.run.monitoring import SCRAPE_S, Alert, alerts, http_get, query, targets
 from tests.conftest import TOPOLOGIES
@@ -153,3 +157,22 @@ def test_kv_global_loss_is_restored_from_snapshot_and_wal_losing_exactly_what_th
     # The replicas follow their restored masters.
     wait_for(lambda: all(client.get(NS, k) is not None for k in acked), timeout=10.0,
              what="the restored keys at a PoP's replica", interval=0.2)
+
+
+def test_the_region_down_runbook_runs_end_to_end_within_the_designs_windows(lab: Lab, tmp_path: Path) -> None:
+    result = run_drill(lab, REGION, tmp_path)
+    events = [e["event"] for e in result["timeline"]]
+    for step in ("fault", "detection", "withdrawn_bgp", "withdrawn_dns", "deploys_halted", "status_page",
+                 "traffic_shifted", "contained", "do_migrated", "integrity_verified", "replaced", "data_restored",
+                 "readded", "restored", "post_incident"):
+        assert step in events, step
+    rto, rpo = result["rto_s"], result["rpo"]
+    assert rto["traffic_shifted"] < 30.0 and rto["region_restored"] < 300.0  # the design's windows
+    assert rpo["kv"]["acked_writes"] >= 10 and set(rpo["kv"]["lost_by_master"].values()) == {0}
+    assert rpo["do"]["linearizable"] and rpo["do"]["acked_lost"] == 0 and rpo["do"]["ops"] > 0
+    assert rpo["control"] == {"deploys_lost": [], "halt_held": True}
+    fired = {(a["alert"], a["subject"]) for a in result["alerts"] if a["status"] == "firing"}
+    assert {("RegionDown", REGION), ("DoFailover", REGION)} <= fired, sorted(fired)
+    assert (tmp_path / f"drill-{REGION}.md").read_text().startswith(f"# Post-incident report: region {REGION}")
+    netns, address = mon(lab)
+    assert json.loads(http_get(netns, address, PAGE_PORT, "/status")[1])["status"] == "operational"

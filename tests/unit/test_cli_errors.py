@@ -29,7 +29,8 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
     (["up", "--kind", "gobgp"], "error: --kind gobgp: use bird or frr"),
     # the request is checked before the lab is looked up (no lab is up here)
     (["fail", "nosuch", "sjc"], "error: unknown scenario 'nosuch'; use one of: service-crash, drain, speaker-crash, "
-     "server-silent, server-crash, link-down, link-degrade, link-lossy, pop-down, region-down, pops-down, flap, "
+     "server-silent, server-crash, link-down, link-degrade, link-lossy, pop-down, region-down, region-loss, "
+     "pops-down, flap, "
      "control-down, control-cut, cp-down, cp-cut, etcd-leader-kill, artifact-store-wipe, kv-master-crash, "
      "do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, kv-global-loss, "
      "clock-ahead, clock-behind, "
