@@ -85,9 +85,10 @@ class KvBackup:
         self.lines = {p.stem: len(read_jsonl(p)) for p in self.wal_dir.glob("*.jsonl")}
         self.last_record: dict[str, float] = {}
 
-    def record(self, master: str, changes: dict[str, list[dict[str, Any]]], t: float) -> int:
+    def record(self, master: str, changes: dict[str, list[dict[str, Any]]], t: float, wal: bool = True) -> int:
         """Append ``changes`` (namespace → entries, as ``/v1/changes`` gives them) from ``master`` to its WAL
-        (on disk when this returns) and to the state; returns how many entries. Raises KvError for a
+        (on disk when this returns) and to the state; returns how many entries. ``wal=False`` is the
+        test-only weakening (snapshots only: what a restore loses without the WAL). Raises KvError for a
         malformed entry or namespace (nothing of the batch written)."""
         lines = []
         by_ns: dict[str, list[Entry]] = {}
@@ -99,14 +100,15 @@ class KvBackup:
                 lines.append(json.dumps({"t": t, "ns": ns, "entry": entry.to_json()}))
         if not lines:
             return 0
-        path = self.wal_dir / f"{master}.jsonl"
-        with path.open("a") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if wal:
+            path = self.wal_dir / f"{master}.jsonl"
+            with path.open("a") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         for ns, parsed in by_ns.items():
             self.state.apply(ns, parsed)
-        self.lines[master] = self.lines.get(master, 0) + len(lines)
+        self.lines[master] = self.lines.get(master, 0) + (len(lines) if wal else 0)
         self.last_record[master] = t
         return len(lines)
 

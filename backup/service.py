@@ -43,6 +43,8 @@ from kv.store import KvError
 #: How long one long poll of a master waits for news, and the pause after a master did not answer.
 POLL_S = 2.0
 RETRY_S = 0.5
+#: The test-only weakening's value (the lab sets it from ``ANYLAB_WEAKEN=backup``, for a bench to fail).
+WEAK_NO_WAL = "no-wal"
 #: Entries per ``/v1/replicate`` request of a restore.
 RESTORE_BATCH = 500
 
@@ -63,6 +65,8 @@ class Backup:
         saved = json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else {}
         self.cursors = {m["name"]: Cursor.from_json(saved.get(m["name"])) for m in self.masters}
         self.reachable: dict[str, bool] = {}
+        #: The test-only weakening (``ANYLAB_WEAKEN=backup``): no WAL, snapshots only.
+        self.wal = cfg.get("weaken") != WEAK_NO_WAL
         self.session: aiohttp.ClientSession | None = None
 
     async def follow(self, master: dict[str, Any]) -> None:
@@ -76,7 +80,7 @@ class Backup:
                 if status != 200 or not isinstance(reply, dict) or not isinstance(reply.get("changes"), dict):
                     raise ValueError(f"HTTP {status}: {str(reply)[:200]}")
                 changes = reply["changes"]
-                self.kv.record(name, changes, monotonic())
+                self.kv.record(name, changes, monotonic(), wal=self.wal)
             except (aiohttp.ClientError, TimeoutError, ValueError, KvError):
                 self.reachable[name] = False
                 await asyncio.sleep(RETRY_S)  # the master is down or refuses: ask again, not at once

@@ -11,6 +11,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
+from backup.service import WEAK_NO_WAL
 from control_plane.client import ADMIN_TOKEN, SOCKET, Client, ControlPlaneError
 from control_plane.shared import WEAK_WRITES
 from core import unix_http
@@ -232,7 +233,8 @@ class ControlPlane(PythonService):
 
 #: The test-only switch that weakens a service so that a bench can show it fail: ``ANYLAB_WEAKEN=kv`` (a
 #: KV master acknowledges after its own fsync), ``cp`` (a control plane writes blindly and acknowledges
-#: what etcd did not commit). Never set by the lab itself.
+#: what etcd did not commit), ``backup`` (the backup service keeps no WAL: snapshots only). Never set by
+#: the lab itself.
 WEAKEN_ENV = "ANYLAB_WEAKEN"
 
 
@@ -309,7 +311,7 @@ class BackupService(PythonService):
         return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
                 "listen": [str(self.service.address), self.service.port], "snapshot_s": self.snapshot_s,
                 "masters": [{"name": m.name, "address": str(m.address), "port": m.port} for m in self.masters],
-                "auth": self.auth()[0]}
+                "auth": self.auth()[0], **weakened("backup", WEAK_NO_WAL)}
 
     def validate(self) -> None:
         if not self.masters:
