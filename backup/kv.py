@@ -18,6 +18,7 @@ follower keeps up; ``kv-global-loss`` counts it exactly).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -30,6 +31,16 @@ from core.files import read_jsonl, write_atomic
 from kv.store import Entry, KvError, Store, check_namespace
 
 MANIFEST = "manifest.json"
+WAL_DIR = "wal"
+
+
+def keys_received(root: Path, ns: str, by: float) -> set[str]:
+    """The keys of namespace ``ns`` the WAL of the backup store's KV part at ``root`` had received by
+    ``by`` (CLOCK_MONOTONIC): what a restore as of ``by`` can bring back (keys that are not UTF-8 are
+    shown with replacement characters)."""
+    return {base64.b64decode(rec["entry"]["key"]).decode(errors="replace")
+            for path in (root / WAL_DIR).glob("*.jsonl") for rec in read_jsonl(path)
+            if rec["ns"] == ns and rec["t"] <= by}
 
 
 def digest(store: Store) -> str:
@@ -76,7 +87,7 @@ class KvBackup:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.wal_dir = root / "wal"
+        self.wal_dir = root / WAL_DIR
         self.snap_dir = root / "snapshots"
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         self.snap_dir.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from aiohttp import web
 from backup.kv import KvBackup
 from core.clock import monotonic
 from core.files import write_atomic
-from core.metrics import service_metrics
+from core.metrics import Metrics, service_metrics
 from core.peer_auth import Signer
 from core.service import is_operator, run_service, service_main, signed_call
 from kv.service import Cursor
@@ -49,12 +49,17 @@ WEAK_NO_WAL = "no-wal"
 RESTORE_BATCH = 500
 
 
+def kv_root(data_dir: Path) -> Path:
+    """Where a backup store in ``data_dir`` keeps its KV part."""
+    return data_dir / "kv"
+
+
 class Backup:
     """The service's state: the store, a cursor per master, the signer; one event loop."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.data_dir = Path(cfg["data_dir"])
-        self.kv = KvBackup(self.data_dir / "kv")
+        self.kv = KvBackup(kv_root(self.data_dir))
         self.masters: list[dict[str, Any]] = [{"name": str(m["name"]), "address": str(m["address"]),
                                                 "port": int(m["port"])} for m in cfg["masters"]]
         self.snapshot_s = float(cfg.get("snapshot_s", 86400.0))
@@ -183,7 +188,7 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
         await b.session.close()
         b.kv.state.close()
 
-    app = make_app(b, (service_metrics(cfg, "backup")[1],))
+    app = make_app(b, (service_metrics(cfg, Metrics("backup")),))
     await run_service(app, cfg, [*(b.follow(m) for m in b.masters), b.snapshots()], stop, handle_signals)
 
 

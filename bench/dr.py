@@ -21,7 +21,6 @@ Prints one JSON document (also written to ``--out``).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -33,7 +32,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from core.clock import monotonic  # noqa: E402
-from core.files import read_jsonl  # noqa: E402
 from core.stats import quantile  # noqa: E402
 from kv.client import KvClient  # noqa: E402
 from lab.measure.drill import run_drill  # noqa: E402
@@ -42,12 +40,6 @@ from lab.run.launchers import WEAKEN_ENV  # noqa: E402
 
 TOPOLOGY = PROJECT / "topologies" / "global.yaml"
 NS = "bench"
-
-
-def shipped(lab: Lab, by: float) -> set[str]:
-    wal = lab.node_dir("bk") / "store" / "kv" / "wal"
-    return {base64.b64decode(r["entry"]["key"]).decode() for p in wal.glob("*.jsonl") for r in read_jsonl(p)
-            if r["ns"] == NS and r["t"] <= by}
 
 
 def global_loss(lab: Lab, writes: int) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def global_loss(lab: Lab, writes: int) -> dict[str, Any]:
     restore_s = monotonic() - t0
     have = {k for k in acked if KvClient(lab.node_dir("kv-na") / "kv.sock").get(NS, k) is not None}
     lost = sorted(set(acked) - have)
-    unshipped = sorted(set(acked) - shipped(lab, t_fault))
+    unshipped = sorted(set(acked) - lab.backup_received(NS, t_fault))
     return {"acked": len(acked), "lost": len(lost), "lost_expected_from_wal": len(unshipped),
             "exact": lost == unshipped, "after_snapshot": len(acked) - writes // 2, "restore_s": round(restore_s, 3),
             "snapshot_verified": snap.get("digest") == snap.get("verified"), "restore": reply}

@@ -75,7 +75,7 @@ from control_plane.store import (
 )
 from core import peer_auth
 from core.clock import monotonic
-from core.metrics import service_metrics
+from core.metrics import Metrics, service_metrics
 from core.peer_auth import PeerAuthError, Signer, Verifier
 from core.service import PEER, refusal
 
@@ -458,7 +458,7 @@ async def replica_get(request: web.Request) -> web.Response:
 
 def make_app(node: Node) -> web.Application:
     """The API of ``node``: the operator's token in ``node.tokens["admin"]``, ``node.verifier`` checks the peers."""
-    app = web.Application(middlewares=[service_metrics(node.cfg, "control-plane")[1], auth_and_errors],
+    app = web.Application(middlewares=[service_metrics(node.cfg, Metrics("control-plane")), auth_and_errors],
                           client_max_size=MAX_BODY)
     app[NODE] = node
     node.verifier.refused.setdefault("bad_token", 0)  # the operator's token, wrong or missing

@@ -100,11 +100,11 @@ def authorized(header: str | None, token: str | None) -> bool:
     return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), token.encode())
 
 
-def service_metrics(cfg: Mapping[str, Any], service: str) -> tuple[Metrics, Any]:
-    """An aiohttp service's registry and middleware from its config (the token's path under
-    :data:`TOKEN_KEY`; absent: requests counted, ``/metrics`` refused). Raises as :func:`read_token`."""
-    metrics = Metrics(service)
-    return metrics, metrics_middleware(metrics, read_token(cfg.get(TOKEN_KEY)))
+def service_metrics(cfg: Mapping[str, Any], metrics: Metrics) -> Any:
+    """An aiohttp service's metrics middleware for ``metrics``, with the token its config names (the
+    path under :data:`TOKEN_KEY`; absent: requests counted, ``/metrics`` refused). Raises as
+    :func:`read_token`."""
+    return metrics_middleware(metrics, read_token(cfg.get(TOKEN_KEY)))
 
 
 def metrics_middleware(metrics: Metrics, token: str | None) -> Any:

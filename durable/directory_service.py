@@ -34,7 +34,7 @@ from aiohttp import web
 
 from core import peer_auth
 from core.clock import monotonic
-from core.metrics import TOKEN_KEY, Metrics, metrics_middleware, read_token
+from core.metrics import Metrics, service_metrics
 from core.peer_auth import Verifier
 from core.service import PEER, peer_middleware, run_service, service_main
 from durable import directory
@@ -68,7 +68,6 @@ class Directory:
         #: Authenticated requests refused, by reason (a host renewing another region's lease).
         self.refused = {"other_region": 0}
         self.metrics = Metrics("do-directory")
-        self.metrics_token = read_token(cfg.get(TOKEN_KEY))
         #: Regions failed over (their objects promoted in their backups): the DoFailover alert's signal.
         self.failovers = self.metrics.counter("do_failovers", "Regions failed over by the directory", ("region",))
         for region in self.regions:  # from 0: Prometheus's increase() needs the series before the first
@@ -174,7 +173,7 @@ class Directory:
             await asyncio.sleep(self.renew_s / 2)  # the lease clock's tick, not a wait for something
 
 
-def make_app(d: Directory) -> web.Application:
+def make_app(d: Directory, outer: tuple[Any, ...] = ()) -> web.Application:
     """The directory's HTTP API."""
 
     async def lease(request: web.Request) -> web.Response:
@@ -206,8 +205,7 @@ def make_app(d: Directory) -> web.Application:
     async def objects(request: web.Request) -> web.Response:
         return web.json_response(d.listing())
 
-    app = web.Application(middlewares=[metrics_middleware(d.metrics, d.metrics_token),
-                                       peer_middleware(d.verifier, DIRECTORY_POLICY)])
+    app = web.Application(middlewares=[*outer, peer_middleware(d.verifier, DIRECTORY_POLICY)])
     app.router.add_post("/v1/lease", lease)
     app.router.add_get("/v1/where", where)
     app.router.add_get("/v1/objects", objects)
@@ -222,7 +220,7 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     async def nothing() -> None:
         return None
 
-    await run_service(make_app(d), cfg, [d.watch()], nothing, handle_signals)
+    await run_service(make_app(d, (service_metrics(cfg, d.metrics),)), cfg, [d.watch()], nothing, handle_signals)
 
 
 if __name__ == "__main__":

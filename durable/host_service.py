@@ -52,7 +52,7 @@ from aiohttp import web
 from core import peer_auth
 from core.clock import monotonic
 from core.errors import AnylabError
-from core.metrics import service_metrics
+from core.metrics import Metrics, service_metrics
 from core.peer_auth import Signer, Verifier
 from core.service import PEER, peer_middleware, run_service, service_main, signed_call
 from core.stats import quantile
@@ -513,7 +513,7 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True, spawner: Isola
     isolates."""
     host = Host(cfg, spawner)
     host.open()
-    app = make_app(host, (service_metrics(cfg, "do-host")[1],))
+    app = make_app(host, (service_metrics(cfg, Metrics("do-host")),))
     await run_service(app, cfg, [host.keep_lease(), host.snapshots()], host.close, handle_signals)
 
 

@@ -51,7 +51,7 @@ from aiohttp import web
 
 from core import peer_auth
 from core.clock import monotonic
-from core.metrics import service_metrics
+from core.metrics import Metrics, service_metrics
 from core.peer_auth import Signer, Verifier
 from core.service import is_operator, peer_middleware, run_service, service_main, signed_call
 from kv import service
@@ -422,7 +422,7 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
                                     ("GET", "/v1/changes"): master.changes,
                                     ("POST", "/v1/clock"): master.set_clock}, now,
                            (peer_middleware(master.verifier, MASTER_POLICY),),
-                           (service_metrics(cfg, "kv-master")[1],))
+                           (service_metrics(cfg, Metrics("kv-master")),))
     await run_service(app, cfg, [master.pull(p) for p in master.peers], stop, handle_signals)
 
 

@@ -32,6 +32,8 @@ PROMETHEUS_PORT = 9090
 BACKUP_LINKS = IPv4Network("10.8.0.0/16")
 BACKUP_NODE = "bk"
 BACKUP_PORT = 8400
+#: The backup service's operator socket, in the backup node's directory.
+BACKUP_SOCKET = "backup.sock"
 #: An origin's HTTP port on the lab network (workers reach it with ``env.fetch("http://NAME/…")``).
 ORIGIN_PORT = 80
 #: The KV masters' HTTP API on the lab network, and each PoP server's local KV replica (127.0.0.1).

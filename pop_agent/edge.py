@@ -38,6 +38,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 import uvloop
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.clock import monotonic
 from core.http_client import KeepAlivePool, NotConnected
@@ -463,7 +464,7 @@ class MetricsHandler:
             return Response(b"not found\n", 404)
         if not authorized(req.headers.get("authorization"), self.token):
             return Response(b"metrics token\n", 401, {"www-authenticate": "Bearer"})
-        return Response(self.metrics.exposition(), 200, {"content-type": "text/plain; version=0.0.4"})
+        return Response(self.metrics.exposition(), 200, {"content-type": CONTENT_TYPE_LATEST})
 
     def stamp(self, resp: Response) -> Response:
         return resp

@@ -40,7 +40,7 @@ from lab.run.rundir import (
     run_dir_of,
     topology_of,
 )
-from model.constants import BACKUP_NODE, NAME_RE
+from model.constants import BACKUP_NODE, BACKUP_SOCKET, NAME_RE
 
 if TYPE_CHECKING:
     from model.budget import Estimate
@@ -1170,7 +1170,7 @@ def restore_backup(
     state = _running_state_usage(name)
     if "backup" not in (state.get("spec") or {}) or not state["spec"].get("backup"):
         raise UsageError(f"lab '{name}' has no backups (its topology has no 'backup' section)")
-    client = KvClient(run_dir_of(name) / BACKUP_NODE / "backup.sock", timeout=120)
+    client = KvClient(run_dir_of(name) / BACKUP_NODE / BACKUP_SOCKET, timeout=120)
     try:
         reply = client.call("POST", f"/v1/restore/{what}", {"at": at})
     except KvError as exc:

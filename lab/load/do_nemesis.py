@@ -145,6 +145,18 @@ class Nemesis:
                 proc.kill()
                 proc.wait()
 
+    def final_reads(self) -> None:
+        """One read of every object (process ``final``, from the first client), the end of a history;
+        bounded: killed after 120 s."""
+        final_client = self.topo.clients[0].name
+        final = start_tool(self.driver.run_dir, self._load_argv(final_client, 60, final=True), node=final_client,
+                           name="do-load", netns=self.driver.netns[final_client])
+        try:
+            final.wait(120)
+        except subprocess.TimeoutExpired:
+            final.kill()
+            final.wait()
+
     def history(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for c in self.topo.clients:
@@ -258,14 +270,7 @@ class Nemesis:
                 runs.append(self.failover(s.scenarios[i % len(s.scenarios)]))
         finally:
             self.stop_load()
-        final_client = self.topo.clients[0].name
-        final = start_tool(self.driver.run_dir, self._load_argv(final_client, 60, final=True), node=final_client,
-                           name="do-load", netns=self.driver.netns[final_client])
-        try:
-            final.wait(120)
-        except subprocess.TimeoutExpired:
-            final.kill()
-            final.wait()
+        self.final_reads()
         result = self.summary(runs)
         (self.driver.run_dir / "do-nemesis.json").write_text(json.dumps(result, indent=1))
         return result

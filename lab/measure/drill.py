@@ -27,10 +27,11 @@ reach the halted region).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
-import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,6 @@ from control_plane.client import Client
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError
 from core.files import read_jsonl
-from core.proc import start_tool
 from core.wait import wait_for
 from durable import client as do_client
 from kv.client import KvClient
@@ -51,6 +51,7 @@ from lab.record.probes import read_probes
 from lab.run.driver import Driver
 from lab.run.monitoring import alerts
 from lab.run.rundir import control_plane_dirs
+from model.constants import BACKUP_SOCKET
 from model.graph import predict_catchment
 
 NS = "drill"
@@ -59,7 +60,6 @@ WRITE_EVERY_S = 0.1
 MAX_WRITES = 5000
 #: What a phase may take before the drill gives up on it (the design's window for a region is 5 min).
 PHASE_TIMEOUT_S = 120.0
-PHASES = ("detection", "containment", "recovery", "restoration")
 #: A worker deployed before the fault and again during the containment (the halt must hold).
 PROBE_WORKER = "drillw"
 
@@ -75,13 +75,13 @@ class Timeline:
     t0: float = 0.0
     events: list[tuple[str, float, str]] = field(default_factory=list)
 
-    def mark(self, name: str, detail: str = "") -> float:
-        t = monotonic()
-        self.events.append((name, t, detail))
+    def add(self, name: str, t: float, detail: str = "") -> float:
+        """Record step ``name`` at ``t`` (which may be earlier than steps already there: kept in time order)."""
+        bisect.insort(self.events, (name, t, detail), key=lambda e: e[1])
         return t
 
-    def at(self, name: str) -> float:
-        return next(t for n, t, _ in self.events if n == name)
+    def mark(self, name: str, detail: str = "") -> float:
+        return self.add(name, monotonic(), detail)
 
     def rel(self) -> list[dict[str, Any]]:
         return [{"event": n, "t_s": round(t - self.t0, 3), "detail": d} for n, t, d in self.events]
@@ -110,19 +110,25 @@ class KvWriter:
             self.stop.wait(WRITE_EVERY_S)  # the writer's pace, not a wait for a state
 
 
+def live_keys(client: KvClient, prefix: str = "") -> Iterator[str]:
+    """Every live key of namespace NS with ``prefix`` at a KV node, page by page."""
+    cursor = None
+    while True:
+        page = client.list(NS, prefix, 1000, cursor)
+        yield from (k["name"] for k in page["keys"])
+        if page["list_complete"]:
+            return
+        cursor = page["cursor"]
+
+
 def kv_digest(socket: Path) -> str:
     """A hash of every live key and value of namespace NS at a KV master (its operator socket)."""
     client = KvClient(socket, timeout=10)
     h = hashlib.sha256()
-    cursor = None
-    while True:
-        page = client.list(NS, "", 1000, cursor)
-        for k in page["keys"]:
-            got = client.get(NS, k["name"])
-            h.update(json.dumps([k["name"], None if got is None else got["value"].decode(errors="replace")]).encode())
-        if page["list_complete"]:
-            return h.hexdigest()
-        cursor = page["cursor"]
+    for key in live_keys(client):
+        got = client.get(NS, key)
+        h.update(json.dumps([key, None if got is None else got["value"].decode(errors="replace")]).encode())
+    return h.hexdigest()
 
 
 def check_drillable(driver: Driver, region: str) -> None:
@@ -157,7 +163,7 @@ class Drill:
         self.control = Client(control_plane_dirs(self.topo, driver.run_dir))
         assert self.topo.monitoring is not None and self.topo.backup is not None
         self.mon_dir = driver.node_dir(self.topo.monitoring.name)
-        self.backup = KvClient(driver.node_dir(self.topo.backup.name) / "backup.sock", timeout=120)
+        self.backup = KvClient(driver.node_dir(self.topo.backup.name) / BACKUP_SOCKET, timeout=120)
         self.nemesis = Nemesis(driver, do_spec or NemesisSpec(failovers=1, procs=1, rate=5.0, registers=3,
                                                                counters=3))
         self.timeline = Timeline()
@@ -196,7 +202,7 @@ class Drill:
                      if o["owner"] == self.region and k in self.nemesis.keys]
             tl.t0 = self.driver.fail("region-loss", self.region)
             faulted = True
-            tl.events.append(("fault", tl.t0, f"region-loss {self.region}"))
+            tl.add("fault", tl.t0, f"region-loss {self.region}")
             records = self.mon_dir / "alerts.jsonl"
             self.wait(lambda: any(a.name == "RegionDown" and a.subject == self.region and a.status == "firing"
                                   and a.t >= tl.t0 for a in alerts(records)), "the RegionDown alert")
@@ -225,9 +231,8 @@ class Drill:
                 return len(shifts) == len(self.clients)
 
             self.wait(shifted, "every client of the region served by another region")
-            tl.events.append(("traffic_shifted", tl.t0 + max(shifts.values(), default=0.0),
-                              ", ".join(f"{c} {s:.2f} s" for c, s in sorted(shifts.items()))))
-            tl.events.sort(key=lambda e: e[1])
+            tl.add("traffic_shifted", tl.t0 + max(shifts.values(), default=0.0),
+                   ", ".join(f"{c} {s:.2f} s" for c, s in sorted(shifts.items())))
             upload = {"code": probe_code(2), "host": f"{PROBE_WORKER}.example"}
             v2 = self.control.upload(PROBE_WORKER, upload)["version"]
             placement = self.control.deploy(PROBE_WORKER, v2)["placement"]
@@ -247,8 +252,7 @@ class Drill:
             events = read_jsonl(self.nemesis.control_dir / "do-events.jsonl")
             down = [float(e["time"]) for e in events if e.get("event") == "region_down"
                     and e.get("region") == self.region and float(e["time"]) >= tl.t0]
-            tl.events.append(("do_migrated", min(down, default=monotonic()), f"{len(owned)} of this run's objects"))
-            tl.events.sort(key=lambda e: e[1])
+            tl.add("do_migrated", min(down, default=monotonic()), f"{len(owned)} of this run's objects")
             self.wait(lambda: len({kv_digest(self.socket(m)) for m in self.others}) == 1,
                       "the surviving KV masters to agree")
             tl.mark("integrity_verified", "surviving KV masters' digests equal")
@@ -295,28 +299,13 @@ class Drill:
         return self.summarise(writer, kv_have, before_deploys, after_deploys, do, halted_ok, restored, records)
 
     def keys_at(self, master: str) -> set[str]:
-        client = KvClient(self.socket(master), timeout=10)
-        keys: set[str] = set()
-        cursor = None
-        while True:
-            page = client.list(NS, "d", 1000, cursor)
-            keys |= {k["name"] for k in page["keys"]}
-            if page["list_complete"]:
-                return keys
-            cursor = page["cursor"]
+        """The writer's keys a master holds."""
+        return set(live_keys(KvClient(self.socket(master), timeout=10), "d"))
 
     def do_verdict(self) -> dict[str, Any]:
         """One final read of every object, then the whole DO history checked (as the DO nemesis does)."""
-        n = self.nemesis
-        final_client = self.topo.clients[0].name
-        final = start_tool(self.driver.run_dir, n._load_argv(final_client, 60, final=True), node=final_client,
-                           name="do-load", netns=self.driver.netns[final_client])
-        try:
-            final.wait(120)
-        except subprocess.TimeoutExpired:
-            final.kill()
-            final.wait()
-        return n.summary([])
+        self.nemesis.final_reads()
+        return self.nemesis.summary([])
 
     def summarise(self, writer: KvWriter, kv_have: dict[str, set[str]], before: dict[str, Any],
                   after: dict[str, Any], do: dict[str, Any], halted_ok: bool, restored: dict[str, Any],

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 
 from core.clock import monotonic
+from lab.record import http_tool
 
 MAX_BODY = 1024 * 1024
 #: An alert's labels kept at most (the lab's rules give five or six).
@@ -77,15 +78,9 @@ def main() -> None:
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    address, _, port = args.listen.rpartition(":")
+    address, port = http_tool.listen_address(parser, args.listen)
     with open(args.out, "a", buffering=1) as out:
-        server = serve(address, int(port), out)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
+        http_tool.run(serve(address, port, out))
 
 
 if __name__ == "__main__":

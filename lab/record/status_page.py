@@ -19,6 +19,7 @@ from typing import Any
 
 from core.clock import monotonic
 from core.files import write_atomic
+from lab.record import http_tool
 
 STATUSES = ("operational", "degraded", "major_outage")
 PORT = 8080
@@ -73,14 +74,8 @@ def main() -> None:
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
     parser.add_argument("--state", required=True, type=Path)
     args = parser.parse_args()
-    address, _, port = args.listen.rpartition(":")
-    server = serve(address, int(port), args.state)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    address, port = http_tool.listen_address(parser, args.listen)
+    http_tool.run(serve(address, port, args.state))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from backup.kv import keys_received
+from backup.service import kv_root
 from bgp.exabgp import ExaBgp
 from control_plane.client import Client, ControlPlaneError, Deployed
 from core import netns
@@ -41,7 +43,7 @@ from lab.run.baseline import wait_baseline, wait_platform_level_zero
 from lab.run.cleanup import cleanup
 from lab.run.dns import wait_dns
 from lab.run.hostlimits import raise_limits
-from lab.run.launchers import SERVER_PRELOAD, ControlPlane
+from lab.run.launchers import SERVER_PRELOAD, BackupService, ControlPlane
 from lab.run.monitoring import wait_monitoring
 from lab.run.observe import SessionState, observed_catchment, router_sessions
 from lab.run.rundir import (
@@ -57,6 +59,7 @@ from lab.run.rundir import (
 from lab.run.scaling import scale_pop
 from lab.run.starts import start_daemons, start_zygote, validate_all
 from lab.run.wiring import daemons_of
+from model.constants import BACKUP_SOCKET
 from model.graph import predict_catchment
 from model.load import load_topology
 from model.placement import place
@@ -358,7 +361,15 @@ class Lab:
         """The backup service's operator socket; raises AnylabError when the topology has no backups."""
         if self.topo.backup is None:
             raise AnylabError(f"topology {self.topo.name} has no backups (no 'backup' section)")
-        return KvClient(self.node_dir(self.topo.backup.name) / "backup.sock", timeout=timeout)
+        return KvClient(self.node_dir(self.topo.backup.name) / BACKUP_SOCKET, timeout=timeout)
+
+    def backup_received(self, ns: str, by: float) -> set[str]:
+        """The keys of KV namespace ``ns`` the backup's WAL had received by ``by`` (CLOCK_MONOTONIC): what a
+        restore as of ``by`` can bring back. Raises AnylabError when the topology has no backups."""
+        self.backup_api()  # the check and its error
+        assert self.topo.backup is not None
+        service = next(d for d in self.daemons[self.topo.backup.name] if isinstance(d, BackupService))
+        return keys_received(kv_root(service.data_dir), ns, by)
 
     def restore_backup(self, what: str, at: float | None = None) -> dict[str, Any]:
         """Restore ``what`` (``kv``) as the backup knew it at ``at`` (CLOCK_MONOTONIC; None: now) into every

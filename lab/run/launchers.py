@@ -22,7 +22,7 @@ from core.peer_auth import PeerKeys
 from core.timers import phase_of
 from kv.master import WEAK_ACK
 from lab.run.etcd import CA_FILE, CERT_FILE, KEY_FILE, client_url, local_url
-from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
+from model.constants import BACKUP_SOCKET, DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
 from model.profiles import HEALTH_PORT
 from model.spec import LabSpec
 from model.topology import Client as ClientNode
@@ -300,7 +300,7 @@ class BackupService(PythonService):
 
     @property
     def socket(self) -> Path:
-        return self.env.dir / "backup.sock"
+        return self.env.dir / BACKUP_SOCKET
 
     @property
     def data_dir(self) -> Path:

@@ -29,6 +29,7 @@ from core.netns import connect_in
 from core.wait import wait_for
 from lab.record import status_page
 from lab.record.alerts import PATH as ALERTS_PATH
+from lab.run.launchers import token_files
 from model.constants import DO_DIRECTORY_PORT, DO_HOST_PORT, PROMETHEUS_PORT
 from model.topology import Topology
 
@@ -141,7 +142,7 @@ class Prometheus(Daemon):
         self.metrics_token = token
 
     def secrets(self) -> dict[Path, str]:
-        return {self.env.dir / TOKEN_FILE: self.metrics_token + "\n"} if self.metrics_token else {}
+        return token_files(self)
 
     @property
     def rules_file(self) -> Path:

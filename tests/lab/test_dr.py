@@ -13,7 +13,6 @@ rule sees the counter at the next scrape. A resolution waits for the region's se
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.files import read_jsonl
 from core.metrics import METRICS_PORT, TOKEN_FILE
 from core.wait import wait_for
 from kv.client import KvClient
@@ -108,13 +106,6 @@ def test_a_region_down_pages_its_pops_the_region_its_services_and_the_do_failove
 NS = "dr"
 
 
-def shipped(lab: Lab, by: float) -> set[str]:
-    """The keys of namespace NS the backup's WAL had received by ``by`` (CLOCK_MONOTONIC)."""
-    wal = lab.node_dir("bk") / "store" / "kv" / "wal"
-    return {base64.b64decode(rec["entry"]["key"]).decode() for path in wal.glob("*.jsonl") for rec in read_jsonl(path)
-            if rec["ns"] == NS and rec["t"] <= by}
-
-
 def readable(lab: Lab, keys: set[str]) -> dict[str, set[str]]:
     """Per KV master, which of ``keys`` it holds."""
     out = {}
@@ -150,7 +141,7 @@ def test_kv_global_loss_is_restored_from_snapshot_and_wal_losing_exactly_what_th
     full = lab.restore_backup("kv", t_fault)
     assert full["snapshot"] == snap["n"] and full["wal_replayed"] >= len(after)
     acked = before | after
-    lost_expected = acked - shipped(lab, t_fault)
+    lost_expected = acked - lab.backup_received(NS, t_fault)
     for master, have in readable(lab, acked).items():
         assert acked - have == lost_expected, master
     assert not lost_expected, f"the WAL fell behind the acknowledgements: {sorted(lost_expected)}"
