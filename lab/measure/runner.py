@@ -284,6 +284,10 @@ def _measure_once(driver: Driver, p: Plan, settle: float, index: int, http: Http
         t_rec = max(monotonic(), t_fast)
         wait_for(lambda: all(observed_catchment(topo, driver.run_dir, after=t_rec).values()), timeout=10,
                  what="answers before the fault", interval=0.01)
+        if loads is not None:
+            # The HTTP users' "before" too: an answer of each mode after their warm-up. Without this wait
+            # the fault could come within a few ms of it, before a new-connection user's next request.
+            loads.wait_served(loads.t_ready, 1, timeout=2 * loads.spec.timeout + 10.0)
         t_fault = driver.fail(p.scenario, p.target, p.count, p.period)
         _wait_settled(driver, p, t_fault, settle)
         _wait_network_quiet(rec, topo, p, t_fault, _deadline_s(topo, p))

@@ -132,7 +132,7 @@ def test_http_load_sees_keepalive_connections_break_when_anycast_moves(lab: Lab)
     ka, nc = run["http"]["c1"]["ka"], run["http"]["c1"]["nc"]
     assert ka["broken_connections"] >= 1 and set(ka["errors"]) == {"reset"}, ka
     assert nc["failed"] <= 1, nc
-    assert ka["servers_before"] == nc["servers_before"] == ["sjc/sjc-s1"]
+    assert ka["servers_before"] == nc["servers_before"] == ["sjc/sjc-s1"], (ka, nc)
     assert ka["servers_after"] == nc["servers_after"] == ["lax/lax-s1"]
     assert ka["latency_ms"]["after"]["n"] >= 10 and nc["latency_ms"]["after"]["n"] >= 10
     assert result["catchment_restored"]
