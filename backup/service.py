@@ -1,17 +1,32 @@
-"""The backup service of the primary region (the design's "Backup Architecture"): it follows every KV
-master's change stream into a WAL, snapshots what the WAL makes every ``snapshot_s`` (the design's daily
-snapshot, lab-scaled), verifies each snapshot by restoring it elsewhere and comparing digests
-(:mod:`backup.kv`), and restores the KV data as of a time into the masters.
+"""The backup service of the primary region (the design's "Backup Architecture"): it follows
+
+- every KV master's change stream into a WAL, and snapshots what the WAL makes every ``snapshot_s`` (the
+  design's daily snapshot, lab-scaled; :mod:`backup.kv`);
+- every DO host's objects (``/v1/backup/changes``, polled every :data:`OBJECTS_POLL_S`: the shipping
+  window), snapshotted every ``objects.snapshot_s`` (the design's hourly; :mod:`backup.streams`);
+- the control plane's etcd (a watch, as a client with its own certificate: the design's config change
+  stream) and every code artifact the state names (fetched from the regions' control planes, kept once,
+  read-only), snapshotted with the KV data;
+
+verifies each snapshot by restoring it elsewhere and comparing digests, and restores any of the three as
+of a time: KV into the masters, DO objects into their owners (each a write of its own, shipped to its
+backup region), the control plane's keys into etcd after its artifacts into every region's store.
 
 HTTP API (aiohttp, JSON), on the operator's socket only (the lab network gets nothing but ``/metrics``):
 
 =============================  ====================================================================
-``GET  /v1/status``            per master: WAL lines, last record (CLOCK_MONOTONIC), reachable; the
-                               snapshots
-``POST /v1/snapshot``          take one now: its manifest
+``GET  /v1/status``            per source (KV master, DO host, etcd): WAL lines, last record
+                               (CLOCK_MONOTONIC), reachable; the DO cursors, the control plane's
+                               revision and versions; each part's snapshots
+``POST /v1/snapshot``          one of each part now: their manifests ``{kv, do, control}``
 ``POST /v1/restore/kv``        ``{at?}`` (CLOCK_MONOTONIC; none: now): the state at ``at`` built and
                                written into every master (``/v1/replicate``, signed as ``backup``;
                                last writer wins, so a master's newer data stays); what it was made of
+``POST /v1/restore/do``        ``{at?}``: every object as of ``at`` written into its owner (the host
+                               that takes ``/v1/restore``); objects created after ``at`` are left
+``POST /v1/restore/control``   ``{at?}``: the artifacts the state at ``at`` names pushed to every
+                               region, then etcd's keys made equal to it (puts and deletes, in
+                               transactions of :data:`TXN_OPS`), read back and compared
 =============================  ====================================================================
 
 Its own requests to the masters are signed (role ``backup``); it follows a master as a replica does
@@ -23,15 +38,23 @@ Run as ``python -m backup.service --config FILE``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from backup import RESTORABLE
 from backup.kv import KvBackup
+from backup.streams import BackupError, ControlBackup, ObjectsBackup, state_digest
+from control_plane.artifacts import Peer, ReplicaError, Replicas
+from control_plane.etcd import Etcd, EtcdError, b64, put
+from control_plane.store import PREFIX
 from core.clock import monotonic
 from core.files import write_atomic
 from core.metrics import Metrics, service_metrics
@@ -47,6 +70,15 @@ RETRY_S = 0.5
 WEAK_NO_WAL = "no-wal"
 #: Entries per ``/v1/replicate`` request of a restore.
 RESTORE_BATCH = 500
+#: How often each DO host is asked for its objects' news: the DO backup's shipping window.
+OBJECTS_POLL_S = 0.2
+#: Operations per etcd transaction of a control-plane restore (etcd's default limit is 128).
+TXN_OPS = 100
+#: How long etcd's revision may stay ahead of what the watch delivered before the watch is started over
+#: (its member cut off: a watch that is silently dropped never ends).
+WATCH_QUIET_S = 2.0
+#: Request ids (``req/``) are replies kept for retries, not configuration: not backed up, not restored.
+REQ = PREFIX + "req/"
 
 
 def kv_root(data_dir: Path) -> Path:
@@ -73,6 +105,32 @@ class Backup:
         #: The test-only weakening (``ANYLAB_WEAKEN=backup``): no WAL, snapshots only.
         self.wal = cfg.get("weaken") != WEAK_NO_WAL
         self.session: aiohttp.ClientSession | None = None
+        objects = cfg.get("objects") or {}
+        self.hosts: list[dict[str, Any]] = [{"name": str(h["name"]), "address": str(h["address"]),
+                                              "port": int(h["port"])} for h in objects.get("hosts", [])]
+        self.objects = ObjectsBackup(self.data_dir / "do")
+        self.objects_snapshot_s = float(objects.get("snapshot_s", 3600.0))
+        control = cfg.get("control")
+        self.control = ControlBackup(self.data_dir / "control")
+        self.control_cfg: dict[str, Any] | None = control
+        self.etcd: Etcd | None = None
+        self.replicas: Replicas | None = None
+        self.etcd_seen = 0  # the last revision the watch delivered (or the full read was at)
+        self.missing_artifacts: dict[str, str] = {}
+        self.control_error = ""
+        if min(self.snapshot_s, self.objects_snapshot_s) <= 0:
+            raise ValueError("snapshot periods must be positive")
+
+    def open(self, session: aiohttp.ClientSession) -> None:
+        """Make what needs the running loop: the session, etcd's client and the regions' artifact stores."""
+        self.session = session
+        if self.control_cfg is not None:
+            files = self.control_cfg["etcd_tls"]
+            context = ssl.create_default_context(cafile=str(files["ca"]))
+            context.load_cert_chain(str(files["cert"]), str(files["key"]))
+            self.etcd = Etcd(session, [str(u) for u in self.control_cfg["etcd"]], timeout=2.0, tls=context)
+            self.replicas = Replicas(session, self.signer, [Peer(str(p["name"]), str(p["address"]), int(p["port"]))
+                                                            for p in self.control_cfg["planes"]])
 
     async def follow(self, master: dict[str, Any]) -> None:
         """Follow one master's changes for ever, each batch on the WAL's disk before the cursor moves."""
@@ -95,21 +153,151 @@ class Backup:
             if cursor.take(reply, pulled):
                 write_atomic(self.cursor_file, json.dumps({k: c.to_json() for k, c in self.cursors.items()}))
 
-    async def snapshots(self) -> None:
-        """A snapshot every ``snapshot_s``."""
+    async def follow_objects(self, host: dict[str, Any]) -> None:
+        """Ask one DO host for its objects' news every :data:`OBJECTS_POLL_S`, for ever; each object's
+        record on the WAL's disk before the next question (the cursors are the state itself)."""
+        name = f"do/{host['name']}"
         while True:
-            await asyncio.sleep(self.snapshot_s)  # the snapshot period itself, not a wait for a state
-            self.take()
+            t0 = monotonic()
+            try:
+                status, reply = await signed_call(self.session, self.signer, "POST", host["address"], host["port"],
+                                                  "/v1/backup/changes", {"cursors": self.objects.cursors()},
+                                                  timeout=2.0)
+                if status != 200 or not isinstance(reply, dict) or not isinstance(reply.get("objects"), dict):
+                    raise ValueError(f"HTTP {status}: {str(reply)[:200]}")
+                now = monotonic()
+                for key, rec in reply["objects"].items():
+                    if not isinstance(rec, dict):
+                        raise ValueError(f"{key}: not a record")
+                    self.objects.record(host["name"], {**rec, "key": key}, now, wal=self.wal)
+                self.reachable[name] = True
+            except (aiohttp.ClientError, TimeoutError, ValueError, BackupError):
+                self.reachable[name] = False
+            await asyncio.sleep(max(0.0, OBJECTS_POLL_S - (monotonic() - t0)))  # the polling period
 
-    def take(self) -> dict[str, Any]:
-        snap = self.kv.snapshot(monotonic(), time.time(), self.data_dir / "verify-scratch")
-        return snap.to_json()
+    async def follow_control(self) -> None:
+        """Follow etcd for ever: a full read (recorded when it differs from what is held), then its watch
+        from the next revision; started over after an error or a quiet watch."""
+        assert self.etcd is not None
+        while True:
+            try:
+                kvs, revision = await self.etcd.range(PREFIX, prefix=True)
+                full = {kv.key: b64(kv.value) for kv in kvs if not kv.key.startswith(REQ)}
+                if full != self.control.state.get("keys"):
+                    self.control.record("etcd", {"revision": revision, "full": full}, monotonic(), wal=self.wal)
+                self.etcd_seen = revision
+                self.reachable["etcd"] = True
+                await self.fetch_artifacts()
+                watch = asyncio.create_task(self._watch(revision))
+                await asyncio.gather(watch, self._watch_quiet(watch))
+            except (EtcdError, BackupError, ValueError, KeyError) as exc:
+                self.reachable["etcd"] = False
+                self.control_error = str(exc)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                self.control_error = "watch quiet while etcd moved on: started over"
+            await asyncio.sleep(RETRY_S)  # before a new full read: the member or the network was at fault
+
+    async def _watch(self, revision: int) -> None:
+        assert self.etcd is not None
+        async for rev, events in self.etcd.watch(PREFIX, revision + 1):
+            puts = {e.key: b64(e.value) for e in events if e.value is not None and not e.key.startswith(REQ)}
+            deletes = [e.key for e in events if e.value is None and not e.key.startswith(REQ)]
+            if puts or deletes:
+                self.control.record("etcd", {"revision": rev, "put": puts, "delete": deletes}, monotonic(),
+                                    wal=self.wal)
+            self.etcd_seen = max(self.etcd_seen, rev)
+            if any(k.startswith(PREFIX + "v/") for k in puts):
+                await self.fetch_artifacts()
+
+    async def _watch_quiet(self, watch: asyncio.Task[None]) -> None:
+        """Cancel ``watch`` when etcd's revision stays ahead of it for :data:`WATCH_QUIET_S`; returns when
+        the watch ends."""
+        assert self.etcd is not None
+        behind_since: float | None = None
+        while not watch.done():
+            await asyncio.sleep(0.5)  # the check's period
+            try:
+                _kvs, revision = await self.etcd.range(PREFIX + "quorum", timeout=1.0, race=True)
+            except EtcdError:
+                continue
+            if revision <= self.etcd_seen:
+                behind_since = None
+            elif behind_since is None:
+                behind_since = monotonic()
+            elif monotonic() - behind_since >= WATCH_QUIET_S:
+                watch.cancel()
+                raise EtcdError(f"the watch stayed at revision {self.etcd_seen}, etcd is at {revision}")
+
+    def _versions(self, keys: dict[str, str]) -> dict[str, str]:
+        """Version → artifact SHA-256 of every ``v/`` key in ``keys`` (base64 values)."""
+        out = {}
+        for k, v in keys.items():
+            if k.startswith(PREFIX + "v/"):
+                try:
+                    out[k.removeprefix(PREFIX + "v/")] = str(json.loads(base64.b64decode(v))["sha256"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return out
+
+    async def fetch_artifacts(self) -> None:
+        """Copy every artifact the held state names and the store lacks, from the nearest region that has it;
+        what could not be fetched is kept in :attr:`missing_artifacts` (tried again at the next change and
+        snapshot)."""
+        assert self.replicas is not None
+        for version, sha in self._versions(self.control.state.get("keys", {})).items():
+            if self.control.has_artifact(sha):
+                self.missing_artifacts.pop(version, None)
+                continue
+            try:
+                data, _region = await self.replicas.fetch(sha)
+                self.control.put_artifact(sha, data)
+                self.missing_artifacts.pop(version, None)
+            except (ReplicaError, BackupError) as exc:
+                self.missing_artifacts[version] = str(exc)
+
+    async def periodic(self, period: float, take: Callable[[], Awaitable[object]]) -> None:
+        """``take`` every ``period`` seconds, for ever."""
+        while True:
+            await asyncio.sleep(period)  # the snapshot period itself, not a wait for a state
+            await take()
+
+    async def take(self) -> dict[str, Any]:
+        """A snapshot of every part now: their manifests."""
+        return {"kv": await self.take_kv(), "do": await self.take_objects(), "control": await self.take_control()}
+
+    async def take_kv(self) -> dict[str, Any]:
+        return self.kv.snapshot(monotonic(), time.time(), self.data_dir / "verify-scratch").to_json()
+
+    async def take_objects(self) -> dict[str, Any]:
+        return self.objects.snapshot(monotonic(), time.time()).to_json()
+
+    async def take_control(self) -> dict[str, Any] | None:
+        if self.replicas is None:
+            return None
+        await self.fetch_artifacts()
+        return self.control.snapshot(monotonic(), time.time()).to_json()
 
     def status(self) -> dict[str, Any]:
         return {"masters": {m["name"]: {"wal_lines": self.kv.lines.get(m["name"], 0),
                                         "last_record": self.kv.last_record.get(m["name"]),
                                         "reachable": self.reachable.get(m["name"])} for m in self.masters},
-                "snapshots": [s.to_json() for s in self.kv.snapshots()]}
+                "snapshots": [s.to_json() for s in self.kv.snapshots()],
+                "do": {"hosts": {h["name"]: {"wal_lines": self.objects.lines.get(h["name"], 0),
+                                             "last_record": self.objects.last_record.get(h["name"]),
+                                             "reachable": self.reachable.get(f"do/{h['name']}")}
+                                 for h in self.hosts},
+                       "objects": self.objects.cursors(),
+                       "snapshots": [s.to_json() for s in self.objects.snapshots()]},
+                "control": None if self.control_cfg is None else {
+                    "revision": self.control.revision, "seen": self.etcd_seen,
+                    "reachable": self.reachable.get("etcd"), "wal_lines": self.control.lines.get("etcd", 0),
+                    "last_record": self.control.last_record.get("etcd"),
+                    "versions": sorted(self._versions(self.control.state.get("keys", {}))),
+                    "missing_artifacts": self.missing_artifacts,
+                    "snapshots": [s.to_json() for s in self.control.snapshots()]}}
 
     async def restore_kv(self, at: float) -> dict[str, Any]:
         """Build the state at ``at`` and write it into every master; raises KvError if a master refuses
@@ -140,6 +328,60 @@ class Backup:
         return {**made_of, "at": at, "entries": sum(len(e) for _, e in batches), "written": written}
 
 
+    async def restore_objects(self, at: float) -> dict[str, Any]:
+        """Write every object as of ``at`` into its owner (the first host that takes it); raises BackupError
+        naming the objects no host took (the others are written)."""
+        state, made_of = self.objects.state_at(at)
+        written: dict[str, str] = {}
+        errors = []
+        for key, obj in sorted(state.items()):
+            tried = []
+            for h in self.hosts:
+                try:
+                    status, reply = await signed_call(self.session, self.signer, "POST", h["address"], h["port"],
+                                                      "/v1/restore", {"key": key, "data": obj["data"]}, timeout=5.0)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status, reply = 0, str(exc) or type(exc).__name__
+                if status == 200:
+                    written[key] = h["name"]
+                    break
+                tried.append(f"{h['name']}: HTTP {status} {str(reply)[:120]}")
+            else:
+                errors.append(f"{key}: " + "; ".join(tried))
+        if errors:
+            raise BackupError("restore incomplete: " + " | ".join(errors), status=502)
+        return {**made_of, "at": at, "objects": len(state), "written": written}
+
+    async def restore_control(self, at: float) -> dict[str, Any]:
+        """Make etcd's keys (``req/`` aside) those held at ``at``, after pushing the artifacts they name to
+        every region's store; read back and compared. Raises BackupError (nothing in etcd changed when the
+        artifacts could not all be pushed or etcd cannot be read)."""
+        if self.etcd is None or self.replicas is None:
+            raise BackupError("this backup store does not follow a control plane", status=404)
+        state, made_of = self.control.state_at(at)
+        keys: dict[str, str] = state.get("keys", {})
+        pushed = 0
+        for version, sha in self._versions(keys).items():
+            data = self.control.artifact(sha)
+            confirmed = await self.replicas.push(sha, data, len(self.replicas.peers))
+            if len(confirmed) < len(self.replicas.peers):
+                raise BackupError(f"artifact of {version}: only {sorted(confirmed)} took it", status=502)
+            pushed += 1
+        try:
+            kvs, _rev = await self.etcd.range(PREFIX, prefix=True)
+            now = {kv.key: b64(kv.value) for kv in kvs if not kv.key.startswith(REQ)}
+            ops = [put(k, base64.b64decode(v)) for k, v in sorted(keys.items()) if now.get(k) != v]
+            ops += [{"request_delete_range": {"key": b64(k)}} for k in sorted(set(now) - set(keys))]
+            for i in range(0, len(ops), TXN_OPS):
+                await self.etcd.txn([], ops[i:i + TXN_OPS])
+            kvs, revision = await self.etcd.range(PREFIX, prefix=True)
+        except EtcdError as exc:
+            raise BackupError(f"etcd: {exc}", status=502) from None
+        after = {kv.key: b64(kv.value) for kv in kvs if not kv.key.startswith(REQ)}
+        return {**made_of, "at": at, "keys": len(keys), "changed": len(ops), "artifacts": pushed,
+                "revision": revision, "verified": state_digest({"keys": after}) == state_digest({"keys": keys})}
+
+
 def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
     @web.middleware
     async def operator_only(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -148,14 +390,14 @@ def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
         try:
             response: web.StreamResponse = await handler(request)
             return response
-        except KvError as exc:
+        except (KvError, BackupError) as exc:
             return web.json_response({"error": str(exc)}, status=exc.status)
 
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(b.status())
 
     async def snapshot(_request: web.Request) -> web.Response:
-        return web.json_response(b.take())
+        return web.json_response(await b.take())
 
     async def restore(request: web.Request) -> web.Response:
         try:
@@ -169,19 +411,24 @@ def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
             at = monotonic()
         if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
             raise KvError("'at' must be a CLOCK_MONOTONIC time in seconds")
-        return web.json_response(await b.restore_kv(float(at)))
+        what = request.match_info["what"]
+        restores = {"kv": b.restore_kv, "do": b.restore_objects, "control": b.restore_control}
+        assert set(restores) == set(RESTORABLE)
+        if what not in restores:
+            raise KvError(f"nothing called {what!r} is backed up: {', '.join(RESTORABLE)}", status=404)
+        return web.json_response(await restores[what](float(at)))
 
     app = web.Application(middlewares=[*outer, operator_only])
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/snapshot", snapshot)
-    app.router.add_post("/v1/restore/kv", restore)
+    app.router.add_post("/v1/restore/{what}", restore)
     return app
 
 
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
     b = Backup(cfg)
-    b.session = aiohttp.ClientSession()
+    b.open(aiohttp.ClientSession())
 
     async def stop() -> None:
         assert b.session is not None
@@ -189,7 +436,11 @@ async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
         b.kv.state.close()
 
     app = make_app(b, (service_metrics(cfg, Metrics("backup")),))
-    await run_service(app, cfg, [*(b.follow(m) for m in b.masters), b.snapshots()], stop, handle_signals)
+    tasks = [*(b.follow(m) for m in b.masters), b.periodic(b.snapshot_s, b.take_kv),
+             *(b.follow_objects(h) for h in b.hosts), b.periodic(b.objects_snapshot_s, b.take_objects)]
+    if b.etcd is not None:
+        tasks += [b.follow_control(), b.periodic(b.snapshot_s, b.take_control)]
+    await run_service(app, cfg, tasks, stop, handle_signals)
 
 
 def main() -> None:

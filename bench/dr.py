@@ -49,7 +49,7 @@ def global_loss(lab: Lab, writes: int) -> dict[str, Any]:
     snap: dict[str, Any] = {}
     for i in range(writes):
         if i == writes // 2:
-            snap = lab.backup_api().call("POST", "/v1/snapshot")
+            snap = lab.backup_api().call("POST", "/v1/snapshot")["kv"]
         if client.put(NS, f"w{i}", b"x").get("committed"):
             acked.append(f"w{i}")
         time.sleep(0.1)  # the writer's pace: 10 writes a second

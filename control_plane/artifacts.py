@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from yarl import URL
 
 from core.peer_auth import Signer
+from core.service import signed_bytes
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -101,14 +101,8 @@ class Replicas:
     async def _request(self, peer: Peer, method: str, sha: str, data: bytes = b"") -> tuple[int, bytes]:
         if self.signer is None:
             raise ReplicaError("this control plane has no key to sign with")
-        target = f"/v1/replica/artifacts/{sha}"
-        authority = f"{peer.address}:{peer.port}"
-        headers = {"Content-Type": "application/octet-stream",
-                   **self.signer.headers(method, authority, target, data)}
-        async with self.session.request(method, URL(f"http://{authority}{target}", encoded=True),
-                                        data=data or None, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-            return resp.status, await resp.read()
+        return await signed_bytes(self.session, self.signer, method, peer.address, peer.port,
+                                  f"/v1/replica/artifacts/{sha}", data, self.timeout, "application/octet-stream")
 
     async def _push(self, peer: Peer, sha: str, data: bytes) -> bool:
         try:

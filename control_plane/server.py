@@ -25,7 +25,8 @@ with the reason, a region without an etcd quorum → 503, as JSON ``{"error": �
                                             generation newer than its own → ``{generation,
                                             deployments: [{name, version, sha256}]}``
 ``GET  /v1/artifacts/{version}`` (pop)      the artifact's bytes (the PoP checks the SHA-256)
-``PUT|GET /v1/replica/artifacts/{sha}``     another region's copy in or out (cp)
+``PUT|GET /v1/replica/artifacts/{sha}``     another region's copy in or out (cp); the backup
+                                            service's copy out, and back in at a restore (backup)
 ``POST /v1/dns/changes`` (dns)              the DNS hidden primary waits (≤ ``wait`` s) for a generation
                                             newer than its own → ``{generation, workers, pops,
                                             withdrawn}``: what the platform's zone is made of
@@ -91,7 +92,8 @@ LATENCY_WINDOW_S = 10.0
 #: regions' control planes replicate artifacts.
 PEER_POLICY = peer_auth.prefix_policy({"POST /v1/sync": ("pop",), "POST /v1/dns/changes": ("dns",),
                                        "GET /v1/artifacts/": ("pop", "do-host"),
-                                       "PUT /v1/replica/": ("cp",), "GET /v1/replica/": ("cp",)})
+                                       "PUT /v1/replica/": ("cp", "backup"),
+                                       "GET /v1/replica/": ("cp", "backup")})
 
 
 class Node:

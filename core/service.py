@@ -85,18 +85,26 @@ def peer_middleware(verifier: Verifier, policy: Callable[[str, str], frozenset[s
     return check
 
 
+async def signed_bytes(session: aiohttp.ClientSession | None, signer: Signer, method: str, address: str, port: int,
+                       target: str, body: bytes = b"", timeout: float = 5.0,
+                       content_type: str = "application/json") -> tuple[int, bytes]:
+    """One signed request with a body of bytes: status and the answer's bytes. ``target`` is the path with
+    its query, already encoded. Raises aiohttp.ClientError, TimeoutError."""
+    assert session is not None, "the service's session is made when its loop runs"
+    authority = f"{address}:{port}"
+    headers = {"Content-Type": content_type, **signer.headers(method, authority, target, body)}
+    async with session.request(method, URL(f"http://{authority}{target}", encoded=True), data=body or None,
+                               headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        return resp.status, await resp.read()
+
+
 async def signed_call(session: aiohttp.ClientSession | None, signer: Signer, method: str, address: str, port: int,
                       target: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     """One signed JSON request: status and decoded answer (None when it is not JSON). ``target`` is the
     path with its query, already encoded. Raises aiohttp.ClientError, TimeoutError."""
-    assert session is not None, "the service's session is made when its loop runs"
     body = b"" if payload is None else json.dumps(payload).encode()
-    authority = f"{address}:{port}"
-    headers = {"Content-Type": "application/json", **signer.headers(method, authority, target, body)}
-    async with session.request(method, URL(f"http://{authority}{target}", encoded=True), data=body or None,
-                               headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-        raw = await resp.read()
+    status, raw = await signed_bytes(session, signer, method, address, port, target, body, timeout)
     try:
-        return resp.status, json.loads(raw) if raw else None
+        return status, json.loads(raw) if raw else None
     except ValueError:
-        return resp.status, None
+        return status, None

@@ -29,6 +29,12 @@ HTTP (aiohttp) on the lab network and ``do.sock``:
 ``POST /v1/replicate``  ``{key, entries}`` from the owner → ``{seq}``; 409 ``need_snapshot`` or ``fenced``
 ``POST /v1/install``    ``{key, snapshot}`` → ``{seq}``; 409 ``fenced``
 ``GET  /v1/status``     lease, owned objects, shipping lag
+``POST /v1/backup/changes``  (the backup service) ``{cursors: {key: [epoch, seq]}}`` → per object this host
+                        owns that moved past its cursor: ``{entries}`` (the log after it) or ``{snapshot}``
+                        (the cursor is another epoch's, ahead, or before the kept log)
+``POST /v1/restore``    (the backup service) ``{key, data}``: the owned object's data replaced, as one
+                        write at its epoch, shipped to its backup region like any other → ``{seq}``; 421
+                        ``not_owner``, 503 ``lease_expired`` or ``backup_unreachable``
 
 Decisions are JSON lines in ``events`` (CLOCK_MONOTONIC ``time``): ``promote``, ``fenced``,
 ``first_served`` (the first answer at a new epoch), ``lease_lost``.
@@ -70,6 +76,8 @@ HOST_POLICY = peer_auth.prefix_policy({
     "POST /v1/call": ("do-router",),
     "POST /v1/replicate": ("do-host",),
     "POST /v1/install": ("do-host",),
+    "POST /v1/backup/": ("backup",),
+    "POST /v1/restore": ("backup",),
 })
 
 
@@ -432,6 +440,53 @@ class Host:
         return {"status": response.status, "headers": response.headers,
                 "body": base64.b64encode(response.body).decode(), "owner": self.region, "epoch": epoch}
 
+    def backup_changes(self, cursors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """What the backup service has not seen of the objects this host owns, from its ``cursors`` (key →
+        [epoch, seq] it holds): the log after the cursor when it follows this copy's history and the log
+        still has it, else the whole object. Raises ValueError/TypeError for a malformed cursor."""
+        out: dict[str, dict[str, Any]] = {}
+        if not self.lease_ok():
+            return out  # a host without a lease may have been replaced: its copies are not the objects
+        for key in list(self.owned):
+            store = self.store(key)
+            raw = cursors.get(key)
+            epoch, seq = (int(raw[0]), int(raw[1])) if raw is not None else (0, 0)
+            if seq == store.seq and (seq == 0 or epoch >= store.data_epoch):
+                continue  # nothing new
+            if epoch == store.data_epoch and seq < store.seq:
+                entries = store.log_since(seq)
+                if entries and int(entries[0]["seq"]) == seq + 1:
+                    out[key] = {"entries": entries}
+                    continue
+            out[key] = {"snapshot": store.snapshot()}
+        return out
+
+    async def restore(self, key: str, data: dict[str, Any]) -> int:
+        """Replace an owned object's data with ``data`` (one write at its epoch, between its events:
+        the store's commits are serialized) and ship it to its backup region. Raises Refused."""
+        key_parts(key)
+        if not self.lease_ok():
+            raise Refused(503, "lease_expired", True)
+        epoch = self.owned.get(key)
+        if epoch is None:
+            raise Refused(421, "not_owner", True, owner=self.placements.get(key, (None,))[0])
+        store = self.store(key)
+        before = store.seq
+        with store.transaction(epoch) as tx:
+            for k in store.list():
+                if k not in data:
+                    tx.delete(k)
+            for k, v in data.items():
+                tx.put(str(k), v)
+        self._drop(key)  # an instance's state in memory would be the old data's
+        entries = store.log_since(before)
+        try:
+            await self.ship(key, entries)
+        except ShipError as exc:
+            raise Refused(503, "backup_unreachable", False, detail=str(exc)) from None
+        self._event({"event": "restored", "key": key, "epoch": epoch, "seq": store.seq})
+        return store.seq
+
     def status(self) -> dict[str, Any]:
         ship_lag = [lag for _version, runtime in self.runtimes.values() for lag in runtime.ship_lag]
         return {"region": self.region, "mode": self.mode, "lease_ok": self.lease_ok(),
@@ -500,11 +555,33 @@ def make_app(host: Host, outer: tuple[Any, ...] = ()) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(host.status())
 
+    async def backup_changes(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            cursors = dict(data["cursors"])
+            return web.json_response({"objects": host.backup_changes(cursors)})
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
+
+    async def restore(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            key, values = str(data["key"]), dict(data["data"])
+            return web.json_response({"seq": await host.restore(key, values)})
+        except Refused as exc:
+            return exc.response()
+        except Fenced as exc:
+            return web.json_response({"error": "fenced", "definite": True, "detail": str(exc)}, status=409)
+        except (KeyError, ValueError, TypeError) as exc:
+            return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
+
     app = web.Application(client_max_size=MAX_BODY, middlewares=[*outer, peer_middleware(host.verifier, HOST_POLICY)])
     app.router.add_post("/v1/call", call)
     app.router.add_post("/v1/replicate", replicate)
     app.router.add_post("/v1/install", install)
     app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/backup/changes", backup_changes)
+    app.router.add_post("/v1/restore", restore)
     return app
 
 

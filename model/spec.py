@@ -314,10 +314,13 @@ class MonitoringSpec(_Spec):
 class BackupSpec(_Spec):
     """The platform's backups (absent: none): the primary region's backup store on node ``bk``, on
     ``router`` (default: the control node's), following every KV master's change stream (the design's
-    continuous WAL) and snapshotting it every ``kv_snapshot_s`` (the design's daily, lab-scaled)."""
+    continuous WAL) and snapshotting it every ``kv_snapshot_s`` (the design's daily, lab-scaled), every
+    DO host's objects (their logs) snapshotted every ``do_snapshot_s`` (the design's hourly), and the
+    control plane's etcd (its watch) with the code artifacts, snapshotted with the KV data."""
 
     router: str | None = None
     kv_snapshot_s: float = Field(86400.0, ge=1.0, le=7 * 86400.0)
+    do_snapshot_s: float = Field(3600.0, ge=0.5, le=7 * 86400.0)
 
 
 class BreakerSpec(_Spec):

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from backup import RESTORABLE
 from core import netns
 from core.clock import monotonic
 from core.errors import AnylabError, TopologyError, UsageError
@@ -1143,11 +1144,6 @@ def drill(
         console.print(f"report: {out / f'drill-{region}.md'}, {out / f'drill-{region}.json'}")
 
 
-#: What ``restore-backup`` restores (the control plane's stream and Durable Objects come with issue 24's
-#: next steps).
-RESTORABLE = ("kv",)
-
-
 @app.command(name="restore-backup", short_help="Restore the platform's data from its backups as of a time.")
 def restore_backup(
     what: Annotated[str, typer.Argument(help=f"what to restore: {', '.join(RESTORABLE)}")],
@@ -1157,9 +1153,11 @@ def restore_backup(
     name: NameOpt = "main",
 ) -> None:
     """Rebuild WHAT as the backup store knew it at --at (its last verified snapshot by then, plus the WAL
-    after it) and write it into every KV master (last writer wins: newer data on a master stays).
+    after it) and write it back: kv into every KV master (last writer wins: newer data on a master
+    stays); do, every Durable Object into its owner (objects made after --at are left); control, the
+    artifacts into every region's store, then etcd's keys made equal to the state at --at.
 
-    Examples: anylab restore-backup kv; anylab restore-backup kv --at 46175.8"""
+    Examples: anylab restore-backup kv; anylab restore-backup control --at 46175.8"""
     from kv.client import KvClient
     from kv.store import KvError
 
@@ -1179,9 +1177,12 @@ def restore_backup(
         print(json.dumps(reply, indent=1))
         return
     base = f"snapshot {reply['snapshot']}" if reply.get("snapshot") is not None else "no snapshot"
+    written = {"kv": lambda r: f"{r['entries']} entries written to {', '.join(r['written'])}",
+               "do": lambda r: f"{r['objects']} objects written to their owners",
+               "control": lambda r: (f"{r['keys']} keys ({r['changed']} changed), {r['artifacts']} artifacts, "
+                                     f"read back {'equal' if r['verified'] else 'DIFFERENT'}")}[what](reply)
     console.print(f"{what} restored as of t={reply['at']:.3f}: {base} + {reply['wal_replayed']} WAL records → "
-                  f"{reply['entries']} entries written to {', '.join(reply['written'])} "
-                  f"(digest {reply['digest'][:12]})")
+                  f"{written} (digest {reply['digest'][:12]})")
 
 
 @app.command(short_help="Bring a PoP to N servers in service (standby servers start or stop).")

@@ -37,8 +37,9 @@ cp-cut          control plane node or    nftables drops the node's traffic with 
                 region                   control plane nodes: its etcd member is in the minority, its API
                                          refuses writes and syncs; its PoPs still reach it (delete table)
 etcd-leader-kill ``control``             SIGKILL the etcd member that leads now (restart it)
-artifact-store-wipe control plane node   delete every artifact the region's store holds; the region
-                or region                repairs it from the others (restore: nothing to undo)
+artifact-store-wipe control plane node,  delete every artifact the region's store holds; the region
+                region or ``global``     repairs it from the others (restore: nothing to undo); ``global``:
+                                         every region's at once (only the backups still hold them)
 kv-master-crash KV master or region      SIGKILL the region's KV master (restart it: its data is on
                                          disk, it pulls what it missed from the other masters)
 do-crash        KV node or region        SIGKILL the region's Durable Object host (restart it: its
@@ -248,6 +249,8 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         hosts = (target,)
     elif kind == "region" and scenario in CONTROL_PLANE_ONLY:
         hosts = cps
+    elif kind == GLOBAL and scenario == "artifact-store-wipe":
+        hosts = tuple(cp.name for cp in topo.control_planes)
     elif kind == "region" and scenario in ("region-down", "region-loss", *STORAGE_ONLY):
         hosts = tuple(k.name for k in topo.kv_masters if k.region == target)
         if scenario in ("region-down", "region-loss"):

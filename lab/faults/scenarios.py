@@ -27,7 +27,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "cp-down": ("cp", "region"),
     "cp-cut": ("cp", "region"),
     "etcd-leader-kill": ("control",),
-    "artifact-store-wipe": ("cp", "region"),
+    "artifact-store-wipe": ("cp", "region", "global"),
     "kv-master-crash": ("kv", "region"),
     "do-crash": ("kv", "region"),
     "do-cut": ("kv", "region"),

@@ -371,9 +371,32 @@ class Lab:
         service = next(d for d in self.daemons[self.topo.backup.name] if isinstance(d, BackupService))
         return keys_received(kv_root(service.data_dir), ns, by)
 
+    def wait_backup_current(self, timeout: float = 15.0) -> float:
+        """Wait until the backup service holds what the platform has now: every DO object its owner serves
+        up to the owner's sequence number, and etcd up to every control plane's revision; the time it did.
+        Raises AnylabError without backups, WaitTimeout naming what it lacked."""
+        api = self.backup_api()
+        want_cp = max((s.get("revision", 0) for s in self.control_planes().values()), default=0)
+        want_do = {k: int(o["seq"]) for km in self.topo.kv_masters
+                   for k, o in self.do_host(km.region)["objects"].items() if o["seq"]}
+        last: dict[str, Any] = {}
+
+        def current() -> bool:
+            last.update(api.call("GET", "/v1/status"))
+            held = last["do"]["objects"]
+            behind = {k for k, seq in want_do.items() if k not in held or held[k][1] < seq}
+            last["behind"] = sorted(behind)
+            return not behind and (last["control"] is None or last["control"]["seen"] >= want_cp)
+
+        wait_for(current, timeout=timeout, what="the backup service holding the platform's current state",
+                 interval=0.1, describe=lambda: f"objects behind {last.get('behind')}, etcd seen "
+                                                f"{(last.get('control') or {}).get('seen')} of {want_cp}")
+        return monotonic()
+
     def restore_backup(self, what: str, at: float | None = None) -> dict[str, Any]:
-        """Restore ``what`` (``kv``) as the backup knew it at ``at`` (CLOCK_MONOTONIC; None: now) into every
-        master; the service's account of it. Raises KvError (an AnylabError) with the service's reason."""
+        """Restore ``what`` (``kv``, ``do``, ``control``: :mod:`backup.service`) as the backup knew it at ``at``
+        (CLOCK_MONOTONIC; None: now); the service's account of it. Raises KvError (an AnylabError) with the
+        service's reason."""
         reply: dict[str, Any] = self.backup_api().call("POST", f"/v1/restore/{what}", {"at": at})
         return reply
 

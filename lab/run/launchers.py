@@ -21,10 +21,10 @@ from core.netns import socket_in
 from core.peer_auth import PeerKeys
 from core.timers import phase_of
 from kv.master import WEAK_ACK
-from lab.run.etcd import CA_FILE, CERT_FILE, KEY_FILE, client_url, local_url
+from lab.run.etcd import CA_FILE, CERT_FILE, KEY_FILE, EtcdTls, client_url, local_url
 from model.constants import BACKUP_SOCKET, DO_DIRECTORY_PORT, DO_HOST_PORT, KV_REPLICA_PORT
 from model.profiles import HEALTH_PORT
-from model.spec import LabSpec
+from model.spec import BackupSpec, LabSpec
 from model.topology import Client as ClientNode
 from model.topology import Pop, Server, ServiceNode
 
@@ -176,7 +176,8 @@ class ControlPlane(PythonService):
         self.tokens = {"admin": admin_token}
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
-        return self.keys.auth_config(self.path("-"), f"cp/{self.control.region}", ("pop", "do-host", "cp", "dns"))
+        return self.keys.auth_config(self.path("-"), f"cp/{self.control.region}",
+                                     ("pop", "do-host", "cp", "dns", "backup"))
 
     def secrets(self) -> dict[Path, str]:
         return {self.env.dir / ADMIN_TOKEN: self.tokens["admin"] + "\n", **self.auth()[1], **token_files(self)}
@@ -285,18 +286,25 @@ class KvMaster(PythonService):
 
 class BackupService(PythonService):
     """``backup.service`` on the backup node: the primary region's backup store, following every KV
-    master (signed as ``backup``), a snapshot every ``snapshot_s``; its API on its operator socket."""
+    master and DO host (signed as ``backup``) and the control plane's etcd (its own client certificate
+    from the lab's etcd CA), snapshots on the configured periods; its API on its operator socket."""
 
     name = "backup"
     module = "backup.service"
 
     def __init__(self, env: NodeEnv, node: ServiceNode, masters: tuple[ServiceNode, ...], keys: PeerKeys,
-                 snapshot_s: float) -> None:
+                 spec: BackupSpec, control_planes: tuple[ServiceNode, ...] = (), tls: EtcdTls | None = None) -> None:
         super().__init__(env)
-        self.service, self.masters, self.keys, self.snapshot_s = node, masters, keys, snapshot_s
+        self.service, self.masters, self.keys, self.spec = node, masters, keys, spec
+        self.control_planes, self.tls = control_planes, tls
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
         return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}")
+
+    def secrets(self) -> dict[Path, str]:
+        tls = ({self.env.dir / CA_FILE: self.tls.ca, self.env.dir / CERT_FILE: self.tls.cert,
+                self.env.dir / KEY_FILE: self.tls.key} if self.tls is not None else {})
+        return {**super().secrets(), **tls}
 
     @property
     def socket(self) -> Path:
@@ -308,10 +316,22 @@ class BackupService(PythonService):
         return self.env.dir / "store"
 
     def config(self) -> dict[str, object]:
+        s = self.spec
+        control: dict[str, object] = {}
+        if self.control_planes and self.tls is not None:
+            control = {"control": {
+                "etcd": [client_url(c) for c in self.control_planes], "snapshot_s": s.kv_snapshot_s,
+                "etcd_tls": {"ca": str(self.env.dir / CA_FILE), "cert": str(self.env.dir / CERT_FILE),
+                             "key": str(self.env.dir / KEY_FILE)},
+                "planes": [{"name": c.region, "address": str(c.address), "port": c.port}
+                           for c in self.control_planes]}}
         return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
-                "listen": [str(self.service.address), self.service.port], "snapshot_s": self.snapshot_s,
+                "listen": [str(self.service.address), self.service.port], "snapshot_s": s.kv_snapshot_s,
                 "masters": [{"name": m.name, "address": str(m.address), "port": m.port} for m in self.masters],
-                "auth": self.auth()[0], **weakened("backup", WEAK_NO_WAL)}
+                "objects": {"snapshot_s": s.do_snapshot_s,
+                            "hosts": [{"name": m.region, "address": str(m.address), "port": DO_HOST_PORT}
+                                      for m in self.masters]},
+                **control, "auth": self.auth()[0], **weakened("backup", WEAK_NO_WAL)}
 
     def validate(self) -> None:
         if not self.masters:
@@ -430,7 +450,8 @@ class DoHost(DoService):
         self.controls = controls
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
-        return self.keys.auth_config(self.path("-"), f"do-host/{self.service.region}", ("do-router", "do-host"))
+        return self.keys.auth_config(self.path("-"), f"do-host/{self.service.region}",
+                                     ("do-router", "do-host", "backup"))
 
     @property
     def data_dir(self) -> Path:

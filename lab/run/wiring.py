@@ -60,7 +60,10 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     admin_token = secrets.token_urlsafe(24)  # the operator's, the same in every region
     cluster_token = f"anylab-{secrets.token_hex(8)}"  # members of another lab's cluster never join this one
     cps = topo.control_planes
-    tls = make_tls((cp.name, str(cp.address)) for cp in cps) if cps else {}
+    bk = topo.backup
+    # The backup service follows etcd as a client: a certificate of its own from the lab's CA.
+    tls = make_tls([*((cp.name, str(cp.address)) for cp in cps),
+                    *(((bk.name, str(bk.address)),) if bk is not None else ())]) if cps else {}
     for cp in cps:
         env_of(cp.name).dir.mkdir(parents=True, exist_ok=True)
         peers = tuple(nearest_first(topo, cp.router, [p for p in cps if p.name != cp.name]))
@@ -100,11 +103,11 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     for d in topo.dns.nodes if topo.dns else ():
         env_of(d.name).dir.mkdir(parents=True, exist_ok=True)
     daemons.update(dns_daemons(topo, env_of, keys))
-    if topo.backup is not None:
-        bk = topo.backup
+    if bk is not None:
         env_of(bk.name).dir.mkdir(parents=True, exist_ok=True)
         assert topo.spec.backup is not None
-        daemons[bk.name] = [BackupService(env_of(bk.name), bk, topo.kv_masters, keys, topo.spec.backup.kv_snapshot_s)]
+        daemons[bk.name] = [BackupService(env_of(bk.name), bk, topo.kv_masters, keys, topo.spec.backup, cps,
+                                          tls.get(bk.name))]
     if topo.monitoring is not None:  # the token Prometheus scrapes with, given to every service it scrapes
         token = secrets.token_urlsafe(24)
         scraped = (ControlPlane, KvMaster, DoHost, DoDirectory, EdgeWorker, BackupService)

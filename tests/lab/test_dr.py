@@ -1,7 +1,9 @@
 """global.yaml's disaster recovery (issue 24): Prometheus on the ``mon`` node scrapes every service of the lab
 with the lab's token, and a region going down pages with the design's alerts, each carrying the runbook phase
 it starts, within the scrape and rule timers; the backup node's KV WAL and snapshots bring the KV data back
-after every master and replica lost it, losing exactly what the WAL had not received.
+after every master and replica lost it, losing exactly what the WAL had not received; Durable Objects and
+the control plane (its etcd keys and code artifacts) are restored as of a time, the artifacts even after
+every region's store lost them.
 
 Bounds: a silenced target's scrape fails at its timeout (SCRAPE_S) and the next rule evaluation (every
 SCRAPE_S) fires the alert, which Alertmanager sends at once (group_wait 0): 3 × SCRAPE_S from the fault,
@@ -13,14 +15,17 @@ rule sees the counter at the next scrape. A resolution waits for the region's se
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.metrics import METRICS_PORT, TOKEN_FILE
+from core.netns import connect_in
 from core.wait import wait_for
 from kv.client import KvClient
 from lab.measure.drill import run_drill
@@ -124,8 +129,10 @@ def test_kv_global_loss_is_restored_from_snapshot_and_wal_losing_exactly_what_th
     client = KvClient(lab.node_dir(lab.topo.pop("sjc").servers[0]) / "kv.sock", timeout=10)
     backup = lab.backup_api()
     before = write(client, [f"a{i}" for i in range(20)])
-    snap = backup.call("POST", "/v1/snapshot")
-    assert snap["digest"] == snap["verified"], snap  # restored elsewhere, the same data
+    snaps = backup.call("POST", "/v1/snapshot")
+    snap = snaps["kv"]
+    # Each restored elsewhere (KV) or read back (DO, control): the same data.
+    assert {k: s["digest"] == s["verified"] for k, s in snaps.items()} == {"kv": True, "do": True, "control": True}
     after = write(client, [f"b{i}" for i in range(20)])
     assert len(before) == len(after) == 20
     t_fault = lab.fail("kv-global-loss", "global")
@@ -148,6 +155,78 @@ def test_kv_global_loss_is_restored_from_snapshot_and_wal_losing_exactly_what_th
     # The replicas follow their restored masters.
     wait_for(lambda: all(client.get(NS, k) is not None for k in acked), timeout=10.0,
              what="the restored keys at a PoP's replica", interval=0.2)
+
+
+def worker_call(lab: Lab, host: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One request to the anycast address from the first client, Host ``host``: status and the JSON answer
+    (or the text)."""
+    netns, target = lab.netns[lab.topo.clients[0].name], str(lab.topo.anycast[0].network_address)
+    conn = http.client.HTTPConnection(target, 80, timeout=10)
+    try:
+        conn.sock = connect_in(netns, target, 80, 5.0)
+        conn.request("POST" if body is not None else "GET", path, json.dumps(body) if body is not None else None,
+                     {"Host": host})
+        resp = conn.getresponse()
+        raw = resp.read().decode()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        return resp.status, raw
+
+
+def counter(lab: Lab, name: str, f: str = "read", value: Any = None) -> dict[str, Any]:
+    status, reply = worker_call(lab, "reg.example", f"/do/{name}", {"f": f, "value": value})
+    assert status == 200, (status, reply)
+    return dict(reply)
+
+
+def test_durable_objects_are_restored_as_of_a_time_into_their_owners(lab: Lab) -> None:
+    lab.wait_do_leases()
+    lab.deploy("reg", "reg.example", (TOPOLOGIES.parent / "examples" / "do_register.py").read_text(),
+               bindings={"REG": {"durable_object": "Register"}})
+    names = ["bk-a", "bk-b", "bk-c"]
+    for name in names:
+        for _ in range(5):
+            counter(lab, name, "incr", 1)
+    t_mid = lab.wait_backup_current()
+    for name in names:
+        for _ in range(3):
+            counter(lab, name, "incr", 1)
+    assert {counter(lab, n)["value"] for n in names} == {8}
+    lab.wait_backup_current()
+
+    early = lab.restore_backup("do", t_mid)
+    assert set(early["written"]) >= {o for o in lab.do_directory()["objects"] if o.endswith(tuple(names))}
+    assert {n: counter(lab, n)["value"] for n in names} == dict.fromkeys(names, 5)
+    assert lab.restore_backup("do")["digest"] != early["digest"]
+    assert {n: counter(lab, n)["value"] for n in names} == dict.fromkeys(names, 8)
+
+
+def serves(lab: Lab, text: str) -> bool:
+    return worker_call(lab, "bkcfg.example", "/") == (200, text)
+
+
+def test_the_control_plane_is_restored_as_of_a_time_with_its_artifacts_after_every_store_lost_them(lab: Lab) -> None:
+    code = 'async def fetch(request, env, ctx):\n    return "{}"\n'
+    lab.deploy("bkcfg", "bkcfg.example", code.format("one"))
+    t_one = lab.wait_backup_current()
+    lab.deploy("bkcfg", "bkcfg.example", code.format("two"))
+    assert serves(lab, "two")
+    t_two = lab.wait_backup_current()
+    lab.fail("artifact-store-wipe", "global")  # no region holds an artifact any more
+    lab.restore("global")  # nothing to undo: the fault is done
+    assert all(s["artifacts"]["held"] == 0 for s in lab.control_planes().values())
+
+    back = lab.restore_backup("control", t_one)
+    assert back["verified"] and back["artifacts"] >= 1, back
+    wait_for(lambda: serves(lab, "one"), timeout=30.0, what="every PoP back on the first version", interval=0.2)
+    assert all(s["artifacts"]["missing"] == 0 for s in lab.control_planes().values())
+    # The backup followed the restore itself (a change like any other): "now" would be the first version.
+    again = lab.restore_backup("control", t_two)
+    assert again["verified"] and again["changed"] >= 1
+    wait_for(lambda: serves(lab, "two"), timeout=30.0, what="the second version again", interval=0.2)
 
 
 def test_the_region_down_runbook_runs_end_to_end_within_the_designs_windows(lab: Lab, tmp_path: Path) -> None:

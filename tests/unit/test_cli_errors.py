@@ -36,7 +36,7 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
      "clock-ahead, clock-behind, "
      "origin-down, origin-slow, origin-errors, "
      "dns-provider-down, dns-node-down, dns-primary-down, dns-region-withdraw, resolver-down"),
-    (["restore-backup", "dns"], "error: cannot restore 'dns'; use one of: kv"),
+    (["restore-backup", "dns"], "error: cannot restore 'dns'; use one of: kv, do, control"),
     (["restore-backup", "kv", "--at", "-5"], "error: --at -5.0: give a CLOCK_MONOTONIC time in seconds"),
     (["kv", "frob", "ns"],
      "error: use: anylab kv put NS KEY VALUE | get NS KEY | delete NS KEY | list NS [--prefix P]"),
