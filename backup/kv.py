@@ -155,14 +155,22 @@ class KvBackup:
     @staticmethod
     def restore_snapshot(snapshot_dir: Path, dest: Path) -> Store:
         """A store in ``dest`` holding ``snapshot_dir``'s data (the copy is applied entry by entry, as a
-        restore onto a new machine would, not copied as files)."""
-        source = Store(snapshot_dir, durable=False)
+        restore onto a new machine would, not copied as files). The snapshot's databases are read from a
+        copy beside ``dest``: SQLite would otherwise write into the snapshot (its journal, the store's
+        marker), which must not change once its manifest is written (the DR copies it once)."""
+        work = dest.with_name(f"{dest.name}.source")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for db in snapshot_dir.glob("*.db"):
+            shutil.copyfile(db, work / db.name)
+        source = Store(work, durable=False)
         target = Store(dest, durable=False)
         try:
             for ns in source.namespaces():
                 target.apply(ns, [e for e in source.all(ns)])
         finally:
             source.close()
+            shutil.rmtree(work, ignore_errors=True)
         return target
 
     def state_at(self, t: float, dest: Path) -> tuple[Store, dict[str, Any]]:

@@ -12,7 +12,10 @@ verifies each snapshot by restoring it elsewhere and comparing digests, and rest
 of a time: KV into the masters, DO objects into their owners (each a write of its own, shipped to its
 backup region), the control plane's keys into etcd after its artifacts into every region's store.
 
-HTTP API (aiohttp, JSON), on the operator's socket only (the lab network gets nothing but ``/metrics``):
+HTTP API (aiohttp, JSON), on the operator's socket; on the lab network only ``/metrics`` and, for the DR
+region's copy (signed, role ``backup``), ``GET /v1/replica/index`` (the files to copy: :mod:`backup.mirror`)
+and ``GET /v1/replica/file?path=&offset=&limit=`` (a file's bytes). Snapshots older than ``keep_s`` are
+deleted after each new one (the newest verified kept):
 
 =============================  ====================================================================
 ``GET  /v1/status``            per source (KV master, DO host, etcd): WAL lines, last record
@@ -51,6 +54,7 @@ from aiohttp import web
 
 from backup import RESTORABLE
 from backup.kv import KvBackup
+from backup.mirror import Index, prune, read_range
 from backup.streams import BackupError, ControlBackup, ObjectsBackup, state_digest
 from control_plane.artifacts import Peer, ReplicaError, Replicas
 from control_plane.etcd import Etcd, EtcdError, b64, put
@@ -58,8 +62,8 @@ from control_plane.store import PREFIX
 from core.clock import monotonic
 from core.files import write_atomic
 from core.metrics import Metrics, service_metrics
-from core.peer_auth import Signer
-from core.service import is_operator, run_service, service_main, signed_call
+from core.peer_auth import Signer, Verifier, prefix_policy
+from core.service import peer_middleware, run_service, service_main, signed_call
 from kv.service import Cursor
 from kv.store import KvError
 
@@ -70,6 +74,11 @@ RETRY_S = 0.5
 WEAK_NO_WAL = "no-wal"
 #: Entries per ``/v1/replicate`` request of a restore.
 RESTORE_BATCH = 500
+#: The largest piece of a file one ``/v1/replica/file`` answer carries.
+MIRROR_CHUNK = 8 << 20
+#: Who may read the store on the lab network: the DR region's copy (role ``backup``); anything else only on
+#: the operator's socket.
+REPLICA_POLICY = prefix_policy({"GET /v1/replica/": ("backup",)})
 #: How often each DO host is asked for its objects' news: the DO backup's shipping window.
 OBJECTS_POLL_S = 0.2
 #: Operations per etcd transaction of a control-plane restore (etcd's default limit is 128).
@@ -98,6 +107,10 @@ class Backup:
         if self.snapshot_s <= 0:
             raise ValueError("snapshot_s must be positive")
         self.signer = Signer.load(cfg["auth"])
+        self.verifier = Verifier.load(cfg["auth"], f"{cfg['listen'][0]}:{cfg['listen'][1]}")
+        self.index = Index(self.data_dir)
+        #: How long snapshots are kept here (the DR's archive keeps them longer).
+        self.keep_s = float(cfg.get("keep_s", 7 * 86400.0))
         self.cursor_file = self.data_dir / "cursors.json"
         saved = json.loads(self.cursor_file.read_text()) if self.cursor_file.exists() else {}
         self.cursors = {m["name"]: Cursor.from_json(saved.get(m["name"])) for m in self.masters}
@@ -269,16 +282,22 @@ class Backup:
         return {"kv": await self.take_kv(), "do": await self.take_objects(), "control": await self.take_control()}
 
     async def take_kv(self) -> dict[str, Any]:
-        return self.kv.snapshot(monotonic(), time.time(), self.data_dir / "verify-scratch").to_json()
+        snap = self.kv.snapshot(monotonic(), time.time(), self.data_dir / "verify-scratch")
+        prune(self.kv.snap_dir, snap.t, self.keep_s)
+        return snap.to_json()
 
     async def take_objects(self) -> dict[str, Any]:
-        return self.objects.snapshot(monotonic(), time.time()).to_json()
+        snap = self.objects.snapshot(monotonic(), time.time())
+        prune(self.objects.snap_dir, snap.t, self.keep_s)
+        return snap.to_json()
 
     async def take_control(self) -> dict[str, Any] | None:
         if self.replicas is None:
             return None
         await self.fetch_artifacts()
-        return self.control.snapshot(monotonic(), time.time()).to_json()
+        snap = self.control.snapshot(monotonic(), time.time())
+        prune(self.control.snap_dir, snap.t, self.keep_s)
+        return snap.to_json()
 
     def status(self) -> dict[str, Any]:
         return {"masters": {m["name"]: {"wal_lines": self.kv.lines.get(m["name"], 0),
@@ -384,14 +403,23 @@ class Backup:
 
 def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
     @web.middleware
-    async def operator_only(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not is_operator(request):
-            return web.json_response({"error": "the backup service answers its operator only"}, status=403)
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
             return response
         except (KvError, BackupError) as exc:
             return web.json_response({"error": str(exc)}, status=exc.status)
+
+    async def replica_index(_request: web.Request) -> web.Response:
+        return web.json_response({"files": b.index.files(), "t": monotonic()})
+
+    async def replica_file(request: web.Request) -> web.Response:
+        try:
+            offset, limit = int(request.query.get("offset", "0")), int(request.query.get("limit", str(MIRROR_CHUNK)))
+        except ValueError:
+            raise BackupError("offset and limit are integers") from None
+        data = read_range(b.data_dir, request.query.get("path", ""), offset, max(0, min(limit, MIRROR_CHUNK)))
+        return web.Response(body=data, content_type="application/octet-stream")
 
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(b.status())
@@ -418,7 +446,9 @@ def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
             raise KvError(f"nothing called {what!r} is backed up: {', '.join(RESTORABLE)}", status=404)
         return web.json_response(await restores[what](float(at)))
 
-    app = web.Application(middlewares=[*outer, operator_only])
+    app = web.Application(middlewares=[*outer, peer_middleware(b.verifier, REPLICA_POLICY), errors])
+    app.router.add_get("/v1/replica/index", replica_index)
+    app.router.add_get("/v1/replica/file", replica_file)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/snapshot", snapshot)
     app.router.add_post("/v1/restore/{what}", restore)

@@ -31,6 +31,8 @@ PROMETHEUS_PORT = 9090
 #: The backup node's link (the primary region's backup store and its service), its node and port.
 BACKUP_LINKS = IPv4Network("10.8.0.0/16")
 BACKUP_NODE = "bk"
+#: The DR region's copy of the backup store (and its cold archive), on the same address pool.
+BACKUP_DR_NODE = "drbk"
 BACKUP_PORT = 8400
 #: The backup service's operator socket, in the backup node's directory.
 BACKUP_SOCKET = "backup.sock"

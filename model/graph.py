@@ -55,8 +55,9 @@ def to_graph(topo: Topology) -> nx.Graph:
         g.add_node(d.name, kind="dns", region=d.region, role=d.role)
     if topo.monitoring is not None:
         g.add_node(topo.monitoring.name, kind="mon", region=topo.monitoring.region)
-    if topo.backup is not None:
-        g.add_node(topo.backup.name, kind="backup", region=topo.backup.region)
+    for bk in (topo.backup, topo.backup_dr):
+        if bk is not None:
+            g.add_node(bk.name, kind="backup", region=bk.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g

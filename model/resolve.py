@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from core.errors import TopologyError
 from model.constants import (
+    BACKUP_DR_NODE,
     BACKUP_LINKS,
     BACKUP_NODE,
     BACKUP_PORT,
@@ -148,6 +149,12 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         need(spec.monitoring.router, routers, "monitoring.router", "router")
     if spec.backup is not None and spec.backup.router is not None:
         need(spec.backup.router, routers, "backup.router", "router")
+    if spec.backup is not None and spec.backup.dr_router is not None:
+        need(spec.backup.dr_router, routers, "backup.dr_router", "router")
+        primary = spec.backup.router or spec.control.router or spec.routers[0].name
+        if region_of.get(spec.backup.dr_router, "") == region_of.get(primary):
+            fail("backup.dr_router", f"router {spec.backup.dr_router} is in the primary backup store's region "
+                 f"{region_of[primary]}: the DR copy must survive that region", "give a router of another region")
     if errors:
         raise TopologyError.of_all(errors)
 
@@ -332,6 +339,11 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, b_addr = _p2p(BACKUP_LINKS, 0, source, "backup")
         add_pair(bk_router, BACKUP_NODE, r_addr, b_addr)
         host_subnets.setdefault(bk_router, []).append(r_addr.network)
+    dr_router = spec.backup.dr_router if spec.backup is not None else None
+    if dr_router is not None:  # and the DR region's copy
+        r_addr, b_addr = _p2p(BACKUP_LINKS, 1, source, "backup-dr")
+        add_pair(dr_router, BACKUP_DR_NODE, r_addr, b_addr)
+        host_subnets.setdefault(dr_router, []).append(r_addr.network)
     for i, c in enumerate(spec.clients):
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
@@ -419,8 +431,12 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     backup = None
     if bk_router is not None:
         backup = ServiceNode(BACKUP_NODE, region_of[bk_router], bk_router, intfs[BACKUP_NODE][0], BACKUP_PORT)
+    backup_dr = None
+    if dr_router is not None:
+        backup_dr = ServiceNode(BACKUP_DR_NODE, region_of[dr_router], dr_router, intfs[BACKUP_DR_NODE][0],
+                                BACKUP_PORT)
     return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
-                    origins, control_planes, dns, monitoring, backup)
+                    origins, control_planes, dns, monitoring, backup, backup_dr)
 
 
 def _dns_of(spec: TopologySpec, places: list[_Place], zone: str,

@@ -316,11 +316,19 @@ class BackupSpec(_Spec):
     ``router`` (default: the control node's), following every KV master's change stream (the design's
     continuous WAL) and snapshotting it every ``kv_snapshot_s`` (the design's daily, lab-scaled), every
     DO host's objects (their logs) snapshotted every ``do_snapshot_s`` (the design's hourly), and the
-    control plane's etcd (its watch) with the code artifacts, snapshotted with the KV data."""
+    control plane's etcd (its watch) with the code artifacts, snapshotted with the KV data.
+
+    The store keeps snapshots ``keep_days`` "days" (of ``kv_snapshot_s`` each: the lab's scale); with
+    ``dr_router``, node ``drbk`` on that router (another region's) copies the whole store continuously (the
+    design's DR region) and keeps every snapshot in its cold archive for ``archive_days`` "days" (the
+    design's 30)."""
 
     router: str | None = None
     kv_snapshot_s: float = Field(86400.0, ge=1.0, le=7 * 86400.0)
     do_snapshot_s: float = Field(3600.0, ge=0.5, le=7 * 86400.0)
+    keep_days: float = Field(7.0, gt=0.0, le=366.0)
+    dr_router: str | None = None
+    archive_days: float = Field(30.0, gt=0.0, le=3660.0)
 
 
 class BreakerSpec(_Spec):

@@ -257,6 +257,8 @@ class Topology:
     monitoring: ServiceNode | None = None
     #: The backup node (``bk``: the primary region's backup store); None: no backups.
     backup: ServiceNode | None = None
+    #: The DR region's copy of it (``drbk``, with the cold archive); None: none.
+    backup_dr: ServiceNode | None = None
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
@@ -265,7 +267,8 @@ class Topology:
     def services(self) -> tuple[ServiceNode, ...]:
         return (self.control, *self.kv_masters, *self.origins, *self.control_planes,
                 *((self.monitoring,) if self.monitoring is not None else ()),
-                *((self.backup,) if self.backup is not None else ()))
+                *((self.backup,) if self.backup is not None else ()),
+                *((self.backup_dr,) if self.backup_dr is not None else ()))
 
     def control_plane_of(self, region: str) -> ServiceNode:
         """The control plane node of ``region``; raises AnylabError if it has none."""

@@ -363,6 +363,12 @@ class Lab:
             raise AnylabError(f"topology {self.topo.name} has no backups (no 'backup' section)")
         return KvClient(self.node_dir(self.topo.backup.name) / BACKUP_SOCKET, timeout=timeout)
 
+    def backup_dr_api(self, timeout: float = 30.0) -> KvClient:
+        """The DR region's backup copy's operator socket; raises AnylabError when the topology has none."""
+        if self.topo.backup_dr is None:
+            raise AnylabError(f"topology {self.topo.name} has no DR copy of its backups (no 'backup.dr_router')")
+        return KvClient(self.node_dir(self.topo.backup_dr.name) / BACKUP_SOCKET, timeout=timeout)
+
     def backup_received(self, ns: str, by: float) -> set[str]:
         """The keys of KV namespace ``ns`` the backup's WAL had received by ``by`` (CLOCK_MONOTONIC): what a
         restore as of ``by`` can bring back. Raises AnylabError when the topology has no backups."""

@@ -299,7 +299,7 @@ class BackupService(PythonService):
         self.control_planes, self.tls = control_planes, tls
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
-        return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}")
+        return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}", ("backup",))
 
     def secrets(self) -> dict[Path, str]:
         tls = ({self.env.dir / CA_FILE: self.tls.ca, self.env.dir / CERT_FILE: self.tls.cert,
@@ -327,6 +327,7 @@ class BackupService(PythonService):
                            for c in self.control_planes]}}
         return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
                 "listen": [str(self.service.address), self.service.port], "snapshot_s": s.kv_snapshot_s,
+                "keep_s": s.keep_days * s.kv_snapshot_s,
                 "masters": [{"name": m.name, "address": str(m.address), "port": m.port} for m in self.masters],
                 "objects": {"snapshot_s": s.do_snapshot_s,
                             "hosts": [{"name": m.region, "address": str(m.address), "port": DO_HOST_PORT}
@@ -336,6 +337,44 @@ class BackupService(PythonService):
     def validate(self) -> None:
         if not self.masters:
             raise self.error("no KV master to back up")
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+class BackupDr(PythonService):
+    """``backup.dr`` on the DR region's backup node (``drbk``): the primary store copied continuously (signed
+    as ``backup``), each snapshot verified here, the cold archive kept ``archive_days`` lab days."""
+
+    name = "backup-dr"
+    module = "backup.dr"
+
+    def __init__(self, env: NodeEnv, node: ServiceNode, primary: ServiceNode, keys: PeerKeys,
+                 spec: BackupSpec) -> None:
+        super().__init__(env)
+        self.service, self.primary, self.keys, self.spec = node, primary, keys, spec
+
+    def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
+        return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}")
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / BACKUP_SOCKET
+
+    @property
+    def data_dir(self) -> Path:
+        """The copy and the archive (what a fault on the DR node would take away)."""
+        return self.env.dir / "store"
+
+    def config(self) -> dict[str, object]:
+        return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
+                "listen": [str(self.service.address), self.service.port],
+                "primary": {"address": str(self.primary.address), "port": self.primary.port},
+                "archive_s": self.spec.archive_days * self.spec.kv_snapshot_s, "auth": self.auth()[0]}
+
+    def validate(self) -> None:
+        if self.primary.region == self.service.region:
+            raise self.error(f"the DR copy is in the primary store's region {self.primary.region}")
 
     def ready(self) -> bool:
         return _answers(self.socket, "/v1/status")

@@ -310,6 +310,9 @@ def targets(topo: Topology) -> list[Target]:
     if topo.backup is not None:
         bk = topo.backup
         out.append(Target("backup", (f"{bk.address}:{bk.port}",), (("region", bk.region),)))
+    if topo.backup_dr is not None:
+        dr = topo.backup_dr
+        out.append(Target("backup-dr", (f"{dr.address}:{dr.port}",), (("region", dr.region),)))
     # The directory's series carry the region they are about (a failover's): no region label of its own.
     out.append(Target("do-directory", (f"{topo.control.address}:{DO_DIRECTORY_PORT}",)))
     return out

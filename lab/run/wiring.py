@@ -2,7 +2,7 @@
 waits only for what it names as a dependency). Routers get their kind's daemons (:mod:`bgp.routers`)
 and, if they own delayed links, a link relay first (:mod:`lab.links`); the control node the DO directory,
 each region's control plane node its etcd member and control plane API, each region's storage node its
-KV master and DO host, an origin node the origin, the backup node the backup service,
+KV master and DO host, an origin node the origin, the backup node the backup service, the DR backup node its copy,
 a PoP server its edge worker, ExaBGP, KV replica, BFD and health agent
 (or, ``server_process: folded``, ExaBGP and one pop agent), a DNS node its DNS daemons (:mod:`lab.run.dns`),
 a client its prober, the monitoring node Prometheus, Alertmanager and the alert receiver
@@ -23,6 +23,7 @@ from lab.links.plan import links_of, relay_config
 from lab.run.dns import dns_daemons
 from lab.run.etcd import EtcdMember, make_tls
 from lab.run.launchers import (
+    BackupDr,
     BackupService,
     ControlPlane,
     DoDirectory,
@@ -108,9 +109,13 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
         assert topo.spec.backup is not None
         daemons[bk.name] = [BackupService(env_of(bk.name), bk, topo.kv_masters, keys, topo.spec.backup, cps,
                                           tls.get(bk.name))]
+        if topo.backup_dr is not None:
+            dr = topo.backup_dr
+            env_of(dr.name).dir.mkdir(parents=True, exist_ok=True)
+            daemons[dr.name] = [BackupDr(env_of(dr.name), dr, bk, keys, topo.spec.backup)]
     if topo.monitoring is not None:  # the token Prometheus scrapes with, given to every service it scrapes
         token = secrets.token_urlsafe(24)
-        scraped = (ControlPlane, KvMaster, DoHost, DoDirectory, EdgeWorker, BackupService)
+        scraped = (ControlPlane, KvMaster, DoHost, DoDirectory, EdgeWorker, BackupService, BackupDr)
         for node_daemons in daemons.values():
             for daemon in node_daemons:
                 for part in (daemon.edge,) if isinstance(daemon, PopAgent) else (daemon,):

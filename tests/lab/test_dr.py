@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.clock import monotonic
 from core.metrics import METRICS_PORT, TOKEN_FILE
 from core.netns import connect_in
 from core.wait import wait_for
@@ -54,8 +55,9 @@ def test_every_service_is_scraped_and_no_one_without_the_token_reads_its_metrics
     netns, address = mon(lab)
     up = {labels["instance"]: value for labels, value in query(netns, address, "up")}
     expected = {t for group in targets(lab.topo) for t in group.targets}
-    # Itself, 12 servers, 3 regions × (control plane, KV master, DO host), the DO directory, the backup service.
-    assert len(expected) == 1 + 12 + 3 * 3 + 1 + 1
+    # Itself, 12 servers, 3 regions × (control plane, KV master, DO host), the DO directory, the backup service
+    # and its DR copy.
+    assert len(expected) == 1 + 12 + 3 * 3 + 1 + 1 + 1
     assert set(up) == expected and set(up.values()) == {1.0}, up
     server = lab.topo.servers[0]
     edge = str(server.interfaces[0].address.ip)
@@ -227,6 +229,38 @@ def test_the_control_plane_is_restored_as_of_a_time_with_its_artifacts_after_eve
     again = lab.restore_backup("control", t_two)
     assert again["verified"] and again["changed"] >= 1
     wait_for(lambda: serves(lab, "two"), timeout=30.0, what="the second version again", interval=0.2)
+
+
+def test_the_dr_region_holds_a_verified_copy_of_every_snapshot_and_wal_and_archives_them(lab: Lab) -> None:
+    assert lab.topo.backup is not None and lab.topo.backup_dr is not None
+    assert lab.topo.backup_dr.region != lab.topo.backup.region
+    write(KvClient(lab.node_dir(lab.topo.servers[0].name) / "kv.sock", timeout=10), ["dr-copy"])
+    wait_for(lambda: "dr-copy" in lab.backup_received(NS, monotonic()), timeout=10.0, what="the write in the KV WAL")
+    taken = lab.backup_api().call("POST", "/v1/snapshot")
+    dr = lab.backup_dr_api()
+    last: dict[str, Any] = {}
+
+    def copied() -> bool:
+        last.update(dr.call("GET", "/v1/status"))
+        return all(taken[part]["n"] in last["copy"][part] for part in ("kv", "do", "control"))
+
+    wait_for(copied, timeout=10.0, what="the DR copy of the new snapshots", interval=0.2, describe=lambda: str(last))
+    assert last["failed"] == [] and last["verified"] >= 3, last  # each restored at the DR, the same digest
+    assert all(last["archive"][part]["count"] >= 1 for part in ("kv", "do", "control")), last["archive"]
+    primary = lab.node_dir(lab.topo.backup.name) / "store"
+    copy = lab.node_dir(lab.topo.backup_dr.name) / "store" / "copy"
+    wals = sorted(p.relative_to(primary) for p in primary.glob("*/wal/*.jsonl"))
+    assert {r.parts[0] for r in wals} >= {"kv", "control"}  # DO WALs only once a host owns an object
+    for rel in wals:  # the copy is a prefix of the primary's WAL (it is still being written)
+        mine = (copy / rel).read_bytes()
+        assert mine and (primary / rel).read_bytes().startswith(mine), rel
+    for rel in (primary / "control" / "artifacts").iterdir():
+        assert (copy / "control" / "artifacts" / rel.name).read_bytes() == rel.read_bytes()
+    # The store is not readable from the lab network (a PoP server can route to it) without a signature.
+    netns = lab.netns[lab.topo.servers[0].name]
+    bk = lab.topo.backup
+    assert http_get(netns, str(bk.address), bk.port, "/v1/replica/index")[0] == 401
+    assert http_get(netns, str(bk.address), bk.port, "/v1/status")[0] == 401
 
 
 def test_the_region_down_runbook_runs_end_to_end_within_the_designs_windows(lab: Lab, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_global_has_a_mon_node_on_the_control_nodes_router_scraping_every_servic
     for t in targets(topo):
         jobs[t.job] = jobs.get(t.job, 0) + len(t.targets)
     assert jobs == {"prometheus": 1, "edge": 12, "control-plane": 3, "kv-master": 3, "do-host": 3, "do-directory": 1,
-                    "backup": 1}
+                    "backup": 1, "backup-dr": 1}
     # Without the section: no node, nothing else renumbered.
     bare = copy.deepcopy(GLOBAL)
     del bare["monitoring"]
