@@ -379,6 +379,9 @@ class Backup:
             raise BackupError("this backup store does not follow a control plane", status=404)
         state, made_of = self.control.state_at(at)
         keys: dict[str, str] = state.get("keys", {})
+        if not keys:  # made etcd equal to it, that would delete every deployment
+            raise BackupError(f"the backup holds no control-plane state as of {at:.3f} (no snapshot by then and "
+                              "no WAL line): nothing restored", status=409)
         pushed = 0
         for version, sha in self._versions(keys).items():
             data = self.control.artifact(sha)

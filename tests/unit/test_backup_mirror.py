@@ -102,7 +102,7 @@ def test_the_dr_copy_must_be_in_another_region_than_the_primary_store() -> None:
     assert topo.backup is not None and topo.backup_dr is not None
     assert (topo.backup_dr.name, topo.backup_dr.region) == ("drbk", "eu") and topo.backup.region == "na"
     data["backup"]["dr_router"] = "na-e"  # the primary's region
-    with pytest.raises(TopologyError, match="dr_router.*another region"):
+    with pytest.raises(TopologyError, match=r"dr_router.*another region"):
         build_topology(data)
     data["backup"]["dr_router"] = "nowhere"
     with pytest.raises(TopologyError, match="nowhere"):
