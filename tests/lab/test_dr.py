@@ -111,6 +111,9 @@ def test_a_region_down_pages_its_pops_the_region_its_services_and_the_do_failove
 
 
 NS = "dr"
+#: How long after its acknowledgement a KV write may still be missing from the backup's WAL: the follower's
+#: long poll answers at the master's commit, then one append and fsync (ms); 0.5 s on a loaded 2-core box.
+KV_SHIP_WINDOW_S = 0.5
 
 
 def readable(lab: Lab, keys: set[str]) -> dict[str, set[str]]:
@@ -122,20 +125,27 @@ def readable(lab: Lab, keys: set[str]) -> dict[str, set[str]]:
     return out
 
 
-def write(client: KvClient, keys: list[str]) -> set[str]:
-    """Put each key; the ones acknowledged (committed on two regions' masters)."""
-    return {k for k in keys if client.put(NS, k, k.encode()).get("committed")}
+def write(client: KvClient, keys: list[str], acked_at: dict[str, float]) -> set[str]:
+    """Put each key; the ones acknowledged (committed on two regions' masters), with when (into
+    ``acked_at``)."""
+    out = set()
+    for k in keys:
+        if client.put(NS, k, k.encode()).get("committed"):
+            out.add(k)
+            acked_at[k] = monotonic()
+    return out
 
 
 def test_kv_global_loss_is_restored_from_snapshot_and_wal_losing_exactly_what_the_wal_had_not(lab: Lab) -> None:
     client = KvClient(lab.node_dir(lab.topo.pop("sjc").servers[0]) / "kv.sock", timeout=10)
     backup = lab.backup_api()
-    before = write(client, [f"a{i}" for i in range(20)])
+    acked_at: dict[str, float] = {}
+    before = write(client, [f"a{i}" for i in range(20)], acked_at)
     snaps = backup.call("POST", "/v1/snapshot")
     snap = snaps["kv"]
     # Each restored elsewhere (KV) or read back (DO, control): the same data.
     assert {k: s["digest"] == s["verified"] for k, s in snaps.items()} == {"kv": True, "do": True, "control": True}
-    after = write(client, [f"b{i}" for i in range(20)])
+    after = write(client, [f"b{i}" for i in range(20)], acked_at)
     assert len(before) == len(after) == 20
     t_fault = lab.fail("kv-global-loss", "global")
     lab.restore("global")  # every master and replica back, empty
@@ -148,14 +158,18 @@ def test_kv_global_loss_is_restored_from_snapshot_and_wal_losing_exactly_what_th
     assert readable(lab, before | after) == {km.name: before for km in lab.topo.kv_masters}
     # As of the fault: the snapshot plus the WAL after it; lost = acknowledged and not shipped by then.
     full = lab.restore_backup("kv", t_fault)
-    assert full["snapshot"] == snap["n"] and full["wal_replayed"] >= len(after)
     acked = before | after
     lost_expected = acked - lab.backup_received(NS, t_fault)
+    assert full["snapshot"] == snap["n"] and full["wal_replayed"] >= len(after - lost_expected)
     for master, have in readable(lab, acked).items():
         assert acked - have == lost_expected, master
-    assert not lost_expected, f"the WAL fell behind the acknowledgements: {sorted(lost_expected)}"
+    # The WAL's shipping is asynchronous (a long poll answered at the master's commit): the fault, injected
+    # as the last write is acknowledged, may beat the last few records to the backup's disk — never more
+    # than the shipping window.
+    behind = {k: round(t_fault - acked_at[k], 3) for k in lost_expected if t_fault - acked_at[k] > KV_SHIP_WINDOW_S}
+    assert not behind, f"the WAL fell behind the acknowledgements by more than {KV_SHIP_WINDOW_S} s: {behind}"
     # The replicas follow their restored masters.
-    wait_for(lambda: all(client.get(NS, k) is not None for k in acked), timeout=10.0,
+    wait_for(lambda: all(client.get(NS, k) is not None for k in acked - lost_expected), timeout=10.0,
              what="the restored keys at a PoP's replica", interval=0.2)
 
 
@@ -234,7 +248,7 @@ def test_the_control_plane_is_restored_as_of_a_time_with_its_artifacts_after_eve
 def test_the_dr_region_holds_a_verified_copy_of_every_snapshot_and_wal_and_archives_them(lab: Lab) -> None:
     assert lab.topo.backup is not None and lab.topo.backup_dr is not None
     assert lab.topo.backup_dr.region != lab.topo.backup.region
-    write(KvClient(lab.node_dir(lab.topo.servers[0].name) / "kv.sock", timeout=10), ["dr-copy"])
+    write(KvClient(lab.node_dir(lab.topo.servers[0].name) / "kv.sock", timeout=10), ["dr-copy"], {})
     wait_for(lambda: "dr-copy" in lab.backup_received(NS, monotonic()), timeout=10.0, what="the write in the KV WAL")
     taken = lab.backup_api().call("POST", "/v1/snapshot")
     dr = lab.backup_dr_api()
