@@ -11,9 +11,15 @@ deleted are deleted from the copy (the copy mirrors; the archive keeps).
 The copy is a backup store of its own (``copy/``, the primary's layout): what a restore in the DR region
 reads when the primary region is gone.
 
+With a standby platform in the region (``site``: its KV master, its control plane's etcd and artifact
+store), a failover restores the copy into it as of a time (:mod:`backup.restore`, the primary store's
+own restores), holding the copy still meanwhile.
+
 HTTP API on the operator's socket (``/metrics`` also on the lab network): ``GET /v1/status``: the last
 copy (when, how far behind the primary's index), files and bytes copied, snapshots verified and failed,
-the archive per part (count, oldest), what was pruned.
+the archive per part (count, oldest), what was pruned, the failovers; ``POST /v1/failover {at?}``
+(CLOCK_MONOTONIC; none: now): the control plane's keys and artifacts, then the KV data, as the copy held
+them at ``at``, into the standby platform (404 without one).
 
 Run as ``python -m backup.dr --config FILE``.
 """
@@ -31,13 +37,17 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from backup.kv import MANIFEST
+from backup.kv import MANIFEST, KvFiles, list_snapshots
 from backup.mirror import PARTS, append, check_path, place, prune, verify_snapshot
-from backup.streams import BackupError, list_snapshots
+from backup.restore import artifact_stores, control_into, etcd_client, kv_into
+from backup.streams import BackupError, ControlBackup
+from control_plane.artifacts import Replicas
+from control_plane.etcd import Etcd
 from core.clock import monotonic
 from core.metrics import Metrics, service_metrics
 from core.peer_auth import Signer, Verifier, prefix_policy
 from core.service import peer_middleware, run_service, service_main, signed_bytes, signed_call
+from kv.store import KvError
 
 POLL_S = 0.5
 #: The piece of a file asked for at once (the primary caps it too).
@@ -66,6 +76,21 @@ class DrCopy:
         self.last_sync: float | None = None
         self.behind: int | None = None
         self.error = ""
+        #: The standby platform a failover restores into (None: this DR region has none).
+        self.site: dict[str, Any] | None = cfg.get("site")
+        self.etcd: Etcd | None = None
+        self.stores: Replicas | None = None
+        #: Held by a round of copying and by a failover: a restore reads a copy no round is changing.
+        self.lock = asyncio.Lock()
+        self.failovers: list[dict[str, Any]] = []
+
+    def open(self, session: aiohttp.ClientSession) -> None:
+        """Make what needs the running loop: the session and, with a standby platform, its etcd client and
+        artifact store."""
+        self.session = session
+        if self.site is not None:
+            self.etcd = etcd_client(session, self.site)
+            self.stores = artifact_stores(session, self.signer, self.site)
 
     async def _fetch(self, rel: str, offset: int, size: int) -> bytes:
         """Bytes ``offset``..``size`` of the primary's file ``rel``; raises BackupError."""
@@ -147,12 +172,33 @@ class DrCopy:
             if gone:
                 self.pruned.setdefault(part, []).extend(gone)
 
+    async def failover(self, at: float) -> dict[str, Any]:
+        """Bring the standby platform's data up from the copy as of ``at`` (CLOCK_MONOTONIC): the control
+        plane's keys and artifacts into its control plane, then the KV data into its master. Returns
+        what each restore was made of and took, its seconds, and how old the copy was (``copy_age_s``:
+        what it had not received from the primary is what the failover loses). Raises BackupError
+        (404: no standby platform) or KvError."""
+        if self.site is None or self.etcd is None or self.stores is None or self.session is None:
+            raise BackupError("this DR region has no standby platform (backup.dr_servers)", status=404)
+        async with self.lock:
+            t0 = monotonic()
+            control = await control_into(ControlBackup(self.copy / "control"), at, self.etcd, self.stores)
+            t1 = monotonic()
+            kv = await kv_into(KvFiles(self.copy / "kv"), at, self.data_dir / "restore-kv", self.site["masters"],
+                               self.session, self.signer)
+            t2 = monotonic()
+        out = {"at": at, "control": control, "kv": kv, "control_s": round(t1 - t0, 3), "kv_s": round(t2 - t1, 3),
+               "copy_age_s": None if self.last_sync is None else round(at - self.last_sync, 3)}
+        self.failovers.append({"t": t0, "at": at, "s": round(t2 - t0, 3)})
+        return out
+
     async def follow(self) -> None:
         """Copy for ever, every :data:`POLL_S`; prune the archive each round."""
         while True:
             t0 = monotonic()
             try:
-                await self.sync()
+                async with self.lock:
+                    await self.sync()
                 self.last_sync, self.error = monotonic(), ""
             except (BackupError, aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError) as exc:
                 self.error = str(exc) or type(exc).__name__
@@ -168,22 +214,46 @@ class DrCopy:
         return {"last_sync": self.last_sync, "error": self.error, "copied": self.copied,
                 "verified": sum(self.verdicts.values()), "failed": sorted(k for k, v in self.verdicts.items() if not v),
                 "archive_s": self.archive_s, "archive": archive,
-                "copy": {part: [s.n for s in list_snapshots(self.copy / part / "snapshots")] for part in PARTS}}
+                "copy": {part: [s.n for s in list_snapshots(self.copy / part / "snapshots")] for part in PARTS},
+                "standby": self.site is not None, "failovers": self.failovers}
 
 
 def make_app(dr: DrCopy, outer: tuple[Any, ...] = ()) -> web.Application:
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except (KvError, BackupError) as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(dr.status())
 
-    app = web.Application(middlewares=[*outer, peer_middleware(dr.verifier, prefix_policy({}))])
+    async def failover(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise BackupError("the body must be a JSON object: {at?}")
+        at = data.get("at")
+        if at is None:
+            at = monotonic()
+        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
+            raise BackupError("'at' must be a CLOCK_MONOTONIC time in seconds")
+        return web.json_response(await dr.failover(float(at)))
+
+    app = web.Application(middlewares=[*outer, peer_middleware(dr.verifier, prefix_policy({})), errors])
     app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/failover", failover)
     return app
 
 
 async def serve(cfg: dict[str, Any], handle_signals: bool = True) -> None:
     """Serve until cancelled (or SIGTERM/SIGINT with ``handle_signals``)."""
     dr = DrCopy(cfg)
-    dr.session = aiohttp.ClientSession()
+    dr.open(aiohttp.ClientSession())
 
     async def stop() -> None:
         assert dr.session is not None

@@ -81,76 +81,28 @@ class Snapshot:
                    str(data["verified"]))
 
 
-class KvBackup:
-    """One backup store's KV part under ``root`` (see the module's doc). Not thread-safe: one follower
-    process owns it."""
+def list_snapshots(snap_dir: Path) -> list[Snapshot]:
+    """Every snapshot under ``snap_dir`` with a manifest, oldest first (one without: an interrupted copy)."""
+    out = []
+    for d in snap_dir.iterdir() if snap_dir.is_dir() else ():
+        try:
+            out.append(Snapshot.from_json(json.loads((d / MANIFEST).read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, key=lambda s: s.n)
+
+
+class KvFiles:
+    """A KV part's files under ``root``, read only: its snapshots and the state they and the WAL make at a
+    time — what a restore reads, from the store or from a copy of it (which has no live state)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.wal_dir = root / WAL_DIR
         self.snap_dir = root / "snapshots"
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
-        self.snap_dir.mkdir(parents=True, exist_ok=True)
-        self.state = Store(root / "state", durable=True)
-        #: Lines in each master's WAL (what the state holds).
-        self.lines = {p.stem: len(read_jsonl(p)) for p in self.wal_dir.glob("*.jsonl")}
-        self.last_record: dict[str, float] = {}
-
-    def record(self, master: str, changes: dict[str, list[dict[str, Any]]], t: float, wal: bool = True) -> int:
-        """Append ``changes`` (namespace → entries, as ``/v1/changes`` gives them) from ``master`` to its WAL
-        (on disk when this returns) and to the state; returns how many entries. ``wal=False`` is the
-        test-only weakening (snapshots only: what a restore loses without the WAL). Raises KvError for a
-        malformed entry or namespace (nothing of the batch written)."""
-        lines = []
-        by_ns: dict[str, list[Entry]] = {}
-        for ns, entries in changes.items():
-            check_namespace(ns)
-            for raw in entries:
-                entry = Entry.from_json(raw)
-                by_ns.setdefault(ns, []).append(entry)
-                lines.append(json.dumps({"t": t, "ns": ns, "entry": entry.to_json()}))
-        if not lines:
-            return 0
-        if wal:
-            path = self.wal_dir / f"{master}.jsonl"
-            with path.open("a") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        for ns, parsed in by_ns.items():
-            self.state.apply(ns, parsed)
-        self.lines[master] = self.lines.get(master, 0) + (len(lines) if wal else 0)
-        self.last_record[master] = t
-        return len(lines)
 
     def snapshots(self) -> list[Snapshot]:
-        """Every snapshot with a manifest, oldest first (one without: an interrupted copy, ignored)."""
-        out = []
-        for d in self.snap_dir.iterdir():
-            try:
-                out.append(Snapshot.from_json(json.loads((d / MANIFEST).read_text())))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return sorted(out, key=lambda s: s.n)
-
-    def snapshot(self, t: float, wall: float, scratch: Path) -> Snapshot:
-        """Copy the state into a new snapshot, restore that copy into ``scratch`` (a directory this makes
-        and deletes) and record both digests. Raises OSError/sqlite3.Error if the copy cannot be made."""
-        taken = self.snapshots()
-        n = taken[-1].n + 1 if taken else 1
-        d = self.snap_dir / f"{n:06d}"
-        self.state.copy_to(d)
-        expected = digest(self.state)
-        shutil.rmtree(scratch, ignore_errors=True)
-        restored = self.restore_snapshot(d, scratch)
-        try:
-            got = digest(restored)
-        finally:
-            restored.close()
-            shutil.rmtree(scratch, ignore_errors=True)
-        snap = Snapshot(n, t, wall, dict(self.lines), expected, got)
-        write_atomic(d / MANIFEST, json.dumps(snap.to_json()))
-        return snap
+        return list_snapshots(self.snap_dir)
 
     @staticmethod
     def restore_snapshot(snapshot_dir: Path, dest: Path) -> Store:
@@ -198,3 +150,63 @@ class KvBackup:
         return store, {"snapshot": snap.n if snap is not None else None,
                        "snapshot_t": snap.t if snap is not None else None, "wal_replayed": replayed,
                        "last_wal_t": last or None, "digest": digest(store)}
+
+
+class KvBackup(KvFiles):
+    """One backup store's KV part under ``root`` (see the module's doc), with its live state. Not
+    thread-safe: one follower process owns it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        self.snap_dir.mkdir(parents=True, exist_ok=True)
+        self.state = Store(root / "state", durable=True)
+        #: Lines in each master's WAL (what the state holds).
+        self.lines = {p.stem: len(read_jsonl(p)) for p in self.wal_dir.glob("*.jsonl")}
+        self.last_record: dict[str, float] = {}
+
+    def record(self, master: str, changes: dict[str, list[dict[str, Any]]], t: float, wal: bool = True) -> int:
+        """Append ``changes`` (namespace → entries, as ``/v1/changes`` gives them) from ``master`` to its WAL
+        (on disk when this returns) and to the state; returns how many entries. ``wal=False`` is the
+        test-only weakening (snapshots only: what a restore loses without the WAL). Raises KvError for a
+        malformed entry or namespace (nothing of the batch written)."""
+        lines = []
+        by_ns: dict[str, list[Entry]] = {}
+        for ns, entries in changes.items():
+            check_namespace(ns)
+            for raw in entries:
+                entry = Entry.from_json(raw)
+                by_ns.setdefault(ns, []).append(entry)
+                lines.append(json.dumps({"t": t, "ns": ns, "entry": entry.to_json()}))
+        if not lines:
+            return 0
+        if wal:
+            path = self.wal_dir / f"{master}.jsonl"
+            with path.open("a") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        for ns, parsed in by_ns.items():
+            self.state.apply(ns, parsed)
+        self.lines[master] = self.lines.get(master, 0) + (len(lines) if wal else 0)
+        self.last_record[master] = t
+        return len(lines)
+
+    def snapshot(self, t: float, wall: float, scratch: Path) -> Snapshot:
+        """Copy the state into a new snapshot, restore that copy into ``scratch`` (a directory this makes
+        and deletes) and record both digests. Raises OSError/sqlite3.Error if the copy cannot be made."""
+        taken = self.snapshots()
+        n = taken[-1].n + 1 if taken else 1
+        d = self.snap_dir / f"{n:06d}"
+        self.state.copy_to(d)
+        expected = digest(self.state)
+        shutil.rmtree(scratch, ignore_errors=True)
+        restored = self.restore_snapshot(d, scratch)
+        try:
+            got = digest(restored)
+        finally:
+            restored.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+        snap = Snapshot(n, t, wall, dict(self.lines), expected, got)
+        write_atomic(d / MANIFEST, json.dumps(snap.to_json()))
+        return snap

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from backup.kv import MANIFEST, KvBackup, Snapshot, digest
-from backup.streams import BackupError, StreamBackup, list_snapshots, state_digest
+from backup.kv import MANIFEST, KvBackup, Snapshot, digest, list_snapshots
+from backup.streams import BackupError, StreamBackup, state_digest
 
 #: The parts of a store and the files of each that are copied.
 PARTS = ("kv", "do", "control")

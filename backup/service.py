@@ -29,7 +29,7 @@ deleted after each new one (the newest verified kept):
                                that takes ``/v1/restore``); objects created after ``at`` are left
 ``POST /v1/restore/control``   ``{at?}``: the artifacts the state at ``at`` names pushed to every
                                region, then etcd's keys made equal to it (puts and deletes, in
-                               transactions of :data:`TXN_OPS`), read back and compared
+                               transactions of :data:`backup.restore.TXN_OPS`), read back and compared
 =============================  ====================================================================
 
 Its own requests to the masters are signed (role ``backup``); it follows a master as a replica does
@@ -41,9 +41,7 @@ Run as ``python -m backup.service --config FILE``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -55,9 +53,10 @@ from aiohttp import web
 from backup import RESTORABLE
 from backup.kv import KvBackup
 from backup.mirror import Index, prune, read_range
-from backup.streams import BackupError, ControlBackup, ObjectsBackup, state_digest
-from control_plane.artifacts import Peer, ReplicaError, Replicas
-from control_plane.etcd import Etcd, EtcdError, b64, put
+from backup.restore import REQ, artifact_stores, control_into, etcd_client, kv_into, versions
+from backup.streams import BackupError, ControlBackup, ObjectsBackup
+from control_plane.artifacts import ReplicaError, Replicas
+from control_plane.etcd import Etcd, EtcdError, b64
 from control_plane.store import PREFIX
 from core.clock import monotonic
 from core.files import write_atomic
@@ -72,8 +71,6 @@ POLL_S = 2.0
 RETRY_S = 0.5
 #: The test-only weakening's value (the lab sets it from ``ANYLAB_WEAKEN=backup``, for a bench to fail).
 WEAK_NO_WAL = "no-wal"
-#: Entries per ``/v1/replicate`` request of a restore.
-RESTORE_BATCH = 500
 #: The largest piece of a file one ``/v1/replica/file`` answer carries.
 MIRROR_CHUNK = 8 << 20
 #: Who may read the store on the lab network: the DR region's copy (role ``backup``); anything else only on
@@ -81,13 +78,9 @@ MIRROR_CHUNK = 8 << 20
 REPLICA_POLICY = prefix_policy({"GET /v1/replica/": ("backup",)})
 #: How often each DO host is asked for its objects' news: the DO backup's shipping window.
 OBJECTS_POLL_S = 0.2
-#: Operations per etcd transaction of a control-plane restore (etcd's default limit is 128).
-TXN_OPS = 100
 #: How long etcd's revision may stay ahead of what the watch delivered before the watch is started over
 #: (its member cut off: a watch that is silently dropped never ends).
 WATCH_QUIET_S = 2.0
-#: Request ids (``req/``) are replies kept for retries, not configuration: not backed up, not restored.
-REQ = PREFIX + "req/"
 
 
 def kv_root(data_dir: Path) -> Path:
@@ -138,12 +131,8 @@ class Backup:
         """Make what needs the running loop: the session, etcd's client and the regions' artifact stores."""
         self.session = session
         if self.control_cfg is not None:
-            files = self.control_cfg["etcd_tls"]
-            context = ssl.create_default_context(cafile=str(files["ca"]))
-            context.load_cert_chain(str(files["cert"]), str(files["key"]))
-            self.etcd = Etcd(session, [str(u) for u in self.control_cfg["etcd"]], timeout=2.0, tls=context)
-            self.replicas = Replicas(session, self.signer, [Peer(str(p["name"]), str(p["address"]), int(p["port"]))
-                                                            for p in self.control_cfg["planes"]])
+            self.etcd = etcd_client(session, self.control_cfg)
+            self.replicas = artifact_stores(session, self.signer, self.control_cfg)
 
     async def follow(self, master: dict[str, Any]) -> None:
         """Follow one master's changes for ever, each batch on the WAL's disk before the cursor moves."""
@@ -244,23 +233,12 @@ class Backup:
                 watch.cancel()
                 raise EtcdError(f"the watch stayed at revision {self.etcd_seen}, etcd is at {revision}")
 
-    def _versions(self, keys: dict[str, str]) -> dict[str, str]:
-        """Version → artifact SHA-256 of every ``v/`` key in ``keys`` (base64 values)."""
-        out = {}
-        for k, v in keys.items():
-            if k.startswith(PREFIX + "v/"):
-                try:
-                    out[k.removeprefix(PREFIX + "v/")] = str(json.loads(base64.b64decode(v))["sha256"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-        return out
-
     async def fetch_artifacts(self) -> None:
         """Copy every artifact the held state names and the store lacks, from the nearest region that has it;
         what could not be fetched is kept in :attr:`missing_artifacts` (tried again at the next change and
         snapshot)."""
         assert self.replicas is not None
-        for version, sha in self._versions(self.control.state.get("keys", {})).items():
+        for version, sha in versions(self.control.state.get("keys", {})).items():
             if self.control.has_artifact(sha):
                 self.missing_artifacts.pop(version, None)
                 continue
@@ -314,38 +292,14 @@ class Backup:
                     "revision": self.control.revision, "seen": self.etcd_seen,
                     "reachable": self.reachable.get("etcd"), "wal_lines": self.control.lines.get("etcd", 0),
                     "last_record": self.control.last_record.get("etcd"),
-                    "versions": sorted(self._versions(self.control.state.get("keys", {}))),
+                    "versions": sorted(versions(self.control.state.get("keys", {}))),
                     "missing_artifacts": self.missing_artifacts,
                     "snapshots": [s.to_json() for s in self.control.snapshots()]}}
 
     async def restore_kv(self, at: float) -> dict[str, Any]:
-        """Build the state at ``at`` and write it into every master; raises KvError if a master refuses
-        or cannot be reached (the others are still written)."""
-        store, made_of = self.kv.state_at(at, self.data_dir / "restore-kv")
-        written: dict[str, int] = {}
-        errors = []
-        try:
-            batches = [(ns, [e.to_json() for e in entries[i:i + RESTORE_BATCH]])
-                       for ns in store.namespaces() for entries in [list(store.all(ns))]
-                       for i in range(0, len(entries), RESTORE_BATCH)]
-        finally:
-            store.close()
-        for m in self.masters:
-            written[m["name"]] = 0
-            for ns, entries in batches:
-                try:
-                    status, reply = await signed_call(self.session, self.signer, "POST", m["address"], m["port"],
-                                                      "/v1/replicate", {"ns": ns, "entries": entries}, timeout=30.0)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    status, reply = 0, str(exc) or type(exc).__name__
-                if status != 200:
-                    errors.append(f"{m['name']}: HTTP {status}: {str(reply)[:200]}")
-                    break
-                written[m["name"]] += len(entries)
-        if errors:
-            raise KvError("restore incomplete: " + "; ".join(errors), status=502)
-        return {**made_of, "at": at, "entries": sum(len(e) for _, e in batches), "written": written}
-
+        """The KV state at ``at`` written into every master (:func:`backup.restore.kv_into`)."""
+        assert self.session is not None
+        return await kv_into(self.kv, at, self.data_dir / "restore-kv", self.masters, self.session, self.signer)
 
     async def restore_objects(self, at: float) -> dict[str, Any]:
         """Write every object as of ``at`` into its owner (the first host that takes it); raises BackupError
@@ -372,36 +326,11 @@ class Backup:
         return {**made_of, "at": at, "objects": len(state), "written": written}
 
     async def restore_control(self, at: float) -> dict[str, Any]:
-        """Make etcd's keys (``req/`` aside) those held at ``at``, after pushing the artifacts they name to
-        every region's store; read back and compared. Raises BackupError (nothing in etcd changed when the
-        artifacts could not all be pushed or etcd cannot be read)."""
+        """etcd's keys and the artifacts as of ``at`` (:func:`backup.restore.control_into`); raises
+        BackupError."""
         if self.etcd is None or self.replicas is None:
             raise BackupError("this backup store does not follow a control plane", status=404)
-        state, made_of = self.control.state_at(at)
-        keys: dict[str, str] = state.get("keys", {})
-        if not keys:  # made etcd equal to it, that would delete every deployment
-            raise BackupError(f"the backup holds no control-plane state as of {at:.3f} (no snapshot by then and "
-                              "no WAL line): nothing restored", status=409)
-        pushed = 0
-        for version, sha in self._versions(keys).items():
-            data = self.control.artifact(sha)
-            confirmed = await self.replicas.push(sha, data, len(self.replicas.peers))
-            if len(confirmed) < len(self.replicas.peers):
-                raise BackupError(f"artifact of {version}: only {sorted(confirmed)} took it", status=502)
-            pushed += 1
-        try:
-            kvs, _rev = await self.etcd.range(PREFIX, prefix=True)
-            now = {kv.key: b64(kv.value) for kv in kvs if not kv.key.startswith(REQ)}
-            ops = [put(k, base64.b64decode(v)) for k, v in sorted(keys.items()) if now.get(k) != v]
-            ops += [{"request_delete_range": {"key": b64(k)}} for k in sorted(set(now) - set(keys))]
-            for i in range(0, len(ops), TXN_OPS):
-                await self.etcd.txn([], ops[i:i + TXN_OPS])
-            kvs, revision = await self.etcd.range(PREFIX, prefix=True)
-        except EtcdError as exc:
-            raise BackupError(f"etcd: {exc}", status=502) from None
-        after = {kv.key: b64(kv.value) for kv in kvs if not kv.key.startswith(REQ)}
-        return {**made_of, "at": at, "keys": len(keys), "changed": len(ops), "artifacts": pushed,
-                "revision": revision, "verified": state_digest({"keys": after}) == state_digest({"keys": keys})}
+        return await control_into(self.control, at, self.etcd, self.replicas)
 
 
 def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:

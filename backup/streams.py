@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backup.kv import MANIFEST, WAL_DIR, Snapshot
+from backup.kv import MANIFEST, WAL_DIR, Snapshot, list_snapshots
 from core.errors import AnylabError
 from core.files import read_jsonl, write_atomic
 
@@ -54,17 +54,6 @@ class BackupError(AnylabError):
 def state_digest(state: dict[str, Any]) -> str:
     """A hash of the state's canonical JSON (the same for equal states)."""
     return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def list_snapshots(snap_dir: Path) -> list[Snapshot]:
-    """Every snapshot under ``snap_dir`` with a manifest, oldest first (one without: an interrupted copy)."""
-    out = []
-    for d in snap_dir.iterdir() if snap_dir.is_dir() else ():
-        try:
-            out.append(Snapshot.from_json(json.loads((d / MANIFEST).read_text())))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sorted(out, key=lambda s: s.n)
 
 
 class StreamBackup:

@@ -62,7 +62,8 @@ class Estimate:
 
 
 def estimate(topo: Topology) -> Estimate:
-    """The measured budgets summed over the topology's nodes (standby servers are not running)."""
+    """The measured budgets summed over the topology's nodes at ``up`` (standby servers and the DR site are
+    not running)."""
     process = topo.spec.settings.server_process
     active = [s for s in topo.servers if not s.standby]
     memory, cpu = LAB
@@ -75,7 +76,9 @@ def estimate(topo: Topology) -> Estimate:
     if topo.monitoring is not None:
         memory += MONITORING[0]
         cpu += MONITORING[1]
-    others = len(topo.services()) - len(topo.control_planes) - (topo.monitoring is not None)
+    # The DR site's control plane and master run only after a failover, as its standby servers do.
+    standby = len(topo.dr_site.nodes()) - len(topo.dr_site.pop.servers) if topo.dr_site is not None else 0
+    others = len(topo.services()) - len(topo.control_planes) - (topo.monitoring is not None) - standby
     memory += len(topo.clients) * CLIENT[0] + others * SERVICE[0] + len(topo.control_planes) * CONTROL_PLANE[0]
     cpu += len(topo.clients) * CLIENT[1] + others * SERVICE[1] + len(topo.control_planes) * CONTROL_PLANE[1]
     for n in topo.dns.nodes if topo.dns else ():

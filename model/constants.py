@@ -33,6 +33,13 @@ BACKUP_LINKS = IPv4Network("10.8.0.0/16")
 BACKUP_NODE = "bk"
 #: The DR region's copy of the backup store (and its cold archive), on the same address pool.
 BACKUP_DR_NODE = "drbk"
+#: The DR region (``backup.dr_servers``): the copy and a standby platform on the DR router, a region of
+#: their own that no regional fault touches: the PoP ``dr`` (servers ``dr-s1``…), the control plane node
+#: ``cp-dr`` and the storage node ``kv-dr`` (links on the backup pool after the copy's, in that order).
+DR_REGION = "dr"
+DR_POP = "dr"
+DR_CONTROL_NODE = "cp-dr"
+DR_STORAGE_NODE = "kv-dr"
 BACKUP_PORT = 8400
 #: The backup service's operator socket, in the backup node's directory.
 BACKUP_SOCKET = "backup.sock"

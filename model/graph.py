@@ -58,6 +58,9 @@ def to_graph(topo: Topology) -> nx.Graph:
     for bk in (topo.backup, topo.backup_dr):
         if bk is not None:
             g.add_node(bk.name, kind="backup", region=bk.region)
+    if topo.dr_site is not None:
+        g.add_node(topo.dr_site.control.name, kind="cp", region=topo.dr_site.control.region)
+        g.add_node(topo.dr_site.storage.name, kind="kv", region=topo.dr_site.storage.region)
     for a, b in topo.links():
         g.add_edge(a.node, b.node, intfs=(a.name, b.name))
     return g

@@ -21,6 +21,10 @@ from model.constants import (
     CONTROL_PORT,
     CORE_LINKS,
     DNS_LINKS,
+    DR_CONTROL_NODE,
+    DR_POP,
+    DR_REGION,
+    DR_STORAGE_NODE,
     INVERSE_RELATION,
     KV_LINKS,
     KV_PORT,
@@ -43,6 +47,7 @@ from model.topology import (
     Dns,
     DnsNode,
     DnsProvider,
+    DrSite,
     Interface,
     Neighbor,
     Pop,
@@ -155,8 +160,30 @@ def _cross_refs(spec: TopologySpec, source: str) -> None:
         if region_of.get(spec.backup.dr_router, "") == region_of.get(primary):
             fail("backup.dr_router", f"router {spec.backup.dr_router} is in the primary backup store's region "
                  f"{region_of[primary]}: the DR copy must survive that region", "give a router of another region")
+    if spec.backup is not None and spec.backup.dr_servers:
+        _dr_site_refs(spec, fail)
     if errors:
         raise TopologyError.of_all(errors)
+
+
+def _dr_site_refs(spec: TopologySpec, fail: Callable[[str, str, str], None]) -> None:
+    """A standby DR platform's names and AS are its own, and it has a router to stand on."""
+    assert spec.backup is not None
+    if spec.backup.dr_router is None:
+        fail("backup.dr_servers", "needs backup.dr_router", "name the DR region's router, or drop dr_servers")
+    if DR_REGION in {r.name for r in spec.regions}:
+        fail("regions", f"region '{DR_REGION}' is the DR region's name", "call the region something else")
+    if DR_POP in {p.name for p in spec.pops}:
+        fail("pops", f"PoP '{DR_POP}' is the DR region's PoP", "call the PoP something else")
+    names = {*(r.name for r in spec.routers), *(c.name for c in spec.clients), *(o.name for o in spec.origins or ()),
+             *(k.name for k in spec.kv_masters or ())}
+    for taken in sorted(names & {DR_CONTROL_NODE, DR_STORAGE_NODE}):
+        fail("backup.dr_servers", f"node name '{taken}' is the DR region's", "rename that node")
+    asns = {r.asn: f"router {r.name}" for r in spec.routers} | {p.asn: f"PoP {p.name}" for p in spec.pops}
+    asns |= {d.asn: f"DNS provider {d.name}" for d in (spec.dns.providers if spec.dns else ()) if d.asn is not None}
+    if spec.backup.dr_asn in asns:
+        fail("backup.dr_asn", f"AS {spec.backup.dr_asn} is {asns[spec.backup.dr_asn]}'s",
+             "give the DR PoP an AS of its own")
 
 
 def _dns_refs(spec: TopologySpec, need: Callable[[str, set[str], str, str], bool],
@@ -348,6 +375,14 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         r_addr, c_addr = _p2p(CLIENT_LINKS, i, source, f"clients[{i}]")
         add_pair(c.router, c.name, r_addr, c_addr, shape_of(c.access, located[c.router], c.location, factor))
         host_subnets.setdefault(c.router, []).append(r_addr.network)
+    # The DR region's standby platform last: a topology without one numbers and names everything as before.
+    dr_names = [server_name(DR_POP, k) for k in range(spec.backup.dr_servers)] \
+        if spec.backup is not None and dr_router is not None else []
+    if dr_router is not None and dr_names:
+        for i, name in enumerate((DR_CONTROL_NODE, DR_STORAGE_NODE, *dr_names)):
+            r_addr, n_addr = _p2p(BACKUP_LINKS, 2 + i, source, f"DR node {name}")
+            add_pair(dr_router, name, r_addr, n_addr)
+            host_subnets.setdefault(dr_router, []).append(r_addr.network)
 
     asn_of: dict[str, int] = {r.name: r.asn for r in spec.routers}
     rid_of: dict[str, IPv4Address] = {}
@@ -356,11 +391,18 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     for p, _k, s_name, router_id in server_specs:
         asn_of[s_name] = p.asn
         rid_of[s_name] = router_id
+    for k, name in enumerate(dr_names):
+        assert spec.backup is not None
+        asn_of[name] = spec.backup.dr_asn
+        rid_of[name] = _host(SERVER_LOOPBACKS, len(server_specs) + k, source, "backup.dr_servers")
 
     profile_of: dict[str, Profile] = {r.name: r.profile or spec.settings.profile for r in spec.routers}
     for p, _k, s_name, _rid in server_specs:
         profile_of[s_name] = p.profile or spec.settings.profile
     servers_set = {s_name for _p, _k, s_name, _rid in server_specs}
+    for name in dr_names:
+        profile_of[name] = spec.settings.profile
+        servers_set.add(name)
     # An anycast DNS provider's nodes speak BGP like PoP servers: customers of their router.
     dns_zone = f"{spec.dns.zone}.{TLD}" if spec.dns is not None else ""
     speakers = [place for place in dns_places if place.anycast]
@@ -391,6 +433,10 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         for place in speakers:
             relation_of[(place.router, place.name)] = "customer"
             relation_of[(place.name, place.router)] = "provider"
+        for name in dr_names:
+            assert dr_router is not None
+            relation_of[(dr_router, name)] = "customer"
+            relation_of[(name, dr_router)] = "provider"
 
     def neighbors(node: str) -> tuple[Neighbor, ...]:
         out = []
@@ -414,6 +460,16 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     )
     clients = tuple(Client(c.name, c.region, c.router, intfs[c.name][0]) for c in spec.clients)
     anycast = tuple(dict.fromkeys(a.prefix for a in spec.anycast))
+    dr_site = None
+    if dr_router is not None and dr_names:
+        assert spec.backup is not None
+        dr_asn = spec.backup.dr_asn
+        servers += tuple(Server(name, DR_POP, k, dr_asn, DR_REGION, rid_of[name], tuple(intfs[name]), neighbors(name),
+                                anycast, 0, 0, profile_of[name], "anylab", True) for k, name in enumerate(dr_names))
+        dr_site = DrSite(
+            Pop(DR_POP, DR_REGION, dr_asn, (dr_router,), tuple(dr_names), 0, 0, anycast, spec.settings.profile),
+            ServiceNode(DR_CONTROL_NODE, DR_REGION, dr_router, intfs[DR_CONTROL_NODE][0], CONTROL_PORT),
+            ServiceNode(DR_STORAGE_NODE, DR_REGION, dr_router, intfs[DR_STORAGE_NODE][0], KV_PORT))
     region_of = {r.name: r.region for r in spec.routers}
     control = ServiceNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
                           CONTROL_PORT)
@@ -433,10 +489,9 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
         backup = ServiceNode(BACKUP_NODE, region_of[bk_router], bk_router, intfs[BACKUP_NODE][0], BACKUP_PORT)
     backup_dr = None
     if dr_router is not None:
-        backup_dr = ServiceNode(BACKUP_DR_NODE, region_of[dr_router], dr_router, intfs[BACKUP_DR_NODE][0],
-                                BACKUP_PORT)
+        backup_dr = ServiceNode(BACKUP_DR_NODE, DR_REGION, dr_router, intfs[BACKUP_DR_NODE][0], BACKUP_PORT)
     return Topology(spec.name, source, spec, routers, tuple(pops), servers, clients, anycast, control, kv_masters,
-                    origins, control_planes, dns, monitoring, backup, backup_dr)
+                    origins, control_planes, dns, monitoring, backup, backup_dr, dr_site)
 
 
 def _dns_of(spec: TopologySpec, places: list[_Place], zone: str,

@@ -321,7 +321,12 @@ class BackupSpec(_Spec):
     The store keeps snapshots ``keep_days`` "days" (of ``kv_snapshot_s`` each: the lab's scale); with
     ``dr_router``, node ``drbk`` on that router (another region's) copies the whole store continuously (the
     design's DR region) and keeps every snapshot in its cold archive for ``archive_days`` "days" (the
-    design's 30)."""
+    design's 30).
+
+    ``dr_servers`` > 0 racks a standby platform in the DR region beside the copy, out of service until a
+    DR failover (the design's "Catastrophic (multi-region) → failover to DR site"): a PoP ``dr`` of that
+    many servers (AS ``dr_asn``) on ``dr_router``, a control plane node ``cp-dr`` (an etcd cluster of its
+    own) and a storage node ``kv-dr`` (a KV master), brought up from the copy."""
 
     router: str | None = None
     kv_snapshot_s: float = Field(86400.0, ge=1.0, le=7 * 86400.0)
@@ -329,6 +334,10 @@ class BackupSpec(_Spec):
     keep_days: float = Field(7.0, gt=0.0, le=366.0)
     dr_router: str | None = None
     archive_days: float = Field(30.0, gt=0.0, le=3660.0)
+    dr_servers: int = Field(0, ge=0, le=8)
+    dr_asn: int = 64690
+
+    _dr_asn = field_validator("dr_asn")(lambda cls, v: _check_asn(v))
 
 
 class BreakerSpec(_Spec):

@@ -235,6 +235,24 @@ class Dns:
 
 
 @dataclass(frozen=True)
+class DrSite:
+    """The DR region's standby platform (``backup.dr_servers``): out of service until a DR failover brings
+    it up from the region's copy of the backups. Its servers are in :attr:`Topology.servers` (standby, PoP
+    :data:`~model.constants.DR_POP`); its PoP is not in :attr:`Topology.pops` (nothing is predicted to
+    reach it while the regions serve)."""
+
+    pop: Pop
+    #: Its control plane node: an etcd cluster of its own and the control plane API.
+    control: ServiceNode
+    #: Its storage node: a KV master with no peers.
+    storage: ServiceNode
+
+    def nodes(self) -> tuple[str, ...]:
+        """Every node of the standby platform, the order it is started in."""
+        return (self.control.name, self.storage.name, *self.pop.servers)
+
+
+@dataclass(frozen=True)
 class Topology:
     """A fully resolved lab: the single source every later stage reads."""
 
@@ -259,6 +277,8 @@ class Topology:
     backup: ServiceNode | None = None
     #: The DR region's copy of it (``drbk``, with the cold archive); None: none.
     backup_dr: ServiceNode | None = None
+    #: The DR region's standby platform; None: none (``backup.dr_servers`` 0).
+    dr_site: DrSite | None = None
 
     def node_names(self) -> list[str]:
         return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
@@ -268,7 +288,8 @@ class Topology:
         return (self.control, *self.kv_masters, *self.origins, *self.control_planes,
                 *((self.monitoring,) if self.monitoring is not None else ()),
                 *((self.backup,) if self.backup is not None else ()),
-                *((self.backup_dr,) if self.backup_dr is not None else ()))
+                *((self.backup_dr,) if self.backup_dr is not None else ()),
+                *((self.dr_site.control, self.dr_site.storage) if self.dr_site is not None else ()))
 
     def control_plane_of(self, region: str) -> ServiceNode:
         """The control plane node of ``region``; raises AnylabError if it has none."""

@@ -1213,6 +1213,42 @@ def scale(
                   + ", ".join(steps))
 
 
+@app.command(short_help="Fail over to the DR region's standby platform, or stand it down.")
+def dr(
+    action: Annotated[str, typer.Argument(help="failover or standdown")],
+    at: Annotated[float | None, typer.Option(help="failover: restore as of this CLOCK_MONOTONIC time (s); "
+                                                  "default: now")] = None,
+    as_json: JsonOpt = False,
+    name: NameOpt = "main",
+) -> None:
+    """failover: bring the DR region's standby platform up (backup.dr_servers) — its control plane and KV
+    master started, the DR copy's control-plane state, artifacts and KV data restored into them as of
+    --at, its PoP servers started and announcing the anycast prefix to the DR router. standdown: its
+    servers withdraw and stop, then its services.
+
+    Examples: anylab fail catastrophic global && anylab dr failover; anylab dr standdown"""
+    if action not in ("failover", "standdown"):
+        raise UsageError(f"dr: unknown action '{action}'; use failover or standdown")
+    if at is not None and (action != "failover" or not (at == at and 0 <= at < 1e12)):
+        raise UsageError(f"--at {at}: give a CLOCK_MONOTONIC time in seconds, with failover only")
+    state = _running_state_usage(name)
+    if not ((state.get("spec") or {}).get("backup") or {}).get("dr_servers"):
+        raise UsageError(f"lab '{name}' has no standby platform in a DR region (its topology's backup.dr_servers)")
+    result = control.call(run_dir_of(name), "dr", timeout=240.0, action=action, at=at)
+    result.pop("ok", None)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    if action == "standdown":
+        console.print(f"DR site stood down in {result['s']:.2f} s: {', '.join(result['stopped'])} stopped")
+        return
+    r = result["restored"]
+    console.print(f"DR site up as of t={r['at']:.3f} (the copy {r['copy_age_s']} s old): services "
+                  f"{result['services_s']:.2f} s, restored {result['restored_s']:.2f} s (control "
+                  f"{r['control']['keys']} keys, {r['control']['artifacts']} artifacts; KV {r['kv']['entries']} "
+                  f"entries), servers {result['servers_s']:.2f} s, sessions up {result['sessions_s']:.2f} s")
+
+
 @app.command(short_help="Load a PoP past its capacity with a priority mix: shed, spilled, served.")
 def overload(
     pop: Annotated[str, typer.Argument(help="the PoP to overload (its catchment's clients send the load)")],

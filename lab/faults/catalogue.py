@@ -57,6 +57,12 @@ do-host-wipe    KV node or region        SIGKILL the DO host and delete its disk
 kv-global-loss  ``global``               every KV master and every PoP server's KV replica killed and
                                          its disk deleted (the design's "global KV failure"; restart
                                          them empty: ``anylab restore-backup kv`` brings the data back)
+catastrophic    ``global``               every serving region lost at once (the design's "catastrophic
+                                         (multi-region)"): region-loss everywhere — every PoP server,
+                                         storage and control plane node — and the DO directory and the
+                                         primary backup store with them; routers, users, DNS providers,
+                                         origins and the DR region stay (``anylab dr failover`` brings
+                                         the platform up there; delete tables)
 clock-ahead     KV node or region        the KV master's HLC takes its wall time CLOCK_JUMP_S ahead
                                          (the host's clock is not touched) (back to 0)
 clock-behind    KV node or region        the same, CLOCK_JUMP_S behind (back to 0)
@@ -260,6 +266,10 @@ def plan(topo: Topology, scenario: str, target: str, count: int = 3, period: flo
         hosts = topo.dns.provider(target).nodes
     elif kind in ("dns-node", "resolver", "dns-primary"):
         hosts = (target,)
+    if scenario == "catastrophic":  # every region's data centres, the platform's central nodes with them
+        central = (topo.control.name, *((topo.backup.name,) if topo.backup is not None else ()))
+        return Plan(scenario, target, tuple(s.name for s in topo.servers if not s.standby), (), (), count, period,
+                    (*(k.name for k in topo.kv_masters), *(cp.name for cp in topo.control_planes), *central))
     if scenario == "kv-global-loss":  # every master, every server's replica; nothing else
         return Plan(scenario, target, tuple(s.name for s in topo.servers if not s.standby), (), (), count, period,
                     tuple(k.name for k in topo.kv_masters))
@@ -718,6 +728,7 @@ FAULTS: dict[str, Fault] = {
     "kv-master-wipe": _wipe_daemon("kv-master"),
     "do-host-wipe": _wipe_daemon("do-host"),
     "kv-global-loss": Fault(_kv_global_loss, _kv_back),
+    "catastrophic": _SILENCE,
     "clock-ahead": _clock(+1.0),
     "clock-behind": _clock(-1.0),
     "origin-down": _kill_daemon("origin"),

@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "kv-master-wipe": ("kv", "region"),
     "do-host-wipe": ("kv", "region"),
     "kv-global-loss": ("global",),
+    "catastrophic": ("global",),
     "clock-ahead": ("kv", "region"),
     "clock-behind": ("kv", "region"),
     "origin-down": ("origin",),

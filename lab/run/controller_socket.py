@@ -4,7 +4,8 @@ that owns a lab to act on it, so every process of the lab keeps one owner.
 One JSON request per connection on ``<run dir>/control.sock``, one JSON reply:
 ``{"op": "fail", "scenario": S, "target": T, "count": N, "period": P}``, ``{"op": "restore", "target": T}``,
 ``{"op": "restore_all"}``, ``{"op": "withdraw"|"announce", "pop": P}``, ``{"op": "faults"}``,
-``{"op": "scale", "pop": P, "servers": N}``, ``{"op": "link", "a": A, "b": B, "changes": {Shape field: value}}``.
+``{"op": "scale", "pop": P, "servers": N}``, ``{"op": "dr", "action": "failover"|"standdown", "at": T}``,
+``{"op": "link", "a": A, "b": B, "changes": {Shape field: value}}``.
 Replies carry ``ok``, and ``t`` (CLOCK_MONOTONIC of the action) or ``error`` and ``usage`` (bad request).
 """
 
@@ -45,6 +46,14 @@ def handle(lab: Lab, req: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(changes, dict):
                 raise UsageError("link: changes must be an object")
             return {"ok": True, **lab.set_link(str(req.get("a")), str(req.get("b")), _link_fields(changes))}
+        if op == "dr":
+            action = req.get("action")
+            if action == "failover":
+                at = req.get("at")
+                return {"ok": True, **lab.dr_failover(None if at is None else float(at))}
+            if action == "standdown":
+                return {"ok": True, **lab.dr_standdown()}
+            raise UsageError(f"dr: unknown action {action!r}; use failover or standdown")
         if op == "faults":
             return {"ok": True, "faults": sorted(lab.injector.active)}
         raise UsageError(f"unknown op {op!r}")

@@ -38,6 +38,7 @@ from lab.links.plan import find
 from lab.links.state import Links
 from lab.record.analysis import ClientResult, client_result
 from lab.record.probes import Probe, read_probes
+from lab.run import dr_site
 from lab.run.autoscaler import Autoscaler
 from lab.run.baseline import wait_baseline, wait_platform_level_zero
 from lab.run.cleanup import cleanup
@@ -172,7 +173,8 @@ class Lab:
             # 5 s throttle (internal, not configurable): that, not the lab, is what `monitoring_ready` waits.
             monitoring = {self.topo.monitoring.name} if self.topo.monitoring is not None else set()
             start_daemons(self.daemons, set(self.daemons) - resolvers - monitoring
-                          - {s.name for s in self.topo.servers if s.standby})
+                          - {s.name for s in self.topo.servers if s.standby}
+                          - set(self.topo.dr_site.nodes() if self.topo.dr_site is not None else ()))
             self.timings["daemons_ready"] = monotonic() - t0
             wait_baseline(self.topo, self.run_dir, deadline=t0 + timeout)
             self.timings["converged"] = monotonic() - t0
@@ -270,6 +272,18 @@ class Lab:
         with self.scaling:
             return scale_pop(self.topo, self.run_dir, self.netns, self.daemons, self.control_plane_api(), pop,
                              servers, timeout)
+
+    def dr_failover(self, at: float | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Bring the DR region's standby platform up from the DR copy as of ``at`` (None: now):
+        :func:`lab.run.dr_site.failover`. Raises UsageError, KvError, AnylabError/WaitTimeout."""
+        with self.scaling:
+            return dr_site.failover(self.topo, self.run_dir, self.daemons, self.backup_dr_api(timeout=120.0), at,
+                                    timeout)
+
+    def dr_standdown(self) -> dict[str, Any]:
+        """Take the DR region's standby platform out of service (:func:`lab.run.dr_site.standdown`)."""
+        with self.scaling:
+            return dr_site.standdown(self.topo, self.run_dir, self.daemons)
 
     def set_link(self, a: str, b: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change the link between nodes ``a`` and ``b`` now (:meth:`lab.links.state.Links.change`);

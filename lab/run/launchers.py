@@ -26,7 +26,7 @@ from model.constants import BACKUP_SOCKET, DO_DIRECTORY_PORT, DO_HOST_PORT, KV_R
 from model.profiles import HEALTH_PORT
 from model.spec import BackupSpec, LabSpec
 from model.topology import Client as ClientNode
-from model.topology import Pop, Server, ServiceNode
+from model.topology import DrSite, Pop, Server, ServiceNode
 
 #: What the PoP servers run, imported by the lab's zygote (:mod:`core.zygote`) before any fork.
 SERVER_PRELOAD = ("pop_agent.edge", "health.agent", "kv.replica", "pop_agent.agent", "exabgp.application.main",
@@ -284,7 +284,38 @@ class KvMaster(PythonService):
         return _answers(self.socket, "/v1/status")
 
 
-class BackupService(PythonService):
+class _BackupNode(PythonService):
+    """What the backup store's two nodes share: the operator socket, the store's directory and, to reach
+    a control plane's etcd, a client certificate from the lab's etcd CA."""
+
+    def __init__(self, env: NodeEnv, node: ServiceNode, keys: PeerKeys, spec: BackupSpec,
+                 tls: EtcdTls | None) -> None:
+        super().__init__(env)
+        self.service, self.keys, self.spec, self.tls = node, keys, spec, tls
+
+    def secrets(self) -> dict[Path, str]:
+        tls = ({self.env.dir / CA_FILE: self.tls.ca, self.env.dir / CERT_FILE: self.tls.cert,
+                self.env.dir / KEY_FILE: self.tls.key} if self.tls is not None else {})
+        return {**super().secrets(), **tls}
+
+    def etcd_tls(self) -> dict[str, str]:
+        return {"ca": str(self.env.dir / CA_FILE), "cert": str(self.env.dir / CERT_FILE),
+                "key": str(self.env.dir / KEY_FILE)}
+
+    @property
+    def socket(self) -> Path:
+        return self.env.dir / BACKUP_SOCKET
+
+    @property
+    def data_dir(self) -> Path:
+        """The store (what a fault on the node would take away)."""
+        return self.env.dir / "store"
+
+    def ready(self) -> bool:
+        return _answers(self.socket, "/v1/status")
+
+
+class BackupService(_BackupNode):
     """``backup.service`` on the backup node: the primary region's backup store, following every KV
     master and DO host (signed as ``backup``) and the control plane's etcd (its own client certificate
     from the lab's etcd CA), snapshots on the configured periods; its API on its operator socket."""
@@ -294,26 +325,11 @@ class BackupService(PythonService):
 
     def __init__(self, env: NodeEnv, node: ServiceNode, masters: tuple[ServiceNode, ...], keys: PeerKeys,
                  spec: BackupSpec, control_planes: tuple[ServiceNode, ...] = (), tls: EtcdTls | None = None) -> None:
-        super().__init__(env)
-        self.service, self.masters, self.keys, self.spec = node, masters, keys, spec
-        self.control_planes, self.tls = control_planes, tls
+        super().__init__(env, node, keys, spec, tls)
+        self.masters, self.control_planes = masters, control_planes
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
         return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}", ("backup",))
-
-    def secrets(self) -> dict[Path, str]:
-        tls = ({self.env.dir / CA_FILE: self.tls.ca, self.env.dir / CERT_FILE: self.tls.cert,
-                self.env.dir / KEY_FILE: self.tls.key} if self.tls is not None else {})
-        return {**super().secrets(), **tls}
-
-    @property
-    def socket(self) -> Path:
-        return self.env.dir / BACKUP_SOCKET
-
-    @property
-    def data_dir(self) -> Path:
-        """The backup store (what a fault on the backup node would take away)."""
-        return self.env.dir / "store"
 
     def config(self) -> dict[str, object]:
         s = self.spec
@@ -321,8 +337,7 @@ class BackupService(PythonService):
         if self.control_planes and self.tls is not None:
             control = {"control": {
                 "etcd": [client_url(c) for c in self.control_planes], "snapshot_s": s.kv_snapshot_s,
-                "etcd_tls": {"ca": str(self.env.dir / CA_FILE), "cert": str(self.env.dir / CERT_FILE),
-                             "key": str(self.env.dir / KEY_FILE)},
+                "etcd_tls": self.etcd_tls(),
                 "planes": [{"name": c.region, "address": str(c.address), "port": c.port}
                            for c in self.control_planes]}}
         return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
@@ -338,46 +353,41 @@ class BackupService(PythonService):
         if not self.masters:
             raise self.error("no KV master to back up")
 
-    def ready(self) -> bool:
-        return _answers(self.socket, "/v1/status")
 
-
-class BackupDr(PythonService):
+class BackupDr(_BackupNode):
     """``backup.dr`` on the DR region's backup node (``drbk``): the primary store copied continuously (signed
-    as ``backup``), each snapshot verified here, the cold archive kept ``archive_days`` lab days."""
+    as ``backup``), each snapshot verified here, the cold archive kept ``archive_days`` lab days; with a
+    standby platform (``site``), what its failover restores into the site's control plane (etcd, with a
+    certificate of its own) and KV master."""
 
     name = "backup-dr"
     module = "backup.dr"
 
     def __init__(self, env: NodeEnv, node: ServiceNode, primary: ServiceNode, keys: PeerKeys,
-                 spec: BackupSpec) -> None:
-        super().__init__(env)
-        self.service, self.primary, self.keys, self.spec = node, primary, keys, spec
+                 spec: BackupSpec, site: DrSite | None = None, tls: EtcdTls | None = None) -> None:
+        super().__init__(env, node, keys, spec, tls)
+        self.primary, self.site = primary, site
 
     def auth(self) -> tuple[dict[str, object], dict[Path, str]]:
         return self.keys.auth_config(self.path("-"), f"backup/{self.service.name}")
 
-    @property
-    def socket(self) -> Path:
-        return self.env.dir / BACKUP_SOCKET
-
-    @property
-    def data_dir(self) -> Path:
-        """The copy and the archive (what a fault on the DR node would take away)."""
-        return self.env.dir / "store"
-
     def config(self) -> dict[str, object]:
+        site: dict[str, object] = {}
+        if self.site is not None and self.tls is not None:
+            cp, kv = self.site.control, self.site.storage
+            site = {"site": {"masters": [{"name": kv.name, "address": str(kv.address), "port": kv.port}],
+                             "etcd": [client_url(cp)], "etcd_tls": self.etcd_tls(),
+                             "planes": [{"name": cp.region, "address": str(cp.address), "port": cp.port}]}}
         return {"node": self.service.name, "data_dir": str(self.data_dir), "socket": str(self.socket),
                 "listen": [str(self.service.address), self.service.port],
                 "primary": {"address": str(self.primary.address), "port": self.primary.port},
-                "archive_s": self.spec.archive_days * self.spec.kv_snapshot_s, "auth": self.auth()[0]}
+                "archive_s": self.spec.archive_days * self.spec.kv_snapshot_s, "auth": self.auth()[0], **site}
 
     def validate(self) -> None:
         if self.primary.region == self.service.region:
             raise self.error(f"the DR copy is in the primary store's region {self.primary.region}")
-
-    def ready(self) -> bool:
-        return _answers(self.socket, "/v1/status")
+        if self.site is not None and self.tls is None:
+            raise self.error("a standby platform needs the copy's etcd client certificate")
 
 
 class KvReplica(PythonService):

@@ -63,8 +63,12 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     cps = topo.control_planes
     bk = topo.backup
     # The backup service follows etcd as a client: a certificate of its own from the lab's CA.
+    site = topo.dr_site
+    # The DR copy restores into the standby control plane's etcd: a certificate of its own too.
+    dr_tls = ([(site.control.name, str(site.control.address))] + ([(topo.backup_dr.name, str(topo.backup_dr.address))]
+              if topo.backup_dr is not None else [])) if site is not None else []
     tls = make_tls([*((cp.name, str(cp.address)) for cp in cps),
-                    *(((bk.name, str(bk.address)),) if bk is not None else ())]) if cps else {}
+                    *(((bk.name, str(bk.address)),) if bk is not None else ()), *dr_tls]) if cps else {}
     for cp in cps:
         env_of(cp.name).dir.mkdir(parents=True, exist_ok=True)
         peers = tuple(nearest_first(topo, cp.router, [p for p in cps if p.name != cp.name]))
@@ -74,6 +78,15 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     def controls_of(region: str, router: str) -> tuple[ServiceNode, ...]:
         """The regions' control planes for a node of ``region`` on ``router``: its region's first."""
         return tuple(sorted(nearest_first(topo, router, cps), key=lambda c: c.region != region))
+
+    if site is not None:  # the DR region's standby platform: a cluster, a master of its own (started by failover)
+        for node in (site.control, site.storage):
+            env_of(node.name).dir.mkdir(parents=True, exist_ok=True)
+        daemons[site.control.name] = [
+            EtcdMember(env_of(site.control.name), site.control, (site.control,), f"{cluster_token}-dr",
+                       tls[site.control.name]),
+            ControlPlane(env_of(site.control.name), site.control, (site.pop,), keys, (), 1, admin_token)]
+        daemons[site.storage.name] = [KvMaster(env_of(site.storage.name), site.storage, (), keys)]
 
     for km in topo.kv_masters:
         env_of(km.name).dir.mkdir(parents=True, exist_ok=True)
@@ -87,12 +100,16 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
         env = env_of(s.name)
         env.dir.mkdir(parents=True, exist_ok=True)
         share = t.account_limits.share(sum(1 for x in topo.servers if x.pop == s.pop))
-        edge = EdgeWorker(env, s, t.probe_port, control, controls_of(s.region, s.neighbors[0].node), keys,
-                          topo.origins,
+        # A DR server knows only its region's control plane and master (the others are what it stands in for).
+        at_dr = site is not None and s.name in site.pop.servers
+        edge = EdgeWorker(env, s, t.probe_port, control,
+                          (site.control,) if site is not None and at_dr else controls_of(s.region, s.neighbors[0].node),
+                          keys, topo.origins,
                           {k: b.model_dump() for k, b in t.breakers.items()},
-                          spill_peers(topo, s.name, t.spillover_pops),
+                          [] if at_dr else spill_peers(topo, s.name, t.spillover_pops),
                           t.server_capacity_rps, t.spillover_threshold, share)
-        kv = KvReplica(env, s, topo.kv_masters, t.kv_stale_after_s, keys, share, t.kv_poll_s)
+        kv = KvReplica(env, s, (site.storage,) if site is not None and at_dr else topo.kv_masters,
+                       t.kv_stale_after_s, keys, share, t.kv_poll_s)
         if t.server_process == "folded":
             daemons[s.name] = [ExaBgp(env, s), PopAgent(env, edge, kv, s.health_agent == "anylab")]
         else:
@@ -112,7 +129,7 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
         if topo.backup_dr is not None:
             dr = topo.backup_dr
             env_of(dr.name).dir.mkdir(parents=True, exist_ok=True)
-            daemons[dr.name] = [BackupDr(env_of(dr.name), dr, bk, keys, topo.spec.backup)]
+            daemons[dr.name] = [BackupDr(env_of(dr.name), dr, bk, keys, topo.spec.backup, site, tls.get(dr.name))]
     if topo.monitoring is not None:  # the token Prometheus scrapes with, given to every service it scrapes
         token = secrets.token_urlsafe(24)
         scraped = (ControlPlane, KvMaster, DoHost, DoDirectory, EdgeWorker, BackupService, BackupDr)

@@ -33,9 +33,11 @@ from lab.measure.drill import run_drill
 from lab.record.status_page import PORT as PAGE_PORT
 from lab.run.lab import Lab
 from lab.run.monitoring import SCRAPE_S, Alert, alerts, http_get, query, targets
+from model.constants import DR_POP, DR_REGION
 from tests.conftest import TOPOLOGIES
 
 DELIVERY_S = 3 * SCRAPE_S + 2.0
+SERVED_S = 2.0
 RESOLVED_S = 10.0
 REGION = "eu"
 
@@ -275,6 +277,58 @@ def test_the_dr_region_holds_a_verified_copy_of_every_snapshot_and_wal_and_archi
     bk = lab.topo.backup
     assert http_get(netns, str(bk.address), bk.port, "/v1/replica/index")[0] == 401
     assert http_get(netns, str(bk.address), bk.port, "/v1/status")[0] == 401
+
+
+def copy_current(lab: Lab) -> None:
+    """Wait until the DR copy holds what the primary store held when this was called: two rounds of copying
+    end after it (the second began after it)."""
+    t = lab.wait_backup_current()
+    dr = lab.backup_dr_api()
+    ends: list[float] = []
+
+    def rounds() -> bool:
+        last = dr.call("GET", "/v1/status")["last_sync"] or 0.0
+        if last > t and (not ends or last > ends[-1]):
+            ends.append(last)
+        return len(ends) >= 2
+
+    wait_for(rounds, timeout=10.0, what="two rounds of the DR copy", interval=0.1)
+
+
+def test_catastrophic_loss_of_every_region_is_served_from_the_dr_region_restored_from_its_copy(lab: Lab) -> None:
+    site = lab.topo.dr_site
+    assert site is not None and lab.topo.backup_dr is not None
+    assert site.pop.region == lab.topo.backup_dr.region == DR_REGION  # a region of its own, with the copy
+    code = 'async def fetch(request, env, ctx):\n    return "up"\n'
+    lab.deploy("drsite", "drsite.example", code)
+    assert worker_call(lab, "drsite.example", "/") == (200, "up")
+    acked = write(KvClient(lab.node_dir(lab.topo.servers[0].name) / "kv.sock", timeout=10), ["cat-1", "cat-2"], {})
+    copy_current(lab)
+    t_fault = lab.fail("catastrophic", "global")
+    try:
+        up = lab.dr_failover()
+        restored = up["restored"]
+        assert restored["control"]["verified"] and restored["control"]["artifacts"] >= 1, restored["control"]
+        clients = [c.name for c in lab.topo.clients]
+        # Once the DR servers' sessions are up, their route reaches every client's router: 3 router hops at
+        # most, no MRAI (fast), plus the probes' 10 ms period and a second for a loaded box.
+        t_up = up["t"] + up["sessions_s"]
+        wait_for(lambda: all(lab.catchment(after=t_up)[c] == DR_POP for c in clients), timeout=SERVED_S,
+                 what="every client served by the DR region", interval=0.1,
+                 describe=lambda: str(lab.catchment(after=t_up)))
+        # Time to first client served from the DR region, from the loss (the failover begun at once).
+        first = {c: min(p.recv for p in lab.probes(c) if p.recv is not None and p.pop == DR_POP and p.sent >= t_fault)
+                 - t_fault for c in clients}
+        assert max(first.values()) <= t_up - t_fault + SERVED_S, (first, up)
+        assert worker_call(lab, "drsite.example", "/") == (200, "up")  # the deployment, its artifact restored
+        at_dr = KvClient(lab.node_dir(site.storage.name) / "kv.sock", timeout=10)
+        assert {k for k in acked if at_dr.get(NS, k) is not None} == acked
+    finally:
+        lab.dr_standdown()
+        lab.restore("global")
+    t_back = monotonic()
+    wait_for(lambda: lab.catchment(after=t_back) == lab.predicted(), timeout=60.0, what="the regions serving again",
+             interval=0.2, describe=lambda: str(lab.catchment(after=t_back)))
 
 
 def test_the_region_down_runbook_runs_end_to_end_within_the_designs_windows(lab: Lab, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from backup.mirror import Index, check_path, expired, place, read_range, verify_
 from backup.streams import STATE_FILE, BackupError, ObjectsBackup
 from core.errors import TopologyError
 from kv.store import Entry
+from lab.faults.catalogue import plan
 from model.load import build_topology
 from tests.conftest import TOPOLOGIES
 
@@ -100,10 +102,61 @@ def test_the_dr_copy_must_be_in_another_region_than_the_primary_store() -> None:
     data = yaml.safe_load((TOPOLOGIES / "global.yaml").read_text())
     topo = build_topology(data)
     assert topo.backup is not None and topo.backup_dr is not None
-    assert (topo.backup_dr.name, topo.backup_dr.region) == ("drbk", "eu") and topo.backup.region == "na"
+    assert (topo.backup_dr.name, topo.backup_dr.router, topo.backup_dr.region) == ("drbk", "eu-e", "dr")
+    assert topo.backup.region == "na"
     data["backup"]["dr_router"] = "na-e"  # the primary's region
     with pytest.raises(TopologyError, match=r"dr_router.*another region"):
         build_topology(data)
     data["backup"]["dr_router"] = "nowhere"
     with pytest.raises(TopologyError, match="nowhere"):
+        build_topology(data)
+
+
+def test_the_dr_region_racks_a_standby_platform_no_regional_fault_touches() -> None:
+    data = yaml.safe_load((TOPOLOGIES / "global.yaml").read_text())
+    topo = build_topology(data)
+    site = topo.dr_site
+    assert site is not None and site.nodes() == ("cp-dr", "kv-dr", "dr-s1")
+    assert {n.region for n in (site.control, site.storage)} == {site.pop.region} == {"dr"}
+    dr = topo.server("dr-s1")
+    assert dr.standby and dr.pop == "dr" and dr.asn == 64690 and [n.node for n in dr.neighbors] == ["eu-e"]
+    assert "dr-s1" in {n.node for n in topo.router("eu-e").neighbors}
+    assert "dr" not in {p.name for p in topo.pops}  # nothing predicted to reach it while the regions serve
+    assert site.control not in topo.control_planes and site.storage not in topo.kv_masters
+    assert set(site.nodes()) <= set(topo.node_names())
+    # Adding the site renumbered and renamed nothing that was there before.
+    data["backup"]["dr_servers"] = 0
+    bare = build_topology(data)
+    assert bare.dr_site is None
+    assert {(i.node, i.name, str(i.address)) for i in bare.interfaces()} <= {
+        (i.node, i.name, str(i.address)) for i in topo.interfaces()}
+    # Every regional fault, and the loss of them all, leaves the DR region alone.
+    for scenario, target in [("region-loss", "eu"), ("region-down", "eu"), ("catastrophic", "global")]:
+        got = plan(topo, scenario, target)
+        assert not set(got.servers + got.hosts + got.routers) & {*site.nodes(), "drbk"}, (scenario, got)
+    lost = plan(topo, "catastrophic", "global")
+    assert set(lost.hosts) == {*(k.name for k in topo.kv_masters), *(c.name for c in topo.control_planes),
+                               "control", "bk"}
+    assert set(lost.servers) == {s.name for s in topo.servers if not s.standby} and not lost.routers
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"backup": {"dr_servers": 1}}, "needs backup.dr_router"),
+    ({"regions": "dr"}, "region 'dr' is the DR region's"),
+    ({"pops": "dr"}, "PoP 'dr' is the DR region's"),
+    ({"backup": {"dr_asn": 64601}}, "AS 64601 is PoP sjc's"),
+    ({"backup": {"dr_asn": 65535}}, "reserved"),
+    ({"backup": {"dr_servers": 9}}, "less than or equal to 8"),
+])
+def test_a_standby_platform_that_cannot_stand_is_refused(change: dict[str, Any], match: str) -> None:
+    data = yaml.safe_load((TOPOLOGIES / "global.yaml").read_text())
+    if change.get("regions"):
+        data["regions"].append({"name": change["regions"]})
+    elif change.get("pops"):
+        data["pops"][1]["name"] = change["pops"]
+    else:
+        if "dr_router" not in str(change) and change["backup"].get("dr_servers") == 1:
+            del data["backup"]["dr_router"]
+        data["backup"].update(change["backup"])
+    with pytest.raises(TopologyError, match=match):
         build_topology(data)

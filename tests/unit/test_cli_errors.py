@@ -32,7 +32,7 @@ def anylab(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
      "server-silent, server-crash, link-down, link-degrade, link-lossy, pop-down, region-down, region-loss, "
      "pops-down, flap, "
      "control-down, control-cut, cp-down, cp-cut, etcd-leader-kill, artifact-store-wipe, kv-master-crash, "
-     "do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, kv-global-loss, "
+     "do-crash, do-cut, storage-partition, kv-master-wipe, do-host-wipe, kv-global-loss, catastrophic, "
      "clock-ahead, clock-behind, "
      "origin-down, origin-slow, origin-errors, "
      "dns-provider-down, dns-node-down, dns-primary-down, dns-region-withdraw, resolver-down"),
