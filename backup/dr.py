@@ -82,6 +82,7 @@ class DrCopy:
         self.stores: Replicas | None = None
         #: Held by a round of copying and by a failover: a restore reads a copy no round is changing.
         self.lock = asyncio.Lock()
+        self.round: asyncio.Future[int] | None = None
         self.failovers: list[dict[str, Any]] = []
 
     def open(self, session: aiohttp.ClientSession) -> None:
@@ -180,14 +181,20 @@ class DrCopy:
         (404: no standby platform) or KvError."""
         if self.site is None or self.etcd is None or self.stores is None or self.session is None:
             raise BackupError("this DR region has no standby platform (backup.dr_servers)", status=404)
+        t0 = monotonic()
+        if self.round is not None:
+            # A round stuck on a primary that is gone would hold the copy for its timeout (10 s): the copy
+            # stops where it is. Cancelled only at an await, a round never leaves a file half written.
+            self.round.cancel()
         async with self.lock:
-            t0 = monotonic()
+            t_held = monotonic()
             control = await control_into(ControlBackup(self.copy / "control"), at, self.etcd, self.stores)
             t1 = monotonic()
             kv = await kv_into(KvFiles(self.copy / "kv"), at, self.data_dir / "restore-kv", self.site["masters"],
                                self.session, self.signer)
             t2 = monotonic()
-        out = {"at": at, "control": control, "kv": kv, "control_s": round(t1 - t0, 3), "kv_s": round(t2 - t1, 3),
+        out = {"at": at, "control": control, "kv": kv, "waited_s": round(t_held - t0, 3),
+               "control_s": round(t1 - t_held, 3), "kv_s": round(t2 - t1, 3),
                "copy_age_s": None if self.last_sync is None else round(at - self.last_sync, 3)}
         self.failovers.append({"t": t0, "at": at, "s": round(t2 - t0, 3)})
         return out
@@ -198,8 +205,17 @@ class DrCopy:
             t0 = monotonic()
             try:
                 async with self.lock:
-                    await self.sync()
+                    self.round = asyncio.ensure_future(self.sync())
+                    try:
+                        await self.round
+                    finally:
+                        self.round = None
                 self.last_sync, self.error = monotonic(), ""
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the service stops
+                self.error = "a round cancelled by a failover"
             except (BackupError, aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError) as exc:
                 self.error = str(exc) or type(exc).__name__
             self.prune_archive()

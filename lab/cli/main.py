@@ -258,7 +258,12 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
 
         predicted = predict_catchment(topo)
     sessions = router_sessions(topo, run_dir)
-    alive = daemons_alive(run_dir)
+    serving = in_service(topo, run_dir)
+    # Nodes out of service by choice (standby servers scaled down, a DR site stood down) stopped on purpose.
+    idle = {s.name for s in topo.servers} - {s for servers in serving.values() for s in servers}
+    if topo.dr_site is not None and topo.dr_site.pop.name not in serving:
+        idle |= set(topo.dr_site.nodes())
+    alive = {n: ds for n, ds in daemons_alive(run_dir).items() if n not in idle}
     return {
         "name": name,
         "topology": topo.name,
@@ -277,7 +282,7 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
         "timings": state.get("timings", {}),
         "control_plane": _control_plane_status(topo, run_dir),
         "protect": _protect(run_dir, [s.name for s in topo.servers]),
-        "in_service": in_service(topo, run_dir),
+        "in_service": serving,
         "links": _links_status(topo, run_dir),
         "dns": _dns_status(topo, state, run_dir),
     }

@@ -19,9 +19,10 @@ from typing import Any
 from control_plane.client import Client
 from core.clock import monotonic
 from core.daemon import Daemon
-from core.errors import UsageError
+from core.errors import AnylabError, UsageError
 from core.wait import wait_for
 from kv.client import KvClient
+from lab.run.launchers import weakened
 from lab.run.observe import router_sessions
 from lab.run.rundir import in_service, write_in_service
 from lab.run.starts import start_daemons
@@ -61,22 +62,32 @@ def failover(topo: Topology, run_dir: Path, daemons: dict[str, list[Daemon]], dr
     if DR_POP in serving:
         raise UsageError("the DR site serves already (anylab dr standdown first)")
     t0 = monotonic()
-    start_daemons(daemons, {site.control.name, site.storage.name})
-    t_services = monotonic()
-    restored = dr_api.call("POST", "/v1/failover", {"at": t0 if at is None else at})
-    placed = place_workers(Client(run_dir / site.control.name))
-    t_restored = monotonic()
-    serving[DR_POP] = list(site.pop.servers)
-    write_in_service(run_dir, serving)  # first: their sessions count as soon as they come up
-    start_daemons(daemons, set(site.pop.servers))
-    t_servers = monotonic()
+    try:
+        start_daemons(daemons, {site.control.name, site.storage.name})
+        t_services = monotonic()
+        restored = dr_api.call("POST", "/v1/failover", {"at": t0 if at is None else at})
+        # The test-only weakening (ANYLAB_WEAKEN=dr): the restored deployments left where they were placed, so
+        # the DR site serves no worker — for a bench to show the figure fail.
+        placed = {} if weakened("dr", "x") else place_workers(Client(run_dir / site.control.name))
+        t_restored = monotonic()
+        serving[DR_POP] = list(site.pop.servers)
+        write_in_service(run_dir, serving)  # first: their sessions count as soon as they come up
+        start_daemons(daemons, set(site.pop.servers))
+        t_servers = monotonic()
 
-    def established() -> bool:  # its own sessions: the lost regions' servers are down on the same router
-        down = {d.partition("(")[0] for st in router_sessions(topo, run_dir) if st.router in site.pop.upstreams
-                for d in st.down}
-        return not down & set(site.pop.servers)
+        def established() -> bool:  # its own sessions: the lost regions' servers are down on the same router
+            down = {d.partition("(")[0] for st in router_sessions(topo, run_dir) if st.router in site.pop.upstreams
+                    for d in st.down}
+            return not down & set(site.pop.servers)
 
-    wait_for(established, timeout=timeout, what=f"the sessions of {', '.join(site.pop.servers)}", interval=0.05)
+        wait_for(established, timeout=timeout, what=f"the sessions of {', '.join(site.pop.servers)}",
+                 interval=0.05)
+    except BaseException as exc:
+        try:
+            _stop(topo, run_dir, daemons)  # a failed failover leaves nothing of the site running
+        except AnylabError as stopping:
+            exc.add_note(str(stopping))
+        raise
     return {"t": t0, "restored": restored, "placed": placed, "services_s": round(t_services - t0, 3),
             "restored_s": round(t_restored - t0, 3), "servers_s": round(t_servers - t0, 3),
             "sessions_s": round(monotonic() - t0, 3)}
@@ -91,9 +102,18 @@ def standdown(topo: Topology, run_dir: Path, daemons: dict[str, list[Daemon]]) -
     if DR_POP not in serving:
         raise UsageError("the DR site does not serve")
     t0 = monotonic()
-    del serving[DR_POP]
-    write_in_service(run_dir, serving)  # first: the sessions about to go down no longer count
+    _stop(topo, run_dir, daemons)
+    return {"t": t0, "stopped": list(reversed(site.nodes())), "s": round(monotonic() - t0, 3)}
+
+
+def _stop(topo: Topology, run_dir: Path, daemons: dict[str, list[Daemon]]) -> None:
+    """Out of service first (the sessions about to go down no longer count), then every daemon of the site,
+    last started first: a server's health agent withdraws before its speaker stops."""
+    site = site_of(topo)
+    serving = in_service(topo, run_dir)
+    if DR_POP in serving:
+        del serving[DR_POP]
+        write_in_service(run_dir, serving)
     for node in reversed(site.nodes()):
         for d in reversed(daemons[node]):
             d.stop()
-    return {"t": t0, "stopped": list(reversed(site.nodes())), "s": round(monotonic() - t0, 3)}

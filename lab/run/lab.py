@@ -413,6 +413,24 @@ class Lab:
                                                 f"{(last.get('control') or {}).get('seen')} of {want_cp}")
         return monotonic()
 
+    def wait_dr_copy_current(self, timeout: float = 15.0) -> float:
+        """Wait until the DR copy holds what the platform has now (:meth:`wait_backup_current`, then two
+        rounds of copying ending after it: the second began after it); the time it did. Raises
+        AnylabError without a DR copy, WaitTimeout."""
+        t = self.wait_backup_current(timeout=timeout)
+        dr = self.backup_dr_api()
+        ends: list[float] = []
+
+        def rounds() -> bool:
+            last = dr.call("GET", "/v1/status")["last_sync"] or 0.0
+            if last > t and (not ends or last > ends[-1]):
+                ends.append(last)
+            return len(ends) >= 2
+
+        wait_for(rounds, timeout=timeout, what="two rounds of the DR copy after the backup was current",
+                 interval=0.1)
+        return monotonic()
+
     def restore_backup(self, what: str, at: float | None = None) -> dict[str, Any]:
         """Restore ``what`` (``kv``, ``do``, ``control``: :mod:`backup.service`) as the backup knew it at ``at``
         (CLOCK_MONOTONIC; None: now); the service's account of it. Raises KvError (an AnylabError) with the
