@@ -174,6 +174,8 @@ def catastrophe(lab: Lab, i: int) -> dict[str, Any]:
     t_back = monotonic()
     wait_for(lambda: lab.catchment(after=t_back) == lab.predicted(), timeout=60.0, what="the regions serving again",
              interval=0.2)
+    lab.wait_control_planes(timeout=60.0)  # etcd's quorum back, before the next run deploys
+    lab.wait_do_leases(timeout=60.0)
     r = up["restored"]
     return {"first_probe_from_dr_s": probe_first,
             "first_http_from_dr_s": {c: None if v is None else round(v, 3) for c, v in http_first.items()},

@@ -315,6 +315,8 @@ def test_catastrophic_loss_of_every_region_is_served_from_the_dr_region_restored
     t_back = monotonic()
     wait_for(lambda: lab.catchment(after=t_back) == lab.predicted(), timeout=60.0, what="the regions serving again",
              interval=0.2, describe=lambda: str(lab.catchment(after=t_back)))
+    lab.wait_control_planes(timeout=60.0)  # etcd's quorum back: the drill deploys
+    lab.wait_do_leases(timeout=60.0)
 
 
 def test_the_region_down_runbook_runs_end_to_end_within_the_designs_windows(lab: Lab, tmp_path: Path) -> None:
