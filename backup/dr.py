@@ -39,7 +39,7 @@ from aiohttp import web
 
 from backup.kv import MANIFEST, KvFiles, list_snapshots
 from backup.mirror import PARTS, append, check_path, place, prune, verify_snapshot
-from backup.restore import artifact_stores, control_into, etcd_client, kv_into
+from backup.restore import artifact_stores, control_into, errors, etcd_client, kv_into, requested_at
 from backup.streams import BackupError, ControlBackup
 from control_plane.artifacts import Replicas
 from control_plane.etcd import Etcd
@@ -47,7 +47,6 @@ from core.clock import monotonic
 from core.metrics import Metrics, service_metrics
 from core.peer_auth import Signer, Verifier, prefix_policy
 from core.service import peer_middleware, run_service, service_main, signed_bytes, signed_call
-from kv.store import KvError
 
 POLL_S = 0.5
 #: The piece of a file asked for at once (the primary caps it too).
@@ -235,30 +234,11 @@ class DrCopy:
 
 
 def make_app(dr: DrCopy, outer: tuple[Any, ...] = ()) -> web.Application:
-    @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        except (KvError, BackupError) as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
-
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(dr.status())
 
     async def failover(request: web.Request) -> web.Response:
-        try:
-            data = await request.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise BackupError("the body must be a JSON object: {at?}")
-        at = data.get("at")
-        if at is None:
-            at = monotonic()
-        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
-            raise BackupError("'at' must be a CLOCK_MONOTONIC time in seconds")
-        return web.json_response(await dr.failover(float(at)))
+        return web.json_response(await dr.failover(await requested_at(request)))
 
     app = web.Application(middlewares=[*outer, peer_middleware(dr.verifier, prefix_policy({})), errors])
     app.router.add_get("/v1/status", status)

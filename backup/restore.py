@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from backup.kv import KvFiles
 from backup.streams import BackupError, ControlBackup, state_digest
 from control_plane.artifacts import Peer, Replicas
 from control_plane.etcd import Etcd, EtcdError, b64, put
 from control_plane.store import PREFIX
+from core.clock import monotonic
 from core.peer_auth import Signer
 from core.service import signed_call
 from kv.store import KvError
@@ -37,6 +39,33 @@ RESTORE_BATCH = 500
 TXN_OPS = 100
 #: Request ids (``req/``) are replies kept for retries, not configuration: not backed up, not restored.
 REQ = PREFIX + "req/"
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A backup service's refusals (BackupError, KvError) as ``{"error"}`` with their status."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except (KvError, BackupError) as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+
+
+async def requested_at(request: web.Request) -> float:
+    """The ``at`` of a restore request's JSON body ``{at?}`` (CLOCK_MONOTONIC seconds; absent: now).
+    Raises BackupError for any other body."""
+    try:
+        data = await request.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise BackupError("the body must be a JSON object: {at?}")
+    at = data.get("at")
+    if at is None:
+        return monotonic()
+    if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
+        raise BackupError("'at' must be a CLOCK_MONOTONIC time in seconds")
+    return float(at)
 
 
 def etcd_client(session: aiohttp.ClientSession, cfg: Mapping[str, Any]) -> Etcd:

@@ -53,7 +53,7 @@ from aiohttp import web
 from backup import RESTORABLE
 from backup.kv import KvBackup
 from backup.mirror import Index, prune, read_range
-from backup.restore import REQ, artifact_stores, control_into, etcd_client, kv_into, versions
+from backup.restore import REQ, artifact_stores, control_into, errors, etcd_client, kv_into, requested_at, versions
 from backup.streams import BackupError, ControlBackup, ObjectsBackup
 from control_plane.artifacts import ReplicaError, Replicas
 from control_plane.etcd import Etcd, EtcdError, b64
@@ -334,14 +334,6 @@ class Backup:
 
 
 def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
-    @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        except (KvError, BackupError) as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
-
     async def replica_index(_request: web.Request) -> web.Response:
         return web.json_response({"files": b.index.files(), "t": monotonic()})
 
@@ -360,23 +352,13 @@ def make_app(b: Backup, outer: tuple[Any, ...] = ()) -> web.Application:
         return web.json_response(await b.take())
 
     async def restore(request: web.Request) -> web.Response:
-        try:
-            data = await request.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise KvError("the body must be a JSON object: {at?}")
-        at = data.get("at")
-        if at is None:
-            at = monotonic()
-        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
-            raise KvError("'at' must be a CLOCK_MONOTONIC time in seconds")
+        at = await requested_at(request)
         what = request.match_info["what"]
         restores = {"kv": b.restore_kv, "do": b.restore_objects, "control": b.restore_control}
         assert set(restores) == set(RESTORABLE)
         if what not in restores:
             raise KvError(f"nothing called {what!r} is backed up: {', '.join(RESTORABLE)}", status=404)
-        return web.json_response(await restores[what](float(at)))
+        return web.json_response(await restores[what](at))
 
     app = web.Application(middlewares=[*outer, peer_middleware(b.verifier, REPLICA_POLICY), errors])
     app.router.add_get("/v1/replica/index", replica_index)

@@ -40,7 +40,7 @@ def to_graph(topo: Topology) -> nx.Graph:
     g = nx.Graph()
     for r in topo.routers:
         g.add_node(r.name, kind="router", asn=r.asn, region=r.region)
-    for s in topo.servers:
+    for s in topo.all_servers():
         g.add_node(s.name, kind="server", asn=s.asn, region=s.region, pop=s.pop)
     for c in topo.clients:
         g.add_node(c.name, kind="client", region=c.region)

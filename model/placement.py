@@ -39,7 +39,7 @@ class Placement:
 def _attached_router(topo: Topology) -> dict[str, str]:
     """Every non-router node → the router it hangs off (a server's first upstream)."""
     out: dict[str, str] = {}
-    for s in topo.servers:
+    for s in topo.all_servers():
         out[s.name] = s.neighbors[0].node
     for c in topo.clients:
         out[c.name] = c.router

@@ -464,12 +464,12 @@ def resolve(spec: TopologySpec, source: str) -> Topology:
     if dr_router is not None and dr_names:
         assert spec.backup is not None
         dr_asn = spec.backup.dr_asn
-        servers += tuple(Server(name, DR_POP, k, dr_asn, DR_REGION, rid_of[name], tuple(intfs[name]), neighbors(name),
-                                anycast, 0, 0, profile_of[name], "anylab", True) for k, name in enumerate(dr_names))
         dr_site = DrSite(
             Pop(DR_POP, DR_REGION, dr_asn, (dr_router,), tuple(dr_names), 0, 0, anycast, spec.settings.profile),
             ServiceNode(DR_CONTROL_NODE, DR_REGION, dr_router, intfs[DR_CONTROL_NODE][0], CONTROL_PORT),
-            ServiceNode(DR_STORAGE_NODE, DR_REGION, dr_router, intfs[DR_STORAGE_NODE][0], KV_PORT))
+            ServiceNode(DR_STORAGE_NODE, DR_REGION, dr_router, intfs[DR_STORAGE_NODE][0], KV_PORT),
+            tuple(Server(name, DR_POP, k, dr_asn, DR_REGION, rid_of[name], tuple(intfs[name]), neighbors(name),
+                         anycast, 0, 0, profile_of[name], "anylab", True) for k, name in enumerate(dr_names)))
     region_of = {r.name: r.region for r in spec.routers}
     control = ServiceNode(CONTROL_NODE, region_of[control_router], control_router, intfs[CONTROL_NODE][0],
                           CONTROL_PORT)

@@ -237,15 +237,18 @@ class Dns:
 @dataclass(frozen=True)
 class DrSite:
     """The DR region's standby platform (``backup.dr_servers``): out of service until a DR failover brings
-    it up from the region's copy of the backups. Its servers are in :attr:`Topology.servers` (standby, PoP
-    :data:`~model.constants.DR_POP`); its PoP is not in :attr:`Topology.pops` (nothing is predicted to
-    reach it while the regions serve)."""
+    it up from the region's copy of the backups. Neither its PoP nor its servers are in
+    :attr:`Topology.pops` and :attr:`Topology.servers` (the platform that serves: nothing is predicted to
+    reach it, no fault targets it); :meth:`Topology.all_servers` has them, for what builds the network
+    and the processes."""
 
     pop: Pop
     #: Its control plane node: an etcd cluster of its own and the control plane API.
     control: ServiceNode
     #: Its storage node: a KV master with no peers.
     storage: ServiceNode
+    #: Its PoP's servers (standby: started by a failover).
+    servers: tuple[Server, ...] = ()
 
     def nodes(self) -> tuple[str, ...]:
         """Every node of the standby platform, the order it is started in."""
@@ -280,8 +283,12 @@ class Topology:
     #: The DR region's standby platform; None: none (``backup.dr_servers`` 0).
     dr_site: DrSite | None = None
 
+    def all_servers(self) -> tuple[Server, ...]:
+        """Every PoP server, the DR site's too (what the network and the processes are built for)."""
+        return (*self.servers, *(self.dr_site.servers if self.dr_site is not None else ()))
+
     def node_names(self) -> list[str]:
-        return [*(r.name for r in self.routers), *(s.name for s in self.servers), *(c.name for c in self.clients),
+        return [*(r.name for r in self.routers), *(s.name for s in self.all_servers()), *(c.name for c in self.clients),
                 *(svc.name for svc in self.services()), *(n.name for n in (self.dns.nodes if self.dns else ()))]
 
     def services(self) -> tuple[ServiceNode, ...]:
@@ -320,7 +327,7 @@ class Topology:
     def interfaces(self) -> Iterator[Interface]:
         for r in self.routers:
             yield from r.interfaces
-        for s in self.servers:
+        for s in self.all_servers():
             yield from s.interfaces
         for c in self.clients:
             yield c.interface

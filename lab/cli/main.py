@@ -260,7 +260,7 @@ def _status(name: str, state: dict[str, Any], topo: Topology) -> dict[str, Any]:
     sessions = router_sessions(topo, run_dir)
     serving = in_service(topo, run_dir)
     # Nodes out of service by choice (standby servers scaled down, a DR site stood down) stopped on purpose.
-    idle = {s.name for s in topo.servers} - {s for servers in serving.values() for s in servers}
+    idle = {s.name for s in topo.all_servers()} - {s for servers in serving.values() for s in servers}
     if topo.dr_site is not None and topo.dr_site.pop.name not in serving:
         idle |= set(topo.dr_site.nodes())
     alive = {n: ds for n, ds in daemons_alive(run_dir).items() if n not in idle}

@@ -50,7 +50,7 @@ def ip_batch(topo: Topology, node: str) -> list[str]:
             lines.append(f"address add {r.loopback}/32 dev lo")
             for intf in r.interfaces:
                 lines += [f"address add {intf.address} dev {intf.name}", f"link set {intf.name} up"]
-    for s in topo.servers:
+    for s in topo.all_servers():
         if s.name == node:
             lines.append(f"address add {s.router_id}/32 dev lo")
             lines += [f"address add {p} dev lo" for p in s.prefixes]

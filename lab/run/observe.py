@@ -49,7 +49,7 @@ def _router_state(run_dir: Path, r: Router) -> tuple[dict[str, str], dict[str, s
 def router_sessions(topo: Topology, run_dir: Path) -> list[SessionState]:
     """Every router's BGP sessions (those to servers out of service do not count)."""
     serving = {s for servers in in_service(topo, run_dir).values() for s in servers}
-    idle = {s.name for s in topo.servers} - serving
+    idle = {s.name for s in topo.all_servers()} - serving
     out = []
     states = per_router(lambda r: _router_state(run_dir, r), topo.routers)
     for r, (peers, bfd) in zip(topo.routers, states, strict=True):

@@ -96,10 +96,10 @@ def daemons_of(topo: Topology, env_of: Callable[[str], NodeEnv]) -> dict[str, li
     for o in topo.origins:
         env_of(o.name).dir.mkdir(parents=True, exist_ok=True)
         daemons[o.name] = [Origin(env_of(o.name), o)]
-    for s in topo.servers:
+    for s in topo.all_servers():
         env = env_of(s.name)
         env.dir.mkdir(parents=True, exist_ok=True)
-        share = t.account_limits.share(sum(1 for x in topo.servers if x.pop == s.pop))
+        share = t.account_limits.share(sum(1 for x in topo.all_servers() if x.pop == s.pop))
         # A DR server knows only its region's control plane and master (the others are what it stands in for).
         at_dr = site is not None and s.name in site.pop.servers
         edge = EdgeWorker(env, s, t.probe_port, control,
