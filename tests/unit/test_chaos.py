@@ -1,0 +1,87 @@
+"""The chaos soak's schedule (lab.faults.chaos): reproducible, Poisson, bounded as it says."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+
+import pytest
+
+from core.errors import UsageError
+from lab.faults.chaos import BUSY, LATE, OVERLAP, REGIONS, FaultClass, Planned, catalogue, draw, summary, topology_rules
+from model.load import load_topology
+from tests.conftest import TOPOLOGIES
+
+
+def injected(schedule: list[Planned]) -> list[Planned]:
+    return [p for p in schedule if p.skipped is None]
+
+
+def concurrent(schedule: list[Planned]) -> list[list[Planned]]:
+    """For each injected fault, the injected faults active when it began (itself included)."""
+    ins = injected(schedule)
+    return [[x for x in ins if x.t <= p.t < x.end] for p in ins]
+
+
+def test_the_same_seed_draws_the_same_schedule_and_another_seed_another() -> None:
+    classes = [FaultClass("a", "pop-down", ("p1", "p2"), 1.0, 2.0), FaultClass("b", "server-silent", ("s1",), 2.0, 1.0)]
+    one = draw(classes, 200.0, seed=3, day_s=5.0)
+    assert one == draw(list(reversed(classes)), 200.0, seed=3, day_s=5.0)  # the classes' order does not matter
+    assert one != draw(classes, 200.0, seed=4, day_s=5.0)
+    assert [p.t for p in one] == sorted(p.t for p in one)
+
+
+def test_arrivals_are_poisson_at_the_scaled_mtbf_and_repairs_log_normal_at_their_median() -> None:
+    # One target, MTBF 2 days of 0.5 s: a rate of 1/s over 10 000 s; no bound in the way.
+    schedule = draw([FaultClass("x", "pop-down", ("p",), 2.0, 0.001, 0.5)], 10_000.0, seed=1, day_s=0.5,
+                    max_overlap=10**6)
+    n = len(schedule)
+    assert abs(n - 10_000) < 4 * 10_000 ** 0.5, n  # Poisson: sd = √mean
+    gaps = [b.t - a.t for a, b in itertools.pairwise(schedule)]
+    assert statistics.mean(gaps) == pytest.approx(1.0, rel=0.05)
+    assert statistics.stdev(gaps) == pytest.approx(1.0, rel=0.05)  # exponential: sd = mean
+    assert statistics.median(p.repair_s for p in schedule) == pytest.approx(0.001, rel=0.05)
+
+
+def test_injected_faults_respect_the_overlap_bound_their_targets_and_the_end() -> None:
+    classes = [FaultClass("a", "pop-down", tuple(f"p{i}" for i in range(6)), 0.5, 5.0)]
+    schedule = draw(classes, 300.0, seed=9, day_s=10.0, max_overlap=2)
+    assert {p.skipped for p in schedule} >= {None, OVERLAP}
+    for active in concurrent(schedule):
+        assert len(active) <= 2
+        assert len({p.target for p in active}) == len(active)
+    assert all(p.end <= 300.0 for p in injected(schedule))
+    assert all(p.end > 300.0 for p in schedule if p.skipped == LATE)
+    table = summary(schedule)["a"]
+    assert table["injected"] == len(injected(schedule)) and sum(table.values()) == len(schedule)
+
+
+def test_on_global_yaml_no_two_regions_lose_storage_or_control_at_once_and_nothing_fatal_unless_asked() -> None:
+    topo = load_topology(TOPOLOGIES / "global.yaml")
+    classes = catalogue(topo)
+    assert not any(c.fatal for c in classes)
+    assert "catastrophic" in {c.scenario for c in catalogue(topo, fatal=True)}
+    assert {c.name for c in classes} >= {"service", "speaker", "server", "pop", "link", "link-degrade", "region",
+                                         "kv", "do", "control-plane", "origin", "dns"}
+    footprint, regions_of = topology_rules(topo)
+    # Storage and control plane faults 10× as often as the defaults: enough of them overlap to meet the bound.
+    busy = [FaultClass(c.name, c.scenario, c.targets, c.mtbf_days / (10 if c.name in ("kv", "do", "control-plane")
+                                                                     else 1), c.repair_median_s) for c in classes]
+    schedule = draw(busy, 600.0, seed=5, day_s=2.0, max_overlap=3, max_regions=1, footprint=footprint,
+                    regions_of=regions_of)
+    skipped = {p.skipped for p in schedule}
+    assert {None, REGIONS, BUSY} <= skipped, summary(schedule)
+    for active in concurrent(schedule):
+        assert len(set().union(*(regions_of(p.scenario, p.target) for p in active))) <= 1, active
+        nodes = [footprint(p.scenario, p.target) for p in active]
+        assert all(not (a & b) for i, a in enumerate(nodes) for b in nodes[i + 1:]), active
+    # A region-wide fault and a fault on one of its PoPs touch the same servers.
+    assert footprint("pops-down", "eu") & footprint("pop-down", "fra")
+    assert regions_of("pops-down", "eu") == {"eu"} and regions_of("cp-down", "cp-na") == {"na"}
+
+
+@pytest.mark.parametrize(("duration", "day", "overlap", "regions"), [(0, 1, 1, 1), (10, 0, 1, 1), (10, 1, 0, 1),
+                                                                     (10, 1, 1, -1)])
+def test_a_bound_out_of_range_is_refused(duration: float, day: float, overlap: int, regions: int) -> None:
+    with pytest.raises(UsageError):
+        draw([], duration, 1, day, overlap, regions)
