@@ -40,10 +40,9 @@ from core import netns  # noqa: E402
 from core.clock import monotonic  # noqa: E402
 from core.errors import AnylabError  # noqa: E402
 from core.proc import Proc, ProcessGroup  # noqa: E402
-from core.stats import quantile  # noqa: E402
+from core.stats import quantile, wilson  # noqa: E402
 from core.wait import socket_accepts, wait_for  # noqa: E402
 from lab.links import apply  # noqa: E402
-from lab.links.calibrate import wilson  # noqa: E402
 from lab.links.control import RELAY_BIN, config_text, relay_request  # noqa: E402
 from lab.run.rundir import RUN_ROOT, netns_prefix  # noqa: E402
 

@@ -23,7 +23,7 @@ from typing import Any
 from core import netns
 from core.clock import monotonic
 from core.errors import AnylabError
-from core.stats import quantile
+from core.stats import quantile, wilson
 from lab.links.plan import Link
 from model.topology import Shape
 
@@ -32,17 +32,6 @@ CAL_PORT = 7099
 CAL_COUNT, CAL_RATE = 100, 100.0
 CAL_RT_PRIORITY = 10
 _STAMP = struct.Struct("!HId")  # direction index, sequence, send time
-Z99 = 2.5758
-
-
-def wilson(k: int, n: int, z: float = Z99) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n draws (z = 2.576: 99 %)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarise(delays_s: Sequence[float], sent: int, shape: Shape | None) -> dict[str, Any]:

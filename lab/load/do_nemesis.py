@@ -249,16 +249,20 @@ class Nemesis:
                              "route": rel(min(routes, default=None)), "first_served": rel(min(first.values())),
                              "all_served": rel(max(first.values()))}}
 
+    def deploy(self) -> None:
+        """Once every region's DO host holds its lease, the example worker the clients call, on every PoP.
+        Raises WaitTimeout, ControlPlaneError."""
+        do_client.wait_leases(self.control_dir)
+        Client(control_plane_dirs(self.topo, self.driver.run_dir)).release(
+            WORKER, {"code": EXAMPLE.read_text(), "host": HOST, "bindings": {"REG": {"durable_object": "Register"}}})
+
     # -- the whole run -----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         """Deploy the example worker, run the failovers under load, check the history. Raises
         WaitTimeout/AnylabError; every fault is restored and every load process stopped anyway."""
         s = self.spec
-        do_client.wait_leases(self.control_dir)
-        control_plane = Client(control_plane_dirs(self.topo, self.driver.run_dir))
-        control_plane.release(WORKER, {"code": EXAMPLE.read_text(), "host": HOST,
-                                       "bindings": {"REG": {"durable_object": "Register"}}})
+        self.deploy()
         t0 = monotonic()
         self.start_load(min(3600.0, 60.0 + s.failovers * 3 * s.phase_timeout))
         runs: list[dict[str, Any]] = []

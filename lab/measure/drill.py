@@ -183,10 +183,8 @@ class Drill:
         """The runbook, end to end; the report. Raises WaitTimeout/AnylabError when a step does not come;
         the fault and the containment are undone and the workloads stopped anyway."""
         topo, tl = self.topo, self.timeline
-        do_client.wait_leases(self.nemesis.control_dir)
         # Before: the DO example worker (its objects spread over the regions), a deploy that must survive.
-        self.driver.deploy("reg", "reg.example", Path(__file__).resolve().parents[2].joinpath(
-            "examples", "do_register.py").read_text(), bindings={"REG": {"durable_object": "Register"}})
+        self.nemesis.deploy()
         self.driver.deploy(PROBE_WORKER, f"{PROBE_WORKER}.example", probe_code(1))
         before_deploys = self.control.deployments()["workers"]
         self.nemesis.start_load(3 * PHASE_TIMEOUT_S)

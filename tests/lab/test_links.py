@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from core.clock import monotonic
-from core.stats import quantile
+from core.stats import quantile, wilson
 from core.wait import wait_for
 from lab.faults.catalogue import DEGRADE_DELAY_MS, LOSSY_PCT
-from lab.links.calibrate import calibrate, wilson
+from lab.links.calibrate import calibrate
 from lab.run.lab import Lab
 from model.load import build_topology
 from tests.conftest import TOPOLOGIES

@@ -85,3 +85,16 @@ def test_on_global_yaml_no_two_regions_lose_storage_or_control_at_once_and_nothi
 def test_a_bound_out_of_range_is_refused(duration: float, day: float, overlap: int, regions: int) -> None:
     with pytest.raises(UsageError):
         draw([], duration, 1, day, overlap, regions)
+
+
+def test_the_dry_run_lists_every_arrival_and_the_classes() -> None:
+    from lab.measure.chaos import ChaosSpec, nines, schedule, schedule_table
+
+    topo = load_topology(TOPOLOGIES / "global.yaml")
+    planned = schedule(topo, ChaosSpec(120.0, 7))
+    text = schedule_table(planned)
+    assert len(text.splitlines()) == 1 + len(planned) + 1 + len(summary(planned))
+    assert planned == schedule(topo, ChaosSpec(120.0, 7))
+    with pytest.raises(UsageError, match="a soak lasts"):
+        schedule(topo, ChaosSpec(5.0, 7))
+    assert nines(0.9999) == pytest.approx(4.0) and nines(1.0) == float("inf") and nines(None) is None

@@ -1,0 +1,67 @@
+"""Request-based availability, attribution and recovery (lab.record.availability) on made-up records."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.record.availability import Request, Window, account, error_budget, from_probes
+from lab.record.probes import Probe
+
+TIMEOUT, GRACE = 1.0, 0.5
+
+
+def probes_every(client: str, start: float, end: float, step: float, lost: list[tuple[float, float]]) -> list[Request]:
+    """A request every ``step`` from ``start`` to ``end``, lost inside the ``lost`` spans."""
+    out = []
+    n = round((end - start) / step)
+    for i in range(n):
+        t = round(start + i * step, 6)
+        out.append(Request(client, t, not any(a <= t < b for a, b in lost)))
+    return out
+
+
+def test_every_loss_is_charged_to_the_faults_whose_window_holds_it_or_counted_unexplained() -> None:
+    a = probes_every("a", 0.0, 100.0, 0.1, [(10.0, 15.0), (50.0, 50.2)])  # 50 + 2 lost
+    b = probes_every("b", 0.0, 100.0, 0.1, [(12.0, 13.0)])  # 10 lost
+    windows = [Window("pop-down sjc", "pop", 10.0, 14.0), Window("link-down r1:r2", "link", 11.0, 12.5)]
+    got = account(a + b, windows, start=0.0, end=100.0, timeout_s=TIMEOUT, grace_s=GRACE)
+    assert got["valid"] == 2 * 991  # sent after 99.0 s, they could not have been answered: not valid
+    assert got["good"] == got["valid"] - 62
+    assert got["per_client"]["a"]["good"] == 991 - 52 and got["per_client"]["b"]["good"] == 991 - 10
+    # The first window holds 10.0–14.5 (14 + grace): a's 10.0–14.5 and b's 12.0–12.9; the second 11.0–13.0:
+    # a's 11.0–13.0 and b's 12.0–12.9. A loss both hold is the later fault's (31 of them, overlapped);
+    # a's 14.6–14.9 and 50.0–50.1 are in none.
+    assert got["lost_by_fault"] == {"pop-down sjc": 46 - 21, "link-down r1:r2": 21 + 10}
+    assert got["overlapped"] == 21 + 10
+    assert got["unexplained"] == 4 + 2 and got["unexplained_at"][0] == ("a", 14.6)
+    lo, hi = got["ci99"]
+    assert lo < got["availability"] < hi
+    # A class that cannot explain these requests is never charged: the pop fault takes them all.
+    only_pop = account(a + b, windows, 0.0, 100.0, TIMEOUT, GRACE, explains={"pop"})
+    assert only_pop["lost_by_fault"] == {"pop-down sjc": 46 + 10, "link-down r1:r2": 0}
+
+
+def test_a_fault_recovers_when_its_last_affected_client_is_served_again() -> None:
+    a = probes_every("a", 0.0, 30.0, 0.1, [(10.0, 15.0)])
+    b = probes_every("b", 0.0, 30.0, 0.1, [(10.0, 12.0)])
+    c = probes_every("c", 0.0, 30.0, 0.1, [])
+    windows = [Window("w", "pop", 10.0, 14.0), Window("quiet", "link", 20.0, 21.0)]
+    got = account(a + b + c, windows, 0.0, 30.0, TIMEOUT, GRACE)["recovery"]
+    assert got["w"]["affected"] == {"a": 5.0, "b": 2.0} and got["w"]["recover_s"] == 5.0
+    assert got["w"]["lost_at_repair"] == 6  # a's 14.0–14.5: charged to the fault, after its repair
+    assert got["quiet"] == {"cls": "link", "affected": {}, "lost_at_repair": 0, "recover_s": 0.0}
+    never = account(probes_every("a", 0.0, 30.0, 0.1, [(10.0, 30.0)]), windows[:1], 0.0, 30.0, TIMEOUT, GRACE)
+    assert never["recovery"]["w"]["recover_s"] is None
+    # Losses a fault is not charged for do not make it affect anyone: a class that cannot explain them.
+    other = account(a + b, windows, 0.0, 30.0, TIMEOUT, GRACE, explains={"link"})
+    assert other["recovery"]["w"]["affected"] == {} and other["unexplained"] == 50 + 20
+
+
+def test_probes_become_requests_good_only_when_answered_in_time() -> None:
+    probes = [Probe(1, 0.0, 0.01, "sjc", "sjc-s1"), Probe(2, 0.1, None, None, None), Probe(3, 0.2, 1.5, "lax", "x")]
+    assert [r.good for r in from_probes("c", probes, TIMEOUT)] == [True, False, False]
+
+
+def test_the_error_budget_at_four_nines() -> None:
+    assert error_budget(1_000_000, 999_950, 0.9999) == pytest.approx(
+        {"target": 0.9999, "allowed_bad": 100.0, "bad": 50, "burned": 0.5})
