@@ -115,7 +115,7 @@ class FaultTarget(Protocol):
 
     def node_dir(self, node: str) -> Path: ...
 
-    def set_link(self, a: str, b: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def set_link(self, a: str, b: str, changes: dict[str, Any], calibrate: bool = True) -> dict[str, Any]: ...
 
     def link_shape(self, a: str, b: str) -> Shape | None: ...
 
@@ -619,18 +619,19 @@ def _clock(sign: float) -> Fault:
 
 def _reshape(changes: Callable[[Shape | None], dict[str, Any]]) -> Fault:
     """Change the target link's shape (:mod:`lab.links`) by ``changes(shape before)``; restore gives it
-    back the shape it had (kept by the injector)."""
+    back the shape it had (kept by the injector). Not calibrated: the shape is known, and 2 s of
+    calibration would hold the fault's caller (a soak's next fault)."""
     def inject(inj: Injector, p: Plan) -> None:
         a, _, b = p.target.partition(":")
         before = inj.lab.link_shape(a, b)
         inj.link_before[p.target] = before
-        inj.lab.set_link(a, b, changes(before))
+        inj.lab.set_link(a, b, changes(before), calibrate=False)
 
     def undo(inj: Injector, p: Plan, attempt: Attempt) -> None:
         a, _, b = p.target.partition(":")
         before = inj.link_before.pop(p.target, None)
         fields = {k: v for k, v in asdict(before or Shape()).items() if k != "from_distance"}
-        attempt(inj.lab.set_link, a, b, fields)
+        attempt(inj.lab.set_link, a, b, fields, False)
 
     return Fault(inject, undo)
 

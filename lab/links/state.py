@@ -79,11 +79,12 @@ class Links:
                 apply.load_queues(ns, k.relayed)
 
     def change(self, a: str, b: str, changes: Mapping[str, Any],
-               relay_of: Callable[[str], LinkRelay]) -> dict[str, Any]:
+               relay_of: Callable[[str], LinkRelay], calibrate: bool = True) -> dict[str, Any]:
         """Change the link between ``a`` and ``b`` (Shape fields → values) on the running lab: the relay
         first (a queue exists before packets are sent to it), then both ends' kernels; then calibrate
-        it. Returns the link, its shape before and after, the time of the change and the calibration.
-        Raises UsageError (no such link, impossible shape) or AnylabError."""
+        it (unless not ``calibrate``: 2 s of datagrams). Returns the link, its shape before and after, the
+        time of the change and the calibration. Raises UsageError (no such link, impossible shape) or
+        AnylabError."""
         link = find(self.all, a, b)
         before = self.shapes()[link.key]
         after = with_changes(before, changes)
@@ -103,7 +104,7 @@ class Links:
             relay = relay_of(link.owner.node)
             for q in link.queues:
                 relay.request({"op": "set", "queue": q, "shape": relay_shape(None)})
-        cal = self.calibrate([link]) if after is not None else {}
+        cal = self.calibrate([link]) if after is not None and calibrate else {}
         return {"link": link.key, "before": shape_json(before), "after": shape_json(after), "t": t,
                 "calibration": cal.get(link.key)}
 

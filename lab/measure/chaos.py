@@ -49,6 +49,8 @@ TARGET_AVAILABILITY = 0.9999
 #: The classes that can lose a probe or a request of the trivial HTTP worker: the path to a PoP and the PoP.
 DATA_PLANE = frozenset({"service", "speaker", "server", "pop", "link", "link-degrade", "region"})
 HTTP_PATH = DATA_PLANE | {"dns"}
+#: A loss this long before (a check fails after its timeout) to this long after a flap is the flap's.
+FLAP_BEFORE_S, FLAP_AFTER_S = 0.5, 2.0
 #: Seconds of workload before the schedule's clock starts: the "before" of the memory and process checks.
 WARMUP_S = 5.0
 #: The soak's own tools: not the lab's processes (memory, restarts).
@@ -185,11 +187,18 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
     errors: list[str] = []
     try:
         if http is not None:
-            http.start(WARMUP_S + spec.duration_s + 10.0)
+            http.start(WARMUP_S + spec.duration_s + 70.0)
         if nemesis is not None:
-            nemesis.start_load(WARMUP_S + spec.duration_s + 10.0)
+            nemesis.start_load(WARMUP_S + spec.duration_s + 70.0)
         kv.start()
-        stop.wait(WARMUP_S)
+        # The schedule's clock starts once every workload is served from every client (and WARMUP_S at
+        # least): what the platform does on a workload's first requests is not a fault's doing.
+        t_start = monotonic()
+        if http is not None:
+            http.wait_served(t_start, 3, timeout=60.0)
+        if nemesis is not None:
+            nemesis.wait_served(t_start)
+        stop.wait(max(0.0, t_start + WARMUP_S - monotonic()))
         pids_before = lab_pids(run_dir)
         pss_before = lab_pss(run_dir)
         t0 = monotonic()
@@ -220,6 +229,28 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
                    pids_before, (pss_before, pss_end))
 
 
+def spontaneous_flaps(driver: Driver, windows: list[Window], t0: float, t_end: float) -> list[tuple[str, float]]:
+    """(server, time) of every failed health check during the soak on a server that no fault active then
+    touched."""
+    footprint = topology_rules(driver.topo)[0]
+    out = []
+    for s in driver.topo.servers:
+        for e in read_jsonl(driver.node_dir(s.name) / "health-events.jsonl"):
+            t = float(e.get("t", 0.0))
+            if e.get("event") != "check-failed" or not t0 <= t <= t_end:
+                continue
+            if any(w.t_fault <= t <= w.t_repair and s.name in footprint(*_scenario_target(w.name)) for w in windows):
+                continue
+            out.append((s.name, t))
+    return sorted(out, key=lambda x: x[1])
+
+
+def _scenario_target(name: str) -> tuple[str, str]:
+    """A window's scenario and target back from its name (``scenario target @t``)."""
+    scenario, target, _at = name.split(" ")
+    return scenario, target
+
+
 def _worst(name: str, recoveries: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """One fault's recovery over the kinds of request: every affected client, each at its later recovery;
     the fault's time to recover the worst (None if a client never recovered)."""
@@ -247,6 +278,14 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
                 for c in clients for r in read_jsonl(http.path(c))]
         # By name: the users' resolvers and the zone's providers are on their path too.
         figures["http"] = account(reqs, windows, t0, t_end, spec.timeout_s, spec.grace_s, HTTP_PATH)
+    # What no fault explains may be the platform's own doing: a health agent that failed its check on a
+    # server no fault touched then (a flap) moves its clients, resetting their connections.
+    flaps = spontaneous_flaps(driver, windows, t0, t_end)
+    for f in figures.values():
+        near = [u for u in f["unexplained_at"] if any(t - FLAP_BEFORE_S <= u[1] <= t + FLAP_AFTER_S for _s, t in flaps)]
+        f["after_a_flap"] = len(near)
+        f["unexplained_at"] = [u for u in f["unexplained_at"] if u not in near]
+        f["unexplained"] = len(f["unexplained_at"])
     valid = sum(f["valid"] for f in figures.values())
     good = sum(f["good"] for f in figures.values())
     recovered = {w.name: _worst(w.name, [f["recovery"] for f in figures.values()]) for w in windows}
@@ -285,7 +324,7 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
                              "budget": error_budget(valid, good, TARGET_AVAILABILITY), **figures},
             "classes": per_class, "faults": [asdict(w) | recovered[w.name] for w in windows],
             "skipped": sum(1 for p in planned if p.skipped is not None), "errors": errors,
-            "invariants": invariants, "do": do}
+            "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t in flaps]}
 
 
 def nines(availability: float | None) -> float | None:
@@ -318,6 +357,9 @@ def report(result: dict[str, Any]) -> str:
            f"{'–' if burned is None else f'{burned:.2f}'} burned",
            f"- **Unexplained losses**: probes {a['probes']['unexplained']}"
            + (f", HTTP {a['http']['unexplained']}" if "http" in a else ""),
+           f"- **Health flaps** (a failed check on a server no fault touched): {len(result['flaps'])}; the losses "
+           f"right after them: probes {a['probes']['after_a_flap']}"
+           + (f", HTTP {a['http']['after_a_flap']}" if "http" in a else ""),
            f"- **Faults**: {len(result['faults'])} injected, {result['skipped']} arrivals skipped, "
            f"{len(result['errors'])} errors", "",
            "| client | probes | HTTP |", "|---|---|---|"]

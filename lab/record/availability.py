@@ -78,7 +78,8 @@ def account(requests: Iterable[Request], windows: Sequence[Window], start: float
             grace_s: float, explains: Collection[str] | None = None) -> dict[str, Any]:
     """Availability overall and per client (with its 99 % Wilson interval) of the valid ``requests``, the
     lost ones charged to the faults (:func:`charge`), how many of those had more than one candidate, and
-    those no fault explains (count and the first few); with the faults' recovery (:func:`recovery`)."""
+    those no fault explains (count, and each: client and send time); with the faults' recovery
+    (:func:`recovery`)."""
     valid = [r for r in requests if start <= r.sent <= end - timeout_s]
     per_client: dict[str, list[int]] = {}
     for r in valid:
@@ -94,7 +95,7 @@ def account(requests: Iterable[Request], windows: Sequence[Window], start: float
 
     return {**ratio(len(valid), good), "per_client": {c: ratio(n, g) for c, (n, g) in sorted(per_client.items())},
             "lost_by_fault": {name: len(lost) for name, lost in charged.items()}, "overlapped": overlapped,
-            "unexplained": len(unexplained), "unexplained_at": [(r.client, round(r.sent, 3)) for r in unexplained[:10]],
+            "unexplained": len(unexplained), "unexplained_at": [(r.client, round(r.sent, 3)) for r in unexplained],
             "recovery": recovery(valid, windows, charged)}
 
 

@@ -285,10 +285,10 @@ class Lab:
         with self.scaling:
             return dr_site.standdown(self.topo, self.run_dir, self.daemons)
 
-    def set_link(self, a: str, b: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def set_link(self, a: str, b: str, changes: dict[str, Any], calibrate: bool = True) -> dict[str, Any]:
         """Change the link between nodes ``a`` and ``b`` now (:meth:`lab.links.state.Links.change`);
         raises UsageError or AnylabError."""
-        return self.links.change(a, b, changes, self.relay_of)
+        return self.links.change(a, b, changes, self.relay_of, calibrate)
 
     def link_shape(self, a: str, b: str) -> Shape | None:
         """The shape of the link between ``a`` and ``b`` now; raises UsageError if there is none."""
