@@ -107,20 +107,13 @@ HTTP_POLL_S, SERVED_DEADLINE_S = 0.05, 60.0
 
 def http_ok(lab: Lab, client: str, host: str) -> bool:
     """One GET of ``host``'s worker at the anycast address from ``client``: answered 200."""
-    import http.client
+    from core.errors import AnylabError
+    from lab.run.monitoring import http_get
 
-    from core.netns import connect_in
-
-    target = str(lab.topo.anycast[0].network_address)
-    conn = http.client.HTTPConnection(target, 80, timeout=1.0)
     try:
-        conn.sock = connect_in(lab.netns[client], target, 80, 0.5)
-        conn.request("GET", "/", headers={"Host": host})
-        return conn.getresponse().status == 200
-    except OSError:
+        return http_get(lab.netns[client], str(lab.topo.anycast[0].network_address), 80, "/", {"Host": host})[0] == 200
+    except (OSError, AnylabError):
         return False
-    finally:
-        conn.close()
 
 
 def catastrophe(lab: Lab, i: int) -> dict[str, Any]:

@@ -139,6 +139,11 @@ class KvWriters:
             t.join(timeout=5.0)
 
 
+def window_name(p: Planned) -> str:
+    """A fault's name in the soak's figures: unique (a target has one fault at a time)."""
+    return f"{p.scenario} {p.target} @{p.t:.1f}"
+
+
 def _execute(driver: Driver, planned: list[Planned], t0: float,
              stop: threading.Event) -> tuple[list[Window], list[str]]:
     """Inject and repair the injected faults of ``planned`` on time (relative to ``t0``); the windows as
@@ -151,7 +156,7 @@ def _execute(driver: Driver, planned: list[Planned], t0: float,
     for at, kind, p in events:
         if stop.wait(max(0.0, t0 + at - monotonic())):
             break
-        name = f"{p.scenario} {p.target} @{p.t:.1f}"
+        name = window_name(p)
         try:
             if kind == 0:
                 started[name] = (p, driver.fail(p.scenario, p.target))
@@ -229,40 +234,34 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
                    pids_before, (pss_before, pss_end))
 
 
-def spontaneous_flaps(driver: Driver, windows: list[Window], t0: float, t_end: float) -> list[tuple[str, float]]:
+def spontaneous_flaps(driver: Driver, windows: list[Window], touched: dict[str, frozenset[str]], t0: float,
+                      t_end: float) -> list[tuple[str, float]]:
     """(server, time) of every failed health check during the soak on a server that no fault active then
-    touched."""
-    footprint = topology_rules(driver.topo)[0]
+    touched (``touched``: window name → the nodes its fault touches)."""
     out = []
     for s in driver.topo.servers:
         for e in read_jsonl(driver.node_dir(s.name) / "health-events.jsonl"):
             t = float(e.get("t", 0.0))
             if e.get("event") != "check-failed" or not t0 <= t <= t_end:
                 continue
-            if any(w.t_fault <= t <= w.t_repair and s.name in footprint(*_scenario_target(w.name)) for w in windows):
+            if any(w.t_fault <= t <= w.t_repair and s.name in touched[w.name] for w in windows):
                 continue
             out.append((s.name, t))
     return sorted(out, key=lambda x: x[1])
 
 
-def _scenario_target(name: str) -> tuple[str, str]:
-    """A window's scenario and target back from its name (``scenario target @t``)."""
-    scenario, target, _at = name.split(" ")
-    return scenario, target
-
-
 def _worst(name: str, recoveries: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """One fault's recovery over the kinds of request: every affected client, each at its later recovery;
-    the fault's time to recover the worst (None if a client never recovered)."""
-    affected: dict[str, float | None] = {}
+    """One fault's recovery over the kinds of request: every affected client, each at its later recovery
+    (None if it never recovered in one of them); the fault's time to recover the worst."""
+    times: dict[str, list[float | None]] = {}
     for rec in recoveries:
         for client, t in rec[name]["affected"].items():
-            before = affected.get(client, 0.0)
-            affected[client] = None if t is None or (client in affected and before is None) else max(before or 0.0, t)
-    times = list(affected.values())
+            times.setdefault(client, []).append(t)
+    affected = {c: None if None in ts else max(t for t in ts if t is not None) for c, ts in times.items()}
+    done = [t for t in affected.values() if t is not None]
     return {"cls": recoveries[0][name]["cls"], "affected": affected,
             "lost_at_repair": sum(rec[name]["lost_at_repair"] for rec in recoveries),
-            "recover_s": None if None in times else max((t for t in times if t is not None), default=0.0)}
+            "recover_s": None if len(done) < len(affected) else max(done, default=0.0)}
 
 
 def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: list[Window], errors: list[str],
@@ -280,7 +279,10 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
         figures["http"] = account(reqs, windows, t0, t_end, spec.timeout_s, spec.grace_s, HTTP_PATH)
     # What no fault explains may be the platform's own doing: a health agent that failed its check on a
     # server no fault touched then (a flap) moves its clients, resetting their connections.
-    flaps = spontaneous_flaps(driver, windows, t0, t_end)
+    footprint = topology_rules(topo)[0]
+    by_name = {window_name(p): p for p in planned}
+    touched = {w.name: footprint(by_name[w.name].scenario, by_name[w.name].target) for w in windows}
+    flaps = spontaneous_flaps(driver, windows, touched, t0, t_end)
     for f in figures.values():
         near = [u for u in f["unexplained_at"] if any(t - FLAP_BEFORE_S <= u[1] <= t + FLAP_AFTER_S for _s, t in flaps)]
         f["after_a_flap"] = len(near)
@@ -302,14 +304,10 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     # Invariants.
     masters = {km.name: KvClient(driver.node_dir(km.name) / "kv.sock", timeout=10) for km in topo.kv_masters}
     kv_lost = {m: [k for k in kv.acked if c.get(NS, k) is None] for m, c in masters.items()}
-    footprint = topology_rules(topo)[0]
-    by_name = {f"{x.scenario} {x.target} @{x.t:.1f}": x for x in planned}
-    touched: set[str] = set()
-    for w in windows:
-        touched |= footprint(by_name[w.name].scenario, by_name[w.name].target)
+    any_fault = frozenset().union(*touched.values())
     pids_after = lab_pids(run_dir)
     restarted = sorted(f"{n}/{d}" for (n, d), pid in pids_before.items()
-                       if n not in touched and pids_after.get((n, d)) != pid)
+                       if n not in any_fault and pids_after.get((n, d)) != pid)
     do = None
     if nemesis is not None:
         nemesis.final_reads()

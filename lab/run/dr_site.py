@@ -29,6 +29,9 @@ from lab.run.starts import start_daemons
 from model.constants import DR_POP
 from model.topology import DrSite, Topology
 
+#: The test-only weakening's value (``ANYLAB_WEAKEN=dr``).
+WEAK_NO_PLACEMENT = "no-placement"
+
 
 def site_of(topo: Topology) -> DrSite:
     """The topology's standby platform; raises UsageError if it has none."""
@@ -68,7 +71,7 @@ def failover(topo: Topology, run_dir: Path, daemons: dict[str, list[Daemon]], dr
         restored = dr_api.call("POST", "/v1/failover", {"at": t0 if at is None else at})
         # The test-only weakening (ANYLAB_WEAKEN=dr): the restored deployments left where they were placed, so
         # the DR site serves no worker — for a bench to show the figure fail.
-        placed = {} if weakened("dr", "x") else place_workers(Client(run_dir / site.control.name))
+        placed = {} if weakened("dr", WEAK_NO_PLACEMENT) else place_workers(Client(run_dir / site.control.name))
         t_restored = monotonic()
         serving[DR_POP] = list(site.pop.servers)
         write_in_service(run_dir, serving)  # first: their sessions count as soon as they come up
