@@ -1160,7 +1160,7 @@ def chaos(
                                                   "once (0..3)")] = 1,
     fatal: Annotated[bool, typer.Option(help="draw the design's fatal faults too (catastrophic)")] = False,
     dry_run: Annotated[bool, typer.Option(help="print the schedule and touch nothing")] = False,
-    out: Annotated[Path, typer.Option(help="where the report goes (chaos-SEED.md and .json)")] = Path("."),
+    out: Annotated[Path, typer.Option(help="where the report goes (chaos-SEED.md, .json and .png)")] = Path("."),
     as_json: JsonOpt = False,
     name: NameOpt = "main",
 ) -> None:
@@ -1170,7 +1170,7 @@ def chaos(
     client and overall, each lost request charged to a fault, MTTR per class, and the invariants.
 
     Examples: anylab chaos --dry-run --seed 7; anylab chaos --duration 600 --seed 7 --out /tmp"""
-    from lab.measure.chaos import ChaosSpec, report, run_soak, schedule, schedule_table
+    from lab.measure.chaos import ChaosSpec, plot, report, run_soak, schedule, schedule_table
     from lab.run.driver import RemoteLab
     from lab.run.rundir import topology_of
 
@@ -1190,11 +1190,12 @@ def chaos(
         result = run_soak(RemoteLab(name), spec)
     (out / f"chaos-{seed}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out / f"chaos-{seed}.md").write_text(report(result))
+    plot(result, out / f"chaos-{seed}.png")
     if as_json:
         print(json.dumps(result, indent=1, default=str))
     else:
         print(report(result), end="")
-        console.print(f"report: {out / f'chaos-{seed}.md'}, {out / f'chaos-{seed}.json'}")
+        console.print(f"report: {out / f'chaos-{seed}.md'}, .json, .png")
 
 
 @app.command(name="restore-backup", short_help="Restore the platform's data from its backups as of a time.")

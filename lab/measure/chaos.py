@@ -18,11 +18,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError
@@ -30,16 +34,20 @@ from core.files import read_jsonl
 from core.wait import wait_for
 from kv.client import KvClient
 from kv.store import KvError
-from lab.faults.chaos import Planned, catalogue, draw, summary, topology_rules
+from lab.faults.chaos import FaultClass, Planned, catalogue, draw, summary, topology_rules
 from lab.faults.scenarios import active_faults
 from lab.load.do_nemesis import Nemesis, NemesisSpec
 from lab.measure.runner import HttpLoads, HttpSpec, deploy_http_worker
-from lab.record.availability import Request, Window, account, error_budget, from_probes
-from lab.record.probes import read_probes
+from lab.record.availability import Series, Window, account, error_budget, timeline, worst_window
+from lab.record.probes import parse_probes
+from lab.record.tail import JsonlTail
 from lab.run.driver import Driver
-from lab.run.footprint import daemon_groups, pss_now
+from lab.run.footprint import CLK_TCK, cpu_ticks, daemon_groups, pss_now
+from lab.run.launchers import weakened
 from lab.run.observe import set_probe_rate
 from model.graph import predict_catchment
+from model.load import build_topology
+from model.profiles import LOADED_BOX_HEALTH
 from model.topology import Topology
 
 #: The longest soak the lab runs (it stops by itself); the shortest that makes sense.
@@ -55,6 +63,24 @@ FLAP_BEFORE_S, FLAP_AFTER_S = 0.5, 2.0
 WARMUP_S = 5.0
 #: The soak's own tools: not the lab's processes (memory, restarts).
 TOOLS = frozenset({"http-load", "do-load"})
+#: How often the clients' records are followed (well within a prober's rotation, ~5 min at 500/s), and the
+#: lab's memory and CPU sampled.
+POLL_S, SAMPLE_S = 2.0, 30.0
+#: Bins of the timeline: about this many over the soak, none shorter than a second.
+TIMELINE_BINS = 720
+#: The test-only weakening (``ANYLAB_WEAKEN=chaos``): the accounting is not told of the PoP faults it injected,
+#: so what they lost must come out unexplained (the "none unexplained" check shown able to fail).
+WEAK_HIDE_POPS = "hide-pops"
+
+
+def soak_topology(path: Path) -> Topology:
+    """The topology in ``path`` as a soak runs it: ``fast`` with :data:`LOADED_BOX_HEALTH` (its own 30 ms
+    health checks flap on a loaded box and the soak would measure that). Raises what loading raises."""
+    data = yaml.safe_load(path.read_text())
+    settings = data.setdefault("settings", {})
+    base = settings.get("profile", "fast")
+    settings["profile"] = {"base": base if isinstance(base, str) else "fast", "health": LOADED_BOX_HEALTH}
+    return build_topology(data, f"{path.name} (health checks for a loaded box)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,8 @@ class ChaosSpec:
     http: HttpSpec | None = field(default_factory=lambda: HttpSpec(rate=10.0, connections=1, timeout=1.0))
     kv_rate: float = 2.0
     do: bool = True
+    #: DO operations a second per client (the linearizability check grows with the square of a key's history).
+    do_rate: float = 5.0
 
     def check(self) -> None:
         """Raises UsageError for a soak outside the lab's bounds."""
@@ -81,6 +109,8 @@ class ChaosSpec:
             raise UsageError(f"--duration {self.duration_s}: a soak lasts {MIN_DURATION_S:.0f}..{MAX_DURATION_S:.0f} s")
         if not (0.01 <= self.day_s <= 86400 and 1 <= self.max_overlap <= 10 and 0 <= self.max_regions <= 3):
             raise UsageError("--day-s 0.01..86400, --max-overlap 1..10, --max-regions 0..3")
+        if not (0.1 <= self.kv_rate <= 50 and 0.1 <= self.do_rate <= 50):
+            raise UsageError("KV writes and DO operations: 0.1..50 a second")
 
 
 def lab_pids(run_dir: Path) -> dict[tuple[str, str], int]:
@@ -103,13 +133,16 @@ def schedule(topo: Topology, spec: ChaosSpec) -> list[Planned]:
 
 class KvWriters:
     """A writer at the first PoP server of every region, ``rate`` puts a second each, until stopped; the
-    acknowledged keys kept."""
+    acknowledged keys kept. After each put it reads back one of its acknowledged keys at random (a
+    reader at the edge): found, not yet there (replication is asynchronous) or failed."""
 
-    def __init__(self, driver: Driver, rate: float) -> None:
+    def __init__(self, driver: Driver, rate: float, seed: int = 0) -> None:
         self.driver, self.rate = driver, rate
         self.stop = threading.Event()
         self.acked: list[str] = []
         self.failed = 0
+        self.reads = {"found": 0, "missing": 0, "failed": 0}
+        self.seed = seed
         firsts: dict[str, str] = {}
         for s in driver.topo.servers:
             if not s.standby:
@@ -119,6 +152,8 @@ class KvWriters:
 
     def _write(self, server: str) -> None:
         client = KvClient(self.driver.node_dir(server) / "kv.sock", timeout=2.0)
+        rng = random.Random(f"{self.seed}-{server}")
+        mine: list[str] = []
         n = 0
         while not self.stop.wait(1.0 / self.rate):
             key = f"{server}-{n}"
@@ -126,8 +161,14 @@ class KvWriters:
             try:
                 if client.put(NS, key, b"x").get("committed"):
                     self.acked.append(key)
+                    mine.append(key)
             except (KvError, OSError):
                 self.failed += 1
+            if mine:
+                try:
+                    self.reads["found" if client.get(NS, rng.choice(mine)) is not None else "missing"] += 1
+                except (KvError, OSError):
+                    self.reads["failed"] += 1
 
     def start(self) -> None:
         for t in self.threads:
@@ -137,6 +178,90 @@ class KvWriters:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=5.0)
+
+
+class Collector:
+    """Follows every client's probe and HTTP records while the soak runs (every ``POLL_S``: a prober's
+    file rotates every few minutes, an hour's records are read as they come) into :class:`Series`, and
+    samples the lab's memory (PSS) and CPU every ``SAMPLE_S``."""
+
+    def __init__(self, driver: Driver, http: HttpLoads | None, timeout_s: float) -> None:
+        self.driver, self.timeout_s = driver, timeout_s
+        clients = [c.name for c in driver.topo.clients]
+        self.series: dict[str, dict[str, Series]] = {"probes": {c: Series() for c in clients}}
+        self.tails = [("probes", c, JsonlTail(driver.run_dir / c / "probes.jsonl")) for c in clients]
+        if http is not None:
+            self.series["http"] = {c: Series() for c in clients}
+            self.tails += [("http", c, JsonlTail(http.path(c))) for c in clients]
+        self.samples: list[dict[str, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self._ticks: tuple[float, int] | None = None
+
+    def poll(self) -> None:
+        for kind, client, tail in self.tails:
+            lines = tail.read()
+            into = self.series[kind][client]
+            if kind == "probes":
+                for p in parse_probes(lines):
+                    took = None if p.recv is None else p.recv - p.sent
+                    into.add(p.sent, took is not None and took <= self.timeout_s, took or 0.0)
+                continue
+            for line in lines:
+                try:
+                    r = json.loads(line)
+                    took = float(r["t1"]) - float(r["t0"])
+                    into.add(float(r["t0"]), not r["err"] and int(r["st"]) < 500 and took <= self.timeout_s, took)
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def sample(self) -> None:
+        """The lab's PSS (MiB) and CPU (cores, since the last sample) now, the soak's tools aside."""
+        now = monotonic()
+        groups = [pids for (_n, d), pids in daemon_groups(self.driver.run_dir).items() if d not in TOOLS]
+        ticks = sum(cpu_ticks(p) for pids in groups for p in pids)
+        row = {"t": now, "pss_mb": round(lab_pss(self.driver.run_dir), 1)}
+        if self._ticks is not None and ticks >= self._ticks[1]:  # a restarted process's ticks start again
+            row["cpu_cores"] = round((ticks - self._ticks[1]) / CLK_TCK / (now - self._ticks[0]), 3)
+        self._ticks = (now, ticks)
+        self.samples.append(row)
+
+    def _run(self) -> None:
+        next_sample = monotonic()
+        while not self.stop.wait(POLL_S):
+            self.poll()
+            if monotonic() >= next_sample:
+                self.sample()
+                next_sample += SAMPLE_S
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> dict[str, dict[str, Series]]:
+        """Stop, read what is left, and return the series by kind and client (sorted)."""
+        self.stop.set()
+        self.thread.join(timeout=60.0)
+        self.poll()
+        for by_client in self.series.values():
+            for s in by_client.values():
+                s.sort()
+        return self.series
+
+    @property
+    def missed_rotations(self) -> int:
+        return sum(t.missed_rotations for _k, _c, t in self.tails)
+
+
+def trend(samples: list[dict[str, float]], key: str) -> dict[str, Any] | None:
+    """A sampled figure's first and last thirds (means) and their difference: flat, or growing. None with
+    fewer than three samples."""
+    values = [r[key] for r in samples if key in r]
+    if len(values) < 3:
+        return None
+    third = len(values) // 3
+    first, last = sum(values[:third]) / third, sum(values[-third:]) / third
+    return {"first_third": round(first, 3), "last_third": round(last, 3), "growth": round(last - first, 3),
+            "growth_pct": round(100 * (last - first) / first, 2) if first else None, "samples": len(values)}
 
 
 def window_name(p: Planned) -> str:
@@ -170,20 +295,53 @@ def _execute(driver: Driver, planned: list[Planned], t0: float,
     return sorted(windows, key=lambda w: w.t_fault), errors
 
 
-def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run a soak on a converged lab and return its report (JSON-able). Raises UsageError for a bad spec,
-    AnylabError if the lab is not converged before or does not come back after."""
+def serving_nodes(topo: Topology) -> frozenset[str]:
+    """What carries the clients' traffic with nothing failed: the PoPs of the predicted catchment, their
+    servers, and the clients' routers."""
+    pops = {p for v in predict_catchment(topo).values() for p in v.split("|") if p}
+    return frozenset({*pops, *(s.name for s in topo.servers if s.pop in pops), *(c.router for c in topo.clients)})
+
+
+def reference_schedule(topo: Topology, spec: ChaosSpec, rounds: int = 1, gap_s: float = 10.0) -> list[Planned]:
+    """The single-fault reference of a soak: every class of the catalogue alone, ``rounds`` times, each time
+    on a target drawn with the seed among those that touch what serves the clients (:func:`serving_nodes`;
+    any target when none does), repaired after its class's median repair time, ``gap_s`` between one
+    repair and the next injection. Its length: the last repair plus ``gap_s``."""
+    rng = random.Random(f"reference-{spec.seed}")
+    footprint = topology_rules(topo)[0]
+    serving = serving_nodes(topo)
+    out: list[Planned] = []
+    t = gap_s
+    classes: list[FaultClass] = catalogue(topo, spec.fatal)
+    for _ in range(rounds):
+        for c in classes:
+            hits = [x for x in c.targets if footprint(c.scenario, x) & serving] or list(c.targets)
+            out.append(Planned(round(t, 3), c.name, c.scenario, rng.choice(hits), c.repair_median_s))
+            t += c.repair_median_s + gap_s
+    return out
+
+
+def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = None,
+             planned: list[Planned] | None = None) -> dict[str, Any]:
+    """Run a soak on a converged lab and return its report (JSON-able): the spec's drawn schedule, or
+    ``planned`` (the single-fault reference; its end within the spec's duration). Raises UsageError for a
+    bad spec, AnylabError if the lab is not converged before or does not come back after."""
     stop = stop or threading.Event()
-    planned = schedule(driver.topo, spec)
+    spec.check()
+    if planned is None:
+        planned = schedule(driver.topo, spec)
+    elif any(p.end > spec.duration_s for p in planned):
+        raise UsageError(f"a planned fault ends after the soak's {spec.duration_s:.0f} s")
     topo, run_dir = driver.topo, driver.run_dir
     predicted = predict_catchment(topo)
     wait_for(lambda: driver.catchment(after=monotonic() - 0.5) == predicted, timeout=60.0,
              what="every client on its predicted PoP before the soak", interval=0.2)
     if spec.http is not None:
         deploy_http_worker(driver)
-    kv = KvWriters(driver, spec.kv_rate)
+    kv = KvWriters(driver, spec.kv_rate, spec.seed)
     http = HttpLoads(driver, spec.http, set()) if spec.http is not None else None
-    nemesis = Nemesis(driver, NemesisSpec(failovers=1, procs=1, rate=5.0, registers=3, counters=3,
+    collector = Collector(driver, http, spec.timeout_s)
+    nemesis = Nemesis(driver, NemesisSpec(failovers=1, procs=1, rate=spec.do_rate, registers=3, counters=3,
                                           seed=str(spec.seed))) if spec.do else None
     if nemesis is not None:
         nemesis.deploy()
@@ -195,6 +353,7 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
             http.start(WARMUP_S + spec.duration_s + 70.0)
         if nemesis is not None:
             nemesis.start_load(WARMUP_S + spec.duration_s + 70.0)
+        collector.start()
         kv.start()
         # The schedule's clock starts once every workload is served from every client (and WARMUP_S at
         # least): what the platform does on a workload's first requests is not a fault's doing.
@@ -223,6 +382,7 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
         if nemesis is not None:
             nemesis.stop_load()
         set_probe_rate(run_dir, False)
+        series = collector.finish()
     t_back = monotonic()
     back = True
     try:
@@ -230,7 +390,9 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
                  what="every client back on its predicted PoP", interval=0.2)
     except AnylabError:
         back = False
-    return _report(driver, spec, planned, windows, errors, t0, t_end, kv, http, nemesis, back,
+    if weakened("chaos", WEAK_HIDE_POPS):
+        windows = [w for w in windows if w.cls != "pop"]
+    return _report(driver, spec, planned, windows, errors, t0, t_end, kv, series, collector, nemesis, back,
                    pids_before, (pss_before, pss_end))
 
 
@@ -265,18 +427,14 @@ def _worst(name: str, recoveries: list[dict[str, dict[str, Any]]]) -> dict[str, 
 
 
 def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: list[Window], errors: list[str],
-            t0: float, t_end: float, kv: KvWriters, http: HttpLoads | None, nemesis: Nemesis | None,
-            back: bool, pids_before: dict[tuple[str, str], int], pss: tuple[float, float]) -> dict[str, Any]:
+            t0: float, t_end: float, kv: KvWriters, series: dict[str, dict[str, Series]], collector: Collector,
+            nemesis: Nemesis | None, back: bool, pids_before: dict[tuple[str, str], int],
+            pss: tuple[float, float]) -> dict[str, Any]:
     topo, run_dir = driver.topo, driver.run_dir
-    clients = [c.name for c in topo.clients]
-    probes = [r for c in clients for r in from_probes(c, read_probes(run_dir / c / "probes.jsonl"), spec.timeout_s)]
-    figures: dict[str, Any] = {"probes": account(probes, windows, t0, t_end, spec.timeout_s, spec.grace_s,
-                                                 DATA_PLANE)}
-    if http is not None:
-        reqs = [Request(c, float(r["t0"]), not r["err"] and r["st"] < 500 and r["t1"] - r["t0"] <= spec.timeout_s)
-                for c in clients for r in read_jsonl(http.path(c))]
-        # By name: the users' resolvers and the zone's providers are on their path too.
-        figures["http"] = account(reqs, windows, t0, t_end, spec.timeout_s, spec.grace_s, HTTP_PATH)
+    # HTTP users ask by name: the users' resolvers and the zone's providers are on their path too.
+    explains = {"probes": DATA_PLANE, "http": HTTP_PATH}
+    figures: dict[str, Any] = {kind: account(by_client, windows, t0, t_end, spec.timeout_s, spec.grace_s,
+                                             explains[kind]) for kind, by_client in series.items()}
     # What no fault explains may be the platform's own doing: a health agent that failed its check on a
     # server no fault touched then (a flap) moves its clients, resetting their connections.
     footprint = topology_rules(topo)[0]
@@ -296,11 +454,17 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     for name, row in summary(planned).items():
         times = [r["recover_s"] for w, r in recovered.items() if r["cls"] == name]
         done = [t for t in times if t is not None]
+        # Over the faults that affected a client: a fault on what serves nobody recovers "in 0 s".
+        hit = [r["recover_s"] for r in recovered.values() if r["cls"] == name and r["affected"]
+               and r["recover_s"] is not None]
         injected = sum(1 for w in windows if w.cls == name)
-        per_class[name] = {**row, "mttr_s": sum(done) / len(done) if done else None,
+        per_class[name] = {**row, "design_mtbf_days": classes[name].mtbf_days,
+                           "mttr_s": sum(done) / len(done) if done else None,
+                           "affecting": len(hit), "mttr_affected_s": sum(hit) / len(hit) if hit else None,
                            "unrecovered": len(times) - len(done),
                            "max_recover_s": max(done, default=None),
-                           "mtbf_s": (spec.duration_s * len(classes[name].targets) / injected) if injected else None}
+                           "mtbf_s": (spec.duration_s * len(classes[name].targets) / injected) if injected else None,
+                           "loss_s": loss_seconds(name, windows, figures)}
     # Invariants.
     masters = {km.name: KvClient(driver.node_dir(km.name) / "kv.sock", timeout=10) for km in topo.kv_masters}
     kv_lost = {m: [k for k in kv.acked if c.get(NS, k) is None] for m, c in masters.items()}
@@ -316,13 +480,44 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
                   "do_linearizable": None if do is None else do.get("linearizable"),
                   "do_acked_lost": None if do is None else do.get("acked_lost"),
                   "restarted_outside_schedule": restarted, "catchment_back": back,
-                  "pss_mb": {"before": round(pss[0], 1), "after": round(pss[1], 1)}}
+                  "pss_mb": {"before": round(pss[0], 1), "after": round(pss[1], 1)},
+                  "pss_trend": trend(collector.samples, "pss_mb"), "cpu_trend": trend(collector.samples, "cpu_cores"),
+                  "records_missed": collector.missed_rotations}
+    span = max(t_end - t0, 1.0)
+    bin_s = max(1.0, span / TIMELINE_BINS)
+    worst = worst_window([s for by_client in series.values() for s in by_client.values()], t0, t_end - spec.timeout_s)
+    if worst is not None:
+        lo, hi = t0 + worst["start_s"], t0 + worst["start_s"] + 60.0
+        worst["faults"] = [w.name for w in windows if w.t_fault < hi and w.t_repair + spec.grace_s > lo]
     return {"spec": {k: v for k, v in asdict(spec).items() if k != "http"}, "t0": t0, "duration_s": t_end - t0,
             "availability": {"valid": valid, "good": good, "value": good / valid if valid else None,
                              "budget": error_budget(valid, good, TARGET_AVAILABILITY), **figures},
             "classes": per_class, "faults": [asdict(w) | recovered[w.name] for w in windows],
             "skipped": sum(1 for p in planned if p.skipped is not None), "errors": errors,
-            "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t in flaps]}
+            "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t in flaps],
+            "kv_reads": dict(kv.reads), "kv_write_errors": kv.failed, "worst_minute": worst,
+            "timeline": {"bin_s": bin_s, **{kind: timeline(by_client, t0, t_end, bin_s)
+                                            for kind, by_client in series.items()}},
+            "samples": [{**r, "t": round(r["t"] - t0, 1)} for r in collector.samples]}
+
+
+def loss_seconds(cls: str, windows: list[Window], figures: dict[str, Any]) -> dict[str, Any]:
+    """What a fault of class ``cls`` cost its users, per kind of request: the seconds of requests it lost
+    per affected client (its lost requests over the client's request rate), averaged over the class's
+    faults (those that affected none count as 0), and how many of them affected a client at all."""
+    out: dict[str, Any] = {}
+    names = [w.name for w in windows if w.cls == cls]
+    for kind, f in figures.items():
+        rate = {c: row["valid"] / f["span_s"] for c, row in f["per_client"].items() if f["span_s"] > 0}
+        mean_rate = sum(rate.values()) / len(rate) if rate else 0.0
+        per_fault = []
+        for n in names:
+            lost = f["lost_by_fault"].get(n, 0)
+            affected = len(f["recovery"][n]["affected"]) or (1 if lost else 0)
+            per_fault.append(lost / mean_rate / affected if lost and mean_rate else 0.0)
+        out[kind] = {"per_affected_client_s": round(sum(per_fault) / len(per_fault), 4) if per_fault else None,
+                     "faults_with_loss": sum(1 for x in per_fault if x > 0)}
+    return out
 
 
 def nines(availability: float | None) -> float | None:
@@ -379,5 +574,71 @@ def report(result: dict[str, Any]) -> str:
             f"- Durable Objects: linearizable {inv['do_linearizable']}, acknowledged lost {inv['do_acked_lost']}",
             f"- processes restarted outside the schedule: {', '.join(inv['restarted_outside_schedule']) or 'none'}",
             f"- every client back on its predicted PoP: {inv['catchment_back']}",
-            f"- lab memory (PSS): {inv['pss_mb']['before']} → {inv['pss_mb']['after']} MB"]
+            f"- lab memory (PSS): {inv['pss_mb']['before']} → {inv['pss_mb']['after']} MB; sampled every "
+            f"{SAMPLE_S:.0f} s, {_trend_text(inv.get('pss_trend'), 'MB')}",
+            f"- lab CPU (cores): {_trend_text(inv.get('cpu_trend'), 'cores')}",
+            f"- records the soak could not follow (a prober's file rotated twice between reads): "
+            f"{inv.get('records_missed', 0)}"]
+    worst = result.get("worst_minute")
+    if worst:
+        out += ["", f"**Worst minute**: from {worst['start_s']:.0f} s, {worst['good']} good of {worst['valid']} "
+                    f"({100 * worst['availability']:.3f} %), faults: {', '.join(worst['faults']) or 'none'}"]
+    reads = result.get("kv_reads")
+    if reads:
+        out += [f"**KV reads at the edge** (one of the writer's acknowledged keys): {reads['found']} found, "
+                f"{reads['missing']} not yet replicated, {reads['failed']} failed; writes failed: "
+                f"{result.get('kv_write_errors', 0)}"]
     return "\n".join(out) + "\n"
+
+
+def _trend_text(t: dict[str, Any] | None, unit: str) -> str:
+    if t is None:
+        return "too few samples"
+    return (f"first third {t['first_third']} {unit}, last third {t['last_third']} {unit} "
+            f"({'+' if t['growth'] >= 0 else ''}{t['growth_pct']} %)")
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    """The soak's timeline picture: the faults as bands per target (coloured by class), each client's
+    availability and its median latency per bin (probes solid, HTTP dashed), the worst minute shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0, tl = result["t0"], result["timeline"]
+    faults = result["faults"]
+    targets = sorted({f["name"].split(" ")[1] for f in faults})
+    classes = sorted({f["cls"] for f in faults})
+    tab = plt.get_cmap("tab20")
+    color = {c: tab(i % 20) for i, c in enumerate(classes)}
+    fig, (ax_f, ax_a, ax_l) = plt.subplots(3, 1, sharex=True, figsize=(14, 3 + 0.18 * len(targets) + 6),
+                                           gridspec_kw={"height_ratios": [max(2, 0.18 * len(targets)), 3, 3]})
+    for f in faults:
+        y = targets.index(f["name"].split(" ")[1])
+        ax_f.barh(y, f["t_repair"] - f["t_fault"], left=f["t_fault"] - t0, color=color[f["cls"]], height=0.8)
+    ax_f.set_yticks(range(len(targets)), targets, fontsize=6)
+    ax_f.legend(handles=[matplotlib.patches.Patch(color=color[c], label=c) for c in classes], fontsize=6,
+                ncol=min(6, len(classes)), loc="upper right")
+    ax_f.set_title(f"chaos soak, seed {result['spec']['seed']}: faults per target; availability and median "
+                   f"latency per client per {tl['bin_s']:.0f} s")
+    cmap = plt.get_cmap("tab10")
+    for kind, style in (("probes", "-"), ("http", "--")):
+        for i, (client, rows) in enumerate(tl.get(kind, {}).items()):
+            xs = [r[0] for r in rows if r[1]]
+            ax_a.plot(xs, [100 * r[2] / r[1] for r in rows if r[1]], style, color=cmap(i), linewidth=0.8,
+                      label=f"{client} {kind}")
+            ax_l.plot([r[0] for r in rows if r[3] is not None], [r[3] for r in rows if r[3] is not None], style,
+                      color=cmap(i), linewidth=0.8)
+    ax_a.set_ylabel("good / sent (%)")
+    ax_a.legend(fontsize=6, ncol=4, loc="lower left")
+    ax_l.set_ylabel("median latency (ms)")
+    ax_l.set_yscale("log")
+    ax_l.set_xlabel("seconds since the schedule began (CLOCK_MONOTONIC)")
+    worst = result.get("worst_minute")
+    if worst:
+        for ax in (ax_f, ax_a, ax_l):
+            ax.axvspan(worst["start_s"], worst["start_s"] + 60.0, color="red", alpha=0.08)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

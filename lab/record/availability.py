@@ -18,8 +18,10 @@ of what the clients recorded and when the faults were injected and repaired.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+import math
+from array import array
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.stats import wilson
@@ -44,6 +46,49 @@ class Window:
     t_repair: float
 
 
+@dataclass
+class Series:
+    """One client's requests of one kind, as two sorted columns: the send times of the good ones (and
+    their latencies, seconds, in the same order) and the send times of the lost ones. A soak of an hour
+    at 500 probes/s per client is 1.8 million requests a client: kept as arrays, not objects."""
+
+    goods: array[float] = field(default_factory=lambda: array("d"))
+    latency: array[float] = field(default_factory=lambda: array("f"))
+    losses: list[float] = field(default_factory=list)
+
+    def add(self, sent: float, good: bool, latency: float = 0.0) -> None:
+        if good:
+            self.goods.append(sent)
+            self.latency.append(latency)
+        else:
+            self.losses.append(sent)
+
+    def sort(self) -> Series:
+        """Sorted by send time (records arrive in completion order); returns self."""
+        if any(self.goods[i] > self.goods[i + 1] for i in range(len(self.goods) - 1)):
+            order = sorted(range(len(self.goods)), key=self.goods.__getitem__)
+            self.goods = array("d", (self.goods[i] for i in order))
+            self.latency = array("f", (self.latency[i] for i in order))
+        self.losses.sort()
+        return self
+
+    def count(self, start: float, end: float, half_open: bool = False) -> tuple[int, int]:
+        """(valid, good): the requests sent in ``[start, end]`` (``[start, end)`` if ``half_open``) and the
+        good ones among them (sorted)."""
+        upto = bisect.bisect_left if half_open else bisect.bisect_right
+        good = upto(self.goods, end) - bisect.bisect_left(self.goods, start)
+        lost = upto(self.losses, end) - bisect.bisect_left(self.losses, start)
+        return good + lost, good
+
+
+def series_of(requests: Iterable[Request]) -> dict[str, Series]:
+    """Requests by client, as sorted :class:`Series`."""
+    out: dict[str, Series] = {}
+    for r in requests:
+        out.setdefault(r.client, Series()).add(r.sent, r.good)
+    return {c: s.sort() for c, s in out.items()}
+
+
 def from_probes(client: str, probes: Iterable[Probe], timeout_s: float) -> list[Request]:
     """A client's probes as requests (good: answered within ``timeout_s``)."""
     return [Request(client, p.sent, p.recv is not None and p.recv - p.sent <= timeout_s) for p in probes]
@@ -53,18 +98,16 @@ def _holds(w: Window, t: float, grace_s: float) -> bool:
     return w.t_fault <= t <= w.t_repair + grace_s
 
 
-def charge(requests: Iterable[Request], windows: Sequence[Window], grace_s: float,
+def charge(lost: Iterable[Request], windows: Sequence[Window], grace_s: float,
            explains: Collection[str] | None = None) -> tuple[dict[str, list[Request]], list[Request], int]:
-    """Every lost request (not good) charged to the fault injected last among those whose window holds it
-    and whose class is in ``explains`` (None: every class): fault name → its requests, the requests no
-    fault explains, and how many had more than one candidate."""
+    """Every lost request charged to the fault injected last among those whose window holds it and whose
+    class is in ``explains`` (None: every class): fault name → its requests, the requests no fault
+    explains, and how many had more than one candidate."""
     candidates = [w for w in sorted(windows, key=lambda w: w.t_fault) if explains is None or w.cls in explains]
     charged: dict[str, list[Request]] = {w.name: [] for w in windows}
     unexplained: list[Request] = []
     overlapped = 0
-    for r in requests:
-        if r.good:
-            continue
+    for r in lost:
         holding = [w.name for w in candidates if _holds(w, r.sent, grace_s)]
         if holding:
             charged[holding[-1]].append(r)
@@ -74,43 +117,37 @@ def charge(requests: Iterable[Request], windows: Sequence[Window], grace_s: floa
     return charged, unexplained, overlapped
 
 
-def account(requests: Iterable[Request], windows: Sequence[Window], start: float, end: float, timeout_s: float,
+def account(series: Mapping[str, Series], windows: Sequence[Window], start: float, end: float, timeout_s: float,
             grace_s: float, explains: Collection[str] | None = None) -> dict[str, Any]:
-    """Availability overall and per client (with its 99 % Wilson interval) of the valid ``requests``, the
-    lost ones charged to the faults (:func:`charge`), how many of those had more than one candidate, and
-    those no fault explains (count, and each: client and send time); with the faults' recovery
-    (:func:`recovery`)."""
-    valid = [r for r in requests if start <= r.sent <= end - timeout_s]
-    per_client: dict[str, list[int]] = {}
-    for r in valid:
-        row = per_client.setdefault(r.client, [0, 0])
-        row[0] += 1
-        row[1] += r.good
-    charged, unexplained, overlapped = charge(valid, windows, grace_s, explains)
+    """Availability overall and per client (with its 99 % Wilson interval) of the valid requests of the
+    (sorted) ``series``, the lost ones charged to the faults (:func:`charge`), how many of those had more
+    than one candidate, and those no fault explains (count, and each: client and send time); with the
+    faults' recovery (:func:`recovery`)."""
+    last = end - timeout_s
+    per_client = {c: s.count(start, last) for c, s in sorted(series.items())}
+    lost = [Request(c, t, False) for c, s in series.items()
+            for t in s.losses[bisect.bisect_left(s.losses, start):bisect.bisect_right(s.losses, last)]]
+    charged, unexplained, overlapped = charge(lost, windows, grace_s, explains)
+    valid = sum(n for n, _g in per_client.values())
     good = sum(g for _n, g in per_client.values())
 
     def ratio(n: int, g: int) -> dict[str, Any]:
         lo, hi = wilson(g, n)
         return {"valid": n, "good": g, "availability": g / n if n else None, "ci99": [lo, hi]}
 
-    return {**ratio(len(valid), good), "per_client": {c: ratio(n, g) for c, (n, g) in sorted(per_client.items())},
+    return {**ratio(valid, good), "span_s": max(0.0, last - start),
+            "per_client": {c: ratio(n, g) for c, (n, g) in per_client.items()},
             "lost_by_fault": {name: len(lost) for name, lost in charged.items()}, "overlapped": overlapped,
             "unexplained": len(unexplained), "unexplained_at": [(r.client, round(r.sent, 3)) for r in unexplained],
-            "recovery": recovery(valid, windows, charged)}
+            "recovery": recovery(series, windows, charged)}
 
 
-def recovery(requests: Sequence[Request], windows: Sequence[Window],
+def recovery(series: Mapping[str, Series], windows: Sequence[Window],
              charged: dict[str, list[Request]]) -> dict[str, dict[str, Any]]:
     """Per fault, from the requests charged to it: its affected clients (a loss charged to it before its
     repair) and when each recovered (its first good request after the last such loss, seconds after the
     injection), the fault's time to recover (the last of them; None if one never recovered in the
     records), and the requests charged to it in the grace after its repair."""
-    by_client: dict[str, list[float]] = {}
-    for r in requests:
-        if r.good:
-            by_client.setdefault(r.client, []).append(r.sent)
-    for goods_of in by_client.values():
-        goods_of.sort()
     out: dict[str, dict[str, Any]] = {}
     for w in windows:
         last: dict[str, float] = {}
@@ -119,7 +156,7 @@ def recovery(requests: Sequence[Request], windows: Sequence[Window],
                 last[r.client] = max(last.get(r.client, r.sent), r.sent)
         recovered: dict[str, float | None] = {}
         for client, t_lost in sorted(last.items()):
-            goods = by_client.get(client, [])
+            goods = series[client].goods if client in series else array("d")
             i = bisect.bisect_right(goods, t_lost)
             recovered[client] = round(goods[i] - w.t_fault, 3) if i < len(goods) else None
         times = list(recovered.values())
@@ -135,3 +172,41 @@ def error_budget(valid: int, good: int, target: float) -> dict[str, Any]:
     allowed = valid * (1.0 - target)
     bad = valid - good
     return {"target": target, "allowed_bad": allowed, "bad": bad, "burned": bad / allowed if allowed else None}
+
+
+def timeline(series: Mapping[str, Series], start: float, end: float, bin_s: float) -> dict[str, list[list[Any]]]:
+    """Per client, per bin of ``bin_s`` from ``start`` to ``end``: [bin start (s after ``start``), requests
+    sent, good ones, the good ones' median latency in ms (None without one)] (sorted ``series``)."""
+    out: dict[str, list[list[Any]]] = {}
+    n = max(1, math.ceil((end - start) / bin_s))
+    for client, s in sorted(series.items()):
+        rows = []
+        for k in range(n):
+            lo, hi = start + k * bin_s, min(end, start + (k + 1) * bin_s)
+            i, j = bisect.bisect_left(s.goods, lo), bisect.bisect_left(s.goods, hi)
+            lost = bisect.bisect_left(s.losses, hi) - bisect.bisect_left(s.losses, lo)
+            lat = sorted(s.latency[i:j])
+            p50 = round(1000 * lat[len(lat) // 2], 2) if lat else None
+            rows.append([round(k * bin_s, 3), j - i + lost, j - i, p50])
+        out[client] = rows
+    return out
+
+
+def worst_window(all_series: Iterable[Series], start: float, end: float, width_s: float = 60.0,
+                 step_s: float = 1.0) -> dict[str, Any] | None:
+    """The ``width_s`` window (starting every ``step_s`` from ``start``, ending by ``end``) whose pooled
+    requests had the lowest availability: its start (seconds after ``start``), valid, good and
+    availability; None when the span is shorter than one window or holds no request."""
+    pooled = list(all_series)
+    worst: dict[str, Any] | None = None
+    k = 0
+    while start + k * step_s + width_s <= end + 1e-9:
+        lo = start + k * step_s
+        valid = good = 0
+        for s in pooled:
+            n, g = s.count(lo, lo + width_s, half_open=True)
+            valid, good = valid + n, good + g
+        if valid and (worst is None or good / valid < worst["availability"]):
+            worst = {"start_s": round(k * step_s, 3), "valid": valid, "good": good, "availability": good / valid}
+        k += 1
+    return worst

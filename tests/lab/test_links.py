@@ -22,11 +22,11 @@ from lab.faults.catalogue import DEGRADE_DELAY_MS, LOSSY_PCT
 from lab.links.calibrate import calibrate
 from lab.run.lab import Lab
 from model.load import build_topology
+from model.profiles import LOADED_BOX_HEALTH
 from tests.conftest import TOPOLOGIES
 
 ACCESS_MS, CORE_MS, BACKUP_MS = 2.0, 20.0, 5.0
 P50_MARGIN_MS, P99_MARGIN_MS, RTT_MARGIN_MS = 0.5, 3.0, 1.0
-HEALTH = {"interval": 0.2, "fast_interval": 0.1, "rise": 2, "fall": 3, "timeout": 0.5}
 #: The loss check's interval: 99.99 % (z = 3.89), failing a correct link once in 10⁴ runs (the calibration's
 #: own 99 % interval would once in 100), and its sample: at 1 000 a direction it still refuses twice the loss.
 Z_LOSS, LOSS_COUNT = 3.89, 1000
@@ -43,7 +43,7 @@ def lab() -> Iterator[Lab]:
     data["clients"][0]["access"] = {"delay": ACCESS_MS}
     # fast's BGP timers with health checks that ride out a loaded 2-core box (the subject here is the links:
     # fast's 30 ms health timeout withdrew sjc in the full suite and sent the probes to lax).
-    data["settings"] = {"profile": {"base": "fast", "health": HEALTH}}
+    data["settings"] = {"profile": {"base": "fast", "health": LOADED_BOX_HEALTH}}
     with Lab(build_topology(data, "two_pops.yaml with delays"), name="tlinks") as running:
         yield running
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from lab.record.availability import Request, Window, account, error_budget, from_probes
+from lab.record.availability import (
+    Request,
+    Series,
+    Window,
+    account,
+    error_budget,
+    from_probes,
+    series_of,
+    timeline,
+    worst_window,
+)
 from lab.record.probes import Probe
 
 TIMEOUT, GRACE = 1.0, 0.5
@@ -24,7 +34,7 @@ def test_every_loss_is_charged_to_the_faults_whose_window_holds_it_or_counted_un
     a = probes_every("a", 0.0, 100.0, 0.1, [(10.0, 15.0), (50.0, 50.2)])  # 50 + 2 lost
     b = probes_every("b", 0.0, 100.0, 0.1, [(12.0, 13.0)])  # 10 lost
     windows = [Window("pop-down sjc", "pop", 10.0, 14.0), Window("link-down r1:r2", "link", 11.0, 12.5)]
-    got = account(a + b, windows, start=0.0, end=100.0, timeout_s=TIMEOUT, grace_s=GRACE)
+    got = account(series_of(a + b), windows, start=0.0, end=100.0, timeout_s=TIMEOUT, grace_s=GRACE)
     assert got["valid"] == 2 * 991  # sent after 99.0 s, they could not have been answered: not valid
     assert got["good"] == got["valid"] - 62
     assert got["per_client"]["a"]["good"] == 991 - 52 and got["per_client"]["b"]["good"] == 991 - 10
@@ -37,7 +47,7 @@ def test_every_loss_is_charged_to_the_faults_whose_window_holds_it_or_counted_un
     lo, hi = got["ci99"]
     assert lo < got["availability"] < hi
     # A class that cannot explain these requests is never charged: the pop fault takes them all.
-    only_pop = account(a + b, windows, 0.0, 100.0, TIMEOUT, GRACE, explains={"pop"})
+    only_pop = account(series_of(a + b), windows, 0.0, 100.0, TIMEOUT, GRACE, explains={"pop"})
     assert only_pop["lost_by_fault"] == {"pop-down sjc": 46 + 10, "link-down r1:r2": 0}
 
 
@@ -46,14 +56,15 @@ def test_a_fault_recovers_when_its_last_affected_client_is_served_again() -> Non
     b = probes_every("b", 0.0, 30.0, 0.1, [(10.0, 12.0)])
     c = probes_every("c", 0.0, 30.0, 0.1, [])
     windows = [Window("w", "pop", 10.0, 14.0), Window("quiet", "link", 20.0, 21.0)]
-    got = account(a + b + c, windows, 0.0, 30.0, TIMEOUT, GRACE)["recovery"]
+    got = account(series_of(a + b + c), windows, 0.0, 30.0, TIMEOUT, GRACE)["recovery"]
     assert got["w"]["affected"] == {"a": 5.0, "b": 2.0} and got["w"]["recover_s"] == 5.0
     assert got["w"]["lost_at_repair"] == 6  # a's 14.0–14.5: charged to the fault, after its repair
     assert got["quiet"] == {"cls": "link", "affected": {}, "lost_at_repair": 0, "recover_s": 0.0}
-    never = account(probes_every("a", 0.0, 30.0, 0.1, [(10.0, 30.0)]), windows[:1], 0.0, 30.0, TIMEOUT, GRACE)
+    never = account(series_of(probes_every("a", 0.0, 30.0, 0.1, [(10.0, 30.0)])), windows[:1], 0.0, 30.0,
+                    TIMEOUT, GRACE)
     assert never["recovery"]["w"]["recover_s"] is None
     # Losses a fault is not charged for do not make it affect anyone: a class that cannot explain them.
-    other = account(a + b, windows, 0.0, 30.0, TIMEOUT, GRACE, explains={"link"})
+    other = account(series_of(a + b), windows, 0.0, 30.0, TIMEOUT, GRACE, explains={"link"})
     assert other["recovery"]["w"]["affected"] == {} and other["unexplained"] == 50 + 20
 
 
@@ -65,3 +76,25 @@ def test_probes_become_requests_good_only_when_answered_in_time() -> None:
 def test_the_error_budget_at_four_nines() -> None:
     assert error_budget(1_000_000, 999_950, 0.9999) == pytest.approx(
         {"target": 0.9999, "allowed_bad": 100.0, "bad": 50, "burned": 0.5})
+
+
+def test_series_count_what_was_sent_in_a_span_whatever_order_the_records_came_in() -> None:
+    s = Series()
+    for t, good in [(3.0, True), (1.0, True), (2.0, False), (5.0, True), (4.0, False)]:
+        s.add(t, good, latency=t / 100)
+    s.sort()
+    assert list(s.goods) == [1.0, 3.0, 5.0] and list(s.latency) == pytest.approx([0.01, 0.03, 0.05])
+    assert s.losses == [2.0, 4.0]
+    assert s.count(1.0, 4.0) == (4, 2) and s.count(4.5, 9.0) == (1, 1) and s.count(6.0, 9.0) == (0, 0)
+
+
+def test_the_timeline_and_the_worst_minute() -> None:
+    a = series_of(probes_every("a", 0.0, 300.0, 0.5, [(100.0, 110.0)]))
+    b = series_of(probes_every("b", 0.0, 300.0, 0.5, [(200.0, 203.0)]))
+    rows = timeline({**a, **b}, 0.0, 300.0, 10.0)
+    assert len(rows["a"]) == 30 and rows["a"][10] == [100.0, 20, 0, None] and rows["a"][9][1:3] == [20, 20]
+    assert rows["b"][20][1:3] == [20, 14]
+    worst = worst_window([*a.values(), *b.values()], 0.0, 300.0)
+    # The 60-s windows holding all of a's 20 losses: starts 50..100; the first of them.
+    assert worst is not None and worst["start_s"] == 50.0 and worst["valid"] == 240 and worst["good"] == 220
+    assert worst_window([*a.values()], 0.0, 30.0) is None
