@@ -98,3 +98,26 @@ def test_the_dry_run_lists_every_arrival_and_the_classes() -> None:
     with pytest.raises(UsageError, match="a soak lasts"):
         schedule(topo, ChaosSpec(5.0, 7))
     assert nines(0.9999) == pytest.approx(4.0) and nines(1.0) == float("inf") and nines(None) is None
+
+
+def test_the_reference_puts_each_class_alone_on_what_serves_the_clients() -> None:
+    from lab.measure.chaos import ChaosSpec, reference_schedule, serving_nodes, soak_topology
+
+    topo = soak_topology(TOPOLOGIES / "global.yaml")
+    assert topo.spec.settings.profile.health.timeout == 0.5 and topo.spec.settings.profile.bfd is not None
+    serving = serving_nodes(topo)
+    plan = reference_schedule(topo, ChaosSpec(600.0, 7), rounds=2, gap_s=10.0)
+    classes = catalogue(topo)
+    assert [p.cls for p in plan] == [c.name for c in classes] * 2
+    assert all(b.t >= a.end + 10.0 - 1e-9 for a, b in itertools.pairwise(plan))  # never two at once
+    footprint = topology_rules(topo)[0]
+    for cls in ("service", "speaker", "server", "pop", "link", "region"):
+        assert all(footprint(p.scenario, p.target) & serving for p in plan if p.cls == cls), cls
+
+
+def test_a_sampled_figure_is_compared_first_third_against_last_third() -> None:
+    from lab.measure.chaos import trend
+
+    assert trend([{"pss_mb": 1.0}, {"pss_mb": 2.0}], "pss_mb") is None
+    got = trend([{"pss_mb": v} for v in (100.0, 102.0, 101.0, 103.0, 110.0, 112.0)], "pss_mb")
+    assert got == {"first_third": 101.0, "last_third": 111.0, "growth": 10.0, "growth_pct": 9.9, "samples": 6}
