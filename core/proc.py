@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -168,6 +168,14 @@ def start_tool(run_dir: Path, argv: Sequence[str], *, node: str, name: str, netn
         write_record(run_dir / PIDS_FILE, {"node": node, "name": name, "pid": popen.pid, "starttime": start,
                                            "signal": int(signal.SIGTERM)})
     return popen
+
+
+def tools_running(popens: Mapping[str, subprocess.Popen[bytes]], name: str) -> None:
+    """Raises AnylabError naming each tool of ``popens`` (node → process) that has exited, with its exit
+    status: a wait for what a tool produces must not outlast the tool (a refused argument exits at once)."""
+    gone = {node: p.returncode for node, p in popens.items() if p.poll() is not None}
+    if gone:
+        raise AnylabError(f"{name} exited: " + ", ".join(f"{n} (status {rc})" for n, rc in sorted(gone.items())))
 
 
 def stop_tools(popens: list[subprocess.Popen[bytes]], timeout: float) -> None:

@@ -32,6 +32,7 @@ from typing import IO, Any
 from core.clock import monotonic
 from core.http_client import NotConnected, http_request
 from durable.history import Definite, Recorder, Served
+from lab.load import MAX_LOAD_S
 
 
 class Unknown(ConnectionError):
@@ -142,8 +143,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, then stop by itself")
     parser.add_argument("--final", action="store_true", help="read every object once and stop")
     args = parser.parse_args()
-    if not (1 <= args.procs <= 16 and 0 < args.rate <= 200 and 0 < args.duration <= 3600):
-        parser.error("procs 1..16, rate 0..200, duration 0..3600 s")
+    if not (1 <= args.procs <= 16 and 0 < args.rate <= 200 and 0 < args.duration <= MAX_LOAD_S):
+        parser.error(f"procs 1..16, rate 0..200, duration 0..{MAX_LOAD_S:.0f} s")
     asyncio.run(run(args))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from control_plane.client import Client
 from core.clock import monotonic
 from core.errors import AnylabError
-from core.proc import start_tool
+from core.proc import start_tool, tools_running
 from core.stats import quantile
 from core.wait import wait_for
 from durable import client as do_client
@@ -168,6 +168,7 @@ class Nemesis:
         pending: list[str] = []
 
         def ok() -> bool:
+            tools_running(self.procs, "do-load")
             pending.clear()
             for c in self.topo.clients:
                 done = sum(1 for e in events(self.history_file(c.name)) if e["type"] == "ok" and e["time"] >= since)

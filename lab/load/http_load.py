@@ -36,6 +36,7 @@ import httptools
 from core.clock import monotonic
 from core.http_client import http_exchange
 from dnsd.stub import Stub
+from lab.load import MAX_LOAD_S
 
 MODES = ("ka", "nc")
 
@@ -168,8 +169,8 @@ def main() -> None:
     parser.add_argument("--resolvers", default=None, help="resolve --host through these resolvers (R1,R2) for "
                                                           "every new connection instead of using --target")
     args = parser.parse_args()
-    if not (0 < args.rate <= 1000 and 1 <= args.connections <= 64 and 0 < args.duration <= 3600):
-        parser.error("rate 0..1000, connections 1..64, duration 0..3600 s")
+    if not (0 < args.rate <= 1000 and 1 <= args.connections <= 64 and 0 < args.duration <= MAX_LOAD_S):
+        parser.error(f"rate 0..1000, connections 1..64, duration 0..{MAX_LOAD_S:.0f} s")
     asyncio.run(run(args))
 
 

@@ -61,6 +61,8 @@ HTTP_PATH = DATA_PLANE | {"dns"}
 FLAP_BEFORE_S, FLAP_AFTER_S = 0.5, 2.0
 #: Seconds of workload before the schedule's clock starts: the "before" of the memory and process checks.
 WARMUP_S = 5.0
+#: The workloads run this long past the soak (the end's restores and checks), and stop by themselves after.
+WIND_DOWN_S = 70.0
 #: The soak's own tools: not the lab's processes (memory, restarts).
 TOOLS = frozenset({"http-load", "do-load"})
 #: How often the clients' records are followed (well within a prober's rotation, ~5 min at 500/s), and the
@@ -350,9 +352,9 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
     errors: list[str] = []
     try:
         if http is not None:
-            http.start(WARMUP_S + spec.duration_s + 70.0)
+            http.start(WARMUP_S + spec.duration_s + WIND_DOWN_S)
         if nemesis is not None:
-            nemesis.start_load(WARMUP_S + spec.duration_s + 70.0)
+            nemesis.start_load(WARMUP_S + spec.duration_s + WIND_DOWN_S)
         collector.start()
         kv.start()
         # The schedule's clock starts once every workload is served from every client (and WARMUP_S at
@@ -472,6 +474,11 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     pids_after = lab_pids(run_dir)
     restarted = sorted(f"{n}/{d}" for (n, d), pid in pids_before.items()
                        if n not in any_fault and pids_after.get((n, d)) != pid)
+    # Leaked: a lab process alive after the soak that was not before (every fault was repaired by then); gone:
+    # one alive before and not after (a restart that did not happen).
+    processes = {"before": len(pids_before), "after": len(pids_after),
+                 "new": sorted(f"{n}/{d}" for n, d in pids_after.keys() - pids_before.keys()),
+                 "gone": sorted(f"{n}/{d}" for n, d in pids_before.keys() - pids_after.keys())}
     do = None
     if nemesis is not None:
         nemesis.final_reads()
@@ -479,7 +486,7 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     invariants = {"kv_acked": len(kv.acked), "kv_lost": {m: v for m, v in kv_lost.items() if v},
                   "do_linearizable": None if do is None else do.get("linearizable"),
                   "do_acked_lost": None if do is None else do.get("acked_lost"),
-                  "restarted_outside_schedule": restarted, "catchment_back": back,
+                  "restarted_outside_schedule": restarted, "processes": processes, "catchment_back": back,
                   "pss_mb": {"before": round(pss[0], 1), "after": round(pss[1], 1)},
                   "pss_trend": trend(collector.samples, "pss_mb"), "cpu_trend": trend(collector.samples, "cpu_cores"),
                   "records_missed": collector.missed_rotations}
@@ -572,7 +579,9 @@ def report(result: dict[str, Any]) -> str:
     out += ["", "**Invariants**", "",
             f"- KV: {inv['kv_acked']} acknowledged writes, lost at: {inv['kv_lost'] or 'none'}",
             f"- Durable Objects: linearizable {inv['do_linearizable']}, acknowledged lost {inv['do_acked_lost']}",
-            f"- processes restarted outside the schedule: {', '.join(inv['restarted_outside_schedule']) or 'none'}",
+            f"- processes restarted outside the schedule: {', '.join(inv['restarted_outside_schedule']) or 'none'}; "
+            f"lab processes {inv['processes']['before']} before, {inv['processes']['after']} after (new: "
+            f"{', '.join(inv['processes']['new']) or 'none'}; gone: {', '.join(inv['processes']['gone']) or 'none'})",
             f"- every client back on its predicted PoP: {inv['catchment_back']}",
             f"- lab memory (PSS): {inv['pss_mb']['before']} → {inv['pss_mb']['after']} MB; sampled every "
             f"{SAMPLE_S:.0f} s, {_trend_text(inv.get('pss_trend'), 'MB')}",

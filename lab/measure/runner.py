@@ -29,7 +29,7 @@ from typing import Any
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError, WaitTimeout
 from core.files import read_jsonl as read_http
-from core.proc import start_tool, stop_tools
+from core.proc import start_tool, stop_tools, tools_running
 from core.wait import wait_for
 from lab.faults.catalogue import DNS_ONLY, Plan, plan
 from lab.links.state import calibration_summary
@@ -219,6 +219,7 @@ class HttpLoads:
         pending: list[str] = []
 
         def ok() -> bool:
+            tools_running(self.procs, "http-load")
             pending.clear()
             for c in clients or [x.name for x in self.driver.topo.clients if x.name not in self.skip]:
                 recs = [r for r in read_http(self.path(c)) if r["t0"] >= since and not r["err"] and r["st"] < 500]

@@ -121,3 +121,11 @@ def test_a_sampled_figure_is_compared_first_third_against_last_third() -> None:
     assert trend([{"pss_mb": 1.0}, {"pss_mb": 2.0}], "pss_mb") is None
     got = trend([{"pss_mb": v} for v in (100.0, 102.0, 101.0, 103.0, 110.0, 112.0)], "pss_mb")
     assert got == {"first_third": 101.0, "last_third": 111.0, "growth": 10.0, "growth_pct": 9.9, "samples": 6}
+
+
+def test_the_longest_soak_fits_its_workloads_longest_run() -> None:
+    from lab.load import MAX_LOAD_S
+    from lab.measure.chaos import MAX_DURATION_S, WARMUP_S, WIND_DOWN_S
+
+    # The first hour-long bench died here: the HTTP and DO tools refused a run past 3 600 s and exited.
+    assert MAX_DURATION_S + WARMUP_S + WIND_DOWN_S <= MAX_LOAD_S
