@@ -178,6 +178,8 @@ NAMED: dict[str, dict[str, Any]] = {
 #: cores, and under a soak's workloads fast's 30 ms timeout failed ~17 checks a second on servers no fault
 #: touched, each a withdrawal (HTTP users lost ~30 % of their requests to them); with these, none in 60 s.
 LOADED_BOX_HEALTH: dict[str, Any] = {"interval": 0.2, "fast_interval": 0.1, "rise": 2, "fall": 3, "timeout": 0.5}
+#: ``fast`` with :data:`LOADED_BOX_HEALTH`, as a profile reference (``load_topology(..., profile=LOADED_BOX)``).
+LOADED_BOX: dict[str, Any] = {"base": "fast", "health": LOADED_BOX_HEALTH}
 
 
 def expand(value: Any, default_base: str = DEFAULT_PROFILE) -> Any:

@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from core.clock import monotonic
 from core.errors import AnylabError, UsageError
 from core.files import read_jsonl
@@ -46,8 +44,8 @@ from lab.run.footprint import CLK_TCK, cpu_ticks, daemon_groups, pss_now
 from lab.run.launchers import weakened
 from lab.run.observe import set_probe_rate
 from model.graph import predict_catchment
-from model.load import build_topology
-from model.profiles import LOADED_BOX_HEALTH
+from model.load import load_topology
+from model.profiles import LOADED_BOX
 from model.topology import Topology
 
 #: The longest soak the lab runs (it stops by itself); the shortest that makes sense.
@@ -81,11 +79,7 @@ WEAK_HIDE_POPS = "hide-pops"
 def soak_topology(path: Path) -> Topology:
     """The topology in ``path`` as a soak runs it: ``fast`` with :data:`LOADED_BOX_HEALTH` (its own 30 ms
     health checks flap on a loaded box and the soak would measure that). Raises what loading raises."""
-    data = yaml.safe_load(path.read_text())
-    settings = data.setdefault("settings", {})
-    base = settings.get("profile", "fast")
-    settings["profile"] = {"base": base if isinstance(base, str) else "fast", "health": LOADED_BOX_HEALTH}
-    return build_topology(data, f"{path.name} (health checks for a loaded box)")
+    return load_topology(path, profile=LOADED_BOX)
 
 
 @dataclass(frozen=True)
