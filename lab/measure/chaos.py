@@ -40,7 +40,7 @@ from lab.record.availability import Series, Window, account, error_budget, timel
 from lab.record.probes import parse_probes
 from lab.record.tail import JsonlTail
 from lab.run.driver import Driver
-from lab.run.footprint import CLK_TCK, cpu_ticks, daemon_groups, pss_now
+from lab.run.footprint import CLK_TCK, cpu_ticks, daemon_groups, pss_kib, pss_now
 from lab.run.launchers import weakened
 from lab.run.observe import set_probe_rate
 from model.graph import predict_catchment
@@ -217,9 +217,10 @@ class Collector:
     def sample(self) -> None:
         """The lab's PSS (MiB) and CPU (cores, since the last sample) now, the soak's tools aside."""
         now = monotonic()
+        # One walk of /proc for both figures (lab_pss would walk it again).
         groups = [pids for (_n, d), pids in daemon_groups(self.driver.run_dir).items() if d not in TOOLS]
         ticks = sum(cpu_ticks(p) for pids in groups for p in pids)
-        row = {"t": now, "pss_mb": round(lab_pss(self.driver.run_dir), 1)}
+        row = {"t": now, "pss_mb": round(sum(pss_kib(p) for pids in groups for p in pids) / 1024.0, 1)}
         if self._ticks is not None and ticks >= self._ticks[1]:  # a restarted process's ticks start again
             row["cpu_cores"] = round((ticks - self._ticks[1]) / CLK_TCK / (now - self._ticks[0]), 3)
         self._ticks = (now, ticks)
