@@ -1,7 +1,8 @@
 """What a namespace's kernel does for its shaped links: random loss in nftables, bandwidth in HTB, and
 which packets go to the relay's queues (iptables NFQUEUE: nft has no ``queue`` in this kernel). Each
 function renders one complete, idempotent ruleset for a namespace (pure) or loads it there (replacing
-what was there at once: a change never passes through a half-shaped state).
+the rules at once: a change never passes through a half-shaped state, and never unhooks a chain, which
+would drop every packet the relay holds).
 
 Order on a packet's way out: nftables loss (priority −200), then the relay (mangle, −150), then the HTB
 qdisc — lost packets never take the relay's time, and the rate limit acts on what the delay released.
@@ -34,20 +35,23 @@ class Relayed:
 
 def nft_loss(losses: Mapping[str, float]) -> str:
     """The nftables script that drops a fraction of what leaves each interface (``losses``: interface →
-    fraction in [0, 1)); with none, the table is removed."""
-    head = f"table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
-    rules = [f'    oifname "{i}" numgen random mod {LOSS_SCALE} < {round(f * LOSS_SCALE)} counter drop'
-             for i, f in sorted(losses.items()) if f > 0]
-    if not rules:
-        return head
-    return (head + f"table inet {NFT_TABLE} {{\n  chain out {{\n    type filter hook postrouting priority -200;"
-            " policy accept;\n" + "\n".join(rules) + "\n  }\n}\n")
+    fraction in [0, 1)): the table's chain is created if missing, emptied and refilled in one transaction.
+    The chain is never deleted: unhooking a chain makes the kernel drop every packet the namespace's relay
+    holds (``nfqnl_nf_hook_drop`` flushes all its queues), so a change of one link would lose what is in
+    flight on every shaped link of the router."""
+    rules = [f'add rule inet {NFT_TABLE} out oifname "{i}" numgen random mod {LOSS_SCALE} < {round(f * LOSS_SCALE)}'
+             " counter drop" for i, f in sorted(losses.items()) if f > 0]
+    head = [f"table inet {NFT_TABLE} {{", "  chain out {",
+            "    type filter hook postrouting priority -200; policy accept;", "  }", "}",
+            f"flush chain inet {NFT_TABLE} out"]
+    return "\n".join([*head, *rules, ""])
 
 
 def iptables_queues(relayed: Sequence[Relayed]) -> str:
-    """The iptables-restore input (mangle table, replaced whole) sending each relayed direction to its
-    queue. No ``--queue-bypass``: with no relay listening, the kernel drops the packets."""
-    lines = ["*mangle", ":PREROUTING ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]"]
+    """The iptables-restore input (mangle table, loaded with ``--noflush``: its two chains emptied and
+    refilled in one transaction, never deleted — see :func:`nft_loss`) sending each relayed direction to
+    its queue. No ``--queue-bypass``: with no relay listening, the kernel drops the packets."""
+    lines = ["*mangle", ":PREROUTING ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]", "-F PREROUTING", "-F POSTROUTING"]
     for r in relayed:
         if r.out is not None:
             lines.append(f"-A POSTROUTING -o {r.interface} -j NFQUEUE --queue-num {r.out}")
@@ -94,7 +98,7 @@ def load_loss(netns: str, losses: Mapping[str, float]) -> None:
 
 def load_queues(netns: str, relayed: Sequence[Relayed]) -> None:
     """Replace the namespace's relay rules; raises AnylabError."""
-    run_in(netns, ["iptables-restore", "-w", "5"], iptables_queues(relayed))
+    run_in(netns, ["iptables-restore", "--noflush", "-w", "5"], iptables_queues(relayed))
 
 
 def load_bandwidth(netns: str, interface: str, mbit: float | None, queue: int | None) -> None:

@@ -61,21 +61,27 @@ class Links:
         shapes = self.shapes()
         return {lk.owner.node for lk in self.all if (s := shapes[lk.key]) is not None and s.relayed()}
 
-    def apply_kernel(self, nodes: set[str] | None = None, *, relays: bool = True) -> None:
+    def apply_kernel(self, nodes: set[str] | None = None, *, relays: bool = True,
+                     before: Mapping[str, Shape | None] | None = None) -> None:
         """Load every (or each of ``nodes``') namespace's loss rules, rate limits and (unless not
-        ``relays``: none listens yet) the rules sending packets to the relays, for the shapes now.
-        Raises AnylabError."""
+        ``relays``: none listens yet) the rules sending packets to the relays, for the shapes now; given the
+        shapes ``before``, only what differs from the kernel they gave (a change on a loaded box costs
+        one or two commands, not one per interface). Raises AnylabError."""
         overrides = self.overrides()  # read once: the file, not once per link
         shapes = effective(self.all, overrides)
         touched = {end.node for lk in self.all for end in (lk.owner, lk.far)
                    if shapes[lk.key] is not None or lk.key in overrides}
         for node in sorted(touched if nodes is None else nodes):
             k = kernel_of(node, self.all, shapes)
+            old = kernel_of(node, self.all, before) if before is not None else None
             ns = self.netns[node]
-            apply.load_loss(ns, k.losses)
+            if old is None or old.losses != k.losses:
+                apply.load_loss(ns, k.losses)
             for intf, (mbit, queue) in k.bandwidth.items():
-                apply.load_bandwidth(ns, intf, mbit, queue)
-            if relays and (k.relayed or any(lk.owner.node == node for lk in self.all if lk.key in overrides)):
+                if old is None or old.bandwidth.get(intf) != (mbit, queue):
+                    apply.load_bandwidth(ns, intf, mbit, queue)
+            if relays and (k.relayed or any(lk.owner.node == node for lk in self.all if lk.key in overrides)) \
+                    and (old is None or old.relayed != k.relayed):
                 apply.load_queues(ns, k.relayed)
 
     def change(self, a: str, b: str, changes: Mapping[str, Any],
@@ -86,7 +92,8 @@ class Links:
         time of the change and the calibration. Raises UsageError (no such link, impossible shape) or
         AnylabError."""
         link = find(self.all, a, b)
-        before = self.shapes()[link.key]
+        shapes_before = self.shapes()
+        before = shapes_before[link.key]
         after = with_changes(before, changes)
         if after is not None and after.relayed():
             relay = relay_of(link.owner.node)
@@ -98,7 +105,7 @@ class Links:
         tmp = self.run_dir / (OVERRIDES_FILE + ".tmp")
         tmp.write_text(json.dumps({k: shape_json(v) for k, v in overrides.items()}, indent=1))
         tmp.replace(self.run_dir / OVERRIDES_FILE)
-        self.apply_kernel({link.owner.node, link.far.node})
+        self.apply_kernel({link.owner.node, link.far.node}, before=shapes_before)
         t = monotonic()
         if before is not None and before.relayed() and (after is None or not after.relayed()):
             relay = relay_of(link.owner.node)

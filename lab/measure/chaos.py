@@ -287,7 +287,11 @@ def _execute(driver: Driver, planned: list[Planned], t0: float,
                 started[name] = (p, driver.fail(p.scenario, p.target))
             elif name in started:
                 _p, t_fault = started.pop(name)
-                windows.append(Window(name, p.cls, t_fault, driver.restore(p.target)))
+                # The window closes when the undo has finished, not when it began: on a loaded box an undo
+                # (a daemon restarted, a link's rules reloaded) takes seconds, and until it is done the
+                # fault is still there (a soak found a link degraded 4 s past its "repair").
+                driver.restore(p.target)
+                windows.append(Window(name, p.cls, t_fault, monotonic()))
         except AnylabError as exc:
             errors.append(f"{name}: {exc}")
     for name, (p, t_fault) in started.items():  # stopped early: repaired by the caller's restore_all

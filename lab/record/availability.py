@@ -38,7 +38,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Window:
-    """One injected fault: a name unique in the soak, its class, when injected and repaired."""
+    """One injected fault: a name unique in the soak, its class, when its injection began and when its
+    repair was done."""
 
     name: str
     cls: str

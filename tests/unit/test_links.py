@@ -118,12 +118,14 @@ def test_control_set_and_stats() -> None:
         handle({"op": "reboot"}, dirs)
 
 
-def test_nft_loss_ruleset_replaces_the_table_at_once() -> None:
+def test_nft_loss_ruleset_refills_the_chain_at_once_and_never_deletes_it() -> None:
+    # Deleting a hooked chain would make the kernel drop every packet the namespace's relay holds.
     text = apply.nft_loss({"eth1": 0.01, "eth2": 0.0})
-    assert text.startswith("table inet anylab_links {}\ndelete table inet anylab_links\n")
-    assert 'oifname "eth1" numgen random mod 1000000 < 10000 counter drop' in text
+    assert "flush chain inet anylab_links out\n" in text and "delete" not in text
+    assert 'add rule inet anylab_links out oifname "eth1" numgen random mod 1000000 < 10000 counter drop' in text
     assert "eth2" not in text
-    assert "chain" not in apply.nft_loss({})
+    empty = apply.nft_loss({})
+    assert "flush chain" in empty and "add rule" not in empty and "delete" not in empty
 
 
 def test_iptables_queues_sends_each_relayed_direction_to_its_queue() -> None:
@@ -132,6 +134,8 @@ def test_iptables_queues_sends_each_relayed_direction_to_its_queue() -> None:
     assert "-A PREROUTING -i eth1 -j NFQUEUE --queue-num 3" in text
     assert "-o eth2" not in text and "-A PREROUTING -i eth2 -j NFQUEUE --queue-num 5" in text
     assert "bypass" not in text  # a dead relay drops: a shaped link never turns into a bare one
+    # Loaded with --noflush: the chains are emptied, never deleted (which would drop what the relay holds).
+    assert "-F PREROUTING" in text and "-F POSTROUTING" in text
 
 
 def test_tc_bandwidth() -> None:
