@@ -8,11 +8,12 @@ sends updates as soon as its best path changes (the profile's ``mrai`` does not 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from bgp.kind import RouterKind, register
+from bgp.kind import RouterKind, SessionChange, log_time, register
 from core.daemon import Daemon, NodeEnv
 from model.constants import LOCAL_PREF, RELATION_COMMUNITY
 from model.profiles import BfdSpec
@@ -110,6 +111,8 @@ class Bird(BirdBase):
             "  error wait time 1, 5;",
             "  error forget time 10;",
             "  connect retry time 1;",
+            # Every state change in the log (at milliseconds: BIRD's default log time format).
+            "  debug { states };",
             "  deterministic med on;",
             *([f"  graceful restart on; graceful restart time {t.graceful_restart};"] if t.graceful_restart
               else ["  graceful restart off;"]),
@@ -158,6 +161,33 @@ class BirdBfd(BirdBase):
                       f'  neighbor {n.address} dev "{n.interface}" local {n.local_address};']
         lines.append("}")
         return {self.path(".conf"): "\n".join(lines) + "\n"}
+
+
+#: A protocol's state change in BIRD's log (``debug { states }``), e.g. ``2026-12-05 20:25:09.140 <TRACE>
+#: n0: State changed to up``; the protocol ``nI`` is the router's I-th neighbour.
+_STATE = re.compile(r"^(\S+ \S+) <TRACE> n(\d+): State changed to (\w+)")
+_LOG_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def bird_session_changes(log: Path, router: Router) -> list[SessionChange]:
+    """The router's sessions reaching ``up`` and leaving it, from BIRD's log (states other than up after
+    up, e.g. ``stop``, are the session going down; repeats are dropped)."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out: list[SessionChange] = []
+    up: dict[int, bool] = {}
+    for line in text.splitlines():
+        m = _STATE.match(line)
+        t = log_time(m.group(1), _LOG_TIME) if m else None
+        if m is None or t is None or int(m.group(2)) >= len(router.neighbors):
+            continue
+        i, now_up = int(m.group(2)), m.group(3) == "up"
+        if up.get(i, False) != now_up:
+            up[i] = now_up
+            out.append(SessionChange(t, str(router.neighbors[i].address), now_up))
+    return out
 
 
 def bird_sessions(sock: Path, router: Router) -> dict[str, str]:
@@ -219,6 +249,9 @@ class BirdKind(RouterKind):
             if len(parts) >= 3 and parts[0].count(".") == 3:
                 seen[parts[0]] = parts[2].lower()
         return seen
+
+    def session_changes(self, router_dir: Path, router: Router) -> list[SessionChange]:
+        return bird_session_changes(router_dir / "bird.log", router)
 
     def best_as_path(self, router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:
         return bird_best_as_path(router_dir / "bird.ctl", prefix)

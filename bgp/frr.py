@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import pwd
+import re
 import shutil
 import subprocess
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bgp.kind import RouterKind, register
+from bgp.kind import RouterKind, SessionChange, log_time, register
 from core.daemon import Daemon, NodeEnv
 from core.wait import socket_accepts
 from model.constants import LOCAL_PREF, RELATION_COMMUNITY
@@ -26,6 +27,10 @@ VTYSH = "/usr/bin/vtysh"
 #: How a dry run reports a config error (lib/vty.c: "<error> on config line N: <line>").
 _CONFIG_ERROR = "on config line"
 _UNREADABLE = "can't open configuration file"
+#: bgpd's line for a session change (``bgp log-neighbor-changes``), e.g. ``2026/12/05 20:20:14.676 BGP:
+#: [N9HHH-F8H1M] %ADJCHANGE: neighbor 10.0.0.3(r3) in vrf default Down BFD down received``.
+_ADJCHANGE = re.compile(r"^(\S+ \S+) BGP: .*%ADJCHANGE: neighbor ([0-9.]+)\(.*\) in vrf \S+ (Up|Down) ?(.*)$")
+_LOG_TIME = "%Y/%m/%d %H:%M:%S.%f"
 
 
 def prepare_dir(path: Path) -> None:
@@ -216,6 +221,21 @@ def router_daemons(env: NodeEnv, router: Router) -> list[FrrDaemon]:
     return [Zebra(env, router), Bfdd(env, router), Bgpd(env, router)]
 
 
+def adjchanges(log: Path) -> list[SessionChange]:
+    """The session changes in a bgpd log (lines in another form are not changes: skipped)."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        m = _ADJCHANGE.match(line)
+        t = log_time(m.group(1), _LOG_TIME) if m else None
+        if m and t is not None:
+            out.append(SessionChange(t, m.group(2), m.group(3) == "Up", m.group(4).strip()))
+    return out
+
+
 def established_peers(router_dir: Path) -> dict[str, str]:
     """Neighbour address → BGP state, from ``show bgp summary json``; raises as vtysh_json does."""
     summary = vtysh_json(router_dir, "show bgp summary json", daemon="bgpd") or {}
@@ -243,6 +263,9 @@ class Frr(RouterKind):
     def bfd_peers(self, router_dir: Path) -> dict[str, str]:
         return {str(peer.get("peer")): str(peer.get("status", "?")).lower()
                 for peer in vtysh_json(router_dir, "show bfd peers json", daemon="bfdd") or []}
+
+    def session_changes(self, router_dir: Path, router: Router) -> list[SessionChange]:
+        return adjchanges(router_dir / "bgpd.log")
 
     def _paths(self, router_dir: Path, prefix: IPv4Network) -> list[dict[str, Any]]:
         data = vtysh_json(router_dir, f"show bgp ipv4 unicast {prefix} json", daemon="bgpd") or {}

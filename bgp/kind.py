@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import subprocess
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +21,26 @@ from typing import ClassVar
 from core.daemon import Daemon, NodeEnv
 from core.errors import AnylabError
 from model.topology import Router
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """A BGP session reaching Established (``up``) or leaving it, as the router logged it: when (seconds
+    on CLOCK_REALTIME: a log's clock; :func:`core.clock.realtime_offset` turns it into the lab's), the
+    neighbour's address, and why when the suite says (else empty)."""
+
+    t_wall: float
+    neighbor: str
+    up: bool
+    reason: str = ""
+
+
+def log_time(stamp: str, fmt: str) -> float | None:
+    """A log line's local-time stamp as CLOCK_REALTIME seconds (None if it does not parse)."""
+    try:
+        return datetime.strptime(stamp, fmt).timestamp()
+    except ValueError:
+        return None
 
 
 class RouterKind(ABC):
@@ -46,6 +68,10 @@ class RouterKind(ABC):
     @abstractmethod
     def bfd_peers(self, router_dir: Path) -> dict[str, str]:
         """Peer address → BFD state (``up``, ``down``, ``init`` …) of every BFD session the router has."""
+
+    @abstractmethod
+    def session_changes(self, router_dir: Path, router: Router) -> list[SessionChange]:
+        """Every session change the router's log holds, oldest first (none if there is no log yet)."""
 
     @abstractmethod
     def best_as_path(self, router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:

@@ -28,6 +28,7 @@ from core.clock import monotonic
 from core.files import read_jsonl
 from core.proc import start_tool, stop_tools
 from core.stats import quantile
+from core.wait import wait_for
 from dnsd.stub import DEADLINE_S, TIMEOUT_S, Stub
 
 MAX_OUTSTANDING = 500
@@ -122,6 +123,15 @@ class DnsLoads:
                     "--names", ",".join(self.names), "--out", str(self.path(client)), "--rate", str(self.rate),
                     "--duration", f"{duration:.1f}"]
             self.procs[client] = start_tool(self.run_dir, argv, node=client, name="dns-load", netns=self.netns[client])
+
+    def wait_running(self, timeout: float = 30.0) -> None:
+        """Return once every client's load has recorded a query (a Python tool takes seconds to start on a
+        loaded box: a fault injected right after :meth:`start` met users not yet asking). Raises
+        WaitTimeout naming the clients still silent."""
+        def silent() -> list[str]:
+            return [c for c in self.procs if not (self.path(c).exists() and self.path(c).stat().st_size)]
+        wait_for(lambda: not silent(), timeout=timeout, what="every DNS user's first query",
+                 describe=lambda: f"silent: {silent()}")
 
     def stop(self) -> None:
         """Stop every load (SIGTERM: the queries under way end within the stub's deadline)."""

@@ -22,11 +22,12 @@ import json
 import math
 import random
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.clock import monotonic
+from bgp.routers import kind_of
+from core.clock import monotonic, realtime_offset
 from core.errors import AnylabError, UsageError
 from core.files import read_jsonl
 from core.wait import wait_for
@@ -55,8 +56,12 @@ TARGET_AVAILABILITY = 0.9999
 #: The classes that can lose a probe or a request of the trivial HTTP worker: the path to a PoP and the PoP.
 DATA_PLANE = frozenset({"service", "speaker", "server", "pop", "link", "link-degrade", "region"})
 HTTP_PATH = DATA_PLANE | {"dns"}
-#: A loss this long before (a check fails after its timeout) to this long after a flap is the flap's.
-FLAP_BEFORE_S, FLAP_AFTER_S = 0.5, 2.0
+#: A loss up to a check's interval and timeout before a failed check (the stall it found began at most that
+#: much earlier), plus this margin, to FLAP_AFTER_S after it is the flap's.
+FLAP_MARGIN_S, FLAP_AFTER_S = 0.3, 2.0
+#: A session of a node a fault touched coming back up this long after the repair is still the repair
+#: settling (a PoP's servers restarted, their speakers reconnecting): the grace runs from then.
+SETTLE_MAX_S = 30.0
 #: Seconds of workload before the schedule's clock starts: the "before" of the memory and process checks.
 WARMUP_S = 5.0
 #: The workloads run this long past the soak (the end's restores and checks), and stop by themselves after.
@@ -401,19 +406,58 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
 
 
 def spontaneous_flaps(driver: Driver, windows: list[Window], touched: dict[str, frozenset[str]], t0: float,
-                      t_end: float) -> list[tuple[str, float]]:
-    """(server, time) of every failed health check during the soak on a server that no fault active then
-    touched (``touched``: window name → the nodes its fault touches)."""
+                      t_end: float) -> list[tuple[str, float, float]]:
+    """(server, time, lead) of every failed health check during the soak on a server that no fault active
+    then touched (``touched``: window name → the nodes its fault touches); ``lead``: how long before the
+    failed check the stall it found may have begun (the server's check interval and timeout, and
+    :data:`FLAP_MARGIN_S`)."""
     out = []
     for s in driver.topo.servers:
+        h = s.profile.health
         for e in read_jsonl(driver.node_dir(s.name) / "health-events.jsonl"):
             t = float(e.get("t", 0.0))
             if e.get("event") != "check-failed" or not t0 <= t <= t_end:
                 continue
-            if any(w.t_fault <= t <= w.t_repair and s.name in touched[w.name] for w in windows):
+            if any(w.t_fault <= t <= w.t_over and s.name in touched[w.name] for w in windows):
                 continue
-            out.append((s.name, t))
+            out.append((s.name, t, h.interval + h.timeout + FLAP_MARGIN_S))
     return sorted(out, key=lambda x: x[1])
+
+
+def session_changes(driver: Driver, t0: float, t_end: float) -> list[tuple[float, str, str, bool, str]]:
+    """(time on the lab's clock, router, neighbour node, up, why) of every BGP session change the routers
+    logged between ``t0`` and ``t_end``, oldest first."""
+    offset = realtime_offset()
+    out = []
+    for r in driver.topo.routers:
+        node_of = {str(n.address): n.node for n in r.neighbors}
+        for c in kind_of(r).session_changes(driver.node_dir(r.name), r):
+            t = c.t_wall - offset
+            if t0 <= t <= t_end:
+                out.append((t, r.name, node_of.get(c.neighbor, c.neighbor), c.up, c.reason))
+    return sorted(out)
+
+
+def settle(windows: list[Window], touched: dict[str, frozenset[str]],
+           changes: list[tuple[float, str, str, bool, str]]) -> list[Window]:
+    """Each window with its routing settled: the last session of a node its fault touched that came back
+    up within :data:`SETTLE_MAX_S` of the repair (none: settled at the repair)."""
+    out = []
+    for w in windows:
+        ups = [t for t, router, peer, up, _why in changes if up and w.t_repair <= t <= w.t_repair + SETTLE_MAX_S
+               and (router in touched[w.name] or peer in touched[w.name])]
+        out.append(replace(w, t_settled=max(ups)) if ups else w)
+    return out
+
+
+def sessions_down_unexplained(windows: list[Window], touched: dict[str, frozenset[str]],
+                              changes: list[tuple[float, str, str, bool, str]],
+                              grace_s: float) -> list[tuple[float, str, str, str]]:
+    """(time, router, neighbour, why) of every session that went down while no fault touching either end
+    was active (or settling): the routing's own flaps (a BFD packet late on a loaded box)."""
+    return [(t, router, peer, why) for t, router, peer, up, why in changes
+            if not up and not any(w.t_fault <= t <= w.t_over + grace_s
+                                  and (router in touched[w.name] or peer in touched[w.name]) for w in windows)]
 
 
 def _worst(name: str, recoveries: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -435,18 +479,22 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
             nemesis: Nemesis | None, back: bool, pids_before: dict[tuple[str, str], int],
             pss: tuple[float, float]) -> dict[str, Any]:
     topo, run_dir = driver.topo, driver.run_dir
+    footprint = topology_rules(topo)[0]
+    by_name = {window_name(p): p for p in planned}
+    touched = {w.name: footprint(by_name[w.name].scenario, by_name[w.name].target) for w in windows}
+    # A repair is over when the routing around it has settled: a PoP's servers restarted on a loaded box
+    # took 5 s to have their sessions up again, and HTTP users moving back then lost requests.
+    changes = session_changes(driver, t0, t_end)
+    windows = settle(windows, touched, changes)
     # HTTP users ask by name: the users' resolvers and the zone's providers are on their path too.
     explains = {"probes": DATA_PLANE, "http": HTTP_PATH}
     figures: dict[str, Any] = {kind: account(by_client, windows, t0, t_end, spec.timeout_s, spec.grace_s,
                                              explains[kind]) for kind, by_client in series.items()}
     # What no fault explains may be the platform's own doing: a health agent that failed its check on a
     # server no fault touched then (a flap) moves its clients, resetting their connections.
-    footprint = topology_rules(topo)[0]
-    by_name = {window_name(p): p for p in planned}
-    touched = {w.name: footprint(by_name[w.name].scenario, by_name[w.name].target) for w in windows}
     flaps = spontaneous_flaps(driver, windows, touched, t0, t_end)
     for f in figures.values():
-        near = [u for u in f["unexplained_at"] if any(t - FLAP_BEFORE_S <= u[1] <= t + FLAP_AFTER_S for _s, t in flaps)]
+        near = [u for u in f["unexplained_at"] if any(t - lead <= u[1] <= t + FLAP_AFTER_S for _s, t, lead in flaps)]
         f["after_a_flap"] = len(near)
         f["unexplained_at"] = [u for u in f["unexplained_at"] if u not in near]
         f["unexplained"] = len(f["unexplained_at"])
@@ -499,13 +547,16 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     worst = worst_window([s for by_client in series.values() for s in by_client.values()], t0, t_end - spec.timeout_s)
     if worst is not None:
         lo, hi = t0 + worst["start_s"], t0 + worst["start_s"] + 60.0
-        worst["faults"] = [w.name for w in windows if w.t_fault < hi and w.t_repair + spec.grace_s > lo]
+        worst["faults"] = [w.name for w in windows if w.t_fault < hi and w.t_over + spec.grace_s > lo]
     return {"spec": {k: v for k, v in asdict(spec).items() if k != "http"}, "t0": t0, "duration_s": t_end - t0,
             "availability": {"valid": valid, "good": good, "value": good / valid if valid else None,
                              "budget": error_budget(valid, good, TARGET_AVAILABILITY), **figures},
             "classes": per_class, "faults": [asdict(w) | recovered[w.name] for w in windows],
             "skipped": sum(1 for p in planned if p.skipped is not None), "errors": errors,
-            "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t in flaps],
+            "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t, _lead in flaps],
+            "sessions": {"changes": len(changes),
+                         "down_unexplained": [[round(t - t0, 3), router, peer, why] for t, router, peer, why
+                                              in sessions_down_unexplained(windows, touched, changes, spec.grace_s)]},
             "kv_reads": dict(kv.reads), "kv_write_errors": kv.failed, "worst_minute": worst,
             "timeline": {"bin_s": bin_s, **{kind: timeline(by_client, t0, t_end, bin_s)
                                             for kind, by_client in series.items()}},

@@ -45,6 +45,14 @@ class Window:
     cls: str
     t_fault: float
     t_repair: float
+    #: When the routing around the repaired target settled (its sessions back up), if later than the
+    #: repair: the grace runs from here.
+    t_settled: float | None = None
+
+    @property
+    def t_over(self) -> float:
+        """When the fault's own effect ended: its repair, or the routing settling after it."""
+        return max(self.t_repair, self.t_settled or self.t_repair)
 
 
 @dataclass
@@ -96,7 +104,7 @@ def from_probes(client: str, probes: Iterable[Probe], timeout_s: float) -> list[
 
 
 def _holds(w: Window, t: float, grace_s: float) -> bool:
-    return w.t_fault <= t <= w.t_repair + grace_s
+    return w.t_fault <= t <= w.t_over + grace_s
 
 
 def charge(lost: Iterable[Request], windows: Sequence[Window], grace_s: float,

@@ -46,8 +46,9 @@ def during_fault(lab: Lab, names: list[str], scenario: str, target: str, seconds
     assert dns is not None
     users = DnsLoads(lab.run_dir, lab.netns, {c.name: [str(a) for a in dns.resolvers_for(c.name)]
                                               for c in lab.topo.clients}, names, 10.0)
-    users.start(duration=seconds + 6.0)
+    users.start(duration=seconds + 40.0)  # stopped below; its own bound covers a slow start and the fault
     try:
+        users.wait_running()
         t_fault = lab.fail(scenario, target)
         try:
             time.sleep(max(0.0, t_fault + seconds - monotonic()))  # the fault's length, not a wait for a state

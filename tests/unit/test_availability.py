@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from lab.record.availability import (
@@ -49,6 +51,11 @@ def test_every_loss_is_charged_to_the_faults_whose_window_holds_it_or_counted_un
     # A class that cannot explain these requests is never charged: the pop fault takes them all.
     only_pop = account(series_of(a + b), windows, 0.0, 100.0, TIMEOUT, GRACE, explains={"pop"})
     assert only_pop["lost_by_fault"] == {"pop-down sjc": 46 + 10, "link-down r1:r2": 0}
+    # A repair whose routing settled later (its sessions back at 14.5): the grace runs from then, and a's
+    # 14.6–14.9 are the fault's too.
+    settled = [replace(windows[0], t_settled=14.5), windows[1]]
+    later = account(series_of(a + b), settled, 0.0, 100.0, TIMEOUT, GRACE)
+    assert later["unexplained"] == 2 and later["lost_by_fault"]["pop-down sjc"] == 46 - 21 + 4
 
 
 def test_a_fault_recovers_when_its_last_affected_client_is_served_again() -> None:

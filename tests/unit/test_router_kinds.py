@@ -12,9 +12,9 @@ import pytest
 
 from bgp import kind as kind_module
 from bgp import routers
-from bgp.bird import BirdKind
-from bgp.frr import Frr
-from bgp.kind import KINDS, RouterKind, register
+from bgp.bird import BirdKind, bird_session_changes
+from bgp.frr import Frr, adjchanges
+from bgp.kind import KINDS, RouterKind, SessionChange, register
 from core.daemon import Daemon, NodeEnv
 from core.errors import AnylabError
 from model.load import build_topology
@@ -74,6 +74,9 @@ def test_a_third_kind_is_one_class(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         def bfd_peers(self, router_dir: Path) -> dict[str, str]:
             return {}
 
+        def session_changes(self, router_dir: Path, router: Router) -> list[SessionChange]:
+            return []
+
         def best_as_path(self, router_dir: Path, prefix: IPv4Network) -> tuple[int, ...] | None:
             return (64601,)
 
@@ -89,3 +92,33 @@ def test_a_third_kind_is_one_class(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert routers.best_as_path(tmp_path, fake, IPv4Network("203.0.113.1/32")) == (64601,)
     assert set(routers.sessions(tmp_path, fake).values()) == {"Established"}
     assert seen == ["daemons r2"] and "fake" in routers.kind_names()
+
+
+def test_frr_session_changes_come_from_bgpd_log_at_milliseconds(tmp_path: Path) -> None:
+    log = tmp_path / "bgpd.log"
+    log.write_text(
+        "2026/12/05 20:20:14.676 BGP: [N9HHH-F8H1M] %ADJCHANGE: neighbor 10.0.0.3(r3) in vrf default Up\n"
+        "2026/12/05 20:20:15.790 BGP: [M59KS-A3ZXZ] bgp_update_receive: rcvd End-of-RIB for IPv4 Unicast\n"
+        "2026/12/05 20:20:16.001 BGP: [N9HHH-F8H1M] %ADJCHANGE: neighbor 10.1.0.21(Unknown) in vrf default Down"
+        " BFD down received\n"
+        "2026/12/05 20:20:1")  # a line being written
+    got = adjchanges(log)
+    assert [(c.neighbor, c.up, c.reason) for c in got] == [("10.0.0.3", True, ""),
+                                                           ("10.1.0.21", False, "BFD down received")]
+    assert round(got[1].t_wall - got[0].t_wall, 3) == 1.325
+    assert adjchanges(tmp_path / "none.log") == []
+
+
+def test_bird_session_changes_come_from_its_state_trace(tmp_path: Path) -> None:
+    r1 = build_topology(TOPO).router("r1")
+    log = tmp_path / "bird.log"
+    log.write_text("2026-12-05 20:25:59.463 <TRACE> n0: State changed to start\n"
+                   "2026-12-05 20:26:03.972 <TRACE> n0: State changed to up\n"
+                   "2026-12-05 20:26:09.270 <TRACE> n0: State changed to stop\n"
+                   "2026-12-05 20:26:09.270 <TRACE> n0: State changed to flush\n"
+                   "2026-12-05 20:26:09.270 <TRACE> n0: State changed to down\n"
+                   "2026-12-05 20:26:09.270 <TRACE> n99: State changed to up\n")  # no such neighbour
+    got = bird_session_changes(log, r1)
+    assert [(c.neighbor, c.up) for c in got] == [(str(r1.neighbors[0].address), True),
+                                                 (str(r1.neighbors[0].address), False)]
+    assert round(got[1].t_wall - got[0].t_wall, 3) == 5.298
