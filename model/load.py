@@ -165,10 +165,11 @@ def _from_validation_error(source: str, data: Mapping[str, Any], exc: Validation
 
 
 def load_topology(path: str | Path, router_kind: str | None = None, profile: Any = None,
-                  hosts: int | None = None) -> Topology:
+                  hosts: int | None = None, settings: Mapping[str, Any] | None = None) -> Topology:
     """Read, validate, resolve and graph-check a topology file; with ``router_kind`` every router is of
     that kind (``frr`` or ``bird``), with ``profile`` (a name or ``{base: …, field: …}``) that is the
-    topology's profile, with ``hosts`` the number of hosts it is partitioned over, whatever the file says.
+    topology's profile, with ``hosts`` the number of hosts it is partitioned over, and with ``settings``
+    those settings (validated as the file's), whatever the file says.
 
     Raises TopologyError naming the file and field for any bad input; nothing is started.
     """
@@ -194,7 +195,7 @@ def load_topology(path: str | Path, router_kind: str | None = None, profile: Any
     if router_kind is not None and isinstance(data, dict) and isinstance(data.get("routers"), list):
         data = {**data, "routers": [{**r, "kind": router_kind} if isinstance(r, dict) else r
                                     for r in data["routers"]]}
-    for key, value in (("profile", profile), ("hosts", hosts)):
+    for key, value in (("profile", profile), ("hosts", hosts), *(settings or {}).items()):
         if value is not None and isinstance(data, dict):
             settings = data.get("settings")
             data = {**data, "settings": {**(settings if isinstance(settings, dict) else {}), key: value}}

@@ -105,6 +105,7 @@ def test_the_reference_puts_each_class_alone_on_what_serves_the_clients() -> Non
 
     topo = soak_topology(TOPOLOGIES / "global.yaml")
     assert topo.spec.settings.profile.health.timeout == 0.5 and topo.spec.settings.profile.bfd is not None
+    assert topo.spec.settings.probe_rate_hz == 200.0
     serving = serving_nodes(topo)
     plan = reference_schedule(topo, ChaosSpec(600.0, 7), rounds=2, gap_s=10.0)
     classes = catalogue(topo)
