@@ -22,6 +22,7 @@ import json
 import math
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from lab.measure.runner import HttpLoads, HttpSpec, deploy_http_worker
 from lab.record.availability import Series, Window, account, error_budget, timeline, worst_window
 from lab.record.probes import parse_probes
 from lab.record.tail import JsonlTail
+from lab.run.autoscaler import EVENTS as AUTOSCALE_EVENTS
 from lab.run.driver import Driver
 from lab.run.footprint import CLK_TCK, cpu_ticks, daemon_groups, pss_kib, pss_now
 from lab.run.launchers import weakened
@@ -411,6 +413,25 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
                    pids_before, (pss_before, pss_end))
 
 
+def autoscaled(topo: Topology, events: list[dict[str, Any]], t0: float,
+               t_end: float) -> Callable[[str, str], bool]:
+    """Whether a lab process (node, daemon) new after a soak is the lab's autoscaler's doing: a control
+    plane API replica it started for its region (``autoscale-events.jsonl``: an API p99 over the design's
+    bound after a control plane came back), or a daemon of a PoP it scaled out — not a leak."""
+    replicas: set[tuple[str, str]] = set()
+    pop_nodes: set[str] = set()
+    for e in events:
+        if not t0 <= float(e.get("t", 0.0)) <= t_end or not isinstance(e.get("result"), dict):
+            continue
+        if "control_plane" in e:
+            node = topo.control_plane_of(str(e["control_plane"])).name
+            replicas |= {(node, str(name)) for name in e["result"].get("started", [])}
+        elif "pop" in e:
+            pop = topo.pop(str(e["pop"]))
+            pop_nodes |= {*pop.servers, *pop.standby}
+    return lambda node, daemon: (node, daemon) in replicas or node in pop_nodes
+
+
 def spontaneous_flaps(driver: Driver, windows: list[Window], touched: dict[str, frozenset[str]], t0: float,
                       t_end: float) -> list[tuple[str, float, float]]:
     """(server, time, lead) of every failed health check during the soak on a server that no fault active
@@ -533,9 +554,11 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     # Leaked: a lab process alive after the soak that was not before (every fault was repaired by then); gone:
     # one alive before and not after (a restart that did not happen).
     new = pids_after.keys() - pids_before.keys()
+    grown = autoscaled(topo, read_jsonl(run_dir / AUTOSCALE_EVENTS), t0, t_end)
     processes = {"before": len(pids_before), "after": len(pids_after),
-                 "new": sorted(f"{n}/{d}" for n, d in new if d not in ON_DEMAND),
+                 "new": sorted(f"{n}/{d}" for n, d in new if d not in ON_DEMAND and not grown(n, d)),
                  "on_demand": sorted(f"{n}/{d}" for n, d in new if d in ON_DEMAND),
+                 "autoscaled": sorted(f"{n}/{d}" for n, d in new if d not in ON_DEMAND and grown(n, d)),
                  "gone": sorted(f"{n}/{d}" for n, d in pids_before.keys() - pids_after.keys())}
     do = None
     if nemesis is not None:
@@ -621,6 +644,9 @@ def report(result: dict[str, Any]) -> str:
            f"- **Health flaps** (a failed check on a server no fault touched): {len(result['flaps'])}; the losses "
            f"right after them: probes {a['probes']['after_a_flap']}"
            + (f", HTTP {a['http']['after_a_flap']}" if "http" in a else ""),
+           f"- **BGP sessions down that no fault explains**: "
+           f"{len(result.get('sessions', {}).get('down_unexplained', []))} "
+           f"(of {result.get('sessions', {}).get('changes', 0)} session changes)",
            f"- **Faults**: {len(result['faults'])} injected, {result['skipped']} arrivals skipped, "
            f"{len(result['errors'])} errors", "",
            "| client | probes | HTTP |", "|---|---|---|"]
@@ -642,7 +668,8 @@ def report(result: dict[str, Any]) -> str:
             f"- Durable Objects: linearizable {inv['do_linearizable']}, acknowledged lost {inv['do_acked_lost']}",
             f"- processes restarted outside the schedule: {', '.join(inv['restarted_outside_schedule']) or 'none'}; "
             f"lab processes {inv['processes']['before']} before, {inv['processes']['after']} after (new: "
-            f"{', '.join(inv['processes']['new']) or 'none'}; gone: {', '.join(inv['processes']['gone']) or 'none'})",
+            f"{', '.join(inv['processes']['new']) or 'none'}; gone: {', '.join(inv['processes']['gone']) or 'none'}; "
+            f"started by the autoscaler: {', '.join(inv['processes'].get('autoscaled', [])) or 'none'})",
             f"- every client back on its predicted PoP: {inv['catchment_back']}",
             f"- lab memory (PSS): {inv['pss_mb']['before']} → {inv['pss_mb']['after']} MB; sampled every "
             f"{SAMPLE_S:.0f} s, {_trend_text(inv.get('pss_trend'), 'MB')}",

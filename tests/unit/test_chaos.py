@@ -149,3 +149,18 @@ def test_a_repair_settles_when_the_touched_nodes_sessions_are_back_and_other_dow
     assert [w.t_settled for w in got] == [24.5, 33.0] and got[0].t_over == 24.5
     assert settle(windows, touched, [])[0].t_settled is None and windows[0].t_over == 20.0
     assert sessions_down_unexplained(got, touched, changes, 3.0) == [(50.0, "ap-w", "hkg-s1", "BFD down received")]
+
+
+def test_a_process_the_autoscaler_started_during_the_soak_is_not_a_leak() -> None:
+    from lab.measure.chaos import autoscaled, soak_topology
+
+    topo = soak_topology(TOPOLOGIES / "global.yaml")
+    cp = topo.control_plane_of("apac").name
+    events = [{"t": 50.0, "control_plane": "apac", "from": 1, "to": 2,
+               "result": {"region": "apac", "replicas": 2, "started": ["control-plane-1"]}},
+              {"t": 60.0, "control_plane": "eu", "error": "did not start"},  # nothing started
+              {"t": 500.0, "control_plane": "na", "result": {"started": ["control-plane-1"]}}]  # after the soak
+    grown = autoscaled(topo, events, 0.0, 200.0)
+    assert grown(cp, "control-plane-1") and not grown(cp, "control-plane-2") and not grown(cp, "etcd")
+    assert not grown(topo.control_plane_of("na").name, "control-plane-1")
+    assert not grown(topo.control_plane_of("eu").name, "control-plane-1")
