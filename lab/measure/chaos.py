@@ -44,7 +44,7 @@ from lab.record.tail import JsonlTail
 from lab.run.autoscaler import EVENTS as AUTOSCALE_EVENTS
 from lab.run.driver import Driver
 from lab.run.footprint import CLK_TCK, cpu_ticks, daemon_groups, pss_kib, pss_now
-from lab.run.launchers import weakened
+from lab.run.launchers import api_replica_name, weakened
 from lab.run.observe import set_probe_rate
 from model.graph import predict_catchment
 from model.load import load_topology
@@ -421,11 +421,12 @@ def autoscaled(topo: Topology, events: list[dict[str, Any]], t0: float,
     replicas: set[tuple[str, str]] = set()
     pop_nodes: set[str] = set()
     for e in events:
-        if not t0 <= float(e.get("t", 0.0)) <= t_end or not isinstance(e.get("result"), dict):
+        if not t0 <= float(e.get("t", 0.0)) <= t_end:
             continue
         if "control_plane" in e:
+            # The replicas it asked for, started or not yet ready (an error after the start is still its).
             node = topo.control_plane_of(str(e["control_plane"])).name
-            replicas |= {(node, str(name)) for name in e["result"].get("started", [])}
+            replicas |= {(node, api_replica_name(i)) for i in range(int(e.get("from", 0)), int(e.get("to", 0)))}
         elif "pop" in e:
             pop = topo.pop(str(e["pop"]))
             pop_nodes |= {*pop.servers, *pop.standby}
@@ -554,7 +555,8 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     # Leaked: a lab process alive after the soak that was not before (every fault was repaired by then); gone:
     # one alive before and not after (a restart that did not happen).
     new = pids_after.keys() - pids_before.keys()
-    grown = autoscaled(topo, read_jsonl(run_dir / AUTOSCALE_EVENTS), t0, t_end)
+    # Up to now: the autoscaler keeps running while the soak restores and checks (pids_after is now).
+    grown = autoscaled(topo, read_jsonl(run_dir / AUTOSCALE_EVENTS), t0, monotonic())
     processes = {"before": len(pids_before), "after": len(pids_after),
                  "new": sorted(f"{n}/{d}" for n, d in new if d not in ON_DEMAND and not grown(n, d)),
                  "on_demand": sorted(f"{n}/{d}" for n, d in new if d in ON_DEMAND),

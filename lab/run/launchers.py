@@ -153,13 +153,18 @@ class PythonService(Daemon):
         return [self.env.python, "-m", self.module, "--config", str(self.path(".json"))]
 
 
+def api_replica_name(index: int) -> str:
+    """The daemon name of a region's ``index``-th control plane API process (0: the first)."""
+    return "control-plane" if index == 0 else f"control-plane-{index}"
+
+
 class ControlPlane(PythonService):
     """``control_plane.server`` on a region's control plane node (``cp-<region>``): the deploy API for the
     PoPs (lab network) and the operator (``api.sock`` in its directory), with the lab's admin token (the
     PoPs, DO hosts and other regions sign their requests instead); its state in etcd, through the
     region's member first; its artifacts replicated to the ``peers`` (nearest first)."""
 
-    name = "control-plane"
+    name = api_replica_name(0)
     module = "control_plane.server"
     dependencies = ("etcd",)
 
@@ -193,7 +198,7 @@ class ControlPlane(PythonService):
 
     def replica_of(self, index: int) -> ControlPlane:
         """The API's ``index``-th replica: the same region, its own process, socket and name."""
-        cls = type(f"ControlPlaneReplica{index}", (ControlPlane,), {"name": f"control-plane-{index}"})
+        cls = type(f"ControlPlaneReplica{index}", (ControlPlane,), {"name": api_replica_name(index)})
         replica: ControlPlane = cls(self.env, self.control, self.pops, self.keys, self.peers, self.regions,
                                     self.tokens["admin"], index)
         replica.metrics_token = self.metrics_token
