@@ -413,15 +413,16 @@ def run_soak(driver: Driver, spec: ChaosSpec, stop: threading.Event | None = Non
                    pids_before, (pss_before, pss_end))
 
 
-def autoscaled(topo: Topology, events: list[dict[str, Any]], t0: float,
-               t_end: float) -> Callable[[str, str], bool]:
-    """Whether a lab process (node, daemon) new after a soak is the lab's autoscaler's doing: a control
-    plane API replica it started for its region (``autoscale-events.jsonl``: an API p99 over the design's
-    bound after a control plane came back), or a daemon of a PoP it scaled out — not a leak."""
+def autoscaled(topo: Topology, events: list[dict[str, Any]], until: float) -> Callable[[str, str], bool]:
+    """Whether a lab process (node, daemon) new after a soak is the lab's autoscaler's doing, by its
+    events up to ``until`` (``autoscale-events.jsonl``): a control plane API replica it started for its
+    region (an API p99 over the design's bound: the soak's first deploys, a control plane come back), or a
+    daemon of a PoP it scaled out — not a leak. Any earlier event counts: one decided just before the soak
+    began starts its process after the "before" was taken."""
     replicas: set[tuple[str, str]] = set()
     pop_nodes: set[str] = set()
     for e in events:
-        if not t0 <= float(e.get("t", 0.0)) <= t_end:
+        if float(e.get("t", 0.0)) > until:
             continue
         if "control_plane" in e:
             # The replicas it asked for, started or not yet ready (an error after the start is still its).
@@ -556,7 +557,7 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     # one alive before and not after (a restart that did not happen).
     new = pids_after.keys() - pids_before.keys()
     # Up to now: the autoscaler keeps running while the soak restores and checks (pids_after is now).
-    grown = autoscaled(topo, read_jsonl(run_dir / AUTOSCALE_EVENTS), t0, monotonic())
+    grown = autoscaled(topo, read_jsonl(run_dir / AUTOSCALE_EVENTS), monotonic())
     processes = {"before": len(pids_before), "after": len(pids_after),
                  "new": sorted(f"{n}/{d}" for n, d in new if d not in ON_DEMAND and not grown(n, d)),
                  "on_demand": sorted(f"{n}/{d}" for n, d in new if d in ON_DEMAND),

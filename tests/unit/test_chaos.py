@@ -160,7 +160,7 @@ def test_a_process_the_autoscaler_started_during_the_soak_is_not_a_leak() -> Non
                "result": {"region": "apac", "replicas": 2, "started": ["control-plane-1"]}},
               {"t": 60.0, "control_plane": "eu", "from": 2, "to": 3, "error": "not ready in 30 s"},
               {"t": 500.0, "control_plane": "na", "result": {"started": ["control-plane-1"]}}]  # after the soak
-    grown = autoscaled(topo, events, 0.0, 200.0)
+    grown = autoscaled(topo, events, 200.0)
     assert grown(cp, "control-plane-1") and not grown(cp, "control-plane-2") and not grown(cp, "etcd")
     assert not grown(topo.control_plane_of("na").name, "control-plane-1")
     # asked for and not ready in time: started all the same
