@@ -95,7 +95,8 @@ from typing import Any, Protocol
 
 from core.clock import monotonic
 from core.daemon import Daemon
-from core.errors import AnylabError, UsageError
+from core.errors import AnylabError, UsageError, WaitTimeout
+from core.wait import wait_for
 from kv.client import KvClient
 from kv.store import KvError
 from lab.faults.scenarios import FAULTS_FILE, SCENARIOS
@@ -138,6 +139,9 @@ CLOCK_JUMP_S = 30.0
 NFT_TABLE = "anylab_fault"
 #: link-degrade: a path gone long (a reroute round a fibre cut, a congested transit) — and link-lossy.
 DEGRADE_DELAY_MS = 100.0
+#: ``etcd-leader-kill`` during an election waits this long for the leader it elects (a few election
+#: timeouts of 0.5 s; a control plane just restored was still electing in CI).
+LEADER_WAIT_S = 10.0
 DEGRADE_JITTER_MS = 10.0
 LOSSY_PCT = 5.0
 FLAP_MAX_COUNT = 100
@@ -659,10 +663,12 @@ def _dns_server(inj: Injector, node: str) -> str:
 
 
 def _kill_leader(inj: Injector, p: Plan) -> None:
-    """SIGKILL the etcd member that leads now (asked of the members themselves)."""
-    leader = inj.lab.etcd_leader()
-    if leader is None:
-        raise AnylabError("no etcd member says it leads: nothing to kill")
+    """SIGKILL the etcd member that leads now (asked of the members themselves); during an election,
+    the one it elects (waited for up to LEADER_WAIT_S). Raises AnylabError if none leads by then."""
+    try:
+        leader = wait_for(inj.lab.etcd_leader, timeout=LEADER_WAIT_S, what="an etcd member to lead")
+    except WaitTimeout:
+        raise AnylabError(f"no etcd member says it leads after {LEADER_WAIT_S:.0f} s: nothing to kill") from None
     inj.killed_leader[p.target] = leader
     inj._kill(leader, "etcd")
 

@@ -17,6 +17,9 @@ from lab.run.lab import Lab
 from lab.run.rundir import control_plane_dirs
 from tests.conftest import TOPOLOGIES
 
+#: How long a region's view may take to show a committed deploy after the region serves again.
+VIEW_CATCH_UP_S = 10.0
+
 WORKER = "async def fetch(request, env, ctx):\n    return env.V\n"
 
 
@@ -102,10 +105,21 @@ def test_a_cut_off_region_acknowledges_nothing_and_no_acknowledged_deploy_goes_m
         lab.restore(cut.region)
     assert refused == 2 and len(acknowledged) == 4
     lab.wait_control_planes(timeout=30)
-    for cp in lab.topo.control_planes:  # every region's view holds every acknowledged deploy
-        workers = region_client(lab, cp.region).call_one(lab.node_dir(cp.name), "GET", "/v1/deployments")["workers"]
-        for name, version in acknowledged.items():
-            assert workers[name]["placement"]["sjc"] == version, (cp.name, name)
+
+    def missing() -> dict[str, list[str]]:
+        out = {}
+        for cp in lab.topo.control_planes:
+            workers = region_client(lab, cp.region).call_one(lab.node_dir(cp.name), "GET",
+                                                              "/v1/deployments")["workers"]
+            out[cp.name] = [n for n, v in acknowledged.items()
+                            if workers.get(n, {}).get("placement", {}).get("sjc") != v]
+        return {k: v for k, v in out.items() if v}
+
+    # Every region's view comes to hold every acknowledged deploy. A view follows etcd by its watch: a region
+    # serving again may still be catching up (a loaded CI box: one region read before it had cut-1); lost
+    # would be missing for good, VIEW_CATCH_UP_S is far beyond a watch's delay.
+    wait_for(lambda: not missing(), timeout=VIEW_CATCH_UP_S, what="every region's view to hold every acknowledged "
+             "deploy", describe=lambda: f"missing: {missing()}")
 
 
 def test_a_deploy_goes_through_again_within_2_s_of_the_etcd_leader_killed(lab: Lab) -> None:
