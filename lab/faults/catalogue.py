@@ -95,7 +95,7 @@ from typing import Any, Protocol
 
 from core.clock import monotonic
 from core.daemon import Daemon
-from core.errors import AnylabError, UsageError, WaitTimeout
+from core.errors import AnylabError, UsageError
 from core.wait import wait_for
 from kv.client import KvClient
 from kv.store import KvError
@@ -664,11 +664,8 @@ def _dns_server(inj: Injector, node: str) -> str:
 
 def _kill_leader(inj: Injector, p: Plan) -> None:
     """SIGKILL the etcd member that leads now (asked of the members themselves); during an election,
-    the one it elects (waited for up to LEADER_WAIT_S). Raises AnylabError if none leads by then."""
-    try:
-        leader = wait_for(inj.lab.etcd_leader, timeout=LEADER_WAIT_S, what="an etcd member to lead")
-    except WaitTimeout:
-        raise AnylabError(f"no etcd member says it leads after {LEADER_WAIT_S:.0f} s: nothing to kill") from None
+    the one it elects (waited for up to LEADER_WAIT_S). Raises WaitTimeout if none leads by then."""
+    leader = wait_for(inj.lab.etcd_leader, timeout=LEADER_WAIT_S, what="an etcd member to lead (nothing to kill)")
     inj.killed_leader[p.target] = leader
     inj._kill(leader, "etcd")
 

@@ -25,12 +25,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bgp.routers import kind_of
 from core.clock import monotonic, realtime_offset
 from core.errors import AnylabError, UsageError
 from core.files import read_jsonl
+from core.timers import detection_bound
 from core.wait import wait_for
 from kv.client import KvClient
 from kv.store import KvError
@@ -63,8 +64,9 @@ HTTP_PATH = DATA_PLANE | {"dns"}
 #: health flaps); at 200: 1.6–1.7 cores, none lost, no flap (same seed, same box). An hour still sends
 #: 4.3 M probes (the issue asks ≥ 10⁶ requests), each loss known to 5 ms.
 SOAK_PROBE_HZ = 200.0
-#: A loss up to a check's interval and timeout before a failed check (the stall it found began at most that
-#: much earlier), plus this margin, to FLAP_AFTER_S after it is the flap's.
+#: A loss up to one check's detection before a failed check (the stall it found began at most that much
+#: earlier: its interval, or timeout if longer, and its timeout), plus this margin, to FLAP_AFTER_S after it
+#: is the flap's.
 FLAP_MARGIN_S, FLAP_AFTER_S = 0.3, 2.0
 #: A session of a node a fault touched coming back up this long after the repair is still the repair
 #: settling (a PoP's servers restarted, their speakers reconnecting): the grace runs from then.
@@ -438,24 +440,40 @@ def spontaneous_flaps(driver: Driver, windows: list[Window], touched: dict[str, 
                       t_end: float) -> list[tuple[str, float, float]]:
     """(server, time, lead) of every failed health check during the soak on a server that no fault active
     then touched (``touched``: window name → the nodes its fault touches); ``lead``: how long before the
-    failed check the stall it found may have begun (the server's check interval and timeout, and
-    :data:`FLAP_MARGIN_S`)."""
+    failed check the stall it found may have begun (one check's detection, :func:`core.timers.detection_bound`
+    with a fall of 1, and :data:`FLAP_MARGIN_S`)."""
     out = []
     for s in driver.topo.servers:
         h = s.profile.health
+        # A check failing finds a stall that began at most its first check's detection before.
+        lead = detection_bound(h.interval, h.fast_interval, 1, h.timeout) + FLAP_MARGIN_S
         for e in read_jsonl(driver.node_dir(s.name) / "health-events.jsonl"):
             t = float(e.get("t", 0.0))
             if e.get("event") != "check-failed" or not t0 <= t <= t_end:
                 continue
             if any(w.t_fault <= t <= w.t_over and s.name in touched[w.name] for w in windows):
                 continue
-            out.append((s.name, t, h.interval + h.timeout + FLAP_MARGIN_S))
+            out.append((s.name, t, lead))
     return sorted(out, key=lambda x: x[1])
 
 
-def session_changes(driver: Driver, t0: float, t_end: float) -> list[tuple[float, str, str, bool, str]]:
-    """(time on the lab's clock, router, neighbour node, up, why) of every BGP session change the routers
-    logged between ``t0`` and ``t_end``, oldest first."""
+class SessionEvent(NamedTuple):
+    """A BGP session change on the lab's clock: when, the router that logged it, its neighbour (a node
+    name; the address if not a neighbour of the topology), up or down, and why."""
+
+    t: float
+    router: str
+    peer: str
+    up: bool
+    why: str
+
+    def touches(self, nodes: frozenset[str]) -> bool:
+        """Whether either end of the session is one of ``nodes``."""
+        return self.router in nodes or self.peer in nodes
+
+
+def session_changes(driver: Driver, t0: float, t_end: float) -> list[SessionEvent]:
+    """Every BGP session change the routers logged between ``t0`` and ``t_end``, oldest first."""
     offset = realtime_offset()
     out = []
     for r in driver.topo.routers:
@@ -463,30 +481,27 @@ def session_changes(driver: Driver, t0: float, t_end: float) -> list[tuple[float
         for c in kind_of(r).session_changes(driver.node_dir(r.name), r):
             t = c.t_wall - offset
             if t0 <= t <= t_end:
-                out.append((t, r.name, node_of.get(c.neighbor, c.neighbor), c.up, c.reason))
+                out.append(SessionEvent(t, r.name, node_of.get(c.neighbor, c.neighbor), c.up, c.reason))
     return sorted(out)
 
 
-def settle(windows: list[Window], touched: dict[str, frozenset[str]],
-           changes: list[tuple[float, str, str, bool, str]]) -> list[Window]:
+def settle(windows: list[Window], touched: dict[str, frozenset[str]], changes: list[SessionEvent]) -> list[Window]:
     """Each window with its routing settled: the last session of a node its fault touched that came back
     up within :data:`SETTLE_MAX_S` of the repair (none: settled at the repair)."""
     out = []
     for w in windows:
-        ups = [t for t, router, peer, up, _why in changes if up and w.t_repair <= t <= w.t_repair + SETTLE_MAX_S
-               and (router in touched[w.name] or peer in touched[w.name])]
+        ups = [c.t for c in changes if c.up and w.t_repair <= c.t <= w.t_repair + SETTLE_MAX_S
+               and c.touches(touched[w.name])]
         out.append(replace(w, t_settled=max(ups)) if ups else w)
     return out
 
 
 def sessions_down_unexplained(windows: list[Window], touched: dict[str, frozenset[str]],
-                              changes: list[tuple[float, str, str, bool, str]],
-                              grace_s: float) -> list[tuple[float, str, str, str]]:
-    """(time, router, neighbour, why) of every session that went down while no fault touching either end
-    was active (or settling): the routing's own flaps (a BFD packet late on a loaded box)."""
-    return [(t, router, peer, why) for t, router, peer, up, why in changes
-            if not up and not any(w.t_fault <= t <= w.t_over + grace_s
-                                  and (router in touched[w.name] or peer in touched[w.name]) for w in windows)]
+                              changes: list[SessionEvent], grace_s: float) -> list[SessionEvent]:
+    """Every session that went down while no fault touching either end was active (or settling): the
+    routing's own flaps (a BFD packet late on a loaded box)."""
+    return [c for c in changes if not c.up and not any(w.t_fault <= c.t <= w.t_over + grace_s
+                                                       and c.touches(touched[w.name]) for w in windows)]
 
 
 def _worst(name: str, recoveries: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -587,7 +602,7 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
             "skipped": sum(1 for p in planned if p.skipped is not None), "errors": errors,
             "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t, _lead in flaps],
             "sessions": {"changes": len(changes),
-                         "down_unexplained": [[round(t - t0, 3), router, peer, why] for t, router, peer, why
+                         "down_unexplained": [[round(c.t - t0, 3), c.router, c.peer, c.why] for c
                                               in sessions_down_unexplained(windows, touched, changes, spec.grace_s)]},
             "kv_reads": dict(kv.reads), "kv_write_errors": kv.failed, "worst_minute": worst,
             "timeline": {"bin_s": bin_s, **{kind: timeline(by_client, t0, t_end, bin_s)

@@ -133,22 +133,24 @@ def test_the_longest_soak_fits_its_workloads_longest_run() -> None:
 
 
 def test_a_repair_settles_when_the_touched_nodes_sessions_are_back_and_other_downs_are_reported() -> None:
-    from lab.measure.chaos import SETTLE_MAX_S, sessions_down_unexplained, settle
+    from lab.measure.chaos import SETTLE_MAX_S, SessionEvent, sessions_down_unexplained, settle
     from lab.record.availability import Window
 
     windows = [Window("pop-down sin", "pop", 10.0, 20.0), Window("link-down a:b", "link", 30.0, 32.0)]
     touched = {"pop-down sin": frozenset({"sin-s1"}), "link-down a:b": frozenset({"a", "b"})}
-    changes = [(10.2, "ap-w", "sin-s1", False, "BFD down received"),
-               (24.5, "ap-w", "sin-s1", True, ""),  # the PoP's speaker back 4.5 s after the repair
-               (25.0, "ap-w", "syd-s1", True, ""),  # not a node the fault touched
-               (30.1, "a", "b", False, "Interface down"),
-               (33.0, "a", "b", True, ""),
-               (32.5 + SETTLE_MAX_S + 1, "a", "b", True, ""),  # too late to be this repair's
-               (50.0, "ap-w", "hkg-s1", False, "BFD down received")]  # no fault: the routing's own flap
+    changes = [SessionEvent(*c) for c in [
+        (10.2, "ap-w", "sin-s1", False, "BFD down received"),
+        (24.5, "ap-w", "sin-s1", True, ""),  # the PoP's speaker back 4.5 s after the repair
+        (25.0, "ap-w", "syd-s1", True, ""),  # not a node the fault touched
+        (30.1, "a", "b", False, "Interface down"),
+        (33.0, "a", "b", True, ""),
+        (32.5 + SETTLE_MAX_S + 1, "a", "b", True, ""),  # too late to be this repair's
+        (50.0, "ap-w", "hkg-s1", False, "BFD down received")]]  # no fault: the routing's own flap
     got = settle(windows, touched, changes)
     assert [w.t_settled for w in got] == [24.5, 33.0] and got[0].t_over == 24.5
     assert settle(windows, touched, [])[0].t_settled is None and windows[0].t_over == 20.0
-    assert sessions_down_unexplained(got, touched, changes, 3.0) == [(50.0, "ap-w", "hkg-s1", "BFD down received")]
+    assert sessions_down_unexplained(got, touched, changes, 3.0) == [
+        SessionEvent(50.0, "ap-w", "hkg-s1", False, "BFD down received")]
 
 
 def test_a_process_the_autoscaler_started_during_the_soak_is_not_a_leak() -> None:
