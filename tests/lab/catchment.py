@@ -1,6 +1,7 @@
 """Waiting out a health agent's false alarm before comparing a lab's catchment with its prediction: the
-``fast`` profile's 30 ms checks can withdraw a healthy server on a loaded 2-core machine (shared by the
-modules that bring global.yaml up with those checks)."""
+``fast`` profile's 30 ms checks withdraw healthy servers on a loaded 2-core machine, and even the
+:data:`model.profiles.LOADED_BOX` checks the routing modules run may meet a slower machine (shared by the
+modules that bring global.yaml up)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def false_alarms(lab: Lab) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def settled(lab: Lab, observe: Any) -> dict[str, Any]:
-    """``observe()`` once its catchment equals the prediction (a false alarm is waited out and reported as a
-    warning naming the server's decisions); raises WaitTimeout with the last catchment and the alarms."""
-    predicted = lab.predicted()
+def settled(lab: Lab, observe: Any, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``observe()`` once its ``"catchment"`` equals ``expected`` (the prediction if not given): a false alarm
+    is waited out and reported as a warning naming the server's decisions; a catchment that stays different
+    raises WaitTimeout with the last catchment and the alarms."""
+    predicted = lab.predicted() if expected is None else expected
     last: list[dict[str, Any]] = []
 
     def probe() -> dict[str, Any] | None:
@@ -42,7 +44,7 @@ def settled(lab: Lab, observe: Any) -> dict[str, Any]:
         last[:] = [data]
         return data if data["catchment"] == predicted else None
 
-    data = wait_for(probe, timeout=SETTLE_S, interval=0.2, what="the observed catchment to equal the prediction",
+    data = wait_for(probe, timeout=SETTLE_S, interval=0.2, what=f"the observed catchment to equal {predicted}",
                     describe=lambda: f"{last[0]['catchment'] if last else None}; alarms {false_alarms(lab)}")
     if alarms := false_alarms(lab):
         warnings.warn(f"healthy servers withdrawn by their health agents: {alarms}", stacklevel=2)

@@ -1,6 +1,8 @@
 """The multi-host prototype: global.yaml partitioned over 3 "hosts" (one region each), the links
 between regions VXLAN tunnels over an underlay. BGP converges to the same prediction, the tunnels are
 what carries it, and a withdrawal moves clients across a tunnel within the same bound as on one host.
+The health agents are :data:`model.profiles.LOADED_BOX`'s (the subject is routing; fast's 30 ms checks
+withdraw healthy servers on this 2-core machine).
 
 Timing bound: the withdrawal of ams crosses at most 3 bgpd hops to reach every EU client's router
 (FRR holds an update ≈ 50 ms, zebra 10 ms); VXLAN adds microseconds. MARGIN_S covers a busy machine.
@@ -19,6 +21,7 @@ from core.wait import wait_for
 from lab.run.lab import Lab
 from lab.run.net import HOST, UNDERLAY
 from model.placement import place
+from model.profiles import LOADED_BOX
 from tests.conftest import TOPOLOGIES
 from tests.lab.catchment import settled
 
@@ -28,7 +31,7 @@ SHIFT_BOUND_S = HOPS * (BGPD_HOLD_S + ZEBRA_HOLD_S) + MARGIN_S
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab.from_file(TOPOLOGIES / "global.yaml", name="tplace", hosts=3) as running:
+    with Lab.from_file(TOPOLOGIES / "global.yaml", name="tplace", profile=LOADED_BOX, hosts=3) as running:
         yield running
 
 
