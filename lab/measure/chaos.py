@@ -22,7 +22,7 @@ import json
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,7 +49,7 @@ from lab.run.launchers import api_replica_name, weakened
 from lab.run.observe import set_probe_rate
 from model.graph import predict_catchment
 from model.load import load_topology
-from model.profiles import LOADED_BOX
+from model.profiles import LOADED_BOX, HealthSpec
 from model.topology import Topology
 
 #: The longest soak the lab runs (it stops by itself); the shortest that makes sense.
@@ -420,40 +420,60 @@ def autoscaled(topo: Topology, events: list[dict[str, Any]], until: float) -> Ca
     events up to ``until`` (``autoscale-events.jsonl``): a control plane API replica it started for its
     region (an API p99 over the design's bound: the soak's first deploys, a control plane come back), or a
     daemon of a PoP it scaled out — not a leak. Any earlier event counts: one decided just before the soak
-    began starts its process after the "before" was taken."""
+    began starts its process after the "before" was taken. An event that does not parse (a bad time,
+    count, region or PoP) explains nothing: what it started is then reported as new, the safe side."""
     replicas: set[tuple[str, str]] = set()
     pop_nodes: set[str] = set()
     for e in events:
-        if float(e.get("t", 0.0)) > until:
+        try:
+            if float(e.get("t", 0.0)) > until:
+                continue
+            if "control_plane" in e:
+                # The replicas it asked for, started or not yet ready (an error after the start is still its).
+                node = topo.control_plane_of(str(e["control_plane"])).name
+                replicas |= {(node, api_replica_name(i)) for i in range(int(e.get("from", 0)), int(e.get("to", 0)))}
+            elif "pop" in e:
+                pop = topo.pop(str(e["pop"]))
+                pop_nodes |= {*pop.servers, *pop.standby}
+        except (TypeError, ValueError, KeyError, AnylabError):
             continue
-        if "control_plane" in e:
-            # The replicas it asked for, started or not yet ready (an error after the start is still its).
-            node = topo.control_plane_of(str(e["control_plane"])).name
-            replicas |= {(node, api_replica_name(i)) for i in range(int(e.get("from", 0)), int(e.get("to", 0)))}
-        elif "pop" in e:
-            pop = topo.pop(str(e["pop"]))
-            pop_nodes |= {*pop.servers, *pop.standby}
     return lambda node, daemon: (node, daemon) in replicas or node in pop_nodes
+
+
+def failed_checks(server: str, events: Iterable[dict[str, Any]], lead: float, windows: list[Window],
+                  touched: dict[str, frozenset[str]], t0: float, t_end: float) -> list[tuple[str, float, float]]:
+    """(server, time, lead) of each of ``server``'s health events that is a failed check between ``t0`` and
+    ``t_end`` while no fault window touching ``server`` was open — a flap the soak's faults do not explain.
+    An event without a usable time is skipped."""
+    out = []
+    for e in events:
+        try:
+            t = float(e.get("t", 0.0))
+        except (TypeError, ValueError):
+            continue
+        if e.get("event") != "check-failed" or not t0 <= t <= t_end:
+            continue
+        if any(w.t_fault <= t <= w.t_over and server in touched[w.name] for w in windows):
+            continue
+        out.append((server, t, lead))
+    return out
+
+
+def flap_lead(health: HealthSpec) -> float:
+    """How long before a failed check the stall it found may have begun: one check's detection
+    (:func:`core.timers.detection_bound` with a fall of 1) and :data:`FLAP_MARGIN_S`."""
+    return detection_bound(health.interval, health.fast_interval, 1, health.timeout) + FLAP_MARGIN_S
 
 
 def spontaneous_flaps(driver: Driver, windows: list[Window], touched: dict[str, frozenset[str]], t0: float,
                       t_end: float) -> list[tuple[str, float, float]]:
     """(server, time, lead) of every failed health check during the soak on a server that no fault active
-    then touched (``touched``: window name → the nodes its fault touches); ``lead``: how long before the
-    failed check the stall it found may have begun (one check's detection, :func:`core.timers.detection_bound`
-    with a fall of 1, and :data:`FLAP_MARGIN_S`)."""
+    then touched (``touched``: window name → the nodes its fault touches; :func:`failed_checks`), ``lead``
+    by the server's own health timers (:func:`flap_lead`)."""
     out = []
     for s in driver.topo.servers:
-        h = s.profile.health
-        # A check failing finds a stall that began at most its first check's detection before.
-        lead = detection_bound(h.interval, h.fast_interval, 1, h.timeout) + FLAP_MARGIN_S
-        for e in read_jsonl(driver.node_dir(s.name) / "health-events.jsonl"):
-            t = float(e.get("t", 0.0))
-            if e.get("event") != "check-failed" or not t0 <= t <= t_end:
-                continue
-            if any(w.t_fault <= t <= w.t_over and s.name in touched[w.name] for w in windows):
-                continue
-            out.append((s.name, t, lead))
+        events = read_jsonl(driver.node_dir(s.name) / "health-events.jsonl")
+        out += failed_checks(s.name, events, flap_lead(s.profile.health), windows, touched, t0, t_end)
     return sorted(out, key=lambda x: x[1])
 
 

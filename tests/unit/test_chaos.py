@@ -168,3 +168,39 @@ def test_a_process_the_autoscaler_started_during_the_soak_is_not_a_leak() -> Non
     # asked for and not ready in time: started all the same
     eu = topo.control_plane_of("eu").name
     assert grown(eu, "control-plane-2") and not grown(eu, "control-plane-1")
+
+
+def test_an_autoscale_event_that_does_not_parse_explains_no_process() -> None:
+    from lab.measure.chaos import autoscaled, soak_topology
+
+    topo = soak_topology(TOPOLOGIES / "global.yaml")
+    cp = topo.control_plane_of("apac").name
+    bad = [{"t": "soon", "control_plane": "apac", "from": 1, "to": 2},
+           {"t": 50.0, "control_plane": "apac", "from": "one", "to": 2},
+           {"t": 50.0, "control_plane": "mars", "from": 1, "to": 2},
+           {"t": 50.0, "pop": "atlantis"}]
+    grown = autoscaled(topo, bad, 200.0)
+    assert not grown(cp, "control-plane-1") and not grown(topo.pops[0].servers[0], "edge")
+    # the same events, well formed, would have explained it (the check can come out the other way)
+    assert autoscaled(topo, [{"t": 50.0, "control_plane": "apac", "from": 1, "to": 2}], 200.0)(cp, "control-plane-1")
+
+
+def test_a_flap_is_a_failed_check_outside_every_fault_touching_its_server() -> None:
+    from lab.measure.chaos import FLAP_MARGIN_S, failed_checks, flap_lead
+    from lab.record.availability import Window
+    from model.profiles import LOADED_BOX_HEALTH, HealthSpec
+
+    windows = [Window("server-silent a", "server", 10.0, 20.0, t_settled=22.0), Window("pop-down p", "pop", 30.0, 40.0)]
+    touched = {"server-silent a": frozenset({"a"}), "pop-down p": frozenset({"b"})}
+    events = [{"t": 5.0, "event": "check-failed"},     # before any fault: a flap
+              {"t": 15.0, "event": "check-failed"},    # inside a's own fault
+              {"t": 21.5, "event": "check-failed"},    # after the repair, before its routing settled: a's fault still
+              {"t": 25.0, "event": "check-ok"},        # not a failure
+              {"t": 35.0, "event": "check-failed"},    # another server's fault: a flap of a's
+              {"t": "x", "event": "check-failed"},     # no usable time
+              {"t": 99.0, "event": "check-failed"}]    # after the soak
+    lead = flap_lead(HealthSpec(**LOADED_BOX_HEALTH))
+    # LOADED_BOX: one check's detection is the 0.5 s timeout (longer than the 0.2 s interval) plus the timeout
+    assert lead == pytest.approx(1.0 + FLAP_MARGIN_S)
+    assert failed_checks("a", events, lead, windows, touched, 0.0, 60.0) == [("a", 5.0, lead), ("a", 35.0, lead)]
+    assert [t for _s, t, _l in failed_checks("b", events, lead, windows, touched, 0.0, 60.0)] == [5.0, 15.0, 21.5]
