@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from typing import Any
 
 import pytest
 
@@ -192,7 +193,8 @@ def test_a_flap_is_a_failed_check_outside_every_fault_touching_its_server() -> N
 
     windows = [Window("server-silent a", "server", 10.0, 20.0, t_settled=22.0), Window("pop-down p", "pop", 30.0, 40.0)]
     touched = {"server-silent a": frozenset({"a"}), "pop-down p": frozenset({"b"})}
-    events = [{"t": 5.0, "event": "check-failed"},     # before any fault: a flap
+    events: list[dict[str, Any]] = [
+              {"t": 5.0, "event": "check-failed"},     # before any fault: a flap
               {"t": 15.0, "event": "check-failed"},    # inside a's own fault
               {"t": 21.5, "event": "check-failed"},    # after the repair, before its routing settled: a's fault still
               {"t": 25.0, "event": "check-ok"},        # not a failure
