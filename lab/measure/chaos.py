@@ -39,7 +39,16 @@ from lab.faults.chaos import FaultClass, Planned, catalogue, draw, summary, topo
 from lab.faults.scenarios import active_faults
 from lab.load.do_nemesis import Nemesis, NemesisSpec
 from lab.measure.runner import HttpLoads, HttpSpec, deploy_http_worker
-from lab.record.availability import Series, Window, account, error_budget, timeline, worst_window
+from lab.record.availability import (
+    Scope,
+    Series,
+    Window,
+    account,
+    error_budget,
+    reach,
+    timeline,
+    worst_window,
+)
 from lab.record.probes import parse_probes
 from lab.record.tail import JsonlTail
 from lab.run.autoscaler import EVENTS as AUTOSCALE_EVENTS
@@ -219,14 +228,16 @@ class Collector:
             if kind == "probes":
                 for p in parse_probes(lines):
                     took = None if p.recv is None else p.recv - p.sent
-                    into.add(p.sent, took is not None and took <= self.timeout_s, took or 0.0)
+                    into.add(p.sent, took is not None and took <= self.timeout_s, took or 0.0, p.pop)
                 continue
             for line in lines:
                 try:
                     r = json.loads(line)
                     took = float(r["t1"]) - float(r["t0"])
-                    into.add(float(r["t0"]), not r["err"] and int(r["st"]) < 500 and took <= self.timeout_s, took)
-                except (ValueError, KeyError, TypeError):
+                    pop = str(r.get("srv") or "").split("/")[0] or None  # X-Anylab-Server: "pop/server"
+                    into.add(float(r["t0"]), not r["err"] and int(r["st"]) < 500 and took <= self.timeout_s, took,
+                             pop)
+                except (ValueError, KeyError, TypeError, AttributeError):
                     continue
 
     def sample(self) -> None:
@@ -440,6 +451,18 @@ def autoscaled(topo: Topology, events: list[dict[str, Any]], until: float) -> Ca
     return lambda node, daemon: (node, daemon) in replicas or node in pop_nodes
 
 
+def scope_of(topo: Topology, touched: frozenset[str]) -> Scope:
+    """The data plane a fault touching the nodes ``touched`` takes (:class:`lab.record.availability.Scope`):
+    the PoPs of the servers among them (and PoPs named), the regions of the routers among them (and regions
+    named)."""
+    pop_of = {s.name: s.pop for s in topo.servers} | {n: p.name for p in topo.pops for n in p.standby}
+    pops = {p.name for p in topo.pops}
+    router_region = {r.name: r.region for r in topo.routers}
+    regions = {r.name for r in topo.spec.regions}
+    return Scope(pops=frozenset({pop_of[n] for n in touched if n in pop_of} | (touched & pops)),
+                 regions=frozenset({router_region[n] for n in touched if n in router_region} | (touched & regions)))
+
+
 def failed_checks(server: str, events: Iterable[dict[str, Any]], lead: float, windows: list[Window],
                   touched: dict[str, frozenset[str]], t0: float, t_end: float) -> list[tuple[str, float, float]]:
     """(server, time, lead) of each of ``server``'s health events that is a failed check between ``t0`` and
@@ -552,8 +575,14 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     windows = settle(windows, touched, changes)
     # HTTP users ask by name: the users' resolvers and the zone's providers are on their path too.
     explains = {"probes": DATA_PLANE, "http": HTTP_PATH}
+    # A fault on the data plane reaches the clients it served or routed, not every client: a silent server
+    # in iad does not explain a probe lost in Frankfurt (it did, before: its window was open).
+    reaches = reach({c.name: [by_client[c.name] for by_client in series.values() if c.name in by_client]
+                     for c in topo.clients},
+                    {w.name: scope_of(topo, touched[w.name]) for w in windows},
+                    {c.name: c.region for c in topo.clients}, {p.name: p.region for p in topo.pops}, spec.grace_s)
     figures: dict[str, Any] = {kind: account(by_client, windows, t0, t_end, spec.timeout_s, spec.grace_s,
-                                             explains[kind]) for kind, by_client in series.items()}
+                                             explains[kind], reaches) for kind, by_client in series.items()}
     # What no fault explains may be the platform's own doing: a health agent that failed its check on a
     # server no fault touched then (a flap) moves its clients, resetting their connections.
     flaps = spontaneous_flaps(driver, windows, touched, t0, t_end)

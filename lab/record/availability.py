@@ -6,9 +6,11 @@ of what the clients recorded and when the faults were injected and repaired.
 - **Good**: answered within ``timeout_s``.
 - **Attribution**: a valid request not good is charged to the fault injected last among those whose
   window ``[t_fault, t_repair + grace_s]`` holds its send time (``grace_s``: what routing takes to settle
-  after a repair) and whose class can explain it (``explains``: a UDP probe is not lost to a Durable
-  Object host's crash); it is counted *overlapped* when other such faults were active too. A request no
-  fault explains is *unexplained* — the figure a soak wants at zero.
+  after a repair), whose class can explain it (``explains``: a UDP probe is not lost to a Durable
+  Object host's crash) and that can reach its client (``reaches``: a fault on the data plane reaches the
+  clients it serves or routes — :class:`Scope` — not every client of the lab); it is counted
+  *overlapped* when other such faults were active too. A request no fault explains is *unexplained* —
+  the figure a soak wants at zero.
 - **Recovery**: a fault's affected clients are those that lost a request between its injection and its
   repair; each recovered at its first good request after its last such loss. The fault's time to recover
   runs from its injection until its last affected client recovered (0 when none was affected). Losses
@@ -20,7 +22,7 @@ from __future__ import annotations
 import bisect
 import math
 from array import array
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +66,16 @@ class Series:
     goods: array[float] = field(default_factory=lambda: array("d"))
     latency: array[float] = field(default_factory=lambda: array("f"))
     losses: list[float] = field(default_factory=list)
+    #: (send time, PoP) where the PoP that answered changed: who served the client when (a few per fault,
+    #: not one per request).
+    pops: list[tuple[float, str]] = field(default_factory=list)
 
-    def add(self, sent: float, good: bool, latency: float = 0.0) -> None:
+    def add(self, sent: float, good: bool, latency: float = 0.0, pop: str | None = None) -> None:
         if good:
             self.goods.append(sent)
             self.latency.append(latency)
+            if pop and (not self.pops or self.pops[-1][1] != pop):
+                self.pops.append((sent, pop))
         else:
             self.losses.append(sent)
 
@@ -79,7 +86,15 @@ class Series:
             self.goods = array("d", (self.goods[i] for i in order))
             self.latency = array("f", (self.latency[i] for i in order))
         self.losses.sort()
+        self.pops.sort()
         return self
+
+    def served(self, start: float, end: float) -> set[str]:
+        """The PoPs that answered between ``start`` and ``end``, and the one that answered last before
+        ``start`` (who served the client when the span began); sorted series."""
+        i = bisect.bisect_right(self.pops, (start, "\uffff"))
+        j = bisect.bisect_right(self.pops, (end, "\uffff"))
+        return {pop for _t, pop in self.pops[max(0, i - 1):j]}
 
     def count(self, start: float, end: float, half_open: bool = False) -> tuple[int, int]:
         """(valid, good): the requests sent in ``[start, end]`` (``[start, end)`` if ``half_open``) and the
@@ -107,17 +122,67 @@ def _holds(w: Window, t: float, grace_s: float) -> bool:
     return w.t_fault <= t <= w.t_over + grace_s
 
 
+#: Whether a fault (its window) can reach a client (its name).
+Reaches = Callable[[Window, str], bool]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What of the data plane a fault takes: the PoPs whose servers it stops, and the regions whose routers
+    (or whole platform) it takes. Neither: it is off the data plane (a DNS server, a storage or control
+    plane node, the origin) and may reach any client its class explains."""
+
+    pops: frozenset[str] = frozenset()
+    regions: frozenset[str] = frozenset()
+
+    def reaches(self, client_region: str, served: Collection[str], region_of: Mapping[str, str]) -> bool:
+        """Whether a client of ``client_region`` served by the PoPs ``served`` around the fault (before it,
+        during it, moving back after it) can lose a request to it: one of those PoPs is the fault's, or
+        the client's region or one of those PoPs' is a region whose routing it takes (a superset: the
+        client's path inside such a region is not known)."""
+        if not self.pops and not self.regions:
+            return True
+        if self.pops & set(served):
+            return True
+        return bool(self.regions & ({client_region} | {region_of[p] for p in served if p in region_of}))
+
+
+def reach(served: Mapping[str, Sequence[Series]], scopes: Mapping[str, Scope], client_region: Mapping[str, str],
+          region_of: Mapping[str, str], grace_s: float) -> Reaches:
+    """:data:`Reaches` for :func:`charge` by the faults' :class:`Scope` (window name → scope; a window without
+    one reaches every client) and who served each client (client → its series of every kind: a client's
+    probes and HTTP requests go to the same anycast catchment) from just before the fault to the end of its
+    grace. Memoised per (window, client)."""
+    memo: dict[tuple[str, str], bool] = {}
+
+    def reaches(w: Window, client: str) -> bool:
+        key = (w.name, client)
+        if key not in memo:
+            scope = scopes.get(w.name)
+            if scope is None:
+                memo[key] = True
+            else:
+                pops = set().union(*(s.served(w.t_fault, w.t_over + grace_s) for s in served.get(client, ())))
+                memo[key] = scope.reaches(client_region.get(client, ""), pops, region_of)
+        return memo[key]
+
+    return reaches
+
+
 def charge(lost: Iterable[Request], windows: Sequence[Window], grace_s: float,
-           explains: Collection[str] | None = None) -> tuple[dict[str, list[Request]], list[Request], int]:
-    """Every lost request charged to the fault injected last among those whose window holds it and whose
-    class is in ``explains`` (None: every class): fault name → its requests, the requests no fault
-    explains, and how many had more than one candidate."""
+           explains: Collection[str] | None = None,
+           reaches: Reaches | None = None) -> tuple[dict[str, list[Request]], list[Request], int]:
+    """Every lost request charged to the fault injected last among those whose window holds it, whose
+    class is in ``explains`` (None: every class) and that ``reaches`` its client (None: every fault every
+    client): fault name → its requests, the requests no fault explains, and how many had more than one
+    candidate."""
     candidates = [w for w in sorted(windows, key=lambda w: w.t_fault) if explains is None or w.cls in explains]
     charged: dict[str, list[Request]] = {w.name: [] for w in windows}
     unexplained: list[Request] = []
     overlapped = 0
     for r in lost:
-        holding = [w.name for w in candidates if _holds(w, r.sent, grace_s)]
+        holding = [w.name for w in candidates
+                   if _holds(w, r.sent, grace_s) and (reaches is None or reaches(w, r.client))]
         if holding:
             charged[holding[-1]].append(r)
             overlapped += len(holding) > 1
@@ -127,16 +192,16 @@ def charge(lost: Iterable[Request], windows: Sequence[Window], grace_s: float,
 
 
 def account(series: Mapping[str, Series], windows: Sequence[Window], start: float, end: float, timeout_s: float,
-            grace_s: float, explains: Collection[str] | None = None) -> dict[str, Any]:
+            grace_s: float, explains: Collection[str] | None = None, reaches: Reaches | None = None) -> dict[str, Any]:
     """Availability overall and per client (with its 99 % Wilson interval) of the valid requests of the
-    (sorted) ``series``, the lost ones charged to the faults (:func:`charge`), how many of those had more
-    than one candidate, and those no fault explains (count, and each: client and send time); with the
-    faults' recovery (:func:`recovery`)."""
+    (sorted) ``series``, the lost ones charged to the faults (:func:`charge`, with ``explains`` and
+    ``reaches``), how many of those had more than one candidate, and those no fault explains (count, and
+    each: client and send time); with the faults' recovery (:func:`recovery`)."""
     last = end - timeout_s
     per_client = {c: s.count(start, last) for c, s in sorted(series.items())}
     lost = [Request(c, t, False) for c, s in series.items()
             for t in s.losses[bisect.bisect_left(s.losses, start):bisect.bisect_right(s.losses, last)]]
-    charged, unexplained, overlapped = charge(lost, windows, grace_s, explains)
+    charged, unexplained, overlapped = charge(lost, windows, grace_s, explains, reaches)
     valid = sum(n for n, _g in per_client.values())
     good = sum(g for _n, g in per_client.values())
 

@@ -206,3 +206,20 @@ def test_a_flap_is_a_failed_check_outside_every_fault_touching_its_server() -> N
     assert lead == pytest.approx(1.0 + FLAP_MARGIN_S)
     assert failed_checks("a", events, lead, windows, touched, 0.0, 60.0) == [("a", 5.0, lead), ("a", 35.0, lead)]
     assert [t for _s, t, _l in failed_checks("b", events, lead, windows, touched, 0.0, 60.0)] == [5.0, 15.0, 21.5]
+
+
+def test_a_faults_scope_is_the_pops_and_regions_it_takes() -> None:
+    from lab.measure.chaos import scope_of, soak_topology
+    from lab.record.availability import Scope
+
+    topo = soak_topology(TOPOLOGIES / "global.yaml")
+    footprint = topology_rules(topo)[0]
+    na = frozenset(p.name for p in topo.pops if p.region == "na")
+    assert scope_of(topo, footprint("server-silent", "iad-s1")) == Scope(pops=frozenset({"iad"}))
+    assert scope_of(topo, footprint("pop-down", "fra")) == Scope(pops=frozenset({"fra"}))
+    assert scope_of(topo, footprint("link-down", "na-e:eu-w")) == Scope(regions=frozenset({"na", "eu"}))
+    region = next(c for c in catalogue(topo, False) if c.name == "region")
+    assert scope_of(topo, footprint(region.scenario, "na")) == Scope(pops=na, regions=frozenset({"na"}))
+    for cls in ("dns", "kv", "control-plane", "origin"):
+        c = next(c for c in catalogue(topo, False) if c.name == cls)
+        assert scope_of(topo, footprint(c.scenario, c.targets[0])) == Scope(), cls
