@@ -8,7 +8,9 @@ the refusals come from the sandbox and not from a broken test.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,6 +290,37 @@ def test_the_subrequest_limit_holds_for_frames_written_by_hand(spawner: IsolateS
     finally:
         iso.kill()
     assert len(counted) == 60 - Limits().subrequests
+
+
+
+def test_a_subrequest_still_waiting_when_the_isolate_dies_ends_with_it(spawner: IsolateSpawner,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subrequest to an origin that never answers, pending when the wall limit kills the isolate: it is
+    cancelled and run to its end before the isolate's loop closes. Left pending on the closed loop, it
+    closed its connection when collected, on that loop: "Event loop is closed" (seen in the suite)."""
+    import socket
+
+    from tenant.egress import Egress
+
+    unraisable: list[sys.UnraisableHookArgs] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with socket.socket() as silent:  # listens, never accepts: the connection is made, no answer comes
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        body = ("head = json.dumps({'sub': 1, 'host': '127.0.0.1', 'port': PORT, 'method': 'GET', 'path': '/', "
+                "'headers': {}, 'answer_s': 30}).encode()\n"
+                "        os.write(fd, struct.pack('!II', len(head), 0) + head)").replace("PORT", str(port))
+        iso = spawner.spawn(RAW.replace("{body}", body), {}, Limits(wall_s=1.0), "raw")
+        iso.egress = Egress.of("raw", "raw", {}, frozenset({("127.0.0.1", port)}))
+        try:
+            result = iso.call(Request("GET", "/", {"host": "raw.example"}, b""))
+        finally:
+            iso.kill()
+        del iso
+        gc.collect()
+    assert result.error is not None  # the wall limit ended it, the subrequest still waiting
+    assert not [u for u in unraisable if "Event loop is closed" in repr(u.exc_value)], unraisable
 
 
 SPINNER_SUPERVISOR = """
