@@ -644,10 +644,11 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
     if worst is not None:
         lo, hi = t0 + worst["start_s"], t0 + worst["start_s"] + 60.0
         worst["faults"] = [w.name for w in windows if w.t_fault < hi and w.t_over + spec.grace_s > lo]
+    faults = [asdict(w) | recovered[w.name] for w in windows]
     return {"spec": {k: v for k, v in asdict(spec).items() if k != "http"}, "t0": t0, "duration_s": t_end - t0,
             "availability": {"valid": valid, "good": good, "value": good / valid if valid else None,
                              "budget": error_budget(valid, good, TARGET_AVAILABILITY), **figures},
-            "classes": per_class, "faults": [asdict(w) | recovered[w.name] for w in windows],
+            "classes": per_class, "faults": faults, "mttr_alone": mttr_alone(faults, spec.grace_s),
             "skipped": sum(1 for p in planned if p.skipped is not None), "errors": errors,
             "invariants": invariants, "do": do, "flaps": [[srv, round(t - t0, 3)] for srv, t, _lead in flaps],
             "sessions": {"changes": len(changes),
@@ -657,6 +658,28 @@ def _report(driver: Driver, spec: ChaosSpec, planned: list[Planned], windows: li
             "timeline": {"bin_s": bin_s, **{kind: timeline(by_client, t0, t_end, bin_s)
                                             for kind, by_client in series.items()}},
             "samples": [{**r, "t": round(r["t"] - t0, 1)} for r in collector.samples]}
+
+
+def mttr_alone(faults: list[dict[str, Any]], grace_s: float) -> dict[str, dict[str, Any]]:
+    """Per class, the time to recover of the faults that affected a client and ran alone: no other fault's
+    window (injection to the end of its settling, plus ``grace_s``) met theirs — a soak's figure comparable
+    with the single-fault reference, overlap taken out (the box's load left in). ``faults``: a report's
+    ``faults`` (``t_fault``, ``t_repair``, ``t_settled``, ``cls``, ``affected``, ``recover_s``)."""
+    def span(f: dict[str, Any]) -> tuple[float, float]:
+        return float(f["t_fault"]), max(float(f["t_repair"]), float(f.get("t_settled") or f["t_repair"])) + grace_s
+
+    spans = [span(f) for f in faults]
+    out: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(faults):
+        if not f.get("affected") or f.get("recover_s") is None:
+            continue
+        lo, hi = spans[i]
+        if any(j != i and a <= hi and lo <= b for j, (a, b) in enumerate(spans)):
+            continue
+        row = out.setdefault(str(f["cls"]), {"faults": 0, "sum_s": 0.0})
+        row["faults"] += 1
+        row["sum_s"] += float(f["recover_s"])
+    return {c: {"faults": r["faults"], "mttr_s": round(r["sum_s"] / r["faults"], 3)} for c, r in sorted(out.items())}
 
 
 def loss_seconds(cls: str, windows: list[Window], figures: dict[str, Any]) -> dict[str, Any]:

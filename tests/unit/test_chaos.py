@@ -223,3 +223,23 @@ def test_a_faults_scope_is_the_pops_and_regions_it_takes() -> None:
     for cls in ("dns", "kv", "control-plane", "origin"):
         c = next(c for c in catalogue(topo, False) if c.name == cls)
         assert scope_of(topo, footprint(c.scenario, c.targets[0])) == Scope(), cls
+
+
+def test_the_mttr_of_faults_that_ran_alone_leaves_out_every_overlap() -> None:
+    from lab.measure.chaos import mttr_alone
+
+    def fault(cls: str, t: float, repair: float, recover: float | None, settled: float | None = None,
+              affected: bool = True) -> dict[str, Any]:
+        return {"cls": cls, "t_fault": t, "t_repair": repair, "t_settled": settled, "recover_s": recover,
+                "affected": {"c": recover} if affected else {}}
+
+    faults = [fault("pop", 0.0, 5.0, 2.0),            # alone: its window ends at 5 + 3 (grace)
+              fault("pop", 20.0, 25.0, 4.0, 29.0),    # settled at 29: its window reaches 32 and meets the next
+              fault("link", 31.0, 33.0, 9.0),
+              fault("pop", 50.0, 55.0, 3.0),          # alone
+              fault("server", 70.0, 71.0, None),      # never recovered: not a time
+              fault("dns", 90.0, 95.0, 0.0, affected=False)]  # affected nobody: no time to recover
+    assert mttr_alone(faults, 3.0) == {"pop": {"faults": 2, "mttr_s": 2.5}}
+    # Without the settling the second pop fault's window ends at 28: it and the link fault ran alone too.
+    faults[1]["t_settled"] = None
+    assert mttr_alone(faults, 3.0) == {"link": {"faults": 1, "mttr_s": 9.0}, "pop": {"faults": 3, "mttr_s": 3.0}}
