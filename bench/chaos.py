@@ -112,9 +112,7 @@ def main() -> None:
                      "soak_alone_s": alone.get(cls, {}).get("mttr_s"),
                      "soak_alone_faults": alone.get(cls, {}).get("faults", 0)}
     lab_p, design_p = topo.spec.settings.profile, named("seed")
-    lab_silence = lab_p.bfd.interval_ms * lab_p.bfd.multiplier / 1000 if lab_p.bfd else float(lab_p.hold)
-    design_silence = (design_p.bfd.interval_ms * design_p.bfd.multiplier / 1000 if design_p.bfd
-                      else float(design_p.hold))
+    lab_silence, design_silence = lab_p.silence_detect_s, design_p.silence_detect_s
     extra = {"health": design_p.health.detection_bound - lab_p.health.detection_bound,
              "silence": design_silence - lab_silence}
     result.update({

@@ -145,6 +145,12 @@ class Profile(_Spec):
     graceful_restart: int = Field(0, ge=0, le=3600)
     health: HealthSpec = HealthSpec()
 
+    @property
+    def silence_detect_s(self) -> float:
+        """How long a neighbour that fell silent (no BGP NOTIFICATION, no link down) keeps its routes: BFD's
+        detection time when BFD runs, else the hold time (0: never)."""
+        return self.bfd.detect_s if self.bfd is not None else float(self.hold)
+
     @field_validator("hold")
     @classmethod
     def _hold(cls, value: int) -> int:

@@ -29,6 +29,8 @@ def test_fast_profile_detects_within_110_ms() -> None:
     fast = named("fast")  # 50 ms + one 30 ms hung check + the last one's 30 ms timeout
     assert fast.health.detection_bound == pytest.approx(0.110)
     assert fast.bfd is not None and fast.bfd.detect_s == pytest.approx(0.15)
+    # A silent neighbour: BFD's 150 ms with it, the hold time without (the design's seed timers: 90 s).
+    assert fast.silence_detect_s == pytest.approx(0.15) and named("seed").silence_detect_s == 90.0
 
 
 def test_seed_profile_is_the_design_timeline() -> None:
