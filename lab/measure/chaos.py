@@ -452,15 +452,21 @@ def autoscaled(topo: Topology, events: list[dict[str, Any]], until: float) -> Ca
 
 
 def scope_of(topo: Topology, touched: frozenset[str]) -> Scope:
-    """The data plane a fault touching the nodes ``touched`` takes (:class:`lab.record.availability.Scope`):
-    the PoPs of the servers among them (and PoPs named), the regions of the routers among them (and regions
-    named)."""
+    """What a fault touching the nodes ``touched`` takes (:class:`lab.record.availability.Scope`): the PoPs
+    of the servers among them (and PoPs named), the regions of the routers among them (and regions named),
+    the regions of the DNS resolvers and anycast provider nodes among them (their own clients); a unicast
+    DNS provider, the hidden primary or the root serves everyone."""
     pop_of = {s.name: s.pop for s in topo.servers} | {n: p.name for p in topo.pops for n in p.standby}
     pops = {p.name for p in topo.pops}
     router_region = {r.name: r.region for r in topo.routers}
     regions = {r.name for r in topo.spec.regions}
+    dns = {d.name: d for d in topo.dns.nodes} if topo.dns is not None else {}
+    regional_dns = {n: d.region for n, d in dns.items() if d.role == "resolver" or d.speaker is not None}
+    if any(n in dns and n not in regional_dns for n in touched):
+        return Scope()  # a unicast provider, the hidden primary or the root: every resolver asks it
     return Scope(pops=frozenset({pop_of[n] for n in touched if n in pop_of} | (touched & pops)),
-                 regions=frozenset({router_region[n] for n in touched if n in router_region} | (touched & regions)))
+                 regions=frozenset({router_region[n] for n in touched if n in router_region} | (touched & regions)),
+                 client_regions=frozenset(regional_dns[n] for n in touched if n in regional_dns))
 
 
 def failed_checks(server: str, events: Iterable[dict[str, Any]], lead: float, windows: list[Window],

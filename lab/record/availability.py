@@ -128,21 +128,23 @@ Reaches = Callable[[Window, str], bool]
 
 @dataclass(frozen=True)
 class Scope:
-    """What of the data plane a fault takes: the PoPs whose servers it stops, and the regions whose routers
-    (or whole platform) it takes. Neither: it is off the data plane (a DNS server, a storage or control
-    plane node, the origin) and may reach any client its class explains."""
+    """What a fault takes: the PoPs whose servers it stops, the regions whose routers (or whole platform) it
+    takes, and the regions whose own clients alone it serves (a DNS resolver or anycast provider node: the
+    region's resolvers reach their nearest node). None of them: it serves every client (a unicast DNS
+    provider, a storage or control plane node, the origin) and may reach any client its class explains."""
 
     pops: frozenset[str] = frozenset()
     regions: frozenset[str] = frozenset()
+    client_regions: frozenset[str] = frozenset()
 
     def reaches(self, client_region: str, served: Collection[str], region_of: Mapping[str, str]) -> bool:
         """Whether a client of ``client_region`` served by the PoPs ``served`` around the fault (before it,
         during it, moving back after it) can lose a request to it: one of those PoPs is the fault's, or
         the client's region or one of those PoPs' is a region whose routing it takes (a superset: the
         client's path inside such a region is not known)."""
-        if not self.pops and not self.regions:
+        if not self.pops and not self.regions and not self.client_regions:
             return True
-        if self.pops & set(served):
+        if self.pops & set(served) or client_region in self.client_regions:
             return True
         return bool(self.regions & ({client_region} | {region_of[p] for p in served if p in region_of}))
 

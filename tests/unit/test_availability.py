@@ -128,7 +128,9 @@ def test_who_served_a_client_around_a_fault_is_read_from_the_answers() -> None:
     (Scope(regions=frozenset({"na"})), "apac", {"ord"}, True),  # its PoP in a region whose routing is taken
     (Scope(regions=frozenset({"apac"})), "eu", {"fra"}, False),
     (Scope(regions=frozenset({"apac"})), "eu", set(), False),  # no answer at all: its own region only
-    (Scope(), "eu", {"fra"}, True),  # off the data plane (DNS, storage): any client its class explains
+    (Scope(), "eu", {"fra"}, True),  # serves everyone (storage, a unicast DNS provider): any client
+    (Scope(client_regions=frozenset({"eu"})), "na", {"fra"}, False),  # an EU DNS node: not an NA client's
+    (Scope(client_regions=frozenset({"eu"})), "eu", {"ord"}, True),  # an EU client's, wherever served
 ])
 def test_a_fault_reaches_the_clients_it_serves_or_routes(scope: Scope, client_region: str, served: set[str],
                                                           expected: bool) -> None:

@@ -220,9 +220,12 @@ def test_a_faults_scope_is_the_pops_and_regions_it_takes() -> None:
     assert scope_of(topo, footprint("link-down", "na-e:eu-w")) == Scope(regions=frozenset({"na", "eu"}))
     region = next(c for c in catalogue(topo, False) if c.name == "region")
     assert scope_of(topo, footprint(region.scenario, "na")) == Scope(pops=na, regions=frozenset({"na"}))
-    for cls in ("dns", "kv", "control-plane", "origin"):
+    for cls in ("kv", "control-plane", "origin"):
         c = next(c for c in catalogue(topo, False) if c.name == cls)
         assert scope_of(topo, footprint(c.scenario, c.targets[0])) == Scope(), cls
+    # An anycast provider node serves its region's resolvers; the unicast provider every resolver.
+    assert scope_of(topo, footprint("dns-node-down", "p2-eu-e")) == Scope(client_regions=frozenset({"eu"}))
+    assert scope_of(topo, footprint("dns-node-down", "p3-eu-e")) == Scope()
 
 
 def test_the_mttr_of_faults_that_ran_alone_leaves_out_every_overlap() -> None:
