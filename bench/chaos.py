@@ -36,7 +36,6 @@ sys.path.insert(0, str(PROJECT))
 
 from lab.measure.chaos import (  # noqa: E402
     ChaosSpec,
-    mttr_alone,
     plot,
     reference_schedule,
     report,
@@ -100,7 +99,7 @@ def main() -> None:
         plot(main_run, args.picture)
     a = main_run["availability"]
     mttr = {}
-    alone = mttr_alone(main_run["faults"], soak.grace_s)
+    alone = main_run["mttr_alone"]  # the report's own figure, not computed a second time
     for cls, row in sorted(main_run["classes"].items()):
         ref = reference["classes"].get(cls, {}).get("mttr_affected_s")
         got = row["mttr_affected_s"]

@@ -672,7 +672,9 @@ def mttr_alone(faults: list[dict[str, Any]], grace_s: float) -> dict[str, dict[s
     with the single-fault reference, overlap taken out (the box's load left in). ``faults``: a report's
     ``faults`` (``t_fault``, ``t_repair``, ``t_settled``, ``cls``, ``affected``, ``recover_s``)."""
     def span(f: dict[str, Any]) -> tuple[float, float]:
-        return float(f["t_fault"]), max(float(f["t_repair"]), float(f.get("t_settled") or f["t_repair"])) + grace_s
+        w = Window(str(f.get("name", "")), str(f["cls"]), float(f["t_fault"]), float(f["t_repair"]),
+                   None if f.get("t_settled") is None else float(f["t_settled"]))
+        return w.t_fault, w.t_over + grace_s  # Window.t_over: the one definition of when a fault's effect ended
 
     spans = [span(f) for f in faults]
     out: dict[str, dict[str, Any]] = {}
